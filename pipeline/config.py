@@ -1,0 +1,231 @@
+"""The one place where edgepick's settings live.
+
+Every stage reads its section of :class:`Config`. Defaults work out of the box (the embedded synthetic
+dataset, the Oklahoma PhaseNet teacher); a YAML file (``--config``) and ``--set section.key=value`` on the
+command line override them, in that order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pipeline.errors import EdgepickError
+
+
+@dataclass
+class SyntheticConfig:
+    """Oklahoma-like local earthquakes and noise, generated without any network."""
+
+    n_traces: int = 2000
+    trace_seconds: float = 60.0
+    noise_fraction: float = 0.15  # noise-only traces
+    double_event_fraction: float = 0.05  # traces holding two events
+    snr_db_min: float = -5.0
+    snr_db_max: float = 40.0
+    distance_km_min: float = 5.0
+    distance_km_max: float = 100.0
+
+
+@dataclass
+class OklaConfig:
+    """A local copy of the OKLA_1Mil_120s_Ver_3 dataset (SeisBench format) or the OKLAD merged files."""
+
+    path: str = field(default_factory=lambda: os.environ.get("OKLA_PATH", ""))
+    max_traces: int = 0  # 0: all
+
+
+@dataclass
+class FdsnConfig:
+    """Events with P/S picks from an FDSN event service, waveforms from an FDSN data centre."""
+
+    event_client: str = "USGS"
+    waveform_client: str = "IRIS"
+    starttime: str = "2016-09-03T00:00:00"
+    endtime: str = "2016-09-10T00:00:00"
+    # Oklahoma
+    minlatitude: float = 33.6
+    maxlatitude: float = 37.0
+    minlongitude: float = -103.0
+    maxlongitude: float = -94.4
+    minmagnitude: float = 2.5
+    networks: str = "OK,O2,GS,US"
+    channels: str = "HH?,BH?,EH?"
+    max_events: int = 200
+    seconds_before_p: float = 30.0
+    trace_seconds: float = 60.0
+    requests_per_second: float = 2.0
+    timeout_s: float = 60.0
+
+
+@dataclass
+class MiniseedConfig:
+    """The user's own continuous miniSEED (no picks), cut into windows for unlabelled distillation."""
+
+    path: str = ""
+    window_seconds: float = 60.0
+    hop_seconds: float = 30.0
+    pattern: str = "**/*"
+
+
+@dataclass
+class DataConfig:
+    # synthetic | okla | seisbench:<Name> (TXED, STEAD, INSTANCE, ...) | fdsn | miniseed
+    source: str = "synthetic"
+    out: str = ""  # default: data/<source name>
+    seed: int = 42
+    sampling_rate: float = 100.0
+    component_order: str = "ZNE"
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train, dev, test, by event
+    # Traces with peak amplitude below this are rescaled by a power of ten (recorded in the metadata) so that a
+    # normaliser's fixed epsilon cannot swamp them (e.g. 1e-14 m/s velocities).
+    min_peak_amplitude: float = 1e-3
+    max_traces: int = 0  # 0: all; a cap for the seisbench:<Name> and okla sources
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    okla: OklaConfig = field(default_factory=OklaConfig)
+    fdsn: FdsnConfig = field(default_factory=FdsnConfig)
+    miniseed: MiniseedConfig = field(default_factory=MiniseedConfig)
+
+    def out_dir(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        return Path("data") / self.source.replace(":", "_").lower()
+
+
+@dataclass
+class TeacherConfig:
+    """The teacher(s): ``phasenet:okla``, ``eqtransformer:elep`` or an ensemble ``phasenet:okla+eqtransformer:elep``."""
+
+    name: str = "phasenet:okla"
+
+
+@dataclass
+class StudentConfig:
+    """The XiaoNet-style student."""
+
+    base_channels: int = 8
+    in_samples: int = 3001
+
+
+@dataclass
+class DistillConfig:
+    temperature: float = 4.0
+    alpha: float = 1.0
+    epochs: int = 16
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    seed: int = 0
+    dataset: str = "data/synthetic"
+    out: str = "models/student"
+
+
+@dataclass
+class QuantizeConfig:
+    student: str = "models/student"
+    out: str = "models/tflite"
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
+    calibration_windows: int = 256
+
+
+@dataclass
+class BoardConfig:
+    """The target board; its memory budget is checked before anything is flashed."""
+
+    name: str = "esp32-psram4"
+
+
+@dataclass
+class BenchmarkConfig:
+    dataset: str = ""  # default: the data stage's test split
+    out: str = "reports"
+    threshold: float = 0.3
+    tolerances_s: tuple[float, ...] = (0.1, 0.5)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    board: BoardConfig = field(default_factory=BoardConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> "Config":
+        config = cls()
+        if path:
+            try:
+                loaded = yaml.safe_load(Path(path).read_text()) or {}
+            except (OSError, yaml.YAMLError) as error:
+                raise EdgepickError(f"cannot read config {path}: {error}") from error
+            if not isinstance(loaded, dict):
+                raise EdgepickError(f"config {path} must be a mapping of sections, got {type(loaded).__name__}")
+            for dotted, value in _flatten(loaded):
+                config.set(dotted, value)
+        for item in overrides:
+            if "=" not in item:
+                raise EdgepickError(f"override {item!r} must look like section.key=value")
+            dotted, value = item.split("=", 1)
+            config.set(dotted.strip(), yaml.safe_load(value))
+        return config
+
+    def set(self, dotted: str, value: object) -> None:
+        """Set ``section.key`` (or ``section.sub.key``) to ``value``, converted to the field's type."""
+        *parents, leaf = dotted.split(".")
+        target: object = self
+        for name in parents:
+            if not dataclasses.is_dataclass(target) or name not in _field_types(target):
+                raise EdgepickError(f"unknown config section {dotted!r}")
+            target = getattr(target, name)
+        types_ = _field_types(target) if dataclasses.is_dataclass(target) else {}
+        if leaf not in types_:
+            raise EdgepickError(f"unknown config key {dotted!r}; known: {', '.join(sorted(types_))}")
+        setattr(target, leaf, _coerce(value, types_[leaf], dotted))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _field_types(obj: object) -> dict[str, object]:
+    hints = typing.get_type_hints(type(obj))
+    return {f.name: hints[f.name] for f in dataclasses.fields(obj)}
+
+
+def _flatten(mapping: dict, prefix: str = ""):
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _flatten(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def _coerce(value: object, annotation: object, dotted: str) -> object:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None:
+            return None
+        annotation, origin = options[0], typing.get_origin(options[0])
+    try:
+        if origin is tuple:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            args = typing.get_args(annotation)
+            return tuple(_coerce(v, args[0], dotted) for v in items)
+        if annotation is bool:
+            if isinstance(value, str):
+                return value.strip().lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if annotation in (int, float, str):
+            return annotation(value)
+    except (TypeError, ValueError) as error:
+        raise EdgepickError(f"config {dotted}: cannot use {value!r} ({error})") from error
+    raise EdgepickError(f"config {dotted} is a section, not a value")

@@ -1,0 +1,264 @@
+"""The data stage: every source ends as a SeisBench-format dataset split by event.
+
+A source is an iterable of ``(metadata, waveform)`` pairs: ``waveform`` is a float array (3, samples) in the
+configured component order, ``metadata`` uses SeisBench's column names (``trace_sampling_rate_hz``,
+``trace_p_arrival_sample``, ``source_id``, ...). :func:`write_dataset` checks and repairs each trace, assigns the
+event split and writes the dataset atomically with SeisBench's own ``WaveformDataWriter``.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import obspy
+import pandas as pd
+import seisbench.data as sbd
+from tqdm import tqdm
+
+from pipeline.artifacts import atomic_dir, atomic_write_text
+from pipeline.config import Config, DataConfig
+from pipeline.errors import EdgepickError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "dev", "test")
+PICK_COLUMNS = ("trace_p_arrival_sample", "trace_s_arrival_sample")
+REQUIRED_COLUMNS = ("trace_name", "trace_sampling_rate_hz")
+REPORT_NAME = "edgepick_dataset.json"
+
+Record = tuple[dict, np.ndarray]
+
+
+class TraceSkipped(Exception):
+    """A per-trace problem: the trace is left out, counted and reported, and the run goes on."""
+
+
+def event_split(event_id: str, seed: int, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> str:
+    """The split of every trace of one event: a seeded hash of the event id, so no event lands in two splits."""
+    total = sum(fractions)
+    if total <= 0 or any(f < 0 for f in fractions):
+        raise EdgepickError(f"split fractions must be non-negative and not all zero, got {fractions}")
+    digest = hashlib.sha256(f"{seed}:{event_id}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    edge = 0.0
+    for name, fraction in zip(SPLITS, fractions):
+        edge += fraction / total
+        if u < edge:
+            return name
+    return SPLITS[-1]
+
+
+def resample(waveform: np.ndarray, rate: float, target: float) -> np.ndarray:
+    """Resample with an anti-alias filter (obspy): decimation for integer factors, else Fourier resampling."""
+    out = []
+    for channel in waveform:
+        trace = obspy.Trace(np.asarray(channel, dtype=np.float64), header={"sampling_rate": rate})
+        factor = rate / target
+        if factor > 1 and abs(factor - round(factor)) < 1e-9 and round(factor) <= 16:
+            trace.decimate(int(round(factor)), no_filter=False, strict_length=False)
+        else:
+            trace.resample(target, no_filter=factor <= 1)
+        out.append(trace.data)
+    length = min(len(c) for c in out)
+    return np.stack([c[:length] for c in out])
+
+
+def prepare_trace(metadata: dict, waveform: np.ndarray, config: DataConfig, min_samples: int = 0) -> Record:
+    """Check one trace and bring it to the target rate and a safe amplitude; raise :class:`TraceSkipped` if unusable."""
+    waveform = np.asarray(waveform, dtype=np.float64)
+    if waveform.ndim != 2 or waveform.shape[0] != len(config.component_order):
+        raise TraceSkipped(f"wrong shape {waveform.shape} (want {len(config.component_order)} channels)")
+    if not np.isfinite(waveform).all():
+        raise TraceSkipped("NaN or inf samples")
+    rate = float(metadata.get("trace_sampling_rate_hz", config.sampling_rate))
+    if not rate > 0:
+        raise TraceSkipped(f"invalid sampling rate {rate}")
+    metadata = dict(metadata)
+    if abs(rate - config.sampling_rate) > 1e-6:
+        waveform = resample(waveform, rate, config.sampling_rate)
+        for column in PICK_COLUMNS:
+            value = metadata.get(column)
+            if value is not None and not _isnan(value):
+                metadata[column] = float(value) * config.sampling_rate / rate
+        metadata["trace_original_sampling_rate_hz"] = rate
+        metadata["trace_sampling_rate_hz"] = config.sampling_rate
+    if waveform.shape[1] < max(min_samples, 1):
+        raise TraceSkipped(f"too short ({waveform.shape[1]} samples, need {min_samples})")
+    waveform = waveform - waveform.mean(axis=1, keepdims=True)
+    peaks = np.abs(waveform).max(axis=1)
+    dead = peaks <= 0
+    if dead.all():
+        raise TraceSkipped("all channels flat")
+    if dead.any():
+        metadata["trace_dead_channels"] = "".join(c for c, d in zip(config.component_order, dead) if d)
+    peak = float(peaks.max())
+    scale = 1.0
+    if peak < config.min_peak_amplitude:
+        # A power of ten keeps the numbers readable; the scale is recorded so physical units can be restored.
+        scale = 10.0 ** math.ceil(-math.log10(peak))
+        waveform = waveform * scale
+    metadata["trace_amplitude_scale"] = scale
+    for column in PICK_COLUMNS:
+        value = metadata.get(column)
+        if value is not None and not _isnan(value) and not (0 <= float(value) < waveform.shape[1]):
+            metadata[column] = np.nan  # a pick outside the trace is no label for it
+    return metadata, waveform.astype(np.float32)
+
+
+def write_dataset(
+    records: Iterable[Record],
+    out_dir: str | Path,
+    config: DataConfig,
+    source_name: str,
+    total: int | None = None,
+    min_samples: int = 0,
+    measurement: str = "velocity",
+    unit: str = "counts",
+) -> dict:
+    """Check, split and write ``records`` into a SeisBench dataset at ``out_dir``; return the run report."""
+    out_dir = Path(out_dir)
+    started = time.time()
+    skipped: collections.Counter[str] = collections.Counter()
+    written = collections.Counter()
+    events: dict[str, set] = {s: set() for s in SPLITS}
+    with atomic_dir(out_dir) as tmp:
+        with sbd.WaveformDataWriter(tmp / "metadata.csv", tmp / "waveforms.hdf5") as writer:
+            writer.data_format = {
+                "dimension_order": "CW",
+                "component_order": config.component_order,
+                "sampling_rate": config.sampling_rate,
+                "measurement": measurement,
+                "unit": unit,
+                "instrument_response": "not restored",
+            }
+            writer._pbar = _Quiet()  # our own progress bar below replaces SeisBench's
+            for metadata, waveform in tqdm(records, total=total, desc=f"data[{source_name}]", unit="trace"):
+                try:
+                    metadata, waveform = prepare_trace(metadata, waveform, config, min_samples)
+                except TraceSkipped as reason:
+                    skipped[str(reason)] += 1
+                    continue
+                metadata.setdefault("trace_name_original", metadata.get("trace_name", f"trace{sum(written.values())}"))
+                metadata.pop("trace_name", None)
+                group = metadata.get("source_id")
+                if group is None or _isnan(group) or group == "":
+                    group = "trace:" + str(metadata["trace_name_original"])
+                split = event_split(str(group), config.seed, config.split_fractions)
+                metadata["split"] = split
+                written[split] += 1
+                events[split].add(str(group))
+                writer.add_trace(metadata, waveform)
+        if not written:
+            reasons = "; ".join(f"{n} x {r}" for r, n in skipped.most_common(3)) or "the source yielded none"
+            raise EdgepickError(f"no usable trace for {out_dir} ({reasons})")
+        report = {
+            "source": source_name,
+            "traces": sum(written.values()),
+            "splits": {s: {"traces": written[s], "events": len(events[s])} for s in SPLITS},
+            "skipped": dict(skipped),
+            "seed": config.seed,
+            "sampling_rate": config.sampling_rate,
+            "component_order": config.component_order,
+            "seconds": round(time.time() - started, 2),
+        }
+        atomic_write_text(tmp / REPORT_NAME, json.dumps(report, indent=2) + "\n")
+    if skipped:
+        log.warning("skipped %d traces: %s", sum(skipped.values()), dict(skipped))
+    return report
+
+
+def open_dataset(path: str | Path, sampling_rate: float | None = 100.0, **kwargs) -> sbd.WaveformDataset:
+    """Open a SeisBench-format folder, turning every way it can be broken into one clear error."""
+    path = Path(path)
+    metadata_path = path / "metadata.csv"
+    if not path.is_dir():
+        raise EdgepickError(f"dataset {path} does not exist (run `make data` first?)")
+    if not metadata_path.is_file():
+        raise EdgepickError(f"dataset {path} has no metadata.csv")
+    try:
+        columns = pd.read_csv(metadata_path, nrows=0).columns
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise EdgepickError(f"dataset {path}: unreadable metadata.csv ({error})") from error
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise EdgepickError(f"dataset {path}: metadata.csv lacks required column(s) {', '.join(missing)}")
+    waveform_files = sorted(path.glob("waveforms*.hdf5"))
+    if not waveform_files:
+        raise EdgepickError(f"dataset {path} has no waveforms.hdf5")
+    for waveform_file in waveform_files:
+        try:
+            with h5py.File(waveform_file, "r") as handle:
+                handle.visit(lambda name: None)
+        except OSError as error:
+            raise EdgepickError(f"dataset {path}: corrupt or truncated HDF5 {waveform_file.name} ({error})") from error
+    try:
+        dataset = sbd.WaveformDataset(path, **kwargs)
+    except Exception as error:  # SeisBench raises a variety of errors for malformed folders
+        raise EdgepickError(f"dataset {path}: SeisBench cannot open it ({type(error).__name__}: {error})") from error
+    if sampling_rate is not None and len(dataset):
+        rates = dataset.metadata["trace_sampling_rate_hz"].unique()
+        if len(rates) != 1 or abs(float(rates[0]) - sampling_rate) > 1e-6:
+            raise EdgepickError(
+                f"dataset {path}: sampling rate {sorted(rates)} Hz, expected {sampling_rate} Hz "
+                "(re-run the data stage, which resamples with an anti-alias filter)"
+            )
+    return dataset
+
+
+def source_records(config: DataConfig) -> tuple[Iterator[Record], int | None, dict]:
+    """The records of the configured source, their count if known, and writer options."""
+    source = config.source
+    if source == "synthetic":
+        from pipeline.sources import synthetic
+
+        return synthetic.records(config), config.synthetic.n_traces, {}
+    if source == "okla":
+        from pipeline.sources import okla
+
+        return okla.records(config)
+    if source.startswith("seisbench:"):
+        from pipeline.sources import benchmark
+
+        return benchmark.records(config, source.split(":", 1)[1])
+    if source == "fdsn":
+        from pipeline.sources import fdsn
+
+        return fdsn.records(config)
+    if source == "miniseed":
+        from pipeline.sources import continuous
+
+        return continuous.records(config)
+    raise EdgepickError(f"unknown data source {source!r}; use synthetic, okla, seisbench:<Name>, fdsn or miniseed")
+
+
+def run(config: Config) -> dict:
+    records, total, options = source_records(config.data)
+    out_dir = config.data.out_dir()
+    report = write_dataset(records, out_dir, config.data, config.data.source, total=total, **options)
+    open_dataset(out_dir, config.data.sampling_rate)  # what we wrote must open
+    splits = ", ".join(f"{s} {v['traces']} traces / {v['events']} events" for s, v in report["splits"].items())
+    print(f"wrote {out_dir}: {report['traces']} traces ({splits}) in {report['seconds']} s")
+    if report["skipped"]:
+        print("skipped: " + "; ".join(f"{n} x {reason}" for reason, n in report["skipped"].items()))
+    return report
+
+
+def _isnan(value: object) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+class _Quiet:
+    def update(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
