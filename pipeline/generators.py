@@ -1,0 +1,178 @@
+"""Windows, normalisation and labels, as chains of small ``seisbench.generate`` callables.
+
+Training windows are drawn at random around the picks (OKLA puts P at the same sample in every trace, so a fixed
+window would teach the student where P is, not what it looks like); evaluation windows are drawn once from a seed
+and replayed through SeisBench's ``SteeredGenerator``, so every model sees exactly the same samples.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import seisbench.data as sbd
+import seisbench.generate as sbg
+import torch
+
+from pipeline.errors import EdgepickError
+
+PHASE_COLUMNS = {
+    "trace_p_arrival_sample": "P",
+    "trace_s_arrival_sample": "S",
+    # a second event in the same trace (the synthetic source writes these)
+    "trace_p2_arrival_sample": "P",
+    "trace_s2_arrival_sample": "S",
+}
+LABELS = "PSN"  # class order of every edgepick model output: P, S, noise
+
+
+def phase_columns(dataset: sbd.WaveformDataset) -> dict[str, str]:
+    return {column: phase for column, phase in PHASE_COLUMNS.items() if column in dataset.metadata.columns}
+
+
+def normalise(eps: float = 1e-10) -> list:
+    """Demean and peak-normalise each window over all its channels, as the PhaseNet teacher does."""
+    return [sbg.Normalize(demean_axis=-1, amp_norm_axis=-1, amp_norm_type="peak", eps=eps)]
+
+
+def label(columns: dict[str, str], sigma: int = 20) -> list:
+    """Per-sample (P, S, noise) probabilities: Gaussians of width ``sigma`` samples at the picks."""
+    return [sbg.ProbabilisticLabeller(label_columns=columns, model_labels=LABELS, sigma=sigma, dim=0)]
+
+
+def float32(*keys: str) -> list:
+    return [sbg.ChangeDtype(np.float32, key=key) for key in keys]
+
+
+def random_window_around_picks(columns: dict[str, str], in_samples: int, pick_probability: float = 2 / 3) -> list:
+    """A window that holds a pick at a random position (with ``pick_probability``), else anywhere in the trace."""
+    if not columns:
+        return [sbg.RandomWindow(windowlen=in_samples, strategy="pad")]
+    around_pick = sbg.WindowAroundSample(
+        list(columns), samples_before=in_samples, windowlen=2 * in_samples, selection="random", strategy="variable"
+    )
+    return [
+        sbg.OneOf([around_pick, sbg.NullAugmentation()], probabilities=[pick_probability, 1 - pick_probability]),
+        sbg.RandomWindow(windowlen=in_samples, strategy="pad"),
+    ]
+
+
+def augment(noise_std: tuple[float, float] = (0.0, 0.05), channel_dropout: bool = True) -> list:
+    """Robustness to what field stations do: added noise and dead channels."""
+    chain = [sbg.OneOf([sbg.GaussianNoise(scale=noise_std), sbg.NullAugmentation()], probabilities=[0.5, 0.5])]
+    if channel_dropout:
+        chain.append(sbg.OneOf([sbg.ChannelDropout(), sbg.NullAugmentation()], probabilities=[0.1, 0.9]))
+    return chain
+
+
+def training_chain(dataset: sbd.WaveformDataset, in_samples: int, sigma: int = 20, soft_labels=None) -> list:
+    """Window around picks, augment, normalise, label; with a soft-label cache the teacher target is cropped with X."""
+    columns = phase_columns(dataset)
+    chain = []
+    if soft_labels is not None:
+        from pipeline.teachers import AttachSoftLabels, SplitSoftLabels
+
+        chain.append(AttachSoftLabels(soft_labels))
+        chain += random_window_around_picks(columns, in_samples)
+        chain.append(SplitSoftLabels())
+    else:
+        chain += random_window_around_picks(columns, in_samples)
+    chain += augment() + normalise() + label(columns, sigma) + float32("X", "y")
+    if soft_labels is not None:
+        chain += float32("y_soft")
+    return chain
+
+
+def evaluation_windows(dataset: sbd.WaveformDataset, in_samples: int, seed: int = 0) -> pd.DataFrame:
+    """One fixed window per trace, drawn once from ``seed``: it holds the P pick where there is one."""
+    rng = np.random.default_rng(seed)
+    metadata = dataset.metadata
+    n_samples = _trace_samples(dataset)
+    starts = []
+    for i, row in enumerate(metadata.itertuples(index=False)):
+        length = n_samples[i]
+        if length < in_samples:
+            raise EdgepickError(f"trace {i} has {length} samples, shorter than the {in_samples}-sample window")
+        p = getattr(row, "trace_p_arrival_sample", np.nan)
+        if p is not None and np.isfinite(p):
+            low = int(max(0, p - in_samples * 0.9))
+            high = int(min(length - in_samples, p - in_samples * 0.1))
+        else:
+            low, high = 0, length - in_samples
+        starts.append(int(rng.integers(low, high + 1)) if high >= low else max(0, min(int(p) - in_samples // 2, length - in_samples)))
+    starts = np.asarray(starts)
+    return pd.DataFrame(
+        {"trace_name": metadata["trace_name"].values, "start_sample": starts, "end_sample": starts + in_samples}
+    )
+
+
+def evaluation_generator(dataset: sbd.WaveformDataset, in_samples: int, seed: int = 0, sigma: int = 20):
+    """Deterministic windows (see :func:`evaluation_windows`), normalised and labelled like training ones."""
+    columns = phase_columns(dataset)
+    generator = sbg.SteeredGenerator(dataset, evaluation_windows(dataset, in_samples, seed))
+    generator.add_augmentations(
+        [sbg.SteeredWindow(windowlen=in_samples, strategy="pad")] + normalise() + label(columns, sigma) + float32("X", "y")
+    )
+    return generator
+
+
+def training_generator(dataset: sbd.WaveformDataset, in_samples: int, sigma: int = 20, soft_labels=None):
+    generator = sbg.GenericGenerator(dataset)
+    generator.add_augmentations(training_chain(dataset, in_samples, sigma, soft_labels))
+    return generator
+
+
+def load_for_training(path, split: str | None = None, sampling_rate: float = 100.0) -> sbd.WaveformDataset:
+    """Open a dataset folder with its waveforms in memory and a metadata lookup: what high throughput needs."""
+    from pipeline.data import open_dataset
+
+    dataset = open_dataset(path, sampling_rate, cache="full", metadata_cache=True)
+    if split is not None:
+        if "split" not in dataset.metadata.columns:
+            raise EdgepickError(f"dataset {path} has no split column")
+        dataset = dataset.get_split(split)
+        if len(dataset) == 0:
+            raise EdgepickError(f"dataset {path} has no traces in split {split!r}")
+    dataset.preload_waveforms(pbar=False)
+    return dataset
+
+
+def loader(generator, batch_size: int = 64, workers: int = 2, shuffle: bool = True, seed: int = 0):
+    """A torch DataLoader whose workers draw reproducible random windows."""
+    return torch.utils.data.DataLoader(
+        generator,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        worker_init_fn=_seed_worker,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=workers > 0,
+    )
+
+
+def measure_throughput(generator, seconds: float = 10.0, batch_size: int = 64, workers: int = 2) -> float:
+    """Windows per second that ``generator`` delivers through a DataLoader (after one warm-up batch)."""
+    windows = 0
+    data_iter = iter(loader(generator, batch_size=batch_size, workers=workers))
+    next(data_iter)
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        try:
+            batch = next(data_iter)
+        except StopIteration:
+            data_iter = iter(loader(generator, batch_size=batch_size, workers=workers))
+            continue
+        windows += len(batch["X"])
+    return windows / (time.perf_counter() - started)
+
+
+def _trace_samples(dataset: sbd.WaveformDataset) -> np.ndarray:
+    if "trace_npts" in dataset.metadata.columns:
+        return dataset.metadata["trace_npts"].to_numpy(int)
+    return np.array([dataset.get_waveforms(i).shape[-1] for i in range(len(dataset))])
+
+
+def _seed_worker(worker_id: int) -> None:
+    # SeisBench's window and augmentation callables draw from numpy's global generator.
+    np.random.seed(torch.initial_seed() % 2**32)

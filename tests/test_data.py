@@ -1,0 +1,170 @@
+"""The data-stage writer, its checks and the generators, on small datasets made here."""
+
+import json
+
+import numpy as np
+import pytest
+import seisbench.data as sbd
+
+from pipeline import generators
+from pipeline.config import DataConfig
+from pipeline.data import REPORT_NAME, event_split, open_dataset, prepare_trace, TraceSkipped, write_dataset
+from pipeline.errors import EdgepickError
+
+
+def make_records(n_events=12, stations=3, samples=6000, rate=100.0, seed=0):
+    """Events seen at several stations: a P and an S onset in noise."""
+    rng = np.random.default_rng(seed)
+    for event in range(n_events):
+        for station in range(stations):
+            n = int(samples * rate / 100.0)
+            p = int(rng.integers(1000, 3000) * rate / 100.0)
+            s = p + int(rng.integers(200, 1500) * rate / 100.0)
+            x = rng.normal(0, 1, (3, n))
+            x[:, p:] += rng.normal(0, 8, (3, n - p)) * np.exp(-np.arange(n - p) / (3 * rate))
+            x[1:, s:] += rng.normal(0, 20, (2, n - s)) * np.exp(-np.arange(n - s) / (4 * rate))
+            yield (
+                {
+                    "trace_name": f"ev{event}.st{station}",
+                    "source_id": f"ev{event}",
+                    "station_code": f"ST{station}",
+                    "trace_sampling_rate_hz": rate,
+                    "trace_p_arrival_sample": float(p),
+                    "trace_s_arrival_sample": float(s),
+                    "trace_category": "earthquake_local",
+                },
+                x,
+            )
+
+
+@pytest.fixture
+def small_dataset(tmp_path):
+    path = tmp_path / "ds"
+    write_dataset(make_records(), path, DataConfig(), "test")
+    return path
+
+
+def test_written_dataset_opens_and_splits_by_event(small_dataset):
+    dataset = sbd.WaveformDataset(small_dataset)
+    assert len(dataset) == 36
+    assert dataset.metadata["split"].isin(["train", "dev", "test"]).all()
+    events_per_split = dataset.metadata.groupby("split")["source_id"].apply(set)
+    splits = list(events_per_split.index)
+    for i, a in enumerate(splits):
+        for b in splits[i + 1 :]:
+            assert not events_per_split[a] & events_per_split[b]
+    assert dataset.get_waveforms(0).shape == (3, 6000)
+    assert dataset.component_order == "ZNE"
+    report = json.loads((small_dataset / REPORT_NAME).read_text())
+    assert report["traces"] == 36 and sum(s["traces"] for s in report["splits"].values()) == 36
+
+
+def test_event_split_is_seeded_and_roughly_proportional():
+    names = [f"event{i}" for i in range(3000)]
+    a = [event_split(n, 1) for n in names]
+    assert a == [event_split(n, 1) for n in names]
+    assert a != [event_split(n, 2) for n in names]
+    share = a.count("train") / len(a)
+    assert 0.65 < share < 0.75
+
+
+def test_bad_traces_are_skipped_and_counted(tmp_path):
+    records = list(make_records(n_events=4, stations=1))
+    records[0][1][1, 100] = np.nan
+    records[1][1][:] = 5.0  # flat on every channel
+    records.append(({"trace_name": "short", "trace_sampling_rate_hz": 100.0}, np.ones((3, 50))))
+    report = write_dataset(iter(records), tmp_path / "ds", DataConfig(), "test", min_samples=3001)
+    assert report["traces"] == 2
+    assert report["skipped"] == {"NaN or inf samples": 1, "all channels flat": 1, "too short (50 samples, need 3001)": 1}
+
+
+def test_dead_channel_is_kept_and_recorded():
+    metadata, waveform = next(make_records(n_events=1, stations=1))
+    waveform[2] = 0.0
+    metadata, waveform = prepare_trace(metadata, waveform, DataConfig())
+    assert metadata["trace_dead_channels"] == "E"
+
+
+def test_wrong_sampling_rate_is_resampled_with_picks_moved():
+    metadata, waveform = next(make_records(n_events=1, stations=1, rate=200.0))
+    p200 = metadata["trace_p_arrival_sample"]
+    out_meta, out = prepare_trace(metadata, waveform, DataConfig())
+    assert out.shape[1] == waveform.shape[1] // 2
+    assert out_meta["trace_sampling_rate_hz"] == 100.0 and out_meta["trace_original_sampling_rate_hz"] == 200.0
+    assert out_meta["trace_p_arrival_sample"] == pytest.approx(p200 / 2)
+
+
+def test_tiny_physical_amplitudes_are_rescaled():
+    metadata, waveform = next(make_records(n_events=1, stations=1))
+    waveform = waveform / np.abs(waveform).max() * 1e-14
+    out_meta, out = prepare_trace(metadata, waveform, DataConfig())
+    assert 1 <= np.abs(out).max() < 10
+    assert out_meta["trace_amplitude_scale"] == pytest.approx(1e14)
+    normalised = generators.normalise()[0]
+    state = {"X": (out[:, :3001], {})}
+    normalised(state)
+    assert np.abs(state["X"][0]).max() == pytest.approx(1.0, rel=1e-6)
+
+
+def test_failed_write_keeps_previous_dataset(small_dataset):
+    before = (small_dataset / "metadata.csv").read_bytes()
+
+    def broken():
+        yield from make_records(n_events=2, stations=1)
+        raise RuntimeError("source died")
+
+    with pytest.raises(RuntimeError):
+        write_dataset(broken(), small_dataset, DataConfig(), "test")
+    assert (small_dataset / "metadata.csv").read_bytes() == before
+    assert not [p for p in small_dataset.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_no_usable_trace_is_an_error(tmp_path):
+    with pytest.raises(EdgepickError, match="no usable trace"):
+        write_dataset(iter([]), tmp_path / "empty", DataConfig(), "test")
+    assert not (tmp_path / "empty").exists()
+
+
+def test_open_dataset_explains_broken_folders(small_dataset, tmp_path):
+    with pytest.raises(EdgepickError, match="does not exist"):
+        open_dataset(tmp_path / "nowhere")
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    (truncated / "metadata.csv").write_bytes((small_dataset / "metadata.csv").read_bytes())
+    data = (small_dataset / "waveforms.hdf5").read_bytes()
+    (truncated / "waveforms.hdf5").write_bytes(data[: len(data) // 3])
+    with pytest.raises(EdgepickError, match="corrupt or truncated HDF5"):
+        open_dataset(truncated)
+    no_name = tmp_path / "no_name"
+    no_name.mkdir()
+    (no_name / "metadata.csv").write_text("station_code,split\nA,train\n")
+    (no_name / "waveforms.hdf5").write_bytes(data)
+    with pytest.raises(EdgepickError, match="lacks required column"):
+        open_dataset(no_name)
+    with pytest.raises(EdgepickError, match="sampling rate"):
+        open_dataset(small_dataset, sampling_rate=50.0)
+
+
+def test_training_windows_hold_labels(small_dataset):
+    dataset = generators.load_for_training(small_dataset)
+    generator = generators.training_generator(dataset, in_samples=3001)
+    np.random.seed(0)
+    samples = [generator[i] for i in range(20)]
+    for sample in samples:
+        assert sample["X"].shape == (3, 3001) and sample["X"].dtype == np.float32
+        assert sample["y"].shape == (3, 3001)
+        np.testing.assert_allclose(sample["y"].sum(axis=0), 1.0, atol=1e-5)
+        assert np.abs(sample["X"]).max() <= 1.0 + 1e-6
+    # most windows are drawn around a pick, so most hold a P or S label peak
+    assert sum(s["y"][:2].max() > 0.5 for s in samples) >= 10
+
+
+def test_evaluation_windows_are_deterministic(small_dataset):
+    dataset = generators.load_for_training(small_dataset)
+    a = generators.evaluation_generator(dataset, 3001, seed=3)
+    b = generators.evaluation_generator(dataset, 3001, seed=3)
+    for i in range(len(dataset)):
+        np.testing.assert_array_equal(a[i]["X"], b[i]["X"])
+    table = generators.evaluation_windows(dataset, 3001, seed=3)
+    p = dataset.metadata["trace_p_arrival_sample"].to_numpy()
+    assert ((p >= table["start_sample"]) & (p < table["end_sample"])).all()
