@@ -62,6 +62,8 @@ class FdsnConfig:
     trace_seconds: float = 60.0
     requests_per_second: float = 2.0
     timeout_s: float = 60.0
+    max_gap_seconds: float = 1.0  # shorter gaps are filled by interpolation, longer ones skip the trace
+    cache: str = ""  # default: .fdsn_cache beside the output folder (what makes a re-run resume)
 
 
 @dataclass
@@ -72,6 +74,12 @@ class MiniseedConfig:
     window_seconds: float = 60.0
     hop_seconds: float = 30.0
     pattern: str = "**/*"
+    # Split groups: windows never cross a group_seconds block (aligned to UTC midnight), so windows of different
+    # groups never share a sample. group_by "station": one group per station and block; "time": one group per block
+    # across all stations (also keeps one earthquake seen at two stations in one split; needs many blocks).
+    group_seconds: float = 3600.0
+    group_by: str = "station"
+    inventory: str = ""  # StationXML: rotates Z/1/2 to Z/N/E; without it 1/2 are taken as N/E (recorded per window)
 
 
 @dataclass
@@ -103,6 +111,12 @@ class TeacherConfig:
     """The teacher(s): ``phasenet:okla``, ``eqtransformer:elep`` or an ensemble ``phasenet:okla+eqtransformer:elep``."""
 
     name: str = "phasenet:okla"
+    # cache: soft labels computed once per trace into <dataset>/soft_labels (pipeline.teachers.SoftLabelCache);
+    # on-the-fly: the teacher runs on every training window (pipeline.teachers.OnTheFlyTeacher), for a GPU.
+    mode: str = "cache"
+    batch_size: int = 64  # teacher windows per forward pass
+    device: str = ""  # torch device for the teacher; "" = CPU
+    cache_dir: str = ""  # "" = <dataset>/soft_labels
 
 
 @dataclass
@@ -111,18 +125,28 @@ class StudentConfig:
 
     base_channels: int = 8
     in_samples: int = 3001
+    # channels of encoder levels 1-3 and the bottleneck = base_channels x these; (1, 2, 4, 4) keeps the default
+    # at 1.84 M MACs per 3001-sample window, 9.4 % of PhaseNet's 19.46 M (doubling to 8 would be 13 %)
+    channel_multipliers: tuple[int, ...] = (1, 2, 4, 4)
 
 
 @dataclass
 class DistillConfig:
-    temperature: float = 4.0
-    alpha: float = 1.0
-    epochs: int = 16
-    batch_size: int = 64
-    learning_rate: float = 3e-3
-    seed: int = 0
     dataset: str = "data/synthetic"
     out: str = "models/student"
+    temperature: float = 4.0
+    alpha: float = 1.0  # 1: teacher only (unlabelled data); 0: hard labels only
+    epochs: int = 16
+    windows_per_epoch: int = 0  # 0: one window per training trace
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    patience: int = 4  # early stop after this many epochs without a better dev loss
+    oversample_phases: float = 3.0  # traces where the teacher sees a phase are drawn this much more often
+    workers: int = 2
+    seed: int = 0
+    resume: bool = False
 
 
 @dataclass
@@ -130,14 +154,22 @@ class QuantizeConfig:
     student: str = "models/student"
     out: str = "models/tflite"
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
-    calibration_windows: int = 256
+    calibration_windows: int = 256  # representative windows from the train split (>= 200)
+    heldout_windows: int = 200  # test-split windows for TFLite Micro vs PyTorch outputs and pick agreement
+    dataset: str = ""  # default: distill.dataset
+    seed: int = 0
+    firmware_precision: str = "int8"  # the variant written to firmware_dir
+    firmware_dir: str = "firmware/src/model"
+    check_agreement: bool = False  # refuse a variant under the pick-agreement bar (meaningful on a trained student)
 
 
 @dataclass
 class BoardConfig:
     """The target board; its memory budget is checked before anything is flashed."""
 
-    name: str = "esp32-psram4"
+    name: str = "esp32-psram4"  # esp32 | esp32-psram2 | esp32-psram4 | esp32s3-psram8 (pipeline/boards.py)
+    margin: float = 0.10  # every memory region must hold used x (1 + margin)
+    ring_seconds: float = 45.0  # sample ring buffer (int32, three components)
 
 
 @dataclass

@@ -157,6 +157,9 @@ def write_dataset(
                 written[split] += 1
                 events[split].add(str(group))
                 writer.add_trace(metadata, waveform)
+        # sources may count their own skips (a station without data, a long gap): report them with ours
+        for reason, count in dict(getattr(records, "skipped", None) or {}).items():
+            skipped[str(reason)] += count
         if not written:
             reasons = "; ".join(f"{n} x {r}" for r, n in skipped.most_common(3)) or "the source yielded none"
             raise EdgepickError(f"no usable trace for {out_dir} ({reasons})")
