@@ -1,0 +1,398 @@
+"""Teachers, the (P, S, noise) mapping and the soft-label cache.
+
+Most tests use a randomly initialised SeisBench PhaseNet as a stand-in teacher (no weights needed, fast); the
+tests marked by the ``teacher_cache`` fixture use the real PhaseNet okla / EQTransformer elep from ../shared.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import h5py
+import numpy as np
+import obspy
+import pytest
+import torch
+
+from pipeline import teachers
+from pipeline.config import DataConfig
+from pipeline.data import open_dataset, write_dataset
+from pipeline.errors import EdgepickError
+from pipeline.teachers import (
+    AttachSoftLabels,
+    OnTheFlyTeacher,
+    SoftLabelCache,
+    SplitSoftLabels,
+    Teacher,
+    TeacherMember,
+    build_soft_labels,
+    parse_teacher_spec,
+    sigmoid_to_distribution,
+    to_distribution,
+)
+
+torch.set_num_threads(1)
+
+LENGTHS = (6000, 4500, 6000, 2000, 3001, 6000, 5000)  # 2000: shorter than PhaseNet's 3001-sample window
+
+
+# ----------------------------------------------------------------------------------------------------- spec parsing
+def test_parse_single_and_ensemble():
+    (member,) = parse_teacher_spec("phasenet:okla")
+    assert member == TeacherMember("phasenet", "okla", 1.0)
+    assert member.key == "phasenet-okla"
+    members = parse_teacher_spec("phasenet:okla*0.7+EQTransformer:elep*0.3")
+    assert [(m.model, m.weights) for m in members] == [("phasenet", "okla"), ("eqtransformer", "elep")]
+    assert [m.weight for m in members] == pytest.approx([0.7, 0.3])
+    members = parse_teacher_spec(" phasenet:okla + eqtransformer:elep ")
+    assert [m.weight for m in members] == pytest.approx([0.5, 0.5])
+    assert [m.weight for m in parse_teacher_spec("phasenet:a*2+phasenet:b*6")] == pytest.approx([0.25, 0.75])
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("", "empty"),
+        ("gpd:stead", "unknown teacher"),
+        ("phasenet", "<model>:<weights>"),
+        ("phasenet:", "weights name"),
+        ("phasenet:../etc", "weights name"),
+        ("phasenet:okla*x", "not a number"),
+        ("phasenet:okla*0", "positive"),
+        ("phasenet:okla*-1", "positive"),
+        ("phasenet:okla+", "empty member"),
+        ("phasenet:okla+phasenet:okla", "twice"),
+    ],
+)
+def test_parse_errors(spec, message):
+    with pytest.raises(EdgepickError, match=message):
+        parse_teacher_spec(spec)
+
+
+# ---------------------------------------------------------------------------------------------------------- mapping
+def test_eqtransformer_mapping_hand_made():
+    p = np.array([0.0, 0.2, 0.8, 1.0, 0.5, 1.2])
+    s = np.array([0.0, 0.1, 0.6, 1.0, 0.5, -0.1])
+    dist = sigmoid_to_distribution(p, s)
+    assert dist.shape == (3, 6) and dist.dtype == np.float32
+    expected = np.array(
+        [
+            [0.0, 0.0, 1.0],  # nothing: all noise
+            [0.2, 0.1, 0.7],  # P + S <= 1: kept, noise takes the rest
+            [0.8 / 1.4, 0.6 / 1.4, 0.0],  # P + S > 1: renormalised, no noise
+            [0.5, 0.5, 0.0],
+            [0.5, 0.5, 0.0],  # exactly 1
+            [1.0, 0.0, 0.0],  # out-of-range values clipped to [0, 1]
+        ]
+    ).T
+    np.testing.assert_allclose(dist, expected, atol=1e-6)
+    np.testing.assert_allclose(dist.sum(axis=0), 1.0, atol=1e-6)
+
+
+def test_to_distribution_orders_and_ignores_detection():
+    raw = np.array([[0.9, 0.3, 0.2], [0.1, 0.0, 0.7]])  # columns Detection, P, S
+    np.testing.assert_allclose(to_distribution(raw, ["Detection", "P", "S"]), [[0.3, 0.0], [0.2, 0.7], [0.5, 0.3]], atol=1e-6)
+    softmax = np.array([[0.7, 0.2, 0.1]])  # columns N, P, S (original PhaseNet order)
+    np.testing.assert_allclose(to_distribution(softmax, list("NPS")), [[0.2], [0.1], [0.7]], atol=1e-6)
+    with pytest.raises(EdgepickError, match="no P and S"):
+        to_distribution(softmax, ["A", "B", "C"])
+
+
+# --------------------------------------------------------------------------------------- a stand-in teacher + data
+def _fake_model(seed: int):
+    import seisbench.models as sbm
+
+    torch.manual_seed(seed)
+    model = sbm.PhaseNet(phases="PSN", norm="peak", component_order="ENZ", sampling_rate=100)
+    model._weights_version = "1"
+    return model.eval()
+
+
+@pytest.fixture
+def fake_teachers(monkeypatch):
+    """Replace weight loading by seeded random PhaseNets; count how often a teacher is loaded and run."""
+    calls = {"load": 0, "traces": 0}
+
+    def load(member):
+        calls["load"] += 1
+        return _fake_model(zlib.crc32(member.weights.encode()) % 1000)
+
+    original = Teacher.predict_raw
+
+    def counting(self, traces, component_order="ZNE"):
+        calls["traces"] += len(traces)
+        return original(self, traces, component_order)
+
+    monkeypatch.setattr(teachers, "load_model", load)
+    monkeypatch.setattr(teachers, "local_weights_version", lambda member: "1")
+    monkeypatch.setattr(Teacher, "predict_raw", counting)
+    return calls
+
+
+def _records(lengths=LENGTHS, seed=0):
+    rng = np.random.default_rng(seed)
+    for i, n in enumerate(lengths):
+        waveform = rng.normal(size=(3, n)) * np.linspace(1, 3, n)
+        p = n // 3
+        waveform[:, p:] += 20 * rng.normal(size=(3, n - p)) * np.exp(-np.arange(n - p) / 300)
+        yield {"trace_name": f"t{i}", "trace_sampling_rate_hz": 100.0, "trace_p_arrival_sample": p}, waveform
+
+
+@pytest.fixture
+def small_dataset(tmp_path):
+    path = tmp_path / "ds"
+    write_dataset(_records(), path, DataConfig(), "test")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------ the cache
+def test_cache_round_trip_and_reuse(small_dataset, fake_teachers, tmp_path):
+    cache = SoftLabelCache.open(small_dataset, "phasenet:fake", progress=False)
+    assert cache.path == small_dataset / "soft_labels" / "phasenet-fake.hdf5"
+    assert not list((small_dataset / "soft_labels").glob("*.partial"))
+    dataset = open_dataset(small_dataset)
+    teacher = Teacher("phasenet:fake")
+    assert len(cache) == len(dataset) == len(LENGTHS)
+    for i in range(len(dataset)):
+        waveform = dataset.get_waveforms(i)
+        labels = cache.labels(i)
+        assert labels.dtype == np.float16 and labels.shape == (3, waveform.shape[1])
+        np.testing.assert_allclose(labels.astype(np.float32).sum(axis=0), 1.0, atol=3e-3)
+        (direct,) = teacher.predict_traces([waveform])
+        np.testing.assert_allclose(labels.astype(np.float32), direct, atol=1e-3)
+        name = dataset.metadata["trace_name"].iloc[i]
+        np.testing.assert_array_equal(cache.labels_by_name(name), labels)
+    assert cache.attrs["padded_traces"] == 1  # the 2000-sample trace
+    with h5py.File(cache.path) as handle:
+        assert handle["labels"].chunks is not None and handle["labels"].dtype == np.float16
+    cache.close()
+
+    seen = dict(fake_teachers)
+    again = SoftLabelCache.open(small_dataset, "phasenet:fake", build=False)  # no rebuild, no teacher needed
+    assert fake_teachers == seen
+    np.testing.assert_array_equal(again.labels(3), SoftLabelCache(again.path).labels(3))
+    again.close()
+
+    # The dataset changes (waveforms rewritten: new mtime): the cache is stale and rebuilt.
+    waveforms = small_dataset / "waveforms.hdf5"
+    stat = waveforms.stat()
+    os.utime(waveforms, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with pytest.raises(EdgepickError, match="stale"):
+        SoftLabelCache.open(small_dataset, "phasenet:fake", build=False)
+    SoftLabelCache.open(small_dataset, "phasenet:fake", progress=False).close()
+    assert fake_teachers["traces"] == seen["traces"] + len(LENGTHS)
+
+
+def test_resume_after_interrupted_build(small_dataset, fake_teachers, tmp_path):
+    paths = build_soft_labels(small_dataset, "phasenet:fake", traces_per_flush=2, max_traces=3, progress=False)
+    assert paths[0].name == "phasenet-fake.hdf5.partial"
+    with h5py.File(paths[0]) as handle:
+        assert handle.attrs["n_done"] == 3 and not handle.attrs["complete"]
+    with pytest.raises(EdgepickError, match="no current soft-label cache"):
+        SoftLabelCache.open(small_dataset, "phasenet:fake", build=False)
+    before = fake_teachers["traces"]
+    (final,) = build_soft_labels(small_dataset, "phasenet:fake", traces_per_flush=2, progress=False)
+    assert fake_teachers["traces"] - before == len(LENGTHS) - 3  # only the rest was computed
+    assert final.name == "phasenet-fake.hdf5" and not paths[0].exists()
+
+    reference = build_soft_labels(small_dataset, "phasenet:fake", cache_dir=tmp_path / "fresh", progress=False)[0]
+    resumed, fresh = SoftLabelCache(final), SoftLabelCache(reference)
+    np.testing.assert_array_equal(resumed.offsets, fresh.offsets)
+    for i in range(len(LENGTHS)):
+        np.testing.assert_array_equal(resumed.labels(i), fresh.labels(i))
+
+
+def test_corrupt_partial_starts_over(small_dataset, fake_teachers):
+    partial = small_dataset / "soft_labels" / "phasenet-fake.hdf5.partial"
+    partial.parent.mkdir()
+    partial.write_bytes(b"not hdf5")
+    cache = SoftLabelCache.open(small_dataset, "phasenet:fake", progress=False)
+    assert len(cache) == len(LENGTHS) and not partial.exists()
+
+
+def test_ensemble_is_weighted_mean(small_dataset, fake_teachers):
+    a = SoftLabelCache.open(small_dataset, "phasenet:a", progress=False)
+    b = SoftLabelCache.open(small_dataset, "phasenet:b", progress=False)
+    ensemble = SoftLabelCache.open(small_dataset, "phasenet:a*3+phasenet:b", progress=False)
+    for i in (0, 3):
+        expected = 0.75 * a.labels(i).astype(np.float32) + 0.25 * b.labels(i).astype(np.float32)
+        assert not np.allclose(a.labels(i), b.labels(i), atol=1e-2)
+        np.testing.assert_allclose(ensemble.labels(i).astype(np.float32), expected, atol=2e-3)
+
+
+def test_generator_crops_waveform_and_target_identically(small_dataset, fake_teachers):
+    import seisbench.generate as sbg
+
+    cache = SoftLabelCache.open(small_dataset, "phasenet:fake", progress=False)
+    dataset = open_dataset(small_dataset)
+    generator = sbg.GenericGenerator(dataset)
+    generator.add_augmentations(
+        [
+            AttachSoftLabels(cache),
+            sbg.FixedWindow(p0=100, windowlen=3001, strategy="pad"),
+            SplitSoftLabels(),
+            sbg.Normalize(demean_axis=-1, amp_norm_axis=-1),
+        ]
+    )
+    for i in range(len(dataset)):
+        sample = generator[i]
+        n = dataset.get_waveforms(i).shape[1]
+        assert sample["X"].shape == (3, 3001) and sample["y_soft"].shape == (3, 3001)
+        covered = min(3001, n - 100)
+        np.testing.assert_array_equal(sample["y_soft"][:, :covered], cache.labels(i)[:, 100 : 100 + covered])
+        if covered < 3001:  # window padding becomes noise
+            np.testing.assert_array_equal(sample["y_soft"][:, covered:], [[0], [0], [1]] * np.ones((1, 3001 - covered)))
+
+
+def test_cache_in_dataloader_workers(small_dataset, fake_teachers):
+    """Pickled into worker processes, the cache reopens its file per process and reads the same labels."""
+    import pickle
+
+    import seisbench.generate as sbg
+
+    cache = SoftLabelCache.open(small_dataset, "phasenet:fake", progress=False)
+    clone = pickle.loads(pickle.dumps(cache))
+    np.testing.assert_array_equal(clone.labels(1), cache.labels(1))
+    generator = sbg.GenericGenerator(open_dataset(small_dataset))
+    generator.add_augmentations([AttachSoftLabels(cache), sbg.FixedWindow(p0=0, windowlen=2000), SplitSoftLabels()])
+    loader = torch.utils.data.DataLoader(generator, batch_size=len(LENGTHS), num_workers=2)
+    (batch,) = list(loader)
+    expected = np.stack([cache.labels(i)[:, :2000] for i in range(len(LENGTHS))]).astype(np.float32)
+    np.testing.assert_array_equal(batch["y_soft"].numpy(), expected)
+
+
+def test_on_the_fly_matches_cache(small_dataset, fake_teachers):
+    cache = SoftLabelCache.open(small_dataset, "phasenet:fake", progress=False)
+    dataset = open_dataset(small_dataset)
+    windows = np.stack([dataset.get_waveforms(i) for i in (0, 2, 5)])  # all 6000 samples
+    online = OnTheFlyTeacher("phasenet:fake")
+    full = online.predict(windows)
+    for k, i in enumerate((0, 2, 5)):
+        np.testing.assert_allclose(full[k], cache.labels(i).astype(np.float32), atol=1e-3)
+    cropped = online(windows[:, :, :3501], context=250)
+    assert cropped.shape == (3, 3, 3001)
+    with pytest.raises(EdgepickError, match="context"):
+        online.predict(windows, context=3000)
+
+
+def test_run_from_config(small_dataset, fake_teachers, tmp_path):
+    from pipeline.config import Config
+
+    config = Config.load(overrides=[f"teacher.cache_dir={tmp_path / 'sl'}", "teacher.batch_size=16"])
+    config.teacher.name = "phasenet:fake"
+    (path,) = teachers.run(config, small_dataset)
+    assert path == tmp_path / "sl" / "phasenet-fake.hdf5" and path.is_file()
+    config.teacher.mode = "sometimes"
+    with pytest.raises(EdgepickError, match="teacher.mode"):
+        teachers.run(config, small_dataset)
+
+
+def test_teacher_refuses_unfit_data(fake_teachers):
+    teacher = Teacher("phasenet:fake")
+    teacher.check_data(100.0, "ZNE")
+    with pytest.raises(EdgepickError, match="Hz"):
+        teacher.check_data(40.0, "ZNE")
+    with pytest.raises(EdgepickError, match="components"):
+        teacher.check_data(100.0, "Z12")
+    with pytest.raises(EdgepickError, match="ensemble"):
+        Teacher("phasenet:a+phasenet:b")
+
+
+def test_dataset_teacher_mismatch_is_one_error(tmp_path, fake_teachers):
+    path = tmp_path / "ds50"
+    write_dataset(_records((4000, 4000)), path, DataConfig(sampling_rate=50.0), "test")
+    with pytest.raises(EdgepickError, match="50.0 Hz"):
+        build_soft_labels(path, "phasenet:fake", progress=False)
+
+
+@pytest.mark.parametrize("error", ["connection", "value"])
+def test_missing_weights_offline(monkeypatch, error):
+    import requests
+    import seisbench.models as sbm
+
+    def offline(name, *args, **kwargs):
+        if error == "connection":
+            raise requests.exceptions.ConnectionError("Max retries exceeded with url: https://files.seisbench.org")
+        raise ValueError(f"No version for weight '{name}' available.")
+
+    monkeypatch.setattr(sbm.EQTransformer, "from_pretrained", offline)
+    with pytest.raises(EdgepickError) as info:
+        Teacher("eqtransformer:nosuchweights")
+    message = str(info.value)
+    assert "nosuchweights" in message and "SEISBENCH_CACHE_ROOT" in message and "\n" not in message
+
+
+# ------------------------------------------------------------------------------------ the real teachers (../shared)
+def _stead_records(shared, count):
+    stead = open_dataset(shared / "datasets" / "stead50")
+    drop = {"index", "trace_chunk", "trace_component_order", "split", "trace_name_original"}
+    for i in range(count):
+        row = stead.metadata.iloc[i]
+        metadata = {k: v for k, v in row.items() if k not in drop}
+        metadata["trace_name"] = row["trace_name_original"]
+        yield metadata, stead.get_waveforms(i)
+
+
+def _stream(waveform, rate=100.0):
+    start = obspy.UTCDateTime(0)
+    return obspy.Stream(
+        [
+            obspy.Trace(waveform[i].astype(np.float64), header=dict(network="XX", station="S", channel=f"HH{c}",
+                                                                     sampling_rate=rate, starttime=start))
+            for i, c in enumerate("ZNE")
+        ]
+    )
+
+
+@pytest.mark.shared
+def test_real_phasenet_cache_finds_picks(teacher_cache, shared, tmp_path):
+    path = tmp_path / "stead12"
+    write_dataset(_stead_records(shared, 12), path, DataConfig(), "stead12")
+    cache = SoftLabelCache.open(path, "phasenet:okla", progress=False, batch_size=64)
+    assert cache.attrs["weights_version"] == "1"
+    dataset = open_dataset(path)
+    residuals = []
+    for i in range(len(dataset)):
+        pick = dataset.metadata["trace_p_arrival_sample"].iloc[i]
+        labels = cache.labels(i).astype(np.float32)
+        assert labels.shape == (3, dataset.get_waveforms(i).shape[1])
+        residuals.append(int(np.argmax(labels[0])) - float(pick))
+    residuals = np.abs(residuals)
+    print("P residuals (samples):", residuals)
+    assert np.all(residuals <= 50), residuals  # within 0.5 s of the analyst P pick (measured: 1-22 samples)
+    assert np.median(residuals) <= 25, residuals
+
+    # The ensemble reuses the PhaseNet file, adds EQTransformer's, and still finds the picks.
+    ensemble = SoftLabelCache.open(path, "phasenet:okla*0.7+eqtransformer:elep*0.3", progress=False)
+    assert sorted(p.name for p in (path / "soft_labels").iterdir()) == ["eqtransformer-elep.hdf5", "phasenet-okla.hdf5"]
+    mixed = []
+    for i in range(len(dataset)):
+        labels = ensemble.labels(i).astype(np.float32)
+        np.testing.assert_allclose(labels.sum(axis=0), 1.0, atol=5e-3)
+        mixed.append(abs(int(np.argmax(labels[0])) - float(dataset.metadata["trace_p_arrival_sample"].iloc[i])))
+    print("ensemble P residuals (samples):", mixed)
+    assert np.all(np.array(mixed) <= 50), mixed
+
+
+@pytest.mark.shared
+def test_real_teachers_equal_annotate(teacher_cache, shared):
+    stead = open_dataset(shared / "datasets" / "stead50")
+    one = stead.get_waveforms(0)
+    long = np.concatenate([stead.get_waveforms(1), stead.get_waveforms(2)], axis=1)  # 120 s: several windows
+    for spec, waveform in (("phasenet:okla", one), ("eqtransformer:elep", long)):
+        teacher = Teacher(spec)
+        (raw,), _ = teacher.predict_raw([waveform])
+        annotations = teacher.model.annotate(_stream(waveform))
+        for j, label in enumerate(teacher.labels):
+            (trace,) = annotations.select(channel=f"*_{label}")
+            start = int(round((trace.stats.starttime - obspy.UTCDateTime(0)) * 100))
+            np.testing.assert_allclose(raw[start : start + trace.stats.npts, j], trace.data, atol=1e-5)
+        if spec.startswith("eqtransformer"):
+            assert start == 500 and raw.shape[0] == long.shape[1]  # annotate blinds the edges; we fill them
+            assert np.isfinite(raw).all()
+    # An ensemble on the fly is a distribution per sample.
+    online = OnTheFlyTeacher("phasenet:okla*0.7+eqtransformer:elep*0.3")
+    target = online.predict(long[None, :, :6000])
+    assert target.shape == (1, 3, 6000)
+    np.testing.assert_allclose(target.sum(axis=1), 1.0, atol=1e-5)
