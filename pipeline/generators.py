@@ -31,9 +31,25 @@ def phase_columns(dataset: sbd.WaveformDataset) -> dict[str, str]:
     return {column: phase for column, phase in PHASE_COLUMNS.items() if column in dataset.metadata.columns}
 
 
-def normalise(eps: float = 1e-10) -> list:
-    """Demean and peak-normalise each window over all its channels, as the PhaseNet teacher does."""
-    return [sbg.Normalize(demean_axis=-1, amp_norm_axis=-1, amp_norm_type="peak", eps=eps)]
+class Normalise:
+    """Demean each component and divide it by its peak (relative epsilon): exactly what the student does in
+    ``annotate`` and the firmware does on the board (:func:`pipeline.student.normalize_windows`)."""
+
+    def __init__(self, key: str = "X"):
+        self.key = key
+
+    def __call__(self, state_dict):
+        from pipeline.student import normalize_windows
+
+        x, metadata = state_dict[self.key]
+        state_dict[self.key] = (normalize_windows(x), metadata)
+
+    def __str__(self):
+        return "Normalise (demean, per-component peak, relative epsilon)"
+
+
+def normalise() -> list:
+    return [Normalise()]
 
 
 def label(columns: dict[str, str], sigma: int = 20) -> list:
@@ -107,13 +123,18 @@ def evaluation_windows(dataset: sbd.WaveformDataset, in_samples: int, seed: int 
     )
 
 
-def evaluation_generator(dataset: sbd.WaveformDataset, in_samples: int, seed: int = 0, sigma: int = 20):
+def evaluation_generator(dataset: sbd.WaveformDataset, in_samples: int, seed: int = 0, sigma: int = 20, soft_labels=None):
     """Deterministic windows (see :func:`evaluation_windows`), normalised and labelled like training ones."""
     columns = phase_columns(dataset)
     generator = sbg.SteeredGenerator(dataset, evaluation_windows(dataset, in_samples, seed))
-    generator.add_augmentations(
-        [sbg.SteeredWindow(windowlen=in_samples, strategy="pad")] + normalise() + label(columns, sigma) + float32("X", "y")
-    )
+    window = [sbg.SteeredWindow(windowlen=in_samples, strategy="pad")]
+    if soft_labels is not None:
+        from pipeline.teachers import AttachSoftLabels, SplitSoftLabels
+
+        window = [AttachSoftLabels(soft_labels)] + window + [SplitSoftLabels()]
+    generator.add_augmentations(window + normalise() + label(columns, sigma) + float32("X", "y"))
+    if soft_labels is not None:
+        generator.add_augmentations(float32("y_soft"))
     return generator
 
 
@@ -123,11 +144,13 @@ def training_generator(dataset: sbd.WaveformDataset, in_samples: int, sigma: int
     return generator
 
 
-def load_for_training(path, split: str | None = None, sampling_rate: float = 100.0) -> sbd.WaveformDataset:
+def load_for_training(
+    path, split: str | None = None, sampling_rate: float = 100.0, component_order: str = "ZNE"
+) -> sbd.WaveformDataset:
     """Open a dataset folder with its waveforms in memory and a metadata lookup: what high throughput needs."""
     from pipeline.data import open_dataset
 
-    dataset = open_dataset(path, sampling_rate, cache="full", metadata_cache=True)
+    dataset = open_dataset(path, sampling_rate, cache="full", metadata_cache=True, component_order=component_order)
     if split is not None:
         if "split" not in dataset.metadata.columns:
             raise EdgepickError(f"dataset {path} has no split column")

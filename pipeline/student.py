@@ -1,0 +1,327 @@
+"""The XiaoNet-style student: a tiny U-shaped phase picker built to map onto TensorFlow Lite Micro ops.
+
+Architecture (after XiaoNet v5-B, github.com/Hy-X/xiao_net), every convolution depthwise-separable (DS):
+
+- encoder: DS k7 s1 (3 -> c1), DS k5 s4 (-> c2), DS k5 s4 (-> c3), bottleneck DS k3 s4 (-> c4);
+- multi-scale block: three parallel DS convolutions k3 / k5 / k7 (c4 -> c4), summed;
+- decoder, three times: ``ConvTranspose1d(k=4, s=4)`` (c_in -> c_out) + additive skip -> depthwise k5 -> BN -> Hardswish;
+- 1x1 convolution -> softmax over (P, S, noise).
+
+with ``c_i = base_channels * channel_multipliers[i]``. Each DS block is depthwise conv -> pointwise conv -> BatchNorm ->
+Hardswish. Choices made for TensorFlow Lite Micro:
+
+- Upsampling is a ``ConvTranspose1d`` with kernel = stride = 4 (TRANSPOSE_CONV), never ``nn.Upsample``: exported through
+  ONNX a 1-D resize became a 4-D RESIZE_NEAREST_NEIGHBOR + GATHER on a 32x larger tensor (see shared/NOTES.md). A k4/s4
+  transposed convolution generalises "nearest x4 then the pointwise half of XiaoNet's decoder DS block"; the depthwise
+  half then runs on the (cheaper) output channels.
+- Windows are padded internally to a multiple of 64 (three stride-4 stages) and the output is cropped back, so
+  ``in_samples`` can be 1001, 3001 or anything else. Strided convolutions pad exactly like TensorFlow's ``SAME``
+  (all padding on the right), so the TFLite model needs no extra PAD op per layer.
+- No op outside CONV_2D, DEPTHWISE_CONV_2D, TRANSPOSE_CONV, HARD_SWISH, ADD, PAD, STRIDED_SLICE, SOFTMAX.
+
+The model is a :class:`seisbench.models.WaveformModel`: ``save`` / ``load``, ``annotate`` and ``classify`` on obspy
+streams work as for SeisBench's PhaseNet (labels ``PSN``, components ``ZNE``, 100 Hz, per-component peak
+normalisation with a *relative* epsilon, so 1e-14 m/s amplitudes are not swamped).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import seisbench.models as sbm
+import seisbench.util as sbu
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pipeline.errors import EdgepickError
+
+DOWNSAMPLING = 64  # 4 ** 3: the internal length must be a multiple of this
+DEFAULT_MULTIPLIERS = (1, 2, 4, 4)
+# Relative normalisation epsilon: a component is divided by (its peak + NORM_EPS * the window's largest peak).
+NORM_EPS = 1e-6
+CLASS_ORDER = "PSN"
+
+
+def same_padding(length: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow ``SAME`` padding (left, right) for one spatial axis: extra padding goes to the right."""
+    out = math.ceil(length / stride)
+    total = max((out - 1) * stride + kernel - length, 0)
+    return total // 2, total - total // 2
+
+
+def internal_length(samples: int) -> int:
+    """The length the network runs on: ``samples`` rounded up to a multiple of 64."""
+    return int(math.ceil(samples / DOWNSAMPLING) * DOWNSAMPLING)
+
+
+def window_padding(samples: int) -> tuple[int, int]:
+    """Zeros added (left, right) to a window of ``samples`` before the network; the output is cropped back."""
+    extra = internal_length(samples) - samples
+    return extra // 2, extra - extra // 2
+
+
+def normalize_windows(x, eps: float = NORM_EPS):
+    """Demean each component, divide it by its peak + ``eps`` x the window's largest peak (numpy or torch).
+
+    ``x``: (..., components, samples). All-zero windows stay zero. This is what :meth:`XiaoNet.annotate_batch_pre`
+    does and what the firmware must do (config header ``EDGEPICK_NORM_*``).
+    """
+    if isinstance(x, torch.Tensor):
+        x = x - x.mean(dim=-1, keepdim=True)
+        peak = x.abs().amax(dim=-1, keepdim=True)
+        scale = peak + eps * peak.amax(dim=-2, keepdim=True)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        return x / scale
+    x = np.asarray(x, dtype=np.float64)
+    x = x - x.mean(axis=-1, keepdims=True)
+    peak = np.abs(x).max(axis=-1, keepdims=True)
+    scale = peak + eps * peak.max(axis=-2, keepdims=True)
+    scale = np.where(scale > 0, scale, 1.0)
+    return (x / scale).astype(np.float32)
+
+
+class DSConv(nn.Module):
+    """Depthwise (k, stride, TF-SAME padding) -> pointwise -> BatchNorm -> Hardswish."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1):
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+        symmetric = (kernel - 1) // 2 if stride == 1 else 0
+        self.dw = nn.Conv1d(cin, cin, kernel, stride, padding=symmetric, groups=cin, bias=False)
+        self.pw = nn.Conv1d(cin, cout, 1, bias=False)
+        self.bn = nn.BatchNorm1d(cout)
+        self.act = nn.Hardswish()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride != 1:
+            left, right = same_padding(x.shape[-1], self.kernel, self.stride)
+            if left or right:
+                x = F.pad(x, (left, right))
+        return self.act(self.bn(self.pw(self.dw(x))))
+
+
+class MultiScale(nn.Module):
+    """Three parallel DS convolutions k3 / k5 / k7, summed."""
+
+    def __init__(self, channels: int, kernels: tuple[int, ...] = (3, 5, 7)):
+        super().__init__()
+        self.branches = nn.ModuleList(DSConv(channels, channels, k) for k in kernels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.branches[0](x)
+        for branch in self.branches[1:]:
+            out = out + branch(x)
+        return out
+
+
+class UpBlock(nn.Module):
+    """ConvTranspose1d(k=4, s=4) (cin -> cout) + skip -> depthwise k5 -> BatchNorm -> Hardswish."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 5):
+        super().__init__()
+        self.up = nn.ConvTranspose1d(cin, cout, 4, stride=4, bias=False)
+        self.dw = nn.Conv1d(cout, cout, kernel, padding=(kernel - 1) // 2, groups=cout, bias=False)
+        self.bn = nn.BatchNorm1d(cout)
+        self.act = nn.Hardswish()
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.dw(self.up(x) + skip)))
+
+
+class XiaoNet(sbm.WaveformModel):
+    """XiaoNet-style student; ``forward`` maps (B, 3, N) normalised windows to (B, 3, N) probabilities (P, S, noise)."""
+
+    _annotate_args = sbm.WaveformModel._annotate_args.copy()
+    _annotate_args["*_threshold"] = ("Detection threshold for the provided phase", 0.3)
+    _annotate_args["blinding"] = ("Number of prediction samples to discard on each side of each window prediction", (0, 0))
+    _annotate_args["overlap"] = (_annotate_args["overlap"][0], 0.5)
+
+    def __init__(
+        self,
+        base_channels: int = 8,
+        in_samples: int = 3001,
+        channel_multipliers: tuple[int, ...] | list[int] = DEFAULT_MULTIPLIERS,
+        sampling_rate: float = 100,
+        component_order: str = "ZNE",
+        phases: str = CLASS_ORDER,
+        norm_eps: float = NORM_EPS,
+        **kwargs,
+    ):
+        if base_channels < 1 or in_samples < DOWNSAMPLING:
+            raise EdgepickError(f"student needs base_channels >= 1 and in_samples >= {DOWNSAMPLING}, got {base_channels}, {in_samples}")
+        if len(channel_multipliers) != 4:
+            raise EdgepickError(f"channel_multipliers needs 4 entries (encoder 1-3, bottleneck), got {channel_multipliers}")
+        if phases != CLASS_ORDER:
+            raise EdgepickError(f"the student's class order is fixed to {CLASS_ORDER!r}, got {phases!r}")
+        citation = (
+            "XiaoNet-style student after Xiao, Walter & Ogwari, github.com/Hy-X/xiao_net (MIT); "
+            "output conventions after Zhu & Beroza (2019), PhaseNet."
+        )
+        for key in ("citation", "output_type", "pred_sample", "labels"):
+            kwargs.pop(key, None)
+        super().__init__(
+            citation=citation,
+            in_samples=int(in_samples),
+            output_type="array",
+            pred_sample=(0, int(in_samples)),
+            labels=phases,
+            sampling_rate=sampling_rate,
+            component_order=component_order,
+            **kwargs,
+        )
+        self.base_channels = int(base_channels)
+        self.channel_multipliers = tuple(int(m) for m in channel_multipliers)
+        self.norm_eps = float(norm_eps)
+        c1, c2, c3, c4 = (self.base_channels * m for m in self.channel_multipliers)
+        self.channels = (c1, c2, c3, c4)
+        self.enc1 = DSConv(3, c1, 7)
+        self.enc2 = DSConv(c1, c2, 5, 4)
+        self.enc3 = DSConv(c2, c3, 5, 4)
+        self.bottleneck = DSConv(c3, c4, 3, 4)
+        self.multiscale = MultiScale(c4)
+        self.up3 = UpBlock(c4, c3)
+        self.up2 = UpBlock(c3, c2)
+        self.up1 = UpBlock(c2, c1)
+        self.head = nn.Conv1d(c1, 3, 1)
+        if "overlap" not in self.default_args:
+            self.default_args["overlap"] = int(in_samples) // 2
+
+    # ---- network -------------------------------------------------------------------------------------------
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-softmax scores (B, 3, N) in (P, S, noise) order."""
+        samples = x.shape[-1]
+        left, right = window_padding(samples)
+        if left or right:
+            x = F.pad(x, (left, right))
+        e1 = self.enc1(x)
+        e2 = self.enc2(e1)
+        e3 = self.enc3(e2)
+        b = self.multiscale(self.bottleneck(e3))
+        d = self.up3(b, e3)
+        d = self.up2(d, e2)
+        d = self.up1(d, e1)
+        out = self.head(d)
+        if left or right:
+            out = out[:, :, left : left + samples]
+        return out
+
+    def forward(self, x: torch.Tensor, logits: bool = False) -> torch.Tensor:
+        out = self.logits(x)
+        return out if logits else torch.softmax(out, dim=1)
+
+    def count_macs(self, samples: int | None = None) -> int:
+        """Multiply-accumulates of one window (convolutions and linear layers), counted with forward hooks."""
+        return count_macs(self, (1, 3, samples or self.in_samples))
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- SeisBench hooks (after seisbench.models.PhaseNet) -------------------------------------------------
+    def annotate_batch_pre(self, batch: torch.Tensor, argdict: dict[str, Any]) -> torch.Tensor:
+        return normalize_windows(batch, self.norm_eps)
+
+    def annotate_batch_post(self, batch: torch.Tensor, piggyback: Any, argdict: dict[str, Any]) -> torch.Tensor:
+        batch = torch.transpose(batch, -1, -2)  # (B, N, classes), as SeisBench stitches it
+        prenan, postnan = argdict.get("blinding", self._annotate_args["blinding"][1])
+        if prenan > 0:
+            batch[:, :prenan] = np.nan
+        if postnan > 0:
+            batch[:, -postnan:] = np.nan
+        return batch
+
+    def classify_aggregate(self, annotations, argdict) -> sbu.ClassifyOutput:
+        """Picks per phase with SeisBench's trigger (on at ``<phase>_threshold``, off at half), noise not picked."""
+        picks = sbu.PickList()
+        for phase in self.labels:
+            if phase == "N":
+                continue
+            threshold = argdict.get(f"{phase}_threshold", self._annotate_args["*_threshold"][1])
+            picks += self.picks_from_annotations(
+                annotations.select(channel=f"{self.__class__.__name__}_{phase}"), threshold, phase
+            )
+        return sbu.ClassifyOutput(self.name, picks=sbu.PickList(sorted(picks)))
+
+    def get_model_args(self) -> dict:
+        model_args = super().get_model_args()
+        for key in ("citation", "output_type", "pred_sample", "labels", "in_samples"):
+            model_args.pop(key, None)
+        model_args.update(
+            base_channels=self.base_channels,
+            in_samples=self.in_samples,
+            channel_multipliers=list(self.channel_multipliers),
+            phases=self.labels,
+            norm_eps=self.norm_eps,
+        )
+        return model_args
+
+
+def count_macs(model: nn.Module, shape: tuple[int, ...]) -> int:
+    """MACs of one forward pass on a zero input of ``shape`` over Conv1d / ConvTranspose1d / Linear, batch 1."""
+    total = 0
+
+    def conv_hook(module, inputs, output):
+        nonlocal total
+        total += output[0].numel() * (module.in_channels // module.groups) * module.kernel_size[0]
+
+    def convt_hook(module, inputs, output):
+        nonlocal total
+        total += inputs[0][0].numel() * (module.out_channels // module.groups) * module.kernel_size[0]
+
+    def linear_hook(module, inputs, output):
+        nonlocal total
+        total += output[0].numel() * module.in_features
+
+    handles = []
+    for module in model.modules():
+        if isinstance(module, nn.Conv1d):
+            handles.append(module.register_forward_hook(conv_hook))
+        elif isinstance(module, nn.ConvTranspose1d):
+            handles.append(module.register_forward_hook(convt_hook))
+        elif isinstance(module, nn.Linear):
+            handles.append(module.register_forward_hook(linear_hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(shape))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return int(total)
+
+
+def phasenet_macs(in_samples: int = 3001) -> int:
+    """MACs per window of SeisBench's PhaseNet (untrained weights: the count only depends on the architecture)."""
+    return count_macs(sbm.PhaseNet(), (1, 3, in_samples))
+
+
+def build_student(config) -> XiaoNet:
+    """The student described by a :class:`pipeline.config.StudentConfig`."""
+    return XiaoNet(
+        base_channels=config.base_channels,
+        in_samples=config.in_samples,
+        channel_multipliers=tuple(getattr(config, "channel_multipliers", DEFAULT_MULTIPLIERS)),
+    )
+
+
+def load_student(path) -> XiaoNet:
+    """A saved student (``<path>.json`` + ``<path>.pt``, SeisBench's format), or a folder holding exactly one."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        candidates = sorted(p.with_suffix("") for p in path.glob("*.json") if p.with_suffix(".pt").exists())
+        if len(candidates) != 1:
+            raise EdgepickError(f"student folder {path} must hold one <name>.json + <name>.pt pair, found {len(candidates)}")
+        path = candidates[0]
+    if not path.with_suffix(".json").is_file() or not path.with_suffix(".pt").is_file():
+        raise EdgepickError(f"no saved student at {path} (.json + .pt); run `make distill` first?")
+    try:
+        model = XiaoNet.load(path)
+    except Exception as error:  # noqa: BLE001 - torch / json raise many kinds
+        raise EdgepickError(f"cannot load student {path}: {type(error).__name__}: {error}") from error
+    return model.eval()

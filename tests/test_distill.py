@@ -1,0 +1,143 @@
+"""The distillation loss and training loop: checkpoints, resume, bad input, and a two-process DDP run."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline import distill
+from pipeline.config import Config
+from pipeline.data import write_dataset
+from pipeline.errors import EdgepickError
+from test_data import make_records
+
+
+def test_loss_is_zero_when_student_matches_teacher_and_scales_with_t_squared():
+    logits = torch.randn(2, 3, 50)
+    teacher = torch.softmax(logits, dim=1)
+    assert distill.distillation_loss(logits, teacher, None, 4.0, 1.0).item() == pytest.approx(0.0, abs=1e-6)
+    other = torch.softmax(torch.randn(2, 3, 50), dim=1)
+    for t in (1.0, 2.0, 4.0):
+        teacher_t = torch.softmax(torch.log(other) / t, dim=1)
+        kl = (teacher_t * (torch.log(teacher_t) - F.log_softmax(logits / t, dim=1))).sum(1).mean()
+        assert distill.distillation_loss(logits, other, None, t, 1.0).item() == pytest.approx(t * t * kl.item(), rel=1e-5)
+
+
+def test_alpha_mixes_soft_and_hard_terms():
+    logits = torch.randn(2, 3, 40)
+    teacher = torch.softmax(torch.randn(2, 3, 40), dim=1)
+    hard = torch.softmax(5 * torch.randn(2, 3, 40), dim=1)
+    soft_only = distill.distillation_loss(logits, teacher, hard, 2.0, 1.0)
+    hard_only = distill.distillation_loss(logits, teacher, hard, 2.0, 0.0)
+    ce = -(hard * F.log_softmax(logits, 1)).sum(1).mean()
+    assert hard_only.item() == pytest.approx(ce.item(), rel=1e-6)
+    mixed = distill.distillation_loss(logits, teacher, hard, 2.0, 0.3)
+    assert mixed.item() == pytest.approx(0.3 * soft_only.item() + 0.7 * hard_only.item(), rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    path = tmp_path_factory.mktemp("distill") / "ds"
+    write_dataset(make_records(n_events=30, stations=2), path, Config().data, "test")
+    return path
+
+
+def tiny_config(dataset, out, **distill_overrides):
+    config = Config()
+    config.student.base_channels = 2
+    config.student.in_samples = 1001
+    config.distill.dataset = str(dataset)
+    config.distill.out = str(out)
+    config.distill.alpha = 0.0  # hard labels: no teacher needed
+    config.distill.epochs = 2
+    config.distill.windows_per_epoch = 64
+    config.distill.batch_size = 16
+    config.distill.workers = 0
+    for key, value in distill_overrides.items():
+        setattr(config.distill, key, value)
+    return config
+
+
+def test_training_writes_student_checkpoint_metrics_and_plot(labelled, tmp_path):
+    out = tmp_path / "student"
+    state = distill.run(tiny_config(labelled, out))
+    assert [h["epoch"] for h in state["history"]] == [1, 2]
+    for name in ("checkpoint.pt", "metrics.csv", "loss.png", "student/student.json", "student/student.pt"):
+        assert (out / name).is_file(), name
+    from pipeline.student import load_student
+
+    student = load_student(out / "student")
+    x = torch.randn(1, 3, 1001)
+    assert student(x).shape == (1, 3, 1001)
+
+
+def test_training_is_deterministic_on_cpu(labelled, tmp_path):
+    a = distill.run(tiny_config(labelled, tmp_path / "a", epochs=1))
+    b = distill.run(tiny_config(labelled, tmp_path / "b", epochs=1))
+    assert a["history"][0]["train_loss"] == b["history"][0]["train_loss"]
+
+
+def test_resume_continues_and_corrupt_checkpoint_is_refused(labelled, tmp_path):
+    out = tmp_path / "run"
+    distill.run(tiny_config(labelled, out, epochs=1))
+    state = distill.run(tiny_config(labelled, out, epochs=2, resume=True))
+    assert [h["epoch"] for h in state["history"]] == [1, 2]
+    checkpoint = out / "checkpoint.pt"
+    data = checkpoint.read_bytes()
+    checkpoint.write_bytes(data[: len(data) // 2])
+    with pytest.raises(EdgepickError, match="corrupt"):
+        distill.run(tiny_config(labelled, out, epochs=3, resume=True))
+    assert checkpoint.read_bytes() == data[: len(data) // 2]  # nothing overwritten
+
+
+def test_diverging_loss_stops_and_keeps_last_good_checkpoint(labelled, tmp_path):
+    out = tmp_path / "run"
+    distill.run(tiny_config(labelled, out, epochs=1))
+    good = (out / "checkpoint.pt").read_bytes()
+    student = (out / "student" / "student.pt").read_bytes()
+    # a new run into the same folder whose weights blow up in its first epoch
+    with pytest.raises(EdgepickError, match="non-finite loss"):
+        distill.run(tiny_config(labelled, out, epochs=3, learning_rate=1e30, grad_clip=1e30))
+    assert (out / "checkpoint.pt").read_bytes() == good
+    assert (out / "student" / "student.pt").read_bytes() == student
+
+
+def test_hard_labels_needed_but_absent_is_an_error(tmp_path):
+    records = []
+    for metadata, waveform in make_records(n_events=10, stations=1):
+        metadata["trace_p_arrival_sample"] = metadata["trace_s_arrival_sample"] = np.nan
+        records.append((metadata, waveform))
+    path = tmp_path / "unlabelled"
+    write_dataset(iter(records), path, Config().data, "test")
+    with pytest.raises(EdgepickError, match="needs analyst picks"):
+        distill.run(tiny_config(path, tmp_path / "out", alpha=0.5))
+
+
+def test_two_process_ddp_run_on_cpu(labelled, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pipeline",
+        "distill", "--set", f"distill.dataset={labelled}", "--set", f"distill.out={out}", "--set", "distill.alpha=0",
+        "--set", "distill.epochs=1", "--set", "distill.windows_per_epoch=64", "--set", "distill.batch_size=16",
+        "--set", "distill.workers=0", "--set", "student.base_channels=2", "--set", "student.in_samples=1001",
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / "student" / "student.pt").is_file()
+    assert "world 2" in result.stdout
+
+
+def test_distillation_from_the_real_teacher_uses_the_soft_label_cache(labelled, tmp_path, teacher_cache):
+    config = tiny_config(labelled, tmp_path / "kd", alpha=0.5, epochs=1)
+    state = distill.run(config)
+    assert np.isfinite(state["history"][0]["train_loss"])
+    assert list((labelled / "soft_labels").glob("*.hdf5")), "the teacher's soft labels were cached beside the dataset"
+    # a second run reuses the cache instead of running the teacher again
+    before = {p: p.stat().st_mtime_ns for p in (labelled / "soft_labels").glob("*.hdf5")}
+    distill.run(tiny_config(labelled, tmp_path / "kd2", alpha=1.0, epochs=1))
+    assert {p: p.stat().st_mtime_ns for p in (labelled / "soft_labels").glob("*.hdf5")} == before

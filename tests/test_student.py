@@ -1,0 +1,77 @@
+"""The XiaoNet-style student: shapes, probabilities, SeisBench save/load/annotate/classify, MAC budget."""
+
+import numpy as np
+import obspy
+import pytest
+import torch
+
+from pipeline.config import Config
+from pipeline.errors import EdgepickError
+from pipeline.student import XiaoNet, build_student, load_student, normalize_windows, phasenet_macs
+
+
+@pytest.mark.parametrize("samples", [1001, 3001])
+def test_shapes_and_probabilities(samples):
+    torch.manual_seed(0)
+    model = XiaoNet(base_channels=4, in_samples=samples).eval()
+    x = torch.randn(2, 3, samples)
+    with torch.no_grad():
+        probs = model(x)
+        logits = model.logits(x)
+    assert probs.shape == (2, 3, samples) and logits.shape == (2, 3, samples)
+    assert torch.allclose(probs.sum(dim=1), torch.ones(2, samples), atol=1e-5)
+    assert torch.allclose(torch.softmax(logits, dim=1), probs, atol=1e-6)
+    assert (probs >= 0).all()
+
+
+def test_save_load_round_trip(tmp_path):
+    torch.manual_seed(1)
+    model = XiaoNet(base_channels=4, in_samples=1001).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model.save(tmp_path / "student")
+    loaded = load_student(tmp_path / "student")
+    assert loaded.in_samples == 1001 and loaded.base_channels == 4 and loaded.labels == "PSN"
+    assert loaded.component_order == "ZNE" and loaded.sampling_rate == 100
+    x = torch.randn(1, 3, 1001)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert load_student(tmp_path).in_samples == 1001  # a folder with one saved model
+    with pytest.raises(EdgepickError):
+        load_student(tmp_path / "missing")
+
+
+def test_annotate_and_classify_on_stream():
+    torch.manual_seed(2)
+    model = XiaoNet(base_channels=4, in_samples=1001).eval()
+    rng = np.random.default_rng(0)
+    start = obspy.UTCDateTime(2020, 1, 1)
+    stream = obspy.Stream(
+        [obspy.Trace(rng.normal(size=2500) * 1e-14, header={"network": "OK", "station": "X", "channel": f"HH{c}",
+                                                            "sampling_rate": 100.0, "starttime": start})
+         for c in "ZNE"]
+    )
+    annotations = model.annotate(stream)
+    channels = sorted(tr.stats.channel for tr in annotations)
+    assert channels == ["XiaoNet_N", "XiaoNet_P", "XiaoNet_S"]
+    assert all(np.isfinite(tr.data).all() for tr in annotations)
+    output = model.classify(stream, P_threshold=0.3, S_threshold=0.3)
+    assert all(p.phase in ("P", "S") for p in output.picks)
+
+
+def test_normalisation_is_relative():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 3, 500)) * 1e-14
+    y = normalize_windows(x)
+    assert np.allclose(np.abs(y).max(axis=-1), 1.0, atol=1e-5)  # not swamped by an absolute epsilon
+    t = normalize_windows(torch.tensor(x))
+    assert np.allclose(t.numpy(), y, atol=1e-5)
+    assert np.all(normalize_windows(np.zeros((3, 100))) == 0)
+
+
+def test_default_config_macs_below_ten_percent_of_phasenet():
+    model = build_student(Config().student)
+    fraction = model.count_macs() / phasenet_macs(3001)
+    assert model.in_samples == 3001 and model.base_channels == 8
+    assert fraction <= 0.10, fraction
