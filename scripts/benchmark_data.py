@@ -57,7 +57,7 @@ def main() -> None:
         test = data.open_dataset(config.data.out).get_split("test")
         if args.f1_traces:
             test.filter(test.metadata.index < test.metadata.index[min(args.f1_traces, len(test)) - 1] + 1)
-        scores = evaluate_picker(teacher, test, threshold=0.3, tolerances=(0.1, 0.5))
+        scores = evaluate_picker(teacher, test, threshold=0.3, tolerances=(0.1, 0.5))["scores"]
         for tolerance in (0.5, 0.1):
             p, s = (scores[phase][tolerance]["f1"] for phase in "PS")
             print(f"teacher PhaseNet okla on synthetic test split ({len(test)} traces), F1 @{tolerance} s: P {p:.3f}  S {s:.3f}"
