@@ -1,0 +1,23 @@
+// JSON lines the firmware prints: picks, status messages and errors. One object per line, no trailing newline
+// in the buffer (the caller writes "\n").
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "ep_picker.h"
+
+namespace edgepick {
+
+// {"type":"pick","phase":"P","sample":1234,"time":12.340000,"prob":0.812345,"on":1230,"off":1240}
+// time = t0 + sample / sampling_rate (seconds; t0 is what a "#t0" line set, 0 by default).
+// Returns the length written (truncated to cap - 1 like snprintf), or -1 on error.
+int FormatPickJson(char* buf, size_t cap, const Pick& pick, const char* phase_name, double t0, double sampling_rate);
+
+// {"type":"<type>","msg":"<escaped message>"} (type: "info", "warn", "error").
+int FormatMessageJson(char* buf, size_t cap, const char* type, const char* message);
+
+// Escapes a string for a JSON string literal (quotes, backslash, control characters). Returns length written.
+size_t JsonEscape(char* out, size_t cap, const char* in);
+
+}  // namespace edgepick

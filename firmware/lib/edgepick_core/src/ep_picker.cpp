@@ -1,0 +1,106 @@
+#include "ep_picker.h"
+
+#include <cmath>
+#include <limits>
+
+namespace edgepick {
+
+void TriggerPicker::Init(float threshold_on, float threshold_off, int phase) {
+  on_threshold_ = threshold_on;
+  off_threshold_ = threshold_off;
+  phase_ = phase;
+  Reset();
+}
+
+void TriggerPicker::Reset() {
+  triggered_ = false;
+  any_ = false;
+  last_ = 0;
+  current_ = Pick{};
+}
+
+bool TriggerPicker::Feed(uint64_t index, float value, Pick* pick) {
+  bool emitted = false;
+  if (triggered_) {
+    if (value >= off_threshold_) {  // false for NaN
+      if (value > current_.prob) {  // first maximum wins
+        current_.prob = value;
+        current_.sample = index;
+      }
+    } else {
+      current_.off = index - 1;
+      *pick = current_;
+      triggered_ = false;
+      emitted = true;
+    }
+  }
+  if (!triggered_ && !emitted && value >= on_threshold_) {
+    triggered_ = true;
+    current_ = Pick{index, index, index, value, phase_};
+  }
+  any_ = true;
+  last_ = index;
+  return emitted;
+}
+
+bool TriggerPicker::Finish(Pick* pick) {
+  if (!triggered_ || !any_) return false;
+  current_.off = last_;
+  *pick = current_;
+  triggered_ = false;
+  return true;
+}
+
+bool Stacker::Init(float* sums, uint16_t* counts, size_t capacity, int n_classes) {
+  if (sums == nullptr || counts == nullptr || capacity == 0 || n_classes < 1 || n_classes > kMaxPhases) return false;
+  sums_ = sums;
+  counts_ = counts;
+  capacity_ = capacity;
+  n_classes_ = n_classes;
+  Reset();
+  return true;
+}
+
+void Stacker::Reset(uint64_t start) {
+  for (size_t i = 0; i < capacity_ * static_cast<size_t>(n_classes_); ++i) sums_[i] = 0.0f;
+  for (size_t i = 0; i < capacity_; ++i) counts_[i] = 0;
+  finalized_ = start;
+}
+
+bool Stacker::AddWindow(uint64_t offset, const float* probs, size_t n, int probs_classes, bool channels_last,
+                        size_t blind_pre, size_t blind_post) {
+  if (probs_classes < n_classes_) return false;
+  if (offset < finalized_ || offset + n > finalized_ + capacity_) return false;
+  if (blind_pre + blind_post >= n) return true;  // everything blinded
+  for (size_t i = blind_pre; i < n - blind_post; ++i) {
+    const size_t slot = static_cast<size_t>((offset + i) % capacity_);
+    bool any_nan = false;
+    for (int k = 0; k < n_classes_; ++k) {
+      const float v = channels_last ? probs[i * static_cast<size_t>(probs_classes) + static_cast<size_t>(k)] : probs[static_cast<size_t>(k) * n + i];
+      if (std::isnan(v)) any_nan = true;
+    }
+    if (any_nan) continue;  // a NaN prediction is a missing one (nanmean)
+    for (int k = 0; k < n_classes_; ++k) {
+      const float v = channels_last ? probs[i * static_cast<size_t>(probs_classes) + static_cast<size_t>(k)] : probs[static_cast<size_t>(k) * n + i];
+      sums_[slot * n_classes_ + k] += v;
+    }
+    if (counts_[slot] < 0xFFFFu) ++counts_[slot];
+  }
+  return true;
+}
+
+bool Stacker::PopSample(uint64_t upto, uint64_t* index, float* out) {
+  if (finalized_ >= upto) return false;
+  const size_t slot = static_cast<size_t>(finalized_ % capacity_);
+  const uint16_t count = counts_[slot];
+  for (int k = 0; k < n_classes_; ++k) {
+    out[k] = count ? sums_[slot * n_classes_ + k] / static_cast<float>(count) : std::numeric_limits<float>::quiet_NaN();
+    sums_[slot * n_classes_ + k] = 0.0f;
+  }
+  counts_[slot] = 0;
+  *index = finalized_;
+  ++finalized_;
+  return true;
+}
+
+}  // namespace edgepick

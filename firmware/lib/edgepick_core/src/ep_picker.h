@@ -1,0 +1,74 @@
+// Pick extraction identical to SeisBench's WaveformModel.classify on the student:
+//  1. window predictions are stacked per sample by averaging (SeisBench "avg" stacking = nanmean over the
+//     windows covering the sample; samples blinded by the model's "blinding" count as NaN). This is what
+//     de-duplicates picks across overlapping windows: there is one probability curve, not one per window.
+//  2. on the stacked curve of each phase, obspy's trigger_onset(curve, threshold, threshold / 2) finds
+//     [on, off] intervals (on: first sample >= threshold; off: last sample of the run >= threshold / 2);
+//     the pick is the first maximum inside [on, off] (SeisBench picks_from_annotations). There is no other
+//     minimum distance: two picks of one phase are separated by at least one sample below threshold / 2.
+// Everything here is streaming: samples are finalised in order and picks come out as soon as the trigger
+// switches off.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace edgepick {
+
+constexpr int kMaxPhases = 4;
+
+struct Pick {
+  uint64_t sample;  // absolute sample index of the peak
+  uint64_t on;      // trigger on (first sample >= threshold)
+  uint64_t off;     // trigger off (last sample >= threshold / 2)
+  float prob;       // peak value of the stacked probability
+  int phase;        // index into the model's output classes
+};
+
+// obspy.signal.trigger.trigger_onset (max_len = inf) plus the peak, one sample at a time.
+class TriggerPicker {
+ public:
+  void Init(float threshold_on, float threshold_off, int phase);
+  void Reset();
+  // Feeds the value of absolute sample index (consecutive indices). NaN counts as below both thresholds.
+  // Returns true and fills *pick when a trigger switched off at this sample.
+  bool Feed(uint64_t index, float value, Pick* pick);
+  // End of the curve: closes an open trigger at the last fed sample.
+  bool Finish(Pick* pick);
+
+ private:
+  float on_threshold_ = 0.3f;
+  float off_threshold_ = 0.15f;
+  int phase_ = 0;
+  bool triggered_ = false;
+  bool any_ = false;
+  uint64_t last_ = 0;
+  Pick current_{};
+};
+
+// Averages overlapping window predictions per absolute sample; a window of n samples lands at its offset.
+// Storage: capacity * n_classes floats for sums and capacity counters (uint16); capacity >= window length.
+class Stacker {
+ public:
+  bool Init(float* sums, uint16_t* counts, size_t capacity, int n_classes);
+  void Reset(uint64_t start = 0);  // next sample to finalise: start
+  // probs: n x probs_classes (channels_last) or probs_classes x n; its first n_classes classes are stacked.
+  // Samples [0, blind_pre) and [n - blind_post, n) of the window are left out (SeisBench blinding); a sample
+  // with a NaN prediction is left out too (nanmean). Returns false if the window falls outside the storage.
+  bool AddWindow(uint64_t offset, const float* probs, size_t n, int probs_classes, bool channels_last,
+                 size_t blind_pre, size_t blind_post);
+  // Next absolute sample that has not been finalised.
+  uint64_t finalized() const { return finalized_; }
+  // Finalises the next sample if it is < upto: writes its average per class into out (NaN where no window
+  // covered it) and returns true.
+  bool PopSample(uint64_t upto, uint64_t* index, float* out);
+
+ private:
+  float* sums_ = nullptr;
+  uint16_t* counts_ = nullptr;
+  size_t capacity_ = 0;
+  int n_classes_ = 0;
+  uint64_t finalized_ = 0;
+};
+
+}  // namespace edgepick

@@ -1,0 +1,255 @@
+#include "ep_stream.h"
+
+#include <cinttypes>
+#include <cstdio>
+
+#include "ep_json.h"
+#include "ep_normalize.h"
+
+namespace edgepick {
+
+StreamBufferSizes ComputeStreamBufferSizes(const StreamConfig& config) {
+  StreamBufferSizes sizes{};
+  sizes.ring_floats = config.in_samples * kChannels;
+  sizes.window_floats = config.in_samples * kChannels;
+  sizes.probs_floats = config.in_samples * static_cast<size_t>(config.n_classes);
+  sizes.stack_floats = config.in_samples * static_cast<size_t>(config.n_phases);
+  sizes.stack_counts = config.in_samples;
+  sizes.total_bytes = (sizes.ring_floats + sizes.window_floats + sizes.probs_floats + sizes.stack_floats) * sizeof(float) +
+                      sizes.stack_counts * sizeof(uint16_t);
+  return sizes;
+}
+
+bool StreamPicker::Init(const StreamConfig& config, const StreamBuffers& buffers, InferFn infer, void* infer_context,
+                        EmitFn emit, void* emit_context) {
+  error_[0] = '\0';
+  const char* problem = nullptr;
+  if (config.in_samples < 2) problem = "in_samples must be >= 2";
+  else if (config.hop < 1 || config.hop > config.in_samples) problem = "hop must be in [1, in_samples]";
+  else if (config.n_classes < 1 || config.n_classes > kMaxPhases) problem = "n_classes must be in [1, 4]";
+  else if (config.n_phases < 1 || config.n_phases > config.n_classes) problem = "n_phases must be in [1, n_classes]";
+  else if (!(config.sampling_rate > 0.0)) problem = "sampling_rate must be positive";
+  else if (config.blind_pre + config.blind_post >= config.in_samples) problem = "blinding covers the whole window";
+  else if (buffers.ring == nullptr || buffers.window == nullptr || buffers.probs == nullptr ||
+           buffers.stack_sums == nullptr || buffers.stack_counts == nullptr) problem = "a stream buffer is missing";
+  else if (infer == nullptr || emit == nullptr) problem = "infer and emit callbacks are required";
+  for (int p = 0; problem == nullptr && p < config.n_phases; ++p) {
+    if (!(config.thresholds[p] > 0.0f)) problem = "thresholds must be positive";
+  }
+  if (problem != nullptr) {
+    std::snprintf(error_, sizeof(error_), "%s", problem);
+    return false;
+  }
+  config_ = config;
+  buffers_ = buffers;
+  infer_ = infer;
+  infer_context_ = infer_context;
+  emit_ = emit;
+  emit_context_ = emit_context;
+  ring_.Init(buffers.ring, config.in_samples);
+  stacker_.Init(buffers.stack_sums, buffers.stack_counts, config.in_samples, config.n_phases);
+  Reset();
+  return true;
+}
+
+void StreamPicker::Reset() {
+  ring_.Reset();
+  stats_ = StreamStats{};
+  have_last_ = false;
+  indexed_ = false;
+  for (float& v : last_frame_) v = 0.0f;
+  StartSegment(0);
+}
+
+void StreamPicker::StartSegment(uint64_t start) {
+  segment_start_ = start;
+  next_offset_ = start;
+  covered_until_ = start;
+  stacker_.Reset(start);
+  for (int p = 0; p < config_.n_phases; ++p) {
+    triggers_[p].Init(config_.thresholds[p], config_.thresholds[p] / 2.0f, p);
+  }
+}
+
+void StreamPicker::PushSample(const float frame[kChannels]) {
+  ring_.Push(frame);
+  ++stats_.samples;
+  for (int c = 0; c < kChannels; ++c) last_frame_[c] = frame[c];
+  have_last_ = true;
+  Finalize(SafeToFinalize());  // first: the window that may run now starts exactly at the safe point
+  RunReadyWindows();
+  Finalize(SafeToFinalize());
+}
+
+uint64_t StreamPicker::SafeToFinalize() const {
+  const uint64_t total = ring_.total();
+  uint64_t safe;
+  if (config_.exact_tail) {  // a last window at "#end" would start at total - in_samples or later
+    safe = total >= segment_start_ + config_.in_samples ? total - config_.in_samples : segment_start_;
+  } else {  // no window will start before next_offset_
+    safe = next_offset_;
+  }
+  return safe < covered_until_ ? safe : covered_until_;
+}
+
+void StreamPicker::RunReadyWindows() {
+  while (next_offset_ + config_.in_samples <= ring_.total()) {
+    RunWindow(next_offset_);
+    next_offset_ += config_.hop;
+  }
+}
+
+void StreamPicker::RunWindow(uint64_t offset) {
+  const size_t n = config_.in_samples;
+  if (!ring_.CopyWindow(offset, n, buffers_.window, config_.input_layout)) {
+    ++stats_.failed_windows;
+    Message("error", "internal: window no longer in the ring buffer");
+    return;
+  }
+  NormalizeWindow(buffers_.window, n, config_.input_layout, config_.norm_eps);
+  ++stats_.windows;
+  if (!infer_(infer_context_, buffers_.window, buffers_.probs)) {
+    ++stats_.failed_windows;
+    Message("error", "inference failed; this window's predictions are missing");
+  } else if (!stacker_.AddWindow(offset, buffers_.probs, n, config_.n_classes, config_.output_channels_last,
+                                 config_.blind_pre, config_.blind_post)) {
+    ++stats_.failed_windows;
+    Message("error", "internal: window outside the stacking buffer");
+  }
+  if (offset + n > covered_until_) covered_until_ = offset + n;
+}
+
+void StreamPicker::Finalize(uint64_t upto) {
+  uint64_t index;
+  float values[kMaxPhases];
+  while (stacker_.PopSample(upto, &index, values)) {
+    for (int p = 0; p < config_.n_phases; ++p) {
+      Pick pick;
+      if (triggers_[p].Feed(index, values[p], &pick)) EmitPick(pick);
+    }
+  }
+}
+
+void StreamPicker::Flush() {
+  const uint64_t total = ring_.total();
+  if (config_.exact_tail && total >= segment_start_ + config_.in_samples && covered_until_ < total) {
+    RunWindow(total - config_.in_samples);  // SeisBench: one more window ending at the last sample
+  }
+  Finalize(covered_until_);
+  for (int p = 0; p < config_.n_phases; ++p) {
+    Pick pick;
+    if (triggers_[p].Finish(&pick)) EmitPick(pick);
+  }
+  StartSegment(total);
+}
+
+void StreamPicker::FillGap(uint64_t n, bool announce) {
+  if (n == 0) return;
+  stats_.gap_samples += n;
+  char text[128];
+  if (n <= config_.max_gap_fill) {
+    std::snprintf(text, sizeof(text), "gap of %" PRIu64 " samples at sample %" PRIu64 ": filled with the last sample",
+                  n, ring_.total());
+    if (announce) Message("warn", text);
+    const float frame[kChannels] = {last_frame_[0], last_frame_[1], last_frame_[2]};
+    for (uint64_t i = 0; i < n; ++i) PushSample(frame);
+    return;
+  }
+  std::snprintf(text, sizeof(text),
+                "gap of %" PRIu64 " samples at sample %" PRIu64 " (> %zu): segment ended, windows restart after it", n,
+                ring_.total(), config_.max_gap_fill);
+  Message("warn", text);
+  Flush();
+  // Skip the missing samples: they are never read, the new segment starts after them.
+  ring_.Skip(n);
+  ++stats_.segments;
+  StartSegment(ring_.total());
+}
+
+void StreamPicker::FeedChar(char c) {
+  switch (reader_.Feed(c)) {
+    case LineReader::Status::kLine:
+      HandleLine(reader_.line());
+      break;
+    case LineReader::Status::kTooLong: {
+      ++line_number_;
+      ++stats_.bad_lines;
+      char text[128];
+      std::snprintf(text, sizeof(text), "line %" PRIu64 ": longer than %zu characters, dropped%s", line_number_,
+                    kMaxLineLength, indexed_ ? "" : " (counted as a 1-sample gap)");
+      Message("error", text);
+      if (!indexed_) FillGap(1, false);
+      break;
+    }
+    case LineReader::Status::kNone:
+      break;
+  }
+}
+
+void StreamPicker::HandleLine(const char* line) {
+  ++line_number_;
+  const ParsedLine parsed = ParseLine(line);
+  char text[160];
+  switch (parsed.kind) {
+    case LineKind::kEmpty:
+    case LineKind::kComment:
+      break;
+    case LineKind::kSample:
+      indexed_ = false;
+      PushSample(parsed.values);
+      break;
+    case LineKind::kIndexedSample: {
+      indexed_ = true;
+      const uint64_t expected = ring_.total();
+      if (parsed.index < expected) {
+        ++stats_.dropped_lines;
+        std::snprintf(text, sizeof(text), "line %" PRIu64 ": sample index %" PRIu64 " repeats or goes back (expected %" PRIu64 "), dropped",
+                      line_number_, parsed.index, expected);
+        Message("warn", text);
+        break;
+      }
+      if (parsed.index > expected) PushGap(parsed.index - expected);
+      PushSample(parsed.values);
+      break;
+    }
+    case LineKind::kT0:
+      SetT0(parsed.t0);
+      break;
+    case LineKind::kGap:
+      PushGap(parsed.gap);
+      break;
+    case LineKind::kEnd:
+      Flush();
+      std::snprintf(text, sizeof(text),
+                    "end: %" PRIu64 " samples, %" PRIu64 " windows, %" PRIu64 " picks, %" PRIu64 " bad lines, %" PRIu64 " gap samples",
+                    stats_.samples, stats_.windows, stats_.picks, stats_.bad_lines, stats_.gap_samples);
+      Message("info", text);
+      break;
+    case LineKind::kReset:
+      Reset();
+      Message("info", "reset: next sample is sample 0");
+      break;
+    case LineKind::kError:
+      ++stats_.bad_lines;
+      std::snprintf(text, sizeof(text), "line %" PRIu64 ": %s, dropped%s", line_number_, parsed.error,
+                    indexed_ ? "" : " (counted as a 1-sample gap)");
+      Message("error", text);
+      if (!indexed_) FillGap(1, false);
+      break;
+  }
+}
+
+void StreamPicker::EmitPick(const Pick& pick) {
+  ++stats_.picks;
+  char line[256];
+  FormatPickJson(line, sizeof(line), pick, config_.phase_names[pick.phase], t0_, config_.sampling_rate);
+  emit_(emit_context_, line);
+}
+
+void StreamPicker::Message(const char* type, const char* text) {
+  char line[320];
+  FormatMessageJson(line, sizeof(line), type, text);
+  emit_(emit_context_, line);
+}
+
+}  // namespace edgepick

@@ -1,0 +1,113 @@
+// The streaming picker: samples in, JSON pick lines out. It owns the sliding window over a ring buffer,
+// the normalisation, the stacking of overlapping window predictions and the per-phase triggers; the model
+// itself is a callback (TFLite Micro on the ESP32, anything on the host), and so is the output.
+//
+// Windows start at segment_start + k * hop (k = 0, 1, ...) and run as soon as their last sample arrived.
+// exact_tail (SeisBench-identical): at "#end" one more window ending at the last sample runs when the
+// regular ones did not reach it, as SeisBench's annotate does; samples are only finalised once no such last
+// window could touch them (latency: one window). Without it samples are final after the next window's start
+// (latency: one hop) and the stream has no special end.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "ep_line_parser.h"
+#include "ep_picker.h"
+#include "ep_ring_buffer.h"
+
+namespace edgepick {
+
+struct StreamConfig {
+  size_t in_samples = 3001;
+  size_t hop = 1501;                 // in_samples - SeisBench overlap (student default overlap: in_samples // 2)
+  Layout input_layout = Layout::kChannelsLast;
+  bool output_channels_last = true;  // model output [n][classes] (else [classes][n])
+  int n_classes = 3;                 // model outputs (P, S, noise)
+  int n_phases = 2;                  // the first n_phases classes are picked
+  const char* phase_names[kMaxPhases] = {"P", "S", "N", ""};
+  float thresholds[kMaxPhases] = {0.3f, 0.3f, 0.3f, 0.3f};
+  float norm_eps = 1e-6f;            // relative epsilon of the normalisation
+  size_t blind_pre = 0;              // SeisBench "blinding"
+  size_t blind_post = 0;
+  double sampling_rate = 100.0;
+  bool exact_tail = true;
+  size_t max_gap_fill = 100;         // longer gaps end the segment (as "#end") and start a new one after the gap
+};
+
+// Buffers the caller provides (e.g. from PSRAM); sizes from StreamBufferSizes().
+struct StreamBuffers {
+  float* ring = nullptr;       // in_samples * 3 floats
+  float* window = nullptr;     // in_samples * 3 floats: the normalised model input
+  float* probs = nullptr;      // in_samples * n_classes floats: the model output
+  float* stack_sums = nullptr; // in_samples * n_phases floats
+  uint16_t* stack_counts = nullptr;  // in_samples
+};
+
+struct StreamBufferSizes {
+  size_t ring_floats, window_floats, probs_floats, stack_floats, stack_counts;
+  size_t total_bytes;
+};
+StreamBufferSizes ComputeStreamBufferSizes(const StreamConfig& config);
+
+// Runs the model on one normalised window (layout config.input_layout, in_samples * 3 floats) and writes
+// in_samples * n_classes probabilities. Returns false on failure (the window's predictions are then missing).
+using InferFn = bool (*)(void* context, const float* window, float* probs);
+// Receives one complete JSON line (no newline).
+using EmitFn = void (*)(void* context, const char* line);
+
+struct StreamStats {
+  uint64_t samples = 0, windows = 0, failed_windows = 0, picks = 0, gap_samples = 0, bad_lines = 0,
+           dropped_lines = 0, segments = 1;
+};
+
+class StreamPicker {
+ public:
+  // Returns false (with a reason in error()) for an impossible configuration.
+  bool Init(const StreamConfig& config, const StreamBuffers& buffers, InferFn infer, void* infer_context,
+            EmitFn emit, void* emit_context);
+  const char* error() const { return error_; }
+  void Reset();                          // back to sample 0
+  void PushSample(const float frame[kChannels]);
+  void PushGap(uint64_t n) { FillGap(n, true); }  // n missing samples
+  void Flush();                          // end of stream / segment
+  void SetT0(double t0) { t0_ = t0; }
+  // The serial protocol (ep_line_parser.h): one received byte at a time, or one whole line.
+  void FeedChar(char c);
+  void HandleLine(const char* line);
+  const StreamStats& stats() const { return stats_; }
+  const StreamConfig& config() const { return config_; }
+
+ private:
+  void FillGap(uint64_t n, bool announce);
+  void RunReadyWindows();
+  void RunWindow(uint64_t offset);
+  void Finalize(uint64_t upto);
+  uint64_t SafeToFinalize() const;
+  void EmitPick(const Pick& pick);
+  void Message(const char* type, const char* text);
+  void StartSegment(uint64_t start);
+
+  StreamConfig config_{};
+  StreamBuffers buffers_{};
+  InferFn infer_ = nullptr;
+  void* infer_context_ = nullptr;
+  EmitFn emit_ = nullptr;
+  void* emit_context_ = nullptr;
+  RingBuffer ring_;
+  Stacker stacker_;
+  TriggerPicker triggers_[kMaxPhases];
+  LineReader reader_;
+  StreamStats stats_{};
+  uint64_t segment_start_ = 0;
+  uint64_t next_offset_ = 0;     // start of the next regular window
+  uint64_t covered_until_ = 0;   // end of the last window run in this segment
+  bool have_last_ = false;
+  bool indexed_ = false;         // the last sample line carried its index: bad lines are then just dropped
+  float last_frame_[kChannels] = {0, 0, 0};
+  double t0_ = 0.0;
+  uint64_t line_number_ = 0;
+  char error_[96] = {0};
+};
+
+}  // namespace edgepick

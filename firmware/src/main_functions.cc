@@ -1,0 +1,213 @@
+// setup/loop: the TFLite Micro and ESP-IDF glue around the portable core (lib/edgepick_core).
+#include "main_functions.h"
+
+#include <cstdio>
+#include <cstring>
+#include <new>
+
+#if !__has_include("model/model_config.h") && !__has_include("model_config.h")
+#error "firmware/src/model/ is missing: run `make quantize` first (it generates the model and model_config.h)"
+#endif
+
+#include "edgepick_core.h"
+#include "esp_timer.h"
+#include "memory_map.h"
+#include "model_config.h"
+#include "model_data.h"
+#include "output_handler.h"
+#include "sample_source.h"
+#include "tensorflow/lite/micro/micro_interpreter.h"
+#include "tensorflow/lite/micro/micro_mutable_op_resolver.h"
+#include "tensorflow/lite/schema/schema_generated.h"
+
+#ifndef EDGEPICK_BOARD_NAME
+#define EDGEPICK_BOARD_NAME "unknown"
+#endif
+#ifndef EDGEPICK_EXACT_TAIL
+// 1: picks identical to SeisBench's classify on a replayed file (a "#end" line runs the last window; picks come
+// one window late). 0: live latency of one hop, the stream never ends.
+#define EDGEPICK_EXACT_TAIL 1
+#endif
+
+namespace {
+
+constexpr size_t kWindow = EDGEPICK_WINDOW_SAMPLES;
+constexpr int kClasses = 3;
+
+tflite::MicroInterpreter* g_interpreter = nullptr;
+edgepick::StreamPicker g_picker;
+SampleSource* g_source = nullptr;
+uint64_t g_windows = 0;
+
+void Emit(void*, const char* line) { HandleOutput(line); }
+
+// The model on one normalised window [kWindow][3] -> probabilities [kWindow][3] (P, S, noise).
+bool Infer(void*, const float* window, float* probs) {
+  TfLiteTensor* input = g_interpreter->input(0);
+  TfLiteTensor* output = g_interpreter->output(0);
+  const size_t n = kWindow * 3;
+  if (input->type == kTfLiteInt8) {
+    edgepick::QuantizeInt8Array(window, n, input->params.scale, input->params.zero_point, input->data.int8);
+  } else if (window != input->data.f) {  // float models normalise straight into the input tensor
+    std::memcpy(input->data.f, window, n * sizeof(float));
+  }
+  const int64_t started = esp_timer_get_time();
+  if (g_interpreter->Invoke() != kTfLiteOk) return false;
+  const int64_t elapsed = esp_timer_get_time() - started;
+  if (output->type == kTfLiteInt8) {
+    edgepick::DequantizeInt8Array(output->data.int8, kWindow * kClasses, output->params.scale,
+                                  output->params.zero_point, probs);
+  } else if (probs != output->data.f) {  // float models are stacked straight from the output tensor
+    std::memcpy(probs, output->data.f, kWindow * kClasses * sizeof(float));
+  }
+  char line[96];
+  std::snprintf(line, sizeof(line), "{\"type\":\"timing\",\"window\":%llu,\"invoke_us\":%lld}",
+                static_cast<unsigned long long>(g_windows++), static_cast<long long>(elapsed));
+  HandleOutput(line);
+  return true;
+}
+
+size_t Elements(const TfLiteTensor* t) {
+  size_t n = 1;
+  for (int i = 0; i < t->dims->size; ++i) n *= static_cast<size_t>(t->dims->data[i]);
+  return n;
+}
+
+bool RegisterOps(tflite::MicroMutableOpResolver<20>& r) {
+  // The student's op set (pipeline/quantize.py exports through a Keras twin): see NOTES.md.
+  return r.AddConv2D() == kTfLiteOk && r.AddDepthwiseConv2D() == kTfLiteOk && r.AddTransposeConv() == kTfLiteOk &&
+         r.AddHardSwish() == kTfLiteOk && r.AddAdd() == kTfLiteOk && r.AddPad() == kTfLiteOk &&
+         r.AddReshape() == kTfLiteOk && r.AddSoftmax() == kTfLiteOk && r.AddQuantize() == kTfLiteOk &&
+         r.AddDequantize() == kTfLiteOk && r.AddMul() == kTfLiteOk && r.AddConcatenation() == kTfLiteOk &&
+         r.AddStridedSlice() == kTfLiteOk && r.AddTranspose() == kTfLiteOk && r.AddMean() == kTfLiteOk &&
+         r.AddSub() == kTfLiteOk && r.AddLogistic() == kTfLiteOk && r.AddExpandDims() == kTfLiteOk &&
+         r.AddSqueeze() == kTfLiteOk && r.AddResizeNearestNeighbor() == kTfLiteOk;
+}
+
+}  // namespace
+
+bool setup() {
+  HandleMessage("info", "edgepick %s model, board %s, window %d, hop %d, %g Hz, model sha256 %.12s",
+                EDGEPICK_PRECISION, EDGEPICK_BOARD_NAME, EDGEPICK_WINDOW_SAMPLES, EDGEPICK_HOP_SAMPLES,
+                static_cast<double>(EDGEPICK_SAMPLING_RATE_HZ), EDGEPICK_MODEL_SHA256);
+
+  edgepick::StreamConfig config;
+  config.in_samples = EDGEPICK_WINDOW_SAMPLES;
+  config.hop = EDGEPICK_HOP_SAMPLES;
+  config.input_layout = edgepick::Layout::kChannelsLast;  // [1][samples][1][3]
+  config.output_channels_last = true;
+  config.n_classes = kClasses;
+  config.n_phases = 2;  // P, S; noise is not picked
+  config.thresholds[0] = EDGEPICK_P_THRESHOLD;
+  config.thresholds[1] = EDGEPICK_S_THRESHOLD;
+  config.norm_eps = EDGEPICK_NORM_EPS;
+  config.sampling_rate = EDGEPICK_SAMPLING_RATE_HZ;
+  config.exact_tail = EDGEPICK_EXACT_TAIL != 0;
+  const edgepick::StreamBufferSizes sizes = edgepick::ComputeStreamBufferSizes(config);
+  // Float models read their window from and write their predictions to the tensors themselves (both stay valid
+  // around Invoke: the input is rewritten before each one, the output read right after); int8 models need float
+  // copies of both.
+#if defined(EDGEPICK_INPUT_INT8) && EDGEPICK_INPUT_INT8
+  constexpr bool kOwnCopies = true;
+#else
+  constexpr bool kOwnCopies = false;
+#endif
+  const size_t own_floats = sizes.ring_floats + sizes.stack_floats +
+                            (kOwnCopies ? sizes.window_floats + sizes.probs_floats : 0);
+  const size_t buffers_bytes = own_floats * sizeof(float) + sizes.stack_counts * sizeof(uint16_t);
+
+  // 1. memory: check before allocating anything big
+  MemoryPlan plan;
+  if (!PlanMemory(EDGEPICK_ARENA_ALLOC_BYTES, EDGEPICK_MODEL_EXPANDED_BYTES, buffers_bytes, &plan)) return false;
+
+  // 2. the model: straight from flash, or FP16-packed and expanded once into RAM
+  const uint8_t* model_bytes = g_edgepick_model;
+#if EDGEPICK_MODEL_PACKED_FP16
+  uint8_t* expanded = static_cast<uint8_t*>(AllocateAligned(EDGEPICK_MODEL_EXPANDED_BYTES, plan.model_in_psram));
+  size_t written = 0;
+  const edgepick::Fp16Status status =
+      expanded == nullptr ? edgepick::Fp16Status::kOutputTooSmall
+                          : edgepick::Fp16Expand(g_edgepick_model, g_edgepick_model_len, expanded,
+                                                 EDGEPICK_MODEL_EXPANDED_BYTES, &written);
+  if (status != edgepick::Fp16Status::kOk) {
+    HandleMessage("error", "FP16 model expansion failed: %s", edgepick::Fp16StatusText(status));
+    return false;
+  }
+  model_bytes = expanded;
+#endif
+  const tflite::Model* model = tflite::GetModel(model_bytes);
+  if (model->version() != TFLITE_SCHEMA_VERSION) {
+    HandleMessage("error", "model schema %lu, this TFLite Micro reads %d", static_cast<unsigned long>(model->version()),
+                  TFLITE_SCHEMA_VERSION);
+    return false;
+  }
+
+  // 3. interpreter and arena
+  static tflite::MicroMutableOpResolver<20> resolver;
+  if (!RegisterOps(resolver)) {
+    HandleMessage("error", "cannot register the TFLite Micro ops");
+    return false;
+  }
+  uint8_t* arena = static_cast<uint8_t*>(AllocateAligned(EDGEPICK_ARENA_ALLOC_BYTES, plan.arena_in_psram));
+  if (arena == nullptr) {
+    HandleMessage("error", "cannot allocate the %u-byte tensor arena", static_cast<unsigned>(EDGEPICK_ARENA_ALLOC_BYTES));
+    return false;
+  }
+  static tflite::MicroInterpreter interpreter(model, resolver, arena, EDGEPICK_ARENA_ALLOC_BYTES);
+  g_interpreter = &interpreter;
+  if (interpreter.AllocateTensors() != kTfLiteOk) {
+    HandleMessage("error", "AllocateTensors failed: arena of %u bytes too small or an unsupported op",
+                  static_cast<unsigned>(EDGEPICK_ARENA_ALLOC_BYTES));
+    return false;
+  }
+  TfLiteTensor* input = interpreter.input(0);
+  TfLiteTensor* output = interpreter.output(0);
+  if (Elements(input) != kWindow * 3 || Elements(output) != kWindow * kClasses ||
+      (input->type != kTfLiteFloat32 && input->type != kTfLiteInt8) ||
+      (output->type != kTfLiteFloat32 && output->type != kTfLiteInt8)) {
+    HandleMessage("error", "model input/output do not match model_config.h (%u samples x 3, float32 or int8)",
+                  static_cast<unsigned>(kWindow));
+    return false;
+  }
+  HandleMessage("info", "arena used %u of %u bytes", static_cast<unsigned>(interpreter.arena_used_bytes()),
+                static_cast<unsigned>(EDGEPICK_ARENA_ALLOC_BYTES));
+
+  // 4. stream buffers and the picker
+  uint8_t* block = static_cast<uint8_t*>(AllocateAligned(buffers_bytes, plan.buffers_in_psram));
+  if (block == nullptr) {
+    HandleMessage("error", "cannot allocate %u bytes of stream buffers", static_cast<unsigned>(buffers_bytes));
+    return false;
+  }
+  if (kOwnCopies != (input->type == kTfLiteInt8 || output->type == kTfLiteInt8)) {
+    HandleMessage("error", "model_config.h says int8 input %d, the model's tensors disagree", kOwnCopies ? 1 : 0);
+    return false;
+  }
+  edgepick::StreamBuffers buffers;
+  float* next = reinterpret_cast<float*>(block);
+  buffers.ring = next;
+  next += sizes.ring_floats;
+  buffers.stack_sums = next;
+  next += sizes.stack_floats;
+  if (kOwnCopies) {
+    buffers.window = next;
+    next += sizes.window_floats;
+    buffers.probs = next;
+    next += sizes.probs_floats;
+  } else {
+    buffers.window = input->data.f;
+    buffers.probs = output->data.f;
+  }
+  buffers.stack_counts = reinterpret_cast<uint16_t*>(next);
+  if (!g_picker.Init(config, buffers, Infer, nullptr, Emit, nullptr)) {
+    HandleMessage("error", "picker configuration: %s", g_picker.error());
+    return false;
+  }
+
+  // 5. samples
+  g_source = &GetSampleSource();
+  if (!g_source->Begin()) return false;
+  HandleMessage("info", "ready: %s samples (Z N E), picks as JSON lines", g_source->name());
+  return true;
+}
+
+void loop() { g_source->Poll(g_picker, 20); }

@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""Stream a miniSEED file or a dataset trace to an edgepick device over a serial port and collect its picks.
+
+    scripts/replay.py --port /dev/ttyUSB0 --mseed day.mseed [--station OK.X34] [--speed 1]
+    scripts/replay.py --port /dev/ttyUSB0 --dataset data/synthetic --trace 17 [--out picks.jsonl]
+
+The device speaks the line protocol of firmware/lib/edgepick_core/src/ep_line_parser.h: this script sends
+"#reset", "#t0 <epoch>", one "index z n e" line per 100 Hz sample and "#end", and reads the JSON lines the
+device prints (picks, info/warn/error messages, timings) until the end-of-stream summary. Picks are printed as
+JSON lines (or written to --out) with their absolute time. ``--compare`` also runs the Python reference of the
+firmware (pipeline.flash.stream_reference with the student, models/student by default) and reports the
+differences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from pipeline.errors import EdgepickError  # noqa: E402
+
+SAMPLING_RATE = 100.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sources
+# ---------------------------------------------------------------------------------------------------------------
+def load_mseed(path: str, station: str | None = None, sampling_rate: float = SAMPLING_RATE) -> tuple[np.ndarray, float]:
+    """(3, n) Z, N, E float32 at ``sampling_rate`` and the start time (epoch seconds) of one station in a miniSEED file.
+
+    Components Z/N/E, else Z/1/2 (as SeisBench accepts them); traces are merged (gaps filled by interpolation) and
+    cut to their common span; other rates are resampled (decimated with an anti-alias filter when an integer
+    factor)."""
+    import obspy
+
+    try:
+        stream = obspy.read(path)
+    except Exception as error:  # obspy raises many types for unreadable files
+        raise EdgepickError(f"cannot read {path}: {error}") from error
+    if station:
+        parts = station.split(".")
+        stream = stream.select(network=parts[0], station=parts[1]) if len(parts) > 1 else stream.select(station=parts[0])
+    stations = sorted({(tr.stats.network, tr.stats.station) for tr in stream})
+    if not stations:
+        raise EdgepickError(f"{path}: no traces{' for ' + station if station else ''}")
+    if len(stations) > 1:
+        raise EdgepickError(f"{path} holds {len(stations)} stations ({', '.join('.'.join(s) for s in stations[:5])}): pick one with --station")
+    stream.merge(method=1, fill_value="interpolate")
+    picked = []
+    for options in ("Z", "N1", "E2"):
+        candidates = [tr for tr in stream if tr.stats.channel[-1:] in options]
+        if not candidates:
+            raise EdgepickError(f"{path}: no {options[0]} component (channels: {', '.join(tr.stats.channel for tr in stream)})")
+        picked.append(candidates[0].copy())
+    for tr in picked:
+        tr.data = tr.data.astype(np.float64)
+        rate = tr.stats.sampling_rate
+        if rate != sampling_rate:
+            if rate % sampling_rate == 0:
+                tr.filter("lowpass", freq=sampling_rate * 0.5, zerophase=True)
+                tr.decimate(int(rate / sampling_rate), no_filter=True)
+            else:
+                tr.resample(sampling_rate, no_filter=True)
+    start = max(tr.stats.starttime for tr in picked)
+    end = min(tr.stats.endtime for tr in picked)
+    if end <= start:
+        raise EdgepickError(f"{path}: the three components do not overlap in time")
+    for tr in picked:
+        tr.trim(start, end, nearest_sample=True)
+    n = min(len(tr.data) for tr in picked)
+    return np.stack([tr.data[:n] for tr in picked]).astype(np.float32), float(start.timestamp)
+
+
+def load_dataset_trace(path: str, index: int) -> tuple[np.ndarray, float]:
+    """Trace ``index`` of a SeisBench-format dataset folder (metadata.csv + waveforms.hdf5) as (3, n) ZNE."""
+    import seisbench.data as sbd
+
+    try:
+        dataset = sbd.WaveformDataset(path, component_order="ZNE", dimension_order="CW", sampling_rate=SAMPLING_RATE)
+    except Exception as error:
+        raise EdgepickError(f"cannot open dataset {path}: {error}") from error
+    if not 0 <= index < len(dataset):
+        raise EdgepickError(f"trace {index} is outside the dataset ({len(dataset)} traces)")
+    waveform = np.asarray(dataset.get_waveforms(index), dtype=np.float32)
+    return waveform, 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The protocol
+# ---------------------------------------------------------------------------------------------------------------
+def sample_lines(x: np.ndarray, t0: float = 0.0):
+    yield "#reset\n"
+    yield f"#t0 {t0:.6f}\n"
+    for i, (z, n, e) in enumerate(np.asarray(x, dtype=np.float32).T):
+        yield f"{i} {z:.9g} {n:.9g} {e:.9g}\n"
+    yield "#end\n"
+
+
+class _Reader(threading.Thread):
+    """Collects the device's JSON lines (non-JSON boot noise is kept aside)."""
+
+    def __init__(self, port):
+        super().__init__(daemon=True)
+        self.port = port
+        self.messages: list[dict] = []
+        self.noise: list[str] = []
+        self.ready = threading.Event()
+        self.ended = threading.Event()
+        self.stop = threading.Event()
+        self._buffer = b""
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                chunk = self.port.read(4096) if not hasattr(self.port, "in_waiting") else self.port.read(max(1, self.port.in_waiting))
+            except OSError:
+                break
+            if not chunk:
+                continue
+            self._buffer += chunk
+            while b"\n" in self._buffer:
+                raw, self._buffer = self._buffer.split(b"\n", 1)
+                line = raw.decode(errors="replace").strip()
+                if not line:
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    self.noise.append(line)
+                    continue
+                if not isinstance(obj, dict):
+                    continue
+                self.messages.append(obj)
+                msg = str(obj.get("msg", ""))
+                if obj.get("type") == "info" and msg.startswith("ready"):
+                    self.ready.set()
+                if obj.get("type") == "info" and msg.startswith("end:"):
+                    self.ended.set()
+
+
+def replay_array(port, x: np.ndarray, t0: float = 0.0, speed: float | None = None, timeout: float = 120.0,
+                 wait_ready: float = 10.0) -> tuple[list[dict], list[dict]]:
+    """Send the (3, n) stream ``x`` to ``port`` (pyserial Serial or a binary file object) and return
+    (picks sorted by sample, every JSON message). ``speed``: times real time (None: as fast as the port goes)."""
+    from pipeline.flash import parse_pick_lines
+
+    reader = _Reader(port)
+    reader.start()
+    reader.ready.wait(wait_ready)  # a device that was already running prints nothing: go on after the wait
+    started = time.monotonic()
+    for k, line in enumerate(sample_lines(x, t0)):
+        port.write(line.encode())
+        if speed and k % 10 == 0:
+            ahead = (k / SAMPLING_RATE) / speed - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+    if hasattr(port, "flush"):
+        port.flush()
+    finished = reader.ended.wait(timeout)
+    reader.stop.set()
+    if not finished:
+        raise EdgepickError(f"no end-of-stream summary from the device within {timeout:.0f} s "
+                            f"({len(reader.messages)} JSON lines received)")
+    picks = parse_pick_lines([json.dumps(m) for m in reader.messages])
+    return picks, reader.messages
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", required=True, help="serial port of the device, e.g. /dev/ttyUSB0")
+    parser.add_argument("--baud", type=int, default=115200)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--mseed", help="miniSEED file (three components of one station)")
+    source.add_argument("--dataset", help="SeisBench-format dataset folder")
+    parser.add_argument("--trace", type=int, default=0, help="trace index in --dataset")
+    parser.add_argument("--station", help="NET.STA to take from a multi-station miniSEED file")
+    parser.add_argument("--speed", type=float, default=1.0, help="times real time (0: as fast as the port goes)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the device after the last sample")
+    parser.add_argument("--out", help="write the picks here as JSON lines (default: stdout)")
+    parser.add_argument("--log", help="write every JSON line of the device here")
+    args = parser.parse_args(argv)
+    try:
+        import serial
+
+        x, t0 = load_mseed(args.mseed, args.station) if args.mseed else load_dataset_trace(args.dataset, args.trace)
+        try:
+            port = serial.Serial(args.port, args.baud, timeout=0.2)
+        except (serial.SerialException, OSError) as error:
+            raise EdgepickError(f"cannot open {args.port}: {error}") from error
+        with port:
+            print(f"replaying {x.shape[1]} samples ({x.shape[1] / SAMPLING_RATE:.1f} s) to {args.port}", file=sys.stderr)
+            picks, messages = replay_array(port, x, t0, speed=args.speed or None, timeout=args.timeout)
+        for m in messages:
+            if m.get("type") in ("error", "warn"):
+                print(f"device {m['type']}: {m.get('msg')}", file=sys.stderr)
+        if args.log:
+            Path(args.log).write_text("".join(json.dumps(m) + "\n" for m in messages))
+        text = "".join(json.dumps(p) + "\n" for p in picks)
+        if args.out:
+            Path(args.out).write_text(text)
+        else:
+            sys.stdout.write(text)
+        print(f"{len(picks)} picks", file=sys.stderr)
+    except EdgepickError as error:
+        print(f"replay: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
