@@ -18,19 +18,29 @@ OUT ?=
 N_TRACES ?=
 SEED ?=
 PYTEST_ARGS ?=
+DATASET ?=
+TEACHER ?=
+STUDENT_OUT ?=
+EPOCHS ?=
+RESUME ?=
+NPROC ?=
 
 comma := ,
 config_flag = $(if $(CONFIG),--config $(CONFIG))
 set_flags = $(foreach s,$(SET),--set $(s))
 data_flags = --set data.source=$(SOURCE) $(if $(OUT),--set data.out=$(OUT)) \
 	$(if $(N_TRACES),--set data.synthetic.n_traces=$(N_TRACES)) $(if $(SEED),--set data.seed=$(SEED))
+distill_flags = $(if $(DATASET),--set distill.dataset=$(DATASET)) $(if $(TEACHER),--set teacher.name=$(TEACHER)) \
+	$(if $(STUDENT_OUT),--set distill.out=$(STUDENT_OUT)) $(if $(EPOCHS),--set distill.epochs=$(EPOCHS)) \
+	$(if $(RESUME),--set distill.resume=true)
 edgepick = $(PY) -m pipeline
 
-.PHONY: help venv data demo test benchmark-data clean
+.PHONY: help venv data demo test benchmark-data clean soft-labels distill quantize
 
 help: ## list targets and variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 	@echo "variables: SOURCE=synthetic|okla|seisbench:<Name>|fdsn|miniseed OUT=dir N_TRACES=n SEED=n"
+	@echo "           DATASET=dir[,dir] TEACHER=phasenet:okla[+eqtransformer:elep] STUDENT_OUT=dir EPOCHS=n RESUME=1 NPROC=n"
 	@echo "           CONFIG=file.yaml SET='section.key=value ...' PYTEST_ARGS=..."
 
 $(STAMP): requirements.txt pyproject.toml
@@ -45,10 +55,35 @@ venv: $(STAMP) ## create .venv with the pinned dependencies
 data: $(STAMP) ## build a dataset (default: the embedded synthetic one, data/synthetic)
 	$(edgepick) data $(config_flag) $(data_flags) $(set_flags)
 
-demo: data ## every stage that exists, on the embedded synthetic default
+DEMO_EPOCHS ?= 4
+demo: $(STAMP) ## every stage on the embedded synthetic default: data, soft labels, distill, quantize
+	$(MAKE) --no-print-directory data
+	$(MAKE) --no-print-directory distill EPOCHS=$(DEMO_EPOCHS)
+	$(MAKE) --no-print-directory quantize
+
+soft-labels: $(STAMP) ## run the teacher once over DATASET and cache its (P,S,noise) output beside it (TEACHER=...)
+	$(edgepick) soft-labels $(config_flag) $(distill_flags) $(set_flags)
+
+distill: $(STAMP) ## distil TEACHER into the student on DATASET (comma-separated folders mix); RESUME=1 continues
+	$(if $(NPROC),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC),$(PY)) -m pipeline distill \
+		$(config_flag) $(distill_flags) $(set_flags)
 
 test: $(STAMP) ## run the test suite (tests needing ../shared skip without it)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+quantize: $(STAMP) ## student -> ONNX -> TFLite FP32/FP16/INT8 (models/tflite), TFLite Micro checks, firmware/src/model/
+	$(edgepick) quantize $(config_flag) $(set_flags)
+
+# `firmware` is also a folder: these targets must be phony
+.PHONY: firmware flash monitor
+firmware: $(STAMP) ## check the model's memory budget, then build the ESP32 firmware (pio run; BOARD via SET='board.name=...')
+	$(PY) -m pipeline.flash build $(config_flag) $(set_flags)
+
+flash: $(STAMP) ## budget check, build and upload the firmware to the board on the serial port
+	$(PY) -m pipeline.flash flash $(config_flag) $(set_flags)
+
+monitor: $(STAMP) ## open the board's serial console (pio device monitor; picks as JSON lines)
+	$(PY) -m pipeline.flash monitor $(config_flag) $(set_flags)
 
 benchmark-data: $(STAMP) ## data-stage figures: synthetic generation time, generator throughput, teacher F1
 	$(PY) scripts/benchmark_data.py $(config_flag) $(set_flags)

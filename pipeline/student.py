@@ -83,17 +83,29 @@ def normalize_windows(x, eps: float = NORM_EPS):
     return (x / scale).astype(np.float32)
 
 
-class DSConv(nn.Module):
-    """Depthwise (k, stride, TF-SAME padding) -> pointwise -> BatchNorm -> Hardswish."""
+ACTIVATIONS = ("hardswish", "relu6")
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1):
+
+def make_activation(name: str) -> nn.Module:
+    """Hardswish (XiaoNet's) or ReLU6: bounded, and fused into the convolution by TFLite, which INT8 quantizes better."""
+    if name == "hardswish":
+        return nn.Hardswish()
+    if name == "relu6":
+        return nn.ReLU6()
+    raise EdgepickError(f"unknown student activation {name!r}; use {', '.join(ACTIVATIONS)}")
+
+
+class DSConv(nn.Module):
+    """Depthwise (k, stride, TF-SAME padding) -> pointwise -> BatchNorm -> Hardswish (or ReLU6)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, activation: str = "hardswish"):
         super().__init__()
         self.kernel, self.stride = kernel, stride
         symmetric = (kernel - 1) // 2 if stride == 1 else 0
         self.dw = nn.Conv1d(cin, cin, kernel, stride, padding=symmetric, groups=cin, bias=False)
         self.pw = nn.Conv1d(cin, cout, 1, bias=False)
         self.bn = nn.BatchNorm1d(cout)
-        self.act = nn.Hardswish()
+        self.act = make_activation(activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride != 1:
@@ -106,9 +118,9 @@ class DSConv(nn.Module):
 class MultiScale(nn.Module):
     """Three parallel DS convolutions k3 / k5 / k7, summed."""
 
-    def __init__(self, channels: int, kernels: tuple[int, ...] = (3, 5, 7)):
+    def __init__(self, channels: int, kernels: tuple[int, ...] = (3, 5, 7), activation: str = "hardswish"):
         super().__init__()
-        self.branches = nn.ModuleList(DSConv(channels, channels, k) for k in kernels)
+        self.branches = nn.ModuleList(DSConv(channels, channels, k, activation=activation) for k in kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.branches[0](x)
@@ -120,12 +132,12 @@ class MultiScale(nn.Module):
 class UpBlock(nn.Module):
     """ConvTranspose1d(k=4, s=4) (cin -> cout) + skip -> depthwise k5 -> BatchNorm -> Hardswish."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 5):
+    def __init__(self, cin: int, cout: int, kernel: int = 5, activation: str = "hardswish"):
         super().__init__()
         self.up = nn.ConvTranspose1d(cin, cout, 4, stride=4, bias=False)
         self.dw = nn.Conv1d(cout, cout, kernel, padding=(kernel - 1) // 2, groups=cout, bias=False)
         self.bn = nn.BatchNorm1d(cout)
-        self.act = nn.Hardswish()
+        self.act = make_activation(activation)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.dw(self.up(x) + skip)))
@@ -148,6 +160,7 @@ class XiaoNet(sbm.WaveformModel):
         component_order: str = "ZNE",
         phases: str = CLASS_ORDER,
         norm_eps: float = NORM_EPS,
+        activation: str = "hardswish",
         **kwargs,
     ):
         if base_channels < 1 or in_samples < DOWNSAMPLING:
@@ -175,16 +188,18 @@ class XiaoNet(sbm.WaveformModel):
         self.base_channels = int(base_channels)
         self.channel_multipliers = tuple(int(m) for m in channel_multipliers)
         self.norm_eps = float(norm_eps)
+        make_activation(activation)  # validates the name
+        self.activation = activation
         c1, c2, c3, c4 = (self.base_channels * m for m in self.channel_multipliers)
         self.channels = (c1, c2, c3, c4)
-        self.enc1 = DSConv(3, c1, 7)
-        self.enc2 = DSConv(c1, c2, 5, 4)
-        self.enc3 = DSConv(c2, c3, 5, 4)
-        self.bottleneck = DSConv(c3, c4, 3, 4)
-        self.multiscale = MultiScale(c4)
-        self.up3 = UpBlock(c4, c3)
-        self.up2 = UpBlock(c3, c2)
-        self.up1 = UpBlock(c2, c1)
+        self.enc1 = DSConv(3, c1, 7, activation=activation)
+        self.enc2 = DSConv(c1, c2, 5, 4, activation=activation)
+        self.enc3 = DSConv(c2, c3, 5, 4, activation=activation)
+        self.bottleneck = DSConv(c3, c4, 3, 4, activation=activation)
+        self.multiscale = MultiScale(c4, activation=activation)
+        self.up3 = UpBlock(c4, c3, activation=activation)
+        self.up2 = UpBlock(c3, c2, activation=activation)
+        self.up1 = UpBlock(c2, c1, activation=activation)
         self.head = nn.Conv1d(c1, 3, 1)
         if "overlap" not in self.default_args:
             self.default_args["overlap"] = int(in_samples) // 2
@@ -254,6 +269,7 @@ class XiaoNet(sbm.WaveformModel):
             channel_multipliers=list(self.channel_multipliers),
             phases=self.labels,
             norm_eps=self.norm_eps,
+            activation=self.activation,
         )
         return model_args
 
@@ -305,6 +321,7 @@ def build_student(config) -> XiaoNet:
         base_channels=config.base_channels,
         in_samples=config.in_samples,
         channel_multipliers=tuple(getattr(config, "channel_multipliers", DEFAULT_MULTIPLIERS)),
+        activation=getattr(config, "activation", "hardswish"),
     )
 
 
@@ -315,6 +332,8 @@ def load_student(path) -> XiaoNet:
     path = Path(path)
     if path.is_dir():
         candidates = sorted(p.with_suffix("") for p in path.glob("*.json") if p.with_suffix(".pt").exists())
+        if not candidates:  # the distill stage's folder: <out>/student/student.json + .pt
+            candidates = sorted(p.with_suffix("") for p in path.glob("*/*.json") if p.with_suffix(".pt").exists())
         if len(candidates) != 1:
             raise EdgepickError(f"student folder {path} must hold one <name>.json + <name>.pt pair, found {len(candidates)}")
         path = candidates[0]

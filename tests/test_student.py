@@ -38,6 +38,9 @@ def test_save_load_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
     assert load_student(tmp_path).in_samples == 1001  # a folder with one saved model
+    (tmp_path / "distilled" / "student").mkdir(parents=True)
+    model.save(tmp_path / "distilled" / "student" / "student")  # the distill stage's layout
+    assert load_student(tmp_path / "distilled").base_channels == 4
     with pytest.raises(EdgepickError):
         load_student(tmp_path / "missing")
 

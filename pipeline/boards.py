@@ -1,0 +1,134 @@
+"""Board profiles and the memory budget check run before anything is flashed.
+
+Regions: internal SRAM (data RAM the application can use), PSRAM (external, mapped into data space) and flash (the
+app partition that holds the firmware and the model as a const array). Figures and their sources:
+
+- ESP32: 520 KB on-chip SRAM, of which at most 328 KB is data RAM (DRAM); statically allocated DRAM is limited to
+  160 KB ("Due to a technical limitation, the maximum statically allocated DRAM usage is 160 KB", ESP-IDF
+  Programming Guide, Memory Types). We count 320 KB of DRAM minus an estimated 64 KB for ESP-IDF, FreeRTOS and
+  drivers (Wi-Fi off) = 256 KB, and require the tensor arena, one contiguous block, to be <= 160 KB when it lives in
+  internal SRAM.
+- PSRAM on the classic ESP32 maps at most 4 MB into data space (an 8 MB chip gives 4 MB; shared/NOTES.md);
+  ESP32-S3 N8R8 has 8 MB octal PSRAM, all usable.
+- ESP32-S3: 512 KB SRAM; we count 416 KB of data RAM minus the same 64 KB overhead = 352 KB.
+- Flash: the default single-app partition table gives a 1 MB app partition; we estimate 384 KB for ESP-IDF +
+  TFLite Micro + ESP-NN code, leaving 640 KB for the model (estimates, to be replaced by the firmware's real size).
+
+Placement (what the firmware does): the model stays in flash (memory-mapped const array); the FP16 expansion
+buffer (the FP32 flatbuffer) and the sample ring buffer go to PSRAM when there is PSRAM, else SRAM; the tensor arena
+goes to SRAM when it fits (<= 160 KB and the region total), else PSRAM; the window buffer (float32 normalised
+window) and the stitch buffer (float32 P and S over one window) stay in SRAM. Every region must hold
+``used x (1 + margin)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.errors import EdgepickError
+
+KB = 1024
+MB = 1024 * KB
+MAX_STATIC_DRAM = 160 * KB
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    description: str
+    sram_bytes: int  # internal data RAM usable by the application
+    psram_bytes: int  # 0: none
+    flash_bytes: int  # app partition bytes usable by the model
+    max_arena_in_sram: int = MAX_STATIC_DRAM
+    cpu_mhz: int = 240
+    pio_env: str = ""  # the PlatformIO environment in firmware/platformio.ini
+
+
+BOARDS = {
+    "esp32": Board("esp32", "ESP32, no PSRAM, 520 KB SRAM", 256 * KB, 0, 640 * KB, pio_env="esp32"),
+    "esp32-psram2": Board("esp32-psram2", "ESP32 + 2 MB PSRAM", 256 * KB, 2 * MB, 640 * KB, pio_env="esp32-wrover"),
+    "esp32-psram4": Board("esp32-psram4", "ESP32 + 4 MB PSRAM (8 MB chips map 4 MB)", 256 * KB, 4 * MB, 640 * KB,
+                          pio_env="esp32-wrover"),
+    "esp32s3-psram8": Board("esp32s3-psram8", "ESP32-S3 N8R8, 8 MB octal PSRAM", 352 * KB, 8 * MB, 640 * KB,
+                            pio_env="esp32s3-n8r8"),
+}
+ALIASES = {"esp32-nopsram": "esp32", "esp32-wrover": "esp32-psram4", "esp32s3-n8r8": "esp32s3-psram8",
+           "esp32-s3-n8r8": "esp32s3-psram8"}
+
+
+def get_board(name: str) -> Board:
+    name = ALIASES.get(name, name)
+    if name not in BOARDS:
+        raise EdgepickError(f"unknown board {name!r}; known: {', '.join(list(BOARDS) + list(ALIASES))}")
+    return BOARDS[name]
+
+
+def _round16(n: int) -> int:
+    return (int(n) + 15) // 16 * 16
+
+
+def check_budget(board: Board, info: dict, board_config=None, raise_error: bool = True) -> dict:
+    """Place every buffer of one model variant on ``board`` and check each region.
+
+    ``info``: ``bytes`` (what is flashed), ``arena_bytes``, ``in_samples``, ``sampling_rate``, optional
+    ``expanded_bytes`` (FP16). ``board_config``: :class:`pipeline.config.BoardConfig` (margin, ring buffer seconds).
+    Returns a dict with the regions, their items and ``overflow`` (a message, or ``""``)."""
+    margin = float(getattr(board_config, "margin", 0.10))
+    ring_seconds = float(getattr(board_config, "ring_seconds", 45.0))
+    samples = int(info["in_samples"])
+    rate = float(info.get("sampling_rate", 100.0))
+    arena = _round16(info["arena_bytes"] * (1 + margin))
+    ring = _round16(int(ring_seconds * rate) * 3 * 4)  # int32 counts, three components
+    window = _round16(samples * 3 * 4)  # float32 normalised window
+    stitch = _round16(samples * 2 * 4)  # float32 P and S probabilities, overlap-averaged
+    expansion = _round16(info.get("expanded_bytes", 0))
+
+    items = {"sram": [], "psram": [], "flash": [("model", int(info["bytes"]))]}
+    items["sram"] += [("window buffer", window), ("stitch buffer", stitch)]
+    big = "psram" if board.psram_bytes else "sram"
+    items[big].append(("ring buffer", ring))
+    if expansion:
+        items[big].append(("fp16 expansion", expansion))
+    sram_if_arena = sum(n for _, n in items["sram"]) + arena
+    if arena <= board.max_arena_in_sram and sram_if_arena * (1 + margin) <= board.sram_bytes or not board.psram_bytes:
+        items["sram"].append(("arena", arena))
+    else:
+        items["psram"].append(("arena", arena))
+
+    capacities = {"sram": board.sram_bytes, "psram": board.psram_bytes, "flash": board.flash_bytes}
+    regions, problems = [], []
+    for name in ("sram", "psram", "flash"):
+        used = sum(n for _, n in items[name])
+        needed = int(used * (1 + margin))
+        regions.append({"name": name, "capacity": capacities[name], "used": needed, "raw": used, "items": items[name]})
+        if needed > capacities[name]:
+            what = ", ".join(f"{label} {n}" for label, n in items[name])
+            problems.append(
+                f"{name} overflows by {needed - capacities[name]} bytes on {board.name} "
+                f"({what}; {needed} with {margin:.0%} margin > {capacities[name]})"
+            )
+    if ("arena", arena) in items["sram"] and arena > board.max_arena_in_sram:
+        problems.append(
+            f"arena of {arena} bytes overflows the largest static internal block ({board.max_arena_in_sram}) by "
+            f"{arena - board.max_arena_in_sram} bytes on {board.name}"
+        )
+    result = {
+        "board": board.name, "description": board.description, "margin": margin, "regions": regions,
+        "arena_alloc_bytes": arena, "precision": info.get("precision", ""),
+        "overflow": ("; ".join(problems) if problems else ""),
+    }
+    if problems and raise_error:
+        raise EdgepickError(result["overflow"])
+    return result
+
+
+def format_budget(budget: dict) -> str:
+    lines = [f"memory budget: {budget['board']} ({budget['description']}), {budget['precision']}, margin {budget['margin']:.0%}",
+             f"  {'region':6} {'used+margin':>12} {'capacity':>10}  items"]
+    for region in budget["regions"]:
+        items = ", ".join(f"{label} {n}" for label, n in region["items"]) or "-"
+        flag = "  OVER" if region["used"] > region["capacity"] else ""
+        lines.append(f"  {region['name']:6} {region['used']:12d} {region['capacity']:10d}  {items}{flag}")
+    if budget["overflow"]:
+        lines.append(f"  overflow: {budget['overflow']}")
+    return "\n".join(lines)

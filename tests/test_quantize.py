@@ -1,0 +1,201 @@
+"""The quantize stage on a small untrained student: ONNX and Keras parity, TFLite Micro loading with the measured
+arena, FP16 packing, the C array round trip, and the board budget check."""
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import seisbench.data as sbd
+import torch
+import torch.nn as nn
+
+from pipeline import boards
+from pipeline import quantize as Q
+from pipeline.cli import main
+from pipeline.errors import EdgepickError
+from pipeline.student import XiaoNet, normalize_windows
+
+SAMPLES = 1001
+
+
+@pytest.fixture(scope="module")
+def student():
+    torch.manual_seed(0)
+    model = XiaoNet(base_channels=4, in_samples=SAMPLES).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding is exercised
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm1d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.1, 0.1)
+    return model
+
+
+@pytest.fixture(scope="module")
+def windows():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(10, 3, SAMPLES))
+    x[:, :, 500:] *= 8  # an "onset"
+    return normalize_windows(x)
+
+
+@pytest.fixture(scope="module")
+def result(student, windows):
+    return Q.quantize_student(student, windows[:6], windows[6:])
+
+
+def test_onnx_checked_and_matches_pytorch(result):
+    import onnx
+
+    model = onnx.load_from_string(result.onnx_bytes)
+    onnx.checker.check_model(model)
+    assert {n.op_type for n in model.graph.node} <= set(Q.SUPPORTED_ONNX_OPS)
+    assert result.onnx_max_error <= 1e-4
+
+
+def test_keras_twin_matches_onnxruntime(student, windows):
+    onnx_model = Q.export_onnx(student)
+    keras_model = Q.onnx_to_keras(onnx_model)
+    diff = np.abs(Q.keras_run(keras_model, windows[:2]) - Q.onnxruntime_run(onnx_model, windows[:2])).max()
+    assert diff <= 1e-4
+    pairs = Q.depthwise_pointwise_pairs(onnx_model)
+    assert ("enc1_dw_Conv", "enc1_pw_Conv") in pairs and len(pairs) == 7
+    scales = Q.equalize_depthwise(keras_model, pairs, windows[:4], alpha=1.0)
+    assert max(scales.values()) > 1.0  # it did rescale, and the float function is unchanged:
+    assert np.abs(Q.keras_run(keras_model, windows[:2]) - Q.onnxruntime_run(onnx_model, windows[:2])).max() <= 1e-4
+
+
+@pytest.mark.parametrize("precision", Q.PRECISIONS)
+def test_each_precision_loads_in_tflm_with_measured_arena(result, windows, precision):
+    info = result.variants[precision]
+    runnable = result.flatbuffers["fp16_expanded" if precision == "fp16" else precision]
+    assert set(info["ops"]) <= {"CONV_2D", "DEPTHWISE_CONV_2D", "HARD_SWISH", "ADD", "PAD", "RESHAPE",
+                                "STRIDED_SLICE", "SOFTMAX"}
+    arena = info["arena_bytes"]
+    sample = Q._device_input(windows[6], info["io"]["input"])
+    interpreter, _, _ = Q._try_interpreter(runnable, arena)
+    assert interpreter is not None
+    interpreter.set_input(sample, 0)
+    interpreter.invoke()
+    too_small, _, _ = Q._try_interpreter(runnable, arena - 1)
+    assert too_small is None, "the measured arena is not minimal"
+    tolerance = 5e-2 if precision == "int8" else 1e-3
+    assert info["max_abs_error"] <= tolerance
+    if precision == "int8":
+        assert info["io"]["input"]["dtype"] == "int8" and info["io"]["output"]["dtype"] == "int8"
+
+
+def test_fp16_packing_round_trips(result):
+    fp32 = result.flatbuffers["fp32"]
+    representable = Q.round_float_weights_to_fp16(fp32)
+    packed = Q.pack_fp16(representable)
+    assert len(packed) < 0.75 * len(representable)
+    assert Q.expand_fp16(packed) == representable  # exact for float16-representable weights
+    assert Q.expand_fp16(result.flatbuffers["fp16"]) == result.flatbuffers["fp16_expanded"]
+    bits = [0x0000, 0x8000, 0x0001, 0x03FF, 0x0400, 0x3C00, 0x7BFF, 0x7C00, 0xFC00, 0x7E00]
+    expect = np.array(bits, dtype=np.uint16).view(np.float16).astype(np.float32).view(np.uint32)
+    assert [Q.half_to_float_bits(b) for b in bits] == [int(v) for v in expect]
+    with pytest.raises(EdgepickError):
+        Q.expand_fp16(packed[:-1])
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no host C++ compiler")
+def test_c_expander_matches_python(result, tmp_path):
+    packed = result.flatbuffers["fp16"]
+    (tmp_path / "fp16_expand.h").write_text(Q.FP16_EXPAND_H)
+    (tmp_path / "main.cc").write_text(
+        '#include <cstdio>\n#include <vector>\n#include "fp16_expand.h"\n'
+        "int main(int argc, char** argv) { FILE* f = fopen(argv[1], \"rb\"); std::vector<uint8_t> in(1 << 20);\n"
+        "size_t n = fread(in.data(), 1, in.size(), f); fclose(f); std::vector<uint8_t> out(1 << 21);\n"
+        "size_t m = edgepick_expand_fp16(in.data(), n, out.data(), out.size()); if (!m) return 1;\n"
+        "fwrite(out.data(), 1, m, stdout); return 0; }\n"
+    )
+    subprocess.run(["g++", "-O1", "-o", str(tmp_path / "expand"), str(tmp_path / "main.cc")], check=True)
+    (tmp_path / "model.ef16").write_bytes(packed)
+    out = subprocess.run([str(tmp_path / "expand"), str(tmp_path / "model.ef16")], capture_output=True, check=True)
+    assert out.stdout == Q.expand_fp16(packed)
+
+
+def test_c_array_round_trip_and_config_header(result, tmp_path):
+    info = dict(result.variants["int8"], hop_samples=Q.hop_samples(XiaoNet(2, SAMPLES)), sampling_rate=100.0)
+    budget = boards.check_budget(boards.get_board("esp32"), info)
+    files = Q.write_firmware(tmp_path / "model", result.flatbuffers["int8"], info, budget)
+    assert Q.parse_c_array((tmp_path / "model" / "model_data.cc").read_text()) == result.flatbuffers["int8"]
+    assert "alignas(16)" in files["model_data.cc"]
+    if shutil.which("g++"):
+        macros = [line.split()[1] for line in files["model_config.h"].splitlines() if line.startswith("#define EDGEPICK_")
+                  and len(line.split()) > 2]
+        uses = "\n".join(f"  auto v{i} = {name}; (void)v{i};" for i, name in enumerate(macros))
+        (tmp_path / "check.cc").write_text(
+            f'#include "model_config.h"\n#include "model_data.h"\nint main() {{\n{uses}\n  return 0;\n}}\n'
+        )
+        subprocess.run(["g++", "-std=c++17", "-fsyntax-only", "-I", str(tmp_path / "model"), str(tmp_path / "check.cc")],
+                       check=True)
+        subprocess.run(["g++", "-std=c++17", "-fsyntax-only", str(tmp_path / "model" / "model_data.cc")], check=True)
+
+
+def test_budget_refuses_an_over_budget_board():
+    info = {"precision": "fp32", "bytes": 300_000, "arena_bytes": 400_000, "in_samples": 3001, "sampling_rate": 100.0}
+    with pytest.raises(EdgepickError, match="overflows by"):
+        boards.check_budget(boards.get_board("esp32"), info)
+    ok = boards.check_budget(boards.get_board("esp32s3-psram8"), info)
+    assert not ok["overflow"] and ("arena", ok["arena_alloc_bytes"]) in ok["regions"][1]["items"]
+
+
+def test_unsupported_op_names_op_and_layer():
+    class WithTanh(XiaoNet):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.enc2.act = nn.Tanh()
+
+    model = WithTanh(base_channels=2, in_samples=128).eval()
+    with pytest.raises(EdgepickError, match=r"Tanh.*enc2\.act"):
+        Q.onnx_to_keras(Q.export_onnx(model))
+
+
+def _tiny_dataset(path, traces=12, samples=1500):
+    rng = np.random.default_rng(1)
+    with sbd.WaveformDataWriter(path / "metadata.csv", path / "waveforms.hdf5") as writer:
+        writer.data_format = {"dimension_order": "CW", "component_order": "ZNE", "measurement": "velocity",
+                              "unit": "counts", "instrument_response": "not restituted"}
+        for i in range(traces):
+            writer.add_trace({"trace_name": f"t{i}", "trace_sampling_rate_hz": 100.0, "trace_p_arrival_sample": 600,
+                              "split": "train" if i < 8 else "test", "source_id": f"e{i}"},
+                             rng.normal(size=(3, samples)))
+
+
+def test_cli_refuses_over_budget_and_writes_nothing(tmp_path):
+    _tiny_dataset(tmp_path)
+    torch.manual_seed(0)
+    XiaoNet(base_channels=48, in_samples=SAMPLES).save(tmp_path / "student")
+    firmware = tmp_path / "firmware"
+    args = ["quantize", "--set", f"quantize.student={tmp_path / 'student'}", "--set", f"quantize.dataset={tmp_path}",
+            "--set", f"quantize.out={tmp_path / 'tflite'}", "--set", f"quantize.firmware_dir={firmware}",
+            "--set", "quantize.precisions=fp32", "--set", "quantize.firmware_precision=fp32",
+            "--set", "quantize.calibration_windows=4", "--set", "quantize.heldout_windows=2", "--set", "board.name=esp32"]
+    assert main(args) == 2
+    assert not firmware.exists() and not (tmp_path / "tflite").exists()
+
+
+def test_refined_int8_ranges_stay_valid(student, windows, result):
+    info = result.variants["int8"]
+    assert info["activation_percentile"] in Q.PERCENTILE_CANDIDATES
+    onnx_model = Q.export_onnx(student)
+    keras_model = Q.onnx_to_keras(onnx_model)
+    raw = Q.convert_int8(keras_model, windows[:6])
+    refined = Q.refine_activation_ranges(raw, keras_model, windows[:6], 99.0)
+    assert refined != raw
+    before, after = Q.io_details(raw), Q.io_details(refined)
+    assert before == after  # model input and softmax output keep their quantization
+    out = Q.tflm_run(Q.strip_strings(refined), windows[6:8])
+    assert np.isfinite(out).all() and np.allclose(out.sum(axis=1), 1.0, atol=0.05)
+
+
+def test_relu6_student_converts_with_fused_activations(windows):
+    torch.manual_seed(3)
+    model = XiaoNet(base_channels=4, in_samples=SAMPLES, activation="relu6").eval()
+    result = Q.quantize_student(model, windows[:4], windows[6:8], precisions=("int8",), measure_arena=False)
+    assert "HARD_SWISH" not in result.variants["int8"]["ops"] and "RELU6" not in result.variants["int8"]["ops"]
+    assert result.onnx_max_error <= 1e-4 and result.keras_max_error <= 1e-4
