@@ -764,10 +764,14 @@ def run(config, dataset_path: str | Path | None = None) -> list[Path]:
     parse_teacher_spec(teacher.name)
     if teacher.mode == "on-the-fly":
         return []  # nothing to precompute
-    return build_soft_labels(
-        dataset_path or config.distill.dataset,
-        teacher.name,
-        batch_size=teacher.batch_size,
-        device=teacher.device or None,
-        cache_dir=teacher.cache_dir or None,
-    )
+    paths = [dataset_path] if dataset_path else [p.strip() for p in config.distill.dataset.split(",") if p.strip()]
+    built = []
+    for path in paths:
+        built += build_soft_labels(
+            path,
+            teacher.name,
+            batch_size=teacher.batch_size,
+            device=teacher.device or None,
+            cache_dir=teacher.cache_dir or None,
+        )
+    return built

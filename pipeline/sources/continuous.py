@@ -63,7 +63,24 @@ def records(config: DataConfig) -> tuple[Iterator, int | None, dict]:
         raise EdgepickError(f"miniseed: none of the {len(files)} files under {root} is readable miniSEED "
                             f"(e.g. {first}: {reason})")
     window = int(round(ms.window_seconds * config.sampling_rate))
-    return _generate(index, config, inventory, summary), None, {"min_samples": window, "unit": "counts"}
+    return _Records(_generate(index, config, inventory, summary), summary), None, {"min_samples": window, "unit": "counts"}
+
+
+class _Records:
+    """The windows, plus what was dropped on the way (``skipped``), which the writer adds to the dataset report."""
+
+    def __init__(self, windows: Iterator, summary: dict):
+        self.windows, self.summary = windows, summary
+
+    def __iter__(self):
+        return self.windows
+
+    @property
+    def skipped(self) -> dict:
+        counts = {k: v for k, v in self.summary["counts"].items() if "skipped" in k}
+        if self.summary["unreadable_files"]:
+            counts["unreadable miniSEED files"] = len(self.summary["unreadable_files"])
+        return counts
 
 
 def _check_settings(config: DataConfig) -> None:
