@@ -177,6 +177,17 @@ def _datasets(config: Config, master: bool) -> tuple[list[_Training], list[_Trai
     paths = [p.strip() for p in cfg.dataset.split(",") if p.strip()]
     if not paths:
         raise EdgepickError("distill.dataset is empty")
+    opened = {}
+    for path in paths:  # cheap checks first: no teacher runs for a request that cannot train
+        for split in ("train", "dev"):
+            dataset = generators.load_for_training(path, split=split)
+            columns = list(generators.phase_columns(dataset))
+            if cfg.alpha < 1 and (not columns or dataset.metadata[columns].notna().sum().sum() == 0):
+                raise EdgepickError(
+                    f"alpha={cfg.alpha} < 1 needs analyst picks, but the {split} split of {path} has none: "
+                    "use alpha=1 (teacher only) for unlabelled data"
+                )
+            opened[path, split] = dataset
     train, dev = [], []
     for path in paths:
         soft = None
@@ -191,15 +202,8 @@ def _datasets(config: Config, master: bool) -> tuple[list[_Training], list[_Trai
                                            device=config.teacher.device or None, **where)
             _barrier()
             soft = teachers.SoftLabelCache.open(path, config.teacher.name, build=False, **where)
-        for split, out in (("train", train), ("dev", dev)):
-            dataset = generators.load_for_training(path, split=split)
-            columns = list(generators.phase_columns(dataset))
-            if cfg.alpha < 1 and (not columns or dataset.metadata[columns].notna().sum().sum() == 0):
-                raise EdgepickError(
-                    f"alpha={cfg.alpha} < 1 needs analyst picks, but the {split} split of {path} has none: "
-                    "use alpha=1 (teacher only) for unlabelled data"
-                )
-            out.append(_Training(path, dataset, soft))
+        train.append(_Training(path, opened[path, "train"], soft))
+        dev.append(_Training(path, opened[path, "dev"], soft))
     return train, dev
 
 
