@@ -35,7 +35,7 @@ distill_flags = $(if $(DATASET),--set distill.dataset=$(DATASET)) $(if $(TEACHER
 	$(if $(RESUME),--set distill.resume=true)
 edgepick = $(PY) -m pipeline
 
-.PHONY: help venv data demo test benchmark-data clean soft-labels distill quantize
+.PHONY: help venv data demo test benchmark-data clean soft-labels distill sweep quantize
 
 help: ## list targets and variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -67,6 +67,9 @@ soft-labels: $(STAMP) ## run the teacher once over DATASET and cache its (P,S,no
 distill: $(STAMP) ## distil TEACHER into the student on DATASET (comma-separated folders mix); RESUME=1 continues
 	$(if $(NPROC),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC),$(PY)) -m pipeline distill \
 		$(config_flag) $(distill_flags) $(set_flags)
+
+sweep: $(STAMP) ## grid over sweep.temperatures x sweep.alphas x sweep.base_channels, ranked on dev F1, Pareto plot
+	$(edgepick) sweep $(config_flag) $(distill_flags) $(set_flags)
 
 test: $(STAMP) ## run the test suite (tests needing ../shared skip without it)
 	$(PY) -m pytest $(PYTEST_ARGS)

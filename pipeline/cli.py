@@ -13,6 +13,7 @@ from pipeline.errors import EdgepickError
 # stage name -> (module with run(config), one-line help)
 STAGES = {
     "data": ("pipeline.data", "build a SeisBench-format dataset (synthetic default, okla, seisbench:<Name>, fdsn, miniseed)"),
+    "sweep": ("pipeline.sweep", "distil one student per (temperature, alpha, width) and rank them on the dev split"),
     "quantize": ("pipeline.quantize", "student -> ONNX -> TFLite FP32/FP16/INT8, checked in TFLite Micro, C array for the firmware"),
     "soft-labels": ("pipeline.teachers", "run the teacher(s) once over distill.dataset and cache the (P, S, noise) soft labels"),
     "distill": ("pipeline.distill", "distil the teacher(s) into the XiaoNet-style student (torchrun for several processes)"),

@@ -153,6 +153,17 @@ class DistillConfig:
 
 
 @dataclass
+class SweepConfig:
+    """``make sweep``: one distillation per grid point (on distill.dataset, with distill's other settings)."""
+
+    temperatures: tuple[float, ...] = (1.0, 2.0, 4.0, 6.0, 10.0)
+    alphas: tuple[float, ...] = (0.3, 0.5, 0.7, 1.0)
+    base_channels: tuple[int, ...] = (4, 8)
+    tolerance_s: float = 0.5
+    out: str = "models/sweep"
+
+
+@dataclass
 class QuantizeConfig:
     student: str = "models/student"
     out: str = "models/tflite"
@@ -193,6 +204,7 @@ class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     board: BoardConfig = field(default_factory=BoardConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)

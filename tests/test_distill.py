@@ -141,3 +141,29 @@ def test_distillation_from_the_real_teacher_uses_the_soft_label_cache(labelled, 
     before = {p: p.stat().st_mtime_ns for p in (labelled / "soft_labels").glob("*.hdf5")}
     distill.run(tiny_config(labelled, tmp_path / "kd2", alpha=1.0, epochs=1))
     assert {p: p.stat().st_mtime_ns for p in (labelled / "soft_labels").glob("*.hdf5")} == before
+
+
+def test_sweep_ranks_runs_writes_table_and_pareto_plot_and_resumes(labelled, tmp_path):
+    from pipeline import sweep
+
+    config = tiny_config(labelled, tmp_path / "unused", epochs=1)
+    config.sweep.temperatures = (2.0,)
+    config.sweep.alphas = (0.0,)  # hard labels only: no teacher needed here
+    config.sweep.base_channels = (1, 2)
+    config.sweep.out = str(tmp_path / "sweep")
+    rows = sweep.run(config)
+    assert len(rows) == 2
+    assert rows[0]["dev_f1"] >= rows[1]["dev_f1"]
+    assert rows[0]["macs"] != rows[1]["macs"]
+    for name in ("sweep.csv", "sweep.md", "pareto.png"):
+        assert (tmp_path / "sweep" / name).is_file()
+    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "sweep").glob("*/student/student.pt")}
+    assert sweep.run(config) == rows  # finished points are kept, not re-run
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "sweep").glob("*/student/student.pt")} == stamp
+
+
+def test_pareto_front_keeps_only_undominated_runs():
+    from pipeline.sweep import pareto_front
+
+    rows = [{"macs": 1, "dev_f1": 0.5}, {"macs": 2, "dev_f1": 0.4}, {"macs": 3, "dev_f1": 0.7}, {"macs": 4, "dev_f1": 0.7}]
+    assert pareto_front(rows) == [rows[0], rows[2]]
