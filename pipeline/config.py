@@ -169,6 +169,7 @@ class QuantizeConfig:
     out: str = "models/tflite"
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
     calibration_windows: int = 256  # representative windows from the train split (>= 200)
+    min_calibration_windows: int = 200  # INT8 ranges from fewer real windows do not hold up: refused
     heldout_windows: int = 200  # test-split windows for TFLite Micro vs PyTorch outputs and pick agreement
     dataset: str = ""  # default: distill.dataset
     seed: int = 0

@@ -1181,6 +1181,9 @@ def quantize_student(
     if bad:
         raise EdgepickError(f"unknown precision(s) {bad}; use {', '.join(PRECISIONS)}")
     model = model.eval()
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise EdgepickError(f"student parameter {name} holds NaN or inf: refusing to convert (re-run distill)")
     calibration = _stack_windows(calibration)
     heldout = np.asarray(heldout, dtype=np.float32)
     expected = (3, model.in_samples)
@@ -1335,9 +1338,12 @@ def run(config) -> QuantizeResult:
     model = load_student(q.student)
     dataset = q.dataset or config.distill.dataset
     n_cal = max(int(q.calibration_windows), 1)
-    if n_cal < 200:
-        log.warning("only %d calibration windows (>= 200 recommended)", n_cal)
     calibration = dataset_windows(dataset, "train", n_cal, model.in_samples, seed=q.seed)
+    if "int8" in q.precisions and len(calibration) < q.min_calibration_windows:
+        raise EdgepickError(
+            f"INT8 needs >= {q.min_calibration_windows} calibration windows from the train split of {dataset}, "
+            f"got {len(calibration)} (quantize.calibration_windows={q.calibration_windows})"
+        )
     heldout = dataset_windows(dataset, "test", int(q.heldout_windows), model.in_samples, seed=q.seed + 1)
     precisions = tuple(q.precisions)
     if q.firmware_precision not in precisions:

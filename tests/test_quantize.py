@@ -199,3 +199,25 @@ def test_relu6_student_converts_with_fused_activations(windows):
     result = Q.quantize_student(model, windows[:4], windows[6:8], precisions=("int8",), measure_arena=False)
     assert "HARD_SWISH" not in result.variants["int8"]["ops"] and "RELU6" not in result.variants["int8"]["ops"]
     assert result.onnx_max_error <= 1e-4 and result.keras_max_error <= 1e-4
+
+
+def test_non_finite_weights_are_refused(windows):
+    model = XiaoNet(base_channels=2, in_samples=SAMPLES).eval()
+    with torch.no_grad():
+        model.head.weight[0, 0, 0] = float("nan")
+    with pytest.raises(EdgepickError, match="NaN or inf"):
+        Q.quantize_student(model, windows[:4], windows[4:6], precisions=("fp32",))
+
+
+def test_tiny_calibration_set_and_missing_student_are_one_line_errors(tmp_path, capsys):
+    _tiny_dataset(tmp_path)
+    common = ["--set", f"quantize.dataset={tmp_path}", "--set", f"quantize.out={tmp_path / 'tflite'}",
+              "--set", f"quantize.firmware_dir={tmp_path / 'firmware'}"]
+    assert main(["quantize", "--set", f"quantize.student={tmp_path / 'nowhere'}", *common]) == 2
+    assert "no saved student" in capsys.readouterr().err
+    XiaoNet(base_channels=2, in_samples=SAMPLES).save(tmp_path / "student")
+    assert main(["quantize", "--set", f"quantize.student={tmp_path / 'student'}", *common,
+                 "--set", "quantize.calibration_windows=4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "calibration windows" in err[0]
+    assert not (tmp_path / "firmware").exists() and not (tmp_path / "tflite").exists()
