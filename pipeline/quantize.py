@@ -965,22 +965,11 @@ def tflm_run(flatbuffer: bytes, windows: np.ndarray, arena: int | None = None) -
 # Picks and agreement
 # ---------------------------------------------------------------------------------------------------------------
 def picks_from_probabilities(probs: np.ndarray, threshold: float = PICK_THRESHOLD) -> list[tuple[str, int]]:
-    """SeisBench-style picks on one window (3, N): trigger on at ``threshold``, off at half, pick at the peak."""
-    picks = []
-    for index, phase in enumerate(CLASS_ORDER[:2]):
-        p = probs[index]
-        above = p >= threshold
-        i, n = 0, len(p)
-        while i < n:
-            if above[i]:
-                j = i
-                while j < n and p[j] >= threshold / 2:
-                    j += 1
-                picks.append((phase, i + int(np.argmax(p[i:j]))))
-                i = j
-            else:
-                i += 1
-    return picks
+    """SeisBench-style picks on one window (3, N): obspy's trigger on at ``threshold``, off at half, pick at the
+    peak (:func:`pipeline.flash.reference_picks`, the same function the firmware's picker is tested against)."""
+    from pipeline.flash import reference_picks
+
+    return [(pick["phase"], pick["sample"]) for pick in reference_picks(np.asarray(probs)[:2], threshold, CLASS_ORDER[:2])]
 
 
 def pick_agreement(reference: np.ndarray, candidate: np.ndarray, sampling_rate: float = 100.0,
