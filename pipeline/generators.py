@@ -32,8 +32,8 @@ def phase_columns(dataset: sbd.WaveformDataset) -> dict[str, str]:
 
 
 class Normalise:
-    """Demean each component and divide it by its peak (relative epsilon): exactly what the student does in
-    ``annotate`` and the firmware does on the board (:func:`pipeline.student.normalize_windows`)."""
+    """Demean each component and divide the window by its peak over all components (relative epsilon): exactly
+    what the student does in ``annotate`` and the firmware does on the board (:func:`pipeline.student.normalize_windows`)."""
 
     def __init__(self, key: str = "X"):
         self.key = key
@@ -45,7 +45,7 @@ class Normalise:
         state_dict[self.key] = (normalize_windows(x), metadata)
 
     def __str__(self):
-        return "Normalise (demean, per-component peak, relative epsilon)"
+        return "Normalise (demean, peak over all components, relative epsilon)"
 
 
 def normalise() -> list:

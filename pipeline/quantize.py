@@ -1090,7 +1090,7 @@ def config_header(info: dict, budget: dict) -> str:
         "// input layout [1][samples][1][3]: interleaved Z, N, E per sample",
         "// normalisation per window and component: x -= mean(x); x /= (peak_c + EPS * max_c peak_c), 0/0 -> 0",
         "#define EDGEPICK_NORM_DEMEAN 1",
-        "#define EDGEPICK_NORM_PEAK_PER_COMPONENT 1",
+        "#define EDGEPICK_NORM_PEAK_PER_COMPONENT 0",
         f"#define EDGEPICK_NORM_EPS {float(NORM_EPS)!r}f",
         "#define EDGEPICK_CLASS_ORDER \"PSN\"  // output [1][samples][1][3]: P, S, noise probabilities",
         "#define EDGEPICK_CLASS_P 0", "#define EDGEPICK_CLASS_S 1", "#define EDGEPICK_CLASS_NOISE 2",

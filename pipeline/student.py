@@ -20,8 +20,8 @@ Hardswish. Choices made for TensorFlow Lite Micro:
 - No op outside CONV_2D, DEPTHWISE_CONV_2D, TRANSPOSE_CONV, HARD_SWISH, ADD, PAD, STRIDED_SLICE, SOFTMAX.
 
 The model is a :class:`seisbench.models.WaveformModel`: ``save`` / ``load``, ``annotate`` and ``classify`` on obspy
-streams work as for SeisBench's PhaseNet (labels ``PSN``, components ``ZNE``, 100 Hz, per-component peak
-normalisation with a *relative* epsilon, so 1e-14 m/s amplitudes are not swamped).
+streams work as for SeisBench's PhaseNet (labels ``PSN``, components ``ZNE``, 100 Hz, one peak normalisation over
+all components with a *relative* epsilon, so 1e-14 m/s amplitudes are not swamped).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from pipeline.errors import EdgepickError
 
 DOWNSAMPLING = 64  # 4 ** 3: the internal length must be a multiple of this
 DEFAULT_MULTIPLIERS = (1, 2, 4, 4)
-# Relative normalisation epsilon: a component is divided by (its peak + NORM_EPS * the window's largest peak).
+# Relative normalisation epsilon: the window is divided by its largest peak x (1 + NORM_EPS).
 NORM_EPS = 1e-6
 CLASS_ORDER = "PSN"
 
@@ -64,21 +64,23 @@ def window_padding(samples: int) -> tuple[int, int]:
 
 
 def normalize_windows(x, eps: float = NORM_EPS):
-    """Demean each component, divide it by its peak + ``eps`` x the window's largest peak (numpy or torch).
+    """Demean each component, then divide the window by its largest absolute value over all components (numpy or
+    torch), times (1 + ``eps``).
 
-    ``x``: (..., components, samples). All-zero windows stay zero. This is what :meth:`XiaoNet.annotate_batch_pre`
-    does and what the firmware must do (config header ``EDGEPICK_NORM_*``).
+    ``x``: (..., components, samples). One scale for all three components, as SeisBench's PhaseNet does
+    (``norm_amp_per_comp=False``): the ratio of vertical to horizontal amplitude is what tells P (strongest on Z)
+    from S (strongest on the horizontals), and a per-component peak would erase it. The epsilon is relative, so
+    1e-14 m/s amplitudes are not swamped; all-zero windows stay zero. This is what :meth:`XiaoNet.annotate_batch_pre`
+    does and what the firmware does (``ep_normalize``).
     """
     if isinstance(x, torch.Tensor):
         x = x - x.mean(dim=-1, keepdim=True)
-        peak = x.abs().amax(dim=-1, keepdim=True)
-        scale = peak + eps * peak.amax(dim=-2, keepdim=True)
+        scale = x.abs().amax(dim=(-2, -1), keepdim=True) * (1 + eps)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         return x / scale
     x = np.asarray(x, dtype=np.float64)
     x = x - x.mean(axis=-1, keepdims=True)
-    peak = np.abs(x).max(axis=-1, keepdims=True)
-    scale = peak + eps * peak.max(axis=-2, keepdims=True)
+    scale = np.abs(x).max(axis=(-2, -1), keepdims=True) * (1 + eps)
     scale = np.where(scale > 0, scale, 1.0)
     return (x / scale).astype(np.float32)
 

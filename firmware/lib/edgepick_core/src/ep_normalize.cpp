@@ -27,9 +27,10 @@ NormStats NormalizeWindow(float* window, size_t n, Layout layout, float eps) {
     stats.peak[c] = peak;
     if (peak > largest) largest = peak;
   }
+  // One scale for all components (as the PhaseNet teacher): the Z / horizontal amplitude ratio tells P from S.
+  double scale = largest * (1.0 + static_cast<double>(eps));
+  if (!(scale > 0.0)) scale = 1.0;
   for (int c = 0; c < kChannels; ++c) {
-    double scale = stats.peak[c] + static_cast<double>(eps) * largest;
-    if (!(scale > 0.0)) scale = 1.0;
     stats.scale[c] = scale;
     for (size_t i = 0; i < n; ++i) {
       float& v = window[Index(i, c, n, layout)];

@@ -1,6 +1,6 @@
 // Window normalisation, identical to the Python student (pipeline/student.py normalize_windows):
-// demean each component over the window, then divide it by (its peak |x| + eps * the window's largest peak);
-// a component whose divisor is 0 (an all-zero window) is left at zero. Computed in double, stored as float.
+// demean each component over the window, then divide the whole window by its largest peak |x| x (1 + eps);
+// an all-zero window is left at zero. Computed in double, stored as float.
 #pragma once
 
 #include <cstddef>
@@ -12,7 +12,7 @@ namespace edgepick {
 struct NormStats {
   double mean[kChannels];
   double peak[kChannels];  // after demeaning
-  double scale[kChannels];
+  double scale[kChannels];  // the same for every component
 };
 
 // Normalises a window of n frames in place (layout as given). Returns the statistics it used.
