@@ -7,6 +7,7 @@ and replayed through SeisBench's ``SteeredGenerator``, so every model sees exact
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -157,8 +158,22 @@ def load_for_training(
         dataset = dataset.get_split(split)
         if len(dataset) == 0:
             raise EdgepickError(f"dataset {path} has no traces in split {split!r}")
+    _keep_training_columns(dataset)
     dataset.preload_waveforms(pbar=False)
     return dataset
+
+
+TRAINING_COLUMNS = re.compile(
+    r"trace_name|trace_chunk|trace_sampling_rate_hz|trace_npts|trace_component_order|split|source_id|trace_\w+_arrival_sample"
+)
+
+
+def _keep_training_columns(dataset: sbd.WaveformDataset) -> None:
+    """Drop descriptive metadata columns: SeisBench deep-copies every sample's metadata twice per window (reading
+    and labelling), which with ~70 columns cost a quarter of the generator's time."""
+    columns = [c for c in dataset.metadata.columns if TRAINING_COLUMNS.fullmatch(c)]
+    dataset._metadata = dataset.metadata[columns].copy()
+    dataset._rebuild_metadata_cache()  # SeisBench's own lookup, rebuilt from the trimmed table
 
 
 def loader(generator, batch_size: int = 64, workers: int = 2, shuffle: bool = True, seed: int = 0):

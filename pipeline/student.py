@@ -78,9 +78,9 @@ def normalize_windows(x, eps: float = NORM_EPS):
         scale = x.abs().amax(dim=(-2, -1), keepdim=True) * (1 + eps)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         return x / scale
-    x = np.asarray(x, dtype=np.float64)
-    x = x - x.mean(axis=-1, keepdims=True)
-    scale = np.abs(x).max(axis=(-2, -1), keepdims=True) * (1 + eps)
+    x = np.asarray(x)
+    x = x - x.mean(axis=-1, keepdims=True, dtype=np.float64).astype(x.dtype if x.dtype == np.float64 else np.float32)
+    scale = float(np.abs(x).max()) * (1 + eps) if x.ndim == 2 else np.abs(x).max(axis=(-2, -1), keepdims=True) * (1 + eps)
     scale = np.where(scale > 0, scale, 1.0)
     return (x / scale).astype(np.float32)
 
