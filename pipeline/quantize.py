@@ -44,6 +44,7 @@ from pipeline.artifacts import atomic_dir, atomic_write_bytes, atomic_write_text
 from pipeline.errors import EdgepickError
 from pipeline.student import CLASS_ORDER, NORM_EPS, XiaoNet, load_student, normalize_windows, same_padding, window_padding
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow is imported lazily, after this: its C++ INFO lines bury the report
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8")
