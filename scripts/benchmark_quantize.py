@@ -51,7 +51,7 @@ def estimate_ms(macs: int, chip: str, precision: str) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--student", default="models/student")
+    parser.add_argument("--student", default=None, help="a saved student (distill output folder or <name>); default: an untrained default student")
     parser.add_argument("--dataset", default="data/synthetic")
     parser.add_argument("--windows", type=int, default=200, help="calibration windows (and held-out windows)")
     parser.add_argument("--base-channels", type=int, default=8)
@@ -61,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    trained = Path(args.student).with_suffix(".json").exists() or (Path(args.student).is_dir() and any(Path(args.student).glob("*.json")))
+    trained = args.student is not None  # a path that does not load is an error, never a silent untrained stand-in
     model = load_student(args.student) if trained else XiaoNet(args.base_channels, args.in_samples).eval()
     samples = model.in_samples
     if Path(args.dataset, "metadata.csv").exists():
