@@ -103,25 +103,22 @@ def window_offsets(n_samples: int, in_samples: int, hop: int) -> np.ndarray:
 
 def stack_windows(predictions: Sequence[np.ndarray], offsets: Sequence[int], n_samples: int,
                   blinding: tuple[int, int] = (0, 0)) -> np.ndarray:
-    """SeisBench's ``avg`` stacking: (samples, classes) nanmean of window predictions (each (in_samples, classes))."""
+    """SeisBench's ``avg`` stacking (its own ``seisbench.ext.stack_windows``, NaN-aware): (samples, classes) from
+    window predictions (each (in_samples, classes)), blinded samples left out."""
+    from seisbench.ext import stack_windows as seisbench_stack
+
     if len(predictions) == 0:
         return np.zeros((0, 0), dtype=np.float32)
-    classes = predictions[0].shape[1]
-    total = np.zeros((n_samples, classes), dtype=np.float64)
-    count = np.zeros((n_samples, classes), dtype=np.int64)
-    for pred, offset in zip(predictions, offsets):
-        pred = np.array(pred, dtype=np.float32)
-        pre, post = blinding
-        if pre > 0:
-            pred[:pre] = np.nan
-        if post > 0:
-            pred[-post:] = np.nan
-        valid = np.isfinite(pred)
-        total[offset : offset + len(pred)] += np.where(valid, pred, 0.0)
-        count[offset : offset + len(pred)] += valid
-    with np.errstate(invalid="ignore", divide="ignore"):
-        stacked = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-    return stacked.astype(np.float32)
+    windows = np.array(predictions, dtype=np.float32)
+    pre, post = blinding
+    if pre > 0:
+        windows[:, :pre] = np.nan
+    if post > 0:
+        windows[:, windows.shape[1] - post :] = np.nan
+    stacked = seisbench_stack(windows=windows, offsets=np.asarray(offsets, dtype=np.intp), method="avg")
+    out = np.full((n_samples, windows.shape[2]), np.nan, dtype=np.float32)
+    out[: min(n_samples, len(stacked))] = stacked[:n_samples]
+    return out
 
 
 def stream_reference(

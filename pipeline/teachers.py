@@ -252,10 +252,9 @@ class Teacher:
         return x
 
     def _offsets(self, n: int) -> np.ndarray:
-        offsets = np.arange(0, n - self.in_samples + 1, self.in_samples - self.overlap)
-        if offsets[-1] + self.in_samples < n:
-            offsets = np.concatenate([offsets, [n - self.in_samples]])
-        return offsets.astype(np.intp)
+        from pipeline.flash import window_offsets  # SeisBench's cutting, shared with the firmware's reference
+
+        return window_offsets(n, self.in_samples, self.in_samples - self.overlap).astype(np.intp)
 
     def _forward(self, windows: np.ndarray) -> np.ndarray:
         """Raw model output (windows, samples, channels), unblinded, via the model's own pre/post hooks."""
