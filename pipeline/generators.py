@@ -77,14 +77,41 @@ def float32(*keys: str) -> list:
     return [sbg.ChangeDtype(np.float32, key=key) for key in keys]
 
 
+class RandomWindowAroundPicks(sbg.FixedWindow):
+    """A window of ``windowlen`` samples that holds one of the picks (chosen at random) at a uniformly random
+    position with ``pick_probability``, else starts anywhere in the trace; zero-padded where the trace is short.
+
+    The same windows as ``WindowAroundSample`` followed by ``RandomWindow``, cut with one slice instead of two
+    ``np.take`` copies of twice the window (a third of the generator's time).
+    """
+
+    def __init__(self, columns: list[str], windowlen: int, pick_probability: float = 2 / 3, key="X"):
+        super().__init__(windowlen=windowlen, strategy="pad", key=key)
+        self.columns, self.pick_probability = list(columns), pick_probability
+
+    def __call__(self, state_dict, p0=None, windowlen=None):
+        x, metadata = state_dict[self.key[0]]
+        n, windowlen = x.shape[-1], self.windowlen
+        picks = [metadata[c] for c in self.columns if c in metadata and np.isfinite(metadata[c])]
+        if picks and np.random.random() < self.pick_probability:
+            p0 = int(picks[np.random.randint(len(picks))]) - np.random.randint(windowlen)
+            p0 = min(max(p0, 0), max(n - windowlen, 0))
+        else:
+            p0 = np.random.randint(max(n - windowlen, 0) + 1)
+        if n < windowlen or self.key[0] != self.key[1]:
+            return super().__call__(state_dict, p0, windowlen)
+        for column in metadata:
+            if column.endswith("_sample"):
+                metadata[column] = metadata[column] - p0
+        state_dict[self.key[1]] = (x[..., p0 : p0 + windowlen].copy(), metadata)  # a copy: later steps write in place
+
+    def __str__(self):
+        return f"RandomWindowAroundPicks ({len(self.columns)} pick columns, p={self.pick_probability:g}, {self.windowlen} samples)"
+
+
 def random_window_around_picks(columns: dict[str, str], in_samples: int, pick_probability: float = 2 / 3) -> list:
     """A window that holds a pick at a random position (with ``pick_probability``), else anywhere in the trace."""
-    if not columns:
-        return [sbg.RandomWindow(windowlen=in_samples, strategy="pad")]
-    around_pick = sbg.WindowAroundSample(
-        list(columns), samples_before=in_samples, windowlen=2 * in_samples, selection="random", strategy="variable"
-    )
-    return [Sometimes(around_pick, pick_probability), sbg.RandomWindow(windowlen=in_samples, strategy="pad")]
+    return [RandomWindowAroundPicks(list(columns), in_samples, pick_probability)]
 
 
 def augment(noise_std: tuple[float, float] = (0.0, 0.05), channel_dropout: bool = True) -> list:

@@ -168,3 +168,21 @@ def test_evaluation_windows_are_deterministic(small_dataset):
     table = generators.evaluation_windows(dataset, 3001, seed=3)
     p = dataset.metadata["trace_p_arrival_sample"].to_numpy()
     assert ((p >= table["start_sample"]) & (p < table["end_sample"])).all()
+
+
+def test_random_window_holds_the_pick_where_it_was_and_copies():
+    x = np.arange(3 * 6000, dtype=np.float32).reshape(3, 6000)
+    window = generators.RandomWindowAroundPicks(["trace_p_arrival_sample"], windowlen=3001, pick_probability=1.0)
+    np.random.seed(1)
+    for _ in range(50):
+        state = {"X": (x, {"trace_p_arrival_sample": 4500.0, "trace_s_arrival_sample": np.nan})}
+        window(state)
+        w, metadata = state["X"]
+        p = metadata["trace_p_arrival_sample"]
+        assert w.shape == (3, 3001) and 0 <= p < 3001
+        assert w[0, int(p)] == 4500.0  # the sample under the moved pick is the pick's sample
+        w[:] = 0  # later augmentations write in place: the trace itself must not change
+    assert x[0, 4500] == 4500.0
+    state = {"X": (x[:, :1000], {"trace_p_arrival_sample": 500.0})}
+    window(state)
+    assert state["X"][0].shape == (3, 3001) and state["X"][0][:, 1000:].max() == 0  # short trace: zero-padded
