@@ -15,8 +15,10 @@ STAGES = {
     "data": ("pipeline.data", "build a SeisBench-format dataset (synthetic default, okla, seisbench:<Name>, fdsn, miniseed)"),
     "sweep": ("pipeline.sweep", "distil one student per (temperature, alpha, width) and rank them on the dev split"),
     "quantize": ("pipeline.quantize", "student -> ONNX -> TFLite FP32/FP16/INT8, checked in TFLite Micro, C array for the firmware"),
+    "teacher": ("pipeline.teacher_finetune", "fine-tune a pretrained teacher (teacher.name) on a labelled dataset, saved as a SeisBench model"),
     "soft-labels": ("pipeline.teachers", "run the teacher(s) once over distill.dataset and cache the (P, S, noise) soft labels"),
     "distill": ("pipeline.distill", "distil the teacher(s) into the XiaoNet-style student (torchrun for several processes)"),
+    "benchmark": ("pipeline.benchmark", "score teacher(s), PyTorch student and TFLite Micro variants on the same traces; reports/"),
 }
 
 

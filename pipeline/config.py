@@ -107,16 +107,39 @@ class DataConfig:
 
 
 @dataclass
+class TeacherFinetuneConfig:
+    """``make teacher``: fine-tune a pretrained teacher on a labelled dataset (pipeline/teacher_finetune.py)."""
+
+    base: str = ""  # the pretrained teacher to start from; "" = teacher.name (one PhaseNet)
+    dataset: str = "data/synthetic"  # needs analyst picks
+    out: str = "models/teacher"  # SeisBench model in <out>/teacher/; use it as teacher.name=phasenet:<out>
+    epochs: int = 10
+    windows_per_epoch: int = 0  # 0: one window per training trace
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    patience: int = 3  # early stop after this many epochs without a better dev loss
+    sigma: int = 20  # width (samples) of the Gaussian pick labels (SeisBench ProbabilisticLabeller)
+    workers: int = 2
+    seed: int = 0
+    resume: bool = False
+
+
+@dataclass
 class TeacherConfig:
     """The teacher(s): ``phasenet:okla``, ``eqtransformer:elep`` or an ensemble ``phasenet:okla+eqtransformer:elep``."""
 
     name: str = "phasenet:okla"
     # cache: soft labels computed once per trace into <dataset>/soft_labels (pipeline.teachers.SoftLabelCache);
-    # on-the-fly: the teacher runs on every training window (pipeline.teachers.OnTheFlyTeacher), for a GPU.
+    # on-the-fly: the teacher runs on every training batch (pipeline.teachers.OnTheFlyTeacher), on each window's
+    # whole-trace context, giving the cache's target; for when a GPU (teacher.device=cuda) makes the teacher cheap.
+    # name may also be a local folder holding a saved model (make teacher), e.g. phasenet:models/teacher
     mode: str = "cache"
     batch_size: int = 64  # teacher windows per forward pass
     device: str = ""  # torch device for the teacher; "" = CPU
     cache_dir: str = ""  # "" = <dataset>/soft_labels
+    finetune: TeacherFinetuneConfig = field(default_factory=TeacherFinetuneConfig)
 
 
 @dataclass
@@ -131,6 +154,7 @@ class StudentConfig:
     # XiaoNet uses Hardswish; ReLU6 is fused into the convolutions by TFLite and keeps INT8 picks within 1 % of the
     # float model (Hardswish: 91-94 %, below the 97 % bar), so it is the default for a TFLite-Micro-first student
     activation: str = "relu6"
+    smooth_output: bool = True  # fixed [1,2,2,2,1]/8 filter on the logits against the stride-4 upsampling ripple
 
 
 @dataclass
@@ -150,6 +174,8 @@ class DistillConfig:
     workers: int = 2
     seed: int = 0
     resume: bool = False
+    init_from: str = ""  # start from this saved student (fine-tuning) instead of random weights
+    quantization_aware: bool = False  # train through int8 fake quantization of every activation (pipeline/qat.py)
 
 
 @dataclass
@@ -193,10 +219,27 @@ class BoardConfig:
 
 @dataclass
 class BenchmarkConfig:
-    dataset: str = ""  # default: the data stage's test split
+    """``make benchmark``: teacher(s) (teacher.name), PyTorch student (quantize.student) and the TFLite Micro
+    variants in quantize.out on the same traces (pipeline/benchmark.py)."""
+
+    # "" = the data stage's test split (data.out, split test); "path" = every trace of a SeisBench-format folder;
+    # "path:split" = one split; a folder without metadata.csv = continuous miniSEED (agreement with the teacher only)
+    dataset: str = ""
     out: str = "reports"
-    threshold: float = 0.3
+    threshold: float = 0.3  # P and S trigger threshold (SeisBench classify)
     tolerances_s: tuple[float, ...] = (0.1, 0.5)
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")  # TFLite variants to run (missing files are skipped)
+    window_s: float = 10.0  # protocol 2 (SeisBench pick benchmark) window length
+    sp_bins_s: tuple[float, ...] = (2.0, 5.0)  # S-P bin edges
+    snr_bins_db: tuple[float, ...] = (10.0, 20.0)  # SNR bin edges
+    pr_thresholds: int = 19  # precision-recall curve: thresholds 0.05 ... 0.95
+    example_traces: int = 3
+    max_traces: int = 0  # 0: all; else a seeded subset
+    seed: int = 0
+    traces_per_call: int = 64
+    batch_size: int = 64
+    threads: int = 2  # torch threads
+    latency_repeats: int = 20
 
 
 @dataclass

@@ -6,14 +6,14 @@ One readable training loop. Loss per sample and window position:
 
 where ``x_T`` is a distribution softened by temperature ``T`` (softmax of log-probabilities / T). The teacher's
 output comes from the soft-label cache (computed once per trace, cropped with the waveform), so an epoch costs
-only the student. Runs as one process, or as several with ``torchrun --nproc_per_node=N -m pipeline distill``
+only the student; with ``teacher.mode=on-the-fly`` the teacher runs on every batch instead (on ``teacher.device``),
+on each window's whole-trace context, and gives the same target as the cache. Runs as one process, or as several
+with ``torchrun --nproc_per_node=N -m pipeline distill``
 (DistributedDataParallel; gloo on CPU, nccl on GPU).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import time
@@ -26,13 +26,10 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from pipeline import generators
-from pipeline.artifacts import atomic_dir, atomic_file, atomic_write_text
+from pipeline import generators, training
 from pipeline.config import Config
 from pipeline.errors import EdgepickError
-
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.csv"
+from pipeline.training import CHECKPOINT, METRICS  # noqa: F401  (the names of distill's output files)
 STUDENT = "student"  # SeisBench model name inside the output folder: student.json + student.pt
 
 
@@ -71,26 +68,33 @@ def run(config: Config) -> dict:
     if cfg.temperature <= 0 or not 0 <= cfg.alpha <= 1:
         raise EdgepickError(f"distill needs temperature > 0 and 0 <= alpha <= 1 (got T={cfg.temperature}, alpha={cfg.alpha})")
 
-    train_set, dev_set = _datasets(config, master)
+    train_set, dev_set, online = _datasets(config, master)
     from pipeline.student import build_student
 
     model = build_student(config.student).to(device)
+    if cfg.init_from:
+        model.load_state_dict(_load_student_weights(cfg.init_from, model))
+    if cfg.quantization_aware:
+        from pipeline.qat import QuantizationAware
+
+        QuantizationAware(model)  # hooks on the model; its state_dict stays the float student's
     in_samples = model.in_samples
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     windows_per_epoch = cfg.windows_per_epoch or sum(len(t) for t in train_set)
     steps_per_epoch = max(1, windows_per_epoch // (cfg.batch_size * world))
     total_steps = steps_per_epoch * cfg.epochs
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _warmup_cosine(step, total_steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: training.warmup_cosine(step, total_steps))
     state = {"epoch": 0, "best_dev_loss": math.inf, "bad_epochs": 0, "history": []}
     if cfg.resume:
-        state = _load_checkpoint(out / CHECKPOINT, model, optimizer, schedule, state)
+        state = training.load_checkpoint(out / CHECKPOINT, model, optimizer, schedule, "the student")
     raw_model = model
     trainable = _Logits(model)
     if world > 1:
         trainable = DistributedDataParallel(trainable)
 
-    train_loader = _train_loader(train_set, in_samples, cfg, windows_per_epoch // world, seed=cfg.seed + 1000 * rank + state["epoch"])
-    dev_loader = _dev_loader(dev_set, in_samples, cfg)
+    train_loader = _train_loader(train_set, in_samples, cfg, windows_per_epoch // world,
+                                 seed=cfg.seed + 1000 * rank + state["epoch"], online=online)
+    dev_loader = _dev_loader(dev_set, in_samples, cfg, online)
     if master:
         parameters = sum(p.numel() for p in raw_model.parameters())
         print(f"distill: {parameters} parameters, {raw_model.count_macs() / 1e6:.2f} M MACs/window; "
@@ -103,8 +107,9 @@ def run(config: Config) -> dict:
         batches = iter(train_loader)
         for _ in tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not master, leave=False):
             batch = next(batches)
+            teacher_probs = _teacher_target(batch, online, device)
             logits = trainable(batch["X"].to(device))
-            loss = distillation_loss(logits, _get(batch, "y_soft", device), _get(batch, "y", device), cfg.temperature, cfg.alpha)
+            loss = distillation_loss(logits, teacher_probs, _get(batch, "y", device), cfg.temperature, cfg.alpha)
             if not torch.isfinite(loss):
                 raise EdgepickError(
                     f"non-finite loss at epoch {epoch + 1}; stopped, the last good checkpoint in {out} is kept "
@@ -116,19 +121,21 @@ def run(config: Config) -> dict:
             optimizer.step()
             schedule.step()
             train_losses.append(loss.item())
-        dev_loss = _evaluate(raw_model, dev_loader, cfg, device)
+        train_seconds = time.time() - started
+        dev_loss = _evaluate(raw_model, dev_loader, cfg, device, online)
         train_loss = _all_mean(float(np.mean(train_losses)), world, device)
         improved = dev_loss < state["best_dev_loss"] - 1e-5
         state["best_dev_loss"] = min(state["best_dev_loss"], dev_loss)
         state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
         state["epoch"] = epoch + 1
         state["history"].append({"epoch": epoch + 1, "train_loss": train_loss, "dev_loss": dev_loss,
-                                 "lr": schedule.get_last_lr()[0], "seconds": round(time.time() - started, 1)})
+                                 "lr": schedule.get_last_lr()[0], "seconds": round(time.time() - started, 1),
+                                 "train_seconds": round(train_seconds, 1)})
         if master:
             if improved:
                 _save_student(raw_model, out)
-            _save_checkpoint(out / CHECKPOINT, raw_model, optimizer, schedule, state, config)
-            _write_metrics(out, state["history"])
+            training.save_checkpoint(out / CHECKPOINT, raw_model, optimizer, schedule, state, config)
+            training.write_metrics(out, state["history"], "distillation loss")
             print(f"epoch {epoch + 1}: train {train_loss:.4f}  dev {dev_loss:.4f}{'  (best, saved)' if improved else ''}"
                   f"  {time.time() - started:.0f} s")
         if state["bad_epochs"] >= cfg.patience:
@@ -139,15 +146,6 @@ def run(config: Config) -> dict:
         dist.barrier()
         dist.destroy_process_group()
     return state
-
-
-def _warmup_cosine(step: int, total_steps: int, warmup: float = 0.05) -> float:
-    """Learning-rate factor: linear warm-up over the first 5 % of steps, then cosine decay to 2 %."""
-    warmup_steps = max(1, int(warmup * total_steps))
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class _Logits(torch.nn.Module):
@@ -162,7 +160,8 @@ class _Logits(torch.nn.Module):
 
 
 class _Training:
-    """One split of one dataset folder, opened for training, with its soft-label cache (or None)."""
+    """One split of one dataset folder, opened for training, with its soft-label cache (None: no teacher, or the
+    teacher runs on the fly)."""
 
     def __init__(self, path: str, dataset, soft_labels):
         self.path, self.dataset, self.soft_labels = path, dataset, soft_labels
@@ -171,8 +170,9 @@ class _Training:
         return len(self.dataset)
 
 
-def _datasets(config: Config, master: bool) -> tuple[list[_Training], list[_Training]]:
-    """Train and dev splits of every folder in ``distill.dataset`` (comma-separated: a mixture)."""
+def _datasets(config: Config, master: bool):
+    """Train and dev splits of every folder in ``distill.dataset`` (comma-separated: a mixture), and the on-the-fly
+    teacher (None in cache mode or without a teacher)."""
     cfg = config.distill
     paths = [p.strip() for p in cfg.dataset.split(",") if p.strip()]
     if not paths:
@@ -188,14 +188,20 @@ def _datasets(config: Config, master: bool) -> tuple[list[_Training], list[_Trai
                     "use alpha=1 (teacher only) for unlabelled data"
                 )
             opened[path, split] = dataset
-    train, dev = [], []
+    train, dev, online = [], [], None
+    if cfg.alpha > 0 and config.teacher.mode not in ("cache", "on-the-fly"):
+        raise EdgepickError(f"teacher.mode {config.teacher.mode!r} is unknown; use cache or on-the-fly")
+    if cfg.alpha > 0 and config.teacher.mode == "on-the-fly":
+        from pipeline import teachers
+
+        online = teachers.OnTheFlyTeacher(config.teacher.name, device=config.teacher.device or None,
+                                          batch_size=config.teacher.batch_size)
+        online.check_data(100.0, "ZNE")  # what load_for_training opens every folder as
     for path in paths:
         soft = None
-        if cfg.alpha > 0:
+        if cfg.alpha > 0 and online is None:
             from pipeline import teachers
 
-            if config.teacher.mode != "cache":
-                raise EdgepickError(f"teacher.mode={config.teacher.mode!r}: distill trains from the soft-label cache only (mode=cache)")
             where = {"cache_dir": config.teacher.cache_dir or None}
             if master:
                 teachers.build_soft_labels(path, config.teacher.name, batch_size=config.teacher.batch_size,
@@ -204,13 +210,15 @@ def _datasets(config: Config, master: bool) -> tuple[list[_Training], list[_Trai
             soft = teachers.SoftLabelCache.open(path, config.teacher.name, build=False, **where)
         train.append(_Training(path, opened[path, "train"], soft))
         dev.append(_Training(path, opened[path, "dev"], soft))
-    return train, dev
+    return train, dev, online
 
 
-def _train_loader(train: list[_Training], in_samples: int, cfg, windows: int, seed: int):
-    """Random windows from every training set; traces in which the teacher sees a phase are drawn more often."""
+def _train_loader(train: list[_Training], in_samples: int, cfg, windows: int, seed: int, online=None):
+    """Random windows from every training set; traces in which the teacher sees a phase are drawn more often (cache
+    mode; on the fly the teacher has not seen the traces yet, so every trace is drawn equally often)."""
     generator = torch.utils.data.ConcatDataset(
-        [generators.training_generator(t.dataset, in_samples, soft_labels=t.soft_labels) for t in train]
+        [_with_context(generators.training_generator(t.dataset, in_samples, soft_labels=t.soft_labels), online, in_samples)
+         for t in train]
     )
     weights = []
     for t in train:
@@ -231,23 +239,52 @@ def _train_loader(train: list[_Training], in_samples: int, cfg, windows: int, se
     )
 
 
-def _dev_loader(dev: list[_Training], in_samples: int, cfg):
+def _dev_loader(dev: list[_Training], in_samples: int, cfg, online=None):
     generator = torch.utils.data.ConcatDataset(
-        [generators.evaluation_generator(d.dataset, in_samples, seed=cfg.seed, soft_labels=d.soft_labels) for d in dev]
+        [_with_context(generators.evaluation_generator(d.dataset, in_samples, seed=cfg.seed, soft_labels=d.soft_labels),
+                       online, in_samples) for d in dev]
     )
     return torch.utils.data.DataLoader(generator, batch_size=cfg.batch_size, num_workers=0)
 
 
+def _with_context(generator, online, in_samples: int):
+    """On the fly: the generator's chain with each window's whole-trace teacher context (OnTheFlyTeacher.wrap_chain).
+    SeisBench keeps a generator's chain in ``_augmentations`` (no public setter)."""
+    if online is not None:
+        generator._augmentations[:] = online.wrap_chain(generator._augmentations, in_samples)
+    return generator
+
+
+def _teacher_target(batch: dict, online, device) -> torch.Tensor | None:
+    """The teacher's (P, S, noise) over each window: read from the cache (cropped with X), or computed now."""
+    if online is not None:
+        return torch.from_numpy(online.targets(batch)).to(device)
+    return _get(batch, "y_soft", device)
+
+
 @torch.no_grad()
-def _evaluate(model, loader, cfg, device) -> float:
+def _evaluate(model, loader, cfg, device, online=None) -> float:
     model.eval()
     losses, counts = 0.0, 0
     for batch in loader:
+        teacher_probs = _teacher_target(batch, online, device)
         logits = model.logits(batch["X"].to(device))
-        loss = distillation_loss(logits, _get(batch, "y_soft", device), _get(batch, "y", device), cfg.temperature, cfg.alpha)
+        loss = distillation_loss(logits, teacher_probs, _get(batch, "y", device), cfg.temperature, cfg.alpha)
         losses += loss.item() * len(logits)
         counts += len(logits)
     return losses / max(counts, 1)
+
+
+def _load_student_weights(path: str, model) -> dict:
+    """The state dict of a saved student that has ``model``'s architecture, or one clear line why not."""
+    from pipeline.student import load_student
+
+    saved = load_student(path)
+    if saved.state_dict().keys() != model.state_dict().keys() or any(
+        a.shape != b.shape for a, b in zip(saved.state_dict().values(), model.state_dict().values())
+    ):
+        raise EdgepickError(f"distill.init_from={path}: that student's architecture differs from the student config")
+    return saved.state_dict()
 
 
 def _get(batch: dict, key: str, device) -> torch.Tensor | None:
@@ -256,60 +293,7 @@ def _get(batch: dict, key: str, device) -> torch.Tensor | None:
 
 def _save_student(model, out: Path) -> None:
     """The best student so far, as a SeisBench model (student.json + student.pt), replaced atomically."""
-    target = out / STUDENT
-    with atomic_dir(target) as tmp:
-        model.save(tmp / STUDENT)
-
-
-def _save_checkpoint(path: Path, model, optimizer, schedule, state, config: Config) -> None:
-    buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "state": state, "config": config.to_dict(), "torch_rng": torch.get_rng_state(),
-                "numpy_rng": np.random.get_state()}, buffer)
-    with atomic_file(path) as handle:
-        handle.write(buffer.getvalue())
-
-
-def _load_checkpoint(path: Path, model, optimizer, schedule, state) -> dict:
-    if not path.is_file():
-        raise EdgepickError(f"--resume: no checkpoint at {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        schedule.load_state_dict(checkpoint["schedule"])
-    except Exception as error:  # a truncated or foreign file fails in many ways inside torch
-        raise EdgepickError(f"--resume: checkpoint {path} is corrupt or does not match the student ({type(error).__name__}: {error})") from error
-    torch.set_rng_state(checkpoint["torch_rng"])
-    np.random.set_state(checkpoint["numpy_rng"])
-    print(f"resumed from {path} after epoch {checkpoint['state']['epoch']}")
-    return checkpoint["state"]
-
-
-def _write_metrics(out: Path, history: list[dict]) -> None:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(history[0]))
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write_text(out / METRICS, text.getvalue())
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    epochs = [h["epoch"] for h in history]
-    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax.plot(epochs, [h["dev_loss"] for h in history], "s-", label="dev")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("distillation loss")
-    ax.set_title(f"{out.name}: loss per epoch")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_file(out / "loss.png") as handle:
-        fig.savefig(handle, format="png", dpi=110)
-    plt.close(fig)
+    training.save_model(model, out, STUDENT)
 
 
 def _setup_distributed() -> tuple[int, int, torch.device]:

@@ -41,7 +41,9 @@ Training (:class:`AttachSoftLabels`, :class:`SplitSoftLabels`, :class:`OnTheFlyT
     In a SeisBench ``GenericGenerator``: ``AttachSoftLabels(cache)`` first (appends the 3 soft-label channels to
     ``state_dict["X"]``, looked up by the sample's ``trace_name``), then the windowing augmentations (which crop the
     waveform and the target identically), then ``SplitSoftLabels()`` BEFORE any normalisation, filter or noise
-    augmentation (it moves the 3 channels to ``state_dict["y_soft"]``).
+    augmentation (it moves the 3 channels to ``state_dict["y_soft"]``). Without a cache (``teacher.mode=on-the-fly``):
+    ``OnTheFlyTeacher.wrap_chain`` puts :class:`StashTrace` first and :class:`TeacherContext` where SplitSoftLabels
+    would be, and ``OnTheFlyTeacher.targets`` runs the teacher on each batch's context.
 """
 
 from __future__ import annotations
@@ -89,9 +91,30 @@ class TeacherMember:
         return f"{self.model}:{self.weights}"
 
     @property
+    def local(self) -> bool:
+        """True when ``weights`` names a local folder with a saved model (``make teacher``), not SeisBench weights."""
+        return not _WEIGHTS_NAME.match(self.weights)
+
+    @property
     def key(self) -> str:
-        """File-name-safe key of the member's cache file."""
+        """File-name-safe key of the member's cache file (a local folder: its name plus a hash of its path)."""
+        if self.local:
+            folder = Path(self.weights)
+            digest = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:8]
+            return f"{self.model}-{re.sub(r'[^A-Za-z0-9_.-]', '_', folder.name)}-{digest}".lower()
         return f"{self.model}-{self.weights}".lower()
+
+
+def _local_model_file(weights: str) -> Path | None:
+    """``<folder>/<name>`` (no suffix) of the one saved SeisBench model in folder ``weights`` (or one level below)."""
+    folder = Path(weights)
+    if not folder.is_dir():
+        return None
+    for pattern in ("*.json", "*/*.json"):
+        pairs = sorted(p.with_suffix("") for p in folder.glob(pattern) if p.with_suffix(".pt").is_file())
+        if pairs:
+            return pairs[0] if len(pairs) == 1 else None
+    return None
 
 
 def parse_teacher_spec(spec: str) -> list[TeacherMember]:
@@ -119,8 +142,11 @@ def parse_teacher_spec(spec: str) -> list[TeacherMember]:
         model, weights = (p.strip() for p in part.split(":", 1))
         if model.lower() not in TEACHER_MODELS:
             raise EdgepickError(f"unknown teacher {model!r} in {spec!r}; known: {', '.join(TEACHER_MODELS)}")
-        if not weights or not _WEIGHTS_NAME.match(weights):
-            raise EdgepickError(f"teacher {part!r}: weights name {weights!r} is empty or has odd characters")
+        if not weights or not (_WEIGHTS_NAME.match(weights) or _local_model_file(weights) is not None):
+            raise EdgepickError(
+                f"teacher {part!r}: weights name {weights!r} is empty, has odd characters or is not a folder "
+                "holding one saved SeisBench model (<name>.json + <name>.pt, e.g. from `make teacher`)"
+            )
         members.append((model.lower(), weights, weight))
     seen = [(m, w) for m, w, _ in members]
     if len(set(seen)) != len(seen):
@@ -147,6 +173,17 @@ def load_model(member: TeacherMember):
     import requests
 
     cls = _model_class(member.model)
+    if member.local:  # a fine-tuned teacher saved by `make teacher`
+        path = _local_model_file(member.weights)
+        if path is None:
+            raise EdgepickError(f"teacher {member.spec!r}: {member.weights} holds no saved SeisBench model (.json + .pt)")
+        try:
+            model = cls.load(path)
+        except Exception as error:  # a foreign or truncated file fails in many ways inside torch / json
+            raise EdgepickError(f"teacher {member.spec!r}: cannot load {path} as a {cls.__name__} ({type(error).__name__}: {error})") from error
+        model._weights_version = local_weights_version(member)
+        model.eval()
+        return model
     try:
         model = cls.from_pretrained(member.weights)
     except (requests.RequestException, ConnectionError, ValueError, OSError) as error:
@@ -161,7 +198,13 @@ def load_model(member: TeacherMember):
 
 
 def local_weights_version(member: TeacherMember) -> str | None:
-    """The newest weights version in the local SeisBench cache, without loading or downloading anything."""
+    """The newest weights version in the local SeisBench cache, without loading or downloading anything (a local
+    model folder: the first 16 hex digits of its .pt file's sha256, so a re-fine-tuned teacher invalidates caches)."""
+    if member.local:
+        path = _local_model_file(member.weights)
+        if path is None:
+            return None
+        return "sha256:" + hashlib.sha256(path.with_suffix(".pt").read_bytes()).hexdigest()[:16]
     try:
         versions = _model_class(member.model).list_versions(member.weights, remote=False)
     except Exception:  # a broken cache folder is no reason to fail here; loading will say what is wrong
@@ -198,6 +241,47 @@ def sigmoid_to_distribution(p: np.ndarray, s: np.ndarray) -> np.ndarray:
     return np.stack([p, s, noise])
 
 
+class TeacherInput:
+    """What a teacher does to a trace before its windows reach the model, without the model itself (picklable into
+    DataLoader workers): components reordered to the model's, the model's filter on the whole trace (SeisBench's
+    own ``WaveformModel._filter_stream``), windows of ``in_samples`` at annotate's offsets (``hop`` apart, the last
+    flush with the end)."""
+
+    @staticmethod
+    def _filter_stream_single(filter_args, filter_kwargs, stream):  # what WaveformModel._filter_stream calls
+        import seisbench.models as sbm
+
+        sbm.WaveformModel._filter_stream_single(filter_args, filter_kwargs, stream)
+
+    def __init__(self, model, in_samples: int, hop: int):
+        self.in_samples, self.hop = int(in_samples), int(hop)
+        self.component_order = str(model.component_order)
+        self.sampling_rate = float(model.sampling_rate or 100.0)
+        self.filter_args, self.filter_kwargs = model.filter_args, model.filter_kwargs
+
+    def prepare(self, trace: np.ndarray, component_order: str) -> np.ndarray:
+        """float64 (3, samples): reordered to the model's components and filtered as annotate_stream_pre does."""
+        x = np.asarray(trace, dtype=np.float64)[[component_order.index(c) for c in self.component_order]]
+        if self.filter_args is not None or self.filter_kwargs is not None:
+            import obspy
+            import seisbench.models as sbm
+
+            stream = obspy.Stream(
+                [
+                    obspy.Trace(x[i].copy(), header={"channel": f"HH{c}", "sampling_rate": self.sampling_rate})
+                    for i, c in enumerate(self.component_order)
+                ]
+            )
+            sbm.WaveformModel._filter_stream(self, stream)
+            x = np.stack([tr.data for tr in stream])
+        return x
+
+    def offsets(self, n: int) -> np.ndarray:
+        from pipeline.flash import window_offsets  # SeisBench's cutting, shared with the firmware's reference
+
+        return window_offsets(n, self.in_samples, self.hop).astype(np.intp)
+
+
 class Teacher:
     """One SeisBench teacher applied to whole traces exactly as its ``annotate`` would (see the module doc)."""
 
@@ -222,6 +306,7 @@ class Teacher:
         blinding = self.argdict.get("blinding", self.model._annotate_args.get("blinding", (None, (0, 0)))[1])
         self.blinding = (int(blinding[0]), int(blinding[1]))
         self.weights_version = str(self.model.weights_version or "1")
+        self.input = TeacherInput(self.model, self.in_samples, self.in_samples - self.overlap)
 
     def check_data(self, sampling_rate: float, component_order: str) -> None:
         """EdgepickError if this teacher cannot see data of this rate and component order as it was trained."""
@@ -237,24 +322,10 @@ class Teacher:
 
     def _prepare(self, trace: np.ndarray, component_order: str) -> np.ndarray:
         """Reorder to the model's components and apply its filter to the whole trace (annotate_stream_pre)."""
-        x = np.asarray(trace, dtype=np.float64)[[component_order.index(c) for c in self.component_order]]
-        if self.model.filter_args is not None or self.model.filter_kwargs is not None:
-            import obspy
-
-            stream = obspy.Stream(
-                [
-                    obspy.Trace(x[i].copy(), header={"channel": f"HH{c}", "sampling_rate": self.sampling_rate or 100.0})
-                    for i, c in enumerate(self.component_order)
-                ]
-            )
-            self.model._filter_stream(stream)
-            x = np.stack([tr.data for tr in stream])
-        return x
+        return self.input.prepare(trace, component_order)
 
     def _offsets(self, n: int) -> np.ndarray:
-        from pipeline.flash import window_offsets  # SeisBench's cutting, shared with the firmware's reference
-
-        return window_offsets(n, self.in_samples, self.in_samples - self.overlap).astype(np.intp)
+        return self.input.offsets(n)
 
     def _forward(self, windows: np.ndarray) -> np.ndarray:
         """Raw model output (windows, samples, channels), unblinded, via the model's own pre/post hooks."""
@@ -726,6 +797,10 @@ class OnTheFlyTeacher:
     trace (same path as the cache: filter, teacher windows, stitching, mapping, ensemble mean); the result is cut by
     ``context`` samples at both ends. For a target that equals the cache, pass windows with enough context: the
     teacher's window needs ``in_samples`` samples (PhaseNet 3001, EQTransformer 6000) and edge effects decay inside it.
+
+    In training (``teacher.mode=on-the-fly``): :meth:`wrap_chain` adds the context to a generator chain (each student
+    window travels with the whole-trace teacher windows that overlap it) and :meth:`targets` turns a batch into the
+    target the cache would give on that window, to float rounding (the cache stores float16).
     """
 
     def __init__(self, spec: str, device: str | None = None, batch_size: int = 256):
@@ -750,6 +825,124 @@ class OnTheFlyTeacher:
         return mixed[:, :, context:end].astype(np.float32)
 
     __call__ = predict
+
+    # ------------------------------------------------------- training: the cache's target, computed per batch
+    def check_data(self, sampling_rate: float, component_order: str) -> None:
+        for teacher in self.teachers:
+            teacher.check_data(sampling_rate, component_order)
+
+    def wrap_chain(self, chain: list, window: int, component_order: str = "ZNE") -> list:
+        """A generator chain with the teacher's context added: :class:`StashTrace` first, :class:`TeacherContext`
+        right after the chain's last windowing step (before augmentation and normalisation, which the teacher must
+        not see; the cache path puts SplitSoftLabels at the same place)."""
+        import seisbench.generate as sbg
+
+        def is_window(step) -> bool:
+            return isinstance(step, sbg.FixedWindow) or isinstance(getattr(step, "augmentation", None), sbg.FixedWindow)
+
+        last = max((i for i, step in enumerate(chain) if is_window(step)), default=None)
+        if last is None:
+            raise EdgepickError("on-the-fly teacher: the generator chain has no windowing step to cut the context around")
+        context = TeacherContext([t.input for t in self.teachers], window, component_order)
+        return [StashTrace()] + list(chain[: last + 1]) + [context] + list(chain[last + 1 :])
+
+    def targets(self, batch: dict) -> np.ndarray:
+        """float32 (batch, 3, window) P, S, noise for a batch from a :meth:`wrap_chain` generator: the teacher runs
+        on the whole-trace windows that overlap each student window (its context), they are stitched as for the
+        cache and the student's window is cropped out; samples past the trace end are noise, as in the cache path."""
+        mixed = None
+        for i, (member, teacher) in enumerate(zip(self.members, self.teachers)):
+            context = np.asarray(batch[f"teacher_context_{i}"])
+            offsets = np.asarray(batch[f"teacher_offsets_{i}"])
+            crops = np.asarray(batch[f"teacher_crop_{i}"])
+            plans = [row[row >= 0] for row in offsets]
+            windows = np.concatenate(
+                [np.stack([context[b, :, o : o + teacher.in_samples] for o in plan]) for b, plan in enumerate(plans)]
+            )
+            raw = teacher._forward(windows)
+            window = int(crops[0, 2])
+            out = np.zeros((len(plans), 3, window), dtype=np.float32)
+            out[:, 2] = 1.0  # past the trace end: noise
+            start = 0
+            for b, plan in enumerate(plans):
+                stitched = teacher._stitch(raw[start : start + len(plan)], plan, int(plan[-1]) + teacher.in_samples)
+                start += len(plan)
+                first, valid = int(crops[b, 0]), int(crops[b, 1])
+                out[b, :, :valid] = to_distribution(stitched[first : first + valid], teacher.labels)
+            mixed = member.weight * out if mixed is None else mixed + member.weight * out
+        return mixed
+
+
+class StashTrace:
+    """Generator step before windowing (on-the-fly teacher): keep the whole trace in ``state_dict[stash]`` for the
+    teacher, and append a position channel (sample index + 1; 0 = padding) to ``state_dict[key]`` so that
+    whatever windowing follows records where the window came from."""
+
+    def __init__(self, key: str = "X", stash: str = "teacher_trace"):
+        self.key, self.stash = key, stash
+
+    def __call__(self, state_dict: dict) -> None:
+        waveform, metadata = state_dict[self.key]
+        n = waveform.shape[-1]
+        dtype = waveform.dtype if np.issubdtype(waveform.dtype, np.floating) else np.float64
+        if n + 1 >= 2 ** (np.finfo(dtype).nmant + 1):  # positions must be exact
+            dtype = np.float64
+        position = np.arange(1, n + 1, dtype=dtype)[None]
+        state_dict[self.stash] = (waveform, metadata)
+        state_dict[self.key] = (np.concatenate([waveform.astype(dtype, copy=False), position]), metadata)
+
+    def __str__(self) -> str:
+        return "StashTrace (whole trace kept for the teacher, position channel appended)"
+
+
+class TeacherContext:
+    """Generator step right after windowing (on-the-fly teacher): take the position channel off ``state_dict[key]``
+    and cut, for each teacher, the span of the stashed whole trace covered by the teacher windows (annotate's
+    offsets over the whole trace, as the cache used) that overlap the student's window, prepared as the teacher
+    sees it (components, filter on the whole trace). Fixed-size outputs, so a DataLoader can batch them:
+
+    - ``teacher_context_<i>`` float32 (3, window + 2 * (in_samples - 1)), zero after the span;
+    - ``teacher_offsets_<i>`` int64: the teacher windows' starts relative to the span, -1 padded;
+    - ``teacher_crop_<i>`` int64 (3,): the student window's start in the span, its samples inside the trace, window.
+    """
+
+    def __init__(self, inputs: list[TeacherInput], window: int, component_order: str = "ZNE", key: str = "X",
+                 stash: str = "teacher_trace"):
+        self.inputs, self.window, self.component_order = list(inputs), int(window), component_order
+        self.key, self.stash = key, stash
+        self.max_windows = [math.ceil((self.window + t.in_samples - 1) / t.hop) + 1 for t in self.inputs]
+        self.max_span = [self.window + 2 * (t.in_samples - 1) for t in self.inputs]
+
+    def __call__(self, state_dict: dict) -> None:
+        x, metadata = state_dict[self.key]
+        whole, _ = state_dict.pop(self.stash)
+        n, start = whole.shape[-1], int(x[-1, 0]) - 1
+        if start < 0 or x.shape[-1] != self.window:
+            raise EdgepickError(
+                f"trace {metadata.get('trace_name', '?')}: the on-the-fly teacher needs windows of {self.window} samples "
+                f"starting inside the trace (got {x.shape[-1]} samples, start {start})"
+            )
+        state_dict[self.key] = (x[:-1].astype(whole.dtype, copy=False), metadata)
+        valid = min(self.window, n - start)
+        for i, (teacher, max_windows, max_span) in enumerate(zip(self.inputs, self.max_windows, self.max_span)):
+            length = max(n, teacher.in_samples)  # a short trace is zero-padded to one teacher window
+            offsets = teacher.offsets(length)
+            used = offsets[(offsets < start + valid) & (offsets + teacher.in_samples > start)]
+            first, end = int(used[0]), int(used[-1]) + teacher.in_samples
+            if teacher.filter_args is None and teacher.filter_kwargs is None:  # components only: the span suffices
+                span = teacher.prepare(whole[:, first:end], self.component_order)
+            else:  # the filter runs over the whole trace, as for the cache
+                span = teacher.prepare(whole, self.component_order)[:, first:end]
+            context = np.zeros((3, max_span), dtype=np.float32)
+            context[:, : span.shape[1]] = span
+            relative = np.full(max_windows, -1, dtype=np.int64)
+            relative[: len(used)] = used - first
+            state_dict[f"teacher_context_{i}"] = (context, metadata)
+            state_dict[f"teacher_offsets_{i}"] = (relative, metadata)
+            state_dict[f"teacher_crop_{i}"] = (np.array([start - first, valid, self.window], dtype=np.int64), metadata)
+
+    def __str__(self) -> str:
+        return f"TeacherContext ({len(self.inputs)} teacher(s), window {self.window})"
 
 
 MODES = ("cache", "on-the-fly")

@@ -167,3 +167,29 @@ def test_pareto_front_keeps_only_undominated_runs():
 
     rows = [{"macs": 1, "dev_f1": 0.5}, {"macs": 2, "dev_f1": 0.4}, {"macs": 3, "dev_f1": 0.7}, {"macs": 4, "dev_f1": 0.7}]
     assert pareto_front(rows) == [rows[0], rows[2]]
+
+
+def test_on_the_fly_teacher_distils_without_a_cache(labelled, tmp_path, monkeypatch):
+    """teacher.mode=on-the-fly: the teacher (a seeded random PhaseNet here, offline) runs on every batch, in the
+    training loader's workers' context windows, and no soft-label cache is written."""
+    import seisbench.models as sbm
+
+    from pipeline import teachers
+
+    def fake(member):
+        torch.manual_seed(0)
+        model = sbm.PhaseNet(phases="PSN", norm="peak", component_order="ENZ", sampling_rate=100)
+        model._weights_version = "1"
+        return model.eval()
+
+    monkeypatch.setattr(teachers, "load_model", fake)
+    config = tiny_config(labelled, tmp_path / "fly", alpha=0.5, epochs=1, windows_per_epoch=32, workers=1)
+    config.teacher.name = "phasenet:fake"
+    config.teacher.mode = "on-the-fly"
+    state = distill.run(config)
+    assert np.isfinite(state["history"][0]["train_loss"]) and np.isfinite(state["history"][0]["dev_loss"])
+    assert (tmp_path / "fly" / "student" / "student.pt").is_file()
+    assert not list(labelled.glob("soft_labels/phasenet-fake*")), "on the fly, nothing is cached"
+    config.teacher.mode = "sometimes"
+    with pytest.raises(EdgepickError, match="teacher.mode"):
+        distill.run(config)

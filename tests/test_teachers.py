@@ -276,6 +276,59 @@ def test_on_the_fly_matches_cache(small_dataset, fake_teachers):
         online.predict(windows, context=3000)
 
 
+@pytest.mark.parametrize("spec", ["phasenet:fake", "phasenet:filtered*0.6+phasenet:fake*0.4"])
+def test_on_the_fly_training_target_equals_cached_target(small_dataset, fake_teachers, monkeypatch, spec):
+    """The same windows through the cache path (AttachSoftLabels ... SplitSoftLabels) and the on-the-fly path
+    (wrap_chain + targets): the same (P, S, noise), to the cache's float16 rounding. Windows cover the trace start,
+    the flush last teacher window, a window running past the trace end (padding) and a trace shorter than the
+    teacher's window; the second spec adds a teacher whose filter runs over the whole trace, in an ensemble."""
+    import pandas as pd
+    import seisbench.generate as sbg
+
+    load = teachers.load_model
+
+    def with_filter(member):
+        model = load(member)
+        if member.weights == "filtered":
+            model.filter_args, model.filter_kwargs = ["bandpass"], {"freqmin": 1, "freqmax": 20, "corners": 2, "zerophase": True}
+        return model
+
+    monkeypatch.setattr(teachers, "load_model", with_filter)
+    cache = SoftLabelCache.open(small_dataset, spec, progress=False)
+    dataset = open_dataset(small_dataset)
+    window = 3001
+    starts = {"t0": [0, 2999, 1200], "t1": [1700], "t2": [4000], "t3": [0], "t4": [0], "t6": [1234]}
+    rows = [(name, start) for name, values in starts.items() for start in values]
+    stored = dict(zip(dataset.metadata["trace_name_original"], dataset.metadata["trace_name"]))
+    windows = pd.DataFrame({"trace_name": [stored[r[0]] for r in rows], "start_sample": [r[1] for r in rows],
+                            "end_sample": [r[1] + window for r in rows]})
+
+    cached = sbg.SteeredGenerator(dataset, windows)
+    cached.add_augmentations([AttachSoftLabels(cache), sbg.SteeredWindow(windowlen=window, strategy="pad"), SplitSoftLabels()])
+    online = OnTheFlyTeacher(spec, batch_size=5)
+    fly = sbg.SteeredGenerator(dataset, windows)
+    fly.add_augmentations(online.wrap_chain([sbg.SteeredWindow(windowlen=window, strategy="pad"),
+                                              sbg.Normalize(demean_axis=-1, amp_norm_axis=-1)], window))
+    batch = next(iter(torch.utils.data.DataLoader(fly, batch_size=len(rows))))
+    target = online.targets(batch)
+    assert target.shape == (len(rows), 3, window) and target.dtype == np.float32
+    for k in range(len(rows)):
+        expected = cached[k]
+        np.testing.assert_allclose(target[k], expected["y_soft"], atol=5e-4, err_msg=str(rows[k]))  # float16: <= 2.4e-4
+        assert batch["X"][k].shape == (3, window)  # the student's window, the position channel taken off
+    past_end = rows.index(("t2", 4000))
+    assert (target[past_end, 2, 2000:] == 1).all()  # beyond the trace: noise, as the cache path pads
+    # the context matters: the teacher run on the student's window alone gives another target
+    k = rows.index(("t0", 1200))
+    alone = online.predict(dataset.get_waveforms(dataset.get_idx_from_trace_name(stored["t0"]))[None, :, 1200 : 1200 + window])
+    assert np.abs(alone[0] - target[k]).max() > 1e-3  # twice the tolerance above (a near-uniform random teacher)
+
+
+def test_on_the_fly_chain_needs_a_window_step(fake_teachers):
+    with pytest.raises(EdgepickError, match="windowing step"):
+        OnTheFlyTeacher("phasenet:fake").wrap_chain([], 3001)
+
+
 def test_run_from_config(small_dataset, fake_teachers, tmp_path):
     from pipeline.config import Config
 

@@ -1,0 +1,188 @@
+"""``make teacher``: fine-tune a pretrained teacher on a labelled dataset (how the Oklahoma teacher itself was made).
+
+The teacher is trained on its own input conventions, the ones it is applied with (:class:`pipeline.teachers.Teacher`):
+its component order and filter (``TeacherInput.prepare`` on the whole trace), windows of its own length around the
+picks, its own normalisation (the model's ``annotate_batch_pre``, exactly what ``annotate`` runs), and SeisBench's
+``ProbabilisticLabeller`` with the model's labels. Loss: cross-entropy of the model's softmax against the Gaussian
+pick labels. AdamW with warm-up and cosine decay, early stopping on the dev loss, a checkpoint every epoch written
+atomically (``teacher.finetune.resume=true`` continues), ``metrics.csv`` and ``loss.png``.
+
+The dev loss of the pretrained weights is measured first and is the bar to beat: the saved model
+(``<out>/teacher/teacher.{json,pt}``, a SeisBench model) is the best on dev of the pretrained and every epoch.
+Use it as a teacher with ``TEACHER=phasenet:<out>`` (a local folder is a weights name, see ``pipeline.teachers``).
+Only softmax pickers (PhaseNet) are supported: EQTransformer's three sigmoids need another loss and labeller.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline import generators, teachers, training
+from pipeline.config import Config
+from pipeline.errors import EdgepickError
+
+NAME = "teacher"  # SeisBench model name inside the output folder: teacher/teacher.json + teacher.pt
+
+
+def cross_entropy(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over batch and samples of -sum_c labels * log(probabilities); both (batch, classes, samples)."""
+    return -(labels * torch.log(probabilities.clamp_min(1e-8))).sum(dim=1).mean()
+
+
+def run(config: Config) -> dict:
+    cfg = config.teacher.finetune
+    out = Path(cfg.out)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    device = torch.device(config.teacher.device or "cpu")
+
+    teacher = _base_teacher(cfg.base or config.teacher.name)
+    model = teacher.model.to(device)
+    train_set, dev_set = _datasets(cfg.dataset, teacher)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    windows_per_epoch = cfg.windows_per_epoch or len(train_set)
+    steps_per_epoch = max(1, windows_per_epoch // cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: training.warmup_cosine(step, total_steps))
+    train_loader = _loader(train_set, teacher, cfg, train=True)
+    dev_loader = _loader(dev_set, teacher, cfg, train=False)
+
+    if cfg.resume:
+        state = training.load_checkpoint(out / training.CHECKPOINT, model, optimizer, schedule, f"teacher {teacher.member.spec}")
+    else:  # the pretrained weights are the bar: saved now, replaced only by a better epoch
+        initial = _evaluate(teacher, dev_loader, device)
+        state = {"epoch": 0, "initial_dev_loss": initial, "best_dev_loss": initial, "bad_epochs": 0, "history": []}
+        training.save_model(model, out, NAME)
+    print(f"teacher: fine-tuning {teacher.member.spec} ({sum(p.numel() for p in model.parameters())} parameters) on "
+          f"{cfg.dataset}: {len(train_set)} training traces, {len(dev_set)} dev traces, {steps_per_epoch} steps/epoch; "
+          f"dev loss of the pretrained weights {state['initial_dev_loss']:.4f}")
+
+    batches = iter(train_loader)
+    for epoch in range(state["epoch"], cfg.epochs):
+        started = time.time()
+        model.train()
+        losses = []
+        for _ in tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False):
+            batch, batches = _next(batches, train_loader)
+            loss = cross_entropy(_forward(teacher, batch["X"].to(device)), batch["y"].to(device))
+            if not torch.isfinite(loss):
+                raise EdgepickError(f"non-finite loss at epoch {epoch + 1}; stopped, the last good checkpoint in {out} is kept "
+                                    f"(lower teacher.finetune.learning_rate={cfg.learning_rate})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+        dev_loss = _evaluate(teacher, dev_loader, device)
+        improved = dev_loss < state["best_dev_loss"] - 1e-5
+        state["best_dev_loss"] = min(state["best_dev_loss"], dev_loss)
+        state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
+        state["epoch"] = epoch + 1
+        state["history"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "dev_loss": dev_loss,
+                                 "lr": schedule.get_last_lr()[0], "seconds": round(time.time() - started, 1)})
+        if improved:
+            training.save_model(model, out, NAME)
+        training.save_checkpoint(out / training.CHECKPOINT, model, optimizer, schedule, state, config)
+        training.write_metrics(out, state["history"], "cross-entropy")
+        print(f"epoch {epoch + 1}: train {state['history'][-1]['train_loss']:.4f}  dev {dev_loss:.4f}"
+              f"{'  (best, saved)' if improved else ''}  {time.time() - started:.0f} s")
+        if state["bad_epochs"] >= cfg.patience:
+            print(f"early stop: dev loss has not improved for {cfg.patience} epochs")
+            break
+    print(f"teacher: best dev loss {state['best_dev_loss']:.4f} (pretrained {state['initial_dev_loss']:.4f}); "
+          f"saved in {out / NAME}; use it as TEACHER=phasenet:{out}")
+    return state
+
+
+def _base_teacher(spec: str) -> teachers.Teacher:
+    members = teachers.parse_teacher_spec(spec)
+    if len(members) != 1:
+        raise EdgepickError(f"make teacher fine-tunes one teacher, not the ensemble {spec!r} (set teacher.finetune.base)")
+    teacher = teachers.Teacher(members[0])
+    if "N" not in teacher.labels:
+        raise EdgepickError(f"make teacher supports softmax pickers with a noise class (PhaseNet); {spec} outputs "
+                            f"{teacher.labels}")
+    return teacher
+
+
+def _datasets(path: str, teacher: teachers.Teacher):
+    """Train and dev splits of ``path``, with their picks; one EdgepickError line where there are none."""
+    splits = []
+    for split in ("train", "dev"):
+        dataset = generators.load_for_training(path, split=split)
+        columns = list(generators.phase_columns(dataset))
+        if not columns or dataset.metadata[columns].notna().sum().sum() == 0:
+            raise EdgepickError(f"make teacher needs analyst picks (trace_p_arrival_sample / trace_s_arrival_sample), "
+                                f"but the {split} split of {path} has none")
+        splits.append(dataset)
+    teacher.check_data(100.0, "ZNE")  # what load_for_training opens every folder as
+    return splits
+
+
+class _TeacherInput:
+    """Generator step: the whole trace as the teacher sees it (its components, its filter), float32."""
+
+    def __init__(self, teacher_input: teachers.TeacherInput, component_order: str = "ZNE"):
+        self.input, self.component_order = teacher_input, component_order
+
+    def __call__(self, state_dict):
+        x, metadata = state_dict["X"]
+        state_dict["X"] = (self.input.prepare(x, self.component_order).astype(np.float32), metadata)
+
+
+def _loader(dataset, teacher: teachers.Teacher, cfg, train: bool):
+    """Windows of the teacher's length (random around the picks for training, fixed for dev) and the model's labels."""
+    import seisbench.generate as sbg
+
+    columns = generators.phase_columns(dataset)
+    n = teacher.in_samples
+    labels = [sbg.ProbabilisticLabeller(label_columns=columns, model_labels=teacher.labels, sigma=cfg.sigma, dim=0)]
+    if train:
+        generator = sbg.GenericGenerator(dataset)
+        window = generators.random_window_around_picks(columns, n)
+    else:
+        generator = sbg.SteeredGenerator(dataset, generators.evaluation_windows(dataset, n, seed=cfg.seed))
+        window = [sbg.SteeredWindow(windowlen=n, strategy="pad")]
+    generator.add_augmentations([_TeacherInput(teacher.input)] + window + labels + generators.float32("X", "y"))
+    return torch.utils.data.DataLoader(
+        generator, batch_size=cfg.batch_size, shuffle=train, num_workers=cfg.workers if train else 0, drop_last=train,
+        worker_init_fn=generators._seed_worker, persistent_workers=train and cfg.workers > 0,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+
+
+def _forward(teacher: teachers.Teacher, x: torch.Tensor) -> torch.Tensor:
+    """The model's (batch, classes, samples) probabilities on windows normalised by its own annotate_batch_pre."""
+    model = teacher.model
+    pre = model.annotate_batch_pre(x, argdict=teacher.argdict)
+    if isinstance(pre, tuple):
+        pre = pre[0]
+    return model(pre)
+
+
+def _next(batches, loader):
+    """The next batch, starting the loader over when an epoch's steps outlast one pass over the traces."""
+    try:
+        return next(batches), batches
+    except StopIteration:
+        batches = iter(loader)
+        return next(batches), batches
+
+
+@torch.no_grad()
+def _evaluate(teacher: teachers.Teacher, loader, device) -> float:
+    teacher.model.eval()
+    total, count = 0.0, 0
+    for batch in loader:
+        loss = cross_entropy(_forward(teacher, batch["X"].to(device)), batch["y"].to(device))
+        total += loss.item() * len(batch["X"])
+        count += len(batch["X"])
+    return total / max(count, 1) if count else math.nan

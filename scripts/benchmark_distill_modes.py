@@ -1,0 +1,108 @@
+"""Seconds per distillation epoch: the soft-label cache against the PhaseNet teacher run on the fly.
+
+    SEISBENCH_CACHE_ROOT=../shared/seisbench .venv/bin/python scripts/benchmark_distill_modes.py \
+        --dataset data/synthetic --windows 2048 --batch 64 --epochs 2 --repeat 2
+
+Runs the ordinary distillation (``pipeline.distill.run``, default student, alpha 1, PhaseNet ``okla``) twice on the
+same dataset, the same number of training windows per epoch, the same batch size, the same DataLoader workers and
+torch threads, on this machine's CPU: once with ``teacher.mode=cache``, once with ``teacher.mode=on-the-fly``.
+
+What it measures, honestly:
+- an epoch's wall seconds as distill records them (``metrics.csv``): ``seconds``, the training steps plus the dev
+  evaluation (on the fly, the teacher also labels the dev windows every epoch; the dev split's size is fixed by
+  the dataset, not by ``--windows``), and ``train_seconds``, the training steps alone; the last epoch is reported
+  (the first pays for starting the DataLoader workers); each mode runs ``--repeat`` times in ABBA order and its
+  fastest last epoch is reported (the least disturbed by other users), every epoch of every run is in the JSON;
+- NOT the one-off cost of building the cache (printed separately as ``cache_build_s``; 0 when an existing current
+  cache was reused), which the cache mode pays once per dataset and teacher, not per epoch;
+- the on-the-fly target equals the cache's (tests/test_teachers.py), so the teacher runs on every whole-trace
+  teacher window that overlaps a student window (PhaseNet: 3001 samples every 1501, i.e. about 3 teacher windows
+  per 3001-sample student window), not on one window alone;
+- on the fly, traces are drawn uniformly (the cache mode oversamples traces where the cached teacher sees a phase:
+  ``distill.oversample_phases``); this changes which windows are drawn, not what one costs;
+- CPU only, on a machine shared with others: the load average is printed at start and end; compare only runs with
+  a quiet machine. A GPU teacher (``teacher.device=cuda``) would shift the ratio; it is not measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline import distill, teachers  # noqa: E402
+from pipeline.config import Config  # noqa: E402
+
+
+def config_for(mode: str, args, out: Path) -> Config:
+    config = Config()
+    config.teacher.name = args.teacher
+    config.teacher.mode = mode
+    config.teacher.batch_size = args.teacher_batch
+    config.distill.dataset = args.dataset
+    config.distill.out = str(out / mode)
+    config.distill.alpha = 1.0
+    config.distill.epochs = args.epochs
+    config.distill.patience = args.epochs + 1  # no early stop: every run does the same number of epochs
+    config.distill.windows_per_epoch = args.windows
+    config.distill.batch_size = args.batch
+    config.distill.workers = args.workers
+    return config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="data/synthetic")
+    parser.add_argument("--teacher", default="phasenet:okla")
+    parser.add_argument("--windows", type=int, default=2048, help="training windows per epoch (both modes)")
+    parser.add_argument("--batch", type=int, default=64, help="student batch size (both modes)")
+    parser.add_argument("--teacher-batch", type=int, default=64, help="teacher windows per forward pass")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (both modes)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (both modes)")
+    parser.add_argument("--repeat", type=int, default=2, help="runs per mode, in ABBA order; the fastest last epoch counts")
+    parser.add_argument("--out", default="", help="folder for the two runs' students (default: a temporary one)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="distill_modes."))
+    result = {"load_average_at_start": [round(v, 2) for v in os.getloadavg()], "cpus": os.cpu_count(),
+              "dataset": args.dataset, "teacher": args.teacher, "windows_per_epoch": args.windows,
+              "batch": args.batch, "teacher_batch": args.teacher_batch, "epochs": args.epochs,
+              "workers": args.workers, "threads": args.threads, "device": "cpu"}
+
+    started = time.perf_counter()  # the cache's one-off build (0 when a current cache is reused)
+    teachers.build_soft_labels(args.dataset, args.teacher, batch_size=args.teacher_batch, progress=False)
+    result["cache_build_s"] = round(time.perf_counter() - started, 1)
+
+    order = [("cache", "on-the-fly"), ("on-the-fly", "cache")]  # ABBA: drift on a shared machine hits both modes
+    runs = [mode for i in range(args.repeat) for mode in order[i % 2]]
+    for mode in runs:
+        state = distill.run(config_for(mode, args, out))
+        for key, name in (("seconds", "seconds_per_epoch"), ("train_seconds", "train_seconds_per_epoch")):
+            values = [h[key] for h in state["history"]]
+            result.setdefault(f"{mode}_{name}_all_runs", []).append(values)
+            result[f"{mode}_{name}"] = min(run[-1] for run in result[f"{mode}_{name}_all_runs"])
+    for name in ("seconds_per_epoch", "train_seconds_per_epoch"):
+        result[f"ratio_{name}"] = round(result[f"on-the-fly_{name}"] / result[f"cache_{name}"], 2)
+    result["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    if not args.out:
+        shutil.rmtree(out, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+    print(f"{args.windows} training windows/epoch, batch {args.batch}, CPU, {args.threads} threads, {args.workers} workers; "
+          f"load average {result['load_average_at_start'][0]:.2f} at start, {result['load_average_at_end'][0]:.2f} at end")
+    for name, what in (("seconds_per_epoch", "epoch (train + dev)"), ("train_seconds_per_epoch", "training steps only")):
+        print(f"  s/{what}: cache {result[f'cache_{name}']:.1f}, on-the-fly {result[f'on-the-fly_{name}']:.1f}, "
+              f"cache {result[f'ratio_{name}']:.2f}x faster (issue target >= 3x)")
+
+
+if __name__ == "__main__":
+    main()

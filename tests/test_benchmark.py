@@ -1,0 +1,246 @@
+"""The benchmark stage (issue 7): protocol-2 arithmetic on hand-made curves, the stage end to end on a small synthetic
+dataset with tiny untrained models (PyTorch and TFLite Micro), continuous miniSEED, and bad input."""
+
+import json
+
+import numpy as np
+import obspy
+import pytest
+import torch
+
+from pipeline import benchmark as B
+from pipeline import benchmark_models as bm
+from pipeline import quantize as Q
+from pipeline.config import Config
+from pipeline.errors import EdgepickError
+from pipeline.student import XiaoNet, normalize_windows
+
+SAMPLES = 1001
+RECORD_FIELDS = {
+    "model", "runtime", "precision", "reference", "subset", "subset_traces", "phase", "tolerance_s", "threshold",
+    "n_labels", "n_picks", "tp", "fp", "fn", "pick_precision", "recall", "f1", "f1_ratio_to_teacher",
+    "residual_mean_s", "residual_std_s", "residual_mae_s", "picks_per_hour",
+}
+MODEL_FIELDS = {
+    "model", "runtime", "precision", "spec", "notes", "annotate_seconds", "parameters", "macs_per_window",
+    "window_samples", "flatbuffer_bytes", "flatbuffer_expanded_bytes", "arena_bytes", "host_latency_ms",
+    "esp32_latency_ms_est", "esp32s3_latency_ms_est",
+}
+
+
+def tiny(seed):
+    torch.manual_seed(seed)
+    return XiaoNet(base_channels=4, in_samples=SAMPLES).eval()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A saved tiny student and its TFLite FP32 + packed FP16 variants (no INT8: it is skipped)."""
+    root = tmp_path_factory.mktemp("models")
+    student = tiny(0)
+    (root / "student").mkdir()
+    student.save(str(root / "student" / "student"))
+    rng = np.random.default_rng(0)
+    windows = normalize_windows(rng.normal(size=(4, 3, SAMPLES)))
+    result = Q.quantize_student(student, windows, windows, precisions=("fp32", "fp16"), measure_arena=False)
+    (root / "tflite").mkdir()
+    (root / "tflite" / "model_fp32.tflite").write_bytes(result.flatbuffers["fp32"])
+    (root / "tflite" / "model_fp16.ef16").write_bytes(result.flatbuffers["fp16"])
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from pipeline.config import DataConfig
+    from pipeline.data import write_dataset
+    from pipeline.sources import synthetic
+
+    config = DataConfig(out=str(tmp_path_factory.mktemp("data") / "synthetic"))
+    config.synthetic.n_traces = 24
+    write_dataset(synthetic.records(config), config.out_dir(), config, "synthetic")
+    return config.out_dir()
+
+
+@pytest.fixture
+def fake_teacher(monkeypatch):
+    """The teacher is a second tiny untrained student, so the stage runs without ../shared."""
+    monkeypatch.setattr(bm, "load_teacher", lambda spec: bm.BenchModel("teacher", "pytorch", "fp32", [tiny(1)], spec=spec))
+
+
+def config_for(models, dataset_spec, out):
+    config = Config.load(overrides=[
+        f"benchmark.dataset={dataset_spec}", f"benchmark.out={out}", f"quantize.student={models / 'student'}",
+        f"quantize.out={models / 'tflite'}", "benchmark.latency_repeats=2", "benchmark.pr_thresholds=3",
+        "benchmark.example_traces=1",
+    ])
+    return config
+
+
+# ------------------------------------------------------------------------------------------- protocol 2, by hand
+def test_roc_auc_and_mcc_known_values():
+    assert B.roc_auc([1, 1, 0, 0], [0.9, 0.4, 0.5, 0.1]) == pytest.approx(0.75)
+    assert B.roc_auc([1, 0], [0.5, 0.5]) == pytest.approx(0.5)  # a tie counts one half
+    assert B.roc_auc([1, 1], [0.1, 0.2]) is None
+    assert B.mcc([1, 1, 0, 0], [1, 0, 0, 0]) == pytest.approx(2 / np.sqrt(12))
+    assert B.best_mcc([1, 1, 0, 0], [0.9, 0.8, 0.2, 0.1])[0] == pytest.approx(1.0)
+
+
+def test_protocol2_on_hand_made_curves():
+    """Trace 0: P at 10 s, S at 25 s, the model's peaks 0.05 s late; trace 1: noise, a flat 0.1 curve."""
+    rate, n = 100.0, 6000
+    p, s = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    p[1000 + 5] = 0.9  # P peak 0.05 s after the label
+    s[2500 + 5] = 0.8
+    s[1000 + 5] = 0.2  # some S probability on the P: still identified as P (max P - max S > 0)
+    curves = B.Curves(rate, [0, 0], [np.stack([p, s]), np.full((2, n), 0.1, np.float32)])
+    truth = {"P": [np.array([10.0]), np.array([])], "S": [np.array([25.0]), np.array([])]}
+    windows = B.protocol2_windows(truth, [60.0, 60.0], window_s=10.0, seed=3)
+    assert [w[2] for w in windows["phase"]] == ["P", "S"] and all(w[4] for w in windows["phase"])
+    # one positive (trace 0) and two negatives (pre-event noise of trace 0 is too short: only trace 1's window)
+    assert sorted(label for _, _, label in windows["detection"]) == [0, 1]
+    result = B.protocol2_scores(curves, windows, 10.0)
+    assert result["detection"]["auc"] == pytest.approx(1.0)
+    assert result["phase"]["mcc"] == pytest.approx(1.0)
+    for phase in "PS":
+        assert result[f"onset_{phase}"]["rmse_s"] == pytest.approx(0.05, abs=1e-6)
+        assert result[f"onset_{phase}"]["mae_s"] == pytest.approx(0.05, abs=1e-6)
+        assert result[f"onset_{phase}"]["within_0.1_s"] == 1.0
+    # seeded: the same windows again
+    assert B.protocol2_windows(truth, [60.0, 60.0], window_s=10.0, seed=3) == windows
+
+
+def test_snr_parsing_and_bins():
+    import pandas as pd
+
+    snr = B.parse_snr_db(pd.DataFrame({"trace_snr_db": ["[56.79 55.9 57.3]", "[nan 4.0 6.0]", 12.5, "bad"]}))
+    assert snr[0] == pytest.approx(np.mean([56.79, 55.9, 57.3])) and snr[1] == pytest.approx(5.0)
+    assert snr[2] == 12.5 and np.isnan(snr[3])
+    masks = B.bin_masks(snr, (10, 20), "SNR", "dB")
+    assert {k: v.tolist() for k, v in masks.items()} == {
+        "SNR < 10 dB": [False, True, False, False], "SNR 10-20 dB": [False, False, True, False],
+        "SNR >= 20 dB": [True, False, False, False]}
+
+
+def test_curve_picks_equal_seisbench_classify():
+    """Protocol 1 from the annotate curves is exactly what the model's own classify picks."""
+    model = tiny(2)
+    rng = np.random.default_rng(5)
+    traces = [rng.normal(size=(3, 4000)).astype(np.float32) for _ in range(3)]
+    for trace in traces:
+        trace[:, 2000:] *= 20
+    bench = bm.BenchModel("student", "pytorch", "fp32", [model])
+    curves = B.dataset_curves(bench, traces, 100.0, "ZNE", progress=False)
+    for threshold in (0.2, 0.35):
+        mine = curves.picks(threshold)
+        theirs = B.predict_picks(model, traces, 100.0, "ZNE", threshold)
+        for phase in "PS":
+            assert [np.round(a, 6).tolist() for a in mine[phase]] == [np.round(b, 6).tolist() for b in theirs[phase]]
+
+
+# ---------------------------------------------------------------------------------------------- the stage
+def test_stage_writes_reports_with_documented_fields(models, dataset, fake_teacher, tmp_path, capsys):
+    out = tmp_path / "reports"
+    report = B.run(config_for(models, f"{dataset}:train", out))
+    printed = capsys.readouterr().out
+    assert "skipping TFLite int8" in printed
+    for name in ("benchmark.md", "benchmark.json", "benchmark_residuals.png", "benchmark_pr.png"):
+        assert (out / name).is_file(), name
+    data = json.loads((out / "benchmark.json").read_text())
+    assert data["schema"] == "edgepick-benchmark/1"
+    assert [(m["runtime"], m["precision"]) for m in data["models"]] == [
+        ("pytorch", "fp32"), ("pytorch", "fp32"), ("tflm", "fp32"), ("tflm", "fp16")]
+    assert all(MODEL_FIELDS <= set(m) for m in data["models"])
+    assert all(set(r) == RECORD_FIELDS for r in data["records"])
+    tflm = [m for m in data["models"] if m["runtime"] == "tflm"]
+    assert all(m["arena_bytes"] > 0 and m["flatbuffer_bytes"] > 0 for m in tflm)
+    assert tflm[1]["flatbuffer_bytes"] < tflm[0]["flatbuffer_bytes"]  # packed FP16 is smaller
+    keys = {(r["model"], r["runtime"], r["precision"], r["reference"], r["phase"], r["tolerance_s"])
+            for r in data["records"] if r["subset"] == "all"}
+    assert ("student", "tflm", "fp16", "analyst", "S", 0.1) in keys and ("student", "tflm", "fp32", "teacher", "P", 0.5) in keys
+    assert {p["model"] for p in data["protocol2"]} == {"teacher", "student"}
+    assert data["dataset"]["split"] == "train" and not data["dataset"]["agreement_only"]
+    assert report["dataset"]["traces"] == data["dataset"]["traces"]
+    # the TFLite FP32 student sees what the PyTorch student sees: identical picks
+    by = {(r["runtime"], r["precision"], r["phase"], r["tolerance_s"]): r for r in data["records"]
+          if r["reference"] == "analyst" and r["subset"] == "all" and r["model"] == "student"}
+    for phase in "PS":
+        assert by[("tflm", "fp32", phase, 0.5)]["n_picks"] == by[("pytorch", "fp32", phase, 0.5)]["n_picks"]
+
+
+def test_dataset_without_picks_is_agreement_only(models, dataset, fake_teacher, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    unlabelled = tmp_path / "unlabelled"
+    shutil.copytree(dataset, unlabelled)
+    meta = pd.read_csv(unlabelled / "metadata.csv")
+    meta = meta.drop(columns=[c for c in meta.columns if "arrival_sample" in c])
+    meta.to_csv(unlabelled / "metadata.csv", index=False)
+    report = B.run(config_for(models, str(unlabelled), tmp_path / "r"))
+    assert report["dataset"]["agreement_only"] and report["protocol2"] == []
+    assert {r["reference"] for r in report["records"]} == {"teacher"}
+    assert "Agreement-only" in (tmp_path / "r" / "benchmark.md").read_text()
+
+
+def write_miniseed(folder, rate=100.0, seconds=120):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for component in "ZNE":
+        data = rng.normal(size=int(seconds * rate)).astype(np.float32)
+        data[int(40 * rate):] *= 10
+        trace = obspy.Trace(data, header={"network": "XX", "station": "ABC", "channel": f"HH{component}",
+                                          "sampling_rate": rate, "starttime": obspy.UTCDateTime(2020, 1, 1)})
+        trace.write(str(folder / f"XX.ABC.HH{component}.mseed"), format="MSEED")
+
+
+def test_continuous_miniseed_reports_agreement_and_picks_per_hour(models, fake_teacher, tmp_path):
+    write_miniseed(tmp_path / "mseed")
+    report = B.run(config_for(models, str(tmp_path / "mseed"), tmp_path / "r"))
+    assert report["dataset"]["kind"] == "continuous" and report["dataset"]["agreement_only"]
+    assert report["dataset"]["hours"] == pytest.approx(120 / 3600)
+    teacher = [r for r in report["records"] if r["model"] == "teacher"]
+    assert teacher and all(r["picks_per_hour"] is not None for r in teacher)
+    assert "no analyst labels" in (tmp_path / "r" / "benchmark.md").read_text()
+
+
+def test_bad_input_is_one_clear_error(models, dataset, fake_teacher, tmp_path):
+    with pytest.raises(EdgepickError, match="holds no trace"):
+        B.run(config_for(models, f"{dataset}:nosuchsplit", tmp_path / "r"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EdgepickError, match="nothing to benchmark"):
+        B.run(config_for(models, str(tmp_path / "empty"), tmp_path / "r"))
+    write_miniseed(tmp_path / "slow", rate=50.0)
+    with pytest.raises(EdgepickError, match="50 Hz"):
+        B.run(config_for(models, str(tmp_path / "slow"), tmp_path / "r"))
+    assert not (tmp_path / "r").exists()  # nothing half-written
+
+
+def test_wrong_model_files_are_refused(tmp_path, models):
+    bad = tmp_path / "tflite"
+    bad.mkdir()
+    (bad / "model_fp32.tflite").write_text("not a model")
+    with pytest.raises(EdgepickError, match="not a TFLite flatbuffer"):
+        bm.tflite_variants(bad, None, ("fp32",))
+    (bad / "model_fp16.ef16").write_bytes((models / "tflite" / "model_fp32.tflite").read_bytes())
+    with pytest.raises(EdgepickError, match="not a packed FP16"):
+        bm.tflite_variants(bad, None, ("fp16",))
+    (bad / "model_int8.tflite").write_bytes((models / "tflite" / "model_fp32.tflite").read_bytes())
+    with pytest.raises(EdgepickError, match="int8 variant"):
+        bm.tflite_variants(bad, None, ("int8",))
+    with pytest.raises(EdgepickError):
+        bm.load_student_model(bad / "model_fp32.tflite")
+
+
+# ------------------------------------------------------------------------------------- real teacher, real data
+@pytest.mark.shared
+def test_teacher_on_stead50_agrees_with_notes(teacher_cache, shared, tmp_path):
+    """Protocol 1 of the stage reproduces the independent PhaseNet okla figures of shared/NOTES.md (+-0.03 F1)."""
+    waveforms, metadata, rate, order = B.load_labelled(shared / "datasets" / "stead50", "")
+    teacher = bm.load_teacher("phasenet:okla")
+    curves = B.dataset_curves(teacher, waveforms, rate, order, progress=False)
+    truth = {p: [x / rate for x in rows] for p, rows in B.analyst_picks(metadata).items()}
+    scored = B.score_picks(truth, curves.picks(0.3), (0.1, 0.5))
+    notes = {("P", 0.5): 0.871, ("S", 0.5): 0.970, ("P", 0.1): 0.713, ("S", 0.1): 0.594}
+    for (phase, tol), f1 in notes.items():
+        assert scored[phase][tol]["f1"] == pytest.approx(f1, abs=0.03), (phase, tol)

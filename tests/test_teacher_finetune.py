@@ -1,0 +1,126 @@
+"""``make teacher``: fine-tuning a teacher on labelled data, saved as a SeisBench model that works as a teacher.
+
+Offline: an untrained SeisBench PhaseNet (okla's conventions: PSN, peak norm, ENZ) stands in for the pretrained
+weights; the test marked by ``teacher_cache`` fine-tunes the real PhaseNet okla from ../shared.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import teacher_finetune, teachers
+from pipeline.config import Config
+from pipeline.data import write_dataset
+from pipeline.errors import EdgepickError
+from test_data import make_records
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    path = tmp_path_factory.mktemp("finetune") / "ds"
+    write_dataset(make_records(n_events=24, stations=2), path, Config().data, "test")
+    return path
+
+
+@pytest.fixture
+def untrained(monkeypatch):
+    """``phasenet:fake`` loads a seeded, untrained PhaseNet instead of pretrained weights."""
+    import seisbench.models as sbm
+
+    load = teachers.load_model
+
+    def fake(member):
+        if member.local:
+            return load(member)
+        torch.manual_seed(0)
+        model = sbm.PhaseNet(phases="PSN", norm="peak", component_order="ENZ", sampling_rate=100)
+        model._weights_version = "1"
+        return model.eval()
+
+    monkeypatch.setattr(teachers, "load_model", fake)
+
+
+def finetune_config(dataset, out, **overrides) -> Config:
+    config = Config()
+    config.teacher.name = "phasenet:fake"
+    cfg = config.teacher.finetune
+    cfg.dataset, cfg.out = str(dataset), str(out)
+    cfg.epochs, cfg.windows_per_epoch, cfg.batch_size, cfg.workers = 1, 48, 16, 0
+    cfg.learning_rate = 3e-3
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return config
+
+
+def test_one_epoch_improves_saves_a_loadable_teacher_and_resumes(labelled, tmp_path, untrained):
+    out = tmp_path / "teacher"
+    state = teacher_finetune.run(finetune_config(labelled, out))
+    (epoch,) = state["history"]
+    assert np.isfinite(epoch["train_loss"]) and epoch["dev_loss"] < state["initial_dev_loss"]
+    for name in ("checkpoint.pt", "metrics.csv", "loss.png", "teacher/teacher.json", "teacher/teacher.pt"):
+        assert (out / name).is_file(), name
+
+    # the saved model is a teacher: spec phasenet:<folder>, keyed by a hash of its weights
+    (member,) = teachers.parse_teacher_spec(f"phasenet:{out}")
+    assert member.local and "/" not in member.key
+    teacher = teachers.Teacher(member)
+    assert teacher.weights_version == teachers.local_weights_version(member) and teacher.weights_version.startswith("sha256:")
+    (dist,) = teacher.predict_traces([np.random.default_rng(0).normal(size=(3, 4000))])
+    assert dist.shape == (3, 4000)
+    np.testing.assert_allclose(dist.sum(axis=0), 1.0, atol=1e-5)
+
+    # resume continues after the checkpoint's epoch; a corrupt checkpoint is one error, nothing overwritten
+    state = teacher_finetune.run(finetune_config(labelled, out, epochs=2, resume=True))
+    assert [h["epoch"] for h in state["history"]] == [1, 2]
+    checkpoint = out / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    saved = (out / "teacher" / "teacher.pt").read_bytes()
+    with pytest.raises(EdgepickError, match="corrupt"):
+        teacher_finetune.run(finetune_config(labelled, out, epochs=3, resume=True))
+    assert (out / "teacher" / "teacher.pt").read_bytes() == saved
+
+
+def test_dataset_without_picks_is_one_clear_error(tmp_path, untrained):
+    records = []
+    for metadata, waveform in make_records(n_events=10, stations=1):
+        metadata["trace_p_arrival_sample"] = metadata["trace_s_arrival_sample"] = np.nan
+        records.append((metadata, waveform))
+    path = tmp_path / "unlabelled"
+    write_dataset(iter(records), path, Config().data, "test")
+    with pytest.raises(EdgepickError, match="needs analyst picks") as info:
+        teacher_finetune.run(finetune_config(path, tmp_path / "out"))
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_ensemble_and_bad_local_folder_are_refused(tmp_path, untrained):
+    with pytest.raises(EdgepickError, match="ensemble"):
+        config = finetune_config(tmp_path, tmp_path / "out")
+        config.teacher.name = "phasenet:a+phasenet:b"
+        teacher_finetune.run(config)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EdgepickError, match="weights name"):
+        teachers.parse_teacher_spec(f"phasenet:{tmp_path / 'empty'}")
+
+
+def test_cli_stage_is_registered():
+    from pipeline.cli import STAGES
+
+    assert STAGES["teacher"][0] == "pipeline.teacher_finetune"
+    assert Config.load(overrides=["teacher.finetune.epochs=3"]).teacher.finetune.epochs == 3
+
+
+@pytest.mark.shared
+def test_real_phasenet_okla_fine_tunes_one_short_epoch(labelled, tmp_path, teacher_cache):
+    out = tmp_path / "okla"
+    config = Config.load(overrides=[f"teacher.finetune.dataset={labelled}", f"teacher.finetune.out={out}",
+                                    "teacher.finetune.epochs=1", "teacher.finetune.windows_per_epoch=32",
+                                    "teacher.finetune.batch_size=16", "teacher.finetune.workers=0"])
+    assert config.teacher.name == "phasenet:okla"
+    state = teacher_finetune.run(config)
+    assert np.isfinite(state["history"][0]["dev_loss"]) and np.isfinite(state["initial_dev_loss"])
+    assert teachers.Teacher(f"phasenet:{out}").component_order == "ENZ"
