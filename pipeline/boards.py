@@ -63,6 +63,33 @@ def get_board(name: str) -> Board:
     return BOARDS[name]
 
 
+# Cycles per multiply-accumulate, derived from Espressif's published TFLite Micro person-detection timings
+# (github.com/espressif/esp-tflite-micro README, "ESP-NN integration": int8 person detection at 240 MHz, ESP32 380 ms
+# with ESP-NN and 4084 ms without; ESP32-S3 54 ms with and 2300 ms without). That model is MobileNetV1-0.25 on 96x96 inputs:
+# 41 M MACs at 224x224 (Howard et al. 2017, Table 7) x (96/224)^2 = 7.5 M MACs. So, at 240 MHz:
+#   ESP32   int8 ESP-NN  380 ms -> 12.2 cycles/MAC;  reference kernels 4084 ms -> 131 cycles/MAC
+#   ESP32-S3 int8 ESP-NN  54 ms ->  1.7 cycles/MAC;  reference kernels 2300 ms ->  74 cycles/MAC
+# Float32 (FP32 and FP16-expanded builds) runs TFLite Micro's reference float kernels, which ESP-NN does not
+# optimise; we take the reference int8 figure for them (an estimate: both chips have a single-precision FPU).
+PERSON_DETECTION_MACS = 41e6 * (96 / 224) ** 2
+CYCLES_PER_MAC = {
+    "esp32": {"int8": 0.380 * 240e6 / PERSON_DETECTION_MACS, "float": 4.084 * 240e6 / PERSON_DETECTION_MACS},
+    "esp32s3": {"int8": 0.054 * 240e6 / PERSON_DETECTION_MACS, "float": 2.300 * 240e6 / PERSON_DETECTION_MACS},
+}
+
+
+def estimate_latency(macs: int, precision: str, hop_seconds: float, cpu_mhz: int = 240) -> dict:
+    """Estimated milliseconds per window on ESP32 and ESP32-S3 from :data:`CYCLES_PER_MAC`, and the real-time factor
+    (latency / window hop: below 1 keeps up with the stream)."""
+    kind = "int8" if precision == "int8" else "float"
+    out = {}
+    for chip, figures in CYCLES_PER_MAC.items():
+        ms = macs * figures[kind] / (cpu_mhz * 1e6) * 1e3
+        out[chip] = {"ms": round(ms, 2), "cycles_per_mac": round(figures[kind], 2),
+                     "real_time_factor": round(ms / 1e3 / hop_seconds, 5) if hop_seconds > 0 else None}
+    return out
+
+
 def _round16(n: int) -> int:
     return (int(n) + 15) // 16 * 16
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import EdgepickError
+from pipeline.student import PICK_TOP_TOLERANCE
 
 FIRMWARE_DIR = Path(__file__).resolve().parents[1] / "firmware"
 MODEL_CONFIG = FIRMWARE_DIR / "src" / "model" / "model_config.h"
@@ -59,8 +60,11 @@ def reference_picks(
     phases: str = PHASES,
     sampling_rate: float = 100.0,
     t0: float = 0.0,
+    top_tolerance: float | None = None,
 ) -> list[dict]:
-    """Picks of SeisBench's ``picks_from_annotations`` on probability curves (samples, phases) or (phases, samples).
+    """Picks of SeisBench's ``picks_from_annotations`` on probability curves (samples, phases) or (phases, samples);
+    with ``top_tolerance`` the pick is the centre of the peak's top, as the student picks
+    (:func:`pipeline.student.peak_index`).
 
     ``curves[:, k]`` is the (stacked) probability of ``phases[k]``; extra columns (noise) are ignored. Returns picks
     sorted by (sample, phase) as dicts: phase, sample (of the peak), time (t0 + sample / sampling_rate), prob
@@ -68,6 +72,8 @@ def reference_picks(
     for SeisBench's float32 annotation traces.
     """
     from obspy.signal.trigger import trigger_onset
+
+    from pipeline.student import peak_index
 
     curves = np.asarray(curves)
     if curves.ndim != 2:
@@ -82,7 +88,7 @@ def reference_picks(
         threshold = thresholds[k]
         for s0, s1 in trigger_onset(data, threshold, threshold / 2):
             segment = data[s0 : s1 + 1]
-            peak = int(s0 + np.argmax(segment))
+            peak = int(s0 + peak_index(segment, top_tolerance))
             picks.append({
                 "phase": phase, "sample": peak, "time": t0 + peak / sampling_rate, "prob": float(np.max(segment)),
                 "on": int(s0), "off": int(s1),
@@ -131,6 +137,7 @@ def stream_reference(
     blinding: tuple[int, int] = (0, 0),
     sampling_rate: float = 100.0,
     t0: float = 0.0,
+    top_tolerance: float | None = PICK_TOP_TOLERANCE,
 ) -> tuple[list[dict], np.ndarray]:
     """What the firmware computes on a whole stream ``waveform`` (3, n): windows, the student's normalisation,
     ``model`` ((3, in_samples) normalised window -> (in_samples, classes) probabilities), stacking, picks.
@@ -150,7 +157,7 @@ def stream_reference(
     if not predictions:
         return [], np.zeros((0, 3), dtype=np.float32)
     stacked = stack_windows(predictions, offsets, int(offsets[-1]) + in_samples, blinding)
-    return reference_picks(stacked, thresholds, PHASES, sampling_rate, t0), stacked
+    return reference_picks(stacked, thresholds, PHASES, sampling_rate, t0, top_tolerance), stacked
 
 
 def parse_pick_lines(lines: Sequence[str]) -> list[dict]:

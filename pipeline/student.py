@@ -43,6 +43,8 @@ DEFAULT_MULTIPLIERS = (1, 2, 4, 4)
 # Relative normalisation epsilon: the window is divided by its largest peak x (1 + NORM_EPS).
 NORM_EPS = 1e-6
 CLASS_ORDER = "PSN"
+PICK_TOP_TOLERANCE = 0.02  # the pick is the centre of the samples within this of the peak value (see peak_index)
+PICK_TOP_HALF_WIDTH = 256  # ... searched at most this many samples either side (firmware: kTopHalfWidth)
 
 
 def same_padding(length: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -83,6 +85,29 @@ def normalize_windows(x, eps: float = NORM_EPS):
     scale = float(np.abs(x).max()) * (1 + eps) if x.ndim == 2 else np.abs(x).max(axis=(-2, -1), keepdims=True) * (1 + eps)
     scale = np.where(scale > 0, scale, 1.0)
     return (x / scale).astype(np.float32)
+
+
+def peak_index(segment, top_tolerance: float | None = PICK_TOP_TOLERANCE, half_width: int = PICK_TOP_HALF_WIDTH) -> int:
+    """Where in one triggered segment of a probability curve the pick goes.
+
+    ``top_tolerance=None``: the first maximum, as SeisBench's ``picks_from_annotations``. A number: the centre
+    (rounded down) of the peak's top, the contiguous samples around that first maximum whose value is within
+    ``top_tolerance`` of it (at most ``half_width`` either side). The student's saturated softmax gives its P and S
+    peaks a flat top whose first maximum is arbitrary: INT8 rounding moved it by 10-30 samples; the centre of the
+    top stays put. Compared in float32, as the firmware's ``TriggerPicker`` does.
+    """
+    segment = np.asarray(segment, dtype=np.float32)
+    i = int(np.argmax(segment))
+    if top_tolerance is None or top_tolerance < 0:
+        return i
+    level = segment[i] - np.float32(top_tolerance)
+    lo = i
+    while lo > 0 and i - lo < half_width and segment[lo - 1] >= level:
+        lo -= 1
+    hi = i
+    while hi + 1 < len(segment) and hi - i < half_width and segment[hi + 1] >= level:
+        hi += 1
+    return lo + (hi - lo) // 2
 
 
 ACTIVATIONS = ("hardswish", "relu6")
@@ -163,6 +188,8 @@ class XiaoNet(sbm.WaveformModel):
         phases: str = CLASS_ORDER,
         norm_eps: float = NORM_EPS,
         activation: str = "hardswish",
+        smooth_output: bool = True,
+        pick_top_tolerance: float = PICK_TOP_TOLERANCE,
         **kwargs,
     ):
         if base_channels < 1 or in_samples < DOWNSAMPLING:
@@ -203,6 +230,13 @@ class XiaoNet(sbm.WaveformModel):
         self.up2 = UpBlock(c3, c2, activation=activation)
         self.up1 = UpBlock(c2, c1, activation=activation)
         self.head = nn.Conv1d(c1, 3, 1)
+        self.smooth_output = bool(smooth_output)
+        self.pick_top_tolerance = float(pick_top_tolerance)
+        # The stride-4 transposed convolutions leave a period-4 ripple on the output (each of the 4 output phases
+        # comes from its own kernel tap). On a flat-topped P or S peak the ripple decides which tooth is the
+        # maximum, and INT8 rounding then moves the pick by 10-25 samples. A fixed [1, 2, 2, 2, 1] / 8 filter on
+        # the logits (box-4 * box-2: zero gain at periods 4 and 2) removes it; not a parameter, not in state_dict.
+        self.register_buffer("smoothing", torch.tensor([1.0, 2, 2, 2, 1]).div(8).repeat(3, 1, 1), persistent=False)
         if "overlap" not in self.default_args:
             self.default_args["overlap"] = int(in_samples) // 2
 
@@ -221,6 +255,8 @@ class XiaoNet(sbm.WaveformModel):
         d = self.up2(d, e2)
         d = self.up1(d, e1)
         out = self.head(d)
+        if self.smooth_output:
+            out = F.conv1d(out, self.smoothing, padding=2, groups=3)
         if left or right:
             out = out[:, :, left : left + samples]
         return out
@@ -231,7 +267,9 @@ class XiaoNet(sbm.WaveformModel):
 
     def count_macs(self, samples: int | None = None) -> int:
         """Multiply-accumulates of one window (convolutions and linear layers), counted with forward hooks."""
-        return count_macs(self, (1, 3, samples or self.in_samples))
+        samples = samples or self.in_samples
+        smoothing = 3 * internal_length(samples) * self.smoothing.shape[-1] if self.smooth_output else 0  # functional conv
+        return count_macs(self, (1, 3, samples)) + smoothing
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -261,6 +299,24 @@ class XiaoNet(sbm.WaveformModel):
             )
         return sbu.ClassifyOutput(self.name, picks=sbu.PickList(sorted(picks)))
 
+    def picks_from_annotations(self, annotations, threshold, phase) -> sbu.PickList:
+        """SeisBench's trigger (on at ``threshold``, off at half) with the pick at :func:`peak_index`."""
+        from obspy.signal.trigger import trigger_onset
+
+        picks = []
+        for trace in annotations:
+            trace_id = f"{trace.stats.network}.{trace.stats.station}.{trace.stats.location}"
+            times = trace.times()
+            for s0, s1 in trigger_onset(trace.data, threshold, threshold / 2):
+                segment = trace.data[s0 : s1 + 1]
+                peak = s0 + peak_index(segment, self.pick_top_tolerance)
+                picks.append(sbu.Pick(
+                    trace_id=trace_id, start_time=trace.stats.starttime + times[s0],
+                    end_time=trace.stats.starttime + times[s1], peak_time=trace.stats.starttime + times[peak],
+                    peak_value=np.max(segment), phase=phase,
+                ))
+        return sbu.PickList(sorted(picks))
+
     def get_model_args(self) -> dict:
         model_args = super().get_model_args()
         for key in ("citation", "output_type", "pred_sample", "labels", "in_samples"):
@@ -272,6 +328,8 @@ class XiaoNet(sbm.WaveformModel):
             phases=self.labels,
             norm_eps=self.norm_eps,
             activation=self.activation,
+            smooth_output=self.smooth_output,
+            pick_top_tolerance=self.pick_top_tolerance,
         )
         return model_args
 
@@ -304,7 +362,7 @@ def count_macs(model: nn.Module, shape: tuple[int, ...]) -> int:
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(shape))
+            model(torch.zeros(shape, device=next(model.parameters()).device))
     finally:
         for handle in handles:
             handle.remove()
@@ -324,6 +382,7 @@ def build_student(config) -> XiaoNet:
         in_samples=config.in_samples,
         channel_multipliers=tuple(getattr(config, "channel_multipliers", DEFAULT_MULTIPLIERS)),
         activation=getattr(config, "activation", "hardswish"),
+        smooth_output=getattr(config, "smooth_output", True),
     )
 
 

@@ -7,13 +7,10 @@ PyTorch and an *estimated* ESP32 / ESP32-S3 latency.
 Without a saved student it benchmarks an untrained default student (sizes, ops, arena and latency are architecture
 figures; pick agreement is then meaningless and is reported as such). Without a dataset it uses normalised noise.
 
-Latency estimate = MACs x cycles-per-MAC / 240 MHz. Cycles per MAC are derived from Espressif's published TFLite Micro
-person-detection timings (int8 MobileNet v1 0.25, 96x96x1; github.com/espressif/esp-tflite-micro README, "ESP-NN
-integration": ESP32 4084 ms without / 380 ms with ESP-NN, ESP32-S3 2300 ms / 54 ms, both 240 MHz) and that model's
-MACs (MobileNet v1 0.25 at 224x224: 41 M mult-adds, Howard et al. 2017, Table 7; scaled by (96/224)^2 = 7.5 M).
-They are estimates, not measurements: our 1-D layers have 8-32 channels and use SIMD less well than MobileNet, so the
-ESP-NN column is optimistic; element-wise ops (HARD_SWISH, ADD, PAD, SOFTMAX) are not counted. No FP32 figure is
-published: FP32 uses the reference-kernel (no ESP-NN) rate as a rough stand-in.
+Latency estimate: pipeline.boards.estimate_latency (MACs x cycles per MAC derived from Espressif's published TFLite
+Micro person-detection timings; the derivation and its sources are in pipeline/boards.py). Estimates, not
+measurements: our 1-D layers have 8-32 channels and use SIMD less well than MobileNet, so the ESP-NN column is
+optimistic; element-wise ops (ADD, PAD, SOFTMAX) are not counted; FP32 uses the reference-kernel rate.
 """
 
 from __future__ import annotations
@@ -32,22 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline import boards  # noqa: E402
 from pipeline import quantize as Q  # noqa: E402
 from pipeline.student import XiaoNet, load_student, normalize_windows, phasenet_macs  # noqa: E402
-
-PERSON_DETECTION_MACS = 41e6 * (96 / 224) ** 2
-CLOCK_HZ = 240e6
-PUBLISHED_MS = {  # (chip, kernels) -> person detection int8 latency in ms
-    ("esp32", "esp-nn"): 380.0,
-    ("esp32", "reference"): 4084.0,
-    ("esp32s3", "esp-nn"): 54.0,
-    ("esp32s3", "reference"): 2300.0,
-}
-CYCLES_PER_MAC = {key: ms / 1000 * CLOCK_HZ / PERSON_DETECTION_MACS for key, ms in PUBLISHED_MS.items()}
-
-
-def estimate_ms(macs: int, chip: str, precision: str) -> dict[str, float]:
-    kernels = ("esp-nn", "reference") if precision == "int8" else ("reference",)
-    return {k: macs * CYCLES_PER_MAC[(chip, k)] / CLOCK_HZ * 1000 for k in kernels}
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,21 +67,22 @@ def main() -> None:
     print(Q.format_variants(result))
     fp16_tflite = Q.fp16_reference_status(Q.onnx_to_keras(Q.export_onnx(model)))
     print(f"TFLite's own float16-weight .tflite in TFLite Micro: {fp16_tflite} (hence the EPH1 packed FP16 variant)")
-    print("cycles per MAC (derived): " + ", ".join(f"{c}/{k} {v:.1f}" for (c, k), v in CYCLES_PER_MAC.items()))
+    print("cycles per MAC (derived): " + ", ".join(f"{chip}/{kind} {v:.1f}" for chip, d in boards.CYCLES_PER_MAC.items()
+                                                   for kind, v in d.items()))
     board = boards.get_board(args.board)
     rows = {}
     for precision, info in result.variants.items():
         info = dict(info, hop_samples=Q.hop_samples(model), sampling_rate=float(model.sampling_rate), macs=macs)
         budget = boards.check_budget(board, info, raise_error=False)
-        est = {chip: estimate_ms(macs, chip, precision) for chip in ("esp32", "esp32s3")}
-        line = ", ".join(f"{chip} {k} {ms:.0f} ms" for chip, d in est.items() for k, ms in d.items())
+        est = boards.estimate_latency(macs, precision, info["hop_samples"] / info["sampling_rate"])
+        line = ", ".join(f"{chip} {e['ms']:.0f} ms (RTF {e['real_time_factor']:.4f})" for chip, e in est.items())
         print(f"{precision:5} est. latency per window: {line}; {args.board}: {budget['overflow'] or 'fits'}")
         rows[precision] = {**info, "estimated_ms": est, "budget": budget}
     if args.json:
         from pipeline.artifacts import atomic_write_text
 
         atomic_write_text(args.json, json.dumps({"macs": macs, "phasenet_macs": reference_macs, "variants": rows,
-                                                 "cycles_per_mac": {f"{c}/{k}": v for (c, k), v in CYCLES_PER_MAC.items()},
+                                                 "cycles_per_mac": boards.CYCLES_PER_MAC,
                                                  "trained": trained, "windows": source,
                                                  "tflite_fp16_in_tflm": fp16_tflite}, indent=2, default=str))
 

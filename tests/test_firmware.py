@@ -182,7 +182,9 @@ def test_ring_buffer_windows(driver):
 # ---------------------------------------------------------------------------------------------------------------
 # Pick extraction (SeisBench's trigger: exact samples)
 # ---------------------------------------------------------------------------------------------------------------
-def test_trigger_matches_seisbench(driver):
+@pytest.mark.parametrize("top", [None, 0.02])
+def test_trigger_matches_seisbench(driver, top):
+    """top None: SeisBench's first maximum; 0.02: the centre of the peak's top (the student's picker)."""
     from pipeline.flash import reference_picks
 
     rng = np.random.default_rng(4)
@@ -193,10 +195,21 @@ def test_trigger_matches_seisbench(driver):
         curve += (height * np.exp(-0.5 * ((t - center) / width) ** 2)).astype(np.float32)
     curve = np.clip(curve + rng.normal(0, 0.01, 4000).astype(np.float32), 0, 1).astype(np.float32)
     curve[3000:3005] = [0.3, 0.1, 0.3, 0.3, 0.0]  # exactly at the threshold, twice
-    out = [line.split() for line in run(driver, "trigger", 0.3, stdin=floats_text(curve)).splitlines()]
+    # saturated tops wider than the 256-sample search: the maximum early (the cap on the right counts) and late
+    # (the left edge comes from the picker's history)
+    curve[1800:2400] = 0.86 + rng.normal(0, 0.002, 600).astype(np.float32)
+    curve[1850] = 0.87
+    curve[2600:2990] = 0.86 + rng.normal(0, 0.002, 390).astype(np.float32)
+    curve[2950] = 0.87
+    args = ["trigger", 0.3] + ([] if top is None else [top])
+    out = [line.split() for line in run(driver, *args, stdin=floats_text(curve)).splitlines()]
     got = [(int(s), int(on), int(off), np.float32(p)) for s, on, off, p in out]
-    ref = [(p["sample"], p["on"], p["off"], np.float32(p["prob"])) for p in reference_picks(curve[:, None], 0.3, "P")]
-    assert got == ref and len(ref) >= 5
+    ref = [(p["sample"], p["on"], p["off"], np.float32(p["prob"]))
+           for p in reference_picks(curve[:, None], 0.3, "P", top_tolerance=top)]
+    assert got == ref and len(ref) >= 7
+    if top is not None:  # the tops moved the picks off the maxima, by the 256-sample caps
+        # top [1800, 1850 + 256] -> 1953; top [2950 - 256, 2989] -> 2841
+        assert [p[0] for p in got if 1800 <= p[0] < 2400 or 2600 <= p[0] < 3000] == [1953, 2841]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -248,8 +261,11 @@ def stream_text(x: np.ndarray, indexed: bool = False) -> str:
     return "".join(f"{r}{a:.9g} {b:.9g} {c:.9g}\n" for r, (a, b, c) in zip(rows, x.T)) + "#end\n"
 
 
+TOP = 0.02  # the student's pick_top_tolerance
+
+
 def stream_args(exact=1, layout="last", max_gap=100, thresholds=(0.3, 0.3)):
-    return ["stream", IN_SAMPLES, HOP, exact, 0, 0, f"{EPS:g}", thresholds[0], thresholds[1], max_gap, layout, "square"]
+    return ["stream", IN_SAMPLES, HOP, exact, 0, 0, f"{EPS:g}", thresholds[0], thresholds[1], max_gap, layout, TOP, "square"]
 
 
 def compare_picks(got: list[dict], ref: list[dict]):
@@ -264,7 +280,7 @@ def test_stream_matches_python_pipeline(driver, layout):
     from pipeline.flash import parse_pick_lines, stream_reference
 
     x = synthetic_stream()
-    ref, stacked = stream_reference(x, square_model, IN_SAMPLES, HOP, 0.3, EPS)
+    ref, stacked = stream_reference(x, square_model, IN_SAMPLES, HOP, 0.3, EPS, top_tolerance=TOP)
     lines = run(driver, *stream_args(layout=layout), stdin=stream_text(x)).splitlines()
     assert all(json.loads(line) for line in lines)  # every output line is JSON
     got = parse_pick_lines(lines)
@@ -341,7 +357,7 @@ def test_stream_long_gap_starts_a_new_segment(driver):
 
 
 def test_stream_rejects_bad_config(driver):
-    args = ["stream", 512, 600, 1, 0, 0, "1e-6", 0.3, 0.3, 10, "last", "square"]
+    args = ["stream", 512, 600, 1, 0, 0, "1e-6", 0.3, 0.3, 10, "last", TOP, "square"]
     result = subprocess.run([str(driver), *map(str, args)], capture_output=True, text=True)
     assert result.returncode == 1 and "hop" in result.stderr
 

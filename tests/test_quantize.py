@@ -144,6 +144,16 @@ def test_budget_refuses_an_over_budget_board():
     assert not ok["overflow"] and ("arena", ok["arena_alloc_bytes"]) in ok["regions"][1]["items"]
 
 
+def test_latency_estimate_follows_the_cited_person_detection_timings():
+    # the reference model itself must come out at the published 380 ms (ESP32) and 54 ms (ESP32-S3) with ESP-NN
+    reference = boards.estimate_latency(int(boards.PERSON_DETECTION_MACS), "int8", hop_seconds=1.0)
+    assert reference["esp32"]["ms"] == pytest.approx(380, rel=1e-3)
+    assert reference["esp32s3"]["ms"] == pytest.approx(54, rel=1e-3)
+    student = boards.estimate_latency(2_000_000, "int8", hop_seconds=15.0)
+    assert student["esp32"]["real_time_factor"] == pytest.approx(student["esp32"]["ms"] / 15_000, rel=1e-3)
+    assert boards.estimate_latency(2_000_000, "fp32", 15.0)["esp32"]["ms"] > 10 * student["esp32"]["ms"]
+
+
 def test_unsupported_op_names_op_and_layer():
     class WithTanh(XiaoNet):
         def __init__(self, *args, **kwargs):

@@ -83,3 +83,15 @@ def test_default_config_macs_below_ten_percent_of_phasenet():
     fraction = model.count_macs() / phasenet_macs(3001)
     assert model.in_samples == 3001 and model.base_channels == 8
     assert fraction <= 0.10, fraction
+
+
+def test_peak_index_is_the_centre_of_the_top():
+    from pipeline.student import peak_index
+
+    flat = np.array([0.4, 0.80, 0.85, 0.86, 0.85, 0.851, 0.86, 0.84, 0.5], dtype=np.float32)
+    assert peak_index(flat, None) == 3  # SeisBench: the first maximum
+    assert peak_index(flat, 0.02) == (2 + 6) // 2  # samples within 0.02 of 0.86: indices 2..6
+    assert peak_index(flat, 0.0) == 3  # the top is the maximum itself where no neighbour ties
+    sharp = np.exp(-0.5 * ((np.arange(200) - 120) / 3.0) ** 2).astype(np.float32)
+    assert peak_index(sharp, 0.02) == 120  # a symmetric peak keeps its maximum
+    assert peak_index(np.full(1000, 0.9, np.float32), 0.02, half_width=256) == 128  # capped at 256 each side

@@ -4,10 +4,11 @@
 //   half                  uint16 in, float32 bits out  fp16expand IN OUT     expand an EPH1 file
 //   normalize N LAYOUT EPS  N*3 floats (channels-last) in, normalised window out in LAYOUT (last|first) order
 //   ring CAP              "N" then N frames, then "start n layout" queries
-//   trigger THRESHOLD     a curve (one float a line) in, picks out: "sample on off prob"
+//   trigger THRESHOLD [TOP]  a curve (one float a line) in, picks out: "sample on off prob" (TOP: top tolerance)
 //   parse                 serial lines in, one parse result a line out
 //   resample IN OUT       frames in at IN Hz, frames out at OUT Hz (linear interpolation)
-//   stream IN HOP EXACT BLIND_PRE BLIND_POST EPS THR_P THR_S MAX_GAP LAYOUT MODEL [PROBS_FILE]
+//   stream IN HOP EXACT BLIND_PRE BLIND_POST EPS THR_P THR_S MAX_GAP LAYOUT TOP MODEL [PROBS_FILE]
+//                         (TOP: the picker's top tolerance, < 0 for SeisBench's first maximum)
 //                         the serial protocol on stdin, JSON lines out. MODEL: "square" (P = 0.9 z^2,
 //                         S = 0.9 n^2, noise = 1 - P - S, of the normalised window) or "file" (the window
 //                         predictions, in_samples x 3 float32 each, read in order from PROBS_FILE) or
@@ -79,7 +80,7 @@ void Emit(void* context, const char* line) {
 }
 
 int Stream(int argc, char** argv, bool serve) {
-  if (argc < 13) return Usage();
+  if (argc < 14) return Usage();
   StreamConfig config;
   config.in_samples = std::strtoul(argv[2], nullptr, 10);
   config.hop = std::strtoul(argv[3], nullptr, 10);
@@ -91,15 +92,16 @@ int Stream(int argc, char** argv, bool serve) {
   config.thresholds[1] = std::strtof(argv[9], nullptr);
   config.max_gap_fill = std::strtoul(argv[10], nullptr, 10);
   config.input_layout = std::strcmp(argv[11], "first") == 0 ? Layout::kChannelsFirst : Layout::kChannelsLast;
+  config.top_tolerance = std::strtof(argv[12], nullptr);
   Model model;
-  model.kind = argv[12];
+  model.kind = argv[13];
   model.in_samples = config.in_samples;
   model.layout = config.input_layout;
   if (model.kind == "file") {
-    if (argc < 14 || (model.probs = std::fopen(argv[13], "rb")) == nullptr) return Usage();
+    if (argc < 15 || (model.probs = std::fopen(argv[14], "rb")) == nullptr) return Usage();
   } else if (model.kind == "pipe") {
-    if (argc < 15 || (model.request = std::fopen(argv[13], "wb")) == nullptr ||
-        (model.reply = std::fopen(argv[14], "rb")) == nullptr) {
+    if (argc < 16 || (model.request = std::fopen(argv[14], "wb")) == nullptr ||
+        (model.reply = std::fopen(argv[15], "rb")) == nullptr) {
       return Usage();
     }
   } else if (model.kind != "square") {
@@ -245,7 +247,7 @@ int main(int argc, char** argv) {
     if (argc < 3) return Usage();
     const float threshold = std::strtof(argv[2], nullptr);
     TriggerPicker trigger;
-    trigger.Init(threshold, threshold / 2.0f, 0);
+    trigger.Init(threshold, threshold / 2.0f, 0, argc > 3 ? std::strtof(argv[3], nullptr) : -1.0f);
     char line[128];
     uint64_t index = 0;
     Pick pick;

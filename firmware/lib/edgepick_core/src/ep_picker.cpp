@@ -5,10 +5,11 @@
 
 namespace edgepick {
 
-void TriggerPicker::Init(float threshold_on, float threshold_off, int phase) {
+void TriggerPicker::Init(float threshold_on, float threshold_off, int phase, float top_tolerance) {
   on_threshold_ = threshold_on;
   off_threshold_ = threshold_off;
   phase_ = phase;
+  top_tolerance_ = top_tolerance;
   Reset();
 }
 
@@ -23,13 +24,22 @@ bool TriggerPicker::Feed(uint64_t index, float value, Pick* pick) {
   bool emitted = false;
   if (triggered_) {
     if (value >= off_threshold_) {  // false for NaN
+      history_[index % kHistory] = value;
       if (value > current_.prob) {  // first maximum wins
         current_.prob = value;
         current_.sample = index;
+        StartTop(index);
+      } else if (top_open_) {
+        if (index == top_hi_ + 1 && index - current_.sample <= static_cast<uint64_t>(kTopHalfWidth) &&
+            value >= current_.prob - top_tolerance_) {
+          top_hi_ = index;
+        } else {
+          top_open_ = false;
+        }
       }
     } else {
       current_.off = index - 1;
-      *pick = current_;
+      *pick = Finished();
       triggered_ = false;
       emitted = true;
     }
@@ -37,6 +47,8 @@ bool TriggerPicker::Feed(uint64_t index, float value, Pick* pick) {
   if (!triggered_ && !emitted && value >= on_threshold_) {
     triggered_ = true;
     current_ = Pick{index, index, index, value, phase_};
+    history_[index % kHistory] = value;
+    StartTop(index);
   }
   any_ = true;
   last_ = index;
@@ -46,9 +58,26 @@ bool TriggerPicker::Feed(uint64_t index, float value, Pick* pick) {
 bool TriggerPicker::Finish(Pick* pick) {
   if (!triggered_ || !any_) return false;
   current_.off = last_;
-  *pick = current_;
+  *pick = Finished();
   triggered_ = false;
   return true;
+}
+
+void TriggerPicker::StartTop(uint64_t peak) {
+  top_lo_ = top_hi_ = peak;
+  top_open_ = true;
+  if (top_tolerance_ < 0.0f) return;
+  const float level = current_.prob - top_tolerance_;
+  while (top_lo_ > current_.on && peak - top_lo_ < static_cast<uint64_t>(kTopHalfWidth) &&
+         history_[(top_lo_ - 1) % kHistory] >= level) {
+    --top_lo_;
+  }
+}
+
+Pick TriggerPicker::Finished() const {
+  Pick pick = current_;
+  if (top_tolerance_ >= 0.0f) pick.sample = top_lo_ + (top_hi_ - top_lo_) / 2;
+  return pick;
 }
 
 bool Stacker::Init(float* sums, uint16_t* counts, size_t capacity, int n_classes) {

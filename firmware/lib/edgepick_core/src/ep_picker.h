@@ -4,8 +4,12 @@
 //     de-duplicates picks across overlapping windows: there is one probability curve, not one per window.
 //  2. on the stacked curve of each phase, obspy's trigger_onset(curve, threshold, threshold / 2) finds
 //     [on, off] intervals (on: first sample >= threshold; off: last sample of the run >= threshold / 2);
-//     the pick is the first maximum inside [on, off] (SeisBench picks_from_annotations). There is no other
-//     minimum distance: two picks of one phase are separated by at least one sample below threshold / 2.
+//     the pick is the first maximum inside [on, off] (SeisBench picks_from_annotations), or, with a top
+//     tolerance t >= 0, the centre of the peak's top: the contiguous samples around that maximum within t of
+//     it, at most kTopHalfWidth on each side (pipeline.student.peak_index). The student's P and S peaks have
+//     a flat, saturated top on which the first maximum is arbitrary: INT8 rounding moved it by 10-30 samples,
+//     the centre of the top by a few. There is no other minimum distance: two picks of one phase are
+//     separated by at least one sample below threshold / 2.
 // Everything here is streaming: samples are finalised in order and picks come out as soon as the trigger
 // switches off.
 #pragma once
@@ -16,6 +20,7 @@
 namespace edgepick {
 
 constexpr int kMaxPhases = 4;
+constexpr int kTopHalfWidth = 256;  // samples searched on each side of the maximum for the top
 
 struct Pick {
   uint64_t sample;  // absolute sample index of the peak
@@ -28,7 +33,8 @@ struct Pick {
 // obspy.signal.trigger.trigger_onset (max_len = inf) plus the peak, one sample at a time.
 class TriggerPicker {
  public:
-  void Init(float threshold_on, float threshold_off, int phase);
+  // top_tolerance < 0: the first maximum (SeisBench); >= 0: the centre of the top (see above).
+  void Init(float threshold_on, float threshold_off, int phase, float top_tolerance = -1.0f);
   void Reset();
   // Feeds the value of absolute sample index (consecutive indices). NaN counts as below both thresholds.
   // Returns true and fills *pick when a trigger switched off at this sample.
@@ -37,6 +43,8 @@ class TriggerPicker {
   bool Finish(Pick* pick);
 
  private:
+  void StartTop(uint64_t peak);  // a new maximum at peak: the top's left edge from the history
+  Pick Finished() const;         // the pick of the segment that just closed
   float on_threshold_ = 0.3f;
   float off_threshold_ = 0.15f;
   int phase_ = 0;
@@ -44,6 +52,11 @@ class TriggerPicker {
   bool any_ = false;
   uint64_t last_ = 0;
   Pick current_{};
+  float top_tolerance_ = -1.0f;
+  uint64_t top_lo_ = 0, top_hi_ = 0;  // the top around the maximum so far: [top_lo_, top_hi_]
+  bool top_open_ = false;             // the samples since the maximum are all still in the top
+  static constexpr uint64_t kHistory = kTopHalfWidth + 1;
+  float history_[kHistory] = {};  // the segment's last kHistory values, by index % kHistory
 };
 
 // Averages overlapping window predictions per absolute sample; a window of n samples lands at its offset.

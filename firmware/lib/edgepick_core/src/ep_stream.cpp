@@ -67,7 +67,7 @@ void StreamPicker::StartSegment(uint64_t start) {
   covered_until_ = start;
   stacker_.Reset(start);
   for (int p = 0; p < config_.n_phases; ++p) {
-    triggers_[p].Init(config_.thresholds[p], config_.thresholds[p] / 2.0f, p);
+    triggers_[p].Init(config_.thresholds[p], config_.thresholds[p] / 2.0f, p, config_.top_tolerance);
   }
 }
 

@@ -12,4 +12,5 @@
 #define EDGEPICK_NORM_EPS 1e-06f
 #define EDGEPICK_P_THRESHOLD 0.3f
 #define EDGEPICK_S_THRESHOLD 0.3f
+#define EDGEPICK_PICK_TOP_TOLERANCE 0.02f
 static_assert(1 <= 2, "x");
