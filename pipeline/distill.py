@@ -217,7 +217,7 @@ def _train_loader(train: list[_Training], in_samples: int, cfg, windows: int, se
     """Random windows from every training set; traces in which the teacher sees a phase are drawn more often (cache
     mode; on the fly the teacher has not seen the traces yet, so every trace is drawn equally often)."""
     generator = torch.utils.data.ConcatDataset(
-        [_with_context(generators.training_generator(t.dataset, in_samples, soft_labels=t.soft_labels), online, in_samples)
+        [generators.training_generator(t.dataset, in_samples, soft_labels=t.soft_labels, wrap=_context(online, in_samples))
          for t in train]
     )
     weights = []
@@ -241,18 +241,18 @@ def _train_loader(train: list[_Training], in_samples: int, cfg, windows: int, se
 
 def _dev_loader(dev: list[_Training], in_samples: int, cfg, online=None):
     generator = torch.utils.data.ConcatDataset(
-        [_with_context(generators.evaluation_generator(d.dataset, in_samples, seed=cfg.seed, soft_labels=d.soft_labels),
-                       online, in_samples) for d in dev]
+        [generators.evaluation_generator(d.dataset, in_samples, seed=cfg.seed, soft_labels=d.soft_labels,
+                                         wrap=_context(online, in_samples)) for d in dev]
     )
     return torch.utils.data.DataLoader(generator, batch_size=cfg.batch_size, num_workers=0)
 
 
-def _with_context(generator, online, in_samples: int):
-    """On the fly: the generator's chain with each window's whole-trace teacher context (OnTheFlyTeacher.wrap_chain).
-    SeisBench keeps a generator's chain in ``_augmentations`` (no public setter)."""
-    if online is not None:
-        generator._augmentations[:] = online.wrap_chain(generator._augmentations, in_samples)
-    return generator
+def _context(online, in_samples: int):
+    """On the fly: a generator-chain wrapper that adds each window's whole-trace teacher context
+    (:meth:`OnTheFlyTeacher.wrap_chain`); with the cache: none."""
+    if online is None:
+        return None
+    return lambda chain: online.wrap_chain(chain, in_samples)
 
 
 def _teacher_target(batch: dict, online, device) -> torch.Tensor | None:

@@ -163,8 +163,11 @@ def evaluation_windows(dataset: sbd.WaveformDataset, in_samples: int, seed: int 
     )
 
 
-def evaluation_generator(dataset: sbd.WaveformDataset, in_samples: int, seed: int = 0, sigma: int = 20, soft_labels=None):
-    """Deterministic windows (see :func:`evaluation_windows`), normalised and labelled like training ones."""
+def evaluation_generator(dataset: sbd.WaveformDataset, in_samples: int, seed: int = 0, sigma: int = 20, soft_labels=None,
+                         wrap=None):
+    """Deterministic windows (see :func:`evaluation_windows`), normalised and labelled like training ones.
+    ``wrap``: an optional function of the chain that returns the chain to use (the on-the-fly teacher adds its
+    context steps around the windowing step this way)."""
     columns = phase_columns(dataset)
     generator = sbg.SteeredGenerator(dataset, evaluation_windows(dataset, in_samples, seed))
     window = [sbg.SteeredWindow(windowlen=in_samples, strategy="pad")]
@@ -172,15 +175,18 @@ def evaluation_generator(dataset: sbd.WaveformDataset, in_samples: int, seed: in
         from pipeline.teachers import AttachSoftLabels, SplitSoftLabels
 
         window = [AttachSoftLabels(soft_labels)] + window + [SplitSoftLabels()]
-    generator.add_augmentations(window + normalise() + label(columns, sigma) + float32("X", "y"))
+    chain = window + normalise() + label(columns, sigma) + float32("X", "y")
     if soft_labels is not None:
-        generator.add_augmentations(float32("y_soft"))
+        chain += float32("y_soft")
+    generator.add_augmentations(wrap(chain) if wrap is not None else chain)
     return generator
 
 
-def training_generator(dataset: sbd.WaveformDataset, in_samples: int, sigma: int = 20, soft_labels=None):
+def training_generator(dataset: sbd.WaveformDataset, in_samples: int, sigma: int = 20, soft_labels=None, wrap=None):
+    """Random windows around picks (:func:`training_chain`); ``wrap`` as in :func:`evaluation_generator`."""
     generator = sbg.GenericGenerator(dataset)
-    generator.add_augmentations(training_chain(dataset, in_samples, sigma, soft_labels))
+    chain = training_chain(dataset, in_samples, sigma, soft_labels)
+    generator.add_augmentations(wrap(chain) if wrap is not None else chain)
     return generator
 
 
