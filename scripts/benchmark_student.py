@@ -66,7 +66,8 @@ def main() -> None:
     models = {args.teacher: teachers.load_model(member)}
     for path in args.student:
         models[path] = load_student(path)
-    macs = {name: count_macs(model, (1, 3, model.in_samples)) for name, model in models.items()}
+    macs = {name: model.count_macs() if hasattr(model, "count_macs") else count_macs(model, (1, 3, model.in_samples))
+            for name, model in models.items()}
     teacher_macs = macs[args.teacher]
 
     report = {}
