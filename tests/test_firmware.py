@@ -508,11 +508,37 @@ def tiny_tflite_model(n: int) -> bytes:
     return bytes(builder.Output())
 
 
+def int8_student_tflite(n: int) -> bytes:
+    """A real INT8 student of the XiaoNet family converted by the quantize stage (PyTorch -> ONNX -> TFLite), its
+    head scaled up so that an untrained network crosses the pick threshold often: picks to compare, not skill."""
+    torch = pytest.importorskip("torch")
+    from pipeline import quantize as Q
+    from pipeline.student import XiaoNet
+
+    torch.manual_seed(3)
+    model = XiaoNet(base_channels=2, in_samples=n).eval()
+    with torch.no_grad():
+        model.head.weight.mul_(40.0)
+    rng = np.random.default_rng(2)
+    windows = np.stack([synthetic_stream(n + 400, seed=k)[:, :n] for k in range(8)])
+    windows = np.stack([normalize_reference(w) for w in windows]) + rng.normal(0, 0.01, (8, 3, n)).astype(np.float32)
+    result = Q.quantize_student(model, windows, windows[:2], ("int8",), measure_arena=False)
+    return result.flatbuffers["int8"]
+
+
+def normalize_reference(window: np.ndarray) -> np.ndarray:
+    from pipeline.student import normalize_windows
+
+    return normalize_windows(window.astype(np.float32), EPS)
+
+
 @pytest.mark.skipif(not hasattr(os, "openpty") or not hasattr(os, "mkfifo"), reason="no pseudo-terminals / fifos")
-def test_replay_over_pty_with_tflite_micro(driver, tmp_path):
+@pytest.mark.parametrize("model", ["mul-softmax", "int8-student"])
+def test_replay_over_pty_with_tflite_micro(driver, tmp_path, model):
     """End to end: replay.py -> pseudo-terminal -> host program (the portable core) whose model is a real .tflite
     run by the tflite-micro interpreter (the reference kernels of the microcontroller) -> picks equal to the
-    Python pipeline's on the same model."""
+    Python pipeline's on the same model. Models: a two-op float flatbuffer, and an INT8 student of the XiaoNet
+    family from the quantize stage (int8 input quantised and output dequantised as the firmware does)."""
     import tty
 
     runtime = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
@@ -523,12 +549,20 @@ def test_replay_over_pty_with_tflite_micro(driver, tmp_path):
         sys.path.pop(0)
     from pipeline.flash import stream_reference
 
-    interpreter = runtime.Interpreter.from_bytes(tiny_tflite_model(IN_SAMPLES), arena_size=64 * 1024)
+    if model == "mul-softmax":
+        interpreter = runtime.Interpreter.from_bytes(tiny_tflite_model(IN_SAMPLES), arena_size=64 * 1024)
 
-    def tflm(window_nw: np.ndarray) -> np.ndarray:  # (n, 3) normalised -> (n, 3) probabilities
-        interpreter.set_input(np.ascontiguousarray(window_nw, dtype=np.float32).reshape(1, IN_SAMPLES, 1, 3), 0)
-        interpreter.invoke()
-        return np.asarray(interpreter.get_output(0), dtype=np.float32).reshape(IN_SAMPLES, 3)
+        def tflm(window_nw: np.ndarray) -> np.ndarray:  # (n, 3) normalised -> (n, 3) probabilities
+            interpreter.set_input(np.ascontiguousarray(window_nw, dtype=np.float32).reshape(1, IN_SAMPLES, 1, 3), 0)
+            interpreter.invoke()
+            return np.asarray(interpreter.get_output(0), dtype=np.float32).reshape(IN_SAMPLES, 3)
+    else:
+        from pipeline.quantize import tflm_run
+
+        flatbuffer = int8_student_tflite(IN_SAMPLES)
+
+        def tflm(window_nw: np.ndarray) -> np.ndarray:
+            return tflm_run(flatbuffer, np.ascontiguousarray(window_nw.T, dtype=np.float32)[None])[0].T
 
     x = synthetic_stream()
     ref, _ = stream_reference(x, lambda w: tflm(w.T), IN_SAMPLES, HOP, 0.3, EPS)
