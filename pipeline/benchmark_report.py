@@ -235,7 +235,7 @@ def figure_examples(examples: Examples, models):
 
     shown = [m for m in models if m.runtime == "pytorch" or m.precision == "int8"]
     n = len(examples.indices)
-    fig, axes = plt.subplots(n, 1, figsize=(12, 2.8 * n), squeeze=False)
+    fig, axes = plt.subplots(n, 1, figsize=(12, 2.8 * n), squeeze=False, layout="constrained")
     styles = {"teacher": "-", "student": "--"}
     for ax, i in zip(axes[:, 0], examples.indices):
         wave = examples.traces[i]
