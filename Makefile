@@ -69,10 +69,11 @@ data: $(STAMP) ## build a dataset (default: the embedded synthetic one, data/syn
 	$(edgepick) data $(config_flag) $(data_flags) $(set_flags)
 
 DEMO_EPOCHS ?= 4
-demo: $(STAMP) ## every stage on the embedded synthetic default: data, soft labels, distill, quantize
+demo: $(STAMP) ## every stage on the embedded synthetic default: data, soft labels, distill, quantize, benchmark
 	$(MAKE) --no-print-directory data
 	$(MAKE) --no-print-directory distill EPOCHS=$(DEMO_EPOCHS)
 	$(MAKE) --no-print-directory quantize
+	$(MAKE) --no-print-directory benchmark
 
 teacher: $(STAMP) ## optional: fine-tune the pretrained TEACHER on a labelled DATASET (models/teacher; then TEACHER=phasenet:models/teacher)
 	$(edgepick) teacher $(config_flag) $(teacher_flags) $(set_flags)
