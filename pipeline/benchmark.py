@@ -22,8 +22,9 @@ The stage (``make benchmark`` / ``python -m pipeline benchmark``, :func:`run`) s
 
 * Each model annotates every trace once (``annotate`` of its SeisBench model, as ``classify`` does), giving per-trace
   P and S probability curves (:class:`Curves`). Picks at any threshold come from those curves with
-  :func:`pipeline.flash.reference_picks`, SeisBench's ``picks_from_annotations`` on arrays (trigger on at the
-  threshold, off at half, pick at the peak): protocol 1 above at ``benchmark.threshold`` is exactly ``classify``,
+  :func:`pipeline.flash.reference_picks`, each model's own pick rule on arrays (trigger on at the threshold, off at
+  half; the pick at the peak for teachers, as SeisBench's ``picks_from_annotations``, at the centre of the peak's
+  top for the student, :func:`pick_rule`): protocol 1 above at ``benchmark.threshold`` is exactly ``classify``,
   and the precision-recall curves sweep the threshold over the same curves.
 * Agreement: protocol 1 again with the teacher's picks (same threshold) as the reference instead of the analyst's.
 * Breakdowns: F1 on the traces of each S-P bin (first S minus first P, ``benchmark.sp_bins_s``) and each SNR bin
@@ -298,8 +299,10 @@ class Curves:
     start; for continuous data the station's first sample).
     """
 
-    def __init__(self, rate: float, start: list[int] | None = None, data: list[np.ndarray] | None = None):
+    def __init__(self, rate: float, start: list[int] | None = None, data: list[np.ndarray] | None = None,
+                 top_tolerance: float | None = None):
         self.rate = float(rate)
+        self.top_tolerance = top_tolerance  # the model's pick rule: None, SeisBench's first maximum (teachers)
         self.start = list(start or [])
         self.data = list(data or [])
 
@@ -329,7 +332,7 @@ class Curves:
             for a, b in _finite_runs(np.isfinite(data).all(axis=0)):
                 if b - a < 3:
                     continue
-                for pick in reference_picks(data[:, a:b], threshold, "".join(PHASES)):
+                for pick in reference_picks(data[:, a:b], threshold, "".join(PHASES), top_tolerance=self.top_tolerance):
                     times[pick["phase"]].append((start + a + pick["sample"]) / self.rate)
             for phase in PHASES:
                 out[phase].append(np.asarray(sorted(times[phase]), dtype=float))
@@ -357,7 +360,7 @@ def annotation_curves(model, stream: obspy.Stream, keys: Sequence[str], refs: Se
             key = f"{trace.stats.network}.{trace.stats.station}.{trace.stats.location}"
             grouped.setdefault(key, []).append(trace)
         per_member.append(grouped)
-    curves = Curves(rate)
+    curves = Curves(rate, top_tolerance=pick_rule(model))
     for key, ref in zip(keys, refs):
         pieces = [(m, tr, int(round((tr.stats.starttime - ref) * rate))) for m, g in enumerate(per_member)
                   for tr in g.get(key, [])]
@@ -395,12 +398,19 @@ def annotation_curves(model, stream: obspy.Stream, keys: Sequence[str], refs: Se
     return curves
 
 
+def pick_rule(model) -> float | None:
+    """The top tolerance of the model's own picker (the student's ``pick_top_tolerance``: the centre of the peak's
+    top, :func:`pipeline.student.peak_index`), or None for SeisBench's first maximum (teachers, ensembles)."""
+    tolerance = getattr(model.members[0], "pick_top_tolerance", None) if len(model.members) == 1 else None
+    return None if tolerance is None or tolerance < 0 else float(tolerance)
+
+
 def dataset_curves(model, waveforms: Sequence[np.ndarray], rate: float, component_order: str,
                    traces_per_call: int = 64, batch_size: int = 64, progress: bool = True) -> Curves:
     """Curves of every whole trace (station ``T<i>``), annotated ``traces_per_call`` traces per call."""
     from tqdm import tqdm
 
-    curves = Curves(model.sampling_rate)
+    curves = Curves(model.sampling_rate, top_tolerance=pick_rule(model))
     starts = range(0, len(waveforms), traces_per_call)
     for start in tqdm(starts, desc=f"{model.label:24}", unit="call", disable=not progress, leave=False):
         chunk = waveforms[start : start + traces_per_call]
@@ -759,7 +769,7 @@ def run(config) -> dict:
         if continuous:
             from tqdm import tqdm
 
-            curves[model.label] = Curves(model.sampling_rate)
+            curves[model.label] = Curves(model.sampling_rate, top_tolerance=pick_rule(model))
             for key, ref in tqdm(list(zip(keys, refs)), desc=f"{model.label:24}", unit="station", leave=False):
                 net, sta, loc = key.split(".")
                 part = stream.select(network=net, station=sta, location=loc)

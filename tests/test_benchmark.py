@@ -121,6 +121,17 @@ def test_snr_parsing_and_bins():
         "SNR >= 20 dB": [True, False, False, False]}
 
 
+def test_each_model_is_scored_with_its_own_pick_rule():
+    student = bm.BenchModel("student", "pytorch", "fp32", [tiny(2)])
+    assert B.pick_rule(student) == pytest.approx(0.02)  # the centre of the peak's top, as the student's classify
+    teacher = bm.BenchModel("teacher", "pytorch", "fp32", [torch.nn.Identity()])
+    assert B.pick_rule(teacher) is None  # SeisBench's first maximum
+    flat = np.zeros((2, 400), np.float32)
+    flat[0, 100:200] = 0.8  # a flat top: first maximum 100, centre 149
+    assert B.Curves(100.0, [0], [flat], top_tolerance=0.02).picks(0.3)["P"][0].tolist() == [1.49]
+    assert B.Curves(100.0, [0], [flat]).picks(0.3)["P"][0].tolist() == [1.0]
+
+
 def test_curve_picks_equal_seisbench_classify():
     """Protocol 1 from the annotate curves is exactly what the model's own classify picks."""
     model = tiny(2)
