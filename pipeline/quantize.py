@@ -1364,6 +1364,10 @@ def run(config) -> QuantizeResult:
         rows.append(info)
     print(format_variants(result))
     print(format_latency(result))
+    for precision, info in result.variants.items():
+        if info["reference_picks"] and info["pick_agreement"] < info["agreement_required"]:
+            print(f"WARNING: {precision} picks agree with PyTorch {info['pick_agreement']:.3f} < {info['agreement_required']}: "
+                  "below the bar for shipping (fine-tune with `make qat`; quantize.check_agreement=true refuses it)")
     chosen = result.variants[q.firmware_precision]
     budget = budgets[q.firmware_precision]
     print(boards.format_budget(budget))
