@@ -70,7 +70,7 @@ data: $(STAMP) ## build a dataset (default: the embedded synthetic one, data/syn
 
 # A short run learns fastest at T = 1 with some hard-label weight (the sweep in README.md); the real-data recipe
 # there uses the defaults (T = 4, alpha = 1) for 20 epochs.
-DEMO_EPOCHS ?= 6
+DEMO_EPOCHS ?= 10
 DEMO_SET ?= distill.windows_per_epoch=4000 distill.temperature=1 distill.alpha=0.3
 demo: $(STAMP) ## every stage on the embedded synthetic default: data, soft labels, distill, qat, quantize, benchmark
 	$(MAKE) --no-print-directory data
