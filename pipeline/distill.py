@@ -124,10 +124,7 @@ def run(config: Config) -> dict:
         train_seconds = time.time() - started
         dev_loss = _evaluate(raw_model, dev_loader, cfg, device, online)
         train_loss = _all_mean(float(np.mean(train_losses)), world, device)
-        improved = dev_loss < state["best_dev_loss"] - 1e-5
-        state["best_dev_loss"] = min(state["best_dev_loss"], dev_loss)
-        state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
-        state["epoch"] = epoch + 1
+        improved = training.record_dev_loss(state, dev_loss, epoch)
         state["history"].append({"epoch": epoch + 1, "train_loss": train_loss, "dev_loss": dev_loss,
                                  "lr": schedule.get_last_lr()[0], "seconds": round(time.time() - started, 1),
                                  "train_seconds": round(train_seconds, 1)})

@@ -82,10 +82,7 @@ def run(config: Config) -> dict:
             schedule.step()
             losses.append(loss.item())
         dev_loss = _evaluate(teacher, dev_loader, device)
-        improved = dev_loss < state["best_dev_loss"] - 1e-5
-        state["best_dev_loss"] = min(state["best_dev_loss"], dev_loss)
-        state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
-        state["epoch"] = epoch + 1
+        improved = training.record_dev_loss(state, dev_loss, epoch)
         state["history"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "dev_loss": dev_loss,
                                  "lr": schedule.get_last_lr()[0], "seconds": round(time.time() - started, 1)})
         if improved:

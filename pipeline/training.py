@@ -28,6 +28,16 @@ def warmup_cosine(step: int, total_steps: int, warmup: float = 0.05) -> float:
     return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def record_dev_loss(state: dict, dev_loss: float, epoch: int) -> bool:
+    """Early-stopping bookkeeping after ``epoch`` (0-based): best dev loss, epochs without improvement, epochs done.
+    Returns whether ``dev_loss`` improved on the best by more than 1e-5."""
+    improved = dev_loss < state["best_dev_loss"] - 1e-5
+    state["best_dev_loss"] = min(state["best_dev_loss"], dev_loss)
+    state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
+    state["epoch"] = epoch + 1
+    return improved
+
+
 def save_model(model, out: Path, name: str) -> None:
     """``model`` as a SeisBench model in ``out/name/`` (name.json + name.pt), the folder replaced atomically."""
     with atomic_dir(Path(out) / name) as tmp:

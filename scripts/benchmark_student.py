@@ -32,16 +32,9 @@ def open_split(spec: str):
     return dataset
 
 
-def sp_seconds(dataset) -> np.ndarray:
-    m = dataset.metadata
-    if "trace_s_arrival_sample" not in m or "trace_p_arrival_sample" not in m:
-        return np.full(len(m), np.nan)
-    return (m["trace_s_arrival_sample"] - m["trace_p_arrival_sample"]).to_numpy(float) / m["trace_sampling_rate_hz"].to_numpy(float)
-
-
 def evaluate(model, dataset, threshold: float) -> dict:
     result = {"all": benchmark.evaluate_picker(model, dataset, threshold=threshold)["scores"]}
-    sp = sp_seconds(dataset)
+    sp = benchmark.sp_seconds(dataset.metadata)
     for low, high, name in SP_BINS:
         mask = (sp >= low) & (sp < high)
         if mask.sum() >= 5:

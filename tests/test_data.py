@@ -37,6 +37,16 @@ def make_records(n_events=12, stations=3, samples=6000, rate=100.0, seed=0):
             )
 
 
+def unlabelled_dataset(path):
+    """The records of :func:`make_records` without their picks, written to ``path``."""
+    records = []
+    for metadata, waveform in make_records(n_events=10, stations=1):
+        metadata["trace_p_arrival_sample"] = metadata["trace_s_arrival_sample"] = np.nan
+        records.append((metadata, waveform))
+    write_dataset(iter(records), path, DataConfig(), "test")
+    return path
+
+
 @pytest.fixture
 def small_dataset(tmp_path):
     path = tmp_path / "ds"

@@ -13,7 +13,7 @@ from pipeline import distill
 from pipeline.config import Config
 from pipeline.data import write_dataset
 from pipeline.errors import EdgepickError
-from test_data import make_records
+from test_data import make_records, unlabelled_dataset
 
 
 def test_loss_is_zero_when_student_matches_teacher_and_scales_with_t_squared():
@@ -107,12 +107,7 @@ def test_diverging_loss_stops_and_keeps_last_good_checkpoint(labelled, tmp_path)
 
 
 def test_hard_labels_needed_but_absent_is_an_error(tmp_path):
-    records = []
-    for metadata, waveform in make_records(n_events=10, stations=1):
-        metadata["trace_p_arrival_sample"] = metadata["trace_s_arrival_sample"] = np.nan
-        records.append((metadata, waveform))
-    path = tmp_path / "unlabelled"
-    write_dataset(iter(records), path, Config().data, "test")
+    path = unlabelled_dataset(tmp_path / "unlabelled")
     with pytest.raises(EdgepickError, match="needs analyst picks"):
         distill.run(tiny_config(path, tmp_path / "out", alpha=0.5))
 

@@ -14,7 +14,7 @@ from pipeline import teacher_finetune, teachers
 from pipeline.config import Config
 from pipeline.data import write_dataset
 from pipeline.errors import EdgepickError
-from test_data import make_records
+from test_data import make_records, unlabelled_dataset
 
 torch.set_num_threads(1)
 
@@ -85,12 +85,7 @@ def test_one_epoch_improves_saves_a_loadable_teacher_and_resumes(labelled, tmp_p
 
 
 def test_dataset_without_picks_is_one_clear_error(tmp_path, untrained):
-    records = []
-    for metadata, waveform in make_records(n_events=10, stations=1):
-        metadata["trace_p_arrival_sample"] = metadata["trace_s_arrival_sample"] = np.nan
-        records.append((metadata, waveform))
-    path = tmp_path / "unlabelled"
-    write_dataset(iter(records), path, Config().data, "test")
+    path = unlabelled_dataset(tmp_path / "unlabelled")
     with pytest.raises(EdgepickError, match="needs analyst picks") as info:
         teacher_finetune.run(finetune_config(path, tmp_path / "out"))
     assert "\n" not in str(info.value)
