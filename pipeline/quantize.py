@@ -1103,7 +1103,7 @@ def config_header(info: dict, budget: dict) -> str:
         f"#define EDGEPICK_S_THRESHOLD {float(PICK_THRESHOLD)!r}f",
         f"#define EDGEPICK_PICK_TOLERANCE_S {float(PICK_TOLERANCE_S)!r}f",
         f"#define EDGEPICK_PICK_TOP_TOLERANCE {float(info.get('pick_top_tolerance', PICK_TOP_TOLERANCE))!r}f"
-        "  // pick at the centre of the peak's top (ep_picker.h)",
+        "  // pick at the centre of the peak's top: samples >= (1 - this) x the peak (ep_picker.h)",
         f"#define EDGEPICK_INPUT_SCALE {float(q['input']['scale'])!r}f",
         f"#define EDGEPICK_INPUT_ZERO_POINT {q['input']['zero_point']}",
         f"#define EDGEPICK_OUTPUT_SCALE {float(q['output']['scale'])!r}f",

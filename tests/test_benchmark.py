@@ -13,7 +13,7 @@ from pipeline import benchmark_models as bm
 from pipeline import quantize as Q
 from pipeline.config import Config
 from pipeline.errors import EdgepickError
-from pipeline.student import XiaoNet, normalize_windows
+from pipeline.student import PICK_TOP_TOLERANCE, XiaoNet, normalize_windows
 
 SAMPLES = 1001
 RECORD_FIELDS = {
@@ -123,7 +123,7 @@ def test_snr_parsing_and_bins():
 
 def test_each_model_is_scored_with_its_own_pick_rule():
     student = bm.BenchModel("student", "pytorch", "fp32", [tiny(2)])
-    assert B.pick_rule(student) == pytest.approx(0.02)  # the centre of the peak's top, as the student's classify
+    assert B.pick_rule(student) == pytest.approx(PICK_TOP_TOLERANCE)  # the centre of the peak's top, as the student's classify
     teacher = bm.BenchModel("teacher", "pytorch", "fp32", [torch.nn.Identity()])
     assert B.pick_rule(teacher) is None  # SeisBench's first maximum
     flat = np.zeros((2, 400), np.float32)

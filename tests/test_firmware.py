@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.student import PICK_TOP_TOLERANCE
+
 REPO = Path(__file__).resolve().parents[1]
 CORE = REPO / "firmware" / "lib" / "edgepick_core"
 FIRMWARE = REPO / "firmware"
@@ -182,9 +184,10 @@ def test_ring_buffer_windows(driver):
 # ---------------------------------------------------------------------------------------------------------------
 # Pick extraction (SeisBench's trigger: exact samples)
 # ---------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("top", [None, 0.02])
+@pytest.mark.parametrize("top", [None, 0.02, 0.5])
 def test_trigger_matches_seisbench(driver, top):
-    """top None: SeisBench's first maximum; 0.02: the centre of the peak's top (the student's picker)."""
+    """top None: SeisBench's first maximum; a number t: the centre of the peak's top, the samples >= (1 - t) x the
+    maximum (the student's picker)."""
     from pipeline.flash import reference_picks
 
     rng = np.random.default_rng(4)
@@ -261,7 +264,7 @@ def stream_text(x: np.ndarray, indexed: bool = False) -> str:
     return "".join(f"{r}{a:.9g} {b:.9g} {c:.9g}\n" for r, (a, b, c) in zip(rows, x.T)) + "#end\n"
 
 
-TOP = 0.02  # the student's pick_top_tolerance
+TOP = PICK_TOP_TOLERANCE  # the student's pick_top_tolerance
 
 
 def stream_args(exact=1, layout="last", max_gap=100, thresholds=(0.3, 0.3)):

@@ -86,12 +86,18 @@ def test_default_config_macs_below_ten_percent_of_phasenet():
 
 
 def test_peak_index_is_the_centre_of_the_top():
-    from pipeline.student import peak_index
+    from pipeline.student import PICK_TOP_TOLERANCE, peak_index
 
     flat = np.array([0.4, 0.80, 0.85, 0.86, 0.85, 0.851, 0.86, 0.84, 0.5], dtype=np.float32)
     assert peak_index(flat, None) == 3  # SeisBench: the first maximum
-    assert peak_index(flat, 0.02) == (2 + 6) // 2  # samples within 0.02 of 0.86: indices 2..6
+    assert peak_index(flat, 0.02) == (2 + 6) // 2  # samples >= 0.98 x 0.86: indices 2..6
     assert peak_index(flat, 0.0) == 3  # the top is the maximum itself where no neighbour ties
     sharp = np.exp(-0.5 * ((np.arange(200) - 120) / 3.0) ** 2).astype(np.float32)
     assert peak_index(sharp, 0.02) == 120  # a symmetric peak keeps its maximum
     assert peak_index(np.full(1000, 0.9, np.float32), 0.02, half_width=256) == 128  # capped at 256 each side
+    broad = (0.8 * np.exp(-0.5 * ((np.arange(240) - 120) / 20.0) ** 2)).astype(np.float32)
+    broad[112] = 0.81  # a ripple on a broad top moves the first maximum ...
+    assert peak_index(broad, None) == 112
+    assert peak_index(broad, 0.3) == 120  # ... not the centre of the top 30 % (samples 104..136)
+    assert peak_index(broad, 0.5) == 120  # ... nor the midpoint at half maximum (samples 97..143)
+    assert peak_index(broad, PICK_TOP_TOLERANCE) == 120  # the student's default

@@ -31,7 +31,7 @@ bool TriggerPicker::Feed(uint64_t index, float value, Pick* pick) {
         StartTop(index);
       } else if (top_open_) {
         if (index == top_hi_ + 1 && index - current_.sample <= static_cast<uint64_t>(kTopHalfWidth) &&
-            value >= current_.prob - top_tolerance_) {
+            value >= TopLevel()) {
           top_hi_ = index;
         } else {
           top_open_ = false;
@@ -67,7 +67,7 @@ void TriggerPicker::StartTop(uint64_t peak) {
   top_lo_ = top_hi_ = peak;
   top_open_ = true;
   if (top_tolerance_ < 0.0f) return;
-  const float level = current_.prob - top_tolerance_;
+  const float level = TopLevel();
   while (top_lo_ > current_.on && peak - top_lo_ < static_cast<uint64_t>(kTopHalfWidth) &&
          history_[(top_lo_ - 1) % kHistory] >= level) {
     --top_lo_;

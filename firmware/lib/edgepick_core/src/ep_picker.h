@@ -5,10 +5,11 @@
 //  2. on the stacked curve of each phase, obspy's trigger_onset(curve, threshold, threshold / 2) finds
 //     [on, off] intervals (on: first sample >= threshold; off: last sample of the run >= threshold / 2);
 //     the pick is the first maximum inside [on, off] (SeisBench picks_from_annotations), or, with a top
-//     tolerance t >= 0, the centre of the peak's top: the contiguous samples around that maximum within t of
-//     it, at most kTopHalfWidth on each side (pipeline.student.peak_index). The student's P and S peaks have
-//     a flat, saturated top on which the first maximum is arbitrary: INT8 rounding moved it by 10-30 samples,
-//     the centre of the top by a few. There is no other minimum distance: two picks of one phase are
+//     tolerance t >= 0, the centre of the peak's top: the contiguous samples around that maximum that are at
+//     least (1 - t) times it, at most kTopHalfWidth on each side (pipeline.student.peak_index); the student's
+//     t = 0.5 is the midpoint of the peak's full width at half maximum. Its P and S peaks are flat, broad or
+//     multi-humped at the top, so the first maximum is arbitrary: INT8 rounding moved it by 10-70 samples; the
+//     midpoint at half maximum sits on the steep flanks and stays put. There is no other minimum distance: two picks of one phase are
 //     separated by at least one sample below threshold / 2.
 // Everything here is streaming: samples are finalised in order and picks come out as soon as the trigger
 // switches off.
@@ -45,6 +46,8 @@ class TriggerPicker {
  private:
   void StartTop(uint64_t peak);  // a new maximum at peak: the top's left edge from the history
   Pick Finished() const;         // the pick of the segment that just closed
+  // Lowest value of the top; float32 as pipeline.student.peak_index computes it.
+  float TopLevel() const { return current_.prob * (1.0f - top_tolerance_); }
   float on_threshold_ = 0.3f;
   float off_threshold_ = 0.15f;
   int phase_ = 0;

@@ -27,7 +27,7 @@ struct StreamConfig {
   int n_phases = 2;                  // the first n_phases classes are picked
   const char* phase_names[kMaxPhases] = {"P", "S", "N", ""};
   float thresholds[kMaxPhases] = {0.3f, 0.3f, 0.3f, 0.3f};
-  float top_tolerance = 0.02f;      // pick at the centre of the peak's top (< 0: first maximum), see ep_picker.h
+  float top_tolerance = 0.5f;       // pick at the centre of the peak's top (< 0: first maximum), see ep_picker.h
   float norm_eps = 1e-6f;            // relative epsilon of the normalisation
   size_t blind_pre = 0;              // SeisBench "blinding"
   size_t blind_post = 0;
