@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import EdgepickError
+from pipeline.student import PICK_TOP_TOLERANCE
 
 VARIANT_FILES = {"fp32": "model_fp32.tflite", "fp16": "model_fp16.ef16", "int8": "model_int8.tflite"}
 TFLITE_MAGIC = b"TFL3"  # flatbuffer file identifier at bytes 4..8
@@ -75,9 +76,11 @@ class TFLMStudent(_xiaonet()):
     """The student's SeisBench model with ``forward`` run by TFLite Micro on a flatbuffer."""
 
     def __init__(self, flatbuffer: bytes, in_samples: int, overlap: int, sampling_rate: float = 100.0,
-                 component_order: str = "ZNE", norm_eps: float = 1e-6, arena: int | None = None):
+                 component_order: str = "ZNE", norm_eps: float = 1e-6, arena: int | None = None,
+                 pick_top_tolerance: float = PICK_TOP_TOLERANCE):
         super().__init__(base_channels=1, in_samples=in_samples, channel_multipliers=(1, 1, 1, 1),
-                         sampling_rate=sampling_rate, component_order=component_order, norm_eps=norm_eps)
+                         sampling_rate=sampling_rate, component_order=component_order, norm_eps=norm_eps,
+                         pick_top_tolerance=pick_top_tolerance)
         self.default_args["overlap"] = int(overlap)
         self.flatbuffer = flatbuffer
         self.arena = arena
@@ -141,12 +144,14 @@ def tflite_variants(folder: str | Path, student, precisions=("fp32", "fp16", "in
                 raise EdgepickError(f"{path} takes {in_samples}-sample windows but the student takes {student.in_samples}")
             overlap = student.in_samples - hop_samples(student)
             order, eps = student.component_order, student.norm_eps
+            top = student.pick_top_tolerance  # the variant picks as the student it came from
         else:
             overlap = in_samples - int(info.get("hop_samples", in_samples // 2 + 1))
             order, eps = "ZNE", 1e-6
+            top = float(info.get("pick_top_tolerance", PICK_TOP_TOLERANCE))
         sample = _sample_input(flatbuffer)
         arena = minimal_arena(flatbuffer, sample)
-        model = TFLMStudent(flatbuffer, in_samples, overlap, rate, order, eps, arena=arena).eval()
+        model = TFLMStudent(flatbuffer, in_samples, overlap, rate, order, eps, arena=arena, pick_top_tolerance=top).eval()
         bench = BenchModel("student", "tflm", precision, [model], spec=str(path), flatbuffer=flatbuffer,
                            device_bytes=path.stat().st_size)
         bench.arena_bytes = arena

@@ -132,6 +132,16 @@ def test_each_model_is_scored_with_its_own_pick_rule():
     assert B.Curves(100.0, [0], [flat]).picks(0.3)["P"][0].tolist() == [1.0]
 
 
+def test_tflite_variants_pick_as_their_student(models):
+    """A student saved with another pick rule: its TFLite variants are scored with that rule, not the default."""
+    from pipeline.student import load_student
+
+    student = load_student(models / "student" / "student")
+    student.pick_top_tolerance = 0.02
+    [variant] = bm.tflite_variants(models / "tflite", student, ("fp32",), say=lambda *a: None)
+    assert B.pick_rule(variant) == pytest.approx(0.02) != PICK_TOP_TOLERANCE
+
+
 def test_curve_picks_equal_seisbench_classify():
     """Protocol 1 from the annotate curves is exactly what the model's own classify picks."""
     model = tiny(2)
