@@ -101,3 +101,25 @@ def test_peak_index_is_the_centre_of_the_top():
     assert peak_index(broad, 0.3) == 120  # ... not the centre of the top 30 % (samples 104..136)
     assert peak_index(broad, 0.5) == 120  # ... nor the midpoint at half maximum (samples 97..143)
     assert peak_index(broad, PICK_TOP_TOLERANCE) == 120  # the student's default
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_pointwise_training_path_is_the_same_convolution(bias):
+    """PointwiseConv1d trains through an einsum and evaluates (and exports) as nn.Conv1d: same output, same gradients."""
+    from pipeline.student import PointwiseConv1d
+
+    torch.manual_seed(0)
+    layer = PointwiseConv1d(8, 3, bias=bias)
+    x = torch.randn(4, 8, 301, requires_grad=True)
+    layer.train()
+    trained = layer(x)
+    trained.square().sum().backward()
+    grads = [x.grad.clone()] + [p.grad.clone() for p in layer.parameters()]
+    x.grad = None
+    layer.zero_grad()
+    layer.eval()
+    reference = torch.nn.functional.conv1d(x, layer.weight, layer.bias)
+    reference.square().sum().backward()
+    assert torch.allclose(trained, reference, atol=1e-5) and torch.allclose(layer(x), reference)
+    for got, want in zip(grads, [x.grad] + [p.grad for p in layer.parameters()]):
+        assert torch.allclose(got, want, atol=1e-4)
