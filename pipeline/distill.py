@@ -214,7 +214,8 @@ def _train_loader(train: list[_Training], in_samples: int, cfg, windows: int, se
     """Random windows from every training set; traces in which the teacher sees a phase are drawn more often (cache
     mode; on the fly the teacher has not seen the traces yet, so every trace is drawn equally often)."""
     generator = torch.utils.data.ConcatDataset(
-        [generators.training_generator(t.dataset, in_samples, soft_labels=t.soft_labels, wrap=_context(online, in_samples))
+        [generators.training_generator(t.dataset, in_samples, soft_labels=t.soft_labels, wrap=_context(online, in_samples),
+                                       hard_labels=cfg.alpha < 1)
          for t in train]
     )
     weights = []

@@ -196,3 +196,16 @@ def test_random_window_holds_the_pick_where_it_was_and_copies():
     state = {"X": (x[:, :1000], {"trace_p_arrival_sample": 500.0})}
     window(state)
     assert state["X"][0].shape == (3, 3001) and state["X"][0][:, 1000:].max() == 0  # short trace: zero-padded
+
+
+def test_training_chain_without_hard_labels(small_dataset):
+    """alpha = 1 never reads the analyst-pick labels: the chain can leave them out, windows unchanged."""
+    dataset = generators.load_for_training(small_dataset)
+    with_labels = generators.training_generator(dataset, in_samples=3001)
+    without = generators.training_generator(dataset, in_samples=3001, hard_labels=False)
+    np.random.seed(5)
+    a = with_labels[0]
+    np.random.seed(5)
+    b = without[0]
+    assert "y" in a and "y" not in b
+    assert np.array_equal(a["X"], b["X"])
