@@ -155,6 +155,9 @@ class StudentConfig:
     # float model (Hardswish: 91-94 %, below the 97 % bar), so it is the default for a TFLite-Micro-first student
     activation: str = "relu6"
     smooth_output: bool = True  # fixed [1,2,2,2,1]/8 filter on the logits against the stride-4 upsampling ripple
+    # the pick is the midpoint of the samples >= (1 - this) x the peak: 0.5 = half maximum; < 0: the first maximum
+    # (SeisBench's rule). Saved with the student; the firmware and the benchmark pick the same way
+    pick_top_tolerance: float = 0.5
 
 
 @dataclass

@@ -215,6 +215,8 @@ class XiaoNet(sbm.WaveformModel):
             raise EdgepickError(f"student needs base_channels >= 1 and in_samples >= {DOWNSAMPLING}, got {base_channels}, {in_samples}")
         if len(channel_multipliers) != 4:
             raise EdgepickError(f"channel_multipliers needs 4 entries (encoder 1-3, bottleneck), got {channel_multipliers}")
+        if not pick_top_tolerance < 1:  # also refuses NaN
+            raise EdgepickError(f"pick_top_tolerance must be < 1 (a fraction of the peak; < 0: first maximum), got {pick_top_tolerance}")
         if phases != CLASS_ORDER:
             raise EdgepickError(f"the student's class order is fixed to {CLASS_ORDER!r}, got {phases!r}")
         citation = (
@@ -402,6 +404,7 @@ def build_student(config) -> XiaoNet:
         channel_multipliers=tuple(getattr(config, "channel_multipliers", DEFAULT_MULTIPLIERS)),
         activation=getattr(config, "activation", "hardswish"),
         smooth_output=getattr(config, "smooth_output", True),
+        pick_top_tolerance=getattr(config, "pick_top_tolerance", PICK_TOP_TOLERANCE),
     )
 
 

@@ -123,3 +123,15 @@ def test_pointwise_training_path_is_the_same_convolution(bias):
     assert torch.allclose(trained, reference, atol=1e-5) and torch.allclose(layer(x), reference)
     for got, want in zip(grads, [x.grad] + [p.grad for p in layer.parameters()]):
         assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_pick_rule_comes_from_the_config_and_is_saved(tmp_path):
+    from pipeline.student import PICK_TOP_TOLERANCE
+
+    assert Config().student.pick_top_tolerance == PICK_TOP_TOLERANCE  # one default
+    config = Config.load(None, ["student.pick_top_tolerance=0.3", "student.base_channels=2"])
+    model = build_student(config.student)
+    model.save(str(tmp_path / "s"))
+    assert load_student(tmp_path / "s").pick_top_tolerance == pytest.approx(0.3)
+    with pytest.raises(EdgepickError, match="pick_top_tolerance must be < 1"):
+        XiaoNet(base_channels=2, pick_top_tolerance=1.0)
