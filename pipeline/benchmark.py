@@ -826,6 +826,7 @@ def run(config) -> dict:
     for model in models:
         cost_rows.append({"model": model.name, "runtime": model.runtime, "precision": model.precision,
                           "spec": model.spec, "notes": model.notes, "annotate_seconds": annotate_seconds[model.label],
+                          "pick_top_tolerance": pick_rule(model),
                           **bm.costs(model, student, b.latency_repeats)})
     report = {
         "schema": benchmark_report.SCHEMA,

@@ -17,6 +17,15 @@ PHASES = ("P", "S")
 FIGURES = {"residuals": "benchmark_residuals.png", "pr": "benchmark_pr.png", "examples": "benchmark_examples.png"}
 
 
+
+def pick_rule_text(top_tolerance) -> str:
+    """How a model's picks are placed inside a triggered segment (pipeline.student.peak_index)."""
+    if top_tolerance is None:
+        return "first maximum"
+    if abs(top_tolerance - 0.5) < 1e-9:
+        return "midpoint at half maximum"
+    return f"midpoint of samples >= {1 - top_tolerance:g} x maximum"
+
 def _clean(value):
     """JSON-safe: NaN / inf -> null, numpy scalars -> Python, tuples -> lists."""
     if isinstance(value, dict):
@@ -71,12 +80,13 @@ def markdown(report: dict) -> str:
 
     lines += ["## Models and costs", "",
               "| model | params | MACs / window | flatbuffer B | arena B | host ms / window | ESP32 est. ms | ESP32-S3 est. ms "
-              "| annotate s | notes |", "|" + " --- |" * 10]
+              "| annotate s | pick | notes |", "|" + " --- |" * 11]
     for m in report["models"]:
         lines.append(
             f"| {label(m)} | {_n(m['parameters'])} | {_n(m['macs_per_window'])} | {_n(m['flatbuffer_bytes'])} | "
             f"{_n(m['arena_bytes'])} | {_f(m['host_latency_ms'], 2)} | {_f(m['esp32_latency_ms_est'], 0)} | "
-            f"{_f(m['esp32s3_latency_ms_est'], 0)} | {_f(m['annotate_seconds'], 1)} | {'; '.join(m['notes'])} |")
+            f"{_f(m['esp32s3_latency_ms_est'], 0)} | {_f(m['annotate_seconds'], 1)} | {pick_rule_text(m.get('pick_top_tolerance'))} | "
+            f"{'; '.join(m['notes'])} |")
     lines += ["", "ESP32 figures are estimates (MACs x cycles per MAC from Espressif's published person-detection "
               "timings, ESP-NN for INT8; pipeline/boards.py, as `make quantize` prints), not measurements.", ""]
 

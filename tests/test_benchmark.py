@@ -24,7 +24,7 @@ RECORD_FIELDS = {
 MODEL_FIELDS = {
     "model", "runtime", "precision", "spec", "notes", "annotate_seconds", "parameters", "macs_per_window",
     "window_samples", "flatbuffer_bytes", "flatbuffer_expanded_bytes", "arena_bytes", "host_latency_ms",
-    "esp32_latency_ms_est", "esp32s3_latency_ms_est",
+    "esp32_latency_ms_est", "esp32s3_latency_ms_est", "pick_top_tolerance",
 }
 
 
@@ -175,6 +175,8 @@ def test_stage_writes_reports_with_documented_fields(models, dataset, fake_teach
     tflm = [m for m in data["models"] if m["runtime"] == "tflm"]
     assert all(m["arena_bytes"] > 0 and m["flatbuffer_bytes"] > 0 for m in tflm)
     assert tflm[1]["flatbuffer_bytes"] < tflm[0]["flatbuffer_bytes"]  # packed FP16 is smaller
+    assert [m["pick_top_tolerance"] for m in data["models"]] == [None] + [PICK_TOP_TOLERANCE] * 3  # each model's own rule
+    assert "| first maximum |" in (out / "benchmark.md").read_text()
     keys = {(r["model"], r["runtime"], r["precision"], r["reference"], r["phase"], r["tolerance_s"])
             for r in data["records"] if r["subset"] == "all"}
     assert ("student", "tflm", "fp16", "analyst", "S", 0.1) in keys and ("student", "tflm", "fp32", "teacher", "P", 0.5) in keys
