@@ -126,6 +126,9 @@ def test_each_model_is_scored_with_its_own_pick_rule():
     assert B.pick_rule(student) == pytest.approx(PICK_TOP_TOLERANCE)  # the centre of the peak's top, as the student's classify
     teacher = bm.BenchModel("teacher", "pytorch", "fp32", [torch.nn.Identity()])
     assert B.pick_rule(teacher) is None  # SeisBench's first maximum
+    from pipeline.benchmark_report import pick_rule_text
+
+    assert pick_rule_text(None) == "first maximum" and pick_rule_text(0.5) == "midpoint at half maximum"
     flat = np.zeros((2, 400), np.float32)
     flat[0, 100:200] = 0.8  # a flat top: first maximum 100, centre 149
     assert B.Curves(100.0, [0], [flat], top_tolerance=0.02).picks(0.3)["P"][0].tolist() == [1.49]
@@ -175,8 +178,9 @@ def test_stage_writes_reports_with_documented_fields(models, dataset, fake_teach
     tflm = [m for m in data["models"] if m["runtime"] == "tflm"]
     assert all(m["arena_bytes"] > 0 and m["flatbuffer_bytes"] > 0 for m in tflm)
     assert tflm[1]["flatbuffer_bytes"] < tflm[0]["flatbuffer_bytes"]  # packed FP16 is smaller
-    assert [m["pick_top_tolerance"] for m in data["models"]] == [None] + [PICK_TOP_TOLERANCE] * 3  # each model's own rule
-    assert "| first maximum |" in (out / "benchmark.md").read_text()
+    # each model's own pick rule (the fake teacher is a student too)
+    assert [m["pick_top_tolerance"] for m in data["models"]] == [PICK_TOP_TOLERANCE] * 4
+    assert "| midpoint at half maximum |" in (out / "benchmark.md").read_text()
     keys = {(r["model"], r["runtime"], r["precision"], r["reference"], r["phase"], r["tolerance_s"])
             for r in data["records"] if r["subset"] == "all"}
     assert ("student", "tflm", "fp16", "analyst", "S", 0.1) in keys and ("student", "tflm", "fp32", "teacher", "P", 0.5) in keys
