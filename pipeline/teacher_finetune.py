@@ -3,14 +3,16 @@
 The teacher is trained on its own input conventions, the ones it is applied with (:class:`pipeline.teachers.Teacher`):
 its component order and filter (``TeacherInput.prepare`` on the whole trace), windows of its own length around the
 picks, its own normalisation (the model's ``annotate_batch_pre``, exactly what ``annotate`` runs), and SeisBench's
-``ProbabilisticLabeller`` with the model's labels. Loss: cross-entropy of the model's softmax against the Gaussian
-pick labels. AdamW with warm-up and cosine decay, early stopping on the dev loss, a checkpoint every epoch written
+``ProbabilisticLabeller`` (Gaussian pick labels). Loss: PhaseNet (a softmax over P, S, noise): cross-entropy against
+the labels; EQTransformer (three sigmoids: detection, P, S): binary cross-entropy of each, the detection against
+SeisBench's ``DetectionLabeller`` (P to S + 1.4 (S - P)), weighted 0.05 / 0.40 / 0.55 as in Mousavi et al. (2020,
+Nature Communications 11, 3952), how it was trained. AdamW with warm-up and cosine decay, early stopping on the dev loss, a checkpoint every epoch written
 atomically (``teacher.finetune.resume=true`` continues), ``metrics.csv`` and ``loss.png``.
 
 The dev loss of the pretrained weights is measured first and is the bar to beat: the saved model
 (``<out>/teacher/teacher.{json,pt}``, a SeisBench model) is the best on dev of the pretrained and every epoch.
-Use it as a teacher with ``TEACHER=phasenet:<out>`` (a local folder is a weights name, see ``pipeline.teachers``).
-Only softmax pickers (PhaseNet) are supported: EQTransformer's three sigmoids need another loss and labeller.
+Use it as a teacher with ``TEACHER=phasenet:<out>`` or ``eqtransformer:<out>`` (a local folder is a weights name, see
+``pipeline.teachers``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from pipeline import generators, teachers, training
@@ -30,9 +33,34 @@ from pipeline.errors import EdgepickError
 NAME = "teacher"  # SeisBench model name inside the output folder: teacher/teacher.json + teacher.pt
 
 
+EQT_LOSS_WEIGHTS = (0.05, 0.40, 0.55)  # detection, P, S: Mousavi et al. (2020)
+
+
 def cross_entropy(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean over batch and samples of -sum_c labels * log(probabilities); both (batch, classes, samples)."""
     return -(labels * torch.log(probabilities.clamp_min(1e-8))).sum(dim=1).mean()
+
+
+def eqtransformer_loss(outputs, labels: torch.Tensor, detections: torch.Tensor) -> torch.Tensor:
+    """EQTransformer's training loss: weighted binary cross-entropy of its (detection, P, S) sigmoids, each
+    (batch, samples), against the detection boxcar (batch, 1, samples) and the P, S pick labels (batch, 3, samples)."""
+    detection, p, s = outputs
+    targets = (detections[:, 0], labels[:, 0], labels[:, 1])
+    return sum(w * F.binary_cross_entropy(out.clamp(1e-7, 1 - 1e-7), target)
+               for w, out, target in zip(EQT_LOSS_WEIGHTS, (detection, p, s), targets))
+
+
+def is_sigmoid_picker(teacher: teachers.Teacher) -> bool:
+    """EQTransformer-like: (Detection, P, S) sigmoid outputs rather than a softmax over P, S, noise."""
+    return list(teacher.labels)[:1] == ["Detection"]
+
+
+def loss_of(teacher: teachers.Teacher, batch: dict, device) -> torch.Tensor:
+    """The teacher's own training loss on one batch."""
+    outputs = _forward(teacher, batch["X"].to(device))
+    if is_sigmoid_picker(teacher):
+        return eqtransformer_loss(outputs, batch["y"].to(device), batch["detections"].to(device))
+    return cross_entropy(outputs, batch["y"].to(device))
 
 
 def run(config: Config) -> dict:
@@ -71,7 +99,7 @@ def run(config: Config) -> dict:
         losses = []
         for _ in tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False):
             batch, batches = _next(batches, train_loader)
-            loss = cross_entropy(_forward(teacher, batch["X"].to(device)), batch["y"].to(device))
+            loss = loss_of(teacher, batch, device)
             if not torch.isfinite(loss):
                 raise EdgepickError(f"non-finite loss at epoch {epoch + 1}; stopped, the last good checkpoint in {out} is kept "
                                     f"(lower teacher.finetune.learning_rate={cfg.learning_rate})")
@@ -88,14 +116,14 @@ def run(config: Config) -> dict:
         if improved:
             training.save_model(model, out, NAME)
         training.save_checkpoint(out / training.CHECKPOINT, model, optimizer, schedule, state, config)
-        training.write_metrics(out, state["history"], "cross-entropy")
+        training.write_metrics(out, state["history"], "weighted binary cross-entropy" if is_sigmoid_picker(teacher) else "cross-entropy")
         print(f"epoch {epoch + 1}: train {state['history'][-1]['train_loss']:.4f}  dev {dev_loss:.4f}"
               f"{'  (best, saved)' if improved else ''}  {time.time() - started:.0f} s")
         if state["bad_epochs"] >= cfg.patience:
             print(f"early stop: dev loss has not improved for {cfg.patience} epochs")
             break
     print(f"teacher: best dev loss {state['best_dev_loss']:.4f} (pretrained {state['initial_dev_loss']:.4f}); "
-          f"saved in {out / NAME}; use it as TEACHER=phasenet:{out}")
+          f"saved in {out / NAME}; use it as TEACHER={teacher.member.model}:{out}")
     return state
 
 
@@ -104,9 +132,10 @@ def _base_teacher(spec: str) -> teachers.Teacher:
     if len(members) != 1:
         raise EdgepickError(f"make teacher fine-tunes one teacher, not the ensemble {spec!r} (set teacher.finetune.base)")
     teacher = teachers.Teacher(members[0])
-    if "N" not in teacher.labels:
-        raise EdgepickError(f"make teacher supports softmax pickers with a noise class (PhaseNet); {spec} outputs "
-                            f"{teacher.labels}")
+    labels = list(teacher.labels)
+    if not ("N" in labels or labels == ["Detection", "P", "S"]):
+        raise EdgepickError(f"make teacher fine-tunes PhaseNet-like (P, S, noise softmax) and EQTransformer-like "
+                            f"(Detection, P, S sigmoids) pickers; {spec} outputs {labels}")
     return teacher
 
 
@@ -141,14 +170,22 @@ def _loader(dataset, teacher: teachers.Teacher, cfg, train: bool):
 
     columns = generators.phase_columns(dataset)
     n = teacher.in_samples
-    labels = [sbg.ProbabilisticLabeller(label_columns=columns, model_labels=teacher.labels, sigma=cfg.sigma, dim=0)]
+    if is_sigmoid_picker(teacher):
+        p_columns = [c for c, phase in columns.items() if phase == "P"]
+        s_columns = [c for c, phase in columns.items() if phase == "S"]
+        labels = [sbg.ProbabilisticLabeller(label_columns=columns, model_labels="PSN", sigma=cfg.sigma, dim=0),
+                  sbg.DetectionLabeller(p_columns, s_columns, key=("X", "detections"), dim=0)]
+        as_float = generators.float32("X", "y", "detections")
+    else:
+        labels = [sbg.ProbabilisticLabeller(label_columns=columns, model_labels=teacher.labels, sigma=cfg.sigma, dim=0)]
+        as_float = generators.float32("X", "y")
     if train:
         generator = sbg.GenericGenerator(dataset)
         window = generators.random_window_around_picks(columns, n)
     else:
         generator = sbg.SteeredGenerator(dataset, generators.evaluation_windows(dataset, n, seed=cfg.seed))
         window = [sbg.SteeredWindow(windowlen=n, strategy="pad")]
-    generator.add_augmentations([_TeacherInput(teacher.input)] + window + labels + generators.float32("X", "y"))
+    generator.add_augmentations([_TeacherInput(teacher.input)] + window + labels + as_float)
     return torch.utils.data.DataLoader(
         generator, batch_size=cfg.batch_size, shuffle=train, num_workers=cfg.workers if train else 0, drop_last=train,
         worker_init_fn=generators._seed_worker, persistent_workers=train and cfg.workers > 0,
@@ -156,8 +193,9 @@ def _loader(dataset, teacher: teachers.Teacher, cfg, train: bool):
     )
 
 
-def _forward(teacher: teachers.Teacher, x: torch.Tensor) -> torch.Tensor:
-    """The model's (batch, classes, samples) probabilities on windows normalised by its own annotate_batch_pre."""
+def _forward(teacher: teachers.Teacher, x: torch.Tensor):
+    """The model's output on windows normalised by its own annotate_batch_pre: (batch, classes, samples)
+    probabilities (PhaseNet), or a (detection, P, S) tuple of (batch, samples) sigmoids (EQTransformer)."""
     model = teacher.model
     pre = model.annotate_batch_pre(x, argdict=teacher.argdict)
     if isinstance(pre, tuple):
@@ -179,7 +217,7 @@ def _evaluate(teacher: teachers.Teacher, loader, device) -> float:
     teacher.model.eval()
     total, count = 0.0, 0
     for batch in loader:
-        loss = cross_entropy(_forward(teacher, batch["X"].to(device)), batch["y"].to(device))
+        loss = loss_of(teacher, batch, device)
         total += loss.item() * len(batch["X"])
         count += len(batch["X"])
     return total / max(count, 1) if count else math.nan

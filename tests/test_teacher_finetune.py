@@ -37,6 +37,10 @@ def untrained(monkeypatch):
         if member.local:
             return load(member)
         torch.manual_seed(0)
+        if member.model == "eqtransformer":  # the elep conventions: ZNE, std normalisation
+            model = sbm.EQTransformer(in_samples=6000, sampling_rate=100, norm="std", component_order="ZNE")
+            model._weights_version = "1"
+            return model.eval()
         model = sbm.PhaseNet(phases="PSN", norm="peak", component_order="ENZ", sampling_rate=100)
         model._weights_version = "1"
         return model.eval()
@@ -84,6 +88,38 @@ def test_one_epoch_improves_saves_a_loadable_teacher_and_resumes(labelled, tmp_p
     assert (out / "teacher" / "teacher.pt").read_bytes() == saved
 
 
+def test_eqtransformer_fine_tunes_with_its_own_loss_and_is_a_teacher(labelled, tmp_path, untrained):
+    """EQTransformer: 6000-sample windows, detection + P + S sigmoids, weighted binary cross-entropy."""
+    out = tmp_path / "eqt"
+    config = finetune_config(labelled, out, windows_per_epoch=8, batch_size=4, learning_rate=1e-3)
+    config.teacher.name = "eqtransformer:fake"
+    state = teacher_finetune.run(config)
+    (epoch,) = state["history"]
+    assert np.isfinite(epoch["train_loss"]) and np.isfinite(state["initial_dev_loss"])
+    for name in ("checkpoint.pt", "metrics.csv", "loss.png", "teacher/teacher.json", "teacher/teacher.pt"):
+        assert (out / name).is_file(), name
+    (member,) = teachers.parse_teacher_spec(f"eqtransformer:{out}")
+    teacher = teachers.Teacher(member)
+    assert teacher.in_samples == 6000 and teacher.labels == ["Detection", "P", "S"]
+    (dist,) = teacher.predict_traces([np.random.default_rng(0).normal(size=(3, 7000))])
+    assert dist.shape == (3, 7000)
+    np.testing.assert_allclose(dist.sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_eqtransformer_loss_weights_detection_p_and_s():
+    labels = torch.zeros(1, 3, 10)
+    labels[0, 0, 2], labels[0, 1, 6], labels[0, 2] = 1.0, 1.0, 1.0
+    detections = torch.zeros(1, 1, 10)
+    detections[0, 0, 2:8] = 1.0
+    perfect = (detections[:, 0], labels[:, 0], labels[:, 1])
+    assert teacher_finetune.eqtransformer_loss(perfect, labels, detections) < 1e-5
+    wrong_s = (detections[:, 0], labels[:, 0], 1 - labels[:, 1])
+    wrong_p = (detections[:, 0], 1 - labels[:, 0], labels[:, 1])
+    # S errors weigh 0.55, P errors 0.40
+    ratio = teacher_finetune.eqtransformer_loss(wrong_s, labels, detections) / teacher_finetune.eqtransformer_loss(wrong_p, labels, detections)
+    assert ratio == pytest.approx(0.55 / 0.40, rel=1e-4)
+
+
 def test_dataset_without_picks_is_one_clear_error(tmp_path, untrained):
     path = unlabelled_dataset(tmp_path / "unlabelled")
     with pytest.raises(EdgepickError, match="needs analyst picks") as info:
@@ -119,3 +155,14 @@ def test_real_phasenet_okla_fine_tunes_one_short_epoch(labelled, tmp_path, teach
     state = teacher_finetune.run(config)
     assert np.isfinite(state["history"][0]["dev_loss"]) and np.isfinite(state["initial_dev_loss"])
     assert teachers.Teacher(f"phasenet:{out}").component_order == "ENZ"
+
+
+def test_real_eqtransformer_elep_fine_tunes_one_short_epoch(labelled, tmp_path, teacher_cache):
+    out = tmp_path / "elep"
+    config = Config.load(overrides=[f"teacher.finetune.dataset={labelled}", f"teacher.finetune.out={out}",
+                                    "teacher.name=eqtransformer:elep", "teacher.finetune.epochs=1",
+                                    "teacher.finetune.windows_per_epoch=8", "teacher.finetune.batch_size=4",
+                                    "teacher.finetune.workers=0"])
+    state = teacher_finetune.run(config)
+    assert np.isfinite(state["history"][0]["dev_loss"]) and np.isfinite(state["initial_dev_loss"])
+    assert teachers.Teacher(f"eqtransformer:{out}").labels == ["Detection", "P", "S"]
