@@ -40,9 +40,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.artifacts import atomic_dir, atomic_write_bytes, atomic_write_text
+from pipeline.artifacts import atomic_dir
 from pipeline.errors import EdgepickError
-from pipeline.student import CLASS_ORDER, NORM_EPS, PICK_TOP_TOLERANCE, XiaoNet, load_student, normalize_windows, same_padding, window_padding
+from pipeline.student import CLASS_ORDER, NORM_EPS, PICK_TOP_TOLERANCE, XiaoNet, load_student, normalize_windows, same_padding
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow is imported lazily, after this: its C++ INFO lines bury the report
 log = logging.getLogger(__name__)

@@ -136,17 +136,10 @@ def test_fp16_expand_matches_python_packer(driver, tmp_path):
 # Normalisation and ring buffer (float <= 1e-5; copies exact)
 # ---------------------------------------------------------------------------------------------------------------
 def normalize_reference(window: np.ndarray) -> np.ndarray:
-    """(3, n) -> (3, n): the student's own normalisation when importable, else its documented formula."""
-    try:
-        from pipeline.student import normalize_windows
+    """(3, n) -> (3, n): the student's own normalisation, which the firmware reproduces."""
+    from pipeline.student import normalize_windows
 
-        return normalize_windows(window[None], EPS)[0]
-    except ImportError:
-        x = window.astype(np.float64)
-        x = x - x.mean(axis=-1, keepdims=True)
-        peak = np.abs(x).max(axis=-1, keepdims=True)
-        scale = peak + EPS * peak.max()
-        return (x / np.where(scale > 0, scale, 1.0)).astype(np.float32)
+    return normalize_windows(window.astype(np.float32), EPS)
 
 
 @pytest.mark.parametrize("layout", ["last", "first"])
@@ -527,12 +520,6 @@ def int8_student_tflite(n: int) -> bytes:
     windows = np.stack([normalize_reference(w) for w in windows]) + rng.normal(0, 0.01, (8, 3, n)).astype(np.float32)
     result = Q.quantize_student(model, windows, windows[:2], ("int8",), measure_arena=False)
     return result.flatbuffers["int8"]
-
-
-def normalize_reference(window: np.ndarray) -> np.ndarray:
-    from pipeline.student import normalize_windows
-
-    return normalize_windows(window.astype(np.float32), EPS)
 
 
 @pytest.mark.skipif(not hasattr(os, "openpty") or not hasattr(os, "mkfifo"), reason="no pseudo-terminals / fifos")
