@@ -315,7 +315,12 @@ def _coerce(value: object, annotation: object, dotted: str) -> object:
         annotation, origin = options[0], typing.get_origin(options[0])
     try:
         if origin is tuple:
-            items = value.split(",") if isinstance(value, str) else list(value)
+            if isinstance(value, str):
+                items = value.split(",")
+            elif isinstance(value, (list, tuple)):
+                items = list(value)
+            else:  # one value (`--set sweep.base_channels=8` arrives as the number 8)
+                items = [value]
             args = typing.get_args(annotation)
             return tuple(_coerce(v, args[0], dotted) for v in items)
         if annotation is bool:

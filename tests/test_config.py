@@ -13,6 +13,8 @@ def test_overrides_are_typed(tmp_path):
     assert config.data.synthetic.n_traces == 12
     assert config.data.synthetic.snr_db_min == 3.0 and isinstance(config.data.synthetic.snr_db_min, float)
     assert config.data.split_fractions == (0.8, 0.1, 0.1)
+    one = Config.load(None, ["sweep.base_channels=8", "sweep.temperatures=2"])  # one-item lists
+    assert one.sweep.base_channels == (8,) and one.sweep.temperatures == (2.0,)
 
 
 @pytest.mark.parametrize("override", ["data.nope=1", "data.synthetic.n_traces=abc", "data=1", "no-equals-sign"])
