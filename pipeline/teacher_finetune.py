@@ -6,8 +6,9 @@ picks, its own normalisation (the model's ``annotate_batch_pre``, exactly what `
 ``ProbabilisticLabeller`` (Gaussian pick labels). Loss: PhaseNet (a softmax over P, S, noise): cross-entropy against
 the labels; EQTransformer (three sigmoids: detection, P, S): binary cross-entropy of each, the detection against
 SeisBench's ``DetectionLabeller`` (P to S + 1.4 (S - P)), weighted 0.05 / 0.40 / 0.55 as in Mousavi et al. (2020,
-Nature Communications 11, 3952), how it was trained. AdamW with warm-up and cosine decay, early stopping on the dev loss, a checkpoint every epoch written
-atomically (``teacher.finetune.resume=true`` continues), ``metrics.csv`` and ``loss.png``.
+Nature Communications 11, 3952), how it was trained. AdamW with warm-up and cosine decay, early stopping on the
+dev loss, a checkpoint every epoch written atomically (``teacher.finetune.resume=true`` continues), ``metrics.csv``
+and ``loss.png``.
 
 The dev loss of the pretrained weights is measured first and is the bar to beat: the saved model
 (``<out>/teacher/teacher.{json,pt}``, a SeisBench model) is the best on dev of the pretrained and every epoch.
@@ -31,8 +32,6 @@ from pipeline.config import Config
 from pipeline.errors import EdgepickError
 
 NAME = "teacher"  # SeisBench model name inside the output folder: teacher/teacher.json + teacher.pt
-
-
 EQT_LOSS_WEIGHTS = (0.05, 0.40, 0.55)  # detection, P, S: Mousavi et al. (2020)
 
 
@@ -52,7 +51,7 @@ def eqtransformer_loss(outputs, labels: torch.Tensor, detections: torch.Tensor) 
 
 def is_sigmoid_picker(teacher: teachers.Teacher) -> bool:
     """EQTransformer-like: (Detection, P, S) sigmoid outputs rather than a softmax over P, S, noise."""
-    return list(teacher.labels)[:1] == ["Detection"]
+    return list(teacher.labels) == ["Detection", "P", "S"]
 
 
 def loss_of(teacher: teachers.Teacher, batch: dict, device) -> torch.Tensor:
@@ -132,10 +131,9 @@ def _base_teacher(spec: str) -> teachers.Teacher:
     if len(members) != 1:
         raise EdgepickError(f"make teacher fine-tunes one teacher, not the ensemble {spec!r} (set teacher.finetune.base)")
     teacher = teachers.Teacher(members[0])
-    labels = list(teacher.labels)
-    if not ("N" in labels or labels == ["Detection", "P", "S"]):
+    if not ("N" in teacher.labels or is_sigmoid_picker(teacher)):
         raise EdgepickError(f"make teacher fine-tunes PhaseNet-like (P, S, noise softmax) and EQTransformer-like "
-                            f"(Detection, P, S sigmoids) pickers; {spec} outputs {labels}")
+                            f"(Detection, P, S sigmoids) pickers; {spec} outputs {list(teacher.labels)}")
     return teacher
 
 
