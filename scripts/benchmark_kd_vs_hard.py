@@ -27,6 +27,7 @@ import benchmark_student  # noqa: E402
 
 from pipeline import distill, teachers, training  # noqa: E402
 from pipeline.config import Config  # noqa: E402
+from pipeline.errors import EdgepickError  # noqa: E402
 from pipeline.student import load_student  # noqa: E402
 
 
@@ -60,10 +61,9 @@ def main() -> None:
     config = Config.load(None, args.set)
     kd_alpha = config.distill.alpha if config.distill.alpha > 0 else 1.0
     out = Path(args.out)
-    runs = {
-        f"kd (T {config.distill.temperature:g}, alpha {kd_alpha:g})": train(args, kd_alpha, out / "kd"),
-        "hard labels (alpha 0)": train(args, 0.0, out / "hard"),
-    }
+    hard = train(args, 0.0, out / "hard")  # first: distill refuses data without picks before any training
+    runs = {f"kd (T {config.distill.temperature:g}, alpha {kd_alpha:g})": train(args, kd_alpha, out / "kd"),
+            "hard labels (alpha 0)": hard}
     [member] = teachers.parse_teacher_spec(config.teacher.name)
     models = {f"teacher {config.teacher.name}": teachers.load_model(member)}
     models.update({name: load_student(path) for name, path in runs.items()})
@@ -91,4 +91,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except EdgepickError as error:  # bad input (unlabelled data, missing teacher weights): one line, exit 1
+        sys.exit(f"benchmark_kd_vs_hard: {error}")
