@@ -17,7 +17,6 @@ PHASES = ("P", "S")
 FIGURES = {"residuals": "benchmark_residuals.png", "pr": "benchmark_pr.png", "examples": "benchmark_examples.png"}
 
 
-
 def pick_rule_text(top_tolerance) -> str:
     """How a model's picks are placed inside a triggered segment (pipeline.student.peak_index)."""
     if top_tolerance is None:
@@ -25,6 +24,7 @@ def pick_rule_text(top_tolerance) -> str:
     if abs(top_tolerance - 0.5) < 1e-9:
         return "midpoint at half maximum"
     return f"midpoint of samples >= {1 - top_tolerance:g} x maximum"
+
 
 def _clean(value):
     """JSON-safe: NaN / inf -> null, numpy scalars -> Python, tuples -> lists."""

@@ -9,8 +9,8 @@
 //     least (1 - t) times it, at most kTopHalfWidth on each side (pipeline.student.peak_index); the student's
 //     t = 0.5 is the midpoint of the peak's full width at half maximum. Its P and S peaks are flat, broad or
 //     multi-humped at the top, so the first maximum is arbitrary: INT8 rounding moved it by 10-70 samples; the
-//     midpoint at half maximum sits on the steep flanks and stays put. There is no other minimum distance: two picks of one phase are
-//     separated by at least one sample below threshold / 2.
+//     midpoint at half maximum sits on the steep flanks and stays put. There is no other minimum distance:
+//     two picks of one phase are separated by at least one sample below threshold / 2.
 // Everything here is streaming: samples are finalised in order and picks come out as soon as the trigger
 // switches off.
 #pragma once
