@@ -1,5 +1,20 @@
 """The error every stage raises for bad input: the CLI prints its message as one line and exits non-zero."""
 
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
 
 class EdgepickError(Exception):
     """Bad input or an impossible request, explained in one line."""
+
+
+def run_script(main: Callable[[], object]) -> None:
+    """Run a benchmark script's ``main``: bad input ends it with one line on stderr and exit status 1, as the CLI
+    ends a stage (its name first), not with a traceback."""
+    try:
+        main()
+    except EdgepickError as error:
+        sys.exit(f"{Path(sys.argv[0]).stem}: error: {error}")

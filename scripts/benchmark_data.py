@@ -18,6 +18,7 @@ import torch
 
 from pipeline import data, generators
 from pipeline.config import Config
+from pipeline.errors import run_script
 
 
 def main() -> None:
@@ -65,4 +66,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)  # bad input: one line, exit 1

@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import distill, teachers  # noqa: E402
 from pipeline.config import Config  # noqa: E402
+from pipeline.errors import run_script  # noqa: E402
 
 
 def config_for(mode: str, args, out: Path) -> Config:
@@ -105,4 +106,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)  # bad input: one line, exit 1

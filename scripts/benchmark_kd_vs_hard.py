@@ -27,7 +27,7 @@ import benchmark_student  # noqa: E402
 
 from pipeline import distill, teachers, training  # noqa: E402
 from pipeline.config import Config  # noqa: E402
-from pipeline.errors import EdgepickError  # noqa: E402
+from pipeline.errors import run_script  # noqa: E402
 from pipeline.student import load_student  # noqa: E402
 
 
@@ -91,7 +91,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except EdgepickError as error:  # bad input (unlabelled data, missing teacher weights): one line, exit 1
-        sys.exit(f"benchmark_kd_vs_hard: {error}")
+    run_script(main)  # bad input (unlabelled data, missing teacher weights): one line, exit 1

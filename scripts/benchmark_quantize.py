@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import boards  # noqa: E402
 from pipeline import quantize as Q  # noqa: E402
+from pipeline.errors import run_script  # noqa: E402
 from pipeline.student import XiaoNet, load_student, normalize_windows, phasenet_macs  # noqa: E402
 
 def main() -> None:
@@ -88,4 +89,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)  # bad input: one line, exit 1

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import DataConfig  # noqa: E402
 from pipeline.data import open_dataset, write_dataset  # noqa: E402
+from pipeline.errors import run_script  # noqa: E402
 from pipeline.teachers import OnTheFlyTeacher, SoftLabelCache, Teacher, build_soft_labels  # noqa: E402
 
 STEAD50 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "stead50"
@@ -136,4 +137,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)  # bad input: one line, exit 1

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import benchmark, data, teachers
+from pipeline.errors import run_script
 from pipeline.student import count_macs, load_student
 
 SP_BINS = ((0.0, 2.0, "S-P < 2 s"), (2.0, 5.0, "S-P 2-5 s"), (5.0, np.inf, "S-P > 5 s"))
@@ -88,4 +89,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)  # bad input: one line, exit 1

@@ -271,3 +271,23 @@ def test_teacher_on_stead50_agrees_with_notes(teacher_cache, shared, tmp_path):
     notes = {("P", 0.5): 0.871, ("S", 0.5): 0.970, ("P", 0.1): 0.713, ("S", 0.1): 0.594}
     for (phase, tol), f1 in notes.items():
         assert scored[phase][tol]["f1"] == pytest.approx(f1, abs=0.03), (phase, tol)
+
+
+@pytest.mark.parametrize("script", ["benchmark_student.py", "benchmark_quantize.py", "benchmark_kd_vs_hard.py"])
+def test_benchmark_scripts_end_bad_input_with_one_line(script, tmp_path):
+    """A benchmark script given a student or dataset that is not there: one line on stderr, exit 1, no traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    missing = str(tmp_path / "missing")
+    args = {"benchmark_student.py": ["--student", missing, "--dataset", missing],
+            "benchmark_quantize.py": ["--student", missing],
+            "benchmark_kd_vs_hard.py": ["--dataset", missing, "--json", str(tmp_path / "out.json")]}[script]
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(root / "scripts" / script), *args], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=300)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{Path(script).stem}: error: ") and "missing" in lines[0], result.stderr
+    assert not (tmp_path / "out.json").exists()
