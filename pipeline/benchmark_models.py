@@ -77,11 +77,15 @@ class TFLMStudent(_xiaonet()):
 
     def __init__(self, flatbuffer: bytes, in_samples: int, overlap: int, sampling_rate: float = 100.0,
                  component_order: str = "ZNE", norm_eps: float = 1e-6, arena: int | None = None,
-                 pick_top_tolerance: float = PICK_TOP_TOLERANCE):
+                 pick_top_tolerance: float = PICK_TOP_TOLERANCE, blinding: tuple[int, int] | None = None):
+        from pipeline.student import default_blinding
+
         super().__init__(base_channels=1, in_samples=in_samples, channel_multipliers=(1, 1, 1, 1),
                          sampling_rate=sampling_rate, component_order=component_order, norm_eps=norm_eps,
                          pick_top_tolerance=pick_top_tolerance)
         self.default_args["overlap"] = int(overlap)
+        blinding = (default_blinding(overlap),) * 2 if blinding is None else blinding
+        self.default_args["blinding"] = (int(blinding[0]), int(blinding[1]))
         self.flatbuffer = flatbuffer
         self.arena = arena
 
@@ -144,14 +148,17 @@ def tflite_variants(folder: str | Path, student, precisions=("fp32", "fp16", "in
                 raise EdgepickError(f"{path} takes {in_samples}-sample windows but the student takes {student.in_samples}")
             overlap = student.in_samples - hop_samples(student)
             order, eps = student.component_order, student.norm_eps
-            top = student.pick_top_tolerance  # the variant picks as the student it came from
+            top = student.pick_top_tolerance  # the variant picks (and blinds) as the student it came from
+            blinding = student.default_args.get("blinding")
         else:
             overlap = in_samples - int(info.get("hop_samples", in_samples // 2 + 1))
             order, eps = "ZNE", 1e-6
             top = float(info.get("pick_top_tolerance", PICK_TOP_TOLERANCE))
+            blinding = info.get("blinding")
         sample = _sample_input(flatbuffer)
         arena = minimal_arena(flatbuffer, sample)
-        model = TFLMStudent(flatbuffer, in_samples, overlap, rate, order, eps, arena=arena, pick_top_tolerance=top).eval()
+        model = TFLMStudent(flatbuffer, in_samples, overlap, rate, order, eps, arena=arena, pick_top_tolerance=top,
+                            blinding=blinding).eval()
         bench = BenchModel("student", "tflm", precision, [model], spec=str(path), flatbuffer=flatbuffer,
                            device_bytes=path.stat().st_size)
         bench.arena_bytes = arena

@@ -1089,6 +1089,8 @@ def config_header(info: dict, budget: dict) -> str:
         f"#define EDGEPICK_ARENA_ALLOC_BYTES {budget['arena_alloc_bytes']}u  // with the margin, rounded to 16",
         f"#define EDGEPICK_WINDOW_SAMPLES {info['in_samples']}",
         f"#define EDGEPICK_HOP_SAMPLES {info['hop_samples']}",
+        f"#define EDGEPICK_BLIND_PRE {int(info.get('blinding', (0, 0))[0])}  // predictions left out at each window's start",
+        f"#define EDGEPICK_BLIND_POST {int(info.get('blinding', (0, 0))[1])}  // ... and end (SeisBench's blinding)",
         f"#define EDGEPICK_SAMPLING_RATE_HZ {float(info['sampling_rate'])!r}f",
         "#define EDGEPICK_COMPONENTS 3",
         "#define EDGEPICK_COMPONENT_ORDER \"ZNE\"",
@@ -1355,6 +1357,7 @@ def run(config) -> QuantizeResult:
     budgets = {}
     for precision, info in result.variants.items():
         info["hop_samples"] = hop_samples(model)
+        info["blinding"] = [int(b) for b in model.default_args.get("blinding", (0, 0))]
         info["sampling_rate"] = float(model.sampling_rate)
         info["macs"] = model.count_macs()
         info["estimated_latency"] = boards.estimate_latency(

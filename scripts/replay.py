@@ -7,9 +7,9 @@
 The device speaks the line protocol of firmware/lib/edgepick_core/src/ep_line_parser.h: this script sends
 "#reset", "#t0 <epoch>", one "index z n e" line per 100 Hz sample and "#end", and reads the JSON lines the
 device prints (picks, info/warn/error messages, timings) until the end-of-stream summary. Picks are printed as
-JSON lines (or written to --out) with their absolute time. ``--compare`` also runs the Python reference of the
-firmware (pipeline.flash.stream_reference with the student, models/student by default) and reports the
-differences.
+JSON lines (or written to --out) with their absolute time. To check them against the Python reference of the
+firmware, run ``pipeline.flash.stream_reference`` with the student's blinding and pick rule on the same samples
+(tests/test_firmware.py does so against the host build of the firmware's core).
 """
 
 from __future__ import annotations

@@ -260,8 +260,9 @@ def stream_text(x: np.ndarray, indexed: bool = False) -> str:
 TOP = PICK_TOP_TOLERANCE  # the student's pick_top_tolerance
 
 
-def stream_args(exact=1, layout="last", max_gap=100, thresholds=(0.3, 0.3)):
-    return ["stream", IN_SAMPLES, HOP, exact, 0, 0, f"{EPS:g}", thresholds[0], thresholds[1], max_gap, layout, TOP, "square"]
+def stream_args(exact=1, layout="last", max_gap=100, thresholds=(0.3, 0.3), blinding=(0, 0)):
+    return ["stream", IN_SAMPLES, HOP, exact, blinding[0], blinding[1], f"{EPS:g}", thresholds[0], thresholds[1], max_gap,
+            layout, TOP, "square"]
 
 
 def compare_picks(got: list[dict], ref: list[dict]):
@@ -271,13 +272,13 @@ def compare_picks(got: list[dict], ref: list[dict]):
         assert abs(g["time"] - r["time"]) <= 1e-6
 
 
-@pytest.mark.parametrize("layout", ["last", "first"])
-def test_stream_matches_python_pipeline(driver, layout):
+@pytest.mark.parametrize("layout,blinding", [("last", (0, 0)), ("first", (0, 0)), ("last", (100, 60))])
+def test_stream_matches_python_pipeline(driver, layout, blinding):
     from pipeline.flash import parse_pick_lines, stream_reference
 
     x = synthetic_stream()
-    ref, stacked = stream_reference(x, square_model, IN_SAMPLES, HOP, 0.3, EPS, top_tolerance=TOP)
-    lines = run(driver, *stream_args(layout=layout), stdin=stream_text(x)).splitlines()
+    ref, stacked = stream_reference(x, square_model, IN_SAMPLES, HOP, 0.3, EPS, blinding=blinding, top_tolerance=TOP)
+    lines = run(driver, *stream_args(layout=layout, blinding=blinding), stdin=stream_text(x)).splitlines()
     assert all(json.loads(line) for line in lines)  # every output line is JSON
     got = parse_pick_lines(lines)
     assert len(ref) >= 4 and {p["phase"] for p in ref} == {"P", "S"}
@@ -306,7 +307,9 @@ def test_stream_matches_seisbench_classify(driver):
     ref = sorted(({"phase": p.phase, "sample": int(round((p.peak_time - start) * 100)), "prob": float(p.peak_value),
                    "on": int(round((p.start_time - start) * 100)), "off": int(round((p.end_time - start) * 100))}
                   for p in picks), key=lambda p: (p["sample"], p["phase"]))
-    got = parse_pick_lines(run(driver, *stream_args(), stdin=stream_text(x)).splitlines())
+    blinding = model.default_args["blinding"]  # the student's default: the firmware gets it from model_config.h
+    assert blinding[0] > 0
+    got = parse_pick_lines(run(driver, *stream_args(blinding=blinding), stdin=stream_text(x)).splitlines())
     assert len(ref) >= 4
     for p in ref:
         p["time"] = p["sample"] / 100.0

@@ -119,9 +119,12 @@ def test_c_expander_matches_python(result, tmp_path):
 
 
 def test_c_array_round_trip_and_config_header(result, tmp_path):
-    info = dict(result.variants["int8"], hop_samples=Q.hop_samples(XiaoNet(2, SAMPLES)), sampling_rate=100.0)
+    info = dict(result.variants["int8"], hop_samples=Q.hop_samples(XiaoNet(2, SAMPLES)), sampling_rate=100.0,
+                blinding=[120, 130])
     budget = boards.check_budget(boards.get_board("esp32"), info)
     files = Q.write_firmware(tmp_path / "model", result.flatbuffers["int8"], info, budget)
+    assert "#define EDGEPICK_BLIND_PRE 120 " in files["model_config.h"]
+    assert "#define EDGEPICK_BLIND_POST 130 " in files["model_config.h"]
     assert Q.parse_c_array((tmp_path / "model" / "model_data.cc").read_text()) == result.flatbuffers["int8"]
     assert "alignas(16)" in files["model_data.cc"]
     if shutil.which("g++"):

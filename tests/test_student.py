@@ -1,5 +1,7 @@
 """The XiaoNet-style student: shapes, probabilities, SeisBench save/load/annotate/classify, MAC budget."""
 
+import json
+
 import numpy as np
 import obspy
 import pytest
@@ -129,6 +131,41 @@ def test_training_layout_gives_the_same_scores_and_gradients(samples):
     model.train()
     model.logits(x)
     assert seen == [3, 4]  # evaluation (and the export) runs the 1-D layers by default, training the 2-D ones
+
+
+def test_blinding_is_the_receptive_field_and_no_pick_comes_from_a_stream_start(tmp_path):
+    """Default blinding = how far the network looks past a sample (measured here by gradients), at most half the
+    overlap; saved with the student, added to students saved before it existed; no picks at a stream's start."""
+    from pipeline.student import RECEPTIVE_RADIUS, default_blinding
+
+    torch.manual_seed(0)
+    model = XiaoNet(base_channels=2, in_samples=1001).eval()
+    reach = 0
+    for centre in range(500 - 32, 500 + 32):  # every phase of the 64-sample internal grid
+        x = torch.randn(1, 3, 1001, requires_grad=True)
+        model.logits(x)[0, 0, centre].backward()
+        seen = (x.grad.abs().sum(dim=1)[0] > 0).nonzero().flatten()
+        reach = max(reach, centre - int(seen.min()), int(seen.max()) - centre)
+    assert reach == RECEPTIVE_RADIUS
+    assert XiaoNet(base_channels=2).default_args["blinding"] == (RECEPTIVE_RADIUS, RECEPTIVE_RADIUS)  # 3001, overlap 1500
+    assert model.default_args["blinding"] == (250, 250) == (default_blinding(500),) * 2  # 1001: half the overlap
+    model.save(str(tmp_path / "s"))
+    assert tuple(load_student(tmp_path / "s").default_args["blinding"]) == (250, 250)
+    saved = json.loads((tmp_path / "s.json").read_text())
+    saved["default_args"].pop("blinding")  # a student saved before blinding existed
+    (tmp_path / "s.json").write_text(json.dumps(saved))
+    assert tuple(load_student(tmp_path / "s").default_args["blinding"]) == (250, 250)
+
+    step = np.zeros((3, 4000), dtype=np.float32)
+    step[:, :50] = 0.0
+    step[:, 50:] = np.random.default_rng(0).normal(size=(3, 3950))  # data starts flat, then noise: no onset
+    stream = obspy.Stream([obspy.Trace(step[i], header={"channel": f"HH{c}", "sampling_rate": 100.0})
+                           for i, c in enumerate("ZNE")])
+    annotations = XiaoNet(base_channels=2).eval().annotate(stream)
+    p = annotations.select(channel="XiaoNet_P")[0]
+    assert p.stats.starttime - stream[0].stats.starttime == pytest.approx(RECEPTIVE_RADIUS / 100)  # nothing before
+    assert p.stats.endtime - stream[0].stats.endtime == pytest.approx(-RECEPTIVE_RADIUS / 100)
+    assert np.isfinite(p.data).all()  # ... and every sample in between is covered by some window's interior
 
 
 def test_pick_rule_comes_from_the_config_and_is_saved(tmp_path):

@@ -94,6 +94,8 @@ bool setup() {
   edgepick::StreamConfig config;
   config.in_samples = EDGEPICK_WINDOW_SAMPLES;
   config.hop = EDGEPICK_HOP_SAMPLES;
+  config.blind_pre = EDGEPICK_BLIND_PRE;
+  config.blind_post = EDGEPICK_BLIND_POST;
   config.input_layout = edgepick::Layout::kChannelsLast;  // [1][samples][1][3]
   config.output_channels_last = true;
   config.n_classes = kClasses;
