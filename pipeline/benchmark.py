@@ -200,10 +200,12 @@ def predict_picks(
     component_order: str,
     threshold: float = 0.3,
     batch_size: int = 64,
+    **classify_args,
 ) -> dict[str, list[np.ndarray]]:
-    """Run ``model.classify`` on whole traces; per phase, per trace: pick times (s) from the trace start."""
+    """Run ``model.classify`` on whole traces; per phase, per trace: pick times (s) from the trace start.
+    ``classify_args`` override the model's annotate defaults (e.g. ``blinding``)."""
     stream = traces_to_stream(waveforms, sampling_rate, component_order)
-    output = model.classify(stream, P_threshold=threshold, S_threshold=threshold, batch_size=batch_size)
+    output = model.classify(stream, P_threshold=threshold, S_threshold=threshold, batch_size=batch_size, **classify_args)
     picks: dict[str, list[list[float]]] = {phase: [[] for _ in waveforms] for phase in PHASES}
     for pick in output.picks:
         phase = str(pick.phase).upper()

@@ -273,7 +273,8 @@ def test_teacher_on_stead50_agrees_with_notes(teacher_cache, shared, tmp_path):
         assert scored[phase][tol]["f1"] == pytest.approx(f1, abs=0.03), (phase, tol)
 
 
-@pytest.mark.parametrize("script", ["benchmark_student.py", "benchmark_quantize.py", "benchmark_kd_vs_hard.py"])
+@pytest.mark.parametrize("script", ["benchmark_student.py", "benchmark_quantize.py", "benchmark_kd_vs_hard.py",
+                                    "benchmark_blinding.py"])
 def test_benchmark_scripts_end_bad_input_with_one_line(script, tmp_path):
     """A benchmark script given a student or dataset that is not there: one line on stderr, exit 1, no traceback."""
     import subprocess
@@ -283,7 +284,8 @@ def test_benchmark_scripts_end_bad_input_with_one_line(script, tmp_path):
     missing = str(tmp_path / "missing")
     args = {"benchmark_student.py": ["--student", missing, "--dataset", missing],
             "benchmark_quantize.py": ["--student", missing],
-            "benchmark_kd_vs_hard.py": ["--dataset", missing, "--json", str(tmp_path / "out.json")]}[script]
+            "benchmark_kd_vs_hard.py": ["--dataset", missing, "--json", str(tmp_path / "out.json")],
+            "benchmark_blinding.py": ["--student", missing, "--dataset", missing, "--json", str(tmp_path / "out.json")]}[script]
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, str(root / "scripts" / script), *args], capture_output=True, text=True,
                             cwd=tmp_path, timeout=300)
