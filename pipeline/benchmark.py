@@ -407,6 +407,16 @@ def pick_rule(model) -> float | None:
     return None if tolerance is None or tolerance < 0 else float(tolerance)
 
 
+def blinding(model) -> list[int] | None:
+    """The samples each member's annotate leaves out at each window's (start, end) (SeisBench's ``blinding``: the
+    student's default is its receptive field, SeisBench's PhaseNet has none); None for an ensemble."""
+    if len(model.members) != 1:
+        return None
+    member = model.members[0]
+    value = member.default_args.get("blinding", member._annotate_args.get("blinding", (None, (0, 0)))[1])
+    return [int(value[0]), int(value[1])]
+
+
 def dataset_curves(model, waveforms: Sequence[np.ndarray], rate: float, component_order: str,
                    traces_per_call: int = 64, batch_size: int = 64, progress: bool = True) -> Curves:
     """Curves of every whole trace (station ``T<i>``), annotated ``traces_per_call`` traces per call."""
@@ -828,7 +838,7 @@ def run(config) -> dict:
     for model in models:
         cost_rows.append({"model": model.name, "runtime": model.runtime, "precision": model.precision,
                           "spec": model.spec, "notes": model.notes, "annotate_seconds": annotate_seconds[model.label],
-                          "pick_top_tolerance": pick_rule(model),
+                          "pick_top_tolerance": pick_rule(model), "blinding": blinding(model),
                           **bm.costs(model, student, b.latency_repeats)})
     report = {
         "schema": benchmark_report.SCHEMA,

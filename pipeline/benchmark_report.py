@@ -17,13 +17,18 @@ PHASES = ("P", "S")
 FIGURES = {"residuals": "benchmark_residuals.png", "pr": "benchmark_pr.png", "examples": "benchmark_examples.png"}
 
 
-def pick_rule_text(top_tolerance) -> str:
-    """How a model's picks are placed inside a triggered segment (pipeline.student.peak_index)."""
+def pick_rule_text(top_tolerance, blinding=None) -> str:
+    """How a model's picks are placed inside a triggered segment (pipeline.student.peak_index), and how many
+    samples its annotate leaves out at each window's ends (SeisBench's blinding)."""
     if top_tolerance is None:
-        return "first maximum"
-    if abs(top_tolerance - 0.5) < 1e-9:
-        return "midpoint at half maximum"
-    return f"midpoint of samples >= {1 - top_tolerance:g} x maximum"
+        text = "first maximum"
+    elif abs(top_tolerance - 0.5) < 1e-9:
+        text = "midpoint at half maximum"
+    else:
+        text = f"midpoint of samples >= {1 - top_tolerance:g} x maximum"
+    if blinding and any(blinding):
+        text += f"; blinds {blinding[0]} / {blinding[1]} samples"
+    return text
 
 
 def _clean(value):
@@ -85,7 +90,7 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {label(m)} | {_n(m['parameters'])} | {_n(m['macs_per_window'])} | {_n(m['flatbuffer_bytes'])} | "
             f"{_n(m['arena_bytes'])} | {_f(m['host_latency_ms'], 2)} | {_f(m['esp32_latency_ms_est'], 0)} | "
-            f"{_f(m['esp32s3_latency_ms_est'], 0)} | {_f(m['annotate_seconds'], 1)} | {pick_rule_text(m.get('pick_top_tolerance'))} | "
+            f"{_f(m['esp32s3_latency_ms_est'], 0)} | {_f(m['annotate_seconds'], 1)} | {pick_rule_text(m.get('pick_top_tolerance'), m.get('blinding'))} | "
             f"{'; '.join(m['notes'])} |")
     lines += ["", "ESP32 figures are estimates (MACs x cycles per MAC from Espressif's published person-detection "
               "timings, ESP-NN for INT8; pipeline/boards.py, as `make quantize` prints), not measurements.", ""]

@@ -13,7 +13,7 @@ from pipeline import benchmark_models as bm
 from pipeline import quantize as Q
 from pipeline.config import Config
 from pipeline.errors import EdgepickError
-from pipeline.student import PICK_TOP_TOLERANCE, XiaoNet, normalize_windows
+from pipeline.student import PICK_TOP_TOLERANCE, XiaoNet, default_blinding, normalize_windows
 
 SAMPLES = 1001
 RECORD_FIELDS = {
@@ -24,7 +24,7 @@ RECORD_FIELDS = {
 MODEL_FIELDS = {
     "model", "runtime", "precision", "spec", "notes", "annotate_seconds", "parameters", "macs_per_window",
     "window_samples", "flatbuffer_bytes", "flatbuffer_expanded_bytes", "arena_bytes", "host_latency_ms",
-    "esp32_latency_ms_est", "esp32s3_latency_ms_est", "pick_top_tolerance",
+    "esp32_latency_ms_est", "esp32s3_latency_ms_est", "pick_top_tolerance", "blinding",
 }
 
 
@@ -180,7 +180,9 @@ def test_stage_writes_reports_with_documented_fields(models, dataset, fake_teach
     assert tflm[1]["flatbuffer_bytes"] < tflm[0]["flatbuffer_bytes"]  # packed FP16 is smaller
     # each model's own pick rule (the fake teacher is a student too)
     assert [m["pick_top_tolerance"] for m in data["models"]] == [PICK_TOP_TOLERANCE] * 4
-    assert "| midpoint at half maximum |" in (out / "benchmark.md").read_text()
+    blind = default_blinding(SAMPLES // 2)
+    assert [m["blinding"] for m in data["models"]] == [[blind, blind]] * 4  # the TFLite variants blind as the student
+    assert f"| midpoint at half maximum; blinds {blind} / {blind} samples |" in (out / "benchmark.md").read_text()
     keys = {(r["model"], r["runtime"], r["precision"], r["reference"], r["phase"], r["tolerance_s"])
             for r in data["records"] if r["subset"] == "all"}
     assert ("student", "tflm", "fp16", "analyst", "S", 0.1) in keys and ("student", "tflm", "fp32", "teacher", "P", 0.5) in keys
