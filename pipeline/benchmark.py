@@ -412,9 +412,9 @@ def blinding(model) -> list[int] | None:
     student's default is its receptive field, SeisBench's PhaseNet has none); None for an ensemble."""
     if len(model.members) != 1:
         return None
-    member = model.members[0]
-    value = member.default_args.get("blinding", member._annotate_args.get("blinding", (None, (0, 0)))[1])
-    return [int(value[0]), int(value[1])]
+    from pipeline.teachers import annotate_blinding
+
+    return list(annotate_blinding(model.members[0]))
 
 
 def dataset_curves(model, waveforms: Sequence[np.ndarray], rate: float, component_order: str,

@@ -78,14 +78,12 @@ class TFLMStudent(_xiaonet()):
     def __init__(self, flatbuffer: bytes, in_samples: int, overlap: int, sampling_rate: float = 100.0,
                  component_order: str = "ZNE", norm_eps: float = 1e-6, arena: int | None = None,
                  pick_top_tolerance: float = PICK_TOP_TOLERANCE, blinding: tuple[int, int] | None = None):
-        from pipeline.student import default_blinding
-
+        default_args = {"overlap": int(overlap)}  # blinding: the student's default for this overlap unless given
+        if blinding is not None:
+            default_args["blinding"] = (int(blinding[0]), int(blinding[1]))
         super().__init__(base_channels=1, in_samples=in_samples, channel_multipliers=(1, 1, 1, 1),
                          sampling_rate=sampling_rate, component_order=component_order, norm_eps=norm_eps,
-                         pick_top_tolerance=pick_top_tolerance)
-        self.default_args["overlap"] = int(overlap)
-        blinding = (default_blinding(overlap),) * 2 if blinding is None else blinding
-        self.default_args["blinding"] = (int(blinding[0]), int(blinding[1]))
+                         pick_top_tolerance=pick_top_tolerance, default_args=default_args)
         self.flatbuffer = flatbuffer
         self.arena = arena
 

@@ -1354,10 +1354,12 @@ def run(config) -> QuantizeResult:
     result = quantize_student(model, calibration, heldout, precisions, check_agreement=q.check_agreement,
                               equalize_alpha=q.equalize_alpha, range_percentile=q.range_percentile)
     rows = []
+    from pipeline.teachers import annotate_blinding
+
     budgets = {}
     for precision, info in result.variants.items():
         info["hop_samples"] = hop_samples(model)
-        info["blinding"] = [int(b) for b in model.default_args.get("blinding", (0, 0))]
+        info["blinding"] = list(annotate_blinding(model))
         info["sampling_rate"] = float(model.sampling_rate)
         info["macs"] = model.count_macs()
         info["estimated_latency"] = boards.estimate_latency(

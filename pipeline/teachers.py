@@ -168,6 +168,23 @@ def _cache_root() -> str:
     return str(seisbench.cache_root)
 
 
+def annotate_blinding(model, argdict: dict | None = None) -> tuple[int, int]:
+    """The samples a SeisBench model's annotate leaves out at each window's (start, end) with ``argdict`` (default:
+    its ``default_args``); (0, 0) for a model without a ``blinding`` argument."""
+    argdict = model.default_args if argdict is None else argdict
+    value = argdict.get("blinding", model._annotate_args.get("blinding", (None, (0, 0)))[1])
+    return int(value[0]), int(value[1])
+
+
+def load_single_model(spec: str):
+    """The SeisBench model of a one-member teacher spec (an ensemble has no single ``classify``): one EdgepickError
+    line otherwise, or if it cannot be had."""
+    members = parse_teacher_spec(spec)
+    if len(members) != 1:
+        raise EdgepickError(f"teacher {spec!r}: one model is needed here, not an ensemble of {len(members)}")
+    return load_model(members[0])
+
+
 def load_model(member: TeacherMember):
     """The SeisBench model of ``member`` via ``from_pretrained``; one EdgepickError line if it cannot be had."""
     import requests
@@ -303,8 +320,7 @@ class Teacher:
         self.labels = [str(label) for label in self.model.labels]
         self.overlap = int(self.model._get_overlap(self.in_samples, self.argdict))
         self.stacking = str(self.model._argdict_get_with_default(self.argdict, "stacking")).lower()
-        blinding = self.argdict.get("blinding", self.model._annotate_args.get("blinding", (None, (0, 0)))[1])
-        self.blinding = (int(blinding[0]), int(blinding[1]))
+        self.blinding = annotate_blinding(self.model, self.argdict)
         self.weights_version = str(self.model.weights_version or "1")
         self.input = TeacherInput(self.model, self.in_samples, self.in_samples - self.overlap)
 

@@ -42,11 +42,8 @@ def main() -> None:
     waveforms, metadata, rate, order = benchmark.load_labelled(Path(path), split)
     truth = {phase: [row / rate for row in rows] for phase, rows in benchmark.analyst_picks(metadata).items()}
     students = {name: load_student(name) for name in args.student}
-    members = teachers.parse_teacher_spec(args.teacher)
-    if len(members) != 1:
-        raise EdgepickError(f"--teacher takes one model, got {args.teacher}")
-    teacher = teachers.load_model(members[0])
-    blindings = {tuple(int(b) for b in s.default_args["blinding"]) for s in students.values()}
+    teacher = teachers.load_single_model(args.teacher)
+    blindings = {teachers.annotate_blinding(s) for s in students.values()}
     if len(blindings) != 1:
         raise EdgepickError(f"the students blind differently ({sorted(blindings)}); compare them one blinding at a time")
     blinding = blindings.pop()

@@ -64,8 +64,7 @@ def main() -> None:
     hard = train(args, 0.0, out / "hard")  # first: distill refuses data without picks before any training
     runs = {f"kd (T {config.distill.temperature:g}, alpha {kd_alpha:g})": train(args, kd_alpha, out / "kd"),
             "hard labels (alpha 0)": hard}
-    [member] = teachers.parse_teacher_spec(config.teacher.name)
-    models = {f"teacher {config.teacher.name}": teachers.load_model(member)}
+    models = {f"teacher {config.teacher.name}": teachers.load_single_model(config.teacher.name)}
     models.update({name: load_student(path) for name, path in runs.items()})
 
     report = {"dataset": args.dataset, "epochs": args.epochs, "windows_per_epoch": args.windows, "results": {}}

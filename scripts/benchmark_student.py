@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import benchmark, data, teachers
-from pipeline.errors import EdgepickError, run_script
+from pipeline.errors import run_script
 from pipeline.student import count_macs, load_student
 
 SP_BINS = ((0.0, 2.0, "S-P < 2 s"), (2.0, 5.0, "S-P 2-5 s"), (5.0, np.inf, "S-P > 5 s"))
@@ -58,10 +58,7 @@ def main() -> None:
 
     students = {path: load_student(path) for path in args.student}
     opened = {spec: open_split(spec) for spec in datasets}  # bad paths are refused before the teacher is loaded
-    members = teachers.parse_teacher_spec(args.teacher)
-    if len(members) != 1:  # ensembles have no single classify(): one teacher here
-        raise EdgepickError(f"--teacher takes one model, got {args.teacher}")
-    models = {args.teacher: teachers.load_model(members[0]), **students}
+    models = {args.teacher: teachers.load_single_model(args.teacher), **students}
     macs = {name: model.count_macs() if hasattr(model, "count_macs") else count_macs(model, (1, 3, model.in_samples))
             for name, model in models.items()}
     teacher_macs = macs[args.teacher]
