@@ -205,7 +205,7 @@ def _datasets(config: Config, master: bool):
                 teachers.build_soft_labels(path, config.teacher.name, batch_size=config.teacher.batch_size,
                                            device=config.teacher.device or None, **where)
             _barrier()
-            soft = teachers.SoftLabelCache.open(path, config.teacher.name, build=False, **where)
+            soft = teachers.SoftLabelCache.open(path, config.teacher.name, build=False, **where).preload()
         train.append(_Training(path, opened[path, "train"], soft))
         dev.append(_Training(path, opened[path, "dev"], soft))
     return train, dev, online
@@ -255,10 +255,11 @@ def _context(online, in_samples: int):
 
 
 def _teacher_target(batch: dict, online, device) -> torch.Tensor | None:
-    """The teacher's (P, S, noise) over each window: read from the cache (cropped with X), or computed now."""
+    """The teacher's (P, S, noise) over each window, float32: read from the cache (cropped with X; float16 there),
+    or computed now."""
     if online is not None:
         return torch.from_numpy(online.targets(batch)).to(device)
-    return _get(batch, "y_soft", device)
+    return batch["y_soft"].to(device).float() if "y_soft" in batch else None
 
 
 @torch.no_grad()

@@ -37,13 +37,15 @@ The soft-label cache (:func:`build_soft_labels`, :class:`SoftLabelCache`)
     waveforms*.hdf5). A build writes ``<name>.hdf5.partial``, records ``n_done`` after every flushed chunk and is
     renamed onto ``<name>.hdf5`` only when complete: a killed build resumes at ``n_done``.
 
-Training (:class:`AttachSoftLabels`, :class:`SplitSoftLabels`, :class:`OnTheFlyTeacher`)
-    In a SeisBench ``GenericGenerator``: ``AttachSoftLabels(cache)`` first (appends the 3 soft-label channels to
-    ``state_dict["X"]``, looked up by the sample's ``trace_name``), then the windowing augmentations (which crop the
-    waveform and the target identically), then ``SplitSoftLabels()`` BEFORE any normalisation, filter or noise
-    augmentation (it moves the 3 channels to ``state_dict["y_soft"]``). Without a cache (``teacher.mode=on-the-fly``):
-    ``OnTheFlyTeacher.wrap_chain`` puts :class:`StashTrace` first and :class:`TeacherContext` where SplitSoftLabels
-    would be, and ``OnTheFlyTeacher.targets`` runs the teacher on each batch's context.
+Training (:class:`SoftLabelOrigin`, :class:`CropSoftLabels`, :class:`OnTheFlyTeacher`)
+    In a SeisBench ``GenericGenerator``: ``SoftLabelOrigin(cache)`` first (checks the trace against its cache entry,
+    found by the sample's ``trace_name``, and notes in the metadata where the trace starts, :data:`TRACE_ORIGIN`, a
+    ``..._sample`` column), then the windowing augmentations (SeisBench's windows shift every ``..._sample`` column
+    as they shift the picks, so the column ends up at the window's start), then ``CropSoftLabels()``, which reads
+    the cached target over exactly the samples the window kept into ``state_dict["y_soft"]``. Without a cache
+    (``teacher.mode=on-the-fly``): ``OnTheFlyTeacher.wrap_chain`` puts :class:`StashTrace` first (it notes the same
+    origin) and :class:`TeacherContext` where CropSoftLabels would be, and ``OnTheFlyTeacher.targets`` runs the
+    teacher on each batch's context.
 """
 
 from __future__ import annotations
@@ -619,7 +621,7 @@ class SoftLabelCache:
         self.path = Path(path)
         self.weight = weight
         self._pid = None
-        self._file = self._labels = None
+        self._file = self._labels = self._memory = None
         handle = self._handle()
         if not handle.attrs.get("complete"):
             raise EdgepickError(f"soft-label cache {self.path} is incomplete; run build_soft_labels again")
@@ -659,7 +661,7 @@ class SoftLabelCache:
         Current = complete, same teacher spec, :data:`LABEL_VERSION`, dataset fingerprint and weights version (the
         newest in the local SeisBench cache; where the weights are not available locally, a cache that matches
         the rest is used as it is). ``labels(index)`` takes the row index of the whole dataset as written (not of
-        a filtered split: use ``labels_by_name`` / :class:`AttachSoftLabels` there).
+        a filtered split: use ``labels_by_name`` / :class:`CropSoftLabels` there).
         """
         members = parse_teacher_spec(teacher_spec)
         fingerprint = dataset_fingerprint(dataset_path)
@@ -696,12 +698,25 @@ class SoftLabelCache:
         except KeyError:
             raise EdgepickError(f"trace {trace_name!r} is not in soft-label cache {self.path}") from None
 
-    def labels(self, index: int) -> np.ndarray:
-        """float16 (3, n_samples) P, S, noise of dataset row ``index``, aligned with ``get_waveforms(index)``."""
+    def labels(self, index: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """float16 (3, n_samples) P, S, noise of dataset row ``index``, aligned with ``get_waveforms(index)``;
+        ``start``/``stop``: only those samples of it (read from the file alone)."""
+        n = self.trace_length(index)
+        stop = n if stop is None else min(stop, n)
+        first = int(self.offsets[index])
+        source = self._memory if self._memory is not None else (self._handle(), self._labels)[1]
+        return source[:, first + max(start, 0) : first + max(stop, start, 0)]
+
+    def preload(self) -> "SoftLabelCache":
+        """Hold all labels in memory (float16: half the size of the float32 waveforms that training holds), so a
+        training window's target is a slice instead of an HDF5 read (~90 us, a fifth of a cached window's cost)."""
+        self._memory = self._handle()["labels"][()]
+        return self
+
+    def trace_length(self, index: int) -> int:
         if not 0 <= index < len(self):
             raise EdgepickError(f"trace index {index} outside soft-label cache {self.path} ({len(self)} traces)")
-        self._handle()
-        return self._labels[:, int(self.offsets[index]) : int(self.offsets[index + 1])]
+        return int(self.offsets[index + 1] - self.offsets[index])
 
     def labels_by_name(self, trace_name: str) -> np.ndarray:
         return self.labels(self.index_of(trace_name))
@@ -745,9 +760,17 @@ class EnsembleSoftLabels:
     def index_of(self, trace_name: str) -> int:
         return self.caches[0].index_of(trace_name)
 
-    def labels(self, index: int) -> np.ndarray:
-        mixed = sum(c.weight * c.labels(index).astype(np.float32) for c in self.caches)
+    def preload(self) -> "EnsembleSoftLabels":
+        for c in self.caches:
+            c.preload()
+        return self
+
+    def labels(self, index: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        mixed = sum(c.weight * c.labels(index, start, stop).astype(np.float32) for c in self.caches)
         return mixed.astype(np.float16)
+
+    def trace_length(self, index: int) -> int:
+        return self.caches[0].trace_length(index)
 
     def labels_by_name(self, trace_name: str) -> np.ndarray:
         return self.labels(self.index_of(trace_name))
@@ -758,12 +781,41 @@ class EnsembleSoftLabels:
 
 
 # -------------------------------------------------------------------------------------------- generator callables
-class AttachSoftLabels:
-    """SeisBench augmentation: append the cached (P, S, noise) channels to ``state_dict[key]`` before windowing.
+TRACE_ORIGIN = "trace_origin_sample"
+"""Metadata column: where the trace's first sample lies relative to the current window. It ends in ``_sample``, so
+every SeisBench window shifts it as it shifts the picks (their documented convention): after windowing, the window
+starts at sample ``-metadata[TRACE_ORIGIN]`` of the trace. Both teacher paths cut their target this way."""
 
-    Looks the trace up by its ``trace_name`` metadata (SeisBench's ``get_sample`` passes every metadata column,
-    not the row index, and a filtered/split dataset renumbers its rows). Expects channels-first waveforms (CW).
-    """
+
+def mark_trace_origin(metadata: dict) -> None:
+    metadata[TRACE_ORIGIN] = 0
+
+
+def window_start(metadata: dict, step: str) -> int:
+    if TRACE_ORIGIN not in metadata:
+        raise EdgepickError(f"{step} needs {TRACE_ORIGIN} in the metadata: put its partner step before the windowing")
+    return -int(metadata[TRACE_ORIGIN])
+
+
+def soft_label_window(cache, index: int, start: int, length: int) -> np.ndarray:
+    """float16 (3, length), the cache's own precision: the cached P, S, noise of row ``index`` from trace sample
+    ``start`` on (which may be negative); noise (0, 0, 1) wherever the window runs outside the trace, as the zero
+    padding there holds none. (Training takes it to float32 a batch at a time, where torch converts it fast.)"""
+    first, end = max(start, 0), min(start + length, cache.trace_length(index))
+    if first == start and end - first == length:
+        return np.array(cache.labels(index, first, end))  # a copy: later steps may write in place, not into the cache
+    out = np.zeros((3, length), dtype=np.float16)
+    out[2] = 1.0
+    if end > first:
+        out[:, first - start : end - start] = cache.labels(index, first, end)
+    return out
+
+
+class SoftLabelOrigin:
+    """SeisBench augmentation, before windowing: check the trace against its soft-label cache entry (looked up by
+    the sample's ``trace_name``: SeisBench's ``get_sample`` passes metadata, not the row index, and a filtered or
+    split dataset renumbers its rows) and note where it starts (:data:`TRACE_ORIGIN`) for :class:`CropSoftLabels`.
+    Expects channels-first waveforms (CW)."""
 
     def __init__(self, cache, key: str = "X"):
         self.cache = cache
@@ -771,39 +823,36 @@ class AttachSoftLabels:
 
     def __call__(self, state_dict: dict) -> None:
         waveform, metadata = state_dict[self.key]
-        labels = self.cache.labels_by_name(metadata["trace_name"])
-        if waveform.ndim != 2 or waveform.shape[-1] != labels.shape[-1]:
+        length = self.cache.trace_length(self.cache.index_of(metadata["trace_name"]))
+        if waveform.ndim != 2 or waveform.shape[-1] != length:
             raise EdgepickError(
                 f"trace {metadata['trace_name']}: waveform {waveform.shape} does not align with its soft labels "
-                f"{labels.shape} (open the dataset channels-first at its own sampling rate)"
+                f"(3, {length}) (open the dataset channels-first at its own sampling rate)"
             )
-        state_dict[self.key] = (np.concatenate([waveform, labels.astype(waveform.dtype)], axis=0), metadata)
+        mark_trace_origin(metadata)
 
     def __str__(self) -> str:
-        return f"AttachSoftLabels({getattr(self.cache, 'teacher', '?')})"
+        return f"SoftLabelOrigin({getattr(self.cache, 'teacher', '?')})"
 
 
-class SplitSoftLabels:
-    """SeisBench augmentation: after windowing, move the last 3 channels of ``state_dict[source]`` to ``state_dict[key]``.
+class CropSoftLabels:
+    """SeisBench augmentation, after windowing: the cached teacher target over exactly the samples of the trace that
+    ``state_dict[source]`` now holds, float16 (3, window), into ``state_dict[key]``; where the window ran past the
+    trace (SeisBench pads with zeros), pure noise (0, 0, 1). Only the window is read from the cache."""
 
-    Window padding (SeisBench pads with zeros where a window runs past the trace) becomes pure noise (0, 0, 1).
-    Put it before any normalisation, filter or noise augmentation, which must not touch the target.
-    """
-
-    def __init__(self, key: str = "y_soft", source: str = "X"):
+    def __init__(self, cache, key: str = "y_soft", source: str = "X"):
+        self.cache = cache
         self.key = key
         self.source = source
 
     def __call__(self, state_dict: dict) -> None:
         waveform, metadata = state_dict[self.source]
-        soft = np.array(waveform[-3:], dtype=np.float32)
-        empty = soft.sum(axis=0) <= 0
-        soft[2, empty] = 1.0
-        state_dict[self.source] = (waveform[:-3], metadata)
-        state_dict[self.key] = (soft, metadata)
+        index = self.cache.index_of(metadata["trace_name"])
+        start = window_start(metadata, "CropSoftLabels")
+        state_dict[self.key] = (soft_label_window(self.cache, index, start, waveform.shape[-1]), metadata)
 
     def __str__(self) -> str:
-        return f"SplitSoftLabels(key={self.key})"
+        return f"CropSoftLabels(key={self.key})"
 
 
 class OnTheFlyTeacher:
@@ -850,7 +899,7 @@ class OnTheFlyTeacher:
     def wrap_chain(self, chain: list, window: int, component_order: str = "ZNE") -> list:
         """A generator chain with the teacher's context added: :class:`StashTrace` first, :class:`TeacherContext`
         right after the chain's last windowing step (before augmentation and normalisation, which the teacher must
-        not see; the cache path puts SplitSoftLabels at the same place)."""
+        not see; the cache path puts CropSoftLabels at the same place)."""
         import seisbench.generate as sbg
 
         def is_window(step) -> bool:
@@ -891,28 +940,23 @@ class OnTheFlyTeacher:
 
 class StashTrace:
     """Generator step before windowing (on-the-fly teacher): keep the whole trace in ``state_dict[stash]`` for the
-    teacher, and append a position channel (sample index + 1; 0 = padding) to ``state_dict[key]`` so that
-    whatever windowing follows records where the window came from."""
+    teacher and note where it starts (:data:`TRACE_ORIGIN`), so that whatever windowing follows records where the
+    window came from."""
 
     def __init__(self, key: str = "X", stash: str = "teacher_trace"):
         self.key, self.stash = key, stash
 
     def __call__(self, state_dict: dict) -> None:
         waveform, metadata = state_dict[self.key]
-        n = waveform.shape[-1]
-        dtype = waveform.dtype if np.issubdtype(waveform.dtype, np.floating) else np.float64
-        if n + 1 >= 2 ** (np.finfo(dtype).nmant + 1):  # positions must be exact
-            dtype = np.float64
-        position = np.arange(1, n + 1, dtype=dtype)[None]
+        mark_trace_origin(metadata)
         state_dict[self.stash] = (waveform, metadata)
-        state_dict[self.key] = (np.concatenate([waveform.astype(dtype, copy=False), position]), metadata)
 
     def __str__(self) -> str:
-        return "StashTrace (whole trace kept for the teacher, position channel appended)"
+        return "StashTrace (whole trace kept for the teacher, its origin noted)"
 
 
 class TeacherContext:
-    """Generator step right after windowing (on-the-fly teacher): take the position channel off ``state_dict[key]``
+    """Generator step right after windowing (on-the-fly teacher): read where the window starts (:data:`TRACE_ORIGIN`)
     and cut, for each teacher, the span of the stashed whole trace covered by the teacher windows (annotate's
     offsets over the whole trace, as the cache used) that overlap the student's window, prepared as the teacher
     sees it (components, filter on the whole trace). Fixed-size outputs, so a DataLoader can batch them:
@@ -932,13 +976,12 @@ class TeacherContext:
     def __call__(self, state_dict: dict) -> None:
         x, metadata = state_dict[self.key]
         whole, _ = state_dict.pop(self.stash)
-        n, start = whole.shape[-1], int(x[-1, 0]) - 1
+        n, start = whole.shape[-1], window_start(metadata, "TeacherContext")
         if start < 0 or x.shape[-1] != self.window:
             raise EdgepickError(
                 f"trace {metadata.get('trace_name', '?')}: the on-the-fly teacher needs windows of {self.window} samples "
                 f"starting inside the trace (got {x.shape[-1]} samples, start {start})"
             )
-        state_dict[self.key] = (x[:-1].astype(whole.dtype, copy=False), metadata)
         valid = min(self.window, n - start)
         for i, (teacher, max_windows, max_span) in enumerate(zip(self.inputs, self.max_windows, self.max_span)):
             length = max(n, teacher.in_samples)  # a short trace is zero-padded to one teacher window

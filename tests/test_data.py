@@ -209,3 +209,30 @@ def test_training_chain_without_hard_labels(small_dataset):
     b = without[0]
     assert "y" in a and "y" not in b
     assert np.array_equal(a["X"], b["X"])
+
+
+def test_gaussian_noise_is_seisbench_noise_in_float32_and_repeats_under_the_seed():
+    import seisbench.generate as sbg
+
+    x = np.zeros((3, 40000), dtype=np.float32)
+    x[0, 0] = 2.0  # window maximum 2: noise standard deviation 0.1 x 2
+    stds = {}
+    for name, augmentation in (("edgepick", generators.GaussianNoise(scale=(0.1, 0.1))),
+                               ("seisbench", sbg.GaussianNoise(scale=(0.1, 0.1)))):
+        np.random.seed(3)
+        state = {"X": (x, {})}
+        augmentation(state)
+        y = state["X"][0]
+        assert y.dtype == np.float32 and y.shape == x.shape
+        stds[name] = float(y[:, 1:].std())
+    assert x[0, 0] == 2.0 and np.count_nonzero(x) == 1  # the input is not written
+    assert stds["edgepick"] == pytest.approx(0.2, rel=0.02) and stds["seisbench"] == pytest.approx(0.2, rel=0.02)
+
+    def draw():
+        np.random.seed(11)
+        state = {"X": (x, {})}
+        generators.GaussianNoise(scale=(0.0, 0.1))(state)
+        return state["X"][0]
+
+    assert np.array_equal(draw(), draw())
+    assert not np.array_equal(draw()[:, 1:], 0)

@@ -20,10 +20,10 @@ from pipeline.config import DataConfig
 from pipeline.data import open_dataset, write_dataset
 from pipeline.errors import EdgepickError
 from pipeline.teachers import (
-    AttachSoftLabels,
+    CropSoftLabels,
     OnTheFlyTeacher,
     SoftLabelCache,
-    SplitSoftLabels,
+    SoftLabelOrigin,
     Teacher,
     TeacherMember,
     build_soft_labels,
@@ -221,7 +221,10 @@ def test_ensemble_is_weighted_mean(small_dataset, fake_teachers):
         np.testing.assert_allclose(ensemble.labels(i).astype(np.float32), expected, atol=2e-3)
 
 
-def test_generator_crops_waveform_and_target_identically(small_dataset, fake_teachers):
+@pytest.mark.parametrize("p0, strategy", [(100, "pad"), (-50, "pad"), (1500, "variable")])
+def test_generator_crops_waveform_and_target_identically(small_dataset, fake_teachers, p0, strategy):
+    """Whatever the window kept of the trace (a part, a part plus padding before or after it, a shorter rest), the
+    target is the cached one over the same samples and noise over the padding."""
     import seisbench.generate as sbg
 
     cache = SoftLabelCache.open(small_dataset, "phasenet:fake", progress=False)
@@ -229,20 +232,41 @@ def test_generator_crops_waveform_and_target_identically(small_dataset, fake_tea
     generator = sbg.GenericGenerator(dataset)
     generator.add_augmentations(
         [
-            AttachSoftLabels(cache),
-            sbg.FixedWindow(p0=100, windowlen=3001, strategy="pad"),
-            SplitSoftLabels(),
+            SoftLabelOrigin(cache),
+            sbg.FixedWindow(p0=p0, windowlen=3001, strategy=strategy),
+            CropSoftLabels(cache),
             sbg.Normalize(demean_axis=-1, amp_norm_axis=-1),
         ]
     )
+    noise = np.array([[0], [0], [1]])
     for i in range(len(dataset)):
         sample = generator[i]
         n = dataset.get_waveforms(i).shape[1]
-        assert sample["X"].shape == (3, 3001) and sample["y_soft"].shape == (3, 3001)
-        covered = min(3001, n - 100)
-        np.testing.assert_array_equal(sample["y_soft"][:, :covered], cache.labels(i)[:, 100 : 100 + covered])
-        if covered < 3001:  # window padding becomes noise
-            np.testing.assert_array_equal(sample["y_soft"][:, covered:], [[0], [0], [1]] * np.ones((1, 3001 - covered)))
+        width = sample["X"].shape[1]
+        assert sample["y_soft"].shape == (3, width) and sample["y_soft"].dtype == np.float16  # the cache's precision
+        assert width == (3001 if strategy == "pad" else min(3001, max(n - p0, 0)))
+        expected = np.tile(noise, (1, width)).astype(np.float16)
+        first, end = max(p0, 0), min(p0 + width, n)
+        if end > first:
+            expected[:, first - p0 : end - p0] = cache.labels(i)[:, first:end]
+        np.testing.assert_array_equal(sample["y_soft"], expected)
+
+
+def test_crop_without_origin_is_one_clear_error(small_dataset, fake_teachers):
+    import seisbench.generate as sbg
+
+    cache = SoftLabelCache.open(small_dataset, "phasenet:fake", progress=False)
+    generator = sbg.GenericGenerator(open_dataset(small_dataset))
+    generator.add_augmentations([sbg.FixedWindow(p0=0, windowlen=2000), CropSoftLabels(cache)])
+    with pytest.raises(EdgepickError, match="SoftLabelOrigin|before the windowing"):
+        generator[0]
+
+
+def test_cache_reads_a_span(small_dataset, fake_teachers):
+    cache = SoftLabelCache.open(small_dataset, "phasenet:fake", progress=False)
+    np.testing.assert_array_equal(cache.labels(0, 1000, 1500), cache.labels(0)[:, 1000:1500])
+    assert cache.labels(3, 1500, 9000).shape == (3, 500)  # trace 3 has 2000 samples
+    assert cache.trace_length(3) == 2000
 
 
 def test_cache_in_dataloader_workers(small_dataset, fake_teachers):
@@ -255,7 +279,7 @@ def test_cache_in_dataloader_workers(small_dataset, fake_teachers):
     clone = pickle.loads(pickle.dumps(cache))
     np.testing.assert_array_equal(clone.labels(1), cache.labels(1))
     generator = sbg.GenericGenerator(open_dataset(small_dataset))
-    generator.add_augmentations([AttachSoftLabels(cache), sbg.FixedWindow(p0=0, windowlen=2000), SplitSoftLabels()])
+    generator.add_augmentations([SoftLabelOrigin(cache), sbg.FixedWindow(p0=0, windowlen=2000), CropSoftLabels(cache)])
     loader = torch.utils.data.DataLoader(generator, batch_size=len(LENGTHS), num_workers=2)
     (batch,) = list(loader)
     expected = np.stack([cache.labels(i)[:, :2000] for i in range(len(LENGTHS))]).astype(np.float32)
@@ -278,7 +302,7 @@ def test_on_the_fly_matches_cache(small_dataset, fake_teachers):
 
 @pytest.mark.parametrize("spec", ["phasenet:fake", "phasenet:filtered*0.6+phasenet:fake*0.4"])
 def test_on_the_fly_training_target_equals_cached_target(small_dataset, fake_teachers, monkeypatch, spec):
-    """The same windows through the cache path (AttachSoftLabels ... SplitSoftLabels) and the on-the-fly path
+    """The same windows through the cache path (SoftLabelOrigin ... CropSoftLabels) and the on-the-fly path
     (wrap_chain + targets): the same (P, S, noise), to the cache's float16 rounding. Windows cover the trace start,
     the flush last teacher window, a window running past the trace end (padding) and a trace shorter than the
     teacher's window; the second spec adds a teacher whose filter runs over the whole trace, in an ensemble."""
@@ -304,7 +328,7 @@ def test_on_the_fly_training_target_equals_cached_target(small_dataset, fake_tea
                             "end_sample": [r[1] + window for r in rows]})
 
     cached = sbg.SteeredGenerator(dataset, windows)
-    cached.add_augmentations([AttachSoftLabels(cache), sbg.SteeredWindow(windowlen=window, strategy="pad"), SplitSoftLabels()])
+    cached.add_augmentations([SoftLabelOrigin(cache), sbg.SteeredWindow(windowlen=window, strategy="pad"), CropSoftLabels(cache)])
     online = OnTheFlyTeacher(spec, batch_size=5)
     fly = sbg.SteeredGenerator(dataset, windows)
     fly.add_augmentations(online.wrap_chain([sbg.SteeredWindow(windowlen=window, strategy="pad"),
