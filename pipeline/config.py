@@ -121,7 +121,7 @@ class TeacherFinetuneConfig:
     grad_clip: float = 1.0
     patience: int = 3  # early stop after this many epochs without a better dev loss
     sigma: int = 20  # width (samples) of the Gaussian pick labels (SeisBench ProbabilisticLabeller)
-    workers: int = 2
+    workers: int = -1  # DataLoader worker processes; -1: automatic (none on <= 2 cores, else half the cores, <= 8)
     seed: int = 0
     resume: bool = False
 
@@ -174,7 +174,7 @@ class DistillConfig:
     grad_clip: float = 1.0
     patience: int = 4  # early stop after this many epochs without a better dev loss
     oversample_phases: float = 3.0  # traces where the teacher sees a phase are drawn this much more often
-    workers: int = 2
+    workers: int = -1  # DataLoader worker processes; -1: automatic (none on <= 2 cores, else half the cores, <= 8)
     seed: int = 0
     resume: bool = False
     init_from: str = ""  # start from this saved student (fine-tuning) instead of random weights

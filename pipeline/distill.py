@@ -227,13 +227,14 @@ def _train_loader(train: list[_Training], in_samples: int, cfg, windows: int, se
             has_phase = torch.tensor([float(t.soft_labels.labels_by_name(n)[:2].max()) > 0.3 for n in names])
             w[has_phase] = cfg.oversample_phases
         weights.append(w / w.sum() * len(t))  # each folder keeps its share of traces
+    workers = generators.worker_count(cfg.workers)
     sampler = torch.utils.data.WeightedRandomSampler(
         torch.cat(weights), num_samples=max(windows, cfg.batch_size), replacement=True,
         generator=torch.Generator().manual_seed(seed),
     )
     return torch.utils.data.DataLoader(
-        generator, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,
-        worker_init_fn=generators._seed_worker, persistent_workers=cfg.workers > 0,
+        generator, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers, drop_last=True,
+        worker_init_fn=generators._seed_worker, persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(seed),
     )
 

@@ -184,9 +184,10 @@ def _loader(dataset, teacher: teachers.Teacher, cfg, train: bool):
         generator = sbg.SteeredGenerator(dataset, generators.evaluation_windows(dataset, n, seed=cfg.seed))
         window = [sbg.SteeredWindow(windowlen=n, strategy="pad")]
     generator.add_augmentations([_TeacherInput(teacher.input)] + window + labels + as_float)
+    workers = generators.worker_count(cfg.workers) if train else 0
     return torch.utils.data.DataLoader(
-        generator, batch_size=cfg.batch_size, shuffle=train, num_workers=cfg.workers if train else 0, drop_last=train,
-        worker_init_fn=generators._seed_worker, persistent_workers=train and cfg.workers > 0,
+        generator, batch_size=cfg.batch_size, shuffle=train, num_workers=workers, drop_last=train,
+        worker_init_fn=generators._seed_worker, persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(cfg.seed),
     )
 

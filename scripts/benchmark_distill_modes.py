@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import distill, teachers  # noqa: E402
+from pipeline import distill, generators, teachers  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 from pipeline.errors import EdgepickError, run_script  # noqa: E402
 
@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="student batch size (both modes)")
     parser.add_argument("--teacher-batch", type=int, default=64, help="teacher windows per forward pass")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (both modes)")
+    parser.add_argument("--workers", type=int, default=-1, help="DataLoader workers (both modes); -1: distill's automatic count")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (both modes)")
     parser.add_argument("--repeat", type=int, default=2, help="runs per mode, in ABBA order; the fastest last epoch counts")
     parser.add_argument("--device", default="cpu", help="cpu (GPUs hidden) or cuda: where the student and the teacher run")
@@ -85,7 +85,7 @@ def main() -> None:
     result = {"load_average_at_start": [round(v, 2) for v in os.getloadavg()], "cpus": os.cpu_count(),
               "dataset": args.dataset, "teacher": args.teacher, "windows_per_epoch": args.windows,
               "batch": args.batch, "teacher_batch": args.teacher_batch, "epochs": args.epochs,
-              "workers": args.workers, "threads": args.threads, "device": args.device,
+              "workers": generators.worker_count(args.workers), "threads": args.threads, "device": args.device,
               "gpu": torch.cuda.get_device_name() if args.device != "cpu" else None}
 
     started = time.perf_counter()  # the cache's one-off build (0 when a current cache is reused)
@@ -108,7 +108,7 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
     print(json.dumps(result, indent=2))
     where = "CPU" if args.device == "cpu" else result["gpu"]
-    print(f"{args.windows} training windows/epoch, batch {args.batch}, {where}, {args.threads} threads, {args.workers} workers; "
+    print(f"{args.windows} training windows/epoch, batch {args.batch}, {where}, {args.threads} threads, {result['workers']} workers; "
           f"load average {result['load_average_at_start'][0]:.2f} at start, {result['load_average_at_end'][0]:.2f} at end")
     for name, what in (("seconds_per_epoch", "epoch (train + dev)"), ("train_seconds_per_epoch", "training steps only")):
         print(f"  s/{what}: cache {result[f'cache_{name}']:.1f}, on-the-fly {result[f'on-the-fly_{name}']:.1f}, "

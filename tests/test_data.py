@@ -236,3 +236,12 @@ def test_gaussian_noise_is_seisbench_noise_in_float32_and_repeats_under_the_seed
 
     assert np.array_equal(draw(), draw())
     assert not np.array_equal(draw()[:, 1:], 0)
+
+
+@pytest.mark.parametrize("cores, expected", [(1, 0), (2, 0), (4, 2), (16, 8), (64, 8)])
+def test_automatic_worker_count(monkeypatch, cores, expected):
+    monkeypatch.setattr(generators.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert generators.worker_count(-1) == expected
+    assert generators.worker_count(3) == 3  # an explicit count is kept
+    with pytest.raises(EdgepickError, match="workers=-2"):
+        generators.worker_count(-2)
