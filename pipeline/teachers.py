@@ -700,11 +700,16 @@ class SoftLabelCache:
 
     def labels(self, index: int, start: int = 0, stop: int | None = None) -> np.ndarray:
         """float16 (3, n_samples) P, S, noise of dataset row ``index``, aligned with ``get_waveforms(index)``;
-        ``start``/``stop``: only those samples of it (read from the file alone)."""
+        ``start``/``stop``: only those samples of it (only they are read: from memory after :meth:`preload`, else
+        from the file)."""
         n = self.trace_length(index)
         stop = n if stop is None else min(stop, n)
         first = int(self.offsets[index])
-        source = self._memory if self._memory is not None else (self._handle(), self._labels)[1]
+        if self._memory is not None:
+            source = self._memory
+        else:
+            self._handle()
+            source = self._labels
         return source[:, first + max(start, 0) : first + max(stop, start, 0)]
 
     def preload(self) -> "SoftLabelCache":
