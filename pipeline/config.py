@@ -133,7 +133,8 @@ class TeacherConfig:
     name: str = "phasenet:okla"
     # cache: soft labels computed once per trace into <dataset>/soft_labels (pipeline.teachers.SoftLabelCache);
     # on-the-fly: the teacher runs on every training batch (pipeline.teachers.OnTheFlyTeacher), on each window's
-    # whole-trace context, giving the cache's target; for when a GPU (teacher.device=cuda) makes the teacher cheap.
+    # whole-trace context, giving the cache's target, with no cache on disk; ~3x slower per epoch than the cache
+    # here and on an H100 alike (scripts/benchmark_distill_modes.py).
     # name may also be a local folder holding a saved model (make teacher), e.g. phasenet:models/teacher
     mode: str = "cache"
     batch_size: int = 64  # teacher windows per forward pass

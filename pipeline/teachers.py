@@ -861,7 +861,7 @@ class CropSoftLabels:
 
 
 class OnTheFlyTeacher:
-    """The same (P, S, noise) target as the cache, computed for a batch of windows when the teacher is cheap (GPU).
+    """The same (P, S, noise) target as the cache, computed for a batch of windows, with no cache on disk.
 
     ``predict(windows, context)``: ``windows`` (batch, 3, samples) in ``component_order`` are each treated as a whole
     trace (same path as the cache: filter, teacher windows, stitching, mapping, ensemble mean); the result is cut by
