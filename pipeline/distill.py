@@ -65,6 +65,7 @@ def run(config: Config) -> dict:
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
+    workers = generators.worker_count(cfg.workers)  # a bad count fails before any soft labels are built
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
     if cfg.temperature <= 0 or not 0 <= cfg.alpha <= 1:
         raise EdgepickError(f"distill needs temperature > 0 and 0 <= alpha <= 1 (got T={cfg.temperature}, alpha={cfg.alpha})")
@@ -88,18 +89,20 @@ def run(config: Config) -> dict:
     state = {"epoch": 0, "best_dev_loss": math.inf, "bad_epochs": 0, "history": []}
     if cfg.resume:
         state = training.load_checkpoint(out / CHECKPOINT, model, optimizer, schedule, "the student")
+        np.random.seed((cfg.seed, rank, state["epoch"]))  # windows and noise go on, not replay epoch 1's
     raw_model = model
     trainable = _Logits(model)
     if world > 1:
         trainable = DistributedDataParallel(trainable)
 
-    train_loader = _train_loader(train_set, in_samples, cfg, windows_per_epoch // world,
+    train_loader = _train_loader(train_set, in_samples, cfg, windows_per_epoch // world, workers,
                                  seed=cfg.seed + 1000 * rank + state["epoch"], online=online)
     dev_loader = _dev_loader(dev_set, in_samples, cfg, online)
     if master:
         parameters = sum(p.numel() for p in raw_model.parameters())
         print(f"distill: {parameters} parameters, {raw_model.count_macs() / 1e6:.2f} M MACs/window; "
-              f"{sum(map(len, train_set))} training traces, {sum(map(len, dev_set))} dev traces, {steps_per_epoch} steps/epoch, world {world}")
+              f"{sum(map(len, train_set))} training traces, {sum(map(len, dev_set))} dev traces, {steps_per_epoch} steps/epoch, "
+              f"world {world}, {workers} loader workers")
 
     for epoch in range(state["epoch"], cfg.epochs):
         started = time.time()
@@ -211,7 +214,7 @@ def _datasets(config: Config, master: bool):
     return train, dev, online
 
 
-def _train_loader(train: list[_Training], in_samples: int, cfg, windows: int, seed: int, online=None):
+def _train_loader(train: list[_Training], in_samples: int, cfg, windows: int, workers: int, seed: int, online=None):
     """Random windows from every training set; traces in which the teacher sees a phase are drawn more often (cache
     mode; on the fly the teacher has not seen the traces yet, so every trace is drawn equally often)."""
     generator = torch.utils.data.ConcatDataset(
@@ -227,7 +230,6 @@ def _train_loader(train: list[_Training], in_samples: int, cfg, windows: int, se
             has_phase = torch.tensor([float(t.soft_labels.labels_by_name(n)[:2].max()) > 0.3 for n in names])
             w[has_phase] = cfg.oversample_phases
         weights.append(w / w.sum() * len(t))  # each folder keeps its share of traces
-    workers = generators.worker_count(cfg.workers)
     sampler = torch.utils.data.WeightedRandomSampler(
         torch.cat(weights), num_samples=max(windows, cfg.batch_size), replacement=True,
         generator=torch.Generator().manual_seed(seed),

@@ -251,14 +251,17 @@ def _keep_training_columns(dataset: sbd.WaveformDataset) -> None:
 
 
 def worker_count(requested: int) -> int:
-    """DataLoader worker processes for ``requested`` (the config's ``workers``); -1 = automatic: none on a machine
-    of 2 cores or fewer, where workers take the cores the training step needs (cached distillation epoch here:
-    0 workers 2.8 s, 2 workers 3.1 s; scripts/benchmark_distill_modes.py), else half the cores, at most 8."""
+    """DataLoader worker processes for ``requested`` (the config's ``workers``) in each training process; -1 =
+    automatic: none where a process has 2 cores or fewer, where workers take the cores the training step needs
+    (cached distillation epoch here: 0 workers 2.8 s, 2 workers 3.1 s; scripts/benchmark_distill_modes.py), else
+    half its cores, at most 8. A process's cores are the machine's shared among torchrun's local processes.
+    The count decides which random windows a seed draws: give it explicitly to repeat a run on another machine."""
     if requested >= 0:
         return requested
     if requested != -1:
         raise EdgepickError(f"workers={requested}: use a count >= 0, or -1 for automatic")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return 0 if cores <= 2 else min(8, cores // 2)
 
 

@@ -703,6 +703,8 @@ class SoftLabelCache:
         ``start``/``stop``: only those samples of it (only they are read: from memory after :meth:`preload`, else
         from the file)."""
         n = self.trace_length(index)
+        if start < 0:
+            raise EdgepickError(f"soft labels from sample {start}: a trace starts at 0 (soft_label_window pads before it)")
         stop = n if stop is None else min(stop, n)
         first = int(self.offsets[index])
         if self._memory is not None:
@@ -710,12 +712,15 @@ class SoftLabelCache:
         else:
             self._handle()
             source = self._labels
-        return source[:, first + max(start, 0) : first + max(stop, start, 0)]
+        return source[:, first + start : first + max(stop, start)]
 
     def preload(self) -> "SoftLabelCache":
         """Hold all labels in memory (float16: half the size of the float32 waveforms that training holds), so a
-        training window's target is a slice instead of an HDF5 read (~90 us, a fifth of a cached window's cost)."""
+        training window's target is a slice instead of an HDF5 read (~90 us, a fifth of a cached window's cost).
+        Read-only, so no caller can write into it through a slice. DataLoader workers share it when forked (Linux's
+        default); a spawned worker gets its own copy."""
         self._memory = self._handle()["labels"][()]
+        self._memory.flags.writeable = False
         return self
 
     def trace_length(self, index: int) -> int:
@@ -758,6 +763,7 @@ class EnsembleSoftLabels:
             raise EdgepickError("ensemble members' soft-label caches do not cover the same traces")
         self.teacher = "+".join(f"{c.teacher}*{c.weight:g}" for c in caches)
         self.offsets = caches[0].offsets
+        self._memory = None
 
     def __len__(self) -> int:
         return len(self.caches[0])
@@ -766,11 +772,22 @@ class EnsembleSoftLabels:
         return self.caches[0].index_of(trace_name)
 
     def preload(self) -> "EnsembleSoftLabels":
+        """The mixture of all traces in memory, mixed once (the same numbers as mixing on each read)."""
+        mixed = None
         for c in self.caches:
-            c.preload()
+            labels = c.weight * c._handle()["labels"][()].astype(np.float32)
+            mixed = labels if mixed is None else mixed + labels
+        self._memory = mixed.astype(np.float16)
+        self._memory.flags.writeable = False
         return self
 
     def labels(self, index: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        if self._memory is not None:
+            if start < 0:
+                raise EdgepickError(f"soft labels from sample {start}: a trace starts at 0")
+            first, n = int(self.offsets[index]), self.trace_length(index)
+            stop = n if stop is None else min(stop, n)
+            return self._memory[:, first + start : first + max(stop, start)]
         mixed = sum(c.weight * c.labels(index, start, stop).astype(np.float32) for c in self.caches)
         return mixed.astype(np.float16)
 
@@ -789,7 +806,9 @@ class EnsembleSoftLabels:
 TRACE_ORIGIN = "trace_origin_sample"
 """Metadata column: where the trace's first sample lies relative to the current window. It ends in ``_sample``, so
 every SeisBench window shifts it as it shifts the picks (their documented convention): after windowing, the window
-starts at sample ``-metadata[TRACE_ORIGIN]`` of the trace. Both teacher paths cut their target this way."""
+starts at sample ``-metadata[TRACE_ORIGIN]`` of the trace. Both teacher paths cut their target this way. Not for
+steps that blank samples without moving them (SeisBench's ``RandomWindow`` with ``low``/``high`` zeroes the data
+outside its bounds): the target there stays the teacher's, as it would for the analyst-pick labels."""
 
 
 def mark_trace_origin(metadata: dict) -> None:
@@ -799,7 +818,11 @@ def mark_trace_origin(metadata: dict) -> None:
 def window_start(metadata: dict, step: str) -> int:
     if TRACE_ORIGIN not in metadata:
         raise EdgepickError(f"{step} needs {TRACE_ORIGIN} in the metadata: put its partner step before the windowing")
-    return -int(metadata[TRACE_ORIGIN])
+    origin = metadata[TRACE_ORIGIN]
+    if not isinstance(origin, (int, float, np.integer, np.floating)) or not np.isfinite(origin):
+        raise EdgepickError(f"{step}: {TRACE_ORIGIN} is {origin!r}, not a sample offset (one window per sample: "
+                            "SlidingWindow's stacked windows are not supported)")
+    return -int(origin)
 
 
 def soft_label_window(cache, index: int, start: int, length: int) -> np.ndarray:

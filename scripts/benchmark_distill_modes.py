@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=-1, help="DataLoader workers (both modes); -1: distill's automatic count")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (both modes)")
     parser.add_argument("--repeat", type=int, default=2, help="runs per mode, in ABBA order; the fastest last epoch counts")
-    parser.add_argument("--device", default="cpu", help="cpu (GPUs hidden) or cuda: where the student and the teacher run")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cpu (GPUs hidden) or cuda: where the student and the teacher run")
     parser.add_argument("--out", default="", help="folder for the two runs' students (default: a temporary one)")
     args = parser.parse_args()
     if args.device == "cpu":

@@ -238,9 +238,11 @@ def test_gaussian_noise_is_seisbench_noise_in_float32_and_repeats_under_the_seed
     assert not np.array_equal(draw()[:, 1:], 0)
 
 
-@pytest.mark.parametrize("cores, expected", [(1, 0), (2, 0), (4, 2), (16, 8), (64, 8)])
-def test_automatic_worker_count(monkeypatch, cores, expected):
+@pytest.mark.parametrize("cores, local_processes, expected", [(1, 1, 0), (2, 1, 0), (4, 1, 2), (16, 1, 8), (64, 1, 8),
+                                                              (16, 2, 4), (16, 8, 0)])
+def test_automatic_worker_count(monkeypatch, cores, local_processes, expected):
     monkeypatch.setattr(generators.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_processes))  # torchrun's processes on this machine
     assert generators.worker_count(-1) == expected
     assert generators.worker_count(3) == 3  # an explicit count is kept
     with pytest.raises(EdgepickError, match="workers=-2"):

@@ -188,3 +188,13 @@ def test_on_the_fly_teacher_distils_without_a_cache(labelled, tmp_path, monkeypa
     config.teacher.mode = "sometimes"
     with pytest.raises(EdgepickError, match="teacher.mode"):
         distill.run(config)
+
+
+def test_bad_worker_count_fails_before_anything_is_written(labelled, tmp_path):
+    out = tmp_path / "run"
+    before = sorted((labelled / "soft_labels").glob("*")) if (labelled / "soft_labels").exists() else []
+    with pytest.raises(EdgepickError, match="workers=-3"):
+        distill.run(tiny_config(labelled, out, workers=-3, alpha=1.0))
+    assert not out.exists()
+    after = sorted((labelled / "soft_labels").glob("*")) if (labelled / "soft_labels").exists() else []
+    assert after == before  # no soft labels built either

@@ -221,6 +221,61 @@ def test_ensemble_is_weighted_mean(small_dataset, fake_teachers):
         np.testing.assert_allclose(ensemble.labels(i).astype(np.float32), expected, atol=2e-3)
 
 
+def test_preloaded_caches_read_the_same_and_are_read_only(small_dataset, fake_teachers):
+    for spec in ("phasenet:a", "phasenet:a*3+phasenet:b"):
+        on_disk = SoftLabelCache.open(small_dataset, spec, progress=False)
+        in_memory = SoftLabelCache.open(small_dataset, spec, progress=False).preload()
+        for i in range(len(LENGTHS)):
+            np.testing.assert_array_equal(in_memory.labels(i), on_disk.labels(i), err_msg=spec)
+            np.testing.assert_array_equal(in_memory.labels(i, 700, 1900), on_disk.labels(i)[:, 700:1900], err_msg=spec)
+        with pytest.raises(ValueError, match="read-only"):
+            in_memory.labels(0)[0, 0] = 1
+        with pytest.raises(EdgepickError, match="starts at 0"):
+            in_memory.labels(0, -5, 10)
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_training_chain_target_follows_the_random_window(small_dataset, fake_teachers, preload):
+    """The chain distill trains with (random windows around picks, noise, normalisation): each window's target is
+    the cache over the samples the window holds, found here through a position channel that rides along with X."""
+    import seisbench.generate as sbg
+
+    from pipeline import generators
+
+    class AppendPosition:
+        def __call__(self, state_dict):
+            x, metadata = state_dict["X"]
+            state_dict["X"] = (np.concatenate([x, np.arange(1, x.shape[1] + 1, dtype=x.dtype)[None]]), metadata)
+
+    class TakePosition:
+        def __call__(self, state_dict):
+            x, metadata = state_dict["X"]
+            state_dict["position"] = (x[-1].astype(np.int64) - 1, metadata)  # -1: padding
+            state_dict["X"] = (x[:-1], metadata)
+
+    cache = SoftLabelCache.open(small_dataset, "phasenet:fake", progress=False)
+    if preload:
+        cache.preload()
+    dataset = generators.load_for_training(small_dataset)
+    chain = generators.training_chain(dataset, 3001, soft_labels=cache, hard_labels=False)
+    crop = next(i for i, step in enumerate(chain) if isinstance(step, CropSoftLabels))
+    generator = sbg.GenericGenerator(dataset)
+    generator.add_augmentations([AppendPosition()] + chain[: crop + 1] + [TakePosition()] + chain[crop + 1 :])
+    np.random.seed(2)
+    starts = set()
+    for _ in range(3):
+        for i in range(len(dataset)):
+            sample = generator[i]
+            position, target = sample["position"], sample["y_soft"]
+            assert sample["X"].shape == (3, 3001) and target.shape == (3, 3001)
+            labels = cache.labels(i).astype(np.float32)
+            inside = position >= 0
+            np.testing.assert_array_equal(target[:, inside], labels[:, position[inside]])
+            np.testing.assert_array_equal(target[:, ~inside], np.array([[0], [0], [1]]) * np.ones((1, (~inside).sum())))
+            starts.add(int(position[0]))
+    assert len(starts) > 5 and max(starts) > 0  # random windows, not all at the trace start
+
+
 @pytest.mark.parametrize("p0, strategy", [(100, "pad"), (-50, "pad"), (1500, "variable")])
 def test_generator_crops_waveform_and_target_identically(small_dataset, fake_teachers, p0, strategy):
     """Whatever the window kept of the trace (a part, a part plus padding before or after it, a shorter rest), the
@@ -260,6 +315,8 @@ def test_crop_without_origin_is_one_clear_error(small_dataset, fake_teachers):
     generator.add_augmentations([sbg.FixedWindow(p0=0, windowlen=2000), CropSoftLabels(cache)])
     with pytest.raises(EdgepickError, match="SoftLabelOrigin|before the windowing"):
         generator[0]
+    with pytest.raises(EdgepickError, match="not a sample offset"):
+        teachers.window_start({teachers.TRACE_ORIGIN: float("nan")}, "CropSoftLabels")
 
 
 def test_cache_reads_a_span(small_dataset, fake_teachers):
@@ -283,6 +340,12 @@ def test_cache_in_dataloader_workers(small_dataset, fake_teachers):
     loader = torch.utils.data.DataLoader(generator, batch_size=len(LENGTHS), num_workers=2)
     (batch,) = list(loader)
     expected = np.stack([cache.labels(i)[:, :2000] for i in range(len(LENGTHS))]).astype(np.float32)
+    np.testing.assert_array_equal(batch["y_soft"].numpy(), expected)
+    cache.preload()  # in memory, as distill holds it, and a window away from the trace start
+    generator = sbg.GenericGenerator(open_dataset(small_dataset))
+    generator.add_augmentations([SoftLabelOrigin(cache), sbg.FixedWindow(p0=300, windowlen=1500), CropSoftLabels(cache)])
+    (batch,) = list(torch.utils.data.DataLoader(generator, batch_size=len(LENGTHS), num_workers=2))
+    expected = np.stack([cache.labels(i)[:, 300:1800] for i in range(len(LENGTHS))])
     np.testing.assert_array_equal(batch["y_soft"].numpy(), expected)
 
 
@@ -339,7 +402,7 @@ def test_on_the_fly_training_target_equals_cached_target(small_dataset, fake_tea
     for k in range(len(rows)):
         expected = cached[k]
         np.testing.assert_allclose(target[k], expected["y_soft"], atol=5e-4, err_msg=str(rows[k]))  # float16: <= 2.4e-4
-        assert batch["X"][k].shape == (3, window)  # the student's window, the position channel taken off
+        assert batch["X"][k].shape == (3, window)  # the student's window alone
     past_end = rows.index(("t2", 4000))
     assert (target[past_end, 2, 2000:] == 1).all()  # beyond the trace: noise, as the cache path pads
     # the context matters: the teacher run on the student's window alone gives another target
