@@ -262,7 +262,8 @@ def _teacher_target(batch: dict, online, device) -> torch.Tensor | None:
     or computed now."""
     if online is not None:
         return torch.from_numpy(online.targets(batch)).to(device)
-    return batch["y_soft"].to(device).float() if "y_soft" in batch else None
+    target = _get(batch, "y_soft", device)
+    return None if target is None else target.float()
 
 
 @torch.no_grad()

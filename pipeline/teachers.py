@@ -702,25 +702,23 @@ class SoftLabelCache:
         """float16 (3, n_samples) P, S, noise of dataset row ``index``, aligned with ``get_waveforms(index)``;
         ``start``/``stop``: only those samples of it (only they are read: from memory after :meth:`preload`, else
         from the file)."""
-        n = self.trace_length(index)
-        if start < 0:
-            raise EdgepickError(f"soft labels from sample {start}: a trace starts at 0 (soft_label_window pads before it)")
-        stop = n if stop is None else min(stop, n)
-        first = int(self.offsets[index])
         if self._memory is not None:
             source = self._memory
         else:
             self._handle()
             source = self._labels
-        return source[:, first + start : first + max(stop, start)]
+        return _trace_span(source, self.offsets, index, start, stop, self.trace_length(index))
+
+    def all_labels(self) -> np.ndarray:
+        """float16 (3, total samples): every trace's labels, concatenated in row order (``offsets``), read at once."""
+        return self._handle()["labels"][()]
 
     def preload(self) -> "SoftLabelCache":
         """Hold all labels in memory (float16: half the size of the float32 waveforms that training holds), so a
         training window's target is a slice instead of an HDF5 read (~90 us, a fifth of a cached window's cost).
         Read-only, so no caller can write into it through a slice. DataLoader workers share it when forked (Linux's
         default); a spawned worker gets its own copy."""
-        self._memory = self._handle()["labels"][()]
-        self._memory.flags.writeable = False
+        self._memory = _read_only(self.all_labels())
         return self
 
     def trace_length(self, index: int) -> int:
@@ -739,6 +737,21 @@ class SoftLabelCache:
         if self._file is not None:
             self._file.close()
             self._file = self._labels = None
+
+
+def _trace_span(source, offsets: np.ndarray, index: int, start: int, stop: int | None, length: int) -> np.ndarray:
+    """Samples [start, stop) (stop clipped to ``length``) of trace ``index`` in ``source``, (3, total samples) of
+    traces concatenated at ``offsets`` (an array in memory or the HDF5 dataset)."""
+    if start < 0:
+        raise EdgepickError(f"soft labels from sample {start}: a trace starts at 0 (soft_label_window pads before it)")
+    stop = length if stop is None else min(stop, length)
+    first = int(offsets[index])
+    return source[:, first + start : first + max(stop, start)]
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
 
 
 def _is_current(path: Path, member: TeacherMember, fingerprint: str) -> bool:
@@ -775,19 +788,14 @@ class EnsembleSoftLabels:
         """The mixture of all traces in memory, mixed once (the same numbers as mixing on each read)."""
         mixed = None
         for c in self.caches:
-            labels = c.weight * c._handle()["labels"][()].astype(np.float32)
+            labels = c.weight * c.all_labels().astype(np.float32)
             mixed = labels if mixed is None else mixed + labels
-        self._memory = mixed.astype(np.float16)
-        self._memory.flags.writeable = False
+        self._memory = _read_only(mixed.astype(np.float16))
         return self
 
     def labels(self, index: int, start: int = 0, stop: int | None = None) -> np.ndarray:
         if self._memory is not None:
-            if start < 0:
-                raise EdgepickError(f"soft labels from sample {start}: a trace starts at 0")
-            first, n = int(self.offsets[index]), self.trace_length(index)
-            stop = n if stop is None else min(stop, n)
-            return self._memory[:, first + start : first + max(stop, start)]
+            return _trace_span(self._memory, self.offsets, index, start, stop, self.trace_length(index))
         mixed = sum(c.weight * c.labels(index, start, stop).astype(np.float32) for c in self.caches)
         return mixed.astype(np.float16)
 
