@@ -40,12 +40,15 @@ distill_flags = $(if $(DATASET),--set distill.dataset=$(DATASET)) $(if $(TEACHER
 benchmark_flags = $(if $(DATASET),--set benchmark.dataset=$(DATASET)) $(if $(TEACHER),--set teacher.name=$(TEACHER)) \
 	$(if $(STUDENT),--set quantize.student=$(STUDENT)) $(if $(TFLITE),--set quantize.out=$(TFLITE)) \
 	$(if $(THRESHOLD),--set benchmark.threshold=$(THRESHOLD))
+qat_flags = $(if $(DATASET),--set distill.dataset=$(DATASET)) $(if $(TEACHER),--set teacher.name=$(TEACHER)) \
+	$(if $(QAT_FROM),--set qat.init_from=$(QAT_FROM)) $(if $(STUDENT_OUT),--set qat.out=$(STUDENT_OUT)) \
+	$(if $(EPOCHS),--set qat.epochs=$(EPOCHS))
 teacher_flags = $(if $(DATASET),--set teacher.finetune.dataset=$(DATASET)) $(if $(TEACHER),--set teacher.name=$(TEACHER)) \
 	$(if $(TEACHER_OUT),--set teacher.finetune.out=$(TEACHER_OUT)) $(if $(EPOCHS),--set teacher.finetune.epochs=$(EPOCHS)) \
 	$(if $(RESUME),--set teacher.finetune.resume=true)
 edgepick = $(PY) -m pipeline
 
-.PHONY: help venv data demo test benchmark-data benchmark clean teacher soft-labels distill qat sweep quantize
+.PHONY: help venv data demo recipe test benchmark-data benchmark clean teacher soft-labels distill qat sweep quantize
 
 help: ## list targets and variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -53,7 +56,8 @@ help: ## list targets and variables
 	@echo "           DATASET=dir[,dir] TEACHER=phasenet:okla[+eqtransformer:elep] STUDENT_OUT=dir EPOCHS=n RESUME=1 NPROC=n"
 	@echo "           teacher: DATASET=dir TEACHER=phasenet:okla TEACHER_OUT=dir EPOCHS=n RESUME=1 (then TEACHER=phasenet:dir)"
 	@echo "           qat: QAT_FROM=dir (a distilled student) DATASET=... STUDENT_OUT=dir EPOCHS=n"
-	@echo "           benchmark: DATASET=dir[:split]|miniseed-dir STUDENT=dir TFLITE=dir THRESHOLD=0.3 (and TEACHER)"
+	@echo "           presets: CONFIG=configs/demo.yaml | configs/real-data.yaml"
+	@echo "           benchmark: DATASET=dir[:split]|miniseed-dir STUDENT=dir TFLITE=dir THRESHOLD=x (default: each model's own) (and TEACHER)"
 	@echo "           CONFIG=file.yaml SET='section.key=value ...' PYTEST_ARGS=..."
 
 $(STAMP): requirements.txt pyproject.toml
@@ -68,16 +72,26 @@ venv: $(STAMP) ## create .venv with the pinned dependencies
 data: $(STAMP) ## build a dataset (default: the embedded synthetic one, data/synthetic)
 	$(edgepick) data $(config_flag) $(data_flags) $(set_flags)
 
-# A short run learns fastest at T = 1 with some hard-label weight (the sweep in README.md); the real-data recipe
-# there uses the defaults (T = 4, alpha = 1) for 20 epochs.
-DEMO_EPOCHS ?= 10
-DEMO_SET ?= distill.windows_per_epoch=4000 distill.temperature=1 distill.alpha=0.3
-demo: $(STAMP) ## every stage on the embedded synthetic default: data, soft labels, distill, qat, quantize, benchmark
+demo: $(STAMP) ## every stage on the embedded synthetic default (configs/demo.yaml): data, distill, qat, quantize, benchmark
 	$(MAKE) --no-print-directory data
-	$(MAKE) --no-print-directory distill EPOCHS=$(DEMO_EPOCHS) SET='$(DEMO_SET)'
-	$(MAKE) --no-print-directory qat EPOCHS=2 SET='$(DEMO_SET)'
-	$(MAKE) --no-print-directory quantize SET='quantize.student=models/student_qat'
-	$(MAKE) --no-print-directory benchmark STUDENT=models/student_qat
+	$(MAKE) --no-print-directory distill CONFIG=configs/demo.yaml
+	$(MAKE) --no-print-directory qat CONFIG=configs/demo.yaml
+	$(MAKE) --no-print-directory quantize CONFIG=configs/demo.yaml
+	$(MAKE) --no-print-directory benchmark CONFIG=configs/demo.yaml
+
+# The real-data student (configs/real-data.yaml): the three datasets, then distill, qat, quantize and the benchmark
+# on every real labelled set in ../shared/datasets. TRANSFER: the continuous miniSEED the teacher labels.
+TRANSFER ?= ../shared/waveforms/transfer
+REAL_SETS ?= $(wildcard ../shared/datasets/*/metadata.csv)
+recipe: $(STAMP) ## the real-data student (configs/real-data.yaml) and its benchmark on every labelled set in ../shared/datasets
+	$(MAKE) --no-print-directory data SOURCE=miniseed OUT=data/transfer SET='data.miniseed.path=$(TRANSFER)'
+	$(MAKE) --no-print-directory data OUT=data/synthetic_near N_TRACES=3000 SEED=7 SET='data.synthetic.distance_km_max=30'
+	$(MAKE) --no-print-directory data
+	$(MAKE) --no-print-directory distill CONFIG=configs/real-data.yaml
+	$(MAKE) --no-print-directory qat CONFIG=configs/real-data.yaml
+	$(MAKE) --no-print-directory quantize CONFIG=configs/real-data.yaml
+	$(foreach set,$(REAL_SETS),$(MAKE) --no-print-directory benchmark CONFIG=configs/real-data.yaml \
+		DATASET=$(dir $(set)) SET='benchmark.out=reports/$(notdir $(patsubst %/,%,$(dir $(set))))' &&) true
 
 teacher: $(STAMP) ## optional: fine-tune the pretrained TEACHER on a labelled DATASET (models/teacher; then TEACHER=phasenet:models/teacher)
 	$(edgepick) teacher $(config_flag) $(teacher_flags) $(set_flags)
@@ -89,11 +103,9 @@ distill: $(STAMP) ## distil TEACHER into the student on DATASET (comma-separated
 	$(if $(NPROC),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC),$(PY)) -m pipeline distill \
 		$(config_flag) $(distill_flags) $(set_flags)
 
-QAT_FROM ?= models/student
-qat: $(STAMP) ## quantization-aware fine-tuning of QAT_FROM (a distilled student) into STUDENT_OUT (models/student_qat)
-	$(edgepick) distill $(config_flag) --set distill.out=models/student_qat --set distill.epochs=4 \
-		--set distill.learning_rate=5e-4 --set distill.patience=10 \
-		--set distill.init_from=$(QAT_FROM) --set distill.quantization_aware=true $(distill_flags) $(set_flags)
+QAT_FROM ?=
+qat: $(STAMP) ## quantization-aware fine-tuning of QAT_FROM (qat.init_from, a distilled student) into STUDENT_OUT (qat.out)
+	$(edgepick) qat $(config_flag) $(qat_flags) $(set_flags)
 
 sweep: $(STAMP) ## grid over sweep.temperatures x sweep.alphas x sweep.base_channels, ranked on dev F1, Pareto plot
 	$(edgepick) sweep $(config_flag) $(distill_flags) $(set_flags)
@@ -107,13 +119,13 @@ quantize: $(STAMP) ## student -> ONNX -> TFLite FP32/FP16/INT8 (models/tflite), 
 # `firmware` is also a folder: these targets must be phony
 .PHONY: firmware flash monitor
 firmware: $(STAMP) ## check the model's memory budget, then build the ESP32 firmware (pio run; BOARD via SET='board.name=...')
-	$(PY) -m pipeline.flash build $(config_flag) $(set_flags)
+	$(edgepick) firmware $(config_flag) $(set_flags)
 
 flash: $(STAMP) ## budget check, build and upload the firmware to the board on the serial port
-	$(PY) -m pipeline.flash flash $(config_flag) $(set_flags)
+	$(edgepick) flash $(config_flag) $(set_flags)
 
 monitor: $(STAMP) ## open the board's serial console (pio device monitor; picks as JSON lines)
-	$(PY) -m pipeline.flash monitor $(config_flag) $(set_flags)
+	$(edgepick) monitor $(config_flag) $(set_flags)
 
 benchmark-data: $(STAMP) ## data-stage figures: synthetic generation time, generator throughput, teacher F1
 	$(PY) scripts/benchmark_data.py $(config_flag) $(set_flags)

@@ -54,3 +54,13 @@ def atomic_write_bytes(target: str | Path, data: bytes) -> None:
 def atomic_write_text(target: str | Path, text: str) -> None:
     with atomic_file(target, "w") as handle:
         handle.write(text)
+
+
+CONFIG_NAME = "edgepick_config.yaml"
+
+
+def save_config(folder: str | Path, config) -> Path:
+    """The resolved configuration (``pipeline.config.Config``) that made what is in ``folder``, written beside it."""
+    path = Path(folder) / CONFIG_NAME
+    atomic_write_text(path, config.to_yaml())
+    return path

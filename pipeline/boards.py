@@ -8,7 +8,7 @@ app partition that holds the firmware and the model as a const array). Figures a
   Programming Guide, Memory Types). We count 320 KB of DRAM minus an estimated 64 KB for ESP-IDF, FreeRTOS and
   drivers (Wi-Fi off) = 256 KB, and require the tensor arena, one contiguous block, to be <= 160 KB when it lives in
   internal SRAM.
-- PSRAM on the classic ESP32 maps at most 4 MB into data space (an 8 MB chip gives 4 MB; shared/NOTES.md);
+- PSRAM on the classic ESP32 maps at most 4 MB into data space (an 8 MB chip gives 4 MB; ESP-IDF, External RAM);
   ESP32-S3 N8R8 has 8 MB octal PSRAM, all usable.
 - ESP32-S3: 512 KB SRAM; we count 416 KB of data RAM minus the same 64 KB overhead = 352 KB.
 - Flash: the default single-app partition table gives a 1 MB app partition; we estimate 384 KB for ESP-IDF +
@@ -41,25 +41,20 @@ class Board:
     flash_bytes: int  # app partition bytes usable by the model
     max_arena_in_sram: int = MAX_STATIC_DRAM
     cpu_mhz: int = 240
-    pio_env: str = ""  # the PlatformIO environment in firmware/platformio.ini
 
 
-BOARDS = {
-    "esp32": Board("esp32", "ESP32, no PSRAM, 520 KB SRAM", 256 * KB, 0, 640 * KB, pio_env="esp32"),
-    "esp32-psram2": Board("esp32-psram2", "ESP32 + 2 MB PSRAM", 256 * KB, 2 * MB, 640 * KB, pio_env="esp32-wrover"),
-    "esp32-psram4": Board("esp32-psram4", "ESP32 + 4 MB PSRAM (8 MB chips map 4 MB)", 256 * KB, 4 * MB, 640 * KB,
-                          pio_env="esp32-wrover"),
-    "esp32s3-psram8": Board("esp32s3-psram8", "ESP32-S3 N8R8, 8 MB octal PSRAM", 352 * KB, 8 * MB, 640 * KB,
-                            pio_env="esp32s3-n8r8"),
-}
-ALIASES = {"esp32-nopsram": "esp32", "esp32-wrover": "esp32-psram4", "esp32s3-n8r8": "esp32s3-psram8",
-           "esp32-s3-n8r8": "esp32s3-psram8"}
+# The only board table. A board's name is also its PlatformIO environment in firmware/platformio.ini.
+BOARDS = {board.name: board for board in (
+    Board("esp32", "ESP32, no PSRAM, 520 KB SRAM", 256 * KB, 0, 640 * KB),
+    Board("esp32-psram2", "ESP32 + 2 MB PSRAM", 256 * KB, 2 * MB, 640 * KB),
+    Board("esp32-psram4", "ESP32 + 4 MB PSRAM (8 MB chips map 4 MB)", 256 * KB, 4 * MB, 640 * KB),
+    Board("esp32s3-psram8", "ESP32-S3 N8R8, 8 MB octal PSRAM", 352 * KB, 8 * MB, 640 * KB),
+)}
 
 
 def get_board(name: str) -> Board:
-    name = ALIASES.get(name, name)
     if name not in BOARDS:
-        raise EdgepickError(f"unknown board {name!r}; known: {', '.join(list(BOARDS) + list(ALIASES))}")
+        raise EdgepickError(f"unknown board {name!r}; known: {', '.join(BOARDS)}")
     return BOARDS[name]
 
 

@@ -10,15 +10,19 @@ import sys
 from pipeline.config import Config
 from pipeline.errors import EdgepickError
 
-# stage name -> (module with run(config), one-line help)
+# stage name -> (module, its function of the config, one-line help)
 STAGES = {
-    "data": ("pipeline.data", "build a SeisBench-format dataset (synthetic default, okla, seisbench:<Name>, fdsn, miniseed)"),
-    "sweep": ("pipeline.sweep", "distil one student per (temperature, alpha, width) and rank them on the dev split"),
-    "quantize": ("pipeline.quantize", "student -> ONNX -> TFLite FP32/FP16/INT8, checked in TFLite Micro, C array for the firmware"),
-    "teacher": ("pipeline.teacher_finetune", "fine-tune a pretrained teacher (teacher.name) on a labelled dataset, saved as a SeisBench model"),
-    "soft-labels": ("pipeline.teachers", "run the teacher(s) once over distill.dataset and cache the (P, S, noise) soft labels"),
-    "distill": ("pipeline.distill", "distil the teacher(s) into the XiaoNet-style student (torchrun for several processes)"),
-    "benchmark": ("pipeline.benchmark", "score teacher(s), PyTorch student and TFLite Micro variants on the same traces; reports/"),
+    "data": ("data", "run", "build a SeisBench-format dataset (synthetic default, okla, seisbench:<Name>, fdsn, miniseed)"),
+    "teacher": ("teacher", "run", "fine-tune a pretrained teacher (teacher.name) on a labelled dataset, saved as a SeisBench model"),
+    "soft-labels": ("soft_labels", "run", "run the teacher(s) once over distill.dataset and cache the (P, S, noise) soft labels"),
+    "distill": ("distill", "run", "distil the teacher(s) into the XiaoNet-style student (torchrun for several processes)"),
+    "qat": ("qat", "run", "quantization-aware fine-tuning of a distilled student (qat.init_from) for its INT8 build"),
+    "sweep": ("sweep", "run", "distil one student per (temperature, alpha, width) and rank them on the dev split"),
+    "quantize": ("quantize", "run", "student -> ONNX -> TFLite FP32/FP16/INT8, checked in TFLite Micro, C array for the firmware"),
+    "firmware": ("firmware", "run", "check the model's memory budget for board.name, then build the ESP32 firmware (PlatformIO)"),
+    "flash": ("firmware", "flash", "budget check, build and upload the firmware to the board"),
+    "monitor": ("firmware", "monitor", "the board's serial console (picks as JSON lines)"),
+    "benchmark": ("benchmark", "run", "score teacher(s), PyTorch student and TFLite Micro variants on the same traces; reports/"),
 }
 
 
@@ -26,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgepick", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    for name, (_, help_text) in STAGES.items():
+    for name, (_, _, help_text) in STAGES.items():
         stage = sub.add_parser(name, help=help_text, description=help_text)
         stage.add_argument("--config", help="YAML file with config sections (see pipeline/config.py)")
         stage.add_argument(
@@ -43,12 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = Config.load(args.config, args.overrides)
         if args.print_config:
-            import yaml
-
-            print(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            print(config.to_yaml())
             return 0
-        module = importlib.import_module(STAGES[args.stage][0])
-        module.run(config)
+        module, function, _ = STAGES[args.stage]
+        getattr(importlib.import_module(f"pipeline.stages.{module}"), function)(config)
     except EdgepickError as error:
         print(f"edgepick {args.stage}: error: {error}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.errors import EdgepickError
+from pipeline.picking import PickRule
 
 
 @dataclass
@@ -108,7 +109,7 @@ class DataConfig:
 
 @dataclass
 class TeacherFinetuneConfig:
-    """``make teacher``: fine-tune a pretrained teacher on a labelled dataset (pipeline/teacher_finetune.py)."""
+    """``make teacher``: fine-tune a pretrained teacher on a labelled dataset (pipeline/stages/teacher.py)."""
 
     base: str = ""  # the pretrained teacher to start from; "" = teacher.name (one PhaseNet)
     dataset: str = "data/synthetic"  # needs analyst picks
@@ -156,9 +157,11 @@ class StudentConfig:
     # float model (Hardswish: 91-94 %, below the 97 % bar), so it is the default for a TFLite-Micro-first student
     activation: str = "relu6"
     smooth_output: bool = True  # fixed [1,2,2,2,1]/8 filter on the logits against the stride-4 upsampling ripple
-    # the pick is the midpoint of the samples >= (1 - this) x the peak: 0.5 = half maximum; < 0: the first maximum
-    # (SeisBench's rule). Saved with the student; the firmware and the benchmark pick the same way
-    pick_top_tolerance: float = 0.5
+    # The pick rule saved with the student, written into the firmware's model_config.h and scored by the benchmark
+    # (their meanings: pipeline.picking.PickRule; < 0 for the top tolerance: the first maximum, as SeisBench picks)
+    p_threshold: float = PickRule.p_threshold
+    s_threshold: float = PickRule.s_threshold
+    pick_top_tolerance: float = PickRule.top_tolerance
 
 
 @dataclass
@@ -179,7 +182,20 @@ class DistillConfig:
     seed: int = 0
     resume: bool = False
     init_from: str = ""  # start from this saved student (fine-tuning) instead of random weights
-    quantization_aware: bool = False  # train through int8 fake quantization of every activation (pipeline/qat.py)
+    quantization_aware: bool = False  # train through int8 fake quantization of every activation (pipeline/fake_quant.py)
+
+
+@dataclass
+class QatConfig:
+    """``make qat``: quantization-aware fine-tuning of a distilled student, so its INT8 build picks like it: distill's
+    loop, data and teacher (the distill section), from ``init_from``, through int8 fake quantization
+    (pipeline/fake_quant.py). The saved student stays a plain float model for ``make quantize``."""
+
+    init_from: str = "models/student"
+    out: str = "models/student_qat"
+    epochs: int = 4
+    learning_rate: float = 5e-4
+    patience: int = 10
 
 
 @dataclass
@@ -206,7 +222,7 @@ class QuantizeConfig:
     firmware_precision: str = "int8"  # the variant written to firmware_dir
     firmware_dir: str = "firmware/src/model"
     check_agreement: bool = False  # refuse a variant under the pick-agreement bar (meaningful on a trained student)
-    # INT8 only: depthwise->pointwise activation equalisation (exact in float), 0 = off, 1 = full; see quantize.py
+    # INT8 only: depthwise->pointwise activation equalisation (exact in float), 0 = off, 1 = full; see pipeline/convert/int8.py
     equalize_alpha: float = 1.0
     # INT8 activation ranges: >= 100 converter min/max, (50, 100) that percentile, < 0 chosen on train windows
     range_percentile: float = -1.0
@@ -224,13 +240,15 @@ class BoardConfig:
 @dataclass
 class BenchmarkConfig:
     """``make benchmark``: teacher(s) (teacher.name), PyTorch student (quantize.student) and the TFLite Micro
-    variants in quantize.out on the same traces (pipeline/benchmark.py)."""
+    variants in quantize.out on the same traces (pipeline/stages/benchmark.py)."""
 
     # "" = the data stage's test split (data.out, split test); "path" = every trace of a SeisBench-format folder;
     # "path:split" = one split; a folder without metadata.csv = continuous miniSEED (agreement with the teacher only)
     dataset: str = ""
     out: str = "reports"
-    threshold: float = 0.3  # P and S trigger threshold (SeisBench classify)
+    # P and S trigger threshold of every model; None: each model's own (the student's saved pick rule; the teachers
+    # at pipeline.picking.PickRule's default, SeisBench classify's 0.3 of the reference table)
+    threshold: float | None = None
     tolerances_s: tuple[float, ...] = (0.1, 0.5)
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")  # TFLite variants to run (missing files are skipped)
     window_s: float = 10.0  # protocol 2 (SeisBench pick benchmark) window length
@@ -252,6 +270,7 @@ class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    qat: QatConfig = field(default_factory=QatConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     board: BoardConfig = field(default_factory=BoardConfig)
@@ -291,6 +310,19 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        """The resolved settings as YAML: what ``--print-config`` prints, ``--config`` reads back, and every stage
+        saves beside its artifacts (``edgepick_config.yaml``)."""
+
+        def plain(value):
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            if isinstance(value, (list, tuple)):
+                return [plain(v) for v in value]
+            return value
+
+        return yaml.safe_dump(plain(self.to_dict()), sort_keys=False)
 
 
 def _field_types(obj: object) -> dict[str, object]:

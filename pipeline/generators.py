@@ -8,9 +8,11 @@ and replayed through SeisBench's ``SteeredGenerator``, so every model sees exact
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,7 +20,9 @@ import seisbench.data as sbd
 import seisbench.generate as sbg
 import torch
 
+from pipeline.datasets import open_dataset
 from pipeline.errors import EdgepickError
+from pipeline.student import normalize_windows
 
 PHASE_COLUMNS = {
     "trace_p_arrival_sample": "P",
@@ -42,8 +46,6 @@ class Normalise:
         self.key = key
 
     def __call__(self, state_dict):
-        from pipeline.student import normalize_windows
-
         x, metadata = state_dict[self.key]
         state_dict[self.key] = (normalize_windows(x), metadata)
 
@@ -149,21 +151,177 @@ def augment(noise_std: tuple[float, float] = (0.0, 0.05), channel_dropout: bool 
     return chain
 
 
-def training_chain(dataset: sbd.WaveformDataset, in_samples: int, sigma: int = 20, soft_labels=None,
+# --------------------------------------------------------------------------------- the teacher's target per window
+TRACE_ORIGIN = "trace_origin_sample"
+"""Metadata column: where the trace's first sample lies relative to the current window. It ends in ``_sample``, so
+every SeisBench window shifts it as it shifts the picks (their documented convention): after windowing, the window
+starts at sample ``-metadata[TRACE_ORIGIN]`` of the trace. Both teacher paths cut their target this way. Not for
+steps that blank samples without moving them (SeisBench's ``RandomWindow`` with ``low``/``high`` zeroes the data
+outside its bounds): the target there stays the teacher's, as it would for the analyst-pick labels."""
+
+
+def mark_trace_origin(metadata: dict) -> None:
+    metadata[TRACE_ORIGIN] = 0
+
+
+def window_start(metadata: dict, step: str) -> int:
+    if TRACE_ORIGIN not in metadata:
+        raise EdgepickError(f"{step} needs {TRACE_ORIGIN} in the metadata: put its partner step before the windowing")
+    origin = metadata[TRACE_ORIGIN]
+    if not isinstance(origin, (int, float, np.integer, np.floating)) or not np.isfinite(origin):
+        raise EdgepickError(f"{step}: {TRACE_ORIGIN} is {origin!r}, not a sample offset (one window per sample: "
+                            "SlidingWindow's stacked windows are not supported)")
+    return -int(origin)
+
+
+def soft_label_window(cache, index: int, start: int, length: int) -> np.ndarray:
+    """float16 (3, length), the cache's own precision: the cached P, S, noise of row ``index`` from trace sample
+    ``start`` on (which may be negative); noise (0, 0, 1) wherever the window runs outside the trace, as the zero
+    padding there holds none. (Training takes it to float32 a batch at a time, where torch converts it fast.)"""
+    first, end = max(start, 0), min(start + length, cache.trace_length(index))
+    if first == start and end - first == length:
+        return np.array(cache.labels(index, first, end))  # a copy: later steps may write in place, not into the cache
+    out = np.zeros((3, length), dtype=np.float16)
+    out[2] = 1.0
+    if end > first:
+        out[:, first - start : end - start] = cache.labels(index, first, end)
+    return out
+
+
+class SoftLabelOrigin:
+    """SeisBench augmentation, before windowing: check the trace against its soft-label cache entry (looked up by
+    the sample's ``trace_name``: SeisBench's ``get_sample`` passes metadata, not the row index, and a filtered or
+    split dataset renumbers its rows) and note where it starts (:data:`TRACE_ORIGIN`) for :class:`CropSoftLabels`.
+    Expects channels-first waveforms (CW)."""
+
+    def __init__(self, cache, key: str = "X"):
+        self.cache = cache
+        self.key = key
+
+    def __call__(self, state_dict: dict) -> None:
+        waveform, metadata = state_dict[self.key]
+        length = self.cache.trace_length(self.cache.index_of(metadata["trace_name"]))
+        if waveform.ndim != 2 or waveform.shape[-1] != length:
+            raise EdgepickError(
+                f"trace {metadata['trace_name']}: waveform {waveform.shape} does not align with its soft labels "
+                f"(3, {length}) (open the dataset channels-first at its own sampling rate)"
+            )
+        mark_trace_origin(metadata)
+
+    def __str__(self) -> str:
+        return f"SoftLabelOrigin({getattr(self.cache, 'teacher', '?')})"
+
+
+class CropSoftLabels:
+    """SeisBench augmentation, after windowing: the cached teacher target over exactly the samples of the trace that
+    ``state_dict[source]`` now holds, float16 (3, window), into ``state_dict[key]``; where the window ran past the
+    trace (SeisBench pads with zeros), pure noise (0, 0, 1). Only the window is read from the cache."""
+
+    def __init__(self, cache, key: str = "y_soft", source: str = "X"):
+        self.cache = cache
+        self.key = key
+        self.source = source
+
+    def __call__(self, state_dict: dict) -> None:
+        waveform, metadata = state_dict[self.source]
+        index = self.cache.index_of(metadata["trace_name"])
+        start = window_start(metadata, "CropSoftLabels")
+        state_dict[self.key] = (soft_label_window(self.cache, index, start, waveform.shape[-1]), metadata)
+
+    def __str__(self) -> str:
+        return f"CropSoftLabels(key={self.key})"
+
+
+class StashTrace:
+    """Generator step before windowing (on-the-fly teacher): keep the whole trace in ``state_dict[stash]`` for the
+    teacher and note where it starts (:data:`TRACE_ORIGIN`), so that whatever windowing follows records where the
+    window came from."""
+
+    def __init__(self, key: str = "X", stash: str = "teacher_trace"):
+        self.key, self.stash = key, stash
+
+    def __call__(self, state_dict: dict) -> None:
+        waveform, metadata = state_dict[self.key]
+        mark_trace_origin(metadata)
+        state_dict[self.stash] = (waveform, metadata)
+
+    def __str__(self) -> str:
+        return "StashTrace (whole trace kept for the teacher, its origin noted)"
+
+
+class TeacherContext:
+    """Generator step right after windowing (on-the-fly teacher): read where the window starts (:data:`TRACE_ORIGIN`)
+    and cut, for each teacher, the span of the stashed whole trace covered by the teacher windows (annotate's
+    offsets over the whole trace, as the cache used) that overlap the student's window, prepared as the teacher
+    sees it (components, filter on the whole trace). Fixed-size outputs, so a DataLoader can batch them:
+
+    - ``teacher_context_<i>`` float32 (3, window + 2 * (in_samples - 1)), zero after the span;
+    - ``teacher_offsets_<i>`` int64: the teacher windows' starts relative to the span, -1 padded;
+    - ``teacher_crop_<i>`` int64 (3,): the student window's start in the span, its samples inside the trace, window.
+    """
+
+    def __init__(self, inputs: list, window: int, component_order: str = "ZNE", key: str = "X",
+                 stash: str = "teacher_trace"):
+        self.inputs, self.window, self.component_order = list(inputs), int(window), component_order
+        self.key, self.stash = key, stash
+        self.max_windows = [math.ceil((self.window + t.in_samples - 1) / t.hop) + 1 for t in self.inputs]
+        self.max_span = [self.window + 2 * (t.in_samples - 1) for t in self.inputs]
+
+    def __call__(self, state_dict: dict) -> None:
+        x, metadata = state_dict[self.key]
+        whole, _ = state_dict.pop(self.stash)
+        n, start = whole.shape[-1], window_start(metadata, "TeacherContext")
+        if start < 0 or x.shape[-1] != self.window:
+            raise EdgepickError(
+                f"trace {metadata.get('trace_name', '?')}: the on-the-fly teacher needs windows of {self.window} samples "
+                f"starting inside the trace (got {x.shape[-1]} samples, start {start})"
+            )
+        valid = min(self.window, n - start)
+        for i, (teacher, max_windows, max_span) in enumerate(zip(self.inputs, self.max_windows, self.max_span)):
+            length = max(n, teacher.in_samples)  # a short trace is zero-padded to one teacher window
+            offsets = teacher.offsets(length)
+            used = offsets[(offsets < start + valid) & (offsets + teacher.in_samples > start)]
+            first, end = int(used[0]), int(used[-1]) + teacher.in_samples
+            if teacher.filter_args is None and teacher.filter_kwargs is None:  # components only: the span suffices
+                span = teacher.prepare(whole[:, first:end], self.component_order)
+            else:  # the filter runs over the whole trace, as for the cache
+                span = teacher.prepare(whole, self.component_order)[:, first:end]
+            context = np.zeros((3, max_span), dtype=np.float32)
+            context[:, : span.shape[1]] = span
+            relative = np.full(max_windows, -1, dtype=np.int64)
+            relative[: len(used)] = used - first
+            state_dict[f"teacher_context_{i}"] = (context, metadata)
+            state_dict[f"teacher_offsets_{i}"] = (relative, metadata)
+            state_dict[f"teacher_crop_{i}"] = (np.array([start - first, valid, self.window], dtype=np.int64), metadata)
+
+    def __str__(self) -> str:
+        return f"TeacherContext ({len(self.inputs)} teacher(s), window {self.window})"
+
+
+class AsTeacherSees:
+    """The whole trace as a teacher sees it, float32: its component order and its filter over the whole trace
+    (``teachers.TeacherInput.prepare``), before the teacher's own windows are cut (``make teacher``)."""
+
+    def __init__(self, teacher_input, component_order: str = "ZNE", key: str = "X"):
+        self.input, self.component_order, self.key = teacher_input, component_order, key
+
+    def __call__(self, state_dict):
+        x, metadata = state_dict[self.key]
+        state_dict[self.key] = (self.input.prepare(x, self.component_order).astype(np.float32), metadata)
+
+    def __str__(self):
+        return f"AsTeacherSees (components {self.input.component_order}, the teacher's filter)"
+
+
+def training_chain(dataset: sbd.WaveformDataset, in_samples: int, sigma: int = 20, teacher_steps=None,
                    hard_labels: bool = True) -> list:
-    """Window around picks, augment, normalise, label; with a soft-label cache the teacher target is cropped with X.
+    """Window around picks, augment, normalise, label. ``teacher_steps``: (steps before the windowing, steps right
+    after it) that bring the teacher's target along (pipeline.soft_labels.TrainingTargets.steps).
     ``hard_labels=False`` leaves out the analyst-pick labels ("y"), which distillation with alpha = 1 never reads
     (labelling was a third of the generator's time)."""
     columns = phase_columns(dataset)
-    chain = []
-    if soft_labels is not None:
-        from pipeline.teachers import CropSoftLabels, SoftLabelOrigin
-
-        chain.append(SoftLabelOrigin(soft_labels))
-        chain += random_window_around_picks(columns, in_samples)
-        chain.append(CropSoftLabels(soft_labels))
-    else:
-        chain += random_window_around_picks(columns, in_samples)
+    before, after = teacher_steps or ([], [])
+    chain = list(before) + random_window_around_picks(columns, in_samples) + list(after)
     chain += augment() + normalise()  # Normalise already returns float32
     if hard_labels:
         chain += label(columns, sigma) + float32("y")
@@ -193,38 +351,62 @@ def evaluation_windows(dataset: sbd.WaveformDataset, in_samples: int, seed: int 
     )
 
 
-def evaluation_generator(dataset: sbd.WaveformDataset, in_samples: int, seed: int = 0, sigma: int = 20, soft_labels=None,
-                         wrap=None):
-    """Deterministic windows (see :func:`evaluation_windows`), normalised and labelled like training ones.
-    ``wrap``: an optional function of the chain that returns the chain to use (the on-the-fly teacher adds its
-    context steps around the windowing step this way)."""
+def evaluation_generator(dataset: sbd.WaveformDataset, in_samples: int, seed: int = 0, sigma: int = 20,
+                         teacher_steps=None):
+    """Deterministic windows (see :func:`evaluation_windows`), normalised and labelled like training ones, with
+    ``teacher_steps`` as in :func:`training_chain`."""
     columns = phase_columns(dataset)
     generator = sbg.SteeredGenerator(dataset, evaluation_windows(dataset, in_samples, seed))
-    window = [sbg.SteeredWindow(windowlen=in_samples, strategy="pad")]
-    if soft_labels is not None:
-        from pipeline.teachers import CropSoftLabels, SoftLabelOrigin
-
-        window = [SoftLabelOrigin(soft_labels)] + window + [CropSoftLabels(soft_labels)]
-    chain = window + normalise() + label(columns, sigma) + float32("X", "y")
-    generator.add_augmentations(wrap(chain) if wrap is not None else chain)
+    before, after = teacher_steps or ([], [])
+    window = list(before) + [sbg.SteeredWindow(windowlen=in_samples, strategy="pad")] + list(after)
+    generator.add_augmentations(window + normalise() + label(columns, sigma) + float32("X", "y"))
     return generator
 
 
-def training_generator(dataset: sbd.WaveformDataset, in_samples: int, sigma: int = 20, soft_labels=None, wrap=None,
+def training_generator(dataset: sbd.WaveformDataset, in_samples: int, sigma: int = 20, teacher_steps=None,
                        hard_labels: bool = True):
-    """Random windows around picks (:func:`training_chain`); ``wrap`` as in :func:`evaluation_generator`."""
+    """Random windows around picks (:func:`training_chain`)."""
     generator = sbg.GenericGenerator(dataset)
-    chain = training_chain(dataset, in_samples, sigma, soft_labels, hard_labels)
-    generator.add_augmentations(wrap(chain) if wrap is not None else chain)
+    generator.add_augmentations(training_chain(dataset, in_samples, sigma, teacher_steps, hard_labels))
     return generator
+
+
+def dataset_windows(path: str | Path, split: str, count: int, samples: int, seed: int = 0) -> np.ndarray:
+    """``count`` normalised (3, samples) windows cut from ``split`` of a SeisBench-format dataset, seeded, 80 % of
+    them around the P pick where there is one: calibration and held-out windows of the quantize stage."""
+    dataset = open_dataset(path)
+    part = getattr(dataset, split)()
+    if len(part) == 0:
+        raise EdgepickError(f"dataset {path} has no {split} traces")
+    rng = np.random.default_rng(seed)
+    metadata = part.metadata
+    windows = []
+    order = rng.permutation(len(part))
+    attempts = 0
+    while len(windows) < count and attempts < 20 * count:
+        idx = int(order[attempts % len(order)])
+        attempts += 1
+        waveform = np.asarray(part.get_waveforms(idx), dtype=np.float64)
+        if waveform.ndim != 2 or waveform.shape[-1] < samples:
+            continue
+        p = metadata.iloc[idx].get("trace_p_arrival_sample", np.nan)
+        latest = waveform.shape[-1] - samples
+        if p == p and p is not None and rng.random() < 0.8:
+            lo, hi = int(p) - samples + 100, int(p) - 100
+            start = int(rng.integers(max(0, lo), max(max(0, lo), min(hi, latest)) + 1))
+        else:
+            start = int(rng.integers(0, latest + 1))
+        start = min(max(start, 0), latest)
+        windows.append(normalize_windows(waveform[:, start : start + samples]))
+    if len(windows) < count:
+        raise EdgepickError(f"dataset {path} ({split}) gave only {len(windows)} windows of {samples} samples, need {count}")
+    return np.stack(windows).astype(np.float32)
 
 
 def load_for_training(
     path, split: str | None = None, sampling_rate: float = 100.0, component_order: str = "ZNE"
 ) -> sbd.WaveformDataset:
     """Open a dataset folder with its waveforms in memory and a metadata lookup: what high throughput needs."""
-    from pipeline.data import open_dataset
-
     dataset = open_dataset(path, sampling_rate, cache="full", metadata_cache=True, component_order=component_order)
     if split is not None:
         if "split" not in dataset.metadata.columns:

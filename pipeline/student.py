@@ -11,7 +11,7 @@ with ``c_i = base_channels * channel_multipliers[i]``. Each DS block is depthwis
 Hardswish. Choices made for TensorFlow Lite Micro:
 
 - Upsampling is a ``ConvTranspose1d`` with kernel = stride = 4 (TRANSPOSE_CONV), never ``nn.Upsample``: exported through
-  ONNX a 1-D resize became a 4-D RESIZE_NEAREST_NEIGHBOR + GATHER on a 32x larger tensor (see shared/NOTES.md). A k4/s4
+  ONNX a 1-D resize became a 4-D RESIZE_NEAREST_NEIGHBOR + GATHER on a 32x larger tensor (docs/design.md, "Export"). A k4/s4
   transposed convolution generalises "nearest x4 then the pointwise half of XiaoNet's decoder DS block"; the depthwise
   half then runs on the (cheaper) output channels.
 - Windows are padded internally to a multiple of 64 (three stride-4 stages) and the output is cropped back, so
@@ -40,14 +40,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.errors import EdgepickError
+from pipeline.picking import PickRule
 
 DOWNSAMPLING = 64  # 4 ** 3: the internal length must be a multiple of this
 DEFAULT_MULTIPLIERS = (1, 2, 4, 4)
 # Relative normalisation epsilon: the window is divided by its largest peak x (1 + NORM_EPS).
 NORM_EPS = 1e-6
 CLASS_ORDER = "PSN"
-PICK_TOP_TOLERANCE = 0.5  # the pick is the centre of the samples >= (1 - this) x the peak value: half maximum (peak_index)
-PICK_TOP_HALF_WIDTH = 256  # ... searched at most this many samples either side (firmware: kTopHalfWidth)
 # Samples of a window whose prediction sees past the window's edge: the network's receptive field reaches 302
 # samples back and 291 ahead (tests/test_student.py measures it). Annotate leaves out ("blinding") the predictions
 # that close to either end of each window; the overlapping windows' interiors cover those samples, and only the
@@ -99,32 +98,6 @@ def normalize_windows(x, eps: float = NORM_EPS):
     scale = float(np.abs(x).max()) * (1 + eps) if x.ndim == 2 else np.abs(x).max(axis=(-2, -1), keepdims=True) * (1 + eps)
     scale = np.where(scale > 0, scale, 1.0)
     return (x / scale).astype(np.float32)
-
-
-def peak_index(segment, top_tolerance: float | None = PICK_TOP_TOLERANCE, half_width: int = PICK_TOP_HALF_WIDTH) -> int:
-    """Where in one triggered segment of a probability curve the pick goes.
-
-    ``top_tolerance=None``: the first maximum, as SeisBench's ``picks_from_annotations``. A number: the centre
-    (rounded down) of the peak's top, the contiguous samples around that first maximum whose value is at least
-    ``(1 - top_tolerance)`` times it (at most ``half_width`` either side); the student's default 0.5 is the
-    midpoint of the peak's full width at half maximum. The student's P and S peaks are flat, broad or
-    multi-humped at the top, so their first maximum is arbitrary: INT8 rounding moved it by 10-70 samples, from
-    one hump to the next. The midpoint at half maximum sits on the steep flanks and stays put (INT8 pick agreement
-    0.95 -> 0.99 on dev windows of two students), with the F1 and residuals against labels of the first maximum.
-    Compared in float32, as the firmware's ``TriggerPicker`` does.
-    """
-    segment = np.asarray(segment, dtype=np.float32)
-    i = int(np.argmax(segment))
-    if top_tolerance is None or top_tolerance < 0:
-        return i
-    level = segment[i] * (np.float32(1) - np.float32(top_tolerance))
-    lo = i
-    while lo > 0 and i - lo < half_width and segment[lo - 1] >= level:
-        lo -= 1
-    hi = i
-    while hi + 1 < len(segment) and hi - i < half_width and segment[hi + 1] >= level:
-        hi += 1
-    return lo + (hi - lo) // 2
 
 
 ACTIVATIONS = ("hardswish", "relu6")
@@ -245,8 +218,14 @@ class UpBlock(nn.Module):
 class XiaoNet(sbm.WaveformModel):
     """XiaoNet-style student; ``forward`` maps (B, 3, N) normalised windows to (B, 3, N) probabilities (P, S, noise)."""
 
+    # The pick rule is annotate arguments, as SeisBench's own pickers keep theirs; the defaults and meanings are
+    # pipeline.picking.PickRule's, and each student saves the values it was made with in its default_args.
     _annotate_args = sbm.WaveformModel._annotate_args.copy()
-    _annotate_args["*_threshold"] = ("Detection threshold for the provided phase", 0.3)
+    _annotate_args["*_threshold"] = ("Detection threshold for the provided phase", PickRule.p_threshold)
+    _annotate_args["pick_top_tolerance"] = ("The pick is the midpoint of the samples >= (1 - this) x the segment's "
+                                            "maximum (< 0: the first maximum)", PickRule.top_tolerance)
+    _annotate_args["pick_top_half_width"] = ("Samples searched either side of the maximum for the pick",
+                                             PickRule.top_half_width)
     _annotate_args["blinding"] = ("Number of prediction samples to discard on each side of each window prediction",
                                   (RECEPTIVE_RADIUS, RECEPTIVE_RADIUS))
     _annotate_args["overlap"] = (_annotate_args["overlap"][0], 0.5)
@@ -262,15 +241,17 @@ class XiaoNet(sbm.WaveformModel):
         norm_eps: float = NORM_EPS,
         activation: str = "hardswish",
         smooth_output: bool = True,
-        pick_top_tolerance: float = PICK_TOP_TOLERANCE,
+        pick_rule: PickRule | None = None,
+        pick_top_tolerance: float | None = None,
         **kwargs,
     ):
+        """``pick_rule``: the student's picker (thresholds, pick placement, blinding); what it leaves open (and
+        without it, everything) takes PickRule's defaults and the blinding of :func:`default_blinding`.
+        ``pick_top_tolerance``: how students saved before the rule lived in ``default_args`` stored theirs."""
         if base_channels < 1 or in_samples < DOWNSAMPLING:
             raise EdgepickError(f"student needs base_channels >= 1 and in_samples >= {DOWNSAMPLING}, got {base_channels}, {in_samples}")
         if len(channel_multipliers) != 4:
             raise EdgepickError(f"channel_multipliers needs 4 entries (encoder 1-3, bottleneck), got {channel_multipliers}")
-        if not pick_top_tolerance < 1:  # also refuses NaN
-            raise EdgepickError(f"pick_top_tolerance must be < 1 (a fraction of the peak; < 0: first maximum), got {pick_top_tolerance}")
         if phases != CLASS_ORDER:
             raise EdgepickError(f"the student's class order is fixed to {CLASS_ORDER!r}, got {phases!r}")
         citation = (
@@ -306,7 +287,6 @@ class XiaoNet(sbm.WaveformModel):
         self.up1 = UpBlock(c2, c1, activation=activation)
         self.head = PointwiseConv1d(c1, 3)
         self.smooth_output = bool(smooth_output)
-        self.pick_top_tolerance = float(pick_top_tolerance)
         # The stride-4 transposed convolutions leave a period-4 ripple on the output (each of the 4 output phases
         # comes from its own kernel tap). On a flat-topped P or S peak the ripple decides which tooth is the
         # maximum, and INT8 rounding then moves the pick by 10-25 samples. A fixed [1, 2, 2, 2, 1] / 8 filter on
@@ -314,9 +294,20 @@ class XiaoNet(sbm.WaveformModel):
         self.register_buffer("smoothing", torch.tensor([1.0, 2, 2, 2, 1]).div(8).repeat(3, 1, 1), persistent=False)
         if "overlap" not in self.default_args:
             self.default_args["overlap"] = int(in_samples) // 2
-        if "blinding" not in self.default_args:
-            blind = default_blinding(self.default_args["overlap"])
-            self.default_args["blinding"] = (blind, blind)
+        blind = default_blinding(self.default_args["overlap"])
+        defaults = PickRule(blinding=(blind, blind)).annotate_args()
+        if pick_top_tolerance is not None:
+            defaults["pick_top_tolerance"] = float(pick_top_tolerance)
+        for key, value in defaults.items():  # what default_args (a saved student's, or a caller's) leave open
+            self.default_args.setdefault(key, value)
+        if pick_rule is not None:
+            self.default_args.update(pick_rule.annotate_args())
+        self.pick_rule  # a rule that does not hold (a threshold of 2, a top tolerance of 1) fails here
+
+    @property
+    def pick_rule(self) -> PickRule:
+        """How this student picks by default (its ``default_args``; a classify call may override them)."""
+        return PickRule.from_annotate_args(self.default_args, self._annotate_args)
 
     # ---- network -------------------------------------------------------------------------------------------
     def logits(self, x: torch.Tensor, channels_last: bool | None = None) -> torch.Tensor:
@@ -372,28 +363,29 @@ class XiaoNet(sbm.WaveformModel):
         return batch
 
     def classify_aggregate(self, annotations, argdict) -> sbu.ClassifyOutput:
-        """Picks per phase with SeisBench's trigger (on at ``<phase>_threshold``, off at half), noise not picked."""
+        """Picks per phase by the student's :class:`PickRule` under ``argdict`` (SeisBench's trigger, on at
+        ``<phase>_threshold`` and off at half, the pick placed by :meth:`PickRule.peak`); noise is not picked."""
+        rule = PickRule.from_annotate_args(argdict, self._annotate_args)
         picks = sbu.PickList()
         for phase in self.labels:
             if phase == "N":
                 continue
-            threshold = argdict.get(f"{phase}_threshold", self._annotate_args["*_threshold"][1])
-            picks += self.picks_from_annotations(
-                annotations.select(channel=f"{self.__class__.__name__}_{phase}"), threshold, phase
-            )
+            picks += self._picks(annotations.select(channel=f"{self.__class__.__name__}_{phase}"), rule, phase)
         return sbu.ClassifyOutput(self.name, picks=sbu.PickList(sorted(picks)))
 
-    def picks_from_annotations(self, annotations, threshold, phase) -> sbu.PickList:
-        """SeisBench's trigger (on at ``threshold``, off at half) with the pick at :func:`peak_index`."""
+    @staticmethod
+    def _picks(annotations, rule: PickRule, phase: str) -> sbu.PickList:
+        """SeisBench's ``picks_from_annotations`` with the pick placed by the rule."""
         from obspy.signal.trigger import trigger_onset
 
+        threshold = rule.threshold(phase)
         picks = []
         for trace in annotations:
             trace_id = f"{trace.stats.network}.{trace.stats.station}.{trace.stats.location}"
             times = trace.times()
             for s0, s1 in trigger_onset(trace.data, threshold, threshold / 2):
                 segment = trace.data[s0 : s1 + 1]
-                peak = s0 + peak_index(segment, self.pick_top_tolerance)
+                peak = s0 + rule.peak(segment)
                 picks.append(sbu.Pick(
                     trace_id=trace_id, start_time=trace.stats.starttime + times[s0],
                     end_time=trace.stats.starttime + times[s1], peak_time=trace.stats.starttime + times[peak],
@@ -413,7 +405,6 @@ class XiaoNet(sbm.WaveformModel):
             norm_eps=self.norm_eps,
             activation=self.activation,
             smooth_output=self.smooth_output,
-            pick_top_tolerance=self.pick_top_tolerance,
         )
         return model_args
 
@@ -459,15 +450,24 @@ def phasenet_macs(in_samples: int = 3001) -> int:
     return count_macs(sbm.PhaseNet(), (1, 3, in_samples))
 
 
+def hop_samples(model) -> int:
+    """Window hop of SeisBench's annotate for this model: in_samples - overlap (overlap < 1 is a fraction)."""
+    overlap = model.default_args.get("overlap", model._annotate_args["overlap"][1])
+    overlap = int(round(overlap * model.in_samples)) if 0 < overlap < 1 else int(overlap)
+    return max(1, model.in_samples - overlap)
+
+
 def build_student(config) -> XiaoNet:
     """The student described by a :class:`pipeline.config.StudentConfig`."""
+    rule = PickRule(p_threshold=config.p_threshold, s_threshold=config.s_threshold,
+                    top_tolerance=config.pick_top_tolerance)
     return XiaoNet(
         base_channels=config.base_channels,
         in_samples=config.in_samples,
-        channel_multipliers=tuple(getattr(config, "channel_multipliers", DEFAULT_MULTIPLIERS)),
-        activation=getattr(config, "activation", "hardswish"),
-        smooth_output=getattr(config, "smooth_output", True),
-        pick_top_tolerance=getattr(config, "pick_top_tolerance", PICK_TOP_TOLERANCE),
+        channel_multipliers=tuple(config.channel_multipliers),
+        activation=config.activation,
+        smooth_output=config.smooth_output,
+        pick_rule=rule,
     )
 
 

@@ -18,15 +18,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import benchmark, teachers  # noqa: E402
+from pipeline import annotation, metrics, teachers  # noqa: E402
 from pipeline.errors import EdgepickError, run_script  # noqa: E402
+from pipeline.stages import benchmark as benchmark_stage  # noqa: E402
 from pipeline.student import load_student  # noqa: E402
 
 
 def f1(model, waveforms, rate, order, truth, threshold, tolerance, **classify_args) -> dict[str, float]:
-    picks = benchmark.predict_picks(model, waveforms, rate, order, threshold, **classify_args)
-    scored = benchmark.score_picks(truth, picks, (tolerance,))
-    return {phase: round(scored[phase][tolerance]["f1"], 3) for phase in benchmark.PHASES}
+    picks = annotation.predict_picks(model, waveforms, rate, order, threshold, **classify_args)
+    scored = metrics.score_picks(truth, picks, (tolerance,))
+    return {phase: round(scored[phase][tolerance]["f1"], 3) for phase in metrics.PHASES}
 
 
 def main() -> None:
@@ -34,13 +35,14 @@ def main() -> None:
     parser.add_argument("--student", action="append", required=True, help="a saved student (repeatable)")
     parser.add_argument("--teacher", default="phasenet:okla", help="one teacher (no ensemble)")
     parser.add_argument("--dataset", default="../shared/datasets/stead50", help="labelled: path or path:split")
-    parser.add_argument("--threshold", type=float, default=0.3)
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="P and S threshold of every model (default: each model's own pick rule; teachers 0.3)")
     parser.add_argument("--tolerance", type=float, default=0.5, help="seconds")
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
     path, _, split = args.dataset.partition(":") if not Path(args.dataset).is_dir() else (args.dataset, "", "")
-    waveforms, metadata, rate, order = benchmark.load_labelled(Path(path), split)
-    truth = {phase: [row / rate for row in rows] for phase, rows in benchmark.analyst_picks(metadata).items()}
+    waveforms, metadata, rate, order = benchmark_stage.load_labelled(Path(path), split)
+    truth = {phase: [row / rate for row in rows] for phase, rows in metrics.analyst_picks(metadata).items()}
     students = {name: load_student(name) for name in args.student}
     teacher = teachers.load_single_model(args.teacher)
     blindings = {teachers.annotate_blinding(s) for s in students.values()}

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import torch
 
-from pipeline import data, generators
+from pipeline import datasets, generators
+from pipeline.annotation import evaluate_picker
 from pipeline.config import Config
 from pipeline.errors import run_script
+from pipeline.stages import data as data_stage
 
 
 def main() -> None:
@@ -37,7 +39,7 @@ def main() -> None:
         config.data.synthetic.n_traces = args.traces
         config.data.out = str(Path(tmp) / "synthetic")
         started = time.perf_counter()
-        data.run(config)
+        data_stage.run(config)
         seconds = time.perf_counter() - started
         print(f"synthetic generation: {args.traces} traces in {seconds:.1f} s (target <= 60 s for 2,000)")
 
@@ -53,12 +55,11 @@ def main() -> None:
         except Exception as error:  # no weights offline: say so, the other figures stand
             print(f"teacher F1: skipped, PhaseNet okla not loadable ({type(error).__name__}); set SEISBENCH_CACHE_ROOT")
             return
-        from pipeline.benchmark import evaluate_picker
 
-        test = data.open_dataset(config.data.out).get_split("test")
+        test = datasets.open_dataset(config.data.out).get_split("test")
         if args.f1_traces:
             test.filter(test.metadata.index < test.metadata.index[min(args.f1_traces, len(test)) - 1] + 1)
-        scores = evaluate_picker(teacher, test, threshold=0.3, tolerances=(0.1, 0.5))["scores"]
+        scores = evaluate_picker(teacher, test, tolerances=(0.1, 0.5))["scores"]  # at the reference threshold
         for tolerance in (0.5, 0.1):
             p, s = (scores[phase][tolerance]["f1"] for phase in "PS")
             print(f"teacher PhaseNet okla on synthetic test split ({len(test)} traces), F1 @{tolerance} s: P {p:.3f}  S {s:.3f}"

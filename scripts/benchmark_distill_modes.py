@@ -3,7 +3,7 @@
     SEISBENCH_CACHE_ROOT=../shared/seisbench .venv/bin/python scripts/benchmark_distill_modes.py \
         --dataset data/synthetic --windows 2048 --batch 64 --epochs 2 --repeat 2
 
-Runs the ordinary distillation (``pipeline.distill.run``, default student, alpha 1, PhaseNet ``okla``) twice on the
+Runs the ordinary distillation (``pipeline.stages.distill.run``, default student, alpha 1, PhaseNet ``okla``) twice on the
 same dataset, the same number of training windows per epoch, the same batch size, the same DataLoader workers and
 torch threads, on this machine's CPU: once with ``teacher.mode=cache``, once with ``teacher.mode=on-the-fly``.
 
@@ -40,9 +40,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import distill, generators, teachers  # noqa: E402
+from pipeline import generators, soft_labels  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 from pipeline.errors import EdgepickError, run_script  # noqa: E402
+from pipeline.stages import distill  # noqa: E402
 
 
 def config_for(mode: str, args, out: Path) -> Config:
@@ -89,7 +90,7 @@ def main() -> None:
               "gpu": torch.cuda.get_device_name() if args.device != "cpu" else None}
 
     started = time.perf_counter()  # the cache's one-off build (0 when a current cache is reused)
-    teachers.build_soft_labels(args.dataset, args.teacher, batch_size=args.teacher_batch, progress=False,
+    soft_labels.build_soft_labels(args.dataset, args.teacher, batch_size=args.teacher_batch, progress=False,
                                device=None if args.device == "cpu" else args.device)
     result["cache_build_s"] = round(time.perf_counter() - started, 1)
 

@@ -4,7 +4,7 @@
         [--dataset data/synthetic_near] [--epochs 10] [--windows 8000] [--out models/kd_vs_hard] \
         [--eval ../shared/datasets/stead50 --eval data/synthetic_near:test]
 
-Trains two students with ``pipeline.distill.run`` from one config: ``kd`` with the config's temperature and alpha
+Trains two students with ``pipeline.stages.distill.run`` from one config: ``kd`` with the config's temperature and alpha
 (default T 4, alpha 1: the teacher's soft targets only) and ``hard`` with alpha 0 (cross-entropy with the
 dataset's probabilistic labels only). The training set must be labelled. Each run is resumable (``--out`` keeps
 both; a finished run is not trained again). Then both, and the teacher, are scored with protocol 1 of
@@ -25,14 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchmark_student  # noqa: E402
 
-from pipeline import distill, teachers, training  # noqa: E402
+from pipeline import teachers, training  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 from pipeline.errors import run_script  # noqa: E402
+from pipeline.stages import distill  # noqa: E402
 from pipeline.student import load_student  # noqa: E402
 
 
 def train(args, alpha: float, out: Path) -> Path:
-    """One run of ``pipeline.distill.run``; resumes an interrupted run, returns at once for a finished one."""
+    """One run of ``pipeline.stages.distill.run``; resumes an interrupted run, returns at once for a finished one."""
     config = Config.load(None, args.set)
     config.distill.dataset = args.dataset
     config.distill.epochs = args.epochs
@@ -52,7 +53,8 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=8000, help="training windows per epoch")
     parser.add_argument("--out", default="models/kd_vs_hard")
     parser.add_argument("--eval", action="append", help="path or path:split to score on (repeatable)")
-    parser.add_argument("--threshold", type=float, default=0.3)
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="P and S threshold of every model (default: each model's own pick rule; teachers 0.3)")
     parser.add_argument("--json", help="write all figures here")
     parser.add_argument("--set", action="append", default=[], help="config override key=value (both runs)")
     args = parser.parse_args()

@@ -27,9 +27,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import boards  # noqa: E402
-from pipeline import quantize as Q  # noqa: E402
+from pipeline import generators  # noqa: E402
+from pipeline.convert import onnx_export, onnx_to_keras, quantize_student, tflite  # noqa: E402
+from pipeline.stages.quantize import format_variants  # noqa: E402
 from pipeline.errors import run_script  # noqa: E402
-from pipeline.student import XiaoNet, load_student, normalize_windows, phasenet_macs  # noqa: E402
+from pipeline.student import XiaoNet, hop_samples, load_student, normalize_windows, phasenet_macs  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,8 +49,8 @@ def main() -> None:
     model = load_student(args.student) if trained else XiaoNet(args.base_channels, args.in_samples).eval()
     samples = model.in_samples
     if Path(args.dataset, "metadata.csv").exists():
-        calibration = Q.dataset_windows(args.dataset, "train", args.windows, samples, seed=0)
-        heldout = Q.dataset_windows(args.dataset, "test", args.windows, samples, seed=1)
+        calibration = generators.dataset_windows(args.dataset, "train", args.windows, samples, seed=0)
+        heldout = generators.dataset_windows(args.dataset, "test", args.windows, samples, seed=1)
         source = args.dataset
     else:
         rng = np.random.default_rng(0)
@@ -56,7 +58,7 @@ def main() -> None:
         heldout = normalize_windows(rng.normal(size=(args.windows, 3, samples)))
         source = "normalised noise (no dataset)"
     started = time.perf_counter()
-    result = Q.quantize_student(model, calibration, heldout)
+    result = quantize_student(model, calibration, heldout)
     seconds = time.perf_counter() - started
     macs = model.count_macs()
     reference_macs = phasenet_macs(samples)
@@ -65,15 +67,15 @@ def main() -> None:
           f"{model.parameter_count()} parameters")
     print(f"windows: {source}; chain took {seconds:.1f} s")
     print(f"MACs per window: {macs} ({macs / reference_macs:.1%} of PhaseNet's {reference_macs})")
-    print(Q.format_variants(result))
-    fp16_tflite = Q.fp16_reference_status(Q.onnx_to_keras(Q.export_onnx(model)))
+    print(format_variants(result))
+    fp16_tflite = tflite.fp16_reference_status(onnx_to_keras.onnx_to_keras(onnx_export.export_onnx(model)))
     print(f"TFLite's own float16-weight .tflite in TFLite Micro: {fp16_tflite} (hence the EPH1 packed FP16 variant)")
     print("cycles per MAC (derived): " + ", ".join(f"{chip}/{kind} {v:.1f}" for chip, d in boards.CYCLES_PER_MAC.items()
                                                    for kind, v in d.items()))
     board = boards.get_board(args.board)
     rows = {}
     for precision, info in result.variants.items():
-        info = dict(info, hop_samples=Q.hop_samples(model), sampling_rate=float(model.sampling_rate), macs=macs)
+        info = dict(info, hop_samples=hop_samples(model), sampling_rate=float(model.sampling_rate), macs=macs)
         budget = boards.check_budget(board, info, raise_error=False)
         est = boards.estimate_latency(macs, precision, info["hop_samples"] / info["sampling_rate"])
         line = ", ".join(f"{chip} {e['ms']:.0f} ms (RTF {e['real_time_factor']:.4f})" for chip, e in est.items())

@@ -1,4 +1,4 @@
-"""Student against teacher on labelled data (issue 4's numbers), protocol 1 of pipeline.benchmark.
+"""Student against teacher on labelled data, protocol 1 (pipeline.annotation.evaluate_picker).
 
     python scripts/benchmark_student.py --student models/student/student \
         [--student models/student_hard/student ...] [--teacher phasenet:okla] \
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import benchmark, data, teachers
+from pipeline import datasets, metrics, teachers
+from pipeline.annotation import evaluate_picker
 from pipeline.errors import run_script
 from pipeline.student import count_macs, load_student
 
@@ -27,21 +28,21 @@ SP_BINS = ((0.0, 2.0, "S-P < 2 s"), (2.0, 5.0, "S-P 2-5 s"), (5.0, np.inf, "S-P 
 
 def open_split(spec: str):
     path, _, split = spec.partition(":") if not os.path.isdir(spec) else (spec, "", "")
-    dataset = data.open_dataset(path, sampling_rate=None, component_order="ZNE")
+    dataset = datasets.open_dataset(path, sampling_rate=None, component_order="ZNE")
     if split:
         dataset = dataset.get_split(split)
     return dataset
 
 
 def evaluate(model, dataset, threshold: float) -> dict:
-    result = {"all": benchmark.evaluate_picker(model, dataset, threshold=threshold)["scores"]}
-    sp = benchmark.sp_seconds(dataset.metadata)
+    result = {"all": evaluate_picker(model, dataset, threshold=threshold)["scores"]}
+    sp = metrics.sp_seconds(dataset.metadata)
     for low, high, name in SP_BINS:
         mask = (sp >= low) & (sp < high)
         if mask.sum() >= 5:
             subset = dataset.copy()
             subset.filter(mask, inplace=True)
-            result[name] = benchmark.evaluate_picker(model, subset, threshold=threshold)["scores"]
+            result[name] = evaluate_picker(model, subset, threshold=threshold)["scores"]
             result[name]["traces"] = int(mask.sum())
     return result
 
@@ -51,7 +52,8 @@ def main() -> None:
     parser.add_argument("--student", action="append", required=True, help="a saved student (repeatable)")
     parser.add_argument("--teacher", default="phasenet:okla")
     parser.add_argument("--dataset", action="append", help="path or path:split (repeatable)")
-    parser.add_argument("--threshold", type=float, default=0.3)
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="P and S threshold of every model (default: each model's own pick rule; teachers 0.3)")
     parser.add_argument("--json", help="write all figures here")
     args = parser.parse_args()
     datasets = args.dataset or [str(Path(__file__).resolve().parents[2] / "shared" / "datasets" / "stead50")]

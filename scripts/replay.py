@@ -8,7 +8,7 @@ The device speaks the line protocol of firmware/lib/edgepick_core/src/ep_line_pa
 "#reset", "#t0 <epoch>", one "index z n e" line per 100 Hz sample and "#end", and reads the JSON lines the
 device prints (picks, info/warn/error messages, timings) until the end-of-stream summary. Picks are printed as
 JSON lines (or written to --out) with their absolute time. To check them against the Python reference of the
-firmware, run ``pipeline.flash.stream_reference`` with the student's blinding and pick rule on the same samples
+firmware, run ``pipeline.picking.stream_picks`` with the student's pick rule on the same samples
 (tests/test_firmware.py does so against the host build of the firmware's core).
 """
 
@@ -28,6 +28,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from pipeline.errors import EdgepickError  # noqa: E402
+from pipeline.serial_protocol import parse_pick_lines, sample_lines  # noqa: E402
 
 SAMPLING_RATE = 100.0
 
@@ -98,14 +99,6 @@ def load_dataset_trace(path: str, index: int) -> tuple[np.ndarray, float]:
 # ---------------------------------------------------------------------------------------------------------------
 # The protocol
 # ---------------------------------------------------------------------------------------------------------------
-def sample_lines(x: np.ndarray, t0: float = 0.0):
-    yield "#reset\n"
-    yield f"#t0 {t0:.6f}\n"
-    for i, (z, n, e) in enumerate(np.asarray(x, dtype=np.float32).T):
-        yield f"{i} {z:.9g} {n:.9g} {e:.9g}\n"
-    yield "#end\n"
-
-
 class _Reader(threading.Thread):
     """Collects the device's JSON lines (non-JSON boot noise is kept aside)."""
 
@@ -152,8 +145,6 @@ def replay_array(port, x: np.ndarray, t0: float = 0.0, speed: float | None = Non
                  wait_ready: float = 10.0) -> tuple[list[dict], list[dict]]:
     """Send the (3, n) stream ``x`` to ``port`` (pyserial Serial or a binary file object) and return
     (picks sorted by sample, every JSON message). ``speed``: times real time (None: as fast as the port goes)."""
-    from pipeline.flash import parse_pick_lines
-
     reader = _Reader(port)
     reader.start()
     reader.ready.wait(wait_ready)  # a device that was already running prints nothing: go on after the wait

@@ -8,12 +8,15 @@ import obspy
 import pytest
 import torch
 
-from pipeline import benchmark as B
-from pipeline import benchmark_models as bm
-from pipeline import quantize as Q
+from pipeline import annotation, metrics, runners
 from pipeline.config import Config
+from pipeline.convert import quantize_student
 from pipeline.errors import EdgepickError
-from pipeline.student import PICK_TOP_TOLERANCE, XiaoNet, default_blinding, normalize_windows
+from pipeline.picking import PickRule
+from pipeline.stages import benchmark as benchmark_stage
+from pipeline.student import XiaoNet, default_blinding, normalize_windows
+
+PICK_TOP_TOLERANCE = PickRule.top_tolerance
 
 SAMPLES = 1001
 RECORD_FIELDS = {
@@ -24,7 +27,7 @@ RECORD_FIELDS = {
 MODEL_FIELDS = {
     "model", "runtime", "precision", "spec", "notes", "annotate_seconds", "parameters", "macs_per_window",
     "window_samples", "flatbuffer_bytes", "flatbuffer_expanded_bytes", "arena_bytes", "host_latency_ms",
-    "esp32_latency_ms_est", "esp32s3_latency_ms_est", "pick_top_tolerance", "blinding",
+    "esp32_latency_ms_est", "esp32s3_latency_ms_est", "pick_top_tolerance", "blinding", "thresholds",
 }
 
 
@@ -42,7 +45,7 @@ def models(tmp_path_factory):
     student.save(str(root / "student" / "student"))
     rng = np.random.default_rng(0)
     windows = normalize_windows(rng.normal(size=(4, 3, SAMPLES)))
-    result = Q.quantize_student(student, windows, windows, precisions=("fp32", "fp16"), measure_arena=False)
+    result = quantize_student(student, windows, windows, precisions=("fp32", "fp16"), measure_arena=False)
     (root / "tflite").mkdir()
     (root / "tflite" / "model_fp32.tflite").write_bytes(result.flatbuffers["fp32"])
     (root / "tflite" / "model_fp16.ef16").write_bytes(result.flatbuffers["fp16"])
@@ -52,7 +55,7 @@ def models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     from pipeline.config import DataConfig
-    from pipeline.data import write_dataset
+    from pipeline.datasets import write_dataset
     from pipeline.sources import synthetic
 
     config = DataConfig(out=str(tmp_path_factory.mktemp("data") / "synthetic"))
@@ -64,7 +67,7 @@ def dataset(tmp_path_factory):
 @pytest.fixture
 def fake_teacher(monkeypatch):
     """The teacher is a second tiny untrained student, so the stage runs without ../shared."""
-    monkeypatch.setattr(bm, "load_teacher", lambda spec: bm.BenchModel("teacher", "pytorch", "fp32", [tiny(1)], spec=spec))
+    monkeypatch.setattr(runners, "load_teacher", lambda spec: runners.BenchModel("teacher", "pytorch", "fp32", [tiny(1)], spec=spec))
 
 
 def config_for(models, dataset_spec, out):
@@ -78,11 +81,11 @@ def config_for(models, dataset_spec, out):
 
 # ------------------------------------------------------------------------------------------- protocol 2, by hand
 def test_roc_auc_and_mcc_known_values():
-    assert B.roc_auc([1, 1, 0, 0], [0.9, 0.4, 0.5, 0.1]) == pytest.approx(0.75)
-    assert B.roc_auc([1, 0], [0.5, 0.5]) == pytest.approx(0.5)  # a tie counts one half
-    assert B.roc_auc([1, 1], [0.1, 0.2]) is None
-    assert B.mcc([1, 1, 0, 0], [1, 0, 0, 0]) == pytest.approx(2 / np.sqrt(12))
-    assert B.best_mcc([1, 1, 0, 0], [0.9, 0.8, 0.2, 0.1])[0] == pytest.approx(1.0)
+    assert metrics.roc_auc([1, 1, 0, 0], [0.9, 0.4, 0.5, 0.1]) == pytest.approx(0.75)
+    assert metrics.roc_auc([1, 0], [0.5, 0.5]) == pytest.approx(0.5)  # a tie counts one half
+    assert metrics.roc_auc([1, 1], [0.1, 0.2]) is None
+    assert metrics.mcc([1, 1, 0, 0], [1, 0, 0, 0]) == pytest.approx(2 / np.sqrt(12))
+    assert metrics.best_mcc([1, 1, 0, 0], [0.9, 0.8, 0.2, 0.1])[0] == pytest.approx(1.0)
 
 
 def test_protocol2_on_hand_made_curves():
@@ -92,13 +95,13 @@ def test_protocol2_on_hand_made_curves():
     p[1000 + 5] = 0.9  # P peak 0.05 s after the label
     s[2500 + 5] = 0.8
     s[1000 + 5] = 0.2  # some S probability on the P: still identified as P (max P - max S > 0)
-    curves = B.Curves(rate, [0, 0], [np.stack([p, s]), np.full((2, n), 0.1, np.float32)])
+    curves = annotation.Curves(rate, PickRule(), [0, 0], [np.stack([p, s]), np.full((2, n), 0.1, np.float32)])
     truth = {"P": [np.array([10.0]), np.array([])], "S": [np.array([25.0]), np.array([])]}
-    windows = B.protocol2_windows(truth, [60.0, 60.0], window_s=10.0, seed=3)
+    windows = metrics.protocol2_windows(truth, [60.0, 60.0], window_s=10.0, seed=3)
     assert [w[2] for w in windows["phase"]] == ["P", "S"] and all(w[4] for w in windows["phase"])
     # one positive (trace 0) and two negatives (pre-event noise of trace 0 is too short: only trace 1's window)
     assert sorted(label for _, _, label in windows["detection"]) == [0, 1]
-    result = B.protocol2_scores(curves, windows, 10.0)
+    result = metrics.protocol2_scores(curves, windows, 10.0)
     assert result["detection"]["auc"] == pytest.approx(1.0)
     assert result["phase"]["mcc"] == pytest.approx(1.0)
     for phase in "PS":
@@ -106,33 +109,38 @@ def test_protocol2_on_hand_made_curves():
         assert result[f"onset_{phase}"]["mae_s"] == pytest.approx(0.05, abs=1e-6)
         assert result[f"onset_{phase}"]["within_0.1_s"] == 1.0
     # seeded: the same windows again
-    assert B.protocol2_windows(truth, [60.0, 60.0], window_s=10.0, seed=3) == windows
+    assert metrics.protocol2_windows(truth, [60.0, 60.0], window_s=10.0, seed=3) == windows
 
 
 def test_snr_parsing_and_bins():
     import pandas as pd
 
-    snr = B.parse_snr_db(pd.DataFrame({"trace_snr_db": ["[56.79 55.9 57.3]", "[nan 4.0 6.0]", 12.5, "bad"]}))
+    snr = metrics.parse_snr_db(pd.DataFrame({"trace_snr_db": ["[56.79 55.9 57.3]", "[nan 4.0 6.0]", 12.5, "bad"]}))
     assert snr[0] == pytest.approx(np.mean([56.79, 55.9, 57.3])) and snr[1] == pytest.approx(5.0)
     assert snr[2] == 12.5 and np.isnan(snr[3])
-    masks = B.bin_masks(snr, (10, 20), "SNR", "dB")
+    masks = metrics.bin_masks(snr, (10, 20), "SNR", "dB")
     assert {k: v.tolist() for k, v in masks.items()} == {
         "SNR < 10 dB": [False, True, False, False], "SNR 10-20 dB": [False, False, True, False],
         "SNR >= 20 dB": [True, False, False, False]}
 
 
 def test_each_model_is_scored_with_its_own_pick_rule():
-    student = bm.BenchModel("student", "pytorch", "fp32", [tiny(2)])
-    assert B.pick_rule(student) == pytest.approx(PICK_TOP_TOLERANCE)  # the centre of the peak's top, as the student's classify
-    teacher = bm.BenchModel("teacher", "pytorch", "fp32", [torch.nn.Identity()])
-    assert B.pick_rule(teacher) is None  # SeisBench's first maximum
-    from pipeline.benchmark_report import pick_rule_text
+    student = runners.BenchModel("student", "pytorch", "fp32", [tiny(2)])
+    # the centre of the peak's top, as the student's classify
+    assert annotation.model_rule(student).top_tolerance == pytest.approx(PICK_TOP_TOLERANCE)
+    import seisbench.models as sbm
 
-    assert pick_rule_text(None) == "first maximum" and pick_rule_text(0.5) == "midpoint at half maximum"
+    teacher = runners.BenchModel("teacher", "pytorch", "fp32", [sbm.PhaseNet()])
+    assert annotation.model_rule(teacher).first_maximum  # SeisBench's first maximum
+    assert annotation.model_rule(teacher).p_threshold == PickRule.p_threshold  # the reference table's 0.3
+    from pipeline.report import pick_rule_text
+
+    assert pick_rule_text({"pick_top_tolerance": None}) == "first maximum"
+    assert pick_rule_text({"pick_top_tolerance": 0.5}) == "midpoint at half maximum"
     flat = np.zeros((2, 400), np.float32)
     flat[0, 100:200] = 0.8  # a flat top: first maximum 100, centre 149
-    assert B.Curves(100.0, [0], [flat], top_tolerance=0.02).picks(0.3)["P"][0].tolist() == [1.49]
-    assert B.Curves(100.0, [0], [flat]).picks(0.3)["P"][0].tolist() == [1.0]
+    assert annotation.Curves(100.0, PickRule(top_tolerance=0.02), [0], [flat]).picks(0.3)["P"][0].tolist() == [1.49]
+    assert annotation.Curves(100.0, PickRule(top_tolerance=None), [0], [flat]).picks(0.3)["P"][0].tolist() == [1.0]
 
 
 def test_tflite_variants_pick_as_their_student(models):
@@ -140,9 +148,10 @@ def test_tflite_variants_pick_as_their_student(models):
     from pipeline.student import load_student
 
     student = load_student(models / "student" / "student")
-    student.pick_top_tolerance = 0.02
-    [variant] = bm.tflite_variants(models / "tflite", student, ("fp32",), say=lambda *a: None)
-    assert B.pick_rule(variant) == pytest.approx(0.02) != PICK_TOP_TOLERANCE
+    student.default_args.update(PickRule(top_tolerance=0.02, p_threshold=0.4).annotate_args())
+    [variant] = runners.tflite_variants(models / "tflite", student, ("fp32",), say=lambda *a: None)
+    assert annotation.model_rule(variant).top_tolerance == pytest.approx(0.02) != PICK_TOP_TOLERANCE
+    assert annotation.model_rule(variant).p_threshold == pytest.approx(0.4)
 
 
 def test_curve_picks_equal_seisbench_classify():
@@ -152,11 +161,11 @@ def test_curve_picks_equal_seisbench_classify():
     traces = [rng.normal(size=(3, 4000)).astype(np.float32) for _ in range(3)]
     for trace in traces:
         trace[:, 2000:] *= 20
-    bench = bm.BenchModel("student", "pytorch", "fp32", [model])
-    curves = B.dataset_curves(bench, traces, 100.0, "ZNE", progress=False)
+    bench = runners.BenchModel("student", "pytorch", "fp32", [model])
+    curves = annotation.dataset_curves(bench, traces, 100.0, "ZNE", progress=False)
     for threshold in (0.2, 0.35):
         mine = curves.picks(threshold)
-        theirs = B.predict_picks(model, traces, 100.0, "ZNE", threshold)
+        theirs = annotation.predict_picks(model, traces, 100.0, "ZNE", threshold)
         for phase in "PS":
             assert [np.round(a, 6).tolist() for a in mine[phase]] == [np.round(b, 6).tolist() for b in theirs[phase]]
 
@@ -164,7 +173,7 @@ def test_curve_picks_equal_seisbench_classify():
 # ---------------------------------------------------------------------------------------------- the stage
 def test_stage_writes_reports_with_documented_fields(models, dataset, fake_teacher, tmp_path, capsys):
     out = tmp_path / "reports"
-    report = B.run(config_for(models, f"{dataset}:train", out))
+    report = benchmark_stage.run(config_for(models, f"{dataset}:train", out))
     printed = capsys.readouterr().out
     assert "skipping TFLite int8" in printed
     for name in ("benchmark.md", "benchmark.json", "benchmark_residuals.png", "benchmark_pr.png"):
@@ -180,9 +189,10 @@ def test_stage_writes_reports_with_documented_fields(models, dataset, fake_teach
     assert tflm[1]["flatbuffer_bytes"] < tflm[0]["flatbuffer_bytes"]  # packed FP16 is smaller
     # each model's own pick rule (the fake teacher is a student too)
     assert [m["pick_top_tolerance"] for m in data["models"]] == [PICK_TOP_TOLERANCE] * 4
+    assert [m["thresholds"] for m in data["models"]] == [{"P": 0.3, "S": 0.3}] * 4
     blind = default_blinding(SAMPLES // 2)
     assert [m["blinding"] for m in data["models"]] == [[blind, blind]] * 4  # the TFLite variants blind as the student
-    assert f"| midpoint at half maximum; blinds {blind} / {blind} samples |" in (out / "benchmark.md").read_text()
+    assert f"| P 0.3 / S 0.3; midpoint at half maximum; blinds {blind} / {blind} samples |" in (out / "benchmark.md").read_text()
     keys = {(r["model"], r["runtime"], r["precision"], r["reference"], r["phase"], r["tolerance_s"])
             for r in data["records"] if r["subset"] == "all"}
     assert ("student", "tflm", "fp16", "analyst", "S", 0.1) in keys and ("student", "tflm", "fp32", "teacher", "P", 0.5) in keys
@@ -206,7 +216,7 @@ def test_dataset_without_picks_is_agreement_only(models, dataset, fake_teacher, 
     meta = pd.read_csv(unlabelled / "metadata.csv")
     meta = meta.drop(columns=[c for c in meta.columns if "arrival_sample" in c])
     meta.to_csv(unlabelled / "metadata.csv", index=False)
-    report = B.run(config_for(models, str(unlabelled), tmp_path / "r"))
+    report = benchmark_stage.run(config_for(models, str(unlabelled), tmp_path / "r"))
     assert report["dataset"]["agreement_only"] and report["protocol2"] == []
     assert {r["reference"] for r in report["records"]} == {"teacher"}
     assert "Agreement-only" in (tmp_path / "r" / "benchmark.md").read_text()
@@ -225,7 +235,7 @@ def write_miniseed(folder, rate=100.0, seconds=120):
 
 def test_continuous_miniseed_reports_agreement_and_picks_per_hour(models, fake_teacher, tmp_path):
     write_miniseed(tmp_path / "mseed")
-    report = B.run(config_for(models, str(tmp_path / "mseed"), tmp_path / "r"))
+    report = benchmark_stage.run(config_for(models, str(tmp_path / "mseed"), tmp_path / "r"))
     assert report["dataset"]["kind"] == "continuous" and report["dataset"]["agreement_only"]
     assert report["dataset"]["hours"] == pytest.approx(120 / 3600)
     teacher = [r for r in report["records"] if r["model"] == "teacher"]
@@ -235,13 +245,13 @@ def test_continuous_miniseed_reports_agreement_and_picks_per_hour(models, fake_t
 
 def test_bad_input_is_one_clear_error(models, dataset, fake_teacher, tmp_path):
     with pytest.raises(EdgepickError, match="holds no trace"):
-        B.run(config_for(models, f"{dataset}:nosuchsplit", tmp_path / "r"))
+        benchmark_stage.run(config_for(models, f"{dataset}:nosuchsplit", tmp_path / "r"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(EdgepickError, match="nothing to benchmark"):
-        B.run(config_for(models, str(tmp_path / "empty"), tmp_path / "r"))
+        benchmark_stage.run(config_for(models, str(tmp_path / "empty"), tmp_path / "r"))
     write_miniseed(tmp_path / "slow", rate=50.0)
     with pytest.raises(EdgepickError, match="50 Hz"):
-        B.run(config_for(models, str(tmp_path / "slow"), tmp_path / "r"))
+        benchmark_stage.run(config_for(models, str(tmp_path / "slow"), tmp_path / "r"))
     assert not (tmp_path / "r").exists()  # nothing half-written
 
 
@@ -250,26 +260,26 @@ def test_wrong_model_files_are_refused(tmp_path, models):
     bad.mkdir()
     (bad / "model_fp32.tflite").write_text("not a model")
     with pytest.raises(EdgepickError, match="not a TFLite flatbuffer"):
-        bm.tflite_variants(bad, None, ("fp32",))
+        runners.tflite_variants(bad, None, ("fp32",))
     (bad / "model_fp16.ef16").write_bytes((models / "tflite" / "model_fp32.tflite").read_bytes())
     with pytest.raises(EdgepickError, match="not a packed FP16"):
-        bm.tflite_variants(bad, None, ("fp16",))
+        runners.tflite_variants(bad, None, ("fp16",))
     (bad / "model_int8.tflite").write_bytes((models / "tflite" / "model_fp32.tflite").read_bytes())
     with pytest.raises(EdgepickError, match="int8 variant"):
-        bm.tflite_variants(bad, None, ("int8",))
+        runners.tflite_variants(bad, None, ("int8",))
     with pytest.raises(EdgepickError):
-        bm.load_student_model(bad / "model_fp32.tflite")
+        runners.load_student_model(bad / "model_fp32.tflite")
 
 
 # ------------------------------------------------------------------------------------- real teacher, real data
 @pytest.mark.shared
 def test_teacher_on_stead50_agrees_with_notes(teacher_cache, shared, tmp_path):
-    """Protocol 1 of the stage reproduces the independent PhaseNet okla figures of shared/NOTES.md (+-0.03 F1)."""
-    waveforms, metadata, rate, order = B.load_labelled(shared / "datasets" / "stead50", "")
-    teacher = bm.load_teacher("phasenet:okla")
-    curves = B.dataset_curves(teacher, waveforms, rate, order, progress=False)
-    truth = {p: [x / rate for x in rows] for p, rows in B.analyst_picks(metadata).items()}
-    scored = B.score_picks(truth, curves.picks(0.3), (0.1, 0.5))
+    """Protocol 1 of the stage reproduces the independent PhaseNet okla figures (docs/benchmark.md, "Reference figures"; +-0.03 F1)."""
+    waveforms, metadata, rate, order = benchmark_stage.load_labelled(shared / "datasets" / "stead50", "")
+    teacher = runners.load_teacher("phasenet:okla")
+    curves = annotation.dataset_curves(teacher, waveforms, rate, order, progress=False)
+    truth = {p: [x / rate for x in rows] for p, rows in metrics.analyst_picks(metadata).items()}
+    scored = metrics.score_picks(truth, curves.picks(0.3), (0.1, 0.5))
     notes = {("P", 0.5): 0.871, ("S", 0.5): 0.970, ("P", 0.1): 0.713, ("S", 0.1): 0.594}
     for (phase, tol), f1 in notes.items():
         assert scored[phase][tol]["f1"] == pytest.approx(f1, abs=0.03), (phase, tol)

@@ -9,9 +9,10 @@ from obspy import UTCDateTime
 from obspy.core.inventory import Channel, Inventory, Network, Station
 
 from pipeline.config import DataConfig
-from pipeline.data import source_records, write_dataset
+from pipeline.datasets import write_dataset
+from pipeline.stages.data import source_records
 from pipeline.errors import EdgepickError
-from pipeline.sources import continuous
+from pipeline.sources import miniseed as continuous
 
 T0 = UTCDateTime("2020-01-01T00:00:00")
 

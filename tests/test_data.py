@@ -8,7 +8,7 @@ import seisbench.data as sbd
 
 from pipeline import generators
 from pipeline.config import DataConfig
-from pipeline.data import REPORT_NAME, event_split, open_dataset, prepare_trace, write_dataset
+from pipeline.datasets import REPORT_NAME, event_split, open_dataset, prepare_trace, write_dataset
 from pipeline.errors import EdgepickError
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline import distill
+from pipeline.stages import distill
 from pipeline.config import Config
-from pipeline.data import write_dataset
+from pipeline.datasets import write_dataset
 from pipeline.errors import EdgepickError
 from test_data import make_records, unlabelled_dataset
 
@@ -139,7 +139,7 @@ def test_distillation_from_the_real_teacher_uses_the_soft_label_cache(labelled, 
 
 
 def test_sweep_ranks_runs_writes_table_and_pareto_plot_and_resumes(labelled, tmp_path):
-    from pipeline import sweep
+    from pipeline.stages import sweep
 
     config = tiny_config(labelled, tmp_path / "unused", epochs=1)
     config.sweep.temperatures = (2.0,)
@@ -158,7 +158,7 @@ def test_sweep_ranks_runs_writes_table_and_pareto_plot_and_resumes(labelled, tmp
 
 
 def test_pareto_front_keeps_only_undominated_runs():
-    from pipeline.sweep import pareto_front
+    from pipeline.stages.sweep import pareto_front
 
     rows = [{"macs": 1, "dev_f1": 0.5}, {"macs": 2, "dev_f1": 0.4}, {"macs": 3, "dev_f1": 0.7}, {"macs": 4, "dev_f1": 0.7}]
     assert pareto_front(rows) == [rows[0], rows[2]]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import seisbench.data as sbd
 
-from pipeline import data
+from pipeline.stages import data
 from pipeline.config import Config
-from pipeline.data import REPORT_NAME, write_dataset
+from pipeline.datasets import REPORT_NAME, write_dataset
 from pipeline.errors import EdgepickError
 from pipeline.sources import fdsn
 try:  # pytest puts tests/ on sys.path (no __init__.py there)

@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.student import PICK_TOP_TOLERANCE
+from pipeline.convert.fp16_pack import expand_fp16
+from pipeline.picking import PickRule, stream_picks
+from pipeline.serial_protocol import parse_pick_lines
 
 REPO = Path(__file__).resolve().parents[1]
 CORE = REPO / "firmware" / "lib" / "edgepick_core"
@@ -88,7 +90,7 @@ def test_dequantize_bit_exact(driver):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# FP16 (bit-exact), in pipeline/quantize.py's EPH1 format
+# FP16 (bit-exact), in pipeline/convert/fp16_pack.py's EPH1 format
 # ---------------------------------------------------------------------------------------------------------------
 def test_half_to_float_all_values_bit_exact(driver):
     halves = np.arange(65536, dtype=np.uint16)
@@ -98,7 +100,7 @@ def test_half_to_float_all_values_bit_exact(driver):
 
 
 def pack_eph1(segments: list[tuple[int, bytes]], expanded: bytes) -> bytes:
-    """A blob in pipeline/quantize.py's layout (header, segment table, payloads)."""
+    """A blob in pipeline/convert/fp16_pack.py's layout (header, segment table, payloads)."""
     h = 0x811C9DC5
     for byte in expanded:
         h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
@@ -114,12 +116,7 @@ def test_fp16_expand_matches_python_packer(driver, tmp_path):
     raw1, raw2 = bytes(rng.integers(0, 256, 37, dtype=np.uint8)), bytes(rng.integers(0, 256, 3, dtype=np.uint8))
     expanded = raw1 + halves.astype(np.float32).tobytes() + raw2
     packed = pack_eph1([(0, raw1), (1, halves.tobytes()), (0, raw2)], expanded)
-    try:  # the quantize helper's own mirror, when it is importable
-        from pipeline.quantize import expand_fp16
-
-        assert expand_fp16(packed) == expanded
-    except ImportError:
-        pass
+    assert expand_fp16(packed) == expanded  # the Python twin
     (tmp_path / "m.ef16").write_bytes(packed)
     assert run(driver, "fp16expand", tmp_path / "m.ef16", tmp_path / "m.tflite").split() == ["ok", str(len(expanded))]
     assert (tmp_path / "m.tflite").read_bytes() == expanded
@@ -181,8 +178,6 @@ def test_ring_buffer_windows(driver):
 def test_trigger_matches_seisbench(driver, top):
     """top None: SeisBench's first maximum; a number t: the centre of the peak's top, the samples >= (1 - t) x the
     maximum (the student's picker)."""
-    from pipeline.flash import reference_picks
-
     rng = np.random.default_rng(4)
     t = np.arange(4000)
     curve = np.zeros(4000, dtype=np.float32)
@@ -201,7 +196,7 @@ def test_trigger_matches_seisbench(driver, top):
     out = [line.split() for line in run(driver, *args, stdin=floats_text(curve)).splitlines()]
     got = [(int(s), int(on), int(off), np.float32(p)) for s, on, off, p in out]
     ref = [(p["sample"], p["on"], p["off"], np.float32(p["prob"]))
-           for p in reference_picks(curve[:, None], 0.3, "P", top_tolerance=top)]
+           for p in PickRule(p_threshold=0.3, top_tolerance=top).picks(curve[:, None], "P")]
     assert got == ref and len(ref) >= 7
     if top is not None:  # the tops moved the picks off the maxima, by the 256-sample caps
         # top [1800, 1850 + 256] -> 1953; top [2950 - 256, 2989] -> 2841
@@ -257,7 +252,13 @@ def stream_text(x: np.ndarray, indexed: bool = False) -> str:
     return "".join(f"{r}{a:.9g} {b:.9g} {c:.9g}\n" for r, (a, b, c) in zip(rows, x.T)) + "#end\n"
 
 
-TOP = PICK_TOP_TOLERANCE  # the student's pick_top_tolerance
+TOP = PickRule.top_tolerance  # the student's pick_top_tolerance
+
+
+def stream_reference(x, model, in_samples, hop, threshold, eps, blinding=(0, 0), top_tolerance=TOP):
+    """pipeline.picking.stream_picks with both thresholds at ``threshold``."""
+    rule = PickRule(p_threshold=threshold, s_threshold=threshold, top_tolerance=top_tolerance, blinding=blinding)
+    return stream_picks(x, model, in_samples, hop, rule, eps)
 
 
 def stream_args(exact=1, layout="last", max_gap=100, thresholds=(0.3, 0.3), blinding=(0, 0)):
@@ -274,8 +275,6 @@ def compare_picks(got: list[dict], ref: list[dict]):
 
 @pytest.mark.parametrize("layout,blinding", [("last", (0, 0)), ("first", (0, 0)), ("last", (100, 60))])
 def test_stream_matches_python_pipeline(driver, layout, blinding):
-    from pipeline.flash import parse_pick_lines, stream_reference
-
     x = synthetic_stream()
     ref, stacked = stream_reference(x, square_model, IN_SAMPLES, HOP, 0.3, EPS, blinding=blinding, top_tolerance=TOP)
     lines = run(driver, *stream_args(layout=layout, blinding=blinding), stdin=stream_text(x)).splitlines()
@@ -289,7 +288,6 @@ def test_stream_matches_seisbench_classify(driver):
     """The firmware's picks equal what SeisBench's own annotate/classify does with the student's hooks."""
     torch = pytest.importorskip("torch")
     obspy = pytest.importorskip("obspy")
-    from pipeline.flash import parse_pick_lines
     from pipeline.student import XiaoNet
 
     class SquareStudent(XiaoNet):
@@ -317,8 +315,6 @@ def test_stream_matches_seisbench_classify(driver):
 
 
 def test_stream_survives_garbage_and_gaps(driver):
-    from pipeline.flash import parse_pick_lines, stream_reference
-
     x = synthetic_stream()
     filled = x.copy()
     filled[:, 1800:1805] = x[:, 1799:1800]  # what the firmware makes of the 5 missing samples below
@@ -373,8 +369,6 @@ def test_replay_over_pty(driver, tmp_path):
         import replay
     finally:
         sys.path.pop(0)
-    from pipeline.flash import stream_reference
-
     master, slave = os.openpty()
     tty.setraw(slave)
     slave_name = os.ttyname(slave)
@@ -408,16 +402,18 @@ def test_platformio_ini_is_valid():
     assert result.returncode == 0, result.stderr
     sections = {name: dict(options) for name, options in json.loads(result.stdout)}
     envs = {name.split(":", 1)[1]: opts for name, opts in sections.items() if name.startswith("env:")}
-    assert set(envs) >= {"esp32", "esp32-wrover", "esp32s3-n8r8"}
+    from pipeline import boards
+
+    assert set(envs) >= set(boards.BOARDS)  # one environment per board, named as the board
     for opts in envs.values():
         assert opts["framework"] == ["espidf"] and opts["platform"].startswith("espressif32")
-    wrover_flags = " ".join(envs["esp32-wrover"]["build_flags"])
+    wrover_flags = " ".join(envs["esp32-psram4"]["build_flags"])
     assert "-DBOARD_HAS_PSRAM" in wrover_flags and "-mfix-esp32-psram-cache-issue" in wrover_flags
-    assert envs["esp32s3-n8r8"]["board_build.psram_type"] == "opi"
+    assert envs["esp32s3-psram8"]["board_build.psram_type"] == "opi"
     assert "BOARD_HAS_PSRAM" not in " ".join(envs["esp32"].get("build_flags", []))
     component = (FIRMWARE / "src" / "idf_component.yml").read_text()
     assert "espressif/esp-tflite-micro" in component
-    for name, mode in (("esp32-wrover", "CONFIG_SPIRAM_MODE_QUAD=y"), ("esp32s3-n8r8", "CONFIG_SPIRAM_MODE_OCT=y")):
+    for name, mode in (("esp32-psram4", "CONFIG_SPIRAM_MODE_QUAD=y"), ("esp32s3-psram8", "CONFIG_SPIRAM_MODE_OCT=y")):
         files = envs[name]["board_build.cmake_extra_args"].split("=", 1)[1].split(";")
         text = "".join((FIRMWARE / f).read_text() for f in files)
         assert "CONFIG_SPIRAM=y" in text and mode in text, name
@@ -425,8 +421,8 @@ def test_platformio_ini_is_valid():
 
 
 def test_firmware_stage_errors_are_one_line(tmp_path, monkeypatch):
-    from pipeline import flash
     from pipeline.config import Config
+    from pipeline.stages import firmware as flash
     from pipeline.errors import EdgepickError
 
     monkeypatch.setattr(flash, "MODEL_CONFIG", tmp_path / "missing.h")
@@ -435,8 +431,8 @@ def test_firmware_stage_errors_are_one_line(tmp_path, monkeypatch):
     header = tmp_path / "model_config.h"
     header.write_text("#define EDGEPICK_BUDGET_SRAM_CAPACITY 100u\n#define EDGEPICK_BUDGET_SRAM_USED 200u\n")
     with pytest.raises(EdgepickError, match="budget exceeded"):
-        flash.check_budget(flash.read_model_config(header))
-    with pytest.raises(EdgepickError, match="no PlatformIO environment"):
+        flash.budget_lines(flash.read_model_config(header))
+    with pytest.raises(EdgepickError, match="unknown board 'arduino-uno'"):
         flash.pio_env("arduino-uno")
     monkeypatch.setattr(flash, "read_model_config", lambda path=None: {"EDGEPICK_BUDGET_SRAM_CAPACITY": "300u",
                                                                       "EDGEPICK_BUDGET_SRAM_USED": "200u"})
@@ -446,7 +442,7 @@ def test_firmware_stage_errors_are_one_line(tmp_path, monkeypatch):
 
     monkeypatch.setattr(flash, "pio_executable", no_pio)
     config = Config()
-    config.board.name = "esp32-wrover"
+    config.board.name = "esp32-psram4"
     with pytest.raises(EdgepickError, match="PlatformIO is not installed"):
         flash.build(config)
     for output in ("PlatformIO: HTTPClientError: could not resolve registry", "Error: Unknown board ID 'esp32dev'"):
@@ -511,7 +507,7 @@ def int8_student_tflite(n: int) -> bytes:
     """A real INT8 student of the XiaoNet family converted by the quantize stage (PyTorch -> ONNX -> TFLite), its
     head scaled up so that an untrained network crosses the pick threshold often: picks to compare, not skill."""
     torch = pytest.importorskip("torch")
-    from pipeline import quantize as Q
+    from pipeline.convert import quantize_student
     from pipeline.student import XiaoNet
 
     torch.manual_seed(3)
@@ -521,7 +517,7 @@ def int8_student_tflite(n: int) -> bytes:
     rng = np.random.default_rng(2)
     windows = np.stack([synthetic_stream(n + 400, seed=k)[:, :n] for k in range(8)])
     windows = np.stack([normalize_reference(w) for w in windows]) + rng.normal(0, 0.01, (8, 3, n)).astype(np.float32)
-    result = Q.quantize_student(model, windows, windows[:2], ("int8",), measure_arena=False)
+    result = quantize_student(model, windows, windows[:2], ("int8",), measure_arena=False)
     return result.flatbuffers["int8"]
 
 
@@ -540,8 +536,6 @@ def test_replay_over_pty_with_tflite_micro(driver, tmp_path, model):
         import replay
     finally:
         sys.path.pop(0)
-    from pipeline.flash import stream_reference
-
     if model == "mul-softmax":
         interpreter = runtime.Interpreter.from_bytes(tiny_tflite_model(IN_SAMPLES), arena_size=64 * 1024)
 
@@ -550,12 +544,12 @@ def test_replay_over_pty_with_tflite_micro(driver, tmp_path, model):
             interpreter.invoke()
             return np.asarray(interpreter.get_output(0), dtype=np.float32).reshape(IN_SAMPLES, 3)
     else:
-        from pipeline.quantize import tflm_run
+        from pipeline import tflm as runtime_tflm
 
         flatbuffer = int8_student_tflite(IN_SAMPLES)
 
         def tflm(window_nw: np.ndarray) -> np.ndarray:
-            return tflm_run(flatbuffer, np.ascontiguousarray(window_nw.T, dtype=np.float32)[None])[0].T
+            return runtime_tflm.run(flatbuffer, np.ascontiguousarray(window_nw.T, dtype=np.float32)[None])[0].T
 
     x = synthetic_stream()
     ref, _ = stream_reference(x, lambda w: tflm(w.T), IN_SAMPLES, HOP, 0.3, EPS)
@@ -595,15 +589,27 @@ def test_replay_over_pty_with_tflite_micro(driver, tmp_path, model):
     assert len(windows_served) == len(range(0, x.shape[1] - IN_SAMPLES + 1, HOP)) + 1  # + SeisBench's last window
 
 
-@pytest.mark.parametrize("defines", [["-DEDGEPICK_SAMPLE_SOURCE=0"],
-                                     ["-DEDGEPICK_SAMPLE_SOURCE=1", "-DBOARD_HAS_PSRAM", "-DCONFIG_SPIRAM",
-                                      "-DEDGEPICK_INPUT_INT8=1"]])
-def test_firmware_glue_syntax(defines):
+@pytest.mark.parametrize("defines,precision", [(["-DEDGEPICK_SAMPLE_SOURCE=0"], "fp16"),
+                                               (["-DEDGEPICK_SAMPLE_SOURCE=1", "-DBOARD_HAS_PSRAM", "-DCONFIG_SPIRAM"],
+                                                "int8")])
+def test_firmware_glue_syntax(defines, precision, tmp_path):
     """A typo check of firmware/src/*.cc against minimal stand-ins of the IDF / TFLite Micro headers
-    (firmware/lib/edgepick_core/host/stubs): the real build needs the espressif32 platform."""
+    (firmware/lib/edgepick_core/host/stubs) and a model_config.h from the quantize stage's own writer: the real
+    build needs the espressif32 platform."""
+    from pipeline import boards
+    from pipeline.convert import c_array
+
+    dtype, scale = ("int8", 0.0078125) if precision == "int8" else ("float32", 0.0)
+    info = {"precision": precision, "bytes": 100, "expanded_bytes": 200 if precision == "fp16" else 0,
+            "sha256": "abc", "arena_bytes": 1000, "in_samples": 3001, "hop_samples": 1501, "sampling_rate": 100.0,
+            "io": {"input": {"dtype": dtype, "scale": scale, "zero_point": 0},
+                   "output": {"dtype": dtype, "scale": scale / 2, "zero_point": -128}}}
+    budget = boards.check_budget(boards.get_board("esp32s3-psram8"), info)
+    model_dir = tmp_path / "model"
+    c_array.write_firmware(model_dir, bytes(100), info, PickRule(blinding=(302, 302)), budget, 1e-6)
     stubs = CORE / "host" / "stubs"
     for source in sorted((FIRMWARE / "src").glob("*.cc")):
         cmd = ["g++", "-std=gnu++17", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter", "-fsyntax-only", *defines,
-               f"-I{stubs}", f"-I{stubs / 'model'}", f"-I{FIRMWARE / 'src'}", f"-I{CORE / 'src'}", str(source)]
+               f"-I{stubs}", f"-I{model_dir}", f"-I{FIRMWARE / 'src'}", f"-I{CORE / 'src'}", str(source)]
         result = subprocess.run(cmd, capture_output=True, text=True)
         assert result.returncode == 0, f"{source.name}: {result.stderr}"

@@ -7,7 +7,8 @@ import pytest
 import seisbench.data as sbd
 
 from pipeline.config import DataConfig
-from pipeline.data import source_records, write_dataset
+from pipeline.datasets import write_dataset
+from pipeline.stages.data import source_records
 from pipeline.errors import EdgepickError
 from pipeline.sources import okla
 

@@ -1,4 +1,4 @@
-"""Pick scoring (protocol 1 of pipeline.benchmark): matching arithmetic on hand-made picks, then the real teacher."""
+"""Pick scoring (protocol 1, pipeline.metrics): matching arithmetic on hand-made picks, then the real teacher."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.benchmark import analyst_picks, match_picks, score_picks, scores
+from pipeline.metrics import analyst_picks, match_picks, score_picks, scores
 from pipeline.errors import EdgepickError
 
 
@@ -83,9 +83,9 @@ def test_okla_teacher_picks_synthetic_traces(teacher_cache, tmp_path):
     """The real Oklahoma PhaseNet finds the synthetic P and S arrivals (F1 >= 0.9 at 0.5 s) under protocol 1."""
     import seisbench.models as sbm
 
-    from pipeline.benchmark import evaluate_picker
+    from pipeline.annotation import evaluate_picker
     from pipeline.config import DataConfig
-    from pipeline.data import open_dataset, write_dataset
+    from pipeline.datasets import open_dataset, write_dataset
     from pipeline.sources import synthetic
 
     config = DataConfig(out=str(tmp_path / "synthetic"))

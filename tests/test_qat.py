@@ -4,9 +4,9 @@
 import pytest
 import torch
 
-from pipeline import distill
+from pipeline.stages import distill
 from pipeline.errors import EdgepickError
-from pipeline.qat import QuantizationAware, tensor_points
+from pipeline.fake_quant import QuantizationAware, tensor_points
 from pipeline.student import XiaoNet, load_student
 from test_distill import labelled, tiny_config  # noqa: F401 - the module-scoped dataset fixture
 

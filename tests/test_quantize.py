@@ -1,8 +1,9 @@
-"""The quantize stage on a small untrained student: ONNX and Keras parity, TFLite Micro loading with the measured
+"""The conversion chain and the quantize stage on a small untrained student: ONNX and Keras parity, TFLite Micro loading with the measured
 arena, FP16 packing, the C array round trip, and the board budget check."""
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,11 +11,12 @@ import seisbench.data as sbd
 import torch
 import torch.nn as nn
 
-from pipeline import boards
-from pipeline import quantize as Q
+from pipeline import boards, convert, tflm
 from pipeline.cli import main
+from pipeline.convert import c_array, fp16_pack, int8, onnx_export, onnx_to_keras, tflite
 from pipeline.errors import EdgepickError
-from pipeline.student import XiaoNet, normalize_windows
+from pipeline.picking import PickRule
+from pipeline.student import XiaoNet, hop_samples, normalize_windows
 
 SAMPLES = 1001
 
@@ -43,7 +45,7 @@ def windows():
 
 @pytest.fixture(scope="module")
 def result(student, windows):
-    return Q.quantize_student(student, windows[:6], windows[6:])
+    return convert.quantize_student(student, windows[:6], windows[6:])
 
 
 def test_onnx_checked_and_matches_pytorch(result):
@@ -51,35 +53,35 @@ def test_onnx_checked_and_matches_pytorch(result):
 
     model = onnx.load_from_string(result.onnx_bytes)
     onnx.checker.check_model(model)
-    assert {n.op_type for n in model.graph.node} <= set(Q.SUPPORTED_ONNX_OPS)
+    assert {n.op_type for n in model.graph.node} <= set(onnx_to_keras.SUPPORTED_ONNX_OPS)
     assert result.onnx_max_error <= 1e-4
 
 
 def test_keras_twin_matches_onnxruntime(student, windows):
-    onnx_model = Q.export_onnx(student)
-    keras_model = Q.onnx_to_keras(onnx_model)
-    diff = np.abs(Q.keras_run(keras_model, windows[:2]) - Q.onnxruntime_run(onnx_model, windows[:2])).max()
+    onnx_model = onnx_export.export_onnx(student)
+    keras_model = onnx_to_keras.onnx_to_keras(onnx_model)
+    diff = np.abs(onnx_to_keras.keras_run(keras_model, windows[:2]) - onnx_export.onnxruntime_run(onnx_model, windows[:2])).max()
     assert diff <= 1e-4
-    pairs = Q.depthwise_pointwise_pairs(onnx_model)
+    pairs = int8.depthwise_pointwise_pairs(onnx_model)
     assert ("enc1_dw_Conv", "enc1_pw_Conv") in pairs and len(pairs) == 7
-    scales = Q.equalize_depthwise(keras_model, pairs, windows[:4], alpha=1.0)
+    scales = int8.equalize_depthwise(keras_model, pairs, windows[:4], alpha=1.0)
     assert max(scales.values()) > 1.0  # it did rescale, and the float function is unchanged:
-    assert np.abs(Q.keras_run(keras_model, windows[:2]) - Q.onnxruntime_run(onnx_model, windows[:2])).max() <= 1e-4
+    assert np.abs(onnx_to_keras.keras_run(keras_model, windows[:2]) - onnx_export.onnxruntime_run(onnx_model, windows[:2])).max() <= 1e-4
 
 
-@pytest.mark.parametrize("precision", Q.PRECISIONS)
+@pytest.mark.parametrize("precision", convert.PRECISIONS)
 def test_each_precision_loads_in_tflm_with_measured_arena(result, windows, precision):
     info = result.variants[precision]
     runnable = result.flatbuffers["fp16_expanded" if precision == "fp16" else precision]
     assert set(info["ops"]) <= {"CONV_2D", "DEPTHWISE_CONV_2D", "HARD_SWISH", "ADD", "PAD", "RESHAPE",
                                 "STRIDED_SLICE", "SOFTMAX"}
     arena = info["arena_bytes"]
-    sample = Q._device_input(windows[6], info["io"]["input"])
-    interpreter, _, _ = Q._try_interpreter(runnable, arena)
+    sample = tflm.quantize_input(windows[6], info["io"]["input"])
+    interpreter, _, _ = tflm.load(runnable, arena)
     assert interpreter is not None
     interpreter.set_input(sample, 0)
     interpreter.invoke()
-    too_small, _, _ = Q._try_interpreter(runnable, arena - 1)
+    too_small, _, _ = tflm.load(runnable, arena - 1)
     assert too_small is None, "the measured arena is not minimal"
     tolerance = 5e-2 if precision == "int8" else 1e-3
     assert info["max_abs_error"] <= tolerance
@@ -89,43 +91,49 @@ def test_each_precision_loads_in_tflm_with_measured_arena(result, windows, preci
 
 def test_fp16_packing_round_trips(result):
     fp32 = result.flatbuffers["fp32"]
-    representable = Q.round_float_weights_to_fp16(fp32)
-    packed = Q.pack_fp16(representable)
+    representable = fp16_pack.round_float_weights_to_fp16(fp32)
+    packed = fp16_pack.pack_fp16(representable)
     assert len(packed) < 0.75 * len(representable)
-    assert Q.expand_fp16(packed) == representable  # exact for float16-representable weights
-    assert Q.expand_fp16(result.flatbuffers["fp16"]) == result.flatbuffers["fp16_expanded"]
+    assert fp16_pack.expand_fp16(packed) == representable  # exact for float16-representable weights
+    assert fp16_pack.expand_fp16(result.flatbuffers["fp16"]) == result.flatbuffers["fp16_expanded"]
     bits = [0x0000, 0x8000, 0x0001, 0x03FF, 0x0400, 0x3C00, 0x7BFF, 0x7C00, 0xFC00, 0x7E00]
     expect = np.array(bits, dtype=np.uint16).view(np.float16).astype(np.float32).view(np.uint32)
-    assert [Q.half_to_float_bits(b) for b in bits] == [int(v) for v in expect]
+    assert [fp16_pack.half_to_float_bits(b) for b in bits] == [int(v) for v in expect]
     with pytest.raises(EdgepickError):
-        Q.expand_fp16(packed[:-1])
+        fp16_pack.expand_fp16(packed[:-1])
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="no host C++ compiler")
-def test_c_expander_matches_python(result, tmp_path):
+def test_firmware_expander_matches_python(result, tmp_path):
+    """The firmware's own FP16 expansion (lib/edgepick_core/src/ep_fp16) gives the Python twin's flatbuffer."""
+    core = Path(__file__).resolve().parents[1] / "firmware" / "lib" / "edgepick_core" / "src"
     packed = result.flatbuffers["fp16"]
-    (tmp_path / "fp16_expand.h").write_text(Q.FP16_EXPAND_H)
     (tmp_path / "main.cc").write_text(
-        '#include <cstdio>\n#include <vector>\n#include "fp16_expand.h"\n'
+        '#include <cstdio>\n#include <vector>\n#include "ep_fp16.h"\n'
         "int main(int argc, char** argv) { FILE* f = fopen(argv[1], \"rb\"); std::vector<uint8_t> in(1 << 20);\n"
-        "size_t n = fread(in.data(), 1, in.size(), f); fclose(f); std::vector<uint8_t> out(1 << 21);\n"
-        "size_t m = edgepick_expand_fp16(in.data(), n, out.data(), out.size()); if (!m) return 1;\n"
+        "size_t n = fread(in.data(), 1, in.size(), f); fclose(f); std::vector<uint8_t> out(1 << 21); size_t m = 0;\n"
+        "if (edgepick::Fp16Expand(in.data(), n, out.data(), out.size(), &m) != edgepick::Fp16Status::kOk) return 1;\n"
         "fwrite(out.data(), 1, m, stdout); return 0; }\n"
     )
-    subprocess.run(["g++", "-O1", "-o", str(tmp_path / "expand"), str(tmp_path / "main.cc")], check=True)
+    subprocess.run(["g++", "-std=c++17", "-O1", f"-I{core}", "-o", str(tmp_path / "expand"), str(tmp_path / "main.cc"),
+                    str(core / "ep_fp16.cpp")], check=True)
     (tmp_path / "model.ef16").write_bytes(packed)
     out = subprocess.run([str(tmp_path / "expand"), str(tmp_path / "model.ef16")], capture_output=True, check=True)
-    assert out.stdout == Q.expand_fp16(packed)
+    assert out.stdout == fp16_pack.expand_fp16(packed)
 
 
 def test_c_array_round_trip_and_config_header(result, tmp_path):
-    info = dict(result.variants["int8"], hop_samples=Q.hop_samples(XiaoNet(2, SAMPLES)), sampling_rate=100.0,
-                blinding=[120, 130])
+    info = dict(result.variants["int8"], hop_samples=hop_samples(XiaoNet(2, SAMPLES)), sampling_rate=100.0)
+    rule = PickRule(p_threshold=0.25, s_threshold=0.35, top_half_width=128, blinding=(120, 130))
     budget = boards.check_budget(boards.get_board("esp32"), info)
-    files = Q.write_firmware(tmp_path / "model", result.flatbuffers["int8"], info, budget)
+    files = c_array.write_firmware(tmp_path / "model", result.flatbuffers["int8"], info, rule, budget, 1e-6)
     assert "#define EDGEPICK_BLIND_PRE 120 " in files["model_config.h"]
     assert "#define EDGEPICK_BLIND_POST 130 " in files["model_config.h"]
-    assert Q.parse_c_array((tmp_path / "model" / "model_data.cc").read_text()) == result.flatbuffers["int8"]
+    # every pick setting comes from the rule, none from a module constant
+    assert "#define EDGEPICK_P_THRESHOLD 0.25f " in files["model_config.h"]
+    assert "#define EDGEPICK_S_THRESHOLD 0.35f " in files["model_config.h"]
+    assert "#define EDGEPICK_PICK_TOP_HALF_WIDTH 128 " in files["model_config.h"]
+    assert c_array.parse_c_array((tmp_path / "model" / "model_data.cc").read_text()) == result.flatbuffers["int8"]
     assert "alignas(16)" in files["model_data.cc"]
     if shutil.which("g++"):
         macros = [line.split()[1] for line in files["model_config.h"].splitlines() if line.startswith("#define EDGEPICK_")
@@ -165,7 +173,7 @@ def test_unsupported_op_names_op_and_layer():
 
     model = WithTanh(base_channels=2, in_samples=128).eval()
     with pytest.raises(EdgepickError, match=r"Tanh.*enc2\.act"):
-        Q.onnx_to_keras(Q.export_onnx(model))
+        onnx_to_keras.onnx_to_keras(onnx_export.export_onnx(model))
 
 
 def _tiny_dataset(path, traces=12, samples=1500):
@@ -194,22 +202,22 @@ def test_cli_refuses_over_budget_and_writes_nothing(tmp_path):
 
 def test_refined_int8_ranges_stay_valid(student, windows, result):
     info = result.variants["int8"]
-    assert info["activation_percentile"] in Q.PERCENTILE_CANDIDATES
-    onnx_model = Q.export_onnx(student)
-    keras_model = Q.onnx_to_keras(onnx_model)
-    raw = Q.convert_int8(keras_model, windows[:6])
-    refined = Q.refine_activation_ranges(raw, keras_model, windows[:6], 99.0)
+    assert info["activation_percentile"] in int8.PERCENTILE_CANDIDATES
+    onnx_model = onnx_export.export_onnx(student)
+    keras_model = onnx_to_keras.onnx_to_keras(onnx_model)
+    raw = tflite.convert_int8(keras_model, windows[:6])
+    refined = int8.refine_activation_ranges(raw, keras_model, windows[:6], 99.0)
     assert refined != raw
-    before, after = Q.io_details(raw), Q.io_details(refined)
+    before, after = tflm.io_details(raw), tflm.io_details(refined)
     assert before == after  # model input and softmax output keep their quantization
-    out = Q.tflm_run(Q.strip_strings(refined), windows[6:8])
+    out = tflm.run(tflite.strip_strings(refined), windows[6:8])
     assert np.isfinite(out).all() and np.allclose(out.sum(axis=1), 1.0, atol=0.05)
 
 
 def test_relu6_student_converts_with_fused_activations(windows):
     torch.manual_seed(3)
     model = XiaoNet(base_channels=4, in_samples=SAMPLES, activation="relu6").eval()
-    result = Q.quantize_student(model, windows[:4], windows[6:8], precisions=("int8",), measure_arena=False)
+    result = convert.quantize_student(model, windows[:4], windows[6:8], precisions=("int8",), measure_arena=False)
     assert "HARD_SWISH" not in result.variants["int8"]["ops"] and "RELU6" not in result.variants["int8"]["ops"]
     assert result.onnx_max_error <= 1e-4 and result.keras_max_error <= 1e-4
 
@@ -219,7 +227,7 @@ def test_non_finite_weights_are_refused(windows):
     with torch.no_grad():
         model.head.weight[0, 0, 0] = float("nan")
     with pytest.raises(EdgepickError, match="NaN or inf"):
-        Q.quantize_student(model, windows[:4], windows[4:6], precisions=("fp32",))
+        convert.quantize_student(model, windows[:4], windows[4:6], precisions=("fp32",))
 
 
 def test_tiny_calibration_set_and_missing_student_are_one_line_errors(tmp_path, capsys):

@@ -7,9 +7,10 @@ import seisbench
 import seisbench.data as sbd
 
 from pipeline.config import DataConfig
-from pipeline.data import source_records, write_dataset
+from pipeline.datasets import write_dataset
+from pipeline.stages.data import source_records
 from pipeline.errors import EdgepickError
-from pipeline.sources import benchmark
+from pipeline.sources import seisbench_datasets as benchmark
 
 
 @pytest.fixture

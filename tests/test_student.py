@@ -9,6 +9,7 @@ import torch
 
 from pipeline.config import Config
 from pipeline.errors import EdgepickError
+from pipeline.picking import PickRule
 from pipeline.student import XiaoNet, build_student, load_student, normalize_windows, phasenet_macs
 
 
@@ -87,8 +88,11 @@ def test_default_config_macs_below_ten_percent_of_phasenet():
     assert fraction <= 0.10, fraction
 
 
+def peak_index(segment, top_tolerance, half_width=PickRule.top_half_width):
+    return PickRule(top_tolerance=top_tolerance, top_half_width=half_width).peak(segment)
+
+
 def test_peak_index_is_the_centre_of_the_top():
-    from pipeline.student import PICK_TOP_TOLERANCE, peak_index
 
     flat = np.array([0.4, 0.80, 0.85, 0.86, 0.85, 0.851, 0.86, 0.84, 0.5], dtype=np.float32)
     assert peak_index(flat, None) == 3  # SeisBench: the first maximum
@@ -102,7 +106,7 @@ def test_peak_index_is_the_centre_of_the_top():
     assert peak_index(broad, None) == 112
     assert peak_index(broad, 0.3) == 120  # ... not the centre of the top 30 % (samples 104..136)
     assert peak_index(broad, 0.5) == 120  # ... nor the midpoint at half maximum (samples 97..143)
-    assert peak_index(broad, PICK_TOP_TOLERANCE) == 120  # the student's default
+    assert peak_index(broad, PickRule.top_tolerance) == 120  # the student's default
 
 
 @pytest.mark.parametrize("samples", [3001, 1001])
@@ -169,12 +173,31 @@ def test_blinding_is_the_receptive_field_and_no_pick_comes_from_a_stream_start(t
 
 
 def test_pick_rule_comes_from_the_config_and_is_saved(tmp_path):
-    from pipeline.student import PICK_TOP_TOLERANCE
-
-    assert Config().student.pick_top_tolerance == PICK_TOP_TOLERANCE  # one default
-    config = Config.load(None, ["student.pick_top_tolerance=0.3", "student.base_channels=2"])
+    assert Config().student.pick_top_tolerance == PickRule.top_tolerance  # one default
+    assert Config().student.p_threshold == XiaoNet(base_channels=2).pick_rule.p_threshold == PickRule.p_threshold
+    config = Config.load(None, ["student.pick_top_tolerance=0.3", "student.base_channels=2",
+                                "student.p_threshold=0.25", "student.s_threshold=0.4"])
     model = build_student(config.student)
     model.save(str(tmp_path / "s"))
-    assert load_student(tmp_path / "s").pick_top_tolerance == pytest.approx(0.3)
-    with pytest.raises(EdgepickError, match="pick_top_tolerance must be < 1"):
+    saved = load_student(tmp_path / "s").pick_rule
+    assert saved.top_tolerance == pytest.approx(0.3)
+    assert (saved.p_threshold, saved.s_threshold) == (0.25, 0.4)
+    assert saved.blinding == model.pick_rule.blinding
+    with pytest.raises(EdgepickError, match="top_tolerance must be < 1"):
         XiaoNet(base_channels=2, pick_top_tolerance=1.0)
+    with pytest.raises(EdgepickError, match="s_threshold must lie in"):
+        build_student(Config.load(None, ["student.s_threshold=1.5"]).student)
+
+
+def test_student_saved_before_the_pick_rule_moved_loads_with_its_rule(tmp_path):
+    """Students saved with ``pick_top_tolerance`` as a model argument (and no thresholds) load with that
+    tolerance, PickRule's default thresholds and their saved blinding."""
+    model = XiaoNet(base_channels=2)
+    model.save(str(tmp_path / "old"))
+    meta = json.loads((tmp_path / "old.json").read_text())
+    meta["model_args"]["pick_top_tolerance"] = 0.02
+    meta["default_args"] = {"overlap": 1500, "blinding": [302, 302]}
+    (tmp_path / "old.json").write_text(json.dumps(meta))
+    rule = load_student(tmp_path / "old").pick_rule
+    assert rule.top_tolerance == pytest.approx(0.02)
+    assert (rule.p_threshold, rule.s_threshold, rule.blinding) == (0.3, 0.3, (302, 302))

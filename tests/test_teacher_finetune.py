@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import teacher_finetune, teachers
+from pipeline import soft_labels, teachers
+from pipeline.stages import teacher as teacher_finetune
 from pipeline.config import Config
-from pipeline.data import write_dataset
+from pipeline.datasets import write_dataset
 from pipeline.errors import EdgepickError
 from test_data import make_records, unlabelled_dataset
 
@@ -141,7 +142,7 @@ def test_ensemble_and_bad_local_folder_are_refused(tmp_path, untrained):
 def test_cli_stage_is_registered():
     from pipeline.cli import STAGES
 
-    assert STAGES["teacher"][0] == "pipeline.teacher_finetune"
+    assert STAGES["teacher"][:2] == ("teacher", "run")  # pipeline.stages.teacher.run
     assert Config.load(overrides=["teacher.finetune.epochs=3"]).teacher.finetune.epochs == 3
 
 

@@ -15,22 +15,14 @@ import obspy
 import pytest
 import torch
 
-from pipeline import teachers
+from pipeline import generators, soft_labels, teachers
 from pipeline.config import DataConfig
-from pipeline.data import open_dataset, write_dataset
+from pipeline.datasets import open_dataset, write_dataset
 from pipeline.errors import EdgepickError
-from pipeline.teachers import (
-    CropSoftLabels,
-    OnTheFlyTeacher,
-    SoftLabelCache,
-    SoftLabelOrigin,
-    Teacher,
-    TeacherMember,
-    build_soft_labels,
-    parse_teacher_spec,
-    sigmoid_to_distribution,
-    to_distribution,
-)
+from pipeline.generators import CropSoftLabels, SoftLabelOrigin
+from pipeline.soft_labels import OnTheFlyTeacher, SoftLabelCache, TrainingTargets, build_soft_labels
+from pipeline.stages import soft_labels as soft_labels_stage
+from pipeline.teachers import Teacher, TeacherMember, parse_teacher_spec, sigmoid_to_distribution, to_distribution
 
 torch.set_num_threads(1)
 
@@ -240,8 +232,6 @@ def test_training_chain_target_follows_the_random_window(small_dataset, fake_tea
     the cache over the samples the window holds, found here through a position channel that rides along with X."""
     import seisbench.generate as sbg
 
-    from pipeline import generators
-
     class AppendPosition:
         def __call__(self, state_dict):
             x, metadata = state_dict["X"]
@@ -257,7 +247,8 @@ def test_training_chain_target_follows_the_random_window(small_dataset, fake_tea
     if preload:
         cache.preload()
     dataset = generators.load_for_training(small_dataset)
-    chain = generators.training_chain(dataset, 3001, soft_labels=cache, hard_labels=False)
+    chain = generators.training_chain(dataset, 3001, teacher_steps=([SoftLabelOrigin(cache)], [CropSoftLabels(cache)]),
+                                      hard_labels=False)
     crop = next(i for i, step in enumerate(chain) if isinstance(step, CropSoftLabels))
     generator = sbg.GenericGenerator(dataset)
     generator.add_augmentations([AppendPosition()] + chain[: crop + 1] + [TakePosition()] + chain[crop + 1 :])
@@ -316,7 +307,7 @@ def test_crop_without_origin_is_one_clear_error(small_dataset, fake_teachers):
     with pytest.raises(EdgepickError, match="SoftLabelOrigin|before the windowing"):
         generator[0]
     with pytest.raises(EdgepickError, match="not a sample offset"):
-        teachers.window_start({teachers.TRACE_ORIGIN: float("nan")}, "CropSoftLabels")
+        generators.window_start({generators.TRACE_ORIGIN: float("nan")}, "CropSoftLabels")
 
 
 def test_cache_reads_a_span(small_dataset, fake_teachers):
@@ -366,7 +357,7 @@ def test_on_the_fly_matches_cache(small_dataset, fake_teachers):
 @pytest.mark.parametrize("spec", ["phasenet:fake", "phasenet:filtered*0.6+phasenet:fake*0.4"])
 def test_on_the_fly_training_target_equals_cached_target(small_dataset, fake_teachers, monkeypatch, spec):
     """The same windows through the cache path (SoftLabelOrigin ... CropSoftLabels) and the on-the-fly path
-    (wrap_chain + targets): the same (P, S, noise), to the cache's float16 rounding. Windows cover the trace start,
+    (steps + targets): the same (P, S, noise), to the cache's float16 rounding. Windows cover the trace start,
     the flush last teacher window, a window running past the trace end (padding) and a trace shorter than the
     teacher's window; the second spec adds a teacher whose filter runs over the whole trace, in an ensemble."""
     import pandas as pd
@@ -394,8 +385,9 @@ def test_on_the_fly_training_target_equals_cached_target(small_dataset, fake_tea
     cached.add_augmentations([SoftLabelOrigin(cache), sbg.SteeredWindow(windowlen=window, strategy="pad"), CropSoftLabels(cache)])
     online = OnTheFlyTeacher(spec, batch_size=5)
     fly = sbg.SteeredGenerator(dataset, windows)
-    fly.add_augmentations(online.wrap_chain([sbg.SteeredWindow(windowlen=window, strategy="pad"),
-                                              sbg.Normalize(demean_axis=-1, amp_norm_axis=-1)], window))
+    before, after = online.steps(window)
+    fly.add_augmentations(before + [sbg.SteeredWindow(windowlen=window, strategy="pad")] + after
+                          + [sbg.Normalize(demean_axis=-1, amp_norm_axis=-1)])
     batch = next(iter(torch.utils.data.DataLoader(fly, batch_size=len(rows))))
     target = online.targets(batch)
     assert target.shape == (len(rows), 3, window) and target.dtype == np.float32
@@ -411,9 +403,23 @@ def test_on_the_fly_training_target_equals_cached_target(small_dataset, fake_tea
     assert np.abs(alone[0] - target[k]).max() > 1e-3  # twice the tolerance above (a near-uniform random teacher)
 
 
-def test_on_the_fly_chain_needs_a_window_step(fake_teachers):
-    with pytest.raises(EdgepickError, match="windowing step"):
-        OnTheFlyTeacher("phasenet:fake").wrap_chain([], 3001)
+def test_training_targets_one_entry_point(small_dataset, fake_teachers):
+    """TrainingTargets gives the training loop the cache's steps and target, or the on-the-fly teacher's; an
+    unknown mode is one clear error."""
+    with pytest.raises(EdgepickError, match="teacher.mode"):
+        TrainingTargets("phasenet:fake", "sometimes")
+    cached = TrainingTargets("phasenet:fake")
+    cached.build(small_dataset)
+    cached.open(small_dataset)
+    before, after = cached.steps(small_dataset, 3001)
+    assert [type(s) for s in before + after] == [generators.SoftLabelOrigin, generators.CropSoftLabels]
+    names = open_dataset(small_dataset).metadata["trace_name"]
+    sees = cached.sees_phase(small_dataset, names)
+    assert sees.dtype == bool and len(sees) == len(names)
+    fly = TrainingTargets("phasenet:fake", "on-the-fly")
+    before, after = fly.steps(small_dataset, 3001)
+    assert [type(s) for s in before + after] == [generators.StashTrace, generators.TeacherContext]
+    assert fly.sees_phase(small_dataset, names) is None
 
 
 def test_run_from_config(small_dataset, fake_teachers, tmp_path):
@@ -421,11 +427,11 @@ def test_run_from_config(small_dataset, fake_teachers, tmp_path):
 
     config = Config.load(overrides=[f"teacher.cache_dir={tmp_path / 'sl'}", "teacher.batch_size=16"])
     config.teacher.name = "phasenet:fake"
-    (path,) = teachers.run(config, small_dataset)
+    (path,) = soft_labels_stage.run(config, small_dataset)
     assert path == tmp_path / "sl" / "phasenet-fake.hdf5" and path.is_file()
     config.teacher.mode = "sometimes"
     with pytest.raises(EdgepickError, match="teacher.mode"):
-        teachers.run(config, small_dataset)
+        soft_labels_stage.run(config, small_dataset)
 
 
 def test_teacher_refuses_unfit_data(fake_teachers):

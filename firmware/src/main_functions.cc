@@ -103,6 +103,7 @@ bool setup() {
   config.thresholds[0] = EDGEPICK_P_THRESHOLD;
   config.thresholds[1] = EDGEPICK_S_THRESHOLD;
   config.top_tolerance = EDGEPICK_PICK_TOP_TOLERANCE;
+  config.top_half_width = EDGEPICK_PICK_TOP_HALF_WIDTH;
   config.norm_eps = EDGEPICK_NORM_EPS;
   config.sampling_rate = EDGEPICK_SAMPLING_RATE_HZ;
   config.exact_tail = EDGEPICK_EXACT_TAIL != 0;

@@ -5,12 +5,16 @@
 
 namespace edgepick {
 
-void TriggerPicker::Init(float threshold_on, float threshold_off, int phase, float top_tolerance) {
+bool TriggerPicker::Init(float threshold_on, float threshold_off, int phase, float top_tolerance,
+                         int top_half_width) {
   on_threshold_ = threshold_on;
   off_threshold_ = threshold_off;
   phase_ = phase;
   top_tolerance_ = top_tolerance;
+  const bool ok = top_half_width >= 1 && top_half_width <= kMaxTopHalfWidth;
+  top_half_width_ = static_cast<uint64_t>(ok ? top_half_width : kMaxTopHalfWidth);
   Reset();
+  return ok;
 }
 
 void TriggerPicker::Reset() {
@@ -30,7 +34,7 @@ bool TriggerPicker::Feed(uint64_t index, float value, Pick* pick) {
         current_.sample = index;
         StartTop(index);
       } else if (top_open_) {
-        if (index == top_hi_ + 1 && index - current_.sample <= static_cast<uint64_t>(kTopHalfWidth) &&
+        if (index == top_hi_ + 1 && index - current_.sample <= top_half_width_ &&
             value >= TopLevel()) {
           top_hi_ = index;
         } else {
@@ -68,7 +72,7 @@ void TriggerPicker::StartTop(uint64_t peak) {
   top_open_ = true;
   if (top_tolerance_ < 0.0f) return;
   const float level = TopLevel();
-  while (top_lo_ > current_.on && peak - top_lo_ < static_cast<uint64_t>(kTopHalfWidth) &&
+  while (top_lo_ > current_.on && peak - top_lo_ < top_half_width_ &&
          history_[(top_lo_ - 1) % kHistory] >= level) {
     --top_lo_;
   }

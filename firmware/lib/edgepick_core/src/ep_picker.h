@@ -6,7 +6,7 @@
 //     [on, off] intervals (on: first sample >= threshold; off: last sample of the run >= threshold / 2);
 //     the pick is the first maximum inside [on, off] (SeisBench picks_from_annotations), or, with a top
 //     tolerance t >= 0, the centre of the peak's top: the contiguous samples around that maximum that are at
-//     least (1 - t) times it, at most kTopHalfWidth on each side (pipeline.student.peak_index); the student's
+//     least (1 - t) times it, at most top_half_width on each side (pipeline.picking.PickRule.peak); the student's
 //     t = 0.5 is the midpoint of the peak's full width at half maximum. Its P and S peaks are flat, broad or
 //     multi-humped at the top, so the first maximum is arbitrary: INT8 rounding moved it by 10-70 samples; the
 //     midpoint at half maximum sits on the steep flanks and stays put. There is no other minimum distance:
@@ -21,7 +21,7 @@
 namespace edgepick {
 
 constexpr int kMaxPhases = 4;
-constexpr int kTopHalfWidth = 256;  // samples searched on each side of the maximum for the top
+constexpr int kMaxTopHalfWidth = 1024;  // the largest top_half_width: the history it needs is kept per trigger
 
 struct Pick {
   uint64_t sample;  // absolute sample index of the peak
@@ -34,8 +34,10 @@ struct Pick {
 // obspy.signal.trigger.trigger_onset (max_len = inf) plus the peak, one sample at a time.
 class TriggerPicker {
  public:
-  // top_tolerance < 0: the first maximum (SeisBench); >= 0: the centre of the top (see above).
-  void Init(float threshold_on, float threshold_off, int phase, float top_tolerance = -1.0f);
+  // top_tolerance < 0: the first maximum (SeisBench); >= 0: the centre of the top (see above), searched at most
+  // top_half_width (1 ... kMaxTopHalfWidth) samples either side of the maximum. Returns false if out of range.
+  bool Init(float threshold_on, float threshold_off, int phase, float top_tolerance = -1.0f,
+            int top_half_width = 256);
   void Reset();
   // Feeds the value of absolute sample index (consecutive indices). NaN counts as below both thresholds.
   // Returns true and fills *pick when a trigger switched off at this sample.
@@ -56,9 +58,10 @@ class TriggerPicker {
   uint64_t last_ = 0;
   Pick current_{};
   float top_tolerance_ = -1.0f;
+  uint64_t top_half_width_ = 256;
   uint64_t top_lo_ = 0, top_hi_ = 0;  // the top around the maximum so far: [top_lo_, top_hi_]
   bool top_open_ = false;             // the samples since the maximum are all still in the top
-  static constexpr uint64_t kHistory = kTopHalfWidth + 1;
+  static constexpr uint64_t kHistory = kMaxTopHalfWidth + 1;
   float history_[kHistory] = {};  // the segment's last kHistory values, by index % kHistory
 };
 

@@ -30,6 +30,7 @@ bool StreamPicker::Init(const StreamConfig& config, const StreamBuffers& buffers
   else if (config.n_phases < 1 || config.n_phases > config.n_classes) problem = "n_phases must be in [1, n_classes]";
   else if (!(config.sampling_rate > 0.0)) problem = "sampling_rate must be positive";
   else if (config.blind_pre + config.blind_post >= config.in_samples) problem = "blinding covers the whole window";
+  else if (config.top_half_width < 1 || config.top_half_width > kMaxTopHalfWidth) problem = "top_half_width must be in [1, 1024]";
   else if (buffers.ring == nullptr || buffers.window == nullptr || buffers.probs == nullptr ||
            buffers.stack_sums == nullptr || buffers.stack_counts == nullptr) problem = "a stream buffer is missing";
   else if (infer == nullptr || emit == nullptr) problem = "infer and emit callbacks are required";
@@ -67,7 +68,8 @@ void StreamPicker::StartSegment(uint64_t start) {
   covered_until_ = start;
   stacker_.Reset(start);
   for (int p = 0; p < config_.n_phases; ++p) {
-    triggers_[p].Init(config_.thresholds[p], config_.thresholds[p] / 2.0f, p, config_.top_tolerance);
+    triggers_[p].Init(config_.thresholds[p], config_.thresholds[p] / 2.0f, p, config_.top_tolerance,
+                      config_.top_half_width);
   }
 }
 

@@ -28,6 +28,7 @@ struct StreamConfig {
   const char* phase_names[kMaxPhases] = {"P", "S", "N", ""};
   float thresholds[kMaxPhases] = {0.3f, 0.3f, 0.3f, 0.3f};
   float top_tolerance = 0.5f;       // pick at the centre of the peak's top (< 0: first maximum), see ep_picker.h
+  int top_half_width = 256;         // ... searched at most this many samples either side of the maximum
   float norm_eps = 1e-6f;            // relative epsilon of the normalisation
   size_t blind_pre = 0;              // SeisBench "blinding"
   size_t blind_post = 0;

@@ -1,4 +1,4 @@
-"""The benchmark stage's outputs: ``benchmark.json`` (schema in README.md, "Benchmark"), ``benchmark.md`` and the
+"""The benchmark stage's outputs: ``benchmark.json`` (schema in docs/benchmark.md), ``benchmark.md`` and the
 figures (``benchmark_residuals.png``, ``benchmark_pr.png``, ``benchmark_examples.png``), each written atomically."""
 
 from __future__ import annotations
@@ -11,23 +11,22 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.artifacts import atomic_write_bytes, atomic_write_text
+from pipeline.picking import PickRule, describe
 
 SCHEMA = "edgepick-benchmark/1"
 PHASES = ("P", "S")
 FIGURES = {"residuals": "benchmark_residuals.png", "pr": "benchmark_pr.png", "examples": "benchmark_examples.png"}
 
 
-def pick_rule_text(top_tolerance, blinding=None) -> str:
-    """How a model's picks are placed inside a triggered segment (pipeline.student.peak_index), and how many
-    samples its annotate leaves out at each window's ends (SeisBench's blinding)."""
-    if top_tolerance is None:
-        text = "first maximum"
-    elif abs(top_tolerance - 0.5) < 1e-9:
-        text = "midpoint at half maximum"
-    else:
-        text = f"midpoint of samples >= {1 - top_tolerance:g} x maximum"
-    if blinding and any(blinding):
-        text += f"; blinds {blinding[0]} / {blinding[1]} samples"
+def pick_rule_text(model: dict) -> str:
+    """A model's pick rule as the report's "pick" column: its thresholds, where in a triggered segment the pick
+    goes and how many samples its annotate leaves out at each window's ends (pipeline.picking.PickRule)."""
+    top = model.get("pick_top_tolerance")
+    thresholds = model.get("thresholds") or {}
+    rule = PickRule(top_tolerance=top, blinding=model.get("blinding"))
+    text = describe(rule)
+    if thresholds:
+        text = f"P {thresholds['P']:g} / S {thresholds['S']:g}; " + text
     return text
 
 
@@ -71,8 +70,9 @@ def markdown(report: dict) -> str:
         f"{d['hours']:.2f} station-hours"
         + (f", {d['labels']['P']} P and {d['labels']['S']} S analyst picks" if d.get("labels") else "")
         + f". Teacher `{s['teacher']}`, student `{s['student']}`, TFLite variants `{s['tflite']}`. "
-        f"Threshold {s['threshold']}, tolerances {', '.join(f'{t:g}' for t in s['tolerances_s'])} s, seed {s['seed']}. "
-        "Protocols: see `pipeline/benchmark.py`. Created " + report["created"] + ".",
+        + ("Thresholds: each model's own (the pick column)" if s["threshold"] is None else f"Threshold {s['threshold']}")
+        + f", tolerances {', '.join(f'{t:g}' for t in s['tolerances_s'])} s, seed {s['seed']}. "
+        "Protocols: docs/benchmark.md. Created " + report["created"] + ".",
         "",
     ]
     if d.get("agreement_only"):
@@ -90,7 +90,7 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {label(m)} | {_n(m['parameters'])} | {_n(m['macs_per_window'])} | {_n(m['flatbuffer_bytes'])} | "
             f"{_n(m['arena_bytes'])} | {_f(m['host_latency_ms'], 2)} | {_f(m['esp32_latency_ms_est'], 0)} | "
-            f"{_f(m['esp32s3_latency_ms_est'], 0)} | {_f(m['annotate_seconds'], 1)} | {pick_rule_text(m.get('pick_top_tolerance'), m.get('blinding'))} | "
+            f"{_f(m['esp32s3_latency_ms_est'], 0)} | {_f(m['annotate_seconds'], 1)} | {pick_rule_text(m)} | "
             f"{'; '.join(m['notes'])} |")
     lines += ["", "ESP32 figures are estimates (MACs x cycles per MAC from Espressif's published person-detection "
               "timings, ESP-NN for INT8; pipeline/boards.py, as `make quantize` prints), not measurements.", ""]
@@ -224,7 +224,6 @@ def figure_pr(report):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    operating = report["settings"]["threshold"]
     for ax, phase in zip(axes, PHASES):
         for row in report["pr_curves"]:
             curve = row[phase]
@@ -233,10 +232,11 @@ def figure_pr(report):
                 continue
             line, = ax.plot([curve["recall"][k] for k in keep], [curve["pick_precision"][k] for k in keep],
                             marker=".", markersize=3, label=label(row))
+            operating = row["operating_threshold"][phase]
             k = min(keep, key=lambda j: abs(curve["thresholds"][j] - operating))
             ax.plot(curve["recall"][k], curve["pick_precision"][k], "o", color=line.get_color(), markersize=7,
                     markerfacecolor="none")
-        ax.set(title=f"{phase} precision-recall (threshold 0.05-0.95, ring = {operating:g}; tol "
+        ax.set(title=f"{phase} precision-recall (threshold 0.05-0.95, ring: each model's own; tol "
                      f"{report['pr_curves'][0]['tolerance_s']:g} s)", xlabel="recall", ylabel="precision",
                xlim=(0, 1.02), ylim=(0, 1.02))
         ax.title.set_fontsize(9)

@@ -1,6 +1,6 @@
 """``make sweep``: distil one student per (temperature, alpha, width) and rank them on the dev split.
 
-Every grid point is an ordinary distillation run (``pipeline.distill.run``) in its own folder under
+Every grid point is an ordinary distillation run (``pipeline.stages.distill.run``) in its own folder under
 ``sweep.out``; a finished point is not run again, so a killed sweep resumes where it stopped. Each student is
 scored with the benchmark's whole-trace protocol on the dev split of the first dataset (mean of P and S F1 at
 ``sweep.tolerance_s``), which ranks runs of different temperatures and alphas on the same scale (their losses do
@@ -16,10 +16,13 @@ import itertools
 import json
 from pathlib import Path
 
-from pipeline import benchmark, distill, generators
+from pipeline import generators
+from pipeline.annotation import evaluate_picker
 from pipeline.artifacts import atomic_file, atomic_write_text
 from pipeline.config import Config
 from pipeline.errors import EdgepickError
+from pipeline.stages import distill
+from pipeline.student import load_student
 
 RESULT = "sweep_result.json"
 
@@ -60,10 +63,8 @@ def run(config: Config) -> list[dict]:
         point_config.distill.out = str(folder)
         print(f"sweep {folder.name}: distilling")
         distill.run(point_config)
-        from pipeline.student import load_student
-
         student = load_student(folder / distill.STUDENT)
-        scores = benchmark.evaluate_picker(student, dev, tolerances=(config.sweep.tolerance_s,))["scores"]
+        scores = evaluate_picker(student, dev, tolerances=(config.sweep.tolerance_s,))["scores"]
         tolerance = float(config.sweep.tolerance_s)
         row = {
             **point,

@@ -1,9 +1,11 @@
-"""The data stage: every source ends as a SeisBench-format dataset split by event.
+"""SeisBench-format datasets as edgepick writes and reads them: every trace checked and repaired on the way in
+(:func:`prepare_trace`), split by event (:func:`event_split`), written atomically with SeisBench's own
+``WaveformDataWriter`` (:func:`write_dataset`); every way a folder can be broken turned into one clear error on
+the way out (:func:`open_dataset`).
 
-A source is an iterable of ``(metadata, waveform)`` pairs: ``waveform`` is a float array (3, samples) in the
-configured component order, ``metadata`` uses SeisBench's column names (``trace_sampling_rate_hz``,
-``trace_p_arrival_sample``, ``source_id``, ...). :func:`write_dataset` checks and repairs each trace, assigns the
-event split and writes the dataset atomically with SeisBench's own ``WaveformDataWriter``.
+A source is an iterable of ``(metadata, waveform)`` records: ``waveform`` a float array (3, samples) in the
+configured component order, ``metadata`` in SeisBench's column names (``trace_sampling_rate_hz``,
+``trace_p_arrival_sample``, ``source_id``, ...).
 """
 
 from __future__ import annotations
@@ -14,26 +16,43 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator
+import typing
+from collections.abc import Iterable
 from pathlib import Path
 
 import h5py
 import numpy as np
-import obspy
 import pandas as pd
 import seisbench.data as sbd
 from tqdm import tqdm
 
 from pipeline.artifacts import atomic_dir, atomic_write_text
-from pipeline.config import Config, DataConfig
 from pipeline.errors import EdgepickError
+from pipeline.waveforms import resample
 
 log = logging.getLogger(__name__)
 
+
+class DatasetFormat(typing.Protocol):
+    """What a written dataset holds (the data stage passes its ``DataConfig``, which has these)."""
+
+    sampling_rate: float  # every trace is resampled to it (anti-alias filter)
+    component_order: str
+    min_peak_amplitude: float  # quieter traces are rescaled by a power of ten, recorded per trace
+    seed: int  # of the event split
+    split_fractions: tuple[float, float, float]  # train, dev, test
+
 SPLITS = ("train", "dev", "test")
+
+
 PICK_COLUMNS = ("trace_p_arrival_sample", "trace_s_arrival_sample")
+
+
 REQUIRED_COLUMNS = ("trace_name", "trace_sampling_rate_hz")
+
+
 REPORT_NAME = "edgepick_dataset.json"
+
 
 Record = tuple[dict, np.ndarray]
 
@@ -57,22 +76,7 @@ def event_split(event_id: str, seed: int, fractions: tuple[float, float, float] 
     return SPLITS[-1]
 
 
-def resample(waveform: np.ndarray, rate: float, target: float) -> np.ndarray:
-    """Resample with an anti-alias filter (obspy): decimation for integer factors, else Fourier resampling."""
-    out = []
-    for channel in waveform:
-        trace = obspy.Trace(np.asarray(channel, dtype=np.float64), header={"sampling_rate": rate})
-        factor = rate / target
-        if factor > 1 and abs(factor - round(factor)) < 1e-9 and round(factor) <= 16:
-            trace.decimate(int(round(factor)), no_filter=False, strict_length=False)
-        else:
-            trace.resample(target, no_filter=factor <= 1)
-        out.append(trace.data)
-    length = min(len(c) for c in out)
-    return np.stack([c[:length] for c in out])
-
-
-def prepare_trace(metadata: dict, waveform: np.ndarray, config: DataConfig, min_samples: int = 0) -> Record:
+def prepare_trace(metadata: dict, waveform: np.ndarray, config: DatasetFormat, min_samples: int = 0) -> Record:
     """Check one trace and bring it to the target rate and a safe amplitude; raise :class:`TraceSkipped` if unusable."""
     waveform = np.asarray(waveform, dtype=np.float64)
     if waveform.ndim != 2 or waveform.shape[0] != len(config.component_order):
@@ -117,7 +121,7 @@ def prepare_trace(metadata: dict, waveform: np.ndarray, config: DataConfig, min_
 def write_dataset(
     records: Iterable[Record],
     out_dir: str | Path,
-    config: DataConfig,
+    config: DatasetFormat,
     source_name: str,
     total: int | None = None,
     min_samples: int = 0,
@@ -215,44 +219,6 @@ def open_dataset(path: str | Path, sampling_rate: float | None = 100.0, **kwargs
                 "(re-run the data stage, which resamples with an anti-alias filter)"
             )
     return dataset
-
-
-def source_records(config: DataConfig) -> tuple[Iterator[Record], int | None, dict]:
-    """The records of the configured source, their count if known, and writer options."""
-    source = config.source
-    if source == "synthetic":
-        from pipeline.sources import synthetic
-
-        return synthetic.records(config), config.synthetic.n_traces, {}
-    if source == "okla":
-        from pipeline.sources import okla
-
-        return okla.records(config)
-    if source.startswith("seisbench:"):
-        from pipeline.sources import benchmark
-
-        return benchmark.records(config, source.split(":", 1)[1])
-    if source == "fdsn":
-        from pipeline.sources import fdsn
-
-        return fdsn.records(config)
-    if source == "miniseed":
-        from pipeline.sources import continuous
-
-        return continuous.records(config)
-    raise EdgepickError(f"unknown data source {source!r}; use synthetic, okla, seisbench:<Name>, fdsn or miniseed")
-
-
-def run(config: Config) -> dict:
-    records, total, options = source_records(config.data)
-    out_dir = config.data.out_dir()
-    report = write_dataset(records, out_dir, config.data, config.data.source, total=total, **options)
-    open_dataset(out_dir, config.data.sampling_rate)  # what we wrote must open
-    splits = ", ".join(f"{s} {v['traces']} traces / {v['events']} events" for s, v in report["splits"].items())
-    print(f"wrote {out_dir}: {report['traces']} traces ({splits}) in {report['seconds']} s")
-    if report["skipped"]:
-        print("skipped: " + "; ".join(f"{n} x {reason}" for reason, n in report["skipped"].items()))
-    return report
 
 
 def _isnan(value: object) -> bool:

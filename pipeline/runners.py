@@ -9,14 +9,14 @@ probability curves. One code path (SeisBench's own windowing, normalisation hook
   the student was distilled on; a single teacher is scored on its own raw P and S curves, as ``classify`` picks;
 * the PyTorch student (``quantize.student``);
 * the TFLite variants in ``quantize.out`` (``model_fp32.tflite``, ``model_fp16.ef16`` expanded with
-  :func:`pipeline.quantize.expand_fp16`, ``model_int8.tflite``): :class:`TFLMStudent` is the student's own
-  ``XiaoNet`` class whose ``forward`` runs each normalised window through the real TFLite Micro interpreter
-  (:func:`pipeline.quantize.tflm_run`, int8 input quantised and output dequantised there), so ``annotate`` /
-  ``classify`` cut, normalise, stack and pick exactly as for the PyTorch student.
+  :func:`pipeline.convert.fp16_pack.expand_fp16`, ``model_int8.tflite``): :class:`TFLMStudent` is the student's
+  own ``XiaoNet`` class whose ``forward`` runs each normalised window through the real TFLite Micro interpreter
+  (:func:`pipeline.tflm.run`, int8 input quantised and output dequantised there), so ``annotate`` / ``classify``
+  cut, normalise, stack and pick exactly as for the PyTorch student.
 
 Costs (:func:`costs`): parameters and multiply-accumulates per window (:func:`pipeline.student.count_macs`:
 convolutions and linear layers; EQTransformer's LSTM and attention are not counted), flatbuffer bytes (what goes to
-flash: the packed blob for FP16), TFLite Micro arena bytes (:func:`pipeline.quantize.minimal_arena`, measured on a
+flash: the packed blob for FP16), TFLite Micro arena bytes (:func:`pipeline.tflm.minimal_arena`, measured on a
 real window), host latency per window (median wall time of single-window forwards on this machine, after a warm-up)
 and the *estimated* ESP32 / ESP32-S3 latency of the quantize stage (``pipeline.boards.estimate_latency``: MACs x
 cycles per MAC derived from Espressif's published person-detection timings, ESP-NN kernels for INT8; not a
@@ -33,8 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline import boards, teachers, tflm
+from pipeline.convert.fp16_pack import expand_fp16
 from pipeline.errors import EdgepickError
-from pipeline.student import PICK_TOP_TOLERANCE
+from pipeline.picking import PickRule
+from pipeline.student import XiaoNet, count_macs, hop_samples, load_student, normalize_windows
 
 VARIANT_FILES = {"fp32": "model_fp32.tflite", "fp16": "model_fp16.ef16", "int8": "model_int8.tflite"}
 TFLITE_MAGIC = b"TFL3"  # flatbuffer file identifier at bytes 4..8
@@ -66,39 +69,26 @@ class BenchModel:
 
 
 # ------------------------------------------------------------------------------------------------ TFLite Micro
-def _xiaonet():
-    from pipeline.student import XiaoNet
-
-    return XiaoNet
-
-
-class TFLMStudent(_xiaonet()):
+class TFLMStudent(XiaoNet):
     """The student's SeisBench model with ``forward`` run by TFLite Micro on a flatbuffer."""
 
     def __init__(self, flatbuffer: bytes, in_samples: int, overlap: int, sampling_rate: float = 100.0,
                  component_order: str = "ZNE", norm_eps: float = 1e-6, arena: int | None = None,
-                 pick_top_tolerance: float = PICK_TOP_TOLERANCE, blinding: tuple[int, int] | None = None):
-        default_args = {"overlap": int(overlap)}  # blinding: the student's default for this overlap unless given
-        if blinding is not None:
-            default_args["blinding"] = (int(blinding[0]), int(blinding[1]))
+                 pick_rule: PickRule | None = None):
         super().__init__(base_channels=1, in_samples=in_samples, channel_multipliers=(1, 1, 1, 1),
                          sampling_rate=sampling_rate, component_order=component_order, norm_eps=norm_eps,
-                         pick_top_tolerance=pick_top_tolerance, default_args=default_args)
+                         pick_rule=pick_rule, default_args={"overlap": int(overlap)})
         self.flatbuffer = flatbuffer
         self.arena = arena
 
     def forward(self, x: torch.Tensor, logits: bool = False) -> torch.Tensor:
-        from pipeline.quantize import tflm_run
-
         if logits:
             raise EdgepickError("TFLMStudent gives probabilities only (the flatbuffer ends in SOFTMAX)")
-        return torch.from_numpy(tflm_run(self.flatbuffer, x.detach().cpu().numpy(), self.arena))
+        return torch.from_numpy(tflm.run(self.flatbuffer, x.detach().cpu().numpy(), self.arena))
 
 
 def read_variant(path: str | Path, precision: str) -> bytes:
     """The runnable flatbuffer of one variant file; a file of the wrong kind is one EdgepickError line."""
-    from pipeline.quantize import expand_fp16, io_details
-
     path = Path(path)
     data = path.read_bytes()
     if precision == "fp16":
@@ -108,7 +98,7 @@ def read_variant(path: str | Path, precision: str) -> bytes:
             raise EdgepickError(f"{path} is not a packed FP16 model written by `make quantize` ({error})") from None
     if len(data) < 8 or data[4:8] != TFLITE_MAGIC:
         raise EdgepickError(f"{path} is not a TFLite flatbuffer (no {TFLITE_MAGIC.decode()} identifier)")
-    details = io_details(data)
+    details = tflm.io_details(data)
     shape, out_shape = details["input"]["shape"], details["output"]["shape"]
     if len(shape) != 4 or shape[0] != 1 or shape[2] != 1 or shape[3] != 3 or out_shape != shape:
         raise EdgepickError(f"{path}: input {shape} / output {out_shape} is not a (1, samples, 1, 3) student")
@@ -120,8 +110,6 @@ def read_variant(path: str | Path, precision: str) -> bytes:
 
 def tflite_variants(folder: str | Path, student, precisions=("fp32", "fp16", "int8"), say=print) -> list[BenchModel]:
     """The TFLite Micro variants in ``folder`` as BenchModels; missing ones are skipped with a printed line."""
-    from pipeline.quantize import minimal_arena
-
     folder = Path(folder)
     report = {}
     if (folder / "quantize_report.json").is_file():
@@ -136,27 +124,22 @@ def tflite_variants(folder: str | Path, student, precisions=("fp32", "fp16", "in
             say(f"benchmark: skipping TFLite {precision}: {path} does not exist (run `make quantize`)")
             continue
         flatbuffer = read_variant(path, precision)
-        in_samples = int(np.prod(_io(flatbuffer)["input"]["shape"][1:2]))
+        in_samples = int(tflm.io_details(flatbuffer)["input"]["shape"][1])
         info = report.get("variants", {}).get(precision, {})
         rate = float(info.get("sampling_rate", student.sampling_rate if student is not None else 100.0))
         if student is not None:
-            from pipeline.quantize import hop_samples
-
             if in_samples != student.in_samples:
                 raise EdgepickError(f"{path} takes {in_samples}-sample windows but the student takes {student.in_samples}")
             overlap = student.in_samples - hop_samples(student)
             order, eps = student.component_order, student.norm_eps
-            top = student.pick_top_tolerance  # the variant picks (and blinds) as the student it came from
-            blinding = student.default_args.get("blinding")
+            rule = student.pick_rule  # the variant picks (and blinds) as the student it came from
         else:
             overlap = in_samples - int(info.get("hop_samples", in_samples // 2 + 1))
             order, eps = "ZNE", 1e-6
-            top = float(info.get("pick_top_tolerance", PICK_TOP_TOLERANCE))
-            blinding = info.get("blinding")
+            rule = PickRule(**info["pick_rule"]) if "pick_rule" in info else None  # else the student's defaults
         sample = _sample_input(flatbuffer)
-        arena = minimal_arena(flatbuffer, sample)
-        model = TFLMStudent(flatbuffer, in_samples, overlap, rate, order, eps, arena=arena, pick_top_tolerance=top,
-                            blinding=blinding).eval()
+        arena = tflm.minimal_arena(flatbuffer, sample)
+        model = TFLMStudent(flatbuffer, in_samples, overlap, rate, order, eps, arena=arena, pick_rule=rule).eval()
         bench = BenchModel("student", "tflm", precision, [model], spec=str(path), flatbuffer=flatbuffer,
                            device_bytes=path.stat().st_size)
         bench.arena_bytes = arena
@@ -167,45 +150,29 @@ def tflite_variants(folder: str | Path, student, precisions=("fp32", "fp16", "in
     return models
 
 
-def _io(flatbuffer: bytes) -> dict:
-    from pipeline.quantize import io_details
-
-    return io_details(flatbuffer)
-
-
 def _sample_input(flatbuffer: bytes) -> np.ndarray:
     """A realistic device input (a normalised noisy window with an onset) for the arena search."""
-    from pipeline.student import normalize_windows
-
-    details = _io(flatbuffer)["input"]
+    details = tflm.io_details(flatbuffer)["input"]
     n = details["shape"][1]
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3, n))
     x[:, n // 2 :] *= 8
-    x = normalize_windows(x).T[None, :, None, :]
-    if details["dtype"] == "int8":
-        x = np.clip(np.round(x / details["scale"]) + details["zero_point"], -128, 127).astype(np.int8)
-    return x.reshape(details["shape"]).astype(details["dtype"])
+    return tflm.quantize_input(normalize_windows(x), details)
 
 
 def matches_student(variant: BenchModel, student, tolerance: float = 0.05) -> float:
     """Max |TFLite - PyTorch| probability on one realistic window: large when the variant came from another student."""
-    from pipeline.quantize import tflm_run
-    from pipeline.student import normalize_windows
-
     rng = np.random.default_rng(1)
     x = rng.normal(size=(1, 3, student.in_samples))
     x[:, :, student.in_samples // 2 :] *= 8
     x = normalize_windows(x)
     with torch.no_grad():
         reference = student(torch.from_numpy(x)).numpy()
-    return float(np.abs(tflm_run(variant.flatbuffer, x, getattr(variant, "arena_bytes", None)) - reference).max())
+    return float(np.abs(tflm.run(variant.flatbuffer, x, getattr(variant, "arena_bytes", None)) - reference).max())
 
 
 # ----------------------------------------------------------------------------------------------------- loaders
 def load_teacher(spec: str) -> BenchModel:
-    from pipeline import teachers
-
     members = teachers.parse_teacher_spec(spec)
     models = [teachers.load_model(m) for m in members]
     rates = {float(m.sampling_rate) for m in models}
@@ -215,8 +182,6 @@ def load_teacher(spec: str) -> BenchModel:
 
 
 def load_student_model(path: str | Path, say=print) -> BenchModel | None:
-    from pipeline.student import load_student
-
     path = Path(path)
     if not path.exists():
         say(f"benchmark: skipping the PyTorch student: {path} does not exist (run `make distill`)")
@@ -245,9 +210,7 @@ def host_latency_ms(model: BenchModel, repeats: int = 20) -> float:
     timings = []
     rng = np.random.default_rng(0)
     if model.runtime == "tflm":  # one persistent interpreter, as on the board: set_input + invoke
-        from pipeline.quantize import _try_interpreter
-
-        interpreter, exc, err = _try_interpreter(model.flatbuffer, getattr(model, "arena_bytes", None) or 1 << 26)
+        interpreter, exc, err = tflm.load(model.flatbuffer, getattr(model, "arena_bytes", None) or tflm.MAX_ARENA)
         if interpreter is None:
             raise EdgepickError(f"{model.label}: TFLite Micro cannot load the model: {err.strip() or exc}")
         x = _sample_input(model.flatbuffer)
@@ -277,8 +240,6 @@ def host_latency_ms(model: BenchModel, repeats: int = 20) -> float:
 
 def costs(model: BenchModel, student=None, repeats: int = 20) -> dict:
     """Parameters, MACs / window, flatbuffer bytes, arena bytes, host and estimated ESP32 latency of one model."""
-    from pipeline.student import count_macs
-
     counted = [student] if model.runtime == "tflm" and student is not None else model.members
     if model.runtime == "tflm" and student is None:
         params = macs = None
@@ -306,7 +267,5 @@ def costs(model: BenchModel, student=None, repeats: int = 20) -> dict:
 def esp32_estimates(macs: int, precision: str) -> dict:
     """The quantize stage's latency model (:func:`pipeline.boards.estimate_latency`): estimated ms per window on
     ESP32 / ESP32-S3, ESP-NN kernels for INT8."""
-    from pipeline import boards
-
     est = boards.estimate_latency(macs, precision, hop_seconds=0)
     return {f"{chip}_latency_ms_est": round(est[chip]["ms"], 1) for chip in ("esp32", "esp32s3")}

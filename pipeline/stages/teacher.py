@@ -151,17 +151,6 @@ def _datasets(path: str, teacher: teachers.Teacher):
     return splits
 
 
-class _TeacherInput:
-    """Generator step: the whole trace as the teacher sees it (its components, its filter), float32."""
-
-    def __init__(self, teacher_input: teachers.TeacherInput, component_order: str = "ZNE"):
-        self.input, self.component_order = teacher_input, component_order
-
-    def __call__(self, state_dict):
-        x, metadata = state_dict["X"]
-        state_dict["X"] = (self.input.prepare(x, self.component_order).astype(np.float32), metadata)
-
-
 def _loader(dataset, teacher: teachers.Teacher, cfg, train: bool):
     """Windows of the teacher's length (random around the picks for training, fixed for dev) and the model's labels."""
     import seisbench.generate as sbg
@@ -183,7 +172,7 @@ def _loader(dataset, teacher: teachers.Teacher, cfg, train: bool):
     else:
         generator = sbg.SteeredGenerator(dataset, generators.evaluation_windows(dataset, n, seed=cfg.seed))
         window = [sbg.SteeredWindow(windowlen=n, strategy="pad")]
-    generator.add_augmentations([_TeacherInput(teacher.input)] + window + labels + as_float)
+    generator.add_augmentations([generators.AsTeacherSees(teacher.input)] + window + labels + as_float)
     workers = generators.worker_count(cfg.workers) if train else 0
     return torch.utils.data.DataLoader(
         generator, batch_size=cfg.batch_size, shuffle=train, num_workers=workers, drop_last=train,

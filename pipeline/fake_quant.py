@@ -2,7 +2,7 @@
 
 TFLite's full-integer conversion stores every activation tensor as int8 with one (scale, zero point) per tensor.
 On a saturated softmax the student's P and S peaks are flat-topped, so that rounding moves peaks by more than
-0.1 s and post-training quantization alone loses pick agreement (issue 5). Fine-tuning for a few epochs with
+0.1 s and post-training quantization alone loses pick agreement (docs/design.md). Fine-tuning for a few epochs with
 PyTorch's fake quantization (straight-through rounding, moving-average min/max ranges, as the converter's
 calibration does) at exactly the tensors TFLite materialises teaches the student to keep its peaks where they are.
 

@@ -29,8 +29,8 @@ import numpy as np
 import obspy
 from obspy import UTCDateTime
 
+from pipeline import waveforms
 from pipeline.config import DataConfig
-from pipeline.data import resample
 from pipeline.errors import EdgepickError
 
 log = logging.getLogger(__name__)
@@ -109,12 +109,7 @@ def _index(files: list[Path], summary: dict) -> dict:
     """(net, sta, loc, instrument) -> day (POSIX time of midnight) -> set of files holding data of that day."""
     index: dict = collections.defaultdict(lambda: collections.defaultdict(set))
     for path in files:
-        try:
-            stream = obspy.read(str(path), format="MSEED", headonly=True)
-        except Exception as error:  # not miniSEED, truncated, permission: a counted skip
-            summary["unreadable_files"][path.name] = " ".join(f"{type(error).__name__}: {error}".split())[:120]
-            continue
-        for trace in stream:
+        for trace in waveforms.read_files([path], summary["unreadable_files"], format="MSEED", headonly=True):
             s = trace.stats
             unit = (s.network, s.station, s.location, s.channel[:-1])
             day = UTCDateTime(s.starttime.date)
@@ -142,61 +137,25 @@ def _generate(index: dict, config: DataConfig, inventory, summary: dict) -> Iter
 
 def _read_day(unit, day: UTCDateTime, files: set, counts) -> obspy.Stream | None:
     net, sta, loc, inst = unit
-    stream = obspy.Stream()
-    for path in sorted(files):
-        try:
-            part = obspy.read(str(path), format="MSEED", starttime=day, endtime=day + DAY)
-        except Exception:  # readable headers, unreadable data: counted (the name was seen in the index pass)
-            counts["files unreadable on second read"] += 1
-            continue
-        part = part.select(network=net, station=sta, location=loc, channel=inst + "?")
-        stream.extend([t for t in part if t.stats.npts])
+    unreadable: dict[str, str] = {}  # readable headers, unreadable data: counted (the name was seen in the index pass)
+    stream = waveforms.read_files(sorted(files), unreadable, format="MSEED", starttime=day, endtime=day + DAY)
+    counts["files unreadable on second read"] += len(unreadable)
+    stream = stream.select(network=net, station=sta, location=loc, channel=inst + "?")
     return stream if len(stream) else None
 
 
-def _merge_channel(traces: obspy.Stream, counts) -> list[obspy.Trace]:
-    """Merge one channel's traces (overlaps: method=1) and split at gaps; count what was dropped."""
-    rates = collections.Counter()
-    for trace in traces:
-        rates[trace.stats.sampling_rate] += trace.stats.npts
-    rate = rates.most_common(1)[0][0]
-    if len(rates) > 1:
-        dropped = [t for t in traces if t.stats.sampling_rate != rate]
-        counts["traces dropped: second sampling rate on one channel"] += len(dropped)
-        traces = obspy.Stream([t for t in traces if t.stats.sampling_rate == rate])
-    traces.sort(keys=["starttime"])
-    for gap in traces.get_gaps():
-        delta = gap[6]
-        if delta > 0:
-            counts["gaps"] += 1
-            counts["gap seconds"] += delta
-        elif delta < 0 and -delta <= 1.5 / rate:
-            counts["file boundaries with one duplicated sample (merged)"] += 1
-        elif delta < 0:
-            counts["overlaps merged"] += 1
-            counts["overlap seconds"] += -delta
-    try:
-        traces.merge(method=1, fill_value=None)  # gaps stay masked and are split off below
-    except Exception:  # e.g. sub-sample misaligned pieces: keep them unmerged
-        counts["channel-days not mergeable (kept as separate pieces)"] += 1
-    return list(traces.split())
-
-
 def _windows(unit, stream: obspy.Stream, config: DataConfig, inventory, counts) -> Iterator:
-    by_component: dict[str, list[obspy.Trace]] = {}
-    for component in sorted({t.stats.channel[-1] for t in stream}):
-        by_component[component] = _merge_channel(stream.select(component=component), counts)
-    if {"Z", "N", "E"} <= set(by_component):
-        horizontals, orientation = ("N", "E"), "NE"
-    elif {"Z", "1", "2"} <= set(by_component):
-        horizontals = ("1", "2")
-        orientation = "12 rotated to NE (inventory)" if inventory is not None else "12 taken as NE (not rotated)"
-    else:
-        counts[f"station-days without Z + N/E or 1/2 ({''.join(sorted(by_component))})"] += 1
+    components = waveforms.station_components(stream, counts)
+    if components is None:
         return
+    by_component, horizontals = components
+    if horizontals == ("N", "E"):
+        orientation = "NE"
+    else:
+        orientation = "12 rotated to NE (inventory)" if inventory is not None else "12 taken as NE (not rotated)"
     ms = config.miniseed
     target = config.sampling_rate
-    for start, end, pieces in _common_spans([by_component[c] for c in ("Z", *horizontals)]):
+    for start, end, pieces in waveforms.common_spans([by_component[c] for c in ("Z", *horizontals)]):
         rates = {p.stats.sampling_rate for p in pieces}
         if len(rates) > 1:
             counts["spans skipped: components at different sampling rates"] += 1
@@ -217,58 +176,16 @@ def _windows(unit, stream: obspy.Stream, config: DataConfig, inventory, counts) 
             # The resampler's filter gets RESAMPLE_PAD_S of context on both sides (inside the span); windows are
             # cut from the block only, so no window holds a sample of another block.
             pad = RESAMPLE_PAD_S if abs(rate - target) > 1e-6 else 0.0
-            data, first = _aligned(pieces, max(start, b0 - pad), min(end, b1 + pad), rate)
+            data, first = waveforms.aligned(pieces, max(start, b0 - pad), min(end, b1 + pad), rate)
             if horizontals == ("1", "2") and inventory is not None:
-                data = _rotate(data, pieces, inventory, b0, counts)
+                data = waveforms.rotate_zne(data, pieces, inventory, b0, counts)
                 if data is None:
                     continue
             if abs(rate - target) > 1e-6:
-                data = resample(data, rate, target)
+                data = waveforms.resample(data, rate, target)
             arrays = {"Z": data[0], "N": data[1], "E": data[2]}
             data = np.stack([arrays[c] for c in config.component_order])
             yield from _cut(data, first, b0, this_block, target, rate, unit, orientation, config, counts)
-
-
-def _common_spans(components: list[list[obspy.Trace]]):
-    """Time spans where every component has gap-free data: (start, end, one piece per component)."""
-    spans = [(t.stats.starttime, t.stats.endtime, [t]) for t in components[0]]
-    for pieces in components[1:]:
-        joined = []
-        for a0, a1, kept in spans:
-            for piece in pieces:
-                b0, b1 = piece.stats.starttime, piece.stats.endtime
-                start, end = max(a0, b0), min(a1, b1)
-                if end > start:
-                    joined.append((start, end, kept + [piece]))
-        spans = joined
-    return sorted(spans, key=lambda span: span[0])
-
-
-def _aligned(pieces: list[obspy.Trace], start: UTCDateTime, end: UTCDateTime, rate: float):
-    """The components' samples in [start, end] as one (3, n) float64 array, and the time of its first sample."""
-    cut = []
-    for piece in pieces:
-        i0 = max(int(math.ceil((start - piece.stats.starttime) * rate - 1e-3)), 0)
-        i1 = min(int(math.floor((end - piece.stats.starttime) * rate + 1e-3)), piece.stats.npts - 1)
-        cut.append(np.asarray(piece.data[i0 : i1 + 1], dtype=np.float64))
-    n = min(len(c) for c in cut)
-    first = pieces[0].stats.starttime + max(int(math.ceil((start - pieces[0].stats.starttime) * rate - 1e-3)), 0) / rate
-    return np.stack([c[:n] for c in cut]), first
-
-
-def _rotate(data: np.ndarray, pieces, inventory, when: UTCDateTime, counts):
-    from obspy.signal.rotate import rotate2zne
-
-    try:
-        angles = [inventory.get_orientation(p.id, when) for p in pieces]
-    except Exception:  # channel absent from the inventory
-        counts["spans skipped: channel not in inventory"] += 1
-        return None
-    args = []
-    for row, angle in zip(data, angles):
-        args += [row, angle["azimuth"], angle["dip"]]
-    z, n, e = rotate2zne(*args)
-    return np.stack([z, n, e])
 
 
 def _cut(data, first: UTCDateTime, t: UTCDateTime, block: UTCDateTime, target: float, rate: float, unit, orientation,

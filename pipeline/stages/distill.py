@@ -1,4 +1,4 @@
-"""The distillation stage: a teacher (or an ensemble) teaches the XiaoNet-style student.
+"""``make distill``: a teacher (or an ensemble) teaches the XiaoNet-style student.
 
 One readable training loop. Loss per sample and window position:
 
@@ -26,9 +26,12 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from pipeline import generators, training
+from pipeline import generators, soft_labels, training
+from pipeline.artifacts import save_config
 from pipeline.config import Config
 from pipeline.errors import EdgepickError
+from pipeline.fake_quant import QuantizationAware
+from pipeline.student import build_student, load_student
 from pipeline.training import CHECKPOINT, METRICS  # noqa: F401  (the names of distill's output files)
 STUDENT = "student"  # SeisBench model name inside the output folder: student.json + student.pt
 
@@ -70,15 +73,11 @@ def run(config: Config) -> dict:
     if cfg.temperature <= 0 or not 0 <= cfg.alpha <= 1:
         raise EdgepickError(f"distill needs temperature > 0 and 0 <= alpha <= 1 (got T={cfg.temperature}, alpha={cfg.alpha})")
 
-    train_set, dev_set, online = _datasets(config, master)
-    from pipeline.student import build_student
-
+    train_set, dev_set, targets = _datasets(config, master)
     model = build_student(config.student).to(device)
     if cfg.init_from:
         model.load_state_dict(_load_student_weights(cfg.init_from, model))
     if cfg.quantization_aware:
-        from pipeline.qat import QuantizationAware
-
         QuantizationAware(model)  # hooks on the model; its state_dict stays the float student's
     in_samples = model.in_samples
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -96,9 +95,11 @@ def run(config: Config) -> dict:
         trainable = DistributedDataParallel(trainable)
 
     train_loader = _train_loader(train_set, in_samples, cfg, windows_per_epoch // world, workers,
-                                 seed=cfg.seed + 1000 * rank + state["epoch"], online=online)
-    dev_loader = _dev_loader(dev_set, in_samples, cfg, online)
+                                 seed=cfg.seed + 1000 * rank + state["epoch"], targets=targets)
+    dev_loader = _dev_loader(dev_set, in_samples, cfg, targets)
     if master:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(out, config)
         parameters = sum(p.numel() for p in raw_model.parameters())
         print(f"distill: {parameters} parameters, {raw_model.count_macs() / 1e6:.2f} M MACs/window; "
               f"{sum(map(len, train_set))} training traces, {sum(map(len, dev_set))} dev traces, {steps_per_epoch} steps/epoch, "
@@ -111,7 +112,7 @@ def run(config: Config) -> dict:
         batches = iter(train_loader)
         for _ in tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not master, leave=False):
             batch = next(batches)
-            teacher_probs = _teacher_target(batch, online, device)
+            teacher_probs = _teacher_target(batch, targets, device)
             logits = trainable(batch["X"].to(device))
             loss = distillation_loss(logits, teacher_probs, _get(batch, "y", device), cfg.temperature, cfg.alpha)
             if not torch.isfinite(loss):
@@ -126,7 +127,7 @@ def run(config: Config) -> dict:
             schedule.step()
             train_losses.append(loss.item())
         train_seconds = time.time() - started
-        dev_loss = _evaluate(raw_model, dev_loader, cfg, device, online)
+        dev_loss = _evaluate(raw_model, dev_loader, cfg, device, targets)
         train_loss = _all_mean(float(np.mean(train_losses)), world, device)
         improved = training.record_dev_loss(state, dev_loss, epoch)
         state["history"].append({"epoch": epoch + 1, "train_loss": train_loss, "dev_loss": dev_loss,
@@ -161,19 +162,18 @@ class _Logits(torch.nn.Module):
 
 
 class _Training:
-    """One split of one dataset folder, opened for training, with its soft-label cache (None: no teacher, or the
-    teacher runs on the fly)."""
+    """One split of one dataset folder, opened for training."""
 
-    def __init__(self, path: str, dataset, soft_labels):
-        self.path, self.dataset, self.soft_labels = path, dataset, soft_labels
+    def __init__(self, path: str, dataset):
+        self.path, self.dataset = path, dataset
 
     def __len__(self):
         return len(self.dataset)
 
 
 def _datasets(config: Config, master: bool):
-    """Train and dev splits of every folder in ``distill.dataset`` (comma-separated: a mixture), and the on-the-fly
-    teacher (None in cache mode or without a teacher)."""
+    """Train and dev splits of every folder in ``distill.dataset`` (comma-separated: a mixture), and the teacher's
+    targets for them (None without a teacher, alpha = 0)."""
     cfg = config.distill
     paths = [p.strip() for p in cfg.dataset.split(",") if p.strip()]
     if not paths:
@@ -189,46 +189,37 @@ def _datasets(config: Config, master: bool):
                     "use alpha=1 (teacher only) for unlabelled data"
                 )
             opened[path, split] = dataset
-    train, dev, online = [], [], None
-    if cfg.alpha > 0 and config.teacher.mode not in ("cache", "on-the-fly"):
-        raise EdgepickError(f"teacher.mode {config.teacher.mode!r} is unknown; use cache or on-the-fly")
-    if cfg.alpha > 0 and config.teacher.mode == "on-the-fly":
-        from pipeline import teachers
-
-        online = teachers.OnTheFlyTeacher(config.teacher.name, device=config.teacher.device or None,
-                                          batch_size=config.teacher.batch_size)
-        online.check_data(100.0, "ZNE")  # what load_for_training opens every folder as
-    for path in paths:
-        soft = None
-        if cfg.alpha > 0 and online is None:
-            from pipeline import teachers
-
-            where = {"cache_dir": config.teacher.cache_dir or None}
+    targets = None
+    if cfg.alpha > 0:
+        t = config.teacher
+        targets = soft_labels.TrainingTargets(t.name, t.mode, device=t.device or None, batch_size=t.batch_size,
+                                              cache_dir=t.cache_dir or None)
+        for path in paths:
             if master:
-                teachers.build_soft_labels(path, config.teacher.name, batch_size=config.teacher.batch_size,
-                                           device=config.teacher.device or None, **where)
+                targets.build(path)
             _barrier()
-            soft = teachers.SoftLabelCache.open(path, config.teacher.name, build=False, **where).preload()
-        train.append(_Training(path, opened[path, "train"], soft))
-        dev.append(_Training(path, opened[path, "dev"], soft))
-    return train, dev, online
+            targets.open(path)
+    train = [_Training(path, opened[path, "train"]) for path in paths]
+    dev = [_Training(path, opened[path, "dev"]) for path in paths]
+    return train, dev, targets
 
 
-def _train_loader(train: list[_Training], in_samples: int, cfg, windows: int, workers: int, seed: int, online=None):
+def _train_loader(train: list[_Training], in_samples: int, cfg, windows: int, workers: int, seed: int, targets=None):
     """Random windows from every training set; traces in which the teacher sees a phase are drawn more often (cache
     mode; on the fly the teacher has not seen the traces yet, so every trace is drawn equally often)."""
     generator = torch.utils.data.ConcatDataset(
-        [generators.training_generator(t.dataset, in_samples, soft_labels=t.soft_labels, wrap=_context(online, in_samples),
+        [generators.training_generator(t.dataset, in_samples, teacher_steps=_steps(targets, t, in_samples),
                                        hard_labels=cfg.alpha < 1)
          for t in train]
     )
     weights = []
     for t in train:
         w = torch.ones(len(t))
-        if t.soft_labels is not None and cfg.oversample_phases > 1:
-            names = t.dataset.metadata["trace_name"]
-            has_phase = torch.tensor([float(t.soft_labels.labels_by_name(n)[:2].max()) > 0.3 for n in names])
-            w[has_phase] = cfg.oversample_phases
+        sees = None
+        if targets is not None and cfg.oversample_phases > 1:
+            sees = targets.sees_phase(t.path, t.dataset.metadata["trace_name"])
+        if sees is not None:
+            w[torch.from_numpy(sees)] = cfg.oversample_phases
         weights.append(w / w.sum() * len(t))  # each folder keeps its share of traces
     sampler = torch.utils.data.WeightedRandomSampler(
         torch.cat(weights), num_samples=max(windows, cfg.batch_size), replacement=True,
@@ -241,37 +232,31 @@ def _train_loader(train: list[_Training], in_samples: int, cfg, windows: int, wo
     )
 
 
-def _dev_loader(dev: list[_Training], in_samples: int, cfg, online=None):
+def _dev_loader(dev: list[_Training], in_samples: int, cfg, targets=None):
     generator = torch.utils.data.ConcatDataset(
-        [generators.evaluation_generator(d.dataset, in_samples, seed=cfg.seed, soft_labels=d.soft_labels,
-                                         wrap=_context(online, in_samples)) for d in dev]
+        [generators.evaluation_generator(d.dataset, in_samples, seed=cfg.seed, teacher_steps=_steps(targets, d, in_samples))
+         for d in dev]
     )
     return torch.utils.data.DataLoader(generator, batch_size=cfg.batch_size, num_workers=0)
 
 
-def _context(online, in_samples: int):
-    """On the fly: a generator-chain wrapper that adds each window's whole-trace teacher context
-    (:meth:`OnTheFlyTeacher.wrap_chain`); with the cache: none."""
-    if online is None:
+def _steps(targets, split: _Training, in_samples: int):
+    return targets.steps(split.path, in_samples) if targets is not None else None
+
+
+def _teacher_target(batch: dict, targets, device) -> torch.Tensor | None:
+    """The teacher's (P, S, noise) over each window as float32 on ``device`` (None without a teacher)."""
+    if targets is None:
         return None
-    return lambda chain: online.wrap_chain(chain, in_samples)
-
-
-def _teacher_target(batch: dict, online, device) -> torch.Tensor | None:
-    """The teacher's (P, S, noise) over each window, float32: read from the cache (cropped with X; float16 there),
-    or computed now."""
-    if online is not None:
-        return torch.from_numpy(online.targets(batch)).to(device)
-    target = _get(batch, "y_soft", device)
-    return None if target is None else target.float()
+    return torch.as_tensor(targets.target(batch)).to(device).float()
 
 
 @torch.no_grad()
-def _evaluate(model, loader, cfg, device, online=None) -> float:
+def _evaluate(model, loader, cfg, device, targets=None) -> float:
     model.eval()
     losses, counts = 0.0, 0
     for batch in loader:
-        teacher_probs = _teacher_target(batch, online, device)
+        teacher_probs = _teacher_target(batch, targets, device)
         logits = model.logits(batch["X"].to(device), channels_last=True)  # the training layout: same scores, faster
         loss = distillation_loss(logits, teacher_probs, _get(batch, "y", device), cfg.temperature, cfg.alpha)
         losses += loss.item() * len(logits)
@@ -281,8 +266,6 @@ def _evaluate(model, loader, cfg, device, online=None) -> float:
 
 def _load_student_weights(path: str, model) -> dict:
     """The state dict of a saved student that has ``model``'s architecture, or one clear line why not."""
-    from pipeline.student import load_student
-
     saved = load_student(path)
     if saved.state_dict().keys() != model.state_dict().keys() or any(
         a.shape != b.shape for a, b in zip(saved.state_dict().values(), model.state_dict().values())

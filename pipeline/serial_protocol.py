@@ -1,0 +1,38 @@
+"""The firmware's serial line protocol, host side (the firmware's own side: lib/edgepick_core/src/ep_line_parser.h
+and ep_json.h; documented in docs/firmware.md).
+
+In, one line a sample at the model's rate: ``index z n e``; control lines ``#reset``, ``#t0 <epoch s>``,
+``#gap <n>``, ``#end``. Out: JSON lines, ``{"type": "pick", ...}`` among info / warn / error / timing messages.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+
+def sample_lines(x: np.ndarray, t0: float = 0.0) -> Iterator[str]:
+    """The lines that stream the (3, n) samples ``x`` (Z, N, E) from sample 0 at time ``t0`` and end the stream."""
+    yield "#reset\n"
+    yield f"#t0 {t0:.6f}\n"
+    for i, (z, n, e) in enumerate(np.asarray(x, dtype=np.float32).T):
+        yield f"{i} {z:.9g} {n:.9g} {e:.9g}\n"
+    yield "#end\n"
+
+
+def parse_pick_lines(lines: Sequence[str]) -> list[dict]:
+    """The pick objects among the firmware's JSON output lines (other lines are skipped), sorted by sample."""
+    picks = []
+    for line in lines:
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if obj.get("type") == "pick":
+            picks.append(obj)
+    return sorted(picks, key=lambda p: (p["sample"], p["phase"]))

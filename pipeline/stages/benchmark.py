@@ -1,0 +1,243 @@
+"""``make benchmark``: the teacher(s), the PyTorch student and its TFLite Micro FP32 / FP16 / INT8 builds scored on
+the same traces, against the analyst picks and against the teacher's; ``reports/`` (:mod:`pipeline.report`).
+
+Every model annotates every trace once, whole, as a station stream, with its own SeisBench ``annotate``
+(:mod:`pipeline.annotation`; the TFLite builds run in the TFLite Micro interpreter inside the student's own
+annotate, :mod:`pipeline.runners`); picks come from those curves with each model's own pick rule; protocol 1
+(F1 at each tolerance), the S-P and SNR breakdowns, the agreement with the teacher, the precision-recall curves
+and protocol 2 follow (:mod:`pipeline.metrics`). A folder of continuous miniSEED (no metadata.csv) has no labels:
+agreement with the teacher and picks per hour only. The protocols are written out in docs/benchmark.md.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from pathlib import Path
+
+import numpy as np
+import obspy
+import torch
+from tqdm import tqdm
+
+from pipeline import report as benchmark_report
+from pipeline import runners, waveforms
+from pipeline.annotation import Curves, annotation_curves, dataset_curves, model_rule
+from pipeline.artifacts import save_config
+from pipeline.datasets import open_dataset
+from pipeline.errors import EdgepickError
+from pipeline.metrics import (PHASES, add_teacher_ratios, analyst_picks, bin_masks, match_picks, parse_snr_db,
+                              pick_records, pr_curve, protocol2_scores, protocol2_windows, sp_seconds)
+
+
+def resolve_dataset(config) -> tuple[Path, str]:
+    """(folder, split) of ``benchmark.dataset``: "" = data stage test split, "path" = all, "path:split" = one."""
+    spec = config.benchmark.dataset.strip()
+    if not spec:
+        return config.data.out_dir(), "test"
+    if Path(spec).exists() or ":" not in spec:
+        return Path(spec), ""
+    path, _, split = spec.rpartition(":")
+    return Path(path), split
+
+
+def load_labelled(path: Path, split: str, max_traces: int = 0, seed: int = 0):
+    """(waveforms, metadata, rate, component order) of a SeisBench-format folder or one of its splits."""
+    dataset = open_dataset(path, sampling_rate=None)
+    if split:
+        if "split" not in dataset.metadata.columns:
+            raise EdgepickError(f"dataset {path} has no split column; pass DATASET={path} to use every trace")
+        dataset = dataset.get_split(split)
+    if len(dataset) == 0:
+        raise EdgepickError(f"dataset {path}{':' + split if split else ''} holds no trace")
+    if max_traces and len(dataset) > max_traces:
+        keep = np.zeros(len(dataset), dtype=bool)
+        keep[np.random.default_rng(seed).choice(len(dataset), max_traces, replace=False)] = True
+        dataset.filter(keep, inplace=True)
+    rates = dataset.metadata["trace_sampling_rate_hz"].to_numpy(dtype=float)
+    if len(np.unique(rates)) != 1:
+        raise EdgepickError(f"dataset {path} mixes sampling rates {sorted(set(rates))} Hz; re-run the data stage")
+    traces = [np.asarray(dataset.get_waveforms(i), dtype=np.float32) for i in range(len(dataset))]
+    bad = [i for i, w in enumerate(traces) if w.ndim != 2 or w.shape[0] != 3]
+    if bad:
+        raise EdgepickError(f"dataset {path}: trace {bad[0]} has shape {traces[bad[0]].shape}, want (3, samples)")
+    return traces, dataset.metadata.reset_index(drop=True), float(rates[0]), dataset.component_order
+
+
+def read_continuous(folder: Path, say=print) -> tuple[obspy.Stream, list[str], list, float]:
+    """Every readable miniSEED file under ``folder`` merged per channel (Z/1/2 taken as Z/N/E): (stream, station
+    keys, their first sample times, station-hours covered by the vertical)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    unreadable: dict[str, str] = {}
+    stream = waveforms.read_files(files, unreadable)
+    if unreadable:
+        say(f"benchmark: {len(unreadable)} of {len(files)} files under {folder} are not readable waveforms (skipped)")
+    for trace in stream:
+        trace.stats.channel = trace.stats.channel[:-1] + {"1": "N", "2": "E"}.get(trace.stats.channel[-1:], trace.stats.channel[-1:])
+    stream = obspy.Stream([tr for tr in stream if tr.stats.channel[-1:] in "ZNE"])
+    if not len(stream):
+        raise EdgepickError(f"{folder} holds neither metadata.csv nor readable Z/N/E miniSEED: nothing to benchmark")
+    counts = collections.Counter()  # gaps split the channel, overlaps are merged
+    stream = obspy.Stream([piece for trace_id in sorted({tr.id for tr in stream})
+                           for piece in waveforms.merge_channel(stream.select(id=trace_id), counts)])
+    keys = sorted({f"{tr.stats.network}.{tr.stats.station}.{tr.stats.location}" for tr in stream})
+    refs, hours = [], 0.0
+    for key in keys:
+        net, sta, loc = key.split(".")
+        mine = stream.select(network=net, station=sta, location=loc)
+        refs.append(min(tr.stats.starttime for tr in mine))
+        hours += sum(tr.stats.npts / tr.stats.sampling_rate for tr in mine if tr.stats.channel.endswith("Z")) / 3600
+    return stream, keys, refs, hours
+
+
+def load_models(config, say=print) -> tuple[list, object]:
+    """[teacher, PyTorch student, TFLite variants...] (missing student / variants skipped) and the student model."""
+    models = [runners.load_teacher(config.teacher.name)]
+    student = runners.load_student_model(config.quantize.student, say)
+    student_model = student.members[0] if student else None
+    if student:
+        models.append(student)
+    bad = [p for p in config.benchmark.precisions if p not in runners.VARIANT_FILES]
+    if bad:
+        raise EdgepickError(f"benchmark.precisions: unknown {bad}; use {', '.join(runners.VARIANT_FILES)}")
+    variants = runners.tflite_variants(config.quantize.out, student_model, config.benchmark.precisions, say)
+    if student_model is not None and variants:
+        reference = next((v for v in variants if v.precision == "fp32"), variants[0])
+        diff = runners.matches_student(reference, student_model)
+        limit = 1e-3 if reference.precision == "fp32" else 0.1
+        if diff > limit:
+            note = (f"the TFLite files in {config.quantize.out} were not converted from {config.quantize.student} "
+                    f"({reference.precision} differs from it by up to {diff:.3f} in probability)")
+            say(f"benchmark: WARNING: {note}")
+            for v in variants:
+                v.notes.append("NOT from the PyTorch student benchmarked here")
+    return models + variants, student_model
+
+
+def run(config) -> dict:
+    b = config.benchmark
+    if b.threshold is not None and not 0 < b.threshold < 1:
+        raise EdgepickError(f"benchmark.threshold must lie in (0, 1), got {b.threshold}")
+    if not b.tolerances_s or any(not t > 0 for t in b.tolerances_s):
+        raise EdgepickError(f"benchmark.tolerances_s must be positive, got {b.tolerances_s}")
+    if not b.window_s > 2:
+        raise EdgepickError(f"benchmark.window_s must exceed 2 s, got {b.window_s}")
+    if b.threads:
+        torch.set_num_threads(int(b.threads))
+    path, split = resolve_dataset(config)
+    if not path.is_dir():
+        raise EdgepickError(f"dataset {path} does not exist (run `make data` first?)")
+    continuous = not (path / "metadata.csv").exists()
+    tolerances = tuple(float(t) for t in b.tolerances_s)
+    if continuous:
+        stream, keys, refs, hours = read_continuous(path)
+        rates = {tr.stats.sampling_rate for tr in stream}
+        source = {"path": str(path), "split": None, "kind": "continuous", "traces": len(keys), "hours": hours}
+    else:
+        traces, metadata, rate, order = load_labelled(path, split, b.max_traces, b.seed)
+        rates = {rate}
+        hours = sum(w.shape[-1] for w in traces) / rate / 3600
+        source = {"path": str(path), "split": split or None, "kind": "labelled", "traces": len(traces),
+                  "hours": hours, "sampling_rate": rate}
+    models, student = load_models(config)
+    runners.check_rates(models, rates)
+
+    curves: dict[str, Curves] = {}
+    annotate_seconds = {}
+    for model in models:
+        started = time.perf_counter()
+        if continuous:
+            curves[model.label] = Curves(model.sampling_rate, model_rule(model))
+            for key, ref in tqdm(list(zip(keys, refs)), desc=f"{model.label:24}", unit="station", leave=False):
+                net, sta, loc = key.split(".")
+                part = stream.select(network=net, station=sta, location=loc)
+                curves[model.label].extend(annotation_curves(model, part, [key], [ref], b.batch_size))
+        else:
+            curves[model.label] = dataset_curves(model, traces, rate, order, b.traces_per_call, b.batch_size)
+        annotate_seconds[model.label] = round(time.perf_counter() - started, 2)
+        print(f"benchmark: {model.label} annotated {source['traces']} {'stations' if continuous else 'traces'} "
+              f"in {annotate_seconds[model.label]:.1f} s")
+    rules = {label: c.rule.with_threshold(b.threshold) for label, c in curves.items()}  # each model's own, or b's
+    picks = {label: c.picks(b.threshold) for label, c in curves.items()}
+    teacher = models[0]
+    all_mask = {"all": np.ones(source["traces"], dtype=bool)}
+
+    records, protocol2, pr_curves, residuals = [], [], [], {}
+    if continuous:
+        truth = None
+        notes = ["continuous miniSEED without picks: agreement with the teacher and picks per hour only "
+                 "(no analyst labels, so no precision/recall against analysts and no protocol 2)"]
+    else:
+        n_samples = [w.shape[-1] for w in traces]
+        labelled = analyst_picks(metadata, n_samples)
+        truth = {phase: [p / rate for p in rows] for phase, rows in labelled.items()}
+        source["labels"] = {phase: int(sum(len(r) for r in rows)) for phase, rows in truth.items()}
+        notes = []
+        if not any(source["labels"].values()):
+            truth = None
+            notes.append("the dataset holds no P or S labels: agreement with the teacher and picks per hour only")
+    source["agreement_only"] = truth is None
+    if truth is not None:
+        masks = dict(all_mask)
+        masks.update(bin_masks(sp_seconds(metadata), b.sp_bins_s, "S-P", "s"))
+        masks.update(bin_masks(parse_snr_db(metadata), b.snr_bins_db, "SNR", "dB"))
+        windows = protocol2_windows(truth, [n / rate for n in n_samples], b.window_s, b.seed)
+        thresholds = np.linspace(0.05, 0.95, max(2, int(b.pr_thresholds)))
+        for model in models:
+            c = curves[model.label]
+            records += pick_records(model, "analyst", truth, picks[model.label], masks, tolerances,
+                                    _thresholds(rules[model.label]), hours)
+            protocol2.append({"model": model.name, "runtime": model.runtime, "precision": model.precision,
+                              **protocol2_scores(c, windows, b.window_s)})
+            pr_curves.append({"model": model.name, "runtime": model.runtime, "precision": model.precision,
+                              "tolerance_s": max(tolerances), "operating_threshold": _thresholds(rules[model.label]),
+                              **pr_curve(c, truth, thresholds, max(tolerances))})
+            for phase in PHASES:
+                residuals[(model.label, phase)] = match_picks(truth[phase], picks[model.label][phase], max(tolerances))[3]
+    teacher_picks = picks[teacher.label]
+    for model in models[1:]:
+        records += pick_records(model, "teacher", teacher_picks, picks[model.label], all_mask, tolerances,
+                                _thresholds(rules[model.label]), hours)
+    if truth is None:  # picks per hour of the teacher itself
+        records += pick_records(teacher, "teacher", teacher_picks, teacher_picks, all_mask, tolerances,
+                                _thresholds(rules[teacher.label]), hours)
+    add_teacher_ratios(records)
+
+    cost_rows = []
+    for model in models:
+        cost_rows.append({"model": model.name, "runtime": model.runtime, "precision": model.precision,
+                          "spec": model.spec, "notes": model.notes, "annotate_seconds": annotate_seconds[model.label],
+                          **_rule_fields(rules[model.label]),
+                          **runners.costs(model, student, b.latency_repeats)})
+    report = {
+        "schema": benchmark_report.SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "dataset": source,
+        "settings": {"threshold": b.threshold, "tolerances_s": list(tolerances), "window_s": b.window_s,
+                     "seed": b.seed, "sp_bins_s": list(b.sp_bins_s), "snr_bins_db": list(b.snr_bins_db),
+                     "teacher": config.teacher.name, "student": config.quantize.student,
+                     "tflite": config.quantize.out},
+        "notes": notes,
+        "models": cost_rows,
+        "records": records,
+        "protocol2": protocol2,
+        "pr_curves": pr_curves,
+    }
+    examples = None
+    if not continuous:
+        examples = benchmark_report.Examples(traces, order, rate, truth, curves, b.example_traces, b.seed)
+    benchmark_report.write(b.out, report, residuals, examples, models)
+    save_config(b.out, config)
+    print(benchmark_report.summary(report))
+    return report
+
+
+def _thresholds(rule) -> dict[str, float]:
+    return {"P": rule.p_threshold, "S": rule.s_threshold}
+
+
+def _rule_fields(rule) -> dict:
+    """A model's pick rule in the report (``models[]``): thresholds, pick placement (null: the first maximum),
+    blinding (null: none of its own, an ensemble)."""
+    return {"thresholds": _thresholds(rule), "pick_top_tolerance": None if rule.first_maximum else rule.top_tolerance,
+            "blinding": list(rule.blinding) if rule.blinding is not None else None}

@@ -1,0 +1,103 @@
+"""``make quantize``: the student -> ONNX -> TFLite FP32 / FP16 / INT8, each run in TFLite Micro, the chosen variant
+checked against the board's memory budget and written for the firmware.
+
+Out: ``quantize.out`` (``student.onnx``, ``model_fp32.tflite``, ``model_fp16.ef16`` (packed), ``model_int8.tflite``,
+``quantize_report.json``, the resolved configuration) and ``quantize.firmware_dir`` (``model_data.cc/.h``,
+``model_config.h``), each folder written atomically: nothing partial on error, nothing written for a model over
+its budget.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline import boards, generators
+from pipeline.artifacts import atomic_dir, save_config
+from pipeline.convert import QuantizeResult, c_array, quantize_student
+from pipeline.errors import EdgepickError
+from pipeline.student import hop_samples, load_student
+
+
+def run(config) -> QuantizeResult:
+    q = config.quantize
+    model = load_student(q.student)
+    dataset = q.dataset or config.distill.dataset
+    calibration = generators.dataset_windows(dataset, "train", max(int(q.calibration_windows), 1), model.in_samples,
+                                             seed=q.seed)
+    if "int8" in q.precisions and len(calibration) < q.min_calibration_windows:
+        raise EdgepickError(
+            f"INT8 needs >= {q.min_calibration_windows} calibration windows from the train split of {dataset}, "
+            f"got {len(calibration)} (quantize.calibration_windows={q.calibration_windows})"
+        )
+    heldout = generators.dataset_windows(dataset, "test", int(q.heldout_windows), model.in_samples, seed=q.seed + 1)
+    precisions = tuple(q.precisions)
+    if q.firmware_precision not in precisions:
+        raise EdgepickError(f"quantize.firmware_precision {q.firmware_precision} is not among quantize.precisions {precisions}")
+    board = boards.get_board(config.board.name)
+    result = quantize_student(model, calibration, heldout, precisions, check_agreement=q.check_agreement,
+                              equalize_alpha=q.equalize_alpha, range_percentile=q.range_percentile)
+    budgets = {}
+    for precision, info in result.variants.items():
+        info["hop_samples"] = hop_samples(model)
+        info["sampling_rate"] = float(model.sampling_rate)
+        info["macs"] = model.count_macs()
+        info["estimated_latency"] = boards.estimate_latency(info["macs"], precision,
+                                                            info["hop_samples"] / info["sampling_rate"])
+        budgets[precision] = boards.check_budget(board, info, config.board, raise_error=False)
+    print(format_variants(result))
+    print(format_latency(result))
+    for precision, info in result.variants.items():
+        if info["reference_picks"] and info["pick_agreement"] < info["agreement_required"]:
+            print(f"WARNING: {precision} picks agree with PyTorch {info['pick_agreement']:.3f} < {info['agreement_required']}: "
+                  "below the bar for shipping (fine-tune with `make qat`; quantize.check_agreement=true refuses it)")
+    chosen = result.variants[q.firmware_precision]
+    budget = budgets[q.firmware_precision]
+    print(boards.format_budget(budget))
+    if budget["overflow"]:
+        raise EdgepickError(budget["overflow"])
+    out = Path(q.out)
+    with atomic_dir(out) as tmp:
+        (tmp / "student.onnx").write_bytes(result.onnx_bytes)
+        for precision, data in result.flatbuffers.items():
+            suffix = "ef16" if precision == "fp16" else "tflite"
+            (tmp / f"model_{precision}.{suffix}").write_bytes(data)
+        report = {
+            "student": str(q.student), "dataset": str(dataset), "calibration_windows": len(calibration),
+            "heldout_windows": len(heldout), "onnx_max_error": result.onnx_max_error,
+            "keras_max_error": result.keras_max_error, "variants": result.variants, "budgets": budgets,
+            "firmware_precision": q.firmware_precision, "board": board.name,
+        }
+        (tmp / "quantize_report.json").write_text(json.dumps(report, indent=2, default=str))
+        save_config(tmp, config)
+    c_array.write_firmware(q.firmware_dir, result.flatbuffers[q.firmware_precision], chosen, model.pick_rule, budget,
+                           model.norm_eps)
+    print(f"wrote {out}/ and {q.firmware_dir}/ ({q.firmware_precision}, {chosen['bytes']} bytes, arena {chosen['arena_bytes']} bytes)")
+    return result
+
+
+def format_variants(result: QuantizeResult) -> str:
+    lines = [
+        f"ONNX vs PyTorch max |diff| {result.onnx_max_error:.2e}; Keras vs onnxruntime {result.keras_max_error:.2e}",
+        f"{'variant':8} {'bytes':>8} {'unstripped':>10} {'arena':>8} {'max err':>9} {'agree':>7} {'picks':>6}  ops",
+    ]
+    for precision, info in result.variants.items():
+        ops = " ".join(f"{k}x{v}" for k, v in info["ops"].items())
+        lines.append(
+            f"{precision:8} {info['bytes']:8d} {info['bytes_unstripped']:10d} {info.get('arena_bytes', 0):8d} "
+            f"{info['max_abs_error']:9.2e} {info['pick_agreement']:7.3f} {info['reference_picks']:6d}  {ops}"
+        )
+    return "\n".join(lines)
+
+
+def format_latency(result: QuantizeResult) -> str:
+    """Estimated ESP32 / ESP32-S3 time per window and real-time factor (see :data:`pipeline.boards.CYCLES_PER_MAC`)."""
+    lines = [f"{'variant':8} {'MACs':>10} {'ESP32 ms':>9} {'RTF':>8} {'ESP32-S3 ms':>12} {'RTF':>8}  (estimates: pipeline/boards.py)"]
+    for precision, info in result.variants.items():
+        latency = info.get("estimated_latency")
+        if not latency:
+            continue
+        esp32, s3 = latency["esp32"], latency["esp32s3"]
+        lines.append(f"{precision:8} {info['macs']:10d} {esp32['ms']:9.1f} {esp32['real_time_factor']:8.4f} "
+                     f"{s3['ms']:12.1f} {s3['real_time_factor']:8.4f}")
+    return "\n".join(lines)
