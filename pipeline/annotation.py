@@ -202,7 +202,7 @@ def _finite_runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 def annotation_curves(model, stream: obspy.Stream, keys: Sequence[str], refs: Sequence[obspy.UTCDateTime],
                       batch_size: int = 64) -> Curves:
-    """``model.annotate(stream)`` of every member of a :class:`pipeline.benchmark_models.BenchModel`, as Curves
+    """``model.annotate(stream)`` of every member of a :class:`pipeline.runners.BenchModel`, as Curves
     over ``keys`` ("NET.STA.LOC"); an ensemble mixes its members' (P, S, noise) distributions by weight."""
     rate = model.sampling_rate
     per_member = []

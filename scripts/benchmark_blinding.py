@@ -1,4 +1,4 @@
-"""Student against teacher with the same blinding: protocol 1 of pipeline.benchmark, each model run twice.
+"""Student against teacher with the same blinding: protocol 1 (pipeline.annotation.predict_picks), each model run twice.
 
     SEISBENCH_CACHE_ROOT=../shared/seisbench python scripts/benchmark_blinding.py \
         --student models/student_qat [--student ...] [--teacher phasenet:okla] [--dataset ../shared/datasets/stead50]

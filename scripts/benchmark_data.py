@@ -1,4 +1,4 @@
-"""Data-stage figures (issue 3): synthetic generation time, training-generator throughput, teacher F1.
+"""Data-stage figures: synthetic generation time, training-generator throughput, teacher F1.
 
     python scripts/benchmark_data.py [--traces 2000] [--workers 2] [--teacher phasenet:okla]
 

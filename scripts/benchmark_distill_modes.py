@@ -40,7 +40,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import generators, soft_labels  # noqa: E402
+from pipeline import generators  # noqa: E402
+from pipeline.soft_label_cache import build_soft_labels  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 from pipeline.errors import EdgepickError, run_script  # noqa: E402
 from pipeline.stages import distill  # noqa: E402
@@ -90,7 +91,7 @@ def main() -> None:
               "gpu": torch.cuda.get_device_name() if args.device != "cpu" else None}
 
     started = time.perf_counter()  # the cache's one-off build (0 when a current cache is reused)
-    soft_labels.build_soft_labels(args.dataset, args.teacher, batch_size=args.teacher_batch, progress=False,
+    build_soft_labels(args.dataset, args.teacher, batch_size=args.teacher_batch, progress=False,
                                device=None if args.device == "cpu" else args.device)
     result["cache_build_s"] = round(time.perf_counter() - started, 1)
 

@@ -8,7 +8,7 @@ Trains two students with ``pipeline.stages.distill.run`` from one config: ``kd``
 (default T 4, alpha 1: the teacher's soft targets only) and ``hard`` with alpha 0 (cross-entropy with the
 dataset's probabilistic labels only). The training set must be labelled. Each run is resumable (``--out`` keeps
 both; a finished run is not trained again). Then both, and the teacher, are scored with protocol 1 of
-``pipeline.benchmark`` on every ``--eval`` set (scripts/benchmark_student.py): F1 for P and S at 0.1 / 0.5 s and
+``pipeline.annotation.evaluate_picker`` on every ``--eval`` set (scripts/benchmark_student.py): F1 for P and S at 0.1 / 0.5 s and
 by S-P time. Prints a table; ``--json`` writes every figure.
 """
 

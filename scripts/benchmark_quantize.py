@@ -1,4 +1,4 @@
-"""Quantize-stage figures (issue 5): per variant its ops, bytes, TFLite Micro arena, MACs, pick agreement with
+"""Quantize-stage figures: per variant its ops, bytes, TFLite Micro arena, MACs, pick agreement with
 PyTorch and an *estimated* ESP32 / ESP32-S3 latency.
 
     python scripts/benchmark_quantize.py [--student models/student] [--dataset data/synthetic] [--windows 200]

@@ -1,4 +1,4 @@
-"""The benchmark stage (issue 7): protocol-2 arithmetic on hand-made curves, the stage end to end on a small synthetic
+"""The benchmark stage: protocol-2 arithmetic on hand-made curves, the stage end to end on a small synthetic
 dataset with tiny untrained models (PyTorch and TFLite Micro), continuous miniSEED, and bad input."""
 
 import json

@@ -13,7 +13,7 @@ from pipeline.stages import data
 from pipeline.config import Config
 from pipeline.datasets import REPORT_NAME, write_dataset
 from pipeline.errors import EdgepickError
-from pipeline.sources import fdsn
+from pipeline.sources import fdsn, fdsn_client
 try:  # pytest puts tests/ on sys.path (no __init__.py there)
     from fdsn_server import STATIONS, FdsnFixture, FdsnServer, closed_port_url, event_uri
 except ImportError:  # tests/ as a package
@@ -173,11 +173,11 @@ def test_rate_limiter_spaces_calls():
         slept.append(seconds)
         now[0] += seconds
 
-    limiter = fdsn.RateLimiter(4.0, clock=lambda: now[0], sleep=sleep)
+    limiter = fdsn_client.RateLimiter(4.0, clock=lambda: now[0], sleep=sleep)
     for _ in range(5):
         limiter.wait()
     assert now[0] == pytest.approx(1.0) and len(slept) == 4
-    free = fdsn.RateLimiter(0)
+    free = fdsn_client.RateLimiter(0)
     free.wait()
     free.wait()
 
@@ -193,7 +193,7 @@ def test_event_query_ids():
     extra = {"eventid": {"value": "61240591"}, "eventsource": {"value": "ok"}}
     assert fdsn._event_query_id(Event("quakeml:x/event/abc", extra)) == "ok61240591"
     assert fdsn._event_query_id(Event("smi:local/event/12345")) == "12345"
-    assert fdsn.client_url("IRIS") == "EARTHSCOPE"
+    assert fdsn_client.client_url("IRIS") == "EARTHSCOPE"
 
 
 def test_falls_back_when_the_event_service_refuses_includearrivals(config, server):

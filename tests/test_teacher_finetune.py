@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import soft_labels, teachers
+from pipeline import teachers
 from pipeline.stages import teacher as teacher_finetune
 from pipeline.config import Config
 from pipeline.datasets import write_dataset

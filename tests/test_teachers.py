@@ -15,12 +15,13 @@ import obspy
 import pytest
 import torch
 
-from pipeline import generators, soft_labels, teachers
+from pipeline import generators, teachers
 from pipeline.config import DataConfig
 from pipeline.datasets import open_dataset, write_dataset
 from pipeline.errors import EdgepickError
 from pipeline.generators import CropSoftLabels, SoftLabelOrigin
-from pipeline.soft_labels import OnTheFlyTeacher, SoftLabelCache, TrainingTargets, build_soft_labels
+from pipeline.soft_label_cache import SoftLabelCache, build_soft_labels
+from pipeline.soft_labels import OnTheFlyTeacher, TrainingTargets
 from pipeline.stages import soft_labels as soft_labels_stage
 from pipeline.teachers import Teacher, TeacherMember, parse_teacher_spec, sigmoid_to_distribution, to_distribution
 

@@ -74,7 +74,7 @@ size_t Elements(const TfLiteTensor* t) {
 }
 
 bool RegisterOps(tflite::MicroMutableOpResolver<20>& r) {
-  // The student's op set (pipeline/quantize.py exports through a Keras twin): see NOTES.md.
+  // The ops the converter can emit for the student (pipeline/convert/onnx_to_keras.py, docs/design.md "Export").
   return r.AddConv2D() == kTfLiteOk && r.AddDepthwiseConv2D() == kTfLiteOk && r.AddTransposeConv() == kTfLiteOk &&
          r.AddHardSwish() == kTfLiteOk && r.AddAdd() == kTfLiteOk && r.AddPad() == kTfLiteOk &&
          r.AddReshape() == kTfLiteOk && r.AddSoftmax() == kTfLiteOk && r.AddQuantize() == kTfLiteOk &&

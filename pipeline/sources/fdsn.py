@@ -1,6 +1,6 @@
 """Events with P/S picks from an FDSN event service and their waveforms from an FDSN data centre.
 
-``records(config)`` returns ``(iterator, total, writer_options)`` for :func:`pipeline.data.write_dataset`:
+``records(config)`` returns ``(iterator, total, writer_options)`` for :func:`pipeline.datasets.write_dataset`:
 
 1. The event service (``fdsn.event_client``: a name such as ``USGS`` or a base URL) is asked for the events in
    the configured time window, latitude/longitude box and magnitude range, with their arrivals where the service
@@ -23,12 +23,9 @@ from __future__ import annotations
 import collections
 import hashlib
 import io
-import json
 import logging
 import math
 import re
-import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,163 +36,19 @@ from obspy import UTCDateTime
 from obspy.signal.rotate import rotate2zne
 from tqdm import tqdm
 
-from pipeline.artifacts import atomic_write_bytes
 from pipeline.config import DataConfig, FdsnConfig
 from pipeline.errors import EdgepickError
+from pipeline.sources.fdsn_client import RateLimiter, RequestFailed, Service, client_url, one_line
 
 log = logging.getLogger(__name__)
 
 CACHE_NAME = ".fdsn_cache"
 PHASE = re.compile(r"([PpSs])([gGnNbB*])?")
 STANDARD_ORIENTATION = {"Z": (0.0, -90.0), "N": (0.0, 0.0), "E": (90.0, 0.0)}
-RETRIES = 2  # extra attempts after a timeout, 429, 500, 502 or 503
-CONNECTION_FAILURES_FATAL = 5  # consecutive "cannot connect" failures that make a service unreachable
 
 
 class _Skip(Exception):
     """One trace (or one event) cannot be made; the reason is counted."""
-
-
-class RequestFailed(Exception):
-    """One request failed after its retries; ``error`` is obspy's exception."""
-
-    def __init__(self, message: str, error: Exception):
-        super().__init__(message)
-        self.error = error
-
-
-class RateLimiter:
-    """Spaces calls to at most ``per_second`` a second (no limit when it is not positive)."""
-
-    def __init__(self, per_second: float, clock=time.monotonic, sleep=time.sleep):
-        self.interval = 1.0 / per_second if per_second and per_second > 0 else 0.0
-        self._clock, self._sleep = clock, sleep
-        self._next = -math.inf
-
-    def wait(self) -> None:
-        now = self._clock()
-        if now < self._next:
-            self._sleep(self._next - now)
-            now = self._next
-        self._next = now + self.interval
-
-
-def client_url(name: str) -> str:
-    """What ``obspy.clients.fdsn.Client`` accepts: a known short name (IRIS is EarthScope now) or a base URL."""
-    name = name.strip()
-    if not name:
-        raise EdgepickError("data.fdsn.event_client / waveform_client must name an FDSN service or a base URL")
-    if name.upper() in ("IRIS", "IRISDMC"):
-        return "EARTHSCOPE"
-    return name
-
-
-class Service:
-    """One FDSN data centre: an obspy client made on first use, a disk cache of raw responses, a rate limit."""
-
-    METHODS = {"event": "get_events", "station": "get_stations", "dataselect": "get_waveforms"}
-
-    def __init__(self, name: str, role: str, cache_dir: Path, limiter: RateLimiter, timeout: float):
-        self.name, self.role = client_url(name), role
-        self.cache_dir, self.limiter, self.timeout = Path(cache_dir), limiter, timeout
-        self._client = None
-        self.requests = 0  # requests sent (not cache hits)
-        self.cache_hits = 0
-        self.successes = 0
-        self._connection_failures = 0
-
-    def client(self):
-        if self._client is None:
-            from obspy.clients.fdsn import Client
-
-            self.limiter.wait()
-            try:
-                self._client = Client(self.name, timeout=self.timeout)
-            except Exception as error:  # obspy raises FDSNException, ValueError, URLError, socket errors
-                raise EdgepickError(
-                    f"FDSN {self.role} service {self.name} is unreachable or not an FDSN service "
-                    f"({type(error).__name__}: {_one_line(error)})"
-                ) from error
-        return self._client
-
-    def cache_path(self, service: str, params: dict) -> Path:
-        text = json.dumps([self.name, service, sorted((k, str(v)) for k, v in params.items())])
-        return self.cache_dir / service / hashlib.sha256(text.encode()).hexdigest()[:32]
-
-    def fetch(self, service: str, params: dict) -> bytes | None:
-        """The raw response (QuakeML, StationXML, miniSEED), or ``None`` for "no data"; cached on disk."""
-        from obspy.clients.fdsn.header import (
-            FDSNBadGatewayException,
-            FDSNException,
-            FDSNInternalServerException,
-            FDSNNoDataException,
-            FDSNNoServiceException,
-            FDSNServiceUnavailableException,
-            FDSNTimeoutException,
-            FDSNTooManyRequestsException,
-        )
-
-        path = self.cache_path(service, params)
-        nodata = path.with_suffix(".nodata")
-        data_path = path.with_suffix(".bin")
-        if data_path.is_file():
-            self.cache_hits += 1
-            return data_path.read_bytes()
-        if nodata.is_file():
-            self.cache_hits += 1
-            return None
-        method = getattr(self.client(), self.METHODS[service])
-        retryable = (
-            FDSNTimeoutException,
-            FDSNTooManyRequestsException,
-            FDSNServiceUnavailableException,
-            FDSNBadGatewayException,
-            FDSNInternalServerException,
-        )
-        error: Exception | None = None
-        for attempt in range(RETRIES + 1):
-            if attempt:
-                time.sleep(min(2.0**attempt, 8.0) * 0.5)
-            self.limiter.wait()
-            self.requests += 1
-            buffer = io.BytesIO()
-            try:
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="The standard parameter")
-                    method(filename=buffer, **params)
-            except FDSNNoDataException:
-                self._connection_failures = 0
-                self.successes += 1
-                atomic_write_bytes(nodata, b"")
-                return None
-            except FDSNNoServiceException as caught:
-                raise EdgepickError(f"FDSN {self.role} service {self.name} offers no {service} service") from caught
-            except retryable as caught:
-                error = caught
-                self._note_connection(caught)
-                continue
-            except (FDSNException, TypeError, ValueError, OSError) as caught:
-                error = caught
-                self._note_connection(caught)
-                break
-            self._connection_failures = 0
-            self.successes += 1
-            data = buffer.getvalue()
-            atomic_write_bytes(data_path, data)
-            return data
-        raise RequestFailed(f"{service} request failed ({type(error).__name__})", error)
-
-    def _note_connection(self, error: Exception) -> None:
-        text = str(error)
-        if "URLError" in text or "Connection" in text or "timed out" in text.lower() or "Timed Out" in text:
-            self._connection_failures += 1
-        else:
-            self._connection_failures = 0
-        if self._connection_failures >= CONNECTION_FAILURES_FATAL:
-            raise EdgepickError(
-                f"FDSN {self.role} service {self.name} is unreachable ({self._connection_failures} requests in a row "
-                f"failed: {_one_line(error)}); re-run to resume from the cache"
-            )
 
 
 @dataclass
@@ -286,7 +139,7 @@ class FdsnSource:
             data = self._event_query(params)
         except RequestFailed as failed:
             raise EdgepickError(
-                f"FDSN event query to {self.events.name} failed: {_one_line(failed.error)}"
+                f"FDSN event query to {self.events.name} failed: {one_line(failed.error)}"
             ) from failed.error
         if data is None:
             raise EdgepickError(f"FDSN event service {self.events.name}: no events match data.fdsn's window")
@@ -569,7 +422,7 @@ def _read_events(data: bytes, what: str):
     try:
         return obspy.read_events(io.BytesIO(data), format="QUAKEML")
     except Exception as error:  # noqa: BLE001
-        raise EdgepickError(f"{what}: not readable QuakeML ({_one_line(error)})") from error
+        raise EdgepickError(f"{what}: not readable QuakeML ({one_line(error)})") from error
 
 
 def _event_query_id(event) -> str:
@@ -639,8 +492,3 @@ def _station_coordinates(inventory, network: str, station: str, when):
                 continue
             return float(sta.latitude), float(sta.longitude), float(sta.elevation or 0.0)
     return None
-
-
-def _one_line(error: object) -> str:
-    text = " ".join(str(error).split())
-    return text[:300]

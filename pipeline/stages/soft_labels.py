@@ -1,5 +1,5 @@
 """``make soft-labels``: run the teacher(s) once over each dataset of ``distill.dataset`` and cache their per-sample
-(P, S, noise) output beside it (:mod:`pipeline.soft_labels`); resumable, reused while current. Distillation builds
+(P, S, noise) output beside it (:mod:`pipeline.soft_label_cache`); resumable, reused while current. Distillation builds
 what is missing itself; this stage builds it ahead (e.g. on a machine with a GPU, ``teacher.device=cuda``)."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline import soft_labels
+from pipeline.soft_label_cache import build_soft_labels
 from pipeline.errors import EdgepickError
 from pipeline.teachers import parse_teacher_spec
 
@@ -22,7 +23,7 @@ def run(config, dataset_path: str | Path | None = None) -> list[Path]:
     paths = [dataset_path] if dataset_path else [p.strip() for p in config.distill.dataset.split(",") if p.strip()]
     built = []
     for path in paths:
-        built += soft_labels.build_soft_labels(path, teacher.name, batch_size=teacher.batch_size,
+        built += build_soft_labels(path, teacher.name, batch_size=teacher.batch_size,
                                                device=teacher.device or None, cache_dir=teacher.cache_dir or None)
     for path in built:
         print(f"soft-labels: {path}")
