@@ -22,7 +22,7 @@ import torch
 
 from pipeline.datasets import open_dataset
 from pipeline.errors import EdgepickError
-from pipeline.student import normalize_windows
+from pipeline.normalization import normalize_windows
 
 PHASE_COLUMNS = {
     "trace_p_arrival_sample": "P",
@@ -40,7 +40,7 @@ def phase_columns(dataset: sbd.WaveformDataset) -> dict[str, str]:
 
 class Normalise:
     """Demean each component and divide the window by its peak over all components (relative epsilon): exactly
-    what the student does in ``annotate`` and the firmware does on the board (:func:`pipeline.student.normalize_windows`)."""
+    what the student does in ``annotate`` and the firmware does on the board (:func:`pipeline.normalization.normalize_windows`)."""
 
     def __init__(self, key: str = "X"):
         self.key = key

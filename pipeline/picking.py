@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from pipeline.errors import EdgepickError
+from pipeline.normalization import NORM_EPS, normalize_windows
 
 PHASES = "PS"
 
@@ -201,8 +202,6 @@ def stream_picks(waveform: np.ndarray, model: Callable[[np.ndarray], np.ndarray]
     """What the firmware computes on a whole stream ``waveform`` (3, n): windows, the student's normalisation,
     ``model`` ((3, in_samples) normalised window -> (in_samples, classes) probabilities), stacking with the
     rule's blinding, picks. Returns (picks, stacked curves)."""
-    from pipeline.student import NORM_EPS, normalize_windows
-
     waveform = np.asarray(waveform, dtype=np.float32)
     if waveform.ndim != 2 or waveform.shape[0] != 3:
         raise EdgepickError(f"stream_picks: waveform must be (3, samples), got {waveform.shape}")

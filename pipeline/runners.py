@@ -37,7 +37,8 @@ from pipeline import boards, teachers, tflm
 from pipeline.convert.fp16_pack import expand_fp16
 from pipeline.errors import EdgepickError
 from pipeline.picking import PickRule
-from pipeline.student import XiaoNet, count_macs, hop_samples, load_student, normalize_windows
+from pipeline.normalization import normalize_windows
+from pipeline.student import XiaoNet, count_macs, hop_samples, load_student
 
 VARIANT_FILES = {"fp32": "model_fp32.tflite", "fp16": "model_fp16.ef16", "int8": "model_int8.tflite"}
 TFLITE_MAGIC = b"TFL3"  # flatbuffer file identifier at bytes 4..8

@@ -40,12 +40,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.errors import EdgepickError
+from pipeline.normalization import NORM_EPS, normalize_windows
 from pipeline.picking import PickRule
 
 DOWNSAMPLING = 64  # 4 ** 3: the internal length must be a multiple of this
 DEFAULT_MULTIPLIERS = (1, 2, 4, 4)
-# Relative normalisation epsilon: the window is divided by its largest peak x (1 + NORM_EPS).
-NORM_EPS = 1e-6
 CLASS_ORDER = "PSN"
 # Samples of a window whose prediction sees past the window's edge: the network's receptive field reaches 302
 # samples back and 291 ahead (tests/test_student.py measures it). Annotate leaves out ("blinding") the predictions
@@ -76,28 +75,6 @@ def window_padding(samples: int) -> tuple[int, int]:
     """Zeros added (left, right) to a window of ``samples`` before the network; the output is cropped back."""
     extra = internal_length(samples) - samples
     return extra // 2, extra - extra // 2
-
-
-def normalize_windows(x, eps: float = NORM_EPS):
-    """Demean each component, then divide the window by its largest absolute value over all components (numpy or
-    torch), times (1 + ``eps``).
-
-    ``x``: (..., components, samples). One scale for all three components, as SeisBench's PhaseNet does
-    (``norm_amp_per_comp=False``): the ratio of vertical to horizontal amplitude is what tells P (strongest on Z)
-    from S (strongest on the horizontals), and a per-component peak would erase it. The epsilon is relative, so
-    1e-14 m/s amplitudes are not swamped; all-zero windows stay zero. This is what :meth:`XiaoNet.annotate_batch_pre`
-    does and what the firmware does (``ep_normalize``).
-    """
-    if isinstance(x, torch.Tensor):
-        x = x - x.mean(dim=-1, keepdim=True)
-        scale = x.abs().amax(dim=(-2, -1), keepdim=True) * (1 + eps)
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        return x / scale
-    x = np.asarray(x)
-    x = x - x.mean(axis=-1, keepdims=True, dtype=np.float64).astype(x.dtype if x.dtype == np.float64 else np.float32)
-    scale = float(np.abs(x).max()) * (1 + eps) if x.ndim == 2 else np.abs(x).max(axis=(-2, -1), keepdims=True) * (1 + eps)
-    scale = np.where(scale > 0, scale, 1.0)
-    return (x / scale).astype(np.float32)
 
 
 ACTIVATIONS = ("hardswish", "relu6")

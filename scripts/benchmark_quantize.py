@@ -31,7 +31,8 @@ from pipeline import generators  # noqa: E402
 from pipeline.convert import onnx_export, onnx_to_keras, quantize_student, tflite  # noqa: E402
 from pipeline.stages.quantize import format_variants  # noqa: E402
 from pipeline.errors import run_script  # noqa: E402
-from pipeline.student import XiaoNet, hop_samples, load_student, normalize_windows, phasenet_macs  # noqa: E402
+from pipeline.normalization import normalize_windows  # noqa: E402
+from pipeline.student import XiaoNet, hop_samples, load_student, phasenet_macs  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

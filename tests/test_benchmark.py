@@ -14,7 +14,8 @@ from pipeline.convert import quantize_student
 from pipeline.errors import EdgepickError
 from pipeline.picking import PickRule
 from pipeline.stages import benchmark as benchmark_stage
-from pipeline.student import XiaoNet, default_blinding, normalize_windows
+from pipeline.normalization import normalize_windows
+from pipeline.student import XiaoNet, default_blinding
 
 PICK_TOP_TOLERANCE = PickRule.top_tolerance
 

@@ -134,7 +134,7 @@ def test_fp16_expand_matches_python_packer(driver, tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 def normalize_reference(window: np.ndarray) -> np.ndarray:
     """(3, n) -> (3, n): the student's own normalisation, which the firmware reproduces."""
-    from pipeline.student import normalize_windows
+    from pipeline.normalization import normalize_windows
 
     return normalize_windows(window.astype(np.float32), EPS)
 

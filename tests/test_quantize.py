@@ -16,7 +16,8 @@ from pipeline.cli import main
 from pipeline.convert import c_array, fp16_pack, int8, onnx_export, onnx_to_keras, tflite
 from pipeline.errors import EdgepickError
 from pipeline.picking import PickRule
-from pipeline.student import XiaoNet, hop_samples, normalize_windows
+from pipeline.normalization import normalize_windows
+from pipeline.student import XiaoNet, hop_samples
 
 SAMPLES = 1001
 

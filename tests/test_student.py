@@ -10,7 +10,8 @@ import torch
 from pipeline.config import Config
 from pipeline.errors import EdgepickError
 from pipeline.picking import PickRule
-from pipeline.student import XiaoNet, build_student, load_student, normalize_windows, phasenet_macs
+from pipeline.normalization import normalize_windows
+from pipeline.student import XiaoNet, build_student, load_student, phasenet_macs
 
 
 @pytest.mark.parametrize("samples", [1001, 3001])

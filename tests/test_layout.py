@@ -1,0 +1,49 @@
+"""The package's shape (docs/design.md, "Layout"): no import cycle, no library importing a stage, no module far over
+500 lines, and no documentation that sends a reader outside the repository."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+import import_graph  # noqa: E402
+
+sys.path.pop(0)
+
+
+def test_no_cycle_and_no_library_imports_a_stage():
+    _, edges = import_graph.graph()
+    assert import_graph.cycles(edges) == []
+    assert import_graph.library_to_stage(edges) == []
+    assert ("pipeline.picking", True) not in edges["pipeline.normalization"]  # sanity: the graph has edges at all
+    assert ("pipeline.picking", True) in edges["pipeline.student"]
+
+
+def test_the_checks_fail_on_a_cycle_and_an_upward_import():
+    edges = {"pipeline.a": [("pipeline.b", True)], "pipeline.b": [("pipeline.a", False)],
+             "pipeline.c": [("pipeline.stages.distill", True)], "pipeline.stages.x": [("pipeline.stages.distill", True)]}
+    assert import_graph.cycles(edges) == [["pipeline.a", "pipeline.b", "pipeline.a"]]
+    assert import_graph.library_to_stage(edges) == [("pipeline.c", "pipeline.stages.distill")]
+
+
+def test_script_exits_zero_on_this_tree():
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "import_graph.py"), "--quiet"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+    assert "cycles: 0; library -> stage imports: 0" in result.stdout
+
+
+def test_modules_stay_small():
+    lines, _ = import_graph.graph()
+    assert max(lines.values()) <= 520, max(lines, key=lines.get)
+
+
+def test_documentation_points_inside_the_repository():
+    """No comment or document sends the reader to the notes beside the repository (../shared is data, not docs)."""
+    produced = {".venv", ".git", "data", "models", "reports", "build", ".pio"}
+    texts = [p for p in REPO.rglob("*") if p.suffix in (".py", ".md", ".h", ".cc", ".cpp", ".ini", ".yaml")
+             and not produced & set(p.relative_to(REPO).parts) and p.name != "test_layout.py"]
+    offending = [str(p.relative_to(REPO)) for p in texts if re.search(r"NOTES\.md", p.read_text(errors="replace"))]
+    assert offending == []
