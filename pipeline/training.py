@@ -28,6 +28,21 @@ def warmup_cosine(step: int, total_steps: int, warmup: float = 0.05) -> float:
     return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def optimizer_step(loss: torch.Tensor, optimizer, schedule, parameters, grad_clip: float, epoch: int, out: Path,
+                   advice: str) -> float:
+    """One step of every training loop here: a non-finite loss stops the run with one line (``advice``: what to
+    change), else backward, gradient clipping at ``grad_clip``, the optimizer and schedule steps. Returns the loss."""
+    if not torch.isfinite(loss):
+        raise EdgepickError(f"non-finite loss at epoch {epoch + 1}; stopped, the last good checkpoint in {out} is kept "
+                            f"({advice})")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    optimizer.step()
+    schedule.step()
+    return loss.item()
+
+
 def record_dev_loss(state: dict, dev_loss: float, epoch: int) -> bool:
     """Early-stopping bookkeeping after ``epoch`` (0-based): best dev loss, epochs without improvement, epochs done.
     Returns whether ``dev_loss`` improved on the best by more than 1e-5."""

@@ -115,17 +115,9 @@ def run(config: Config) -> dict:
             teacher_probs = _teacher_target(batch, targets, device)
             logits = trainable(batch["X"].to(device))
             loss = distillation_loss(logits, teacher_probs, _get(batch, "y", device), cfg.temperature, cfg.alpha)
-            if not torch.isfinite(loss):
-                raise EdgepickError(
-                    f"non-finite loss at epoch {epoch + 1}; stopped, the last good checkpoint in {out} is kept "
-                    f"(lower distill.learning_rate={cfg.learning_rate} or check the data for NaNs)"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable.parameters(), cfg.grad_clip)
-            optimizer.step()
-            schedule.step()
-            train_losses.append(loss.item())
+            train_losses.append(training.optimizer_step(
+                loss, optimizer, schedule, trainable.parameters(), cfg.grad_clip, epoch, out,
+                f"lower distill.learning_rate={cfg.learning_rate} or check the data for NaNs"))
         train_seconds = time.time() - started
         dev_loss = _evaluate(raw_model, dev_loader, cfg, device, targets)
         train_loss = _all_mean(float(np.mean(train_losses)), world, device)

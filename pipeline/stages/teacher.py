@@ -99,15 +99,8 @@ def run(config: Config) -> dict:
         for _ in tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False):
             batch, batches = _next(batches, train_loader)
             loss = loss_of(teacher, batch, device)
-            if not torch.isfinite(loss):
-                raise EdgepickError(f"non-finite loss at epoch {epoch + 1}; stopped, the last good checkpoint in {out} is kept "
-                                    f"(lower teacher.finetune.learning_rate={cfg.learning_rate})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.item())
+            losses.append(training.optimizer_step(loss, optimizer, schedule, model.parameters(), cfg.grad_clip, epoch,
+                                                  out, f"lower teacher.finetune.learning_rate={cfg.learning_rate}"))
         dev_loss = _evaluate(teacher, dev_loader, device)
         improved = training.record_dev_loss(state, dev_loss, epoch)
         state["history"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "dev_loss": dev_loss,
