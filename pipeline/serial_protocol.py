@@ -13,12 +13,16 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 
-def sample_lines(x: np.ndarray, t0: float = 0.0) -> Iterator[str]:
-    """The lines that stream the (3, n) samples ``x`` (Z, N, E) from sample 0 at time ``t0`` and end the stream."""
+def sample_lines(x, t0: float = 0.0) -> Iterator[str]:
+    """The lines that stream samples from time ``t0`` and end the stream: ``x`` is a (3, n) array (Z, N, E) from
+    sample 0, or gap-free segments [(first sample index, (3, m) array)] in order; a gap between segments is a jump
+    of the sample index, which the firmware takes as that many missing samples."""
+    segments = [(0, x)] if isinstance(x, np.ndarray) else x
     yield "#reset\n"
     yield f"#t0 {t0:.6f}\n"
-    for i, (z, n, e) in enumerate(np.asarray(x, dtype=np.float32).T):
-        yield f"{i} {z:.9g} {n:.9g} {e:.9g}\n"
+    for first, data in segments:
+        for i, (z, n, e) in enumerate(np.asarray(data, dtype=np.float32).T, start=int(first)):
+            yield f"{i} {z:.9g} {n:.9g} {e:.9g}\n"
     yield "#end\n"
 
 

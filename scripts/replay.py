@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from pipeline import waveforms  # noqa: E402
+from pipeline.datasets import open_dataset  # noqa: E402
 from pipeline.errors import EdgepickError  # noqa: E402
 from pipeline.serial_protocol import parse_pick_lines, sample_lines  # noqa: E402
 
@@ -36,18 +38,18 @@ SAMPLING_RATE = 100.0
 # ---------------------------------------------------------------------------------------------------------------
 # Sources
 # ---------------------------------------------------------------------------------------------------------------
-def load_mseed(path: str, station: str | None = None, sampling_rate: float = SAMPLING_RATE) -> tuple[np.ndarray, float]:
-    """(3, n) Z, N, E float32 at ``sampling_rate`` and the start time (epoch seconds) of one station in a miniSEED file.
+def load_mseed(path: str, station: str | None = None,
+               sampling_rate: float = SAMPLING_RATE) -> tuple[list[tuple[int, np.ndarray]], float]:
+    """One station of a miniSEED file as gap-free segments at ``sampling_rate``: ([(first sample index, (3, m) Z, N,
+    E float32)], start time in epoch seconds). Read, merged and resampled as the data stage does
+    (:mod:`pipeline.waveforms`): overlaps merged, gaps never interpolated (the device hears of them as a jump in the
+    sample index), horizontals N/E or 1/2 taken as N/E."""
+    import collections
 
-    Components Z/N/E, else Z/1/2 (as SeisBench accepts them); traces are merged (gaps filled by interpolation) and
-    cut to their common span; other rates are resampled (decimated with an anti-alias filter when an integer
-    factor)."""
-    import obspy
-
-    try:
-        stream = obspy.read(path)
-    except Exception as error:  # obspy raises many types for unreadable files
-        raise EdgepickError(f"cannot read {path}: {error}") from error
+    unreadable: dict[str, str] = {}
+    stream = waveforms.read_files([path], unreadable)
+    if unreadable:
+        raise EdgepickError(f"cannot read {path}: {unreadable[Path(path).name]}")
     if station:
         parts = station.split(".")
         stream = stream.select(network=parts[0], station=parts[1]) if len(parts) > 1 else stream.select(station=parts[0])
@@ -56,40 +58,28 @@ def load_mseed(path: str, station: str | None = None, sampling_rate: float = SAM
         raise EdgepickError(f"{path}: no traces{' for ' + station if station else ''}")
     if len(stations) > 1:
         raise EdgepickError(f"{path} holds {len(stations)} stations ({', '.join('.'.join(s) for s in stations[:5])}): pick one with --station")
-    stream.merge(method=1, fill_value="interpolate")
-    picked = []
-    for options in ("Z", "N1", "E2"):
-        candidates = [tr for tr in stream if tr.stats.channel[-1:] in options]
-        if not candidates:
-            raise EdgepickError(f"{path}: no {options[0]} component (channels: {', '.join(tr.stats.channel for tr in stream)})")
-        picked.append(candidates[0].copy())
-    for tr in picked:
-        tr.data = tr.data.astype(np.float64)
-        rate = tr.stats.sampling_rate
-        if rate != sampling_rate:
-            if rate % sampling_rate == 0:
-                tr.filter("lowpass", freq=sampling_rate * 0.5, zerophase=True)
-                tr.decimate(int(rate / sampling_rate), no_filter=True)
-            else:
-                tr.resample(sampling_rate, no_filter=True)
-    start = max(tr.stats.starttime for tr in picked)
-    end = min(tr.stats.endtime for tr in picked)
-    if end <= start:
+    counts = collections.Counter()
+    components = waveforms.station_components(stream, counts)
+    if components is None:
+        raise EdgepickError(f"{path}: no Z and N/E or 1/2 components (channels: {', '.join(tr.stats.channel for tr in stream)})")
+    by_component, horizontals = components
+    spans = waveforms.common_spans([by_component[c] for c in ("Z", *horizontals)])
+    if not spans:
         raise EdgepickError(f"{path}: the three components do not overlap in time")
-    for tr in picked:
-        tr.trim(start, end, nearest_sample=True)
-    n = min(len(tr.data) for tr in picked)
-    return np.stack([tr.data[:n] for tr in picked]).astype(np.float32), float(start.timestamp)
+    t0 = spans[0][0]
+    segments = []
+    for start, end, pieces in spans:
+        rate = pieces[0].stats.sampling_rate
+        data, first = waveforms.aligned(pieces, start, end, rate)
+        if abs(rate - sampling_rate) > 1e-6:
+            data = waveforms.resample(data, rate, sampling_rate)
+        segments.append((int(round((first - t0) * sampling_rate)), data.astype(np.float32)))
+    return segments, float(t0.timestamp)
 
 
 def load_dataset_trace(path: str, index: int) -> tuple[np.ndarray, float]:
     """Trace ``index`` of a SeisBench-format dataset folder (metadata.csv + waveforms.hdf5) as (3, n) ZNE."""
-    import seisbench.data as sbd
-
-    try:
-        dataset = sbd.WaveformDataset(path, component_order="ZNE", dimension_order="CW", sampling_rate=SAMPLING_RATE)
-    except Exception as error:
-        raise EdgepickError(f"cannot open dataset {path}: {error}") from error
+    dataset = open_dataset(path, SAMPLING_RATE, component_order="ZNE")
     if not 0 <= index < len(dataset):
         raise EdgepickError(f"trace {index} is outside the dataset ({len(dataset)} traces)")
     waveform = np.asarray(dataset.get_waveforms(index), dtype=np.float32)
@@ -141,9 +131,10 @@ class _Reader(threading.Thread):
                     self.ended.set()
 
 
-def replay_array(port, x: np.ndarray, t0: float = 0.0, speed: float | None = None, timeout: float = 120.0,
+def replay_array(port, x, t0: float = 0.0, speed: float | None = None, timeout: float = 120.0,
                  wait_ready: float = 10.0) -> tuple[list[dict], list[dict]]:
-    """Send the (3, n) stream ``x`` to ``port`` (pyserial Serial or a binary file object) and return
+    """Send ``x`` (a (3, n) array, or gap-free segments as :func:`pipeline.serial_protocol.sample_lines` takes them)
+    to ``port`` (pyserial Serial or a binary file object) and return
     (picks sorted by sample, every JSON message). ``speed``: times real time (None: as fast as the port goes)."""
     reader = _Reader(port)
     reader.start()
@@ -189,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         except (serial.SerialException, OSError) as error:
             raise EdgepickError(f"cannot open {args.port}: {error}") from error
         with port:
-            print(f"replaying {x.shape[1]} samples ({x.shape[1] / SAMPLING_RATE:.1f} s) to {args.port}", file=sys.stderr)
+            n = sum(data.shape[1] for _, data in x) if isinstance(x, list) else x.shape[1]
+            print(f"replaying {n} samples ({n / SAMPLING_RATE:.1f} s) to {args.port}", file=sys.stderr)
             picks, messages = replay_array(port, x, t0, speed=args.speed or None, timeout=args.timeout)
         for m in messages:
             if m.get("type") in ("error", "warn"):

@@ -613,3 +613,42 @@ def test_firmware_glue_syntax(defines, precision, tmp_path):
                f"-I{stubs}", f"-I{model_dir}", f"-I{FIRMWARE / 'src'}", f"-I{CORE / 'src'}", str(source)]
         result = subprocess.run(cmd, capture_output=True, text=True)
         assert result.returncode == 0, f"{source.name}: {result.stderr}"
+
+
+def test_replay_reads_miniseed_gaps_as_gaps_and_opens_datasets(driver, tmp_path):
+    """scripts/replay.py reads miniSEED as the data stage does: a gap stays a gap (an index jump the firmware
+    reports), never interpolated; and --dataset opens an edgepick dataset (it used to refuse every one)."""
+    obspy = pytest.importorskip("obspy")
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import replay
+    finally:
+        sys.path.pop(0)
+    from pipeline.config import DataConfig
+    from pipeline.datasets import write_dataset
+    from pipeline.serial_protocol import sample_lines
+
+    rng = np.random.default_rng(3)
+    start = obspy.UTCDateTime(2020, 1, 1)
+    stream = obspy.Stream()
+    for component in "ZNE":
+        for offset, n in ((0.0, 4000), (42.0, 3000)):  # 40 s of data, a 2 s gap, 30 s more
+            stream.append(obspy.Trace(rng.normal(size=n).astype(np.float32), header={
+                "network": "XX", "station": "A", "channel": f"HH{component}", "sampling_rate": 100.0,
+                "starttime": start + offset}))
+    stream.write(str(tmp_path / "gap.mseed"), format="MSEED")
+    segments, t0 = replay.load_mseed(str(tmp_path / "gap.mseed"))
+    assert t0 == pytest.approx(start.timestamp)
+    assert [(first, data.shape) for first, data in segments] == [(0, (3, 4000)), (4200, (3, 3000))]
+    out = run(driver, *stream_args(), stdin="".join(sample_lines(segments)))
+    assert "gap of 200 samples" in out
+    with pytest.raises(replay.EdgepickError, match="cannot read"):
+        replay.load_mseed(str(tmp_path / "missing.mseed"))
+
+    def records():
+        for i in range(3):
+            yield {"trace_name": f"t{i}", "trace_sampling_rate_hz": 100.0, "source_id": f"e{i}"}, rng.normal(size=(3, 4000))
+
+    write_dataset(records(), tmp_path / "ds", DataConfig(), "test")
+    x, _ = replay.load_dataset_trace(str(tmp_path / "ds"), 1)
+    assert x.shape == (3, 4000)
