@@ -4,27 +4,29 @@ Architecture (after XiaoNet v5-B, github.com/Hy-X/xiao_net), every convolution d
 
 - encoder: DS k7 s1 (3 -> c1), DS k5 s4 (-> c2), DS k5 s4 (-> c3), bottleneck DS k3 s4 (-> c4);
 - multi-scale block: three parallel DS convolutions k3 / k5 / k7 (c4 -> c4), summed;
-- decoder, three times: ``ConvTranspose1d(k=4, s=4)`` (c_in -> c_out) + additive skip -> depthwise k5 -> BN -> Hardswish;
-- 1x1 convolution -> softmax over (P, S, noise).
+- decoder, three times: ``ConvTranspose1d(k=4, s=4)`` (c_in -> c_out) + additive skip -> depthwise k5 -> BN -> act;
+- 1x1 convolution -> a fixed smoothing filter -> softmax over (P, S, noise).
 
 with ``c_i = base_channels * channel_multipliers[i]``. Each DS block is depthwise conv -> pointwise conv -> BatchNorm ->
-Hardswish. Choices made for TensorFlow Lite Micro:
+act, the activation ReLU6 by default (TFLite fuses it into the convolution) or XiaoNet's Hardswish. Choices made
+for TensorFlow Lite Micro (why: docs/design.md, "The student"):
 
-- Upsampling is a ``ConvTranspose1d`` with kernel = stride = 4 (TRANSPOSE_CONV), never ``nn.Upsample``: exported through
-  ONNX a 1-D resize became a 4-D RESIZE_NEAREST_NEIGHBOR + GATHER on a 32x larger tensor (docs/design.md, "Export"). A k4/s4
-  transposed convolution generalises "nearest x4 then the pointwise half of XiaoNet's decoder DS block"; the depthwise
-  half then runs on the (cheaper) output channels.
+- Upsampling is a ``ConvTranspose1d`` with kernel = stride = 4, never ``nn.Upsample`` (whose export grew a 32x
+  larger tensor); the converter emits it as a pointwise CONV_2D and a depth-to-space RESHAPE. A k4/s4 transposed
+  convolution generalises "nearest x4 then the pointwise half of XiaoNet's decoder DS block"; the depthwise half
+  then runs on the (cheaper) output channels.
 - Windows are padded internally to a multiple of 64 (three stride-4 stages) and the output is cropped back, so
   ``in_samples`` can be 1001, 3001 or anything else. Strided convolutions pad exactly like TensorFlow's ``SAME``
   (all padding on the right), so the TFLite model needs no extra PAD op per layer.
-- No op outside CONV_2D, DEPTHWISE_CONV_2D, TRANSPOSE_CONV, HARD_SWISH, ADD, PAD, STRIDED_SLICE, SOFTMAX.
+- The converted model uses CONV_2D, DEPTHWISE_CONV_2D, ADD, PAD, RESHAPE, STRIDED_SLICE and SOFTMAX only.
 
 Training runs the same layers as 2-D convolutions on a channels-last (batch, channels, 1, samples) tensor, about
 twice as fast on the CPU; evaluation and the export run them as the 1-D layers above (see :func:`to_channels_last`).
 
 The model is a :class:`seisbench.models.WaveformModel`: ``save`` / ``load``, ``annotate`` and ``classify`` on obspy
 streams work as for SeisBench's PhaseNet (labels ``PSN``, components ``ZNE``, 100 Hz, one peak normalisation over
-all components with a *relative* epsilon, so 1e-14 m/s amplitudes are not swamped).
+all components with a *relative* epsilon, :mod:`pipeline.normalization`), picking by its
+:class:`~pipeline.picking.PickRule`, saved in its ``default_args``.
 """
 
 from __future__ import annotations

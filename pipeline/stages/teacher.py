@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pipeline import generators, teachers, training
+from pipeline.artifacts import save_config
 from pipeline.config import Config
 from pipeline.errors import EdgepickError
 
@@ -87,6 +88,7 @@ def run(config: Config) -> dict:
         initial = _evaluate(teacher, dev_loader, device)
         state = {"epoch": 0, "initial_dev_loss": initial, "best_dev_loss": initial, "bad_epochs": 0, "history": []}
         training.save_model(model, out, NAME)
+    save_config(out, config)
     print(f"teacher: fine-tuning {teacher.member.spec} ({sum(p.numel() for p in model.parameters())} parameters) on "
           f"{cfg.dataset}: {len(train_set)} training traces, {len(dev_set)} dev traces, {steps_per_epoch} steps/epoch; "
           f"dev loss of the pretrained weights {state['initial_dev_loss']:.4f}")
