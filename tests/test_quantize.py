@@ -1,6 +1,7 @@
 """The conversion chain and the quantize stage on a small untrained student: ONNX and Keras parity, TFLite Micro loading with the measured
 arena, FP16 packing, the C array round trip, and the board budget check."""
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -243,3 +244,23 @@ def test_tiny_calibration_set_and_missing_student_are_one_line_errors(tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "calibration windows" in err[0]
     assert not (tmp_path / "firmware").exists() and not (tmp_path / "tflite").exists()
+
+
+def test_stage_takes_windows_from_a_mixture_of_datasets(tmp_path, capsys):
+    """distill trains on a mixture "a,b"; quantize's calibration and held-out windows then come from each folder
+    (this ended in "dataset a,b does not exist"), and the resolved configuration is saved beside the variants."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        _tiny_dataset(tmp_path / name)
+    XiaoNet(base_channels=2, in_samples=SAMPLES).save(tmp_path / "student")
+    args = ["quantize", "--set", f"quantize.student={tmp_path / 'student'}",
+            "--set", f"distill.dataset={tmp_path / 'a'},{tmp_path / 'b'}", "--set", f"quantize.out={tmp_path / 'tflite'}",
+            "--set", f"quantize.firmware_dir={tmp_path / 'firmware'}", "--set", "quantize.precisions=fp32",
+            "--set", "quantize.firmware_precision=fp32", "--set", "quantize.calibration_windows=5",
+            "--set", "quantize.min_calibration_windows=1", "--set", "quantize.heldout_windows=3"]
+    assert main(args) == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "tflite" / "quantize_report.json").read_text())
+    assert report["calibration_windows"] == 5 and report["heldout_windows"] == 3
+    assert (tmp_path / "tflite" / "edgepick_config.yaml").is_file()
+    header = (tmp_path / "firmware" / "model_config.h").read_text()
+    assert "#define EDGEPICK_P_THRESHOLD 0.3f " in header

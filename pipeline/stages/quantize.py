@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from pipeline import boards, generators
 from pipeline.artifacts import atomic_dir, save_config
 from pipeline.convert import QuantizeResult, c_array, quantize_student
@@ -23,14 +25,13 @@ def run(config) -> QuantizeResult:
     q = config.quantize
     model = load_student(q.student)
     dataset = q.dataset or config.distill.dataset
-    calibration = generators.dataset_windows(dataset, "train", max(int(q.calibration_windows), 1), model.in_samples,
-                                             seed=q.seed)
+    calibration = _windows(dataset, "train", max(int(q.calibration_windows), 1), model.in_samples, q.seed)
     if "int8" in q.precisions and len(calibration) < q.min_calibration_windows:
         raise EdgepickError(
             f"INT8 needs >= {q.min_calibration_windows} calibration windows from the train split of {dataset}, "
             f"got {len(calibration)} (quantize.calibration_windows={q.calibration_windows})"
         )
-    heldout = generators.dataset_windows(dataset, "test", int(q.heldout_windows), model.in_samples, seed=q.seed + 1)
+    heldout = _windows(dataset, "test", int(q.heldout_windows), model.in_samples, q.seed + 1)
     precisions = tuple(q.precisions)
     if q.firmware_precision not in precisions:
         raise EdgepickError(f"quantize.firmware_precision {q.firmware_precision} is not among quantize.precisions {precisions}")
@@ -74,6 +75,15 @@ def run(config) -> QuantizeResult:
                            model.norm_eps)
     print(f"wrote {out}/ and {q.firmware_dir}/ ({q.firmware_precision}, {chosen['bytes']} bytes, arena {chosen['arena_bytes']} bytes)")
     return result
+
+
+def _windows(dataset: str, split: str, count: int, samples: int, seed: int):
+    """``count`` normalised windows of ``split``; from a mixture ("a,b,c", as distill trains on) an equal share of
+    each folder."""
+    paths = [p.strip() for p in str(dataset).split(",") if p.strip()]
+    shares = [count // len(paths) + (i < count % len(paths)) for i in range(len(paths))]
+    parts = [generators.dataset_windows(path, split, share, samples, seed=seed) for path, share in zip(paths, shares) if share]
+    return np.concatenate(parts)
 
 
 def format_variants(result: QuantizeResult) -> str:
