@@ -173,7 +173,7 @@ def summary(report: dict) -> str:
             for phase in PHASES:
                 r = next((r for r in report["records"] if label(r) == label(row) and r["reference"] == reference
                           and r["subset"] == "all" and r["phase"] == phase and r["tolerance_s"] == t), None)
-                text = _f(r["f1"]) if r else "-"
+                text = _f(r["f1"]) if r and r["n_labels"] else "-"  # no labels of the phase: no F1
                 if r and r.get("f1_ratio_to_teacher") is not None:
                     text += f" ({r['f1_ratio_to_teacher']:.2f}x)"
                 cells.append(f"{text:>15}")
