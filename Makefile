@@ -117,12 +117,15 @@ quantize: $(STAMP) ## student -> ONNX -> TFLite FP32/FP16/INT8 (models/tflite), 
 	$(edgepick) quantize $(config_flag) $(set_flags)
 
 # `firmware` is also a folder: these targets must be phony
-.PHONY: firmware flash monitor
+.PHONY: firmware flash monitor firmware-sim
 firmware: $(STAMP) ## check the model's memory budget, then build the ESP32 firmware (pio run; BOARD via SET='board.name=...')
 	$(edgepick) firmware $(config_flag) $(set_flags)
 
 flash: $(STAMP) ## budget check, build and upload the firmware to the board on the serial port
 	$(edgepick) flash $(config_flag) $(set_flags)
+
+firmware-sim: $(STAMP) ## the firmware for an emulated RV32IMC board under QEMU: picks vs Python, memory, instructions (SET='board.name=esp32c3')
+	$(edgepick) firmware-sim $(config_flag) $(set_flags)
 
 monitor: $(STAMP) ## open the board's serial console (pio device monitor; picks as JSON lines)
 	$(edgepick) monitor $(config_flag) $(set_flags)

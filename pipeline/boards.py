@@ -11,8 +11,12 @@ app partition that holds the firmware and the model as a const array). Figures a
 - PSRAM on the classic ESP32 maps at most 4 MB into data space (an 8 MB chip gives 4 MB; ESP-IDF, External RAM);
   ESP32-S3 N8R8 has 8 MB octal PSRAM, all usable.
 - ESP32-S3: 512 KB SRAM; we count 416 KB of data RAM minus the same 64 KB overhead = 352 KB.
-- Flash: the default single-app partition table gives a 1 MB app partition; we estimate 384 KB for ESP-IDF +
-  TFLite Micro + ESP-NN code, leaving 640 KB for the model (estimates, to be replaced by the firmware's real size).
+- ESP32-C3 (RV32IMC, 160 MHz): 400 KB SRAM of which 16 KB serve as flash cache (ESP32-C3 datasheet); 384 KB minus
+  the same 64 KB overhead = 320 KB. It has no PSRAM. It is the chip whose build is emulated here
+  (`make firmware-sim`, pipeline/emulator.py).
+- Flash: firmware/sdkconfig.defaults selects the "single factory app (large)" partition table, a 1500 KB app
+  partition (``app_partition_bytes``); the model's budget is 640 KB of it, leaving 860 KB for ESP-IDF + TFLite Micro
+  + ESP-NN code (the emulated RV32 build measures the firmware's own code and model, `make firmware-sim`).
 
 Placement (what the firmware does): the model stays in flash (memory-mapped const array); the FP16 expansion
 buffer (the FP32 flatbuffer) and the sample ring buffer go to PSRAM when there is PSRAM, else SRAM; the tensor arena
@@ -41,6 +45,9 @@ class Board:
     flash_bytes: int  # app partition bytes usable by the model
     max_arena_in_sram: int = MAX_STATIC_DRAM
     cpu_mhz: int = 240
+    app_partition_bytes: int = 1500 * KB  # the whole firmware image (code + model)
+    main_stack_bytes: int = 16 * KB  # CONFIG_ESP_MAIN_TASK_STACK_SIZE (firmware/sdkconfig.defaults)
+    isa: str = "xtensa"  # "riscv32": its firmware can be built and run in the emulator here
 
 
 # The only board table. A board's name is also its PlatformIO environment in firmware/platformio.ini.
@@ -49,6 +56,8 @@ BOARDS = {board.name: board for board in (
     Board("esp32-psram2", "ESP32 + 2 MB PSRAM", 256 * KB, 2 * MB, 640 * KB),
     Board("esp32-psram4", "ESP32 + 4 MB PSRAM (8 MB chips map 4 MB)", 256 * KB, 4 * MB, 640 * KB),
     Board("esp32s3-psram8", "ESP32-S3 N8R8, 8 MB octal PSRAM", 352 * KB, 8 * MB, 640 * KB),
+    Board("esp32c3", "ESP32-C3 (RISC-V, 160 MHz), no PSRAM, 400 KB SRAM", 320 * KB, 0, 640 * KB, cpu_mhz=160,
+          isa="riscv32"),
 )}
 
 
@@ -58,29 +67,49 @@ def get_board(name: str) -> Board:
     return BOARDS[name]
 
 
-# Cycles per multiply-accumulate, derived from Espressif's published TFLite Micro person-detection timings
-# (github.com/espressif/esp-tflite-micro README, "ESP-NN integration": int8 person detection at 240 MHz, ESP32 380 ms
-# with ESP-NN and 4084 ms without; ESP32-S3 54 ms with and 2300 ms without). That model is MobileNetV1-0.25 on 96x96 inputs:
-# 41 M MACs at 224x224 (Howard et al. 2017, Table 7) x (96/224)^2 = 7.5 M MACs. So, at 240 MHz:
-#   ESP32   int8 ESP-NN  380 ms -> 12.2 cycles/MAC;  reference kernels 4084 ms -> 131 cycles/MAC
-#   ESP32-S3 int8 ESP-NN  54 ms ->  1.7 cycles/MAC;  reference kernels 2300 ms ->  74 cycles/MAC
-# Float32 (FP32 and FP16-expanded builds) runs TFLite Micro's reference float kernels, which ESP-NN does not
-# optimise; we take the reference int8 figure for them (an estimate: both chips have a single-precision FPU).
+# What one window costs on a board, as multiply-accumulates (MACs) x cycles per MAC, at the board's clock.
+#
+# INT8 with ESP-NN on ESP32 and ESP32-C3 (both run ESP-NN's generic optimised C kernels): the instruction count
+# measured in the emulator (pipeline/emulator.py: `make demo`, then `make firmware-sim SET='board.name=esp32c3'`:
+# 32,029,208 instructions per window for the demo student's 1,883,008 MACs, exact under `qemu -icount`), taken at
+# one cycle per instruction: an estimate (an in-order core at best; flash cache misses only add; the ESP32's Xtensa
+# code differs from the RV32IMC count measured). TFLite Micro's reference kernels: 69,234,445 (36.8 per MAC).
+EMULATED_INSTRUCTIONS_PER_MAC = {"esp_nn": 32_029_208 / 1_883_008, "reference": 69_234_445 / 1_883_008}
+#
+# ESP32-S3 (ESP-NN's Xtensa assembly, not emulated here) and float (TFLite Micro's reference float kernels, which
+# ESP-NN does not optimise; the ESP32-C3 has no FPU and gets no float figure): derived from Espressif's published
+# person-detection timings (github.com/espressif/esp-tflite-micro README, "ESP-NN integration", 240 MHz: ESP32 380 ms
+# with ESP-NN, 4084 ms without; ESP32-S3 54 / 2300 ms). That model is MobileNetV1-0.25 on 96x96 inputs: 41 M MACs at
+# 224x224 (Howard et al. 2017, Table 7) x (96/224)^2 = 7.5 M MACs, so ESP32-S3 int8 1.7 cycles/MAC, ESP32 / ESP32-S3
+# reference kernels 131 / 74 (we take them for float, an estimate: both chips have a single-precision FPU). The same
+# timings give the ESP32 12.2 cycles/MAC with ESP-NN, 1.4x under the measured instruction count above.
 PERSON_DETECTION_MACS = 41e6 * (96 / 224) ** 2
-CYCLES_PER_MAC = {
+PERSON_DETECTION_CYCLES_PER_MAC = {
     "esp32": {"int8": 0.380 * 240e6 / PERSON_DETECTION_MACS, "float": 4.084 * 240e6 / PERSON_DETECTION_MACS},
     "esp32s3": {"int8": 0.054 * 240e6 / PERSON_DETECTION_MACS, "float": 2.300 * 240e6 / PERSON_DETECTION_MACS},
 }
+# chip -> precision kind -> (cycles per MAC, clock MHz, where the figure comes from)
+CYCLES_PER_MAC = {
+    "esp32": {"int8": (EMULATED_INSTRUCTIONS_PER_MAC["esp_nn"], 240, "emulated RV32IMC instructions, 1 cycle each"),
+              "float": (PERSON_DETECTION_CYCLES_PER_MAC["esp32"]["float"], 240, "person-detection timings")},
+    "esp32c3": {"int8": (EMULATED_INSTRUCTIONS_PER_MAC["esp_nn"], 160, "emulated RV32IMC instructions, 1 cycle each")},
+    "esp32s3": {"int8": (PERSON_DETECTION_CYCLES_PER_MAC["esp32s3"]["int8"], 240, "person-detection timings"),
+                "float": (PERSON_DETECTION_CYCLES_PER_MAC["esp32s3"]["float"], 240, "person-detection timings")},
+}
 
 
-def estimate_latency(macs: int, precision: str, hop_seconds: float, cpu_mhz: int = 240) -> dict:
-    """Estimated milliseconds per window on ESP32 and ESP32-S3 from :data:`CYCLES_PER_MAC`, and the real-time factor
-    (latency / window hop: below 1 keeps up with the stream)."""
+def estimate_latency(macs: int, precision: str, hop_seconds: float) -> dict:
+    """Estimated milliseconds per window on ESP32, ESP32-C3 and ESP32-S3 from :data:`CYCLES_PER_MAC`, and the
+    real-time factor (latency / window hop: below 1 keeps up with the stream). A chip without a figure for the
+    precision (float on the FPU-less ESP32-C3) is left out."""
     kind = "int8" if precision == "int8" else "float"
     out = {}
     for chip, figures in CYCLES_PER_MAC.items():
-        ms = macs * figures[kind] / (cpu_mhz * 1e6) * 1e3
-        out[chip] = {"ms": round(ms, 2), "cycles_per_mac": round(figures[kind], 2),
+        if kind not in figures:
+            continue
+        cycles_per_mac, mhz, source = figures[kind]
+        ms = macs * cycles_per_mac / (mhz * 1e6) * 1e3
+        out[chip] = {"ms": round(ms, 2), "cycles_per_mac": round(cycles_per_mac, 2), "mhz": mhz, "source": source,
                      "real_time_factor": round(ms / 1e3 / hop_seconds, 5) if hop_seconds > 0 else None}
     return out
 

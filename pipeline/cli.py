@@ -21,6 +21,8 @@ STAGES = {
     "quantize": ("quantize", "run", "student -> ONNX -> TFLite FP32/FP16/INT8, checked in TFLite Micro, C array for the firmware"),
     "firmware": ("firmware", "run", "check the model's memory budget for board.name, then build the ESP32 firmware (PlatformIO)"),
     "flash": ("firmware", "flash", "budget check, build and upload the firmware to the board"),
+    "firmware-sim": ("firmware_sim", "run", "build the firmware for an emulated RV32IMC board (board.name) and "
+                     "run it under QEMU: picks against Python, memory, instructions per window"),
     "monitor": ("firmware", "monitor", "the board's serial console (picks as JSON lines)"),
     "benchmark": ("benchmark", "run", "score teacher(s), PyTorch student and TFLite Micro variants on the same traces; reports/"),
 }

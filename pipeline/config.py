@@ -232,9 +232,27 @@ class QuantizeConfig:
 class BoardConfig:
     """The target board; its memory budget is checked before anything is flashed."""
 
-    name: str = "esp32-psram4"  # esp32 | esp32-psram2 | esp32-psram4 | esp32s3-psram8 (pipeline/boards.py)
+    name: str = "esp32-psram4"  # esp32 | esp32-psram2 | esp32-psram4 | esp32s3-psram8 | esp32c3 (pipeline/boards.py)
     margin: float = 0.10  # every memory region must hold used x (1 + margin)
     ring_seconds: float = 45.0  # sample ring buffer (int32, three components)
+
+
+@dataclass
+class FirmwareSimConfig:
+    """``make firmware-sim``: the firmware cross-built for an emulated RV32IMC board (board.name; the ESP32-C3 is
+    the chip of that instruction set) and run under qemu-system-riscv32 (pipeline/emulator.py)."""
+
+    dataset: str = ""  # traces streamed through the serial protocol: "" = benchmark.dataset's default; "path[:split]"
+    traces: int = 5  # the first n traces of it
+    mseed: str = ""  # or: one station of a miniSEED file (gaps stay gaps; compared with Python when gap-free)
+    station: str = ""  # NET.STA of the miniSEED file (needed when it holds several)
+    max_seconds: float = 600.0  # the miniSEED stream is cut to its first max_seconds
+    build_dir: str = "build/firmware-sim"  # one folder per board; TFLite Micro itself is cached in ~/.cache/edgepick
+    out: str = "reports/firmware-sim"  # <out>/<board>.json
+    # the real-time factor at the board's clock assumes this many cycles per emulated instruction (an in-order
+    # single-issue core at best; flash cache misses only add to it)
+    cycles_per_instruction: float = 1.0
+    vendor: str = ""  # esp-tflite-micro / esp-nn sources: "" = $EDGEPICK_VENDOR, else ../shared/vendor
 
 
 @dataclass
@@ -274,6 +292,7 @@ class Config:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     board: BoardConfig = field(default_factory=BoardConfig)
+    firmware_sim: FirmwareSimConfig = field(default_factory=FirmwareSimConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
 
     @classmethod

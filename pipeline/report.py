@@ -84,16 +84,17 @@ def markdown(report: dict) -> str:
         lines.append("")
 
     lines += ["## Models and costs", "",
-              "| model | params | MACs / window | flatbuffer B | arena B | host ms / window | ESP32 est. ms | ESP32-S3 est. ms "
-              "| annotate s | pick | notes |", "|" + " --- |" * 11]
+              "| model | params | MACs / window | flatbuffer B | arena B | host ms / window | ESP32 est. ms | ESP32-C3 est. ms "
+              "| ESP32-S3 est. ms | annotate s | pick | notes |", "|" + " --- |" * 12]
     for m in report["models"]:
         lines.append(
             f"| {label(m)} | {_n(m['parameters'])} | {_n(m['macs_per_window'])} | {_n(m['flatbuffer_bytes'])} | "
             f"{_n(m['arena_bytes'])} | {_f(m['host_latency_ms'], 2)} | {_f(m['esp32_latency_ms_est'], 0)} | "
-            f"{_f(m['esp32s3_latency_ms_est'], 0)} | {_f(m['annotate_seconds'], 1)} | {pick_rule_text(m)} | "
+            f"{_f(m.get('esp32c3_latency_ms_est'), 0)} | {_f(m['esp32s3_latency_ms_est'], 0)} | {_f(m['annotate_seconds'], 1)} | {pick_rule_text(m)} | "
             f"{'; '.join(m['notes'])} |")
-    lines += ["", "ESP32 figures are estimates (MACs x cycles per MAC from Espressif's published person-detection "
-              "timings, ESP-NN for INT8; pipeline/boards.py, as `make quantize` prints), not measurements.", ""]
+    lines += ["", "ESP32 figures are estimates (MACs x cycles per MAC, pipeline/boards.py, as `make quantize` prints): INT8 "
+              "on ESP32 and ESP32-C3 from the instruction count measured in the emulator (`make firmware-sim`, ESP-NN "
+              "C kernels) at one cycle per instruction; ESP32-S3 and float from Espressif's person-detection timings.", ""]
 
     def table(rows, title, ratio=True):
         out = [title, "", "| model | phase | tol s | precision | recall | F1 |" + (" F1 / teacher |" if ratio else "")

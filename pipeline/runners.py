@@ -259,6 +259,7 @@ def costs(model: BenchModel, student=None, repeats: int = 20) -> dict:
         "host_latency_ms": round(host_latency_ms(model, repeats), 3),
         "esp32_latency_ms_est": None,
         "esp32s3_latency_ms_est": None,
+        "esp32c3_latency_ms_est": None,
     }
     if model.runtime == "tflm" and macs:
         out.update(esp32_estimates(macs, model.precision))
@@ -267,6 +268,7 @@ def costs(model: BenchModel, student=None, repeats: int = 20) -> dict:
 
 def esp32_estimates(macs: int, precision: str) -> dict:
     """The quantize stage's latency model (:func:`pipeline.boards.estimate_latency`): estimated ms per window on
-    ESP32 / ESP32-S3, ESP-NN kernels for INT8."""
+    ESP32 / ESP32-C3 / ESP32-S3 (INT8 with ESP-NN kernels; None where the model has no figure)."""
     est = boards.estimate_latency(macs, precision, hop_seconds=0)
-    return {f"{chip}_latency_ms_est": round(est[chip]["ms"], 1) for chip in ("esp32", "esp32s3")}
+    return {f"{chip}_latency_ms_est": round(est[chip]["ms"], 1) if chip in est else None
+            for chip in ("esp32", "esp32c3", "esp32s3")}

@@ -156,11 +156,13 @@ def io_details(flatbuffer: bytes) -> dict:
 
 def quantize_input(window: np.ndarray, details: dict) -> np.ndarray:
     """A normalised (3, N) window as the model's input tensor (1, N, 1, 3), int8-quantized where the input is
-    int8 (round half to even, as numpy rounds; the firmware's ep_quant rounds half away from zero, which differs
-    only on exact ties)."""
+    int8: x / scale in float32, rounded half away from zero (TfLiteRound, as TFLite Micro's Quantize kernel and the
+    firmware's ep_quant do), plus the zero point, clamped."""
     x = np.asarray(window, dtype=np.float32).T[None, :, None, :]
     if details["dtype"] == "int8":
-        x = np.clip(np.round(x / details["scale"]) + details["zero_point"], -128, 127).astype(np.int8)
+        scaled = x / np.float32(details["scale"])
+        rounded = np.sign(scaled) * np.floor(np.abs(scaled) + np.float32(0.5))
+        x = np.clip(np.nan_to_num(rounded) + details["zero_point"], -128, 127).astype(np.int8)
     return x.reshape(details["shape"])
 
 

@@ -6,6 +6,7 @@ them."""
 from __future__ import annotations
 
 import collections
+import glob
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -14,6 +15,8 @@ import numpy as np
 import obspy
 from obspy import UTCDateTime
 from obspy.signal.rotate import rotate2zne
+
+from pipeline.errors import EdgepickError
 
 
 
@@ -126,3 +129,42 @@ def rotate_zne(data: np.ndarray, pieces, inventory, when: UTCDateTime, counts):
         args += [row, angle["azimuth"], angle["dip"]]
     z, n, e = rotate2zne(*args)
     return np.stack([z, n, e])
+
+
+def station_segments(path: str | Path, station: str | None = None,
+                     sampling_rate: float = 100.0) -> tuple[list[tuple[int, np.ndarray]], float]:
+    """One station of a miniSEED file (or a glob pattern of files) as gap-free segments at ``sampling_rate``: ([(first sample index, (3, m) Z, N,
+    E float32)], start time in epoch seconds). Read, merged and resampled as the data stage does
+    (:mod:`pipeline.waveforms`): overlaps merged, gaps never interpolated (the device hears of them as a jump in the
+    sample index), horizontals N/E or 1/2 taken as N/E."""
+    paths = sorted(glob.glob(str(path))) or [str(path)]  # a pattern for one file per channel, e.g. "NET.STA.*.mseed"
+    unreadable: dict[str, str] = {}
+    stream = read_files(paths, unreadable)
+    if unreadable:
+        name, reason = next(iter(unreadable.items()))
+        raise EdgepickError(f"cannot read {name}: {reason}")
+    if station:
+        parts = station.split(".")
+        stream = stream.select(network=parts[0], station=parts[1]) if len(parts) > 1 else stream.select(station=parts[0])
+    stations = sorted({(tr.stats.network, tr.stats.station) for tr in stream})
+    if not stations:
+        raise EdgepickError(f"{path}: no traces{' for ' + station if station else ''}")
+    if len(stations) > 1:
+        raise EdgepickError(f"{path} holds {len(stations)} stations ({', '.join('.'.join(s) for s in stations[:5])}): pick one (replay.py --station)")
+    counts = collections.Counter()
+    components = station_components(stream, counts)
+    if components is None:
+        raise EdgepickError(f"{path}: no Z and N/E or 1/2 components (channels: {', '.join(tr.stats.channel for tr in stream)})")
+    by_component, horizontals = components
+    spans = common_spans([by_component[c] for c in ("Z", *horizontals)])
+    if not spans:
+        raise EdgepickError(f"{path}: the three components do not overlap in time")
+    t0 = spans[0][0]
+    segments = []
+    for start, end, pieces in spans:
+        rate = pieces[0].stats.sampling_rate
+        data, first = aligned(pieces, start, end, rate)
+        if abs(rate - sampling_rate) > 1e-6:
+            data = resample(data, rate, sampling_rate)
+        segments.append((int(round((first - t0) * sampling_rate)), data.astype(np.float32)))
+    return segments, float(t0.timestamp)

@@ -7,10 +7,10 @@ PyTorch and an *estimated* ESP32 / ESP32-S3 latency.
 Without a saved student it benchmarks an untrained default student (sizes, ops, arena and latency are architecture
 figures; pick agreement is then meaningless and is reported as such). Without a dataset it uses normalised noise.
 
-Latency estimate: pipeline.boards.estimate_latency (MACs x cycles per MAC derived from Espressif's published TFLite
-Micro person-detection timings; the derivation and its sources are in pipeline/boards.py). Estimates, not
-measurements: our 1-D layers have 8-32 channels and use SIMD less well than MobileNet, so the ESP-NN column is
-optimistic; element-wise ops (ADD, PAD, SOFTMAX) are not counted; FP32 uses the reference-kernel rate.
+Latency estimate: pipeline.boards.estimate_latency (MACs x cycles per MAC: INT8 on ESP32 / ESP32-C3 from the
+instruction count measured in the emulator, `make firmware-sim`, at one cycle per instruction; ESP32-S3 and float
+from Espressif's published TFLite Micro person-detection timings; sources in pipeline/boards.py). Estimates, not
+measurements on a board.
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ def main() -> None:
     print(format_variants(result))
     fp16_tflite = tflite.fp16_reference_status(onnx_to_keras.onnx_to_keras(onnx_export.export_onnx(model)))
     print(f"TFLite's own float16-weight .tflite in TFLite Micro: {fp16_tflite} (hence the EPH1 packed FP16 variant)")
-    print("cycles per MAC (derived): " + ", ".join(f"{chip}/{kind} {v:.1f}" for chip, d in boards.CYCLES_PER_MAC.items()
-                                                   for kind, v in d.items()))
+    print("cycles per MAC: " + ", ".join(f"{chip}/{kind} {v[0]:.1f} ({v[2]})" for chip, d in boards.CYCLES_PER_MAC.items()
+                                         for kind, v in d.items()))
     board = boards.get_board(args.board)
     rows = {}
     for precision, info in result.variants.items():

@@ -40,41 +40,8 @@ SAMPLING_RATE = 100.0
 # ---------------------------------------------------------------------------------------------------------------
 def load_mseed(path: str, station: str | None = None,
                sampling_rate: float = SAMPLING_RATE) -> tuple[list[tuple[int, np.ndarray]], float]:
-    """One station of a miniSEED file as gap-free segments at ``sampling_rate``: ([(first sample index, (3, m) Z, N,
-    E float32)], start time in epoch seconds). Read, merged and resampled as the data stage does
-    (:mod:`pipeline.waveforms`): overlaps merged, gaps never interpolated (the device hears of them as a jump in the
-    sample index), horizontals N/E or 1/2 taken as N/E."""
-    import collections
-
-    unreadable: dict[str, str] = {}
-    stream = waveforms.read_files([path], unreadable)
-    if unreadable:
-        raise EdgepickError(f"cannot read {path}: {unreadable[Path(path).name]}")
-    if station:
-        parts = station.split(".")
-        stream = stream.select(network=parts[0], station=parts[1]) if len(parts) > 1 else stream.select(station=parts[0])
-    stations = sorted({(tr.stats.network, tr.stats.station) for tr in stream})
-    if not stations:
-        raise EdgepickError(f"{path}: no traces{' for ' + station if station else ''}")
-    if len(stations) > 1:
-        raise EdgepickError(f"{path} holds {len(stations)} stations ({', '.join('.'.join(s) for s in stations[:5])}): pick one with --station")
-    counts = collections.Counter()
-    components = waveforms.station_components(stream, counts)
-    if components is None:
-        raise EdgepickError(f"{path}: no Z and N/E or 1/2 components (channels: {', '.join(tr.stats.channel for tr in stream)})")
-    by_component, horizontals = components
-    spans = waveforms.common_spans([by_component[c] for c in ("Z", *horizontals)])
-    if not spans:
-        raise EdgepickError(f"{path}: the three components do not overlap in time")
-    t0 = spans[0][0]
-    segments = []
-    for start, end, pieces in spans:
-        rate = pieces[0].stats.sampling_rate
-        data, first = waveforms.aligned(pieces, start, end, rate)
-        if abs(rate - sampling_rate) > 1e-6:
-            data = waveforms.resample(data, rate, sampling_rate)
-        segments.append((int(round((first - t0) * sampling_rate)), data.astype(np.float32)))
-    return segments, float(t0.timestamp)
+    """One station of a miniSEED file as gap-free segments (:func:`pipeline.waveforms.station_segments`)."""
+    return waveforms.station_segments(path, station, sampling_rate)
 
 
 def load_dataset_trace(path: str, index: int) -> tuple[np.ndarray, float]:

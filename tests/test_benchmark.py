@@ -28,7 +28,7 @@ RECORD_FIELDS = {
 MODEL_FIELDS = {
     "model", "runtime", "precision", "spec", "notes", "annotate_seconds", "parameters", "macs_per_window",
     "window_samples", "flatbuffer_bytes", "flatbuffer_expanded_bytes", "arena_bytes", "host_latency_ms",
-    "esp32_latency_ms_est", "esp32s3_latency_ms_est", "pick_top_tolerance", "blinding", "thresholds",
+    "esp32_latency_ms_est", "esp32s3_latency_ms_est", "esp32c3_latency_ms_est", "pick_top_tolerance", "blinding", "thresholds",
 }
 
 

@@ -342,6 +342,28 @@ def test_stream_survives_garbage_and_gaps(driver):
     compare_picks(parse_pick_lines(out), ref)
 
 
+def test_malformed_control_lines_stand_for_no_sample(driver):
+    """A malformed control line is reported and stands for no sample: in a stream without indices it used to count
+    as a one-sample gap and shift every later pick by one. Indices and gaps beyond 2^48 are refused, so the sample
+    counter cannot wrap (an index of 2^64 - 1 used to be accepted)."""
+    x = synthetic_stream()
+    ref, _ = stream_reference(x, square_model, IN_SAMPLES, HOP, 0.3, EPS)
+    plain = stream_text(x).splitlines()
+    bad = ["#gap abc", "#gap -5", "#t0 nan", "#gap 18446744073709551615", "#gap 281474976710657"]
+    plain[700:700] = bad
+    out = [json.loads(line) for line in run(driver, *stream_args(), stdin="\n".join(plain) + "\n").splitlines()]
+    errors = [m["msg"] for m in out if m["type"] == "error"]
+    assert len(errors) == len(bad) and not any("counted as" in m for m in errors), errors
+    compare_picks(parse_pick_lines([json.dumps(m) for m in out]), ref)
+
+    indexed = stream_text(x, indexed=True).splitlines()
+    indexed[900:900] = ["18446744073709551615 1 2 3", "281474976710657 1 2 3"]
+    out = [json.loads(line) for line in run(driver, *stream_args(), stdin="\n".join(indexed) + "\n").splitlines()]
+    errors = [m["msg"] for m in out if m["type"] == "error"]
+    assert len(errors) == 2 and all("bad sample index" in m for m in errors), errors
+    compare_picks(parse_pick_lines([json.dumps(m) for m in out]), ref)
+
+
 def test_stream_long_gap_starts_a_new_segment(driver):
     x = synthetic_stream()
     text = stream_text(x[:, :1500])[: -len("#end\n")] + "#gap 100000\n" + stream_text(x[:, 1500:])
@@ -405,6 +427,9 @@ def test_platformio_ini_is_valid():
     from pipeline import boards
 
     assert set(envs) >= set(boards.BOARDS)  # one environment per board, named as the board
+    for name in boards.BOARDS:  # ... that says which board it is (model_config.h no longer overrides it)
+        assert f'-DEDGEPICK_BOARD_NAME=\\"{name}\\"' in " ".join(envs[name]["build_flags"]), name
+    assert envs["esp32c3"]["board"] == "esp32-c3-devkitm-1"
     for opts in envs.values():
         assert opts["framework"] == ["espidf"] and opts["platform"].startswith("espressif32")
     wrover_flags = " ".join(envs["esp32-psram4"]["build_flags"])
@@ -602,6 +627,7 @@ def test_firmware_glue_syntax(defines, precision, tmp_path):
     dtype, scale = ("int8", 0.0078125) if precision == "int8" else ("float32", 0.0)
     info = {"precision": precision, "bytes": 100, "expanded_bytes": 200 if precision == "fp16" else 0,
             "sha256": "abc", "arena_bytes": 1000, "in_samples": 3001, "hop_samples": 1501, "sampling_rate": 100.0,
+            "ops": {"CONV_2D": 9, "RESHAPE": 2, "SOFTMAX": 1, "TRANSPOSE_CONV": 1},
             "io": {"input": {"dtype": dtype, "scale": scale, "zero_point": 0},
                    "output": {"dtype": dtype, "scale": scale / 2, "zero_point": -128}}}
     budget = boards.check_budget(boards.get_board("esp32s3-psram8"), info)

@@ -10,10 +10,12 @@
 #endif
 
 #include "edgepick_core.h"
+#include "esp_cpu.h"
 #include "esp_timer.h"
 #include "memory_map.h"
 #include "model_config.h"
 #include "model_data.h"
+#include "model_ops.h"
 #include "output_handler.h"
 #include "sample_source.h"
 #include "tensorflow/lite/micro/micro_interpreter.h"
@@ -21,7 +23,15 @@
 #include "tensorflow/lite/schema/schema_generated.h"
 
 #ifndef EDGEPICK_BOARD_NAME
-#define EDGEPICK_BOARD_NAME "unknown"
+#define EDGEPICK_BOARD_NAME "unknown"  // platformio.ini sets it per environment
+#endif
+#ifndef EDGEPICK_CPU_COUNTER_NAME
+#define EDGEPICK_CPU_COUNTER_NAME "cycles"  // what esp_cpu_get_cycle_count() counts (the emulator: instructions)
+#endif
+#ifndef EDGEPICK_TRACE_TENSORS
+// 1: after each window, a {"type":"tensor"} line with the int8 input and output tensors in hex (the emulator's
+// bit-exactness test against the Python TFLite Micro interpreter; tests/test_emulator.py).
+#define EDGEPICK_TRACE_TENSORS 0
 #endif
 #ifndef EDGEPICK_EXACT_TAIL
 // 1: picks identical to SeisBench's classify on a replayed file (a "#end" line runs the last window; picks come
@@ -41,6 +51,32 @@ uint64_t g_windows = 0;
 
 void Emit(void*, const char* line) { HandleOutput(line); }
 
+#if EDGEPICK_TRACE_TENSORS
+void HexTo(FILE* out, const int8_t* data, size_t n) {
+  static const char kDigits[] = "0123456789abcdef";
+  char chunk[512];
+  size_t used = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const uint8_t byte = static_cast<uint8_t>(data[i]);
+    chunk[used++] = kDigits[byte >> 4];
+    chunk[used++] = kDigits[byte & 15];
+    if (used == sizeof(chunk) || i + 1 == n) {
+      std::fwrite(chunk, 1, used, out);
+      used = 0;
+    }
+  }
+}
+
+// One line per tensor: the input before Invoke (the arena planner may reuse its memory), the output after.
+void TraceTensor(uint64_t window, const char* name, const TfLiteTensor* tensor) {
+  if (tensor->type != kTfLiteInt8) return;
+  std::printf("{\"type\":\"tensor\",\"window\":%llu,\"%s\":\"", static_cast<unsigned long long>(window), name);
+  HexTo(stdout, tensor->data.int8, tensor->bytes);
+  std::printf("\"}\n");
+  std::fflush(stdout);
+}
+#endif
+
 // The model on one normalised window [kWindow][3] -> probabilities [kWindow][3] (P, S, noise).
 bool Infer(void*, const float* window, float* probs) {
   TfLiteTensor* input = g_interpreter->input(0);
@@ -51,18 +87,27 @@ bool Infer(void*, const float* window, float* probs) {
   } else if (window != input->data.f) {  // float models normalise straight into the input tensor
     std::memcpy(input->data.f, window, n * sizeof(float));
   }
+#if EDGEPICK_TRACE_TENSORS
+  TraceTensor(g_windows, "input", input);
+#endif
   const int64_t started = esp_timer_get_time();
+  const esp_cpu_cycle_count_t started_count = esp_cpu_get_cycle_count();
   if (g_interpreter->Invoke() != kTfLiteOk) return false;
+  const esp_cpu_cycle_count_t count = esp_cpu_get_cycle_count() - started_count;  // 32 bits: wraps after 17 s
   const int64_t elapsed = esp_timer_get_time() - started;
+#if EDGEPICK_TRACE_TENSORS
+  TraceTensor(g_windows, "output", output);
+#endif
   if (output->type == kTfLiteInt8) {
     edgepick::DequantizeInt8Array(output->data.int8, kWindow * kClasses, output->params.scale,
                                   output->params.zero_point, probs);
   } else if (probs != output->data.f) {  // float models are stacked straight from the output tensor
     std::memcpy(probs, output->data.f, kWindow * kClasses * sizeof(float));
   }
-  char line[96];
-  std::snprintf(line, sizeof(line), "{\"type\":\"timing\",\"window\":%llu,\"invoke_us\":%lld}",
-                static_cast<unsigned long long>(g_windows++), static_cast<long long>(elapsed));
+  char line[128];
+  std::snprintf(line, sizeof(line), "{\"type\":\"timing\",\"window\":%llu,\"invoke_us\":%lld,\"" EDGEPICK_CPU_COUNTER_NAME
+                "\":%lu}", static_cast<unsigned long long>(g_windows++), static_cast<long long>(elapsed),
+                static_cast<unsigned long>(count));
   HandleOutput(line);
   return true;
 }
@@ -73,23 +118,17 @@ size_t Elements(const TfLiteTensor* t) {
   return n;
 }
 
-bool RegisterOps(tflite::MicroMutableOpResolver<20>& r) {
-  // The ops the converter can emit for the student (pipeline/convert/onnx_to_keras.py, docs/design.md "Export").
-  return r.AddConv2D() == kTfLiteOk && r.AddDepthwiseConv2D() == kTfLiteOk && r.AddTransposeConv() == kTfLiteOk &&
-         r.AddHardSwish() == kTfLiteOk && r.AddAdd() == kTfLiteOk && r.AddPad() == kTfLiteOk &&
-         r.AddReshape() == kTfLiteOk && r.AddSoftmax() == kTfLiteOk && r.AddQuantize() == kTfLiteOk &&
-         r.AddDequantize() == kTfLiteOk && r.AddMul() == kTfLiteOk && r.AddConcatenation() == kTfLiteOk &&
-         r.AddStridedSlice() == kTfLiteOk && r.AddTranspose() == kTfLiteOk && r.AddMean() == kTfLiteOk &&
-         r.AddSub() == kTfLiteOk && r.AddLogistic() == kTfLiteOk && r.AddExpandDims() == kTfLiteOk &&
-         r.AddSqueeze() == kTfLiteOk && r.AddResizeNearestNeighbor() == kTfLiteOk;
-}
-
 }  // namespace
 
 bool setup() {
   HandleMessage("info", "edgepick %s model, board %s, window %d, hop %d, %g Hz, model sha256 %.12s",
                 EDGEPICK_PRECISION, EDGEPICK_BOARD_NAME, EDGEPICK_WINDOW_SAMPLES, EDGEPICK_HOP_SAMPLES,
                 static_cast<double>(EDGEPICK_SAMPLING_RATE_HZ), EDGEPICK_MODEL_SHA256);
+  if (std::strcmp(EDGEPICK_BOARD_NAME, EDGEPICK_MODEL_BOARD) != 0) {
+    HandleMessage("warn", "the model's memory budget was checked for board %s, this build is for %s: "
+                  "run `make quantize SET='board.name=%s'`", EDGEPICK_MODEL_BOARD, EDGEPICK_BOARD_NAME,
+                  EDGEPICK_BOARD_NAME);
+  }
 
   edgepick::StreamConfig config;
   config.in_samples = EDGEPICK_WINDOW_SAMPLES;
@@ -147,9 +186,10 @@ bool setup() {
   }
 
   // 3. interpreter and arena
-  static tflite::MicroMutableOpResolver<20> resolver;
-  if (!RegisterOps(resolver)) {
-    HandleMessage("error", "cannot register the TFLite Micro ops");
+  // exactly the model's ops (model_ops.h, read from the flatbuffer by `make quantize`)
+  static EdgepickOpResolver resolver;
+  if (!RegisterModelOps(resolver)) {
+    HandleMessage("error", "cannot register the model's %u TFLite Micro ops", kEdgepickModelOpCount);
     return false;
   }
   uint8_t* arena = static_cast<uint8_t*>(AllocateAligned(EDGEPICK_ARENA_ALLOC_BYTES, plan.arena_in_psram));

@@ -12,12 +12,14 @@ void HandleOutput(const char* json_line) {
 }
 
 void HandleMessage(const char* type, const char* format, ...) {
-  char text[200];
+  // Room for the longest message (the memory refusal, ~300 characters) and its JSON escapes: a refusal must
+  // arrive whole.
+  char text[480];
   va_list args;
   va_start(args, format);
   std::vsnprintf(text, sizeof(text), format, args);
   va_end(args);
-  char line[320];
+  char line[640];
   edgepick::FormatMessageJson(line, sizeof(line), type, text);
   HandleOutput(line);
 }

@@ -101,13 +101,19 @@ def format_variants(result: QuantizeResult) -> str:
 
 
 def format_latency(result: QuantizeResult) -> str:
-    """Estimated ESP32 / ESP32-S3 time per window and real-time factor (see :data:`pipeline.boards.CYCLES_PER_MAC`)."""
-    lines = [f"{'variant':8} {'MACs':>10} {'ESP32 ms':>9} {'RTF':>8} {'ESP32-S3 ms':>12} {'RTF':>8}  (estimates: pipeline/boards.py)"]
+    """Estimated ms per window and real-time factor on ESP32 / ESP32-C3 / ESP32-S3 (:data:`pipeline.boards.CYCLES_PER_MAC`:
+    INT8 on ESP32 and ESP32-C3 from the instruction count measured in the emulator, the rest from published timings)."""
+    chips = ("esp32", "esp32c3", "esp32s3")
+    lines = [f"{'variant':8} {'MACs':>10} " + " ".join(f"{c + ' ms':>11} {'RTF':>7}" for c in chips)
+             + "  (estimates: pipeline/boards.py)"]
     for precision, info in result.variants.items():
         latency = info.get("estimated_latency")
         if not latency:
             continue
-        esp32, s3 = latency["esp32"], latency["esp32s3"]
-        lines.append(f"{precision:8} {info['macs']:10d} {esp32['ms']:9.1f} {esp32['real_time_factor']:8.4f} "
-                     f"{s3['ms']:12.1f} {s3['real_time_factor']:8.4f}")
+        cells = [f"{latency[c]['ms']:11.1f} {latency[c]['real_time_factor']:7.4f}" if c in latency else f"{'-':>11} {'-':>7}"
+                 for c in chips]
+        lines.append(f"{precision:8} {info['macs']:10d} " + " ".join(cells))
+    lines.append(f"  INT8 on ESP32 / ESP32-C3: {boards.EMULATED_INSTRUCTIONS_PER_MAC['esp_nn']:.1f} instructions per MAC "
+                 "measured in the emulator (ESP-NN C kernels, `make firmware-sim`), at 1 cycle each; ESP32-S3 and "
+                 "float: Espressif's person-detection timings")
     return "\n".join(lines)

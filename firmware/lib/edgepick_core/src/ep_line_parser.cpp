@@ -76,6 +76,7 @@ bool ParseDouble(const char* text, double* out) {
   return true;
 }
 
+// A decimal count or index in [0, kMaxSampleIndex].
 bool ParseUnsigned(const char* text, uint64_t* out) {
   if (*text == '\0') return false;
   uint64_t value = 0;
@@ -84,6 +85,7 @@ bool ParseUnsigned(const char* text, uint64_t* out) {
     const uint64_t digit = static_cast<uint64_t>(*p - '0');
     if (value > (UINT64_MAX - digit) / 10) return false;
     value = value * 10 + digit;
+    if (value > kMaxSampleIndex) return false;
   }
   *out = value;
   return true;
@@ -98,6 +100,12 @@ ParsedLine Error(const char* what, const char* detail) {
     const unsigned char c = static_cast<unsigned char>(*p);
     if (c < 0x20 || c >= 0x7F) *p = '?';
   }
+  return parsed;
+}
+
+ParsedLine ControlError(const char* what, const char* detail) {
+  ParsedLine parsed = Error(what, detail);
+  parsed.control = true;
   return parsed;
 }
 
@@ -117,10 +125,12 @@ ParsedLine ParseLine(const char* line) {
       return parsed;
     }
     if (std::strcmp(fields[0], "t0") == 0) {
-      if (n != 2 || !ParseDouble(fields[1], &parsed.t0)) return Error("#t0 needs one number", n > 1 ? fields[1] : nullptr);
+      if (n != 2 || !ParseDouble(fields[1], &parsed.t0)) return ControlError("#t0 needs one number", n > 1 ? fields[1] : nullptr);
       parsed.kind = LineKind::kT0;
     } else if (std::strcmp(fields[0], "gap") == 0) {
-      if (n != 2 || !ParseUnsigned(fields[1], &parsed.gap)) return Error("#gap needs a sample count", n > 1 ? fields[1] : nullptr);
+      if (n != 2 || !ParseUnsigned(fields[1], &parsed.gap)) {
+        return ControlError("#gap needs a sample count (0 ... 2^48)", n > 1 ? fields[1] : nullptr);
+      }
       parsed.kind = LineKind::kGap;
     } else if (std::strcmp(fields[0], "end") == 0 && n == 1) {
       parsed.kind = LineKind::kEnd;
@@ -140,7 +150,7 @@ ParsedLine ParseLine(const char* line) {
   if (n != 3 && n != 4) return Error(n < 3 ? "too few numbers (need 3, or index + 3)" : "too many numbers (need 3, or index + 3)", nullptr);
   int first = 0;
   if (n == 4) {
-    if (!ParseUnsigned(fields[0], &parsed.index)) return Error("bad sample index", fields[0]);
+    if (!ParseUnsigned(fields[0], &parsed.index)) return Error("bad sample index (0 ... 2^48)", fields[0]);
     first = 1;
   }
   for (int c = 0; c < 3; ++c) {

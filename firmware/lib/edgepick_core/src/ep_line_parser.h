@@ -8,7 +8,9 @@
 //   "#reset"           forget everything, restart at sample 0
 //   "#..." otherwise   a comment, ignored; an empty line is ignored
 // Anything else (non-numeric, wrong count, NaN/inf, too long) is an error line: it is reported and the stream
-// goes on (the sample it stood for is counted as a one-sample gap).
+// goes on; a malformed sample line in a stream without indices is counted as a one-sample gap (the sample it stood
+// for), a malformed control line ("#gap abc", "#t0 nan") stands for no sample and is only reported.
+// Indices and gaps are at most kMaxSampleIndex, so the sample counter never wraps.
 #pragma once
 
 #include <cstddef>
@@ -17,6 +19,7 @@
 namespace edgepick {
 
 constexpr size_t kMaxLineLength = 120;  // characters, without the line end
+constexpr uint64_t kMaxSampleIndex = 1ull << 48;  // ~89,000 years at 100 Hz
 
 // Collects characters into lines; over-long lines are cut off and reported once, at their end.
 class LineReader {
@@ -45,6 +48,7 @@ struct ParsedLine {
   uint64_t gap = 0;     // kGap
   double t0 = 0.0;      // kT0
   char error[96] = {0}; // kError: what was wrong
+  bool control = false;  // kError: the line was a control line ("#..."), not a sample
 };
 
 ParsedLine ParseLine(const char* line);

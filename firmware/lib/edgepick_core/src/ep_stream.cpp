@@ -231,13 +231,15 @@ void StreamPicker::HandleLine(const char* line) {
       Reset();
       Message("info", "reset: next sample is sample 0");
       break;
-    case LineKind::kError:
+    case LineKind::kError: {
       ++stats_.bad_lines;
+      const bool stood_for_a_sample = !indexed_ && !parsed.control;
       std::snprintf(text, sizeof(text), "line %" PRIu64 ": %s, dropped%s", line_number_, parsed.error,
-                    indexed_ ? "" : " (counted as a 1-sample gap)");
+                    stood_for_a_sample ? " (counted as a 1-sample gap)" : "");
       Message("error", text);
-      if (!indexed_) FillGap(1, false);
+      if (stood_for_a_sample) FillGap(1, false);
       break;
+    }
   }
 }
 

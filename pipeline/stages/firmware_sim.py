@@ -1,0 +1,196 @@
+"""``make firmware-sim``: the firmware built for an emulated RV32IMC board (ESP32-C3 class) and run under QEMU.
+
+Reads top to bottom: the generated model (``quantize.firmware_dir``) -> TFLite Micro for rv32imc (cached) -> the
+board's images (reference and ESP-NN kernels) -> the first ``firmware_sim.traces`` traces of a dataset streamed
+through the serial protocol -> the JSON picks, compared with the Python stream reference on the same samples (the
+same flatbuffer in the ``tflite-micro`` interpreter, the pick rule read back from ``model_config.h``) -> a memory
+table and the instructions per window, printed and saved as ``<out>/<board>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline import boards, emulator, tflm, waveforms
+from pipeline.artifacts import atomic_write_text, save_config
+from pipeline.convert import c_array, fp16_pack
+from pipeline.errors import EdgepickError
+from pipeline.picking import PickRule, stream_picks
+from pipeline.serial_protocol import parse_pick_lines, sample_lines
+from pipeline.stages.benchmark import load_labelled, resolve_dataset
+from pipeline.stages.firmware import read_model_config
+
+
+def rule_from_header(values: dict[str, str]) -> PickRule:
+    """The pick rule the firmware was built with, read back from its model_config.h."""
+    def number(name: str) -> float:
+        return float(values[name].rstrip("fu"))
+
+    top = number("EDGEPICK_PICK_TOP_TOLERANCE")
+    blinding = (int(number("EDGEPICK_BLIND_PRE")), int(number("EDGEPICK_BLIND_POST")))
+    return PickRule(p_threshold=number("EDGEPICK_P_THRESHOLD"), s_threshold=number("EDGEPICK_S_THRESHOLD"),
+                    top_tolerance=None if top < 0 else top, top_half_width=int(number("EDGEPICK_PICK_TOP_HALF_WIDTH")),
+                    blinding=blinding, match_tolerance_s=number("EDGEPICK_PICK_TOLERANCE_S"))
+
+
+def model_flatbuffer(model_dir: Path, values: dict[str, str]) -> bytes:
+    """The flatbuffer TFLite Micro runs: model_data.cc's array (FP16-packed models expanded as the firmware does)."""
+    payload = c_array.parse_c_array((model_dir / "model_data.cc").read_text())
+    return fp16_pack.expand_fp16(payload) if values.get("EDGEPICK_MODEL_PACKED_FP16") == "1" else payload
+
+
+def python_picks(waveform: np.ndarray, flatbuffer: bytes, values: dict[str, str], rule: PickRule) -> list[tuple]:
+    """(phase, sample) of the Python stream reference: the firmware's windows, normalisation and picker in
+    pipeline.picking, the model in the tflite-micro interpreter."""
+    picks, _ = stream_picks(waveform, lambda w: tflm.run(flatbuffer, w[None])[0].T,
+                            int(values["EDGEPICK_WINDOW_SAMPLES"]), int(values["EDGEPICK_HOP_SAMPLES"]), rule,
+                            float(values["EDGEPICK_NORM_EPS"].rstrip("f")),
+                            float(values["EDGEPICK_SAMPLING_RATE_HZ"].rstrip("f")))
+    return sorted((p["phase"], int(p["sample"])) for p in picks)
+
+
+def firmware_run(lines: list[str]) -> dict:
+    """What one emulator run printed: picks, instructions per window, messages, its closing measurement."""
+    objects = []
+    for line in lines:
+        if line.startswith("{"):
+            try:
+                objects.append(json.loads(line))
+            except ValueError:
+                pass
+    by_type = {}
+    for obj in objects:
+        by_type.setdefault(obj.get("type"), []).append(obj)
+    return {"picks": sorted((p["phase"], int(p["sample"])) for p in parse_pick_lines(lines)),
+            "instructions": [t["instructions"] for t in by_type.get("timing", [])],
+            "errors": [m.get("msg", "") for m in by_type.get("error", [])],
+            "warnings": [m.get("msg", "") for m in by_type.get("warn", [])],
+            "memory": (by_type.get("memory") or [{}])[0], "info": [m.get("msg", "") for m in by_type.get("info", [])],
+            "emulator": (by_type.get("emulator") or [{}])[-1]}
+
+
+def streamed_traces(config, rate: float) -> list[tuple[str, list, float]]:
+    """(name, gap-free segments [(first sample, (3, m) ZNE)], t0) of what is streamed: one station of
+    ``firmware_sim.mseed``, else the first ``firmware_sim.traces`` traces of a dataset."""
+    s = config.firmware_sim
+    if s.mseed:
+        segments, t0 = waveforms.station_segments(s.mseed, s.station or None, rate)
+        limit, kept = int(s.max_seconds * rate), []
+        for first, data in segments:
+            if first < limit:
+                kept.append((first, data[:, : limit - first]))
+        return [(f"{Path(s.mseed).name}{' ' + s.station if s.station else ''}", kept, t0)]
+    if s.dataset:
+        config.benchmark.dataset = s.dataset
+    folder, split = resolve_dataset(config)
+    traces, metadata, dataset_rate, order = load_labelled(folder, split)
+    if abs(dataset_rate - rate) > 1e-6:
+        raise EdgepickError(f"dataset {folder} is sampled at {dataset_rate:g} Hz, the model at {rate:g} Hz")
+    if order != "ZNE":
+        traces = [w[[order.index(c) for c in "ZNE"]] for w in traces]
+    names = metadata["trace_name"] if "trace_name" in metadata else [str(i) for i in range(len(traces))]
+    return [(str(names[i]), [(0, traces[i])], 0.0) for i in range(min(s.traces, len(traces)))]
+
+
+def memory_table(board: boards.Board, image: dict, first: dict, arena: int) -> list[tuple[str, int, int]]:
+    """(item, bytes, board capacity) rows of the memory table."""
+    stack_used = int(first["emulator"].get("stack_used", 0))
+    ram = image["static_ram_bytes"] + int(first["emulator"].get("internal_allocated", 0)) + stack_used
+    return [("flash: code (firmware, TFLite Micro, libc; no ESP-IDF)", image["code_bytes"], board.app_partition_bytes),
+            ("flash: model", image["model_bytes"], board.app_partition_bytes),
+            ("flash: total", image["flash_bytes"], board.app_partition_bytes),
+            ("RAM: static (.data + .bss)", image["static_ram_bytes"], board.sram_bytes),
+            ("RAM: tensor arena (allocated)", arena, board.sram_bytes),
+            ("RAM: heap allocated (arena + buffers)", int(first["emulator"].get("internal_allocated", 0)), board.sram_bytes),
+            ("RAM: stack high-water", stack_used, board.main_stack_bytes),
+            ("RAM: total", ram, board.sram_bytes)] + (
+        [("PSRAM: allocated (buffers, arena when it does not fit RAM)", int(first["emulator"].get("psram_allocated", 0)),
+          board.psram_bytes)] if board.psram_bytes else [])
+
+
+def run(config) -> dict:
+    s = config.firmware_sim
+    board = boards.get_board(config.board.name)
+    model_dir = Path(config.quantize.firmware_dir)
+    values = read_model_config(model_dir / "model_config.h")
+    rule = rule_from_header(values)
+    flatbuffer = model_flatbuffer(model_dir, values)
+    rate = float(values["EDGEPICK_SAMPLING_RATE_HZ"].rstrip("f"))
+    traces = streamed_traces(config, rate)
+
+    lib = emulator.build_tflm(s.vendor or None)
+    images = emulator.build_firmware(board, model_dir, Path(s.build_dir) / board.name, lib, s.vendor or None)
+    image = emulator.image_memory(images.elf["esp_nn"], board)
+
+    results = {k: [] for k in images.elf}
+    comparisons = []
+    for name, segments, t0 in tqdm(traces, desc=f"emulated {board.name}", unit="trace"):
+        lines = list(sample_lines(segments, t0))
+        for kernels, elf in images.elf.items():
+            status, output = emulator.run_firmware(elf, lines, Path(s.build_dir) / board.name / f"run-{kernels}")
+            outcome = firmware_run(output)
+            if status != 0:
+                raise EdgepickError(f"the emulated firmware ({kernels} kernels) stopped with status {status}: "
+                                    f"{(outcome['errors'] or ['no error line'])[0]}")
+            results[kernels].append(outcome)
+        # gaps are the firmware's to fill or to end a segment at: the Python reference covers gap-free streams
+        reference = python_picks(segments[0][1], flatbuffer, values, rule) if len(segments) == 1 else None
+        comparisons.append({"trace": name, "samples": int(sum(d.shape[1] for _, d in segments)),
+                            "segments": len(segments), "python": reference,
+                            "reference_kernels": results["reference"][-1]["picks"],
+                            "esp_nn_kernels": results["esp_nn"][-1]["picks"]})
+    first = results["esp_nn"][0]
+    arena = int(values["EDGEPICK_ARENA_ALLOC_BYTES"].rstrip("u"))
+    per_window = {k: int(np.median([n for r in runs for n in r["instructions"]])) for k, runs in results.items()}
+    hop_s = int(values["EDGEPICK_HOP_SAMPLES"]) / rate
+    macs = int(values.get("EDGEPICK_MODEL_MACS", "0").rstrip("u"))
+    seconds = {k: n * s.cycles_per_instruction / (board.cpu_mhz * 1e6) for k, n in per_window.items()}
+    report = {
+        "board": board.name, "model_sha256": values["EDGEPICK_MODEL_SHA256"], "precision": values["EDGEPICK_PRECISION"],
+        "isa": "rv32imc", "memory": [{"item": i, "bytes": b, "capacity": c} for i, b, c in
+                                     memory_table(board, image, first, arena)],
+        "instructions_per_window": per_window, "macs_per_window": macs,
+        "instructions_per_mac": {k: round(n / macs, 2) for k, n in per_window.items()} if macs else None,
+        "cycles_per_instruction_assumed": s.cycles_per_instruction,
+        "cpu_mhz": board.cpu_mhz, "seconds_per_window_est": seconds,
+        "real_time_factor_est": {k: v / hop_s for k, v in seconds.items()}, "hop_s": hop_s,
+        "traces": comparisons,
+        "picks_equal": all(c["esp_nn_kernels"] == c["reference_kernels"] and c["python"] in (None, c["esp_nn_kernels"])
+                           for c in comparisons),
+    }
+    out = Path(s.out) / f"{board.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(report, indent=1))
+    save_config(out.parent, config)
+    for warning in dict.fromkeys(w for runs in results.values() for r in runs for w in r["warnings"]):
+        print(f"firmware warning: {warning}")
+    print(format_report(report))
+    print(f"report: {out}")
+    if not report["picks_equal"]:
+        raise EdgepickError(f"the emulated firmware's picks differ from the Python reference (see {out})")
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"emulated firmware: {report['board']} ({report['isa']}), {report['precision']} model "
+             f"{report['model_sha256'][:12]}", f"  {'memory':56} {'bytes':>9} {'of':>9}"]
+    lines += [f"  {m['item']:56} {m['bytes']:9d} {m['capacity']:9d}" for m in report["memory"]]
+    cpi, mhz = report["cycles_per_instruction_assumed"], report["cpu_mhz"]
+    for kernels, n in report["instructions_per_window"].items():
+        per_mac = f" ({report['instructions_per_mac'][kernels]:.1f} per MAC)" if report["instructions_per_mac"] else ""
+        lines.append(f"  {kernels + ' kernels':18} {n / 1e6:6.1f} M instructions per window{per_mac} -> "
+                     f"{report['seconds_per_window_est'][kernels] * 1e3:7.0f} ms at {mhz} MHz, real-time factor "
+                     f"{report['real_time_factor_est'][kernels]:.3f} (estimate: {cpi:g} cycle per instruction)")
+    for c in report["traces"]:
+        kernels_agree = c["esp_nn_kernels"] == c["reference_kernels"]
+        if c["python"] is None:
+            verdict = f"not compared with Python ({c['segments']} segments)"
+        else:
+            verdict = f"{'equal to' if c['python'] == c['esp_nn_kernels'] else 'DIFFERENT from'} the Python reference's {len(c['python'])}"
+        lines.append(f"  {c['trace']} ({c['samples']} samples): {len(c['esp_nn_kernels'])} picks, {verdict}; "
+                     f"the two kernel sets {'agree' if kernels_agree else 'DISAGREE'}")
+    return "\n".join(lines)

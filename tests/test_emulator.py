@@ -1,0 +1,176 @@
+"""The whole firmware cross-built for an emulated RV32IMC board (ESP32-C3 class) and run under qemu-system-riscv32
+(pipeline/emulator.py, firmware/sim): picks equal to the Python stream reference, INT8 tensors bit-exact with the
+Python tflite-micro interpreter, a board too small refused at boot in one whole line, an image too big refused at
+link time naming the region, the instruction count per window recorded. Skips without the Debian toolchain / QEMU
+or without ../shared/vendor (TensorFlow Lite Micro sources); the first run builds TFLite Micro (~5 min on 2
+cores), later runs take it from the cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from pipeline import boards, emulator, tflm
+from pipeline.errors import EdgepickError
+from pipeline.picking import PickRule
+from pipeline.serial_protocol import sample_lines
+
+IN_SAMPLES = 1024  # a short window keeps each emulated Invoke to a few million instructions
+
+
+@pytest.fixture(scope="module")
+def tflm_lib():
+    missing = emulator.missing_tools()
+    if missing:
+        pytest.skip(f"no RISC-V toolchain / QEMU: {', '.join(missing)}")
+    try:
+        emulator.vendor_roots()
+    except EdgepickError as error:
+        pytest.skip(str(error))
+    return emulator.build_tflm()
+
+
+def synthetic_stream(n: int, seed: int = 4) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    x = rng.normal(0, 0.05, (3, n)) + [[4.0], [-2.0], [0.5]]
+    for center, comp, amp in [(500, 0, 3.0), (800, 1, 2.0), (1700, 0, 1.0), (1760, 1, 2.5), (2900, 0, 2.0)]:
+        x[comp] += amp * np.exp(-0.5 * ((t - center) / 10.0) ** 2) * np.sin(t / 2.0)
+    return x.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A real INT8 student of the XiaoNet family converted by the quantize stage, its head scaled so that an
+    untrained network crosses the thresholds often (picks to compare, not skill), written by make quantize's own
+    C-array writer for the ESP32-C3."""
+    torch = pytest.importorskip("torch")
+    from pipeline.convert import c_array, quantize_student
+    from pipeline.normalization import normalize_windows
+    from pipeline.student import XiaoNet
+
+    torch.manual_seed(3)
+    model = XiaoNet(base_channels=2, in_samples=IN_SAMPLES).eval()
+    with torch.no_grad():
+        model.head.weight.mul_(40.0)
+    windows = np.stack([normalize_windows(synthetic_stream(IN_SAMPLES + 300, seed=k)[:, :IN_SAMPLES], 1e-6)
+                        for k in range(8)])
+    result = quantize_student(model, windows, windows[:2], ("int8",))
+    info = dict(result.variants["int8"], hop_samples=IN_SAMPLES // 2, sampling_rate=100.0)
+    budget = boards.check_budget(boards.get_board("esp32c3"), info)
+    out = tmp_path_factory.mktemp("model")
+    c_array.write_firmware(out, result.flatbuffers["int8"], info, PickRule(p_threshold=0.3, s_threshold=0.35), budget,
+                           1e-6)
+    return out, result.flatbuffers["int8"]
+
+
+@pytest.fixture(scope="module")
+def images(tflm_lib, model_dir, tmp_path_factory):
+    return emulator.build_firmware(boards.get_board("esp32c3"), model_dir[0], tmp_path_factory.mktemp("build"),
+                                   tflm_lib, trace_tensors=True)
+
+
+def run_stream(elf, x, tmp_path):
+    status, lines = emulator.run_firmware(elf, list(sample_lines(x)), tmp_path)
+    objects = [json.loads(line) for line in lines if line.startswith("{")]
+    return status, objects, lines
+
+
+def test_picks_equal_python_reference_and_tensors_bit_exact(images, model_dir, tmp_path):
+    from pipeline.stages.firmware import read_model_config
+    from pipeline.stages.firmware_sim import firmware_run, python_picks, rule_from_header
+
+    folder, flatbuffer = model_dir
+    values = read_model_config(folder / "model_config.h")
+    x = synthetic_stream(3300)
+    reference = python_picks(x, flatbuffer, values, rule_from_header(values))
+    assert len(reference) >= 3
+    interpreter, _, err = tflm.load(flatbuffer, tflm.MAX_ARENA)
+    assert interpreter is not None, err
+    counts = {}
+    for kernels, elf in images.elf.items():
+        status, objects, lines = run_stream(elf, x, tmp_path / kernels)
+        assert status == 0, lines[-5:]
+        assert firmware_run(lines)["picks"] == reference, kernels
+        tensors = {}
+        for o in objects:
+            if o["type"] == "tensor":
+                tensors.setdefault(o["window"], {}).update(o)
+        assert len(tensors) == len(range(0, x.shape[1] - IN_SAMPLES + 1, IN_SAMPLES // 2)) + 1
+        for t in tensors.values():  # the firmware's own int8 input, run by the Python tflite-micro interpreter
+            window = np.frombuffer(bytes.fromhex(t["input"]), dtype=np.int8).reshape(1, IN_SAMPLES, 1, 3)
+            interpreter.set_input(window, 0)
+            interpreter.invoke()
+            expected = np.asarray(interpreter.get_output(0), dtype=np.int8).ravel()
+            assert np.array_equal(np.frombuffer(bytes.fromhex(t["output"]), dtype=np.int8), expected), kernels
+        counts[kernels] = [o["instructions"] for o in objects if o["type"] == "timing"]
+        assert objects[-1]["type"] == "emulator" and 0 < objects[-1]["stack_used"] < objects[-1]["stack_size"]
+    # the instruction count per window is recorded, exact and repeatable; ESP-NN's kernels need fewer
+    assert all(n > 1e5 for n in counts["esp_nn"]) and np.median(counts["esp_nn"]) < np.median(counts["reference"])
+    _, again, _ = run_stream(images.elf["esp_nn"], x, tmp_path / "again")
+    assert [o["instructions"] for o in again if o["type"] == "timing"] == counts["esp_nn"]
+
+
+def test_board_too_small_is_refused_at_boot_in_one_whole_line(tflm_lib, model_dir, tmp_path):
+    # static data and stack fit, the arena and buffers do not: PlanMemory refuses before allocating anything
+    small = dataclasses.replace(boards.get_board("esp32c3"), name="esp32c3-small", sram_bytes=64 * 1024)
+    built = emulator.build_firmware(small, model_dir[0], tmp_path / "build", tflm_lib)
+    status, objects, lines = run_stream(built.elf["esp_nn"], synthetic_stream(1200), tmp_path / "run")
+    assert status == 1
+    errors = [o["msg"] for o in objects if o["type"] == "error"]
+    assert len(errors) == 1 and errors[0].startswith("does not fit in internal RAM") and errors[0].endswith("smaller model")
+    assert not [o for o in objects if o["type"] in ("pick", "timing")]
+
+
+def test_image_too_big_fails_at_link_time_naming_the_region(tflm_lib, model_dir, tmp_path):
+    tiny = dataclasses.replace(boards.get_board("esp32c3"), name="esp32c3-tiny-flash", app_partition_bytes=64 * 1024)
+    with pytest.raises(EdgepickError, match=r"does not fit board esp32c3-tiny-flash .*region flash overflowed by \d+ bytes"):
+        emulator.build_firmware(tiny, model_dir[0], tmp_path / "build", tflm_lib)
+
+
+def test_resolver_registers_exactly_the_models_ops(model_dir):
+    from pipeline.convert import c_array
+
+    header = (model_dir[0] / "model_ops.h").read_text()
+    ops = tflm.op_counts(model_dir[1])
+    assert f"kEdgepickModelOpCount = {len(ops)};" in header
+    assert sorted(header.count(f"resolver.{c_array.resolver_method(op)}()") for op in ops) == [1] * len(ops)
+    try:
+        tflm_root, _ = emulator.vendor_roots()
+    except EdgepickError as error:
+        pytest.skip(str(error))
+    resolver = (tflm_root / "tensorflow/lite/micro/micro_mutable_op_resolver.h").read_text()
+    for op in ops:  # every method the header calls exists in TFLite Micro 1.3.4
+        assert f"TfLiteStatus {c_array.resolver_method(op)}(" in resolver, op
+
+
+def test_stage_streams_a_dataset_and_reports(images, model_dir, tmp_path, capsys):
+    """`make firmware-sim` itself: the data stage's synthetic traces through the emulated firmware, picks compared with
+    Python, the memory table and the instruction counts in its report."""
+    from pipeline.config import Config
+    from pipeline.stages import data, firmware_sim
+
+    config = Config()
+    config.set("data.out", str(tmp_path / "data"))
+    config.set("data.synthetic.n_traces", 3)
+    config.set("data.synthetic.trace_seconds", 40.0)
+    data.run(config)
+    for key, value in (("quantize.firmware_dir", str(model_dir[0])), ("board.name", "esp32c3"),
+                       ("firmware_sim.dataset", str(tmp_path / "data")), ("firmware_sim.traces", 2),
+                       ("firmware_sim.build_dir", str(tmp_path / "build")), ("firmware_sim.out", str(tmp_path / "out"))):
+        config.set(key, value)
+    report = firmware_sim.run(config)
+    assert report["picks_equal"] and len(report["traces"]) == 2
+    assert json.loads((tmp_path / "out" / "esp32c3.json").read_text())["instructions_per_window"] == report["instructions_per_window"]
+    rows = {m["item"].split(" (")[0]: m for m in report["memory"]}
+    assert 0 < rows["RAM: total"]["bytes"] <= rows["RAM: total"]["capacity"] == boards.get_board("esp32c3").sram_bytes
+    assert rows["flash: model"]["bytes"] == len(model_dir[1])
+    assert report["instructions_per_window"]["esp_nn"] < report["instructions_per_window"]["reference"]
+    assert "instructions per window" in capsys.readouterr().out
+
+    config.set("quantize.firmware_dir", str(tmp_path / "no-model"))
+    with pytest.raises(EdgepickError, match="run `make quantize` first"):
+        firmware_sim.run(config)
