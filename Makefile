@@ -78,6 +78,8 @@ demo: $(STAMP) ## every stage on the embedded synthetic default (configs/demo.ya
 	$(MAKE) --no-print-directory qat CONFIG=configs/demo.yaml
 	$(MAKE) --no-print-directory quantize CONFIG=configs/demo.yaml
 	$(MAKE) --no-print-directory benchmark CONFIG=configs/demo.yaml
+	@echo "demo made: data/synthetic (dataset), models/student (distilled), models/student_qat (QAT),"
+	@echo "  models/tflite (FP32/FP16/INT8), firmware/src/model (the firmware's model), the report printed above"
 
 # The real-data student (configs/real-data.yaml): the three datasets, then distill, qat, quantize and the benchmark
 # on every real labelled set in ../shared/datasets. TRANSFER: the continuous miniSEED the teacher labels.
@@ -91,7 +93,7 @@ recipe: $(STAMP) ## the real-data student (configs/real-data.yaml) and its bench
 	$(MAKE) --no-print-directory qat CONFIG=configs/real-data.yaml
 	$(MAKE) --no-print-directory quantize CONFIG=configs/real-data.yaml
 	$(foreach set,$(REAL_SETS),$(MAKE) --no-print-directory benchmark CONFIG=configs/real-data.yaml \
-		DATASET=$(dir $(set)) SET='benchmark.out=reports/$(notdir $(patsubst %/,%,$(dir $(set))))' &&) true
+		DATASET=$(dir $(set)) SET='benchmark.name=$(notdir $(patsubst %/,%,$(dir $(set))))' &&) true
 
 teacher: $(STAMP) ## optional: fine-tune the pretrained TEACHER on a labelled DATASET (models/teacher; then TEACHER=phasenet:models/teacher)
 	$(edgepick) teacher $(config_flag) $(teacher_flags) $(set_flags)
@@ -133,7 +135,7 @@ monitor: $(STAMP) ## open the board's serial console (pio device monitor; picks 
 benchmark-data: $(STAMP) ## data-stage figures: synthetic generation time, generator throughput, teacher F1
 	$(PY) scripts/benchmark_data.py $(config_flag) $(set_flags)
 
-benchmark: $(STAMP) ## teacher vs student (PyTorch, TFLite Micro FP32/FP16/INT8) on DATASET: reports/benchmark.{md,json,png}
+benchmark: $(STAMP) ## teacher vs student (PyTorch, TFLite Micro FP32/FP16/INT8) on DATASET: reports/<dataset>__<student>/benchmark.{md,json,png}
 	$(edgepick) benchmark $(config_flag) $(benchmark_flags) $(set_flags)
 
 clean: ## remove produced artifacts (data/, models/, reports/), keeping .venv

@@ -1,45 +1,134 @@
-"""Atomic writes: an artifact is either complete or absent, never half-written."""
+"""Atomic writes: an artifact is either complete or absent, never half-written.
+
+A temporary sibling (``.<name>.<host>-<pid>.<random>.tmp``) is filled and renamed onto the target. Its name says
+which process made it, so the next write into the same place removes the temporaries of processes that died
+(``kill -9``) and leaves running ones alone. Folder swaps take a lock file beside the target, so two writers
+finishing together each replace the target whole (the last one wins) instead of failing half-way. Permissions
+follow the umask, as files made with ``open`` do (``tempfile`` would make them owner-only).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import re
 import shutil
+import socket
+import sys
 import tempfile
 from pathlib import Path
+
+from pipeline.errors import EdgepickError
+
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:32] or "host"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _owner_tag() -> str:
+    return f"{_HOST}-{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: str | Path, say=None) -> list[Path]:
+    """Remove the temporaries of ``target`` left by dead processes of this host; returns what was removed."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.{re.escape(_HOST)}-(\d+)\.[^.]+\.tmp$")
+    removed = []
+    for path in target.parent.iterdir():
+        match = pattern.match(path.name)
+        if not match or _alive(int(match.group(1))):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        removed.append(path)
+        (say or (lambda line: print(line, file=sys.stderr)))(
+            f"removed {path}, left by process {match.group(1)} that ended before finishing it")
+    return removed
+
+
+@contextlib.contextmanager
+def _lock(target: Path):
+    with open(target.with_name(f".{target.name}.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _fs_error(action: str, path: Path, error: OSError) -> EdgepickError:
+    return EdgepickError(f"cannot {action} {path}: {error.strerror or error}")
 
 
 @contextlib.contextmanager
 def atomic_dir(target: str | Path):
     """Yield a temporary sibling folder; on success it replaces ``target`` in one rename, on error it is removed."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{_owner_tag()}.", suffix=".tmp", dir=target.parent))
+        tmp.chmod(0o777 & ~_umask())
+    except OSError as error:
+        raise _fs_error("create a folder beside", target, error) from None
     try:
         yield tmp
+        with _lock(target):
+            old = None
+            if target.exists():
+                old = target.with_name(f".{target.name}.{_owner_tag()}.old.tmp")
+                shutil.rmtree(old, ignore_errors=True)
+                target.rename(old)
+            tmp.rename(target)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _fs_error("write", target, error) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-    tmp.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def atomic_file(target: str | Path, mode: str = "wb"):
     """Yield an open temporary file beside ``target``; it is renamed onto ``target`` only if the block succeeds."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(target)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{_owner_tag()}.", suffix=".tmp", dir=target.parent)
+        os.fchmod(fd, 0o666 & ~_umask())
+    except OSError as error:
+        raise _fs_error("create a file beside", target, error) from None
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
         os.replace(tmp, target)
+    except OSError as error:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise _fs_error("write", target, error) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+import warnings
 
 from pipeline.config import Config
 from pipeline.errors import EdgepickError
@@ -43,9 +45,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _not_about_our_temporaries(record: logging.LogRecord) -> bool:
+    # SeisBench's writer, interrupted, says it "saved current progress" to files in edgepick's temporary folder,
+    # which atomic_dir deletes right after: edgepick's own line says what is kept.
+    return "Saved current progress to" not in record.getMessage()
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """A user sees edgepick's own lines; ``-v`` shows the libraries' too. SeisBench logs through its own handler
+    (its warnings came twice, once more through the root logger) and warns of what edgepick already reports
+    (output component order, the download precheck before a missing-weights error); TensorFlow's C++ logging is
+    set before it is imported."""
+    seisbench_logger = logging.getLogger("seisbench")
+    seisbench_logger.propagate = False
+    if not verbose:
+        seisbench_logger.setLevel(logging.ERROR)
+        seisbench_logger.addFilter(_not_about_our_temporaries)
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        logging.getLogger("absl").setLevel(logging.ERROR)
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match the expected structure")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    quiet_libraries(args.verbose)
     try:
         config = Config.load(args.config, args.overrides)
         if args.print_config:

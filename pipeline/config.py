@@ -264,6 +264,9 @@ class BenchmarkConfig:
     # "path:split" = one split; a folder without metadata.csv = continuous miniSEED (agreement with the teacher only)
     dataset: str = ""
     out: str = "reports"
+    # the report's folder under out: "" = one per dataset and student, "<dataset>[_<split>]__<student>", so that a
+    # benchmark of other data or another student never replaces this one
+    name: str = ""
     # P and S trigger threshold of every model; None: each model's own (the student's saved pick rule; the teachers
     # at pipeline.picking.PickRule's default, SeisBench classify's 0.3 of the reference table)
     threshold: float | None = None

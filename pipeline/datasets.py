@@ -215,10 +215,29 @@ def open_dataset(path: str | Path, sampling_rate: float | None = 100.0, **kwargs
         rates = dataset.metadata["trace_sampling_rate_hz"].unique()
         if len(rates) != 1 or abs(float(rates[0]) - sampling_rate) > 1e-6:
             raise EdgepickError(
-                f"dataset {path}: sampling rate {sorted(rates)} Hz, expected {sampling_rate} Hz "
+                f"dataset {path}: sampling rate {hz(rates)} Hz, expected {hz([sampling_rate])} Hz "
                 "(re-run the data stage, which resamples with an anti-alias filter)"
             )
     return dataset
+
+
+def hz(rates) -> str:
+    """Sampling rates as a message shows them: sorted plain numbers ("40, 100"), never numpy reprs."""
+    return ", ".join(f"{float(rate):g}" for rate in sorted({float(rate) for rate in rates}))
+
+
+def one_line(text: object, limit: int = 200) -> str:
+    """``text`` (an exception: "Type: message") on one line; past ``limit`` characters it is cut at a word boundary,
+    with an ellipsis."""
+    if isinstance(text, BaseException):
+        text = f"{type(text).__name__}: {text}"
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 3]
+    if " " in cut and text[limit - 3] != " ":
+        cut = cut.rsplit(" ", 1)[0]
+    return cut.rstrip(" ,;:") + "..."
 
 
 def _isnan(value: object) -> bool:

@@ -22,7 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.datasets import open_dataset
+from pipeline.datasets import hz, open_dataset
 from pipeline.errors import EdgepickError
 from pipeline.teachers import Teacher, TeacherMember, local_weights_version, parse_teacher_spec, to_distribution
 
@@ -81,7 +81,7 @@ def _header_matches(attrs, expected: dict) -> bool:
 def _dataset_rate_and_order(dataset) -> tuple[float, str]:
     rates = dataset.metadata["trace_sampling_rate_hz"].unique() if len(dataset) else [100.0]
     if len(rates) != 1:
-        raise EdgepickError(f"dataset {dataset.path}: mixed sampling rates {sorted(rates)}; re-run the data stage")
+        raise EdgepickError(f"dataset {dataset.path}: mixed sampling rates {hz(rates)} Hz; re-run the data stage")
     return float(rates[0]), str(dataset.component_order)
 
 

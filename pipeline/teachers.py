@@ -180,6 +180,9 @@ def load_model(member: TeacherMember):
         model = cls.from_pretrained(member.weights)
     except (requests.RequestException, ConnectionError, ValueError, OSError) as error:
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        host = re.search(r"host='([^']+)'", detail)
+        if host and ("NameResolution" in detail or "Max retries" in detail):
+            detail = f"no connection to {host.group(1)}"  # the rest of urllib3's chain says nothing more
         raise EdgepickError(
             f"teacher weights {member.spec!r} are not in SEISBENCH_CACHE_ROOT={_cache_root()} "
             f"(models/v3/{cls.__name__.lower()}/{member.weights}.pt.v*) and could not be downloaded "

@@ -44,7 +44,8 @@ def read_files(paths: Iterable[Path], unreadable: dict[str, str], **read_args) -
         try:
             part = obspy.read(str(path), **read_args)
         except Exception as error:  # noqa: BLE001 - not miniSEED, truncated, permissions: obspy raises many kinds
-            unreadable[Path(path).name] = " ".join(f"{type(error).__name__}: {error}".split())[:120]
+            reason = " ".join(f"{type(error).__name__}: {error}".split())  # one line, cut at a word if long
+            unreadable[Path(path).name] = reason if len(reason) <= 200 else reason[:197].rsplit(" ", 1)[0] + "..."
             continue
         stream.extend([t for t in part if t.stats.npts or read_args.get("headonly")])
     return stream

@@ -2,6 +2,7 @@
 dataset with tiny untrained models (PyTorch and TFLite Micro), continuous miniSEED, and bad input."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import obspy
@@ -173,10 +174,12 @@ def test_curve_picks_equal_seisbench_classify():
 
 # ---------------------------------------------------------------------------------------------- the stage
 def test_stage_writes_reports_with_documented_fields(models, dataset, fake_teacher, tmp_path, capsys):
-    out = tmp_path / "reports"
-    report = benchmark_stage.run(config_for(models, f"{dataset}:train", out))
+    report = benchmark_stage.run(config_for(models, f"{dataset}:train", tmp_path / "reports"))
     printed = capsys.readouterr().out
     assert "skipping TFLite int8" in printed
+    # a folder per dataset and student, its path printed
+    out = tmp_path / "reports" / f"{dataset.name}_train__student"
+    assert report["folder"] == str(out) and f"report: {out / 'benchmark.md'}" in printed
     for name in ("benchmark.md", "benchmark.json", "benchmark_residuals.png", "benchmark_pr.png"):
         assert (out / name).is_file(), name
     data = json.loads((out / "benchmark.json").read_text())
@@ -207,6 +210,18 @@ def test_stage_writes_reports_with_documented_fields(models, dataset, fake_teach
         assert by[("tflm", "fp32", phase, 0.5)]["n_picks"] == by[("pytorch", "fp32", phase, 0.5)]["n_picks"]
 
 
+def test_a_second_benchmark_keeps_the_first_report(models, dataset, fake_teacher, tmp_path):
+    first = benchmark_stage.run(config_for(models, f"{dataset}:train", tmp_path / "r"))
+    write_miniseed(tmp_path / "mseed")
+    second = benchmark_stage.run(config_for(models, str(tmp_path / "mseed"), tmp_path / "r"))
+    assert first["folder"] != second["folder"]
+    assert json.loads((Path(first["folder"]) / "benchmark.json").read_text())["dataset"]["kind"] == "labelled"
+    config = config_for(models, f"{dataset}:train", tmp_path / "r")
+    config.set("benchmark.name", "mine")  # or a name the user gives
+    assert benchmark_stage.run(config)["folder"] == str(tmp_path / "r" / "mine")
+    assert (tmp_path / "r" / "mine" / "benchmark.md").is_file() and (Path(first["folder"]) / "benchmark.md").is_file()
+
+
 def test_dataset_without_picks_is_agreement_only(models, dataset, fake_teacher, tmp_path):
     import shutil
 
@@ -220,7 +235,7 @@ def test_dataset_without_picks_is_agreement_only(models, dataset, fake_teacher, 
     report = benchmark_stage.run(config_for(models, str(unlabelled), tmp_path / "r"))
     assert report["dataset"]["agreement_only"] and report["protocol2"] == []
     assert {r["reference"] for r in report["records"]} == {"teacher"}
-    assert "Agreement-only" in (tmp_path / "r" / "benchmark.md").read_text()
+    assert "Agreement-only" in (Path(report["folder"]) / "benchmark.md").read_text()
 
 
 def write_miniseed(folder, rate=100.0, seconds=120):
@@ -241,7 +256,7 @@ def test_continuous_miniseed_reports_agreement_and_picks_per_hour(models, fake_t
     assert report["dataset"]["hours"] == pytest.approx(120 / 3600)
     teacher = [r for r in report["records"] if r["model"] == "teacher"]
     assert teacher and all(r["picks_per_hour"] is not None for r in teacher)
-    assert "no analyst labels" in (tmp_path / "r" / "benchmark.md").read_text()
+    assert "no analyst labels" in (Path(report["folder"]) / "benchmark.md").read_text()
 
 
 def test_bad_input_is_one_clear_error(models, dataset, fake_teacher, tmp_path):

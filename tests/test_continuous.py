@@ -162,3 +162,51 @@ def test_sub_sample_offset_across_midnight(tmp_path):
         block = UTCDateTime(metadata["source_id"].split(":", 1)[1])
         start = UTCDateTime(metadata["trace_start_time"])
         assert block <= start and start + 5999 / 100 < block + config.miniseed.group_seconds
+
+
+def test_two_station_hours_warn_of_empty_splits(tmp_path, capsys):
+    """Two station-hours are two split groups: written all the same, with one warning naming the empty split(s)."""
+    from pipeline.config import Config
+    from pipeline.stages import data
+
+    root = tmp_path / "hours"
+    root.mkdir()
+    for sta in ("A", "B"):
+        for channel in ("HHZ", "HHN", "HHE"):
+            write(root / f"{sta}.{channel}.mseed", "XX", sta, channel, 100.0, 0, 3600)
+    config = Config()
+    config.data = config_for(root, tmp_path, hop_seconds=60.0, group_seconds=3600.0)
+    report = data.run(config)
+    assert report["traces"] == 120 and sum(split["events"] for split in report["splits"].values()) == 2
+    empty = [name for name, split in report["splits"].items() if not split["traces"]]
+    assert "dev" in empty or "test" in empty
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1
+    for name in ("train", "dev", "test"):
+        assert (repr(name) in warnings[0]) == (name in empty)
+    assert "2 groups" in warnings[0] and "data.miniseed.group_seconds" in warnings[0]
+    assert "data.split_fractions" in warnings[0]
+
+
+def test_unreadable_reason_is_whole_or_cut_at_a_word(tmp_path, monkeypatch):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk/a.mseed").write_bytes(b"\x00" * 100)
+    with pytest.raises(EdgepickError, match="none of the 1 files") as info:
+        source_records(config_for(tmp_path / "junk", tmp_path))
+    # obspy's reason fits on one line: kept whole, not cut mid-word at 120 characters
+    assert str(info.value).endswith("The passed buffer or file contains only 100.)")
+
+    from pipeline import waveforms
+
+    words = " ".join(f"word{i}" for i in range(100))
+
+    def failing(*args, **kwargs):
+        raise ValueError(words)
+
+    monkeypatch.setattr(waveforms.obspy, "read", failing)
+    unreadable = {}
+    waveforms.read_files([tmp_path / "junk/a.mseed"], unreadable)
+    reason = unreadable["a.mseed"]
+    assert len(reason) <= 200 and reason.endswith("...") and "\n" not in reason
+    kept = reason[: -len("...")]
+    assert f"ValueError: {words}".startswith(kept) and f"ValueError: {words}"[len(kept)] == " "  # a whole word

@@ -155,6 +155,21 @@ def test_open_dataset_explains_broken_folders(small_dataset, tmp_path):
         open_dataset(small_dataset, sampling_rate=50.0)
 
 
+def test_mixed_sampling_rates_print_plain_numbers(tmp_path):
+    """A folder not written by the data stage (40 and 100 Hz traces): the refusal names the rates as numbers."""
+    path = tmp_path / "mixed"
+    path.mkdir()
+    with sbd.WaveformDataWriter(path / "metadata.csv", path / "waveforms.hdf5") as writer:
+        writer.data_format = {"dimension_order": "CW", "component_order": "ZNE"}
+        for i, rate in enumerate((40.0, 100.0, 100.0)):
+            writer.add_trace({"trace_name": f"t{i}", "trace_sampling_rate_hz": rate}, np.ones((3, 4000)))
+    with pytest.raises(EdgepickError, match="sampling rate") as info:
+        open_dataset(path, sampling_rate=100.0)
+    message = str(info.value)
+    assert "sampling rate 40, 100 Hz, expected 100 Hz" in message
+    assert "np." not in message and "float64" not in message
+
+
 def test_training_windows_hold_labels(small_dataset):
     dataset = generators.load_for_training(small_dataset)
     generator = generators.training_generator(dataset, in_samples=3001)

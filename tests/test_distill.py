@@ -198,3 +198,116 @@ def test_bad_worker_count_fails_before_anything_is_written(labelled, tmp_path):
     assert not out.exists()
     after = sorted((labelled / "soft_labels").glob("*")) if (labelled / "soft_labels").exists() else []
     assert after == before  # no soft labels built either
+
+
+# issue 17: a diverged epoch is never saved; a resume applies or refuses changed settings; a corrupt file is one line
+
+def test_diverged_epoch_is_saved_neither_as_best_student_nor_as_checkpoint(labelled, tmp_path):
+    """learning_rate=1e6: epoch 1's losses stay finite (1e9 train, 1e13 dev) but every BatchNorm running_var is inf."""
+    out = tmp_path / "run"
+    with pytest.raises(EdgepickError, match="non-finite") as info:
+        distill.run(tiny_config(labelled, out, epochs=2, learning_rate=1e6))
+    assert "running_var" in str(info.value) and "no checkpoint was saved" in str(info.value)
+    assert not (out / "checkpoint.pt").exists() and not (out / "student").exists()
+
+
+def test_divergence_on_resume_keeps_the_finite_checkpoint_and_student(labelled, tmp_path):
+    out = tmp_path / "run"
+    distill.run(tiny_config(labelled, out, epochs=1))
+    good, student = (out / "checkpoint.pt").read_bytes(), (out / "student" / "student.pt").read_bytes()
+    with pytest.raises(EdgepickError, match="non-finite.*the last good checkpoint in .* is kept"):
+        distill.run(tiny_config(labelled, out, epochs=2, learning_rate=1e6, resume=True))
+    assert (out / "checkpoint.pt").read_bytes() == good
+    assert (out / "student" / "student.pt").read_bytes() == student
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
+
+
+def test_non_finite_buffers_are_never_written_nor_resumed_from(labelled, tmp_path):
+    from pipeline import training
+    from pipeline.student import build_student
+
+    config = tiny_config(labelled, tmp_path / "run", epochs=1)
+    model = build_student(config.student)
+    model.enc1.bn.running_var.fill_(float("inf"))  # a buffer, not a parameter
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    with pytest.raises(EdgepickError, match="non-finite values in enc1.bn.running_var"):
+        training.save_checkpoint(tmp_path / "checkpoint.pt", model, optimizer, schedule, {"epoch": 1}, config)
+    with pytest.raises(EdgepickError, match="non-finite"):
+        training.save_model(model, tmp_path, "student")
+    assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "student").exists()
+    # a checkpoint with inf in it (as saved before this was refused) is not resumed from
+    (tmp_path / "run").mkdir()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "state": {"epoch": 1}, "config": config.to_dict(), "torch_rng": torch.get_rng_state(),
+                "numpy_rng": np.random.get_state()}, tmp_path / "run" / "checkpoint.pt")
+    with pytest.raises(EdgepickError, match="holds non-finite weights"):
+        distill.run(tiny_config(labelled, tmp_path / "run", epochs=2, resume=True))
+
+
+def test_resume_applies_a_new_learning_rate_and_epochs_and_says_so(labelled, tmp_path, capsys):
+    from pipeline.training import warmup_cosine
+
+    out = tmp_path / "run"
+    distill.run(tiny_config(labelled, out, epochs=1, learning_rate=1e-3))
+    capsys.readouterr()
+    state = distill.run(tiny_config(labelled, out, epochs=2, learning_rate=1e-4, resume=True))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("resume:")]
+    assert len(lines) == 1, lines
+    assert "distill.learning_rate 0.001 -> 0.0001" in lines[0] and "distill.epochs 1 -> 2" in lines[0]
+    steps = 64 // 16 * 2
+    assert state["history"][-1]["lr"] == pytest.approx(1e-4 * warmup_cosine(steps, steps))  # not 1e-3 x ...
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert checkpoint["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(1e-4)
+    assert checkpoint["schedule"]["base_lrs"] == pytest.approx([1e-4])
+
+
+def test_resume_refuses_another_student_dataset_or_teacher_naming_them(labelled, tmp_path):
+    out = tmp_path / "run"
+    distill.run(tiny_config(labelled, out, epochs=1))
+    saved = (out / "checkpoint.pt").read_bytes()
+    other_student = tiny_config(labelled, out, epochs=2, resume=True)
+    other_student.student.base_channels = 3
+    with pytest.raises(EdgepickError, match="student.base_channels 2 -> 3"):
+        distill.run(other_student)
+    with pytest.raises(EdgepickError, match="distill.dataset"):
+        distill.run(tiny_config(tmp_path / "other", out, epochs=2, resume=True))
+    other_teacher = tiny_config(labelled, out, epochs=2, resume=True, alpha=0.5)
+    other_teacher.teacher.name = "eqtransformer:original"
+    with pytest.raises(EdgepickError, match="teacher.name") as info:
+        distill.run(other_teacher)
+    assert "distill.alpha 0.0 -> 0.5" in str(info.value) and "\n" not in str(info.value)
+    assert (out / "checkpoint.pt").read_bytes() == saved
+
+
+@pytest.mark.parametrize("content", [
+    np.random.default_rng(0).bytes(4096),  # torch: UnpicklingError
+    b"\x80\x02\x8e" + (2**62).to_bytes(8, "little") + bytes(64),  # a pickle claiming 4 EiB: MemoryError with no text
+], ids=["random", "huge-length"])
+def test_checkpoint_of_random_bytes_is_one_clear_line(labelled, tmp_path, content):
+    out = tmp_path / "run"
+    out.mkdir()
+    checkpoint = out / "checkpoint.pt"
+    checkpoint.write_bytes(content)
+    with pytest.raises(EdgepickError, match="not a valid torch checkpoint") as info:
+        distill.run(tiny_config(labelled, out, epochs=1, resume=True))
+    message = str(info.value)
+    assert str(checkpoint) in message and "delete it" in message and "without --resume" in message
+    assert "MemoryError" not in message and "Unpickling" not in message and "\n" not in message  # not torch's text
+    assert checkpoint.read_bytes() == content
+
+
+def test_saved_student_of_random_bytes_is_one_clear_line(labelled, tmp_path):
+    from pipeline import training
+    from pipeline.student import build_student
+
+    config = tiny_config(labelled, tmp_path / "run", epochs=1)
+    training.save_model(build_student(config.student), tmp_path / "saved", "student")
+    weights = tmp_path / "saved" / "student" / "student.pt"
+    weights.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(EdgepickError, match="not a valid student checkpoint") as info:
+        distill.run(tiny_config(labelled, tmp_path / "run", epochs=1, init_from=str(tmp_path / "saved")))
+    message = str(info.value)
+    assert str(weights) in message and "delete it" in message
+    assert "MemoryError" not in message and "Unpickling" not in message and "\n" not in message

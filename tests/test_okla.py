@@ -16,8 +16,9 @@ RATE = 100.0
 SAMPLES = 12000  # 120 s
 
 
-def fake_okla(folder, n_events=10, per_event=4, source_id=True, drop=()):
-    """OKLA_1Mil_120s_Ver_3-like: 120 s, 100 Hz, ZNE, CW, counts, P near sample 6000, per-trace own split."""
+def fake_okla(folder, n_events=10, per_event=4, source_id=True, drop=(), short_events=(), short_samples=2500):
+    """OKLA_1Mil_120s_Ver_3-like: 120 s, 100 Hz, ZNE, CW, counts, P near sample 6000, per-trace own split; the
+    traces of ``short_events`` hold ``short_samples`` samples (P and S at 1000 and 1400)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1)
     with sbd.WaveformDataWriter(folder / "metadata.csv", folder / "waveforms.hdf5") as writer:
@@ -45,7 +46,11 @@ def fake_okla(folder, n_events=10, per_event=4, source_id=True, drop=()):
                     row["source_id"] = f"ok{e:04d}"
                 for column in drop:
                     row.pop(column, None)
-                writer.add_trace(row, (rng.normal(size=(3, SAMPLES)) * 1000).astype(np.int32))
+                samples = SAMPLES
+                if e in short_events:
+                    samples = short_samples
+                    row["trace_p_arrival_sample"], row["trace_s_arrival_sample"] = 1000 + s, 1400 + s
+                writer.add_trace(row, (rng.normal(size=(3, samples)) * 1000).astype(np.int32))
     return folder
 
 
@@ -181,3 +186,53 @@ def test_found_in_the_seisbench_cache_without_a_path(tmp_path, monkeypatch):
     config = DataConfig(source="okla")
     config.okla.path = ""
     assert source_records(config)[1] == 8
+
+
+def data_stage(folder, tmp_path, **data):
+    from pipeline.config import Config
+
+    config = Config()
+    config.data = DataConfig(source="okla", out=str(tmp_path / "out"), **data)
+    config.data.okla.path = str(folder)
+    return config
+
+
+def test_data_stage_skips_traces_shorter_than_the_student_window(tmp_path):
+    """OKLA traces cut short (2500 samples) cannot hold the student's 3001-sample window: skipped and counted."""
+    import json
+
+    from pipeline.datasets import REPORT_NAME
+    from pipeline.stages import data
+
+    folder = fake_okla(tmp_path / "okla", short_events=(2, 7))
+    report = data.run(data_stage(folder, tmp_path))
+    assert report["traces"] == 32
+    assert report["skipped"] == {"too short (2500 samples, need 3001)": 8}
+    assert json.loads((tmp_path / "out" / REPORT_NAME).read_text())["skipped"] == report["skipped"]
+    meta = sbd.WaveformDataset(tmp_path / "out").metadata
+    assert (meta["trace_npts"] == SAMPLES).all() and meta["source_id"].nunique() == 8
+
+
+def test_data_stage_warns_of_empty_splits(tmp_path, capsys):
+    """Two events fill at most two splits: the data stage writes them and says which split is empty and what to do."""
+    from pipeline.stages import data
+
+    folder = fake_okla(tmp_path / "okla", n_events=2)
+    report = data.run(data_stage(folder, tmp_path))
+    empty = [name for name, split in report["splits"].items() if not split["traces"]]
+    assert empty and report["traces"] == 8
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1
+    for name in ("train", "dev", "test"):
+        assert (repr(name) in warnings[0]) == (name in empty)
+    assert "empty" in warnings[0] and "data.split_fractions" in warnings[0] and "more events" in warnings[0]
+    assert sbd.WaveformDataset(tmp_path / "out").metadata.shape[0] == 8  # written all the same
+
+
+def test_data_stage_is_quiet_when_every_split_has_traces(tmp_path, capsys):
+    from pipeline.stages import data
+
+    folder = fake_okla(tmp_path / "okla", n_events=10)
+    report = data.run(data_stage(folder, tmp_path, seed=3))
+    assert all(split["traces"] for split in report["splits"].values())
+    assert "warning:" not in capsys.readouterr().out

@@ -47,3 +47,16 @@ def test_quantization_aware_fine_tuning_starts_from_a_saved_student(labelled, tm
     wrong.student.base_channels = 3
     with pytest.raises(EdgepickError, match="architecture differs"):
         distill.run(wrong)
+
+
+def test_quantization_aware_fine_tuning_that_diverges_saves_nothing(labelled, tmp_path):  # noqa: F811
+    """make qat runs distill's loop (pipeline/stages/qat.py), so a diverged epoch is not kept there either."""
+    from pipeline.stages import qat
+
+    distill.run(tiny_config(labelled, tmp_path / "float", epochs=1))
+    config = tiny_config(labelled, tmp_path / "unused", epochs=1)
+    config.qat.init_from, config.qat.out = str(tmp_path / "float"), str(tmp_path / "qat")
+    config.qat.epochs, config.qat.learning_rate = 2, 1e6
+    with pytest.raises(EdgepickError, match="non-finite"):
+        qat.run(config)
+    assert not (tmp_path / "qat" / "checkpoint.pt").exists() and not (tmp_path / "qat" / "student").exists()

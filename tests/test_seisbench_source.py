@@ -23,8 +23,10 @@ def cache(tmp_path, monkeypatch):
     return root / "datasets"
 
 
-def build_fake(folder, n_events=12, per_event=3, rate=200.0, order="ENZ", source_id=True, pick_column="trace_Pg"):
-    """A SeisBench-format dataset like ETHZ's (picks in trace_Pg/trace_Sg columns, 200 Hz, own per-trace split)."""
+def build_fake(folder, n_events=12, per_event=3, rate=200.0, order="ENZ", source_id=True, pick_column="trace_Pg",
+               seconds=30.0, short_events=(), short_seconds=20.0):
+    """A SeisBench-format dataset like ETHZ's (picks in trace_Pg/trace_Sg columns, 200 Hz, own per-trace split);
+    the traces of ``short_events`` last ``short_seconds``, the others ``seconds``."""
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     with sbd.WaveformDataWriter(folder / "metadata.csv", folder / "waveforms.hdf5") as writer:
@@ -33,7 +35,7 @@ def build_fake(folder, n_events=12, per_event=3, rate=200.0, order="ENZ", source
         for e in range(n_events):
             origin = pd.Timestamp("2020-01-01") + pd.Timedelta(hours=e)
             for s in range(per_event):
-                n = int(30 * rate)
+                n = int((short_seconds if e in short_events else seconds) * rate)
                 waveform = rng.normal(size=(3, n)) * 100
                 metadata = {
                     "trace_name": f"ev{e}_st{s}",
@@ -181,3 +183,25 @@ def test_real_stead_traces_through_the_stead_class(cache, shared, tmp_path):
     _, meta = check_written(config.out, report)
     assert report["traces"] == total == 50
     assert meta["trace_p_arrival_sample"].notna().all() and meta["trace_s_arrival_sample"].notna().all()
+
+
+def test_data_stage_skips_traces_shorter_than_the_student_window(cache, tmp_path, capsys):
+    """20 s traces (2000 samples at 100 Hz) cannot hold the student's 3001-sample window: the data stage skips and
+    counts them, instead of distillation refusing the whole dataset later."""
+    import json
+
+    from pipeline.config import Config
+    from pipeline.datasets import REPORT_NAME
+    from pipeline.stages import data
+
+    build_fake(cache / "ethz", seconds=40.0, short_events=(0, 5))
+    config = Config()
+    config.data = DataConfig(source="seisbench:ETHZ", out=str(tmp_path / "out"))
+    report = data.run(config)
+    assert config.student.in_samples == 3001
+    assert report["traces"] == 30
+    assert report["skipped"] == {"too short (2000 samples, need 3001)": 6}
+    assert json.loads((tmp_path / "out" / REPORT_NAME).read_text())["skipped"] == report["skipped"]
+    meta = sbd.WaveformDataset(tmp_path / "out").metadata
+    assert len(meta) == 30 and (meta["trace_npts"] >= 3001).all()
+    assert "6 x too short (2000 samples, need 3001)" in capsys.readouterr().out

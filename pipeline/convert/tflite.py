@@ -4,10 +4,47 @@ that TFLite Micro rejects it: it has no float16 kernels). Strings are stripped f
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+
 import numpy as np
 
 from pipeline import tflm
 from pipeline.convert.onnx_export import warnings_silenced
+
+
+@contextlib.contextmanager
+def converter_chatter_hidden():
+    """The converter's C++ lines (``fully_quantize: 0, ...``, "Ignored output_format") go to the process's own
+    stdout / stderr, below Python's reach: hold them in a file and show them only with ``-v`` (debug logging) or
+    when the conversion fails."""
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 1)
+        os.dup2(held.fileno(), 2)
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in zip((1, 2), saved):
+                os.dup2(copy, fd)
+                os.close(copy)
+            if failed:
+                held.seek(0)
+                sys.stderr.write(held.read().decode(errors="replace")[-4000:])
 
 
 def _converter(keras_model):
@@ -17,7 +54,7 @@ def _converter(keras_model):
 
 
 def convert_fp32(keras_model) -> bytes:
-    with warnings_silenced():
+    with warnings_silenced(), converter_chatter_hidden():
         return bytes(_converter(keras_model).convert())
 
 
@@ -37,7 +74,7 @@ def convert_int8(keras_model, calibration: np.ndarray) -> bytes:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    with warnings_silenced():
+    with warnings_silenced(), converter_chatter_hidden():
         return bytes(converter.convert())
 
 
@@ -48,7 +85,7 @@ def convert_fp16_reference(keras_model) -> bytes:
     converter = _converter(keras_model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.target_spec.supported_types = [tf.float16]
-    with warnings_silenced():
+    with warnings_silenced(), converter_chatter_hidden():
         return bytes(converter.convert())
 
 

@@ -31,6 +31,7 @@ import seisbench
 import seisbench.data as sbd
 
 from pipeline.config import DataConfig
+from pipeline.datasets import one_line
 from pipeline.errors import EdgepickError
 from pipeline.sources.seisbench_datasets import event_key, normalise_picks, select_indices, stream_dataset
 
@@ -232,4 +233,4 @@ def _blank(value: object) -> bool:
 
 
 def _one_line(error: BaseException) -> str:
-    return " ".join(f"{type(error).__name__}: {error}".split())[:300]
+    return one_line(error, 300)

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import DataConfig
+from pipeline.datasets import one_line
 from pipeline.errors import EdgepickError
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def open_benchmark(cls: type, config: DataConfig):
         except (OSError, KeyError) as error:
             raise EdgepickError(
                 f"seisbench:{cls.__name__}: corrupt or truncated HDF5 {waveform_file} ({type(error).__name__}: "
-                f"{' '.join(str(error).split())[:200]}); delete it to let SeisBench download it again"
+                f"{one_line(str(error), 200)}); delete it to let SeisBench download it again"
             ) from error
     try:
         dataset = cls(
@@ -85,7 +86,7 @@ def open_benchmark(cls: type, config: DataConfig):
             cache=None,  # stream: never hold the waveforms in memory
         )
     except Exception as error:  # network errors, missing files, corrupt HDF5: SeisBench raises all kinds
-        reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+        reason = one_line(error, 300)
         raise EdgepickError(
             f"seisbench:{cls.__name__}: cannot open it from the SeisBench cache ({where}) nor download it ({reason}); "
             f"put metadata.csv + waveforms.hdf5 there or point SEISBENCH_CACHE_ROOT at a cache that holds them"

@@ -12,6 +12,7 @@ agreement with the teacher and picks per hour only. The protocols are written ou
 from __future__ import annotations
 
 import collections
+import re
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from pipeline import report as benchmark_report
 from pipeline import runners, waveforms
 from pipeline.annotation import Curves, annotation_curves, dataset_curves, model_rule
 from pipeline.artifacts import save_config
-from pipeline.datasets import open_dataset
+from pipeline.datasets import hz, open_dataset
 from pipeline.errors import EdgepickError
 from pipeline.metrics import (PHASES, add_teacher_ratios, analyst_picks, bin_masks, match_picks, parse_snr_db,
                               pick_records, pr_curve, protocol2_scores, protocol2_windows, sp_seconds)
@@ -56,7 +57,7 @@ def load_labelled(path: Path, split: str, max_traces: int = 0, seed: int = 0):
         dataset.filter(keep, inplace=True)
     rates = dataset.metadata["trace_sampling_rate_hz"].to_numpy(dtype=float)
     if len(np.unique(rates)) != 1:
-        raise EdgepickError(f"dataset {path} mixes sampling rates {sorted(set(rates))} Hz; re-run the data stage")
+        raise EdgepickError(f"dataset {path} mixes sampling rates {hz(rates)} Hz; re-run the data stage")
     traces = [np.asarray(dataset.get_waveforms(i), dtype=np.float32) for i in range(len(dataset))]
     bad = [i for i, w in enumerate(traces) if w.ndim != 2 or w.shape[0] != 3]
     if bad:
@@ -226,10 +227,25 @@ def run(config) -> dict:
     examples = None
     if not continuous:
         examples = benchmark_report.Examples(traces, order, rate, truth, curves, b.example_traces, b.seed)
-    benchmark_report.write(b.out, report, residuals, examples, models)
-    save_config(b.out, config)
+    folder = report_folder(config, path, split)
+    if (folder / "benchmark.json").exists():
+        print(f"benchmark: replacing the earlier report of the same dataset and student in {folder}")
+    benchmark_report.write(folder, report, residuals, examples, models)
+    save_config(folder, config)
     print(benchmark_report.summary(report))
+    print(f"report: {folder / 'benchmark.md'} (and benchmark.json, the figures)")
+    report["folder"] = str(folder)
     return report
+
+
+def report_folder(config, dataset: Path, split: str) -> Path:
+    """``benchmark.out / benchmark.name``, the name by default made of the dataset, its split and the student."""
+    b = config.benchmark
+    if b.name:
+        return Path(b.out) / b.name
+    data = dataset.resolve().name + (f"_{split}" if split else "")
+    student = Path(config.quantize.student).name or "student"
+    return Path(b.out) / re.sub(r"[^A-Za-z0-9_.-]", "_", f"{data}__{student}")
 
 
 def _thresholds(rule) -> dict[str, float]:

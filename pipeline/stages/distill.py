@@ -72,6 +72,12 @@ def run(config: Config) -> dict:
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
     if cfg.temperature <= 0 or not 0 <= cfg.alpha <= 1:
         raise EdgepickError(f"distill needs temperature > 0 and 0 <= alpha <= 1 (got T={cfg.temperature}, alpha={cfg.alpha})")
+    checkpoint = None
+    if cfg.resume:  # read and compared first: a checkpoint that cannot go on fails before any teacher runs
+        checkpoint = training.read_checkpoint(out / CHECKPOINT)
+        changed = _resume_changes(checkpoint.get("config"), config, out / CHECKPOINT)
+        if changed and master:
+            print(f"resume: settings changed since the checkpoint, applied: {', '.join(changed)}")
 
     train_set, dev_set, targets = _datasets(config, master)
     model = build_student(config.student).to(device)
@@ -86,8 +92,8 @@ def run(config: Config) -> dict:
     total_steps = steps_per_epoch * cfg.epochs
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: training.warmup_cosine(step, total_steps))
     state = {"epoch": 0, "best_dev_loss": math.inf, "bad_epochs": 0, "history": []}
-    if cfg.resume:
-        state = training.load_checkpoint(out / CHECKPOINT, model, optimizer, schedule, "the student")
+    if checkpoint is not None:
+        state = training.restore_checkpoint(checkpoint, out / CHECKPOINT, model, optimizer, schedule, "the student")
         np.random.seed((cfg.seed, rank, state["epoch"]))  # windows and noise go on, not replay epoch 1's
     raw_model = model
     trainable = _Logits(model)
@@ -105,6 +111,7 @@ def run(config: Config) -> dict:
               f"{sum(map(len, train_set))} training traces, {sum(map(len, dev_set))} dev traces, {steps_per_epoch} steps/epoch, "
               f"world {world}, {workers} loader workers")
 
+    advice = f"lower distill.learning_rate={cfg.learning_rate} or check the data for NaNs"
     for epoch in range(state["epoch"], cfg.epochs):
         started = time.time()
         trainable.train()
@@ -116,10 +123,11 @@ def run(config: Config) -> dict:
             logits = trainable(batch["X"].to(device))
             loss = distillation_loss(logits, teacher_probs, _get(batch, "y", device), cfg.temperature, cfg.alpha)
             train_losses.append(training.optimizer_step(
-                loss, optimizer, schedule, trainable.parameters(), cfg.grad_clip, epoch, out,
-                f"lower distill.learning_rate={cfg.learning_rate} or check the data for NaNs"))
+                loss, optimizer, schedule, trainable.parameters(), cfg.grad_clip, epoch, out, advice))
         train_seconds = time.time() - started
+        _check_finite(raw_model, epoch, out, advice, world, device)  # a finite loss can leave inf BatchNorm statistics
         dev_loss = _evaluate(raw_model, dev_loader, cfg, device, targets)
+        _check_finite(raw_model, epoch, out, advice, world, device, dev_loss)
         train_loss = _all_mean(float(np.mean(train_losses)), world, device)
         improved = training.record_dev_loss(state, dev_loss, epoch)
         state["history"].append({"epoch": epoch + 1, "train_loss": train_loss, "dev_loss": dev_loss,
@@ -256,14 +264,104 @@ def _evaluate(model, loader, cfg, device, targets=None) -> float:
     return losses / max(counts, 1)
 
 
+# What a resume may change, applied (learning rate, epochs, batch size, patience, ...), and what it may not:
+# a checkpoint of another student, on other data, from another teacher, loss, start or fake quantization
+# cannot go on (the weights would not fit, or its best dev loss would be of another problem).
+_RESUME_SECTIONS = ("student", "teacher", "distill")
+_RESUME_IGNORED = {"distill.resume", "teacher.finetune"}
+_RESUME_REFUSED = ("student.", "distill.dataset", "distill.alpha", "distill.temperature", "distill.init_from",
+                   "distill.quantization_aware")
+
+
+def _resume_changes(saved: dict | None, config: Config, path: Path) -> list[str]:
+    """``"key old -> new"`` for each setting that differs from the checkpoint's and can change on resume (all of
+    them are applied: the loop reads them from ``config``, the optimizer keeps the new rate and weight decay); one
+    EdgepickError line naming every setting that would make the checkpoint meaningless."""
+    if not isinstance(saved, dict):
+        return []
+    new = config.to_dict()
+    changed, refused = [], []
+    for section in _RESUME_SECTIONS:
+        old_values, new_values = saved.get(section, {}), new[section]
+        for key in sorted(set(old_values) | set(new_values)):
+            name = f"{section}.{key}"
+            if name in _RESUME_IGNORED:
+                continue
+            old, value = old_values.get(key), new_values.get(key)
+            if _same(name, old, value):
+                continue
+            text = f"{name} {_show(old)} -> {_show(value)}"
+            teacher_used = config.distill.alpha > 0
+            if name.startswith(_RESUME_REFUSED) or (name == "teacher.name" and teacher_used):
+                refused.append(text)
+            else:
+                changed.append(text)
+    if refused:
+        raise EdgepickError(f"--resume: checkpoint {path} was made with other settings that it cannot go on with: "
+                            f"{', '.join(refused)}; set them back, or train anew without --resume (another "
+                            f"distill.out, or delete {path})")
+    return changed
+
+
+def _same(name: str, old, new) -> bool:
+    if name == "distill.dataset" and isinstance(old, str) and isinstance(new, str):
+        return _folders(old) == _folders(new)
+    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+        return list(old) == list(new)
+    return old == new
+
+
+def _folders(datasets: str) -> list[str]:
+    return [os.path.realpath(p.strip()) for p in datasets.split(",") if p.strip()]
+
+
+def _show(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _check_finite(model, epoch: int, out: Path, advice: str, world: int, device, dev_loss: float | None = None):
+    """training.check_finite, agreed by every rank: one rank's inf stops them all, before anything is saved."""
+    if world > 1:
+        local = bool(training.non_finite(model)) or (dev_loss is not None and not math.isfinite(dev_loss))
+        flag = torch.tensor([float(local)], device=device)
+        dist.all_reduce(flag)
+        if flag.item() and not local:
+            raise EdgepickError(f"non-finite weights on another process after epoch {epoch + 1}; stopped, "
+                                f"{training.kept(out)} ({advice})")
+    training.check_finite(model, epoch, out, advice, dev_loss)
+
+
 def _load_student_weights(path: str, model) -> dict:
     """The state dict of a saved student that has ``model``'s architecture, or one clear line why not."""
-    saved = load_student(path)
+    try:
+        saved = load_student(path)
+    except EdgepickError as error:
+        if error.__cause__ is None:  # missing or ambiguous: already one clear line
+            raise
+        for weights in _student_weights_files(path):  # a broken .pt: say which file, not torch's MemoryError
+            training.read_torch_file(weights, f"distill.init_from={path}: {weights} is not a valid student checkpoint "
+                                              "(truncated, or not written by torch.save); delete it and save the "
+                                              "student again (make distill), or set distill.init_from to another one")
+        raise
+    bad = training.non_finite(saved)
+    if bad:
+        raise EdgepickError(f"distill.init_from={path}: that student holds non-finite weights ({training.names(bad)}) "
+                            "of a run that diverged; start from another one")
     if saved.state_dict().keys() != model.state_dict().keys() or any(
         a.shape != b.shape for a, b in zip(saved.state_dict().values(), model.state_dict().values())
     ):
         raise EdgepickError(f"distill.init_from={path}: that student's architecture differs from the student config")
     return saved.state_dict()
+
+
+def _student_weights_files(path) -> list[Path]:
+    """The .pt files load_student reads for ``path`` (a saved student, or a folder holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        return sorted(path.glob("*.pt")) + sorted(path.glob("*/*.pt"))
+    return [path.with_suffix(".pt")] if path.with_suffix(".pt").is_file() else []
 
 
 def _get(batch: dict, key: str, device) -> torch.Tensor | None:
