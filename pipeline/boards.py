@@ -72,8 +72,9 @@ def get_board(name: str) -> Board:
 # INT8 with ESP-NN on ESP32 and ESP32-C3 (both run ESP-NN's generic optimised C kernels): the instruction count
 # measured in the emulator (pipeline/emulator.py: `make demo`, then `make firmware-sim SET='board.name=esp32c3'`:
 # 32,029,208 instructions per window for the demo student's 1,883,008 MACs, exact under `qemu -icount`), taken at
-# one cycle per instruction: an estimate (an in-order core at best; flash cache misses only add; the ESP32's Xtensa
-# code differs from the RV32IMC count measured). TFLite Micro's reference kernels: 69,234,445 (36.8 per MAC).
+# one cycle per instruction: an estimate. On the ESP32-C3 (RV32IMC, in-order) that is close to a lower bound (flash
+# cache misses only add); for the classic ESP32 it is another instruction set's count (Xtensa LX6 code differs), not a
+# bound. TFLite Micro's reference kernels: 69,234,445 (36.8 per MAC).
 EMULATED_INSTRUCTIONS_PER_MAC = {"esp_nn": 32_029_208 / 1_883_008, "reference": 69_234_445 / 1_883_008}
 #
 # ESP32-S3 (ESP-NN's Xtensa assembly, not emulated here) and float (TFLite Micro's reference float kernels, which
@@ -82,7 +83,7 @@ EMULATED_INSTRUCTIONS_PER_MAC = {"esp_nn": 32_029_208 / 1_883_008, "reference": 
 # with ESP-NN, 4084 ms without; ESP32-S3 54 / 2300 ms). That model is MobileNetV1-0.25 on 96x96 inputs: 41 M MACs at
 # 224x224 (Howard et al. 2017, Table 7) x (96/224)^2 = 7.5 M MACs, so ESP32-S3 int8 1.7 cycles/MAC, ESP32 / ESP32-S3
 # reference kernels 131 / 74 (we take them for float, an estimate: both chips have a single-precision FPU). The same
-# timings give the ESP32 12.2 cycles/MAC with ESP-NN, 1.4x under the measured instruction count above.
+# timings give the ESP32 12.1 cycles/MAC with ESP-NN, 1.4x under the instruction count above.
 PERSON_DETECTION_MACS = 41e6 * (96 / 224) ** 2
 PERSON_DETECTION_CYCLES_PER_MAC = {
     "esp32": {"int8": 0.380 * 240e6 / PERSON_DETECTION_MACS, "float": 4.084 * 240e6 / PERSON_DETECTION_MACS},

@@ -52,7 +52,11 @@ def missing_tools() -> list[str]:
 
 
 def libstdcxx_headers() -> Path | None:
-    versions = sorted(LIBSTDCXX_HEADERS.glob("*/arm-none-eabi")) if LIBSTDCXX_HEADERS.is_dir() else []
+    """The newest /usr/include/newlib/c++/<version> (numeric order: 12.2.1 after 9.3.0)."""
+    def version(path: Path) -> tuple:
+        return tuple(int(part) if part.isdigit() else 0 for part in path.parent.name.split("."))
+
+    versions = sorted(LIBSTDCXX_HEADERS.glob("*/arm-none-eabi"), key=version) if LIBSTDCXX_HEADERS.is_dir() else []
     return versions[-1].parent if versions else None
 
 
@@ -91,7 +95,13 @@ def tflm_key(tflm_root: Path, esp_nn_root: Path) -> str:
     # the toolchain file, and the one port header TFLite Micro includes (esp/micro_time.cc: esp_timer.h)
     for path in (SIM_DIR / "riscv32-picolibc.cmake", SIM_DIR / "port" / "esp_timer.h"):
         digest.update(path.read_bytes())
+    # the compiler, the C library its specs point at, and the C++ headers
     digest.update(_tool_output(["riscv64-unknown-elf-gcc", "--version"]).encode())
+    specs = Path(_tool_output(["riscv64-unknown-elf-gcc", "-print-file-name=picolibc.specs"]).strip())
+    digest.update(specs.read_bytes() if specs.is_file() else b"no picolibc")
+    digest.update(_tool_output(["dpkg-query", "-W", "picolibc-riscv64-unknown-elf"]).encode()
+                  if shutil.which("dpkg-query") else b"")
+    digest.update(str(libstdcxx_headers()).encode())
     return digest.hexdigest()[:16]
 
 
@@ -163,8 +173,14 @@ def build_tflm(vendor: str | Path | None = None, jobs: int | None = None) -> Pat
         (staged / "SOURCES").write_text(f"{tflm_root}\n{esp_nn_root}\n")
         try:
             staged.rename(target)
-        except OSError:  # another run finished the same build first: keep its copy
-            shutil.rmtree(staged, ignore_errors=True)
+        except OSError:
+            if all(p.is_file() for p in libraries):  # another run finished the same build first: keep its copy
+                shutil.rmtree(staged, ignore_errors=True)
+            else:  # an incomplete folder of that name (a library deleted by hand): replace it
+                broken = Path(tempfile.mkdtemp(prefix=f".{target.name}.broken.", dir=target.parent))
+                target.rename(broken / "old")
+                staged.rename(target)
+                shutil.rmtree(broken, ignore_errors=True)
     finally:
         shutil.rmtree(build, ignore_errors=True)
     return target
@@ -222,8 +238,9 @@ def image_memory(elf: Path, board: Board) -> dict:
         return origin <= address < origin + size
 
     flash = sum(size for size, address in sections.values() if in_region(address, FLASH_ORIGIN, board.app_partition_bytes))
+    # .tbss_space reserves the same bytes as .tbss (picolibc.ld): counted once
     ram_sections = {name: size for name, (size, address) in sections.items()
-                    if in_region(address, RAM_ORIGIN, board.sram_bytes) and name != ".stack"}
+                    if in_region(address, RAM_ORIGIN, board.sram_bytes) and name not in (".stack", ".tbss_space")}
     loaded_copies = sum(size for name, size in ram_sections.items() if name in (".data", ".tdata"))
     # picolibc.ld puts read-only data (the model among it) in .text
     code = sum(sections.get(name, (0, 0))[0] for name in (".init", ".text")) - model

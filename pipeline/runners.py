@@ -18,9 +18,9 @@ Costs (:func:`costs`): parameters and multiply-accumulates per window (:func:`pi
 convolutions and linear layers; EQTransformer's LSTM and attention are not counted), flatbuffer bytes (what goes to
 flash: the packed blob for FP16), TFLite Micro arena bytes (:func:`pipeline.tflm.minimal_arena`, measured on a
 real window), host latency per window (median wall time of single-window forwards on this machine, after a warm-up)
-and the *estimated* ESP32 / ESP32-S3 latency of the quantize stage (``pipeline.boards.estimate_latency``: MACs x
-cycles per MAC derived from Espressif's published person-detection timings, ESP-NN kernels for INT8; not a
-measurement).
+and the *estimated* ESP32 / ESP32-C3 / ESP32-S3 latency of the quantize stage (``pipeline.boards.estimate_latency``:
+MACs x cycles per MAC; INT8 on ESP32 and ESP32-C3 from the instruction count measured in the emulator, ESP32-S3
+and float from Espressif's published person-detection timings; not a measurement on a board).
 """
 
 from __future__ import annotations

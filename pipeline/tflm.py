@@ -161,7 +161,8 @@ def quantize_input(window: np.ndarray, details: dict) -> np.ndarray:
     x = np.asarray(window, dtype=np.float32).T[None, :, None, :]
     if details["dtype"] == "int8":
         scaled = x / np.float32(details["scale"])
-        rounded = np.sign(scaled) * np.floor(np.abs(scaled) + np.float32(0.5))
+        # + 0.5 in float64, exact for float32 values (in float32, 0.49999997 + 0.5 would round up to 1)
+        rounded = np.sign(scaled) * np.floor(np.abs(scaled).astype(np.float64) + 0.5)
         x = np.clip(np.nan_to_num(rounded) + details["zero_point"], -128, 127).astype(np.int8)
     return x.reshape(details["shape"])
 

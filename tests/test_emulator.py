@@ -88,6 +88,10 @@ def test_picks_equal_python_reference_and_tensors_bit_exact(images, model_dir, t
     x = synthetic_stream(3300)
     reference = python_picks(x, flatbuffer, values, rule_from_header(values))
     assert len(reference) >= 3
+    from pipeline.normalization import normalize_windows
+    from pipeline.picking import window_offsets
+
+    io = tflm.io_details(flatbuffer)
     interpreter, _, err = tflm.load(flatbuffer, tflm.MAX_ARENA)
     assert interpreter is not None, err
     counts = {}
@@ -99,15 +103,22 @@ def test_picks_equal_python_reference_and_tensors_bit_exact(images, model_dir, t
         for o in objects:
             if o["type"] == "tensor":
                 tensors.setdefault(o["window"], {}).update(o)
-        assert len(tensors) == len(range(0, x.shape[1] - IN_SAMPLES + 1, IN_SAMPLES // 2)) + 1
-        for t in tensors.values():  # the firmware's own int8 input, run by the Python tflite-micro interpreter
+        offsets = window_offsets(x.shape[1], IN_SAMPLES, IN_SAMPLES // 2)
+        assert sorted(tensors) == list(range(len(offsets))) and len(offsets) == 6
+        for k, t in tensors.items():
             window = np.frombuffer(bytes.fromhex(t["input"]), dtype=np.int8).reshape(1, IN_SAMPLES, 1, 3)
+            # the firmware's normalisation and int8 quantization are Python's, bit for bit
+            expected_input = tflm.quantize_input(normalize_windows(x[:, offsets[k]: offsets[k] + IN_SAMPLES], 1e-6),
+                                                 io["input"])
+            assert np.array_equal(window, expected_input), (kernels, k)
+            # the firmware's own int8 input, run by the Python tflite-micro interpreter
             interpreter.set_input(window, 0)
             interpreter.invoke()
             expected = np.asarray(interpreter.get_output(0), dtype=np.int8).ravel()
             assert np.array_equal(np.frombuffer(bytes.fromhex(t["output"]), dtype=np.int8), expected), kernels
         counts[kernels] = [o["instructions"] for o in objects if o["type"] == "timing"]
         assert objects[-1]["type"] == "emulator" and 0 < objects[-1]["stack_used"] < objects[-1]["stack_size"]
+        assert not objects[-1]["stack_overflow"] and objects[-1]["libc_heap"] > 0
     # the instruction count per window is recorded, exact and repeatable; ESP-NN's kernels need fewer
     assert all(n > 1e5 for n in counts["esp_nn"]) and np.median(counts["esp_nn"]) < np.median(counts["reference"])
     _, again, _ = run_stream(images.elf["esp_nn"], x, tmp_path / "again")
@@ -171,6 +182,9 @@ def test_stage_streams_a_dataset_and_reports(images, model_dir, tmp_path, capsys
     assert report["instructions_per_window"]["esp_nn"] < report["instructions_per_window"]["reference"]
     assert "instructions per window" in capsys.readouterr().out
 
+    config.set("firmware_sim.traces", 0)
+    with pytest.raises(EdgepickError, match="nothing to stream"):
+        firmware_sim.run(config)
     config.set("quantize.firmware_dir", str(tmp_path / "no-model"))
     with pytest.raises(EdgepickError, match="run `make quantize` first"):
         firmware_sim.run(config)

@@ -349,12 +349,19 @@ def test_malformed_control_lines_stand_for_no_sample(driver):
     x = synthetic_stream()
     ref, _ = stream_reference(x, square_model, IN_SAMPLES, HOP, 0.3, EPS)
     plain = stream_text(x).splitlines()
-    bad = ["#gap abc", "#gap -5", "#t0 nan", "#gap 18446744073709551615", "#gap 281474976710657"]
+    bad = ["#gap abc", "#gap -5", "#t0 nan", "#gap 18446744073709551615", "#gap 281474976710657",
+           "# a comment longer than a line may be " + "x" * 200]
     plain[700:700] = bad
     out = [json.loads(line) for line in run(driver, *stream_args(), stdin="\n".join(plain) + "\n").splitlines()]
     errors = [m["msg"] for m in out if m["type"] == "error"]
     assert len(errors) == len(bad) and not any("counted as" in m for m in errors), errors
     compare_picks(parse_pick_lines([json.dumps(m) for m in out]), ref)
+
+    # gaps add up to no more than 2^48 either: of three gaps of 2^47, the second and third are refused
+    text = stream_text(x[:, :1500])[: -len("#end\n")] + "#gap 140737488355328\n" * 3 + stream_text(x[:, 1500:])
+    out = [json.loads(line) for line in run(driver, *stream_args(max_gap=50), stdin=text).splitlines()]
+    assert sum("past 2^48" in m.get("msg", "") for m in out if m["type"] == "error") == 2
+    assert 2 ** 47 < max(p["sample"] for p in out if p["type"] == "pick") < 2 ** 48
 
     indexed = stream_text(x, indexed=True).splitlines()
     indexed[900:900] = ["18446744073709551615 1 2 3", "281474976710657 1 2 3"]
@@ -468,6 +475,9 @@ def test_firmware_stage_errors_are_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(flash, "pio_executable", no_pio)
     config = Config()
     config.board.name = "esp32-psram4"
+    with pytest.raises(EdgepickError, match="predates model_ops.h"):  # a model folder of an older make quantize
+        flash.build(config)
+    (tmp_path / "model_ops.h").write_text("// ops\n")
     with pytest.raises(EdgepickError, match="PlatformIO is not installed"):
         flash.build(config)
     for output in ("PlatformIO: HTTPClientError: could not resolve registry", "Error: Unknown board ID 'esp32dev'"):

@@ -8,6 +8,9 @@
 #if !__has_include("model/model_config.h") && !__has_include("model_config.h")
 #error "firmware/src/model/ is missing: run `make quantize` first (it generates the model and model_config.h)"
 #endif
+#if !__has_include("model/model_ops.h") && !__has_include("model_ops.h")
+#error "firmware/src/model/ predates model_ops.h (the model's op list): run `make quantize` again"
+#endif
 
 #include "edgepick_core.h"
 #include "esp_cpu.h"
@@ -93,7 +96,8 @@ bool Infer(void*, const float* window, float* probs) {
   const int64_t started = esp_timer_get_time();
   const esp_cpu_cycle_count_t started_count = esp_cpu_get_cycle_count();
   if (g_interpreter->Invoke() != kTfLiteOk) return false;
-  const esp_cpu_cycle_count_t count = esp_cpu_get_cycle_count() - started_count;  // 32 bits: wraps after 17 s
+  // ESP-IDF's counter has 32 bits: it wraps after 2^32 cycles (17.9 s at 240 MHz; invoke_us does not wrap)
+  const esp_cpu_cycle_count_t count = esp_cpu_get_cycle_count() - started_count;
   const int64_t elapsed = esp_timer_get_time() - started;
 #if EDGEPICK_TRACE_TENSORS
   TraceTensor(g_windows, "output", output);
@@ -106,8 +110,8 @@ bool Infer(void*, const float* window, float* probs) {
   }
   char line[128];
   std::snprintf(line, sizeof(line), "{\"type\":\"timing\",\"window\":%llu,\"invoke_us\":%lld,\"" EDGEPICK_CPU_COUNTER_NAME
-                "\":%lu}", static_cast<unsigned long long>(g_windows++), static_cast<long long>(elapsed),
-                static_cast<unsigned long>(count));
+                "\":%llu}", static_cast<unsigned long long>(g_windows++), static_cast<long long>(elapsed),
+                static_cast<unsigned long long>(count));
   HandleOutput(line);
   return true;
 }

@@ -92,6 +92,8 @@ def model_board(path: Path | None = None) -> str | None:
 
 def build(config, upload: bool = False) -> None:
     values = read_model_config()
+    if not MODEL_CONFIG.with_name("model_ops.h").is_file():
+        raise EdgepickError(f"{MODEL_CONFIG.parent} predates model_ops.h (the model's op list): run `make quantize` again")
     generated_for = model_board()
     if generated_for and generated_for != config.board.name:
         raise EdgepickError(f"firmware/src/model/ was generated for board {generated_for}, not {config.board.name}: "

@@ -99,13 +99,16 @@ def streamed_traces(config, rate: float) -> list[tuple[str, list, float]]:
 def memory_table(board: boards.Board, image: dict, first: dict, arena: int) -> list[tuple[str, int, int]]:
     """(item, bytes, board capacity) rows of the memory table."""
     stack_used = int(first["emulator"].get("stack_used", 0))
-    ram = image["static_ram_bytes"] + int(first["emulator"].get("internal_allocated", 0)) + stack_used
-    return [("flash: code (firmware, TFLite Micro, libc; no ESP-IDF)", image["code_bytes"], board.app_partition_bytes),
+    libc_heap = int(first["emulator"].get("libc_heap", 0))
+    ram = image["static_ram_bytes"] + int(first["emulator"].get("internal_allocated", 0)) + libc_heap + stack_used
+    return [("flash: code + rodata (firmware, TFLM, libc; no ESP-IDF)", image["code_bytes"],
+             board.app_partition_bytes),
             ("flash: model", image["model_bytes"], board.app_partition_bytes),
             ("flash: total", image["flash_bytes"], board.app_partition_bytes),
             ("RAM: static (.data + .bss)", image["static_ram_bytes"], board.sram_bytes),
             ("RAM: tensor arena (allocated)", arena, board.sram_bytes),
             ("RAM: heap allocated (arena + buffers)", int(first["emulator"].get("internal_allocated", 0)), board.sram_bytes),
+            ("RAM: libc heap (stdio buffers)", libc_heap, board.sram_bytes),
             ("RAM: stack high-water", stack_used, board.main_stack_bytes),
             ("RAM: total", ram, board.sram_bytes)] + (
         [("PSRAM: allocated (buffers, arena when it does not fit RAM)", int(first["emulator"].get("psram_allocated", 0)),
@@ -115,12 +118,17 @@ def memory_table(board: boards.Board, image: dict, first: dict, arena: int) -> l
 def run(config) -> dict:
     s = config.firmware_sim
     board = boards.get_board(config.board.name)
+    if board.isa != "riscv32":
+        print(f"note: {board.name} is an {board.isa} board: the emulator runs its memory budget and clock on RV32IMC "
+              "(the ESP32-C3's instruction set; SET='board.name=esp32c3'), so its instruction counts are RV32IMC's")
     model_dir = Path(config.quantize.firmware_dir)
     values = read_model_config(model_dir / "model_config.h")
     rule = rule_from_header(values)
     flatbuffer = model_flatbuffer(model_dir, values)
     rate = float(values["EDGEPICK_SAMPLING_RATE_HZ"].rstrip("f"))
     traces = streamed_traces(config, rate)
+    if not traces or not any(d.shape[1] for _, segments, _ in traces for _, d in segments):
+        raise EdgepickError("nothing to stream: firmware_sim.traces is 0 or the dataset / miniSEED span is empty")
 
     lib = emulator.build_tflm(s.vendor or None)
     images = emulator.build_firmware(board, model_dir, Path(s.build_dir) / board.name, lib, s.vendor or None)
@@ -143,15 +151,22 @@ def run(config) -> dict:
                             "segments": len(segments), "python": reference,
                             "reference_kernels": results["reference"][-1]["picks"],
                             "esp_nn_kernels": results["esp_nn"][-1]["picks"]})
+    if not any(r["instructions"] for runs in results.values() for r in runs):
+        raise EdgepickError(f"no window ran: every stream is shorter than the model's window of "
+                            f"{values['EDGEPICK_WINDOW_SAMPLES']} samples")
+    overflowed = [k for k, runs in results.items() if any(r["emulator"].get("stack_overflow") for r in runs)]
+    if overflowed:
+        raise EdgepickError(f"the stack of the emulated firmware ({', '.join(overflowed)} kernels) overflowed its "
+                            f"{board.main_stack_bytes} bytes (CONFIG_ESP_MAIN_TASK_STACK_SIZE): raise it")
     first = results["esp_nn"][0]
     arena = int(values["EDGEPICK_ARENA_ALLOC_BYTES"].rstrip("u"))
-    per_window = {k: int(np.median([n for r in runs for n in r["instructions"]])) for k, runs in results.items()}
+    per_window = {k: int(np.median([n for r in runs for n in r["instructions"]] or [0])) for k, runs in results.items()}
     hop_s = int(values["EDGEPICK_HOP_SAMPLES"]) / rate
     macs = int(values.get("EDGEPICK_MODEL_MACS", "0").rstrip("u"))
     seconds = {k: n * s.cycles_per_instruction / (board.cpu_mhz * 1e6) for k, n in per_window.items()}
     report = {
         "board": board.name, "model_sha256": values["EDGEPICK_MODEL_SHA256"], "precision": values["EDGEPICK_PRECISION"],
-        "isa": "rv32imc", "memory": [{"item": i, "bytes": b, "capacity": c} for i, b, c in
+        "isa": "rv32imc", "board_isa": board.isa, "memory": [{"item": i, "bytes": b, "capacity": c} for i, b, c in
                                      memory_table(board, image, first, arena)],
         "instructions_per_window": per_window, "macs_per_window": macs,
         "instructions_per_mac": {k: round(n / macs, 2) for k, n in per_window.items()} if macs else None,

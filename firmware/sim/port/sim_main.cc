@@ -16,8 +16,10 @@ int main() {
   char line[256];
   std::snprintf(line, sizeof(line),
                 "{\"type\":\"emulator\",\"ready\":%s,\"instructions\":%" PRIu64 ",\"stack_used\":%zu,"
-                "\"stack_size\":%zu,\"internal_allocated\":%zu,\"psram_allocated\":%zu}",
-                ready ? "true" : "false", SimInstructions(), SimStackUsed(), SimStackSize(), SimInternalAllocated(),
+                "\"stack_size\":%zu,\"stack_overflow\":%s,\"internal_allocated\":%zu,\"libc_heap\":%zu,"
+                "\"psram_allocated\":%zu}",
+                ready ? "true" : "false", SimInstructions(), SimStackUsed(), SimStackSize(),
+                SimStackUsed() > SimStackSize() ? "true" : "false", SimInternalAllocated(), SimLibcHeapUsed(),
                 SimPsramAllocated());
   HandleOutput(line);
   return ready ? 0 : 1;

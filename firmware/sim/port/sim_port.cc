@@ -3,11 +3,12 @@
 // (pipeline/emulator.py passes them as --defsym), time from the retired-instruction counter.
 #include "sim_port.h"
 
+#include <cerrno>
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <new>
-#include <unistd.h>
 
 #include "driver/uart.h"
 #include "esp_cpu.h"
@@ -34,10 +35,14 @@ extern "C" char __heap_start[], __heap_end[], __stack[];
 namespace {
 
 constexpr uint32_t kStackPaint = 0x5AA5C33Cu;
+// A painted band between the stack's bottom and the first heap_caps block: a stack that overflows dirties it
+// before it can reach the arena, and the emulator reports it (stack_overflow).
+constexpr size_t kStackGuard = 256;
 
-// Internal RAM: heap_caps takes from the top of the heap downwards, picolibc's malloc (stdio buffers) grows
-// upwards from its bottom through sbrk; they meet only when RAM runs out.
-char* g_internal_top = __heap_end;
+// Internal RAM: heap_caps takes from the top of the heap downwards (below the guard band), picolibc's malloc
+// (stdio buffers, operator new) grows upwards from its bottom through sbrk (below); neither passes the other.
+char* g_internal_top = __heap_end - kStackGuard;
+char* g_libc_break = __heap_start;
 size_t g_internal_allocated = 0;
 
 char* const g_psram = reinterpret_cast<char*>(EDGEPICK_SIM_PSRAM_BASE);
@@ -46,7 +51,7 @@ size_t g_psram_used = 0;
 FILE* g_serial = nullptr;
 bool g_input_done = false;
 
-char* LibcBreak() { return static_cast<char*>(sbrk(0)); }
+char* LibcBreak() { return g_libc_break; }
 
 size_t InternalFree() {
   char* low = LibcBreak();
@@ -71,15 +76,17 @@ void SimPaintStack() {
   char marker;
   // Leave the frames of this call chain (well under 256 bytes) alone.
   auto* end = reinterpret_cast<uint32_t*>(&marker - 256);
-  for (auto* word = reinterpret_cast<uint32_t*>(__heap_end); word < end; ++word) *word = kStackPaint;
+  for (auto* word = reinterpret_cast<uint32_t*>(__heap_end - kStackGuard); word < end; ++word) *word = kStackPaint;
 }
 
 size_t SimStackUsed() {
-  auto* word = reinterpret_cast<const uint32_t*>(__heap_end);
+  auto* word = reinterpret_cast<const uint32_t*>(__heap_end - kStackGuard);
   const auto* top = reinterpret_cast<const uint32_t*>(__stack);
   while (word < top && *word == kStackPaint) ++word;
   return static_cast<size_t>(reinterpret_cast<const char*>(top) - reinterpret_cast<const char*>(word));
 }
+
+size_t SimLibcHeapUsed() { return static_cast<size_t>(g_libc_break - __heap_start); }
 
 size_t SimStackSize() { return static_cast<size_t>(__stack - __heap_end); }
 size_t SimInternalAllocated() { return g_internal_allocated; }
@@ -89,7 +96,18 @@ extern "C" {
 
 int64_t esp_timer_get_time(void) { return static_cast<int64_t>(SimInstructions() / EDGEPICK_SIM_CPU_MHZ); }
 
-esp_cpu_cycle_count_t esp_cpu_get_cycle_count(void) { return static_cast<esp_cpu_cycle_count_t>(SimInstructions()); }
+esp_cpu_cycle_count_t esp_cpu_get_cycle_count(void) { return SimInstructions(); }
+
+// picolibc's malloc grows through sbrk; its own sbrk would stop only at __heap_end, over the heap_caps blocks.
+void* sbrk(ptrdiff_t increment) {
+  char* previous = g_libc_break;
+  if (increment > 0 ? increment > g_internal_top - g_libc_break : -increment > g_libc_break - __heap_start) {
+    errno = ENOMEM;
+    return reinterpret_cast<void*>(-1);
+  }
+  g_libc_break += increment;
+  return previous;
+}
 
 void* heap_caps_aligned_alloc(size_t alignment, size_t size, uint32_t caps) {
   if (caps & MALLOC_CAP_SPIRAM) {

@@ -11,6 +11,8 @@ bool SimInputDone();
 void SimPaintStack();
 size_t SimStackUsed();
 size_t SimStackSize();
+// Bytes picolibc's malloc took (through sbrk) from the bottom of the heap.
+size_t SimLibcHeapUsed();
 // Bytes handed out by heap_caps_aligned_alloc from internal RAM and from PSRAM.
 size_t SimInternalAllocated();
 size_t SimPsramAllocated();

@@ -24,6 +24,7 @@ LineReader::Status LineReader::Feed(char c) {
     buffer_[length_] = '\0';
     overflow_ = false;
     if (was_overflow) {
+      too_long_control_ = overflow_control_;
       length_ = 0;
       buffer_[0] = '\0';
       return Status::kTooLong;
@@ -35,6 +36,7 @@ LineReader::Status LineReader::Feed(char c) {
   if (overflow_) return Status::kNone;
   if (length_ >= kMaxLineLength) {
     overflow_ = true;
+    overflow_control_ = buffer_[0] == '#';
     length_ = 0;
     return Status::kNone;
   }

@@ -30,11 +30,15 @@ class LineReader {
   Status Feed(char c);
   const char* line() const { return buffer_; }
   size_t length() const { return length_; }
+  // After kTooLong: whether the dropped line was a control line ("#..."), which stands for no sample.
+  bool too_long_was_control() const { return too_long_control_; }
 
  private:
   char buffer_[kMaxLineLength + 1] = {0};
   size_t length_ = 0;
   bool overflow_ = false;
+  bool overflow_control_ = false;  // the line now overflowing began with '#'
+  bool too_long_control_ = false;
   bool last_was_cr_ = false;
   bool pending_reset_ = false;  // the previous call returned a line: start a new one
 };

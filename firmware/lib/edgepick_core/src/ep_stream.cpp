@@ -177,10 +177,11 @@ void StreamPicker::FeedChar(char c) {
       ++line_number_;
       ++stats_.bad_lines;
       char text[128];
+      const bool stood_for_a_sample = !indexed_ && !reader_.too_long_was_control();
       std::snprintf(text, sizeof(text), "line %" PRIu64 ": longer than %zu characters, dropped%s", line_number_,
-                    kMaxLineLength, indexed_ ? "" : " (counted as a 1-sample gap)");
+                    kMaxLineLength, stood_for_a_sample ? " (counted as a 1-sample gap)" : "");
       Message("error", text);
-      if (!indexed_) FillGap(1, false);
+      if (stood_for_a_sample) FillGap(1, false);
       break;
     }
     case LineReader::Status::kNone:
@@ -218,6 +219,13 @@ void StreamPicker::HandleLine(const char* line) {
       SetT0(parsed.t0);
       break;
     case LineKind::kGap:
+      if (ring_.total() > kMaxSampleIndex || parsed.gap > kMaxSampleIndex - ring_.total()) {
+        ++stats_.bad_lines;
+        std::snprintf(text, sizeof(text), "line %" PRIu64 ": #gap %" PRIu64 " would take the sample counter past 2^48, dropped",
+                      line_number_, parsed.gap);
+        Message("error", text);
+        break;
+      }
       PushGap(parsed.gap);
       break;
     case LineKind::kEnd:
