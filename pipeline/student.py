@@ -32,6 +32,7 @@ all components with a *relative* epsilon, :mod:`pipeline.normalization`), pickin
 from __future__ import annotations
 
 import math
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -464,6 +465,10 @@ def load_student(path) -> XiaoNet:
         path = candidates[0]
     if not path.with_suffix(".json").is_file() or not path.with_suffix(".pt").is_file():
         raise EdgepickError(f"no saved student at {path} (.json + .pt); run `make distill` first?")
+    weights = path.with_suffix(".pt")
+    if not zipfile.is_zipfile(weights):  # torch.save writes zip archives; random bytes fail in torch as MemoryError
+        raise EdgepickError(f"{weights} is not a valid student checkpoint (truncated, or not written by torch.save); "
+                            "delete it and save the student again (make distill)")
     try:
         model = XiaoNet.load(path)
     except Exception as error:  # noqa: BLE001 - torch / json raise many kinds

@@ -31,9 +31,10 @@ from pipeline.metrics import (PHASES, add_teacher_ratios, analyst_picks, bin_mas
                               pick_records, pr_curve, protocol2_scores, protocol2_windows, sp_seconds)
 
 
-def resolve_dataset(config) -> tuple[Path, str]:
-    """(folder, split) of ``benchmark.dataset``: "" = data stage test split, "path" = all, "path:split" = one."""
-    spec = config.benchmark.dataset.strip()
+def resolve_dataset(config, spec: str | None = None) -> tuple[Path, str]:
+    """(folder, split) of ``spec`` (default ``benchmark.dataset``): "" = data stage test split, "path" = all,
+    "path:split" = one."""
+    spec = (config.benchmark.dataset if spec is None else spec).strip()
     if not spec:
         return config.data.out_dir(), "test"
     if Path(spec).exists() or ":" not in spec:

@@ -125,8 +125,8 @@ def run(config: Config) -> dict:
             train_losses.append(training.optimizer_step(
                 loss, optimizer, schedule, trainable.parameters(), cfg.grad_clip, epoch, out, advice))
         train_seconds = time.time() - started
-        _check_finite(raw_model, epoch, out, advice, world, device)  # a finite loss can leave inf BatchNorm statistics
         dev_loss = _evaluate(raw_model, dev_loader, cfg, device, targets)
+        # before anything of the epoch is saved: a finite loss can still leave inf BatchNorm statistics
         _check_finite(raw_model, epoch, out, advice, world, device, dev_loss)
         train_loss = _all_mean(float(np.mean(train_losses)), world, device)
         improved = training.record_dev_loss(state, dev_loss, epoch)
@@ -335,16 +335,7 @@ def _check_finite(model, epoch: int, out: Path, advice: str, world: int, device,
 
 def _load_student_weights(path: str, model) -> dict:
     """The state dict of a saved student that has ``model``'s architecture, or one clear line why not."""
-    try:
-        saved = load_student(path)
-    except EdgepickError as error:
-        if error.__cause__ is None:  # missing or ambiguous: already one clear line
-            raise
-        for weights in _student_weights_files(path):  # a broken .pt: say which file, not torch's MemoryError
-            training.read_torch_file(weights, f"distill.init_from={path}: {weights} is not a valid student checkpoint "
-                                              "(truncated, or not written by torch.save); delete it and save the "
-                                              "student again (make distill), or set distill.init_from to another one")
-        raise
+    saved = load_student(path)
     bad = training.non_finite(saved)
     if bad:
         raise EdgepickError(f"distill.init_from={path}: that student holds non-finite weights ({training.names(bad)}) "
@@ -354,14 +345,6 @@ def _load_student_weights(path: str, model) -> dict:
     ):
         raise EdgepickError(f"distill.init_from={path}: that student's architecture differs from the student config")
     return saved.state_dict()
-
-
-def _student_weights_files(path) -> list[Path]:
-    """The .pt files load_student reads for ``path`` (a saved student, or a folder holding one)."""
-    path = Path(path)
-    if path.is_dir():
-        return sorted(path.glob("*.pt")) + sorted(path.glob("*/*.pt"))
-    return [path.with_suffix(".pt")] if path.with_suffix(".pt").is_file() else []
 
 
 def _get(batch: dict, key: str, device) -> torch.Tensor | None:

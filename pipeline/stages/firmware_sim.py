@@ -84,9 +84,7 @@ def streamed_traces(config, rate: float) -> list[tuple[str, list, float]]:
             if first < limit:
                 kept.append((first, data[:, : limit - first]))
         return [(f"{Path(s.mseed).name}{' ' + s.station if s.station else ''}", kept, t0)]
-    if s.dataset:
-        config.benchmark.dataset = s.dataset
-    folder, split = resolve_dataset(config)
+    folder, split = resolve_dataset(config, s.dataset or None)
     traces, metadata, dataset_rate, order = load_labelled(folder, split)
     if abs(dataset_rate - rate) > 1e-6:
         raise EdgepickError(f"dataset {folder} is sampled at {dataset_rate:g} Hz, the model at {rate:g} Hz")
