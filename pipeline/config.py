@@ -170,6 +170,8 @@ class DistillConfig:
     out: str = "models/student"
     temperature: float = 4.0
     alpha: float = 1.0  # 1: teacher only (unlabelled data); 0: hard labels only
+    # KL sample weights 1 + phase_weight x the teacher's P + S probability (0: an even mean over samples)
+    phase_weight: float = 0.0
     epochs: int = 16
     windows_per_epoch: int = 0  # 0: one window per training trace
     batch_size: int = 64

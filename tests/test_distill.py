@@ -39,6 +39,21 @@ def test_alpha_mixes_soft_and_hard_terms():
     assert mixed.item() == pytest.approx(0.3 * soft_only.item() + 0.7 * hard_only.item(), rel=1e-5)
 
 
+def test_phase_weight_weights_the_kl_by_the_teachers_phase_probability():
+    logits = torch.randn(2, 3, 60)
+    teacher = torch.softmax(3 * torch.randn(2, 3, 60), dim=1)
+    t = 2.0
+    teacher_t = torch.softmax(torch.log(teacher) / t, dim=1)
+    kl = (teacher_t * (torch.log(teacher_t) - F.log_softmax(logits / t, dim=1))).sum(1)
+    weights = 1 + 5.0 * teacher[:, :2].sum(1)
+    want = t * t * (weights * kl).sum() / weights.sum()
+    assert distill.distillation_loss(logits, teacher, None, t, 1.0, 5.0).item() == pytest.approx(want.item(), rel=1e-5)
+    # an even mean without it, and the weighted loss differs from it
+    even = distill.distillation_loss(logits, teacher, None, t, 1.0, 0.0).item()
+    assert even == pytest.approx(t * t * kl.mean().item(), rel=1e-5)
+    assert abs(even - want.item()) > 1e-4
+
+
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory):
     path = tmp_path_factory.mktemp("distill") / "ds"

@@ -42,18 +42,25 @@ def distillation_loss(
     hard_labels: torch.Tensor | None,
     temperature: float,
     alpha: float,
+    phase_weight: float = 0.0,
 ) -> torch.Tensor:
     """Mean over batch and samples of alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(hard, student).
 
-    Tensors are (batch, classes, samples); classes are (P, S, noise).
+    Tensors are (batch, classes, samples); classes are (P, S, noise). With ``phase_weight`` w > 0 the KL term is
+    a weighted mean, sample weights 1 + w * (the teacher's P + S probability): phase samples are ~1 % of a window,
+    so an even mean spends the loss on noise and little on where and how high the peaks are.
     """
     loss = student_logits.new_zeros(())
     if alpha > 0:
         teacher_log = torch.log(teacher_probs.float().clamp_min(1e-8))
         teacher_log_soft = F.log_softmax(teacher_log / temperature, dim=1)
         student_log_soft = F.log_softmax(student_logits / temperature, dim=1)
-        kl = F.kl_div(student_log_soft, teacher_log_soft, reduction="sum", log_target=True) / (
-            student_logits.shape[0] * student_logits.shape[-1])
+        kl_per_sample = F.kl_div(student_log_soft, teacher_log_soft, reduction="none", log_target=True).sum(dim=1)
+        if phase_weight > 0:
+            weights = 1 + phase_weight * teacher_probs.float()[:, :2].sum(dim=1).clamp(0, 1)
+            kl = (weights * kl_per_sample).sum() / weights.sum()
+        else:
+            kl = kl_per_sample.mean()
         loss = loss + alpha * temperature**2 * kl
     if alpha < 1:
         cross_entropy = -(hard_labels * F.log_softmax(student_logits, dim=1)).sum(dim=1).mean()
@@ -70,8 +77,9 @@ def run(config: Config) -> dict:
     np.random.seed(cfg.seed + rank)
     workers = generators.worker_count(cfg.workers)  # a bad count fails before any soft labels are built
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
-    if cfg.temperature <= 0 or not 0 <= cfg.alpha <= 1:
-        raise EdgepickError(f"distill needs temperature > 0 and 0 <= alpha <= 1 (got T={cfg.temperature}, alpha={cfg.alpha})")
+    if cfg.temperature <= 0 or not 0 <= cfg.alpha <= 1 or not cfg.phase_weight >= 0:
+        raise EdgepickError(f"distill needs temperature > 0, 0 <= alpha <= 1 and phase_weight >= 0 (got T={cfg.temperature}, "
+                            f"alpha={cfg.alpha}, phase_weight={cfg.phase_weight})")
     checkpoint = None
     if cfg.resume:  # read and compared first: a checkpoint that cannot go on fails before any teacher runs
         checkpoint = training.read_checkpoint(out / CHECKPOINT)
@@ -121,7 +129,8 @@ def run(config: Config) -> dict:
             batch = next(batches)
             teacher_probs = _teacher_target(batch, targets, device)
             logits = trainable(batch["X"].to(device))
-            loss = distillation_loss(logits, teacher_probs, _get(batch, "y", device), cfg.temperature, cfg.alpha)
+            loss = distillation_loss(logits, teacher_probs, _get(batch, "y", device), cfg.temperature, cfg.alpha,
+                                     cfg.phase_weight)
             train_losses.append(training.optimizer_step(
                 loss, optimizer, schedule, trainable.parameters(), cfg.grad_clip, epoch, out, advice))
         train_seconds = time.time() - started
@@ -258,7 +267,8 @@ def _evaluate(model, loader, cfg, device, targets=None) -> float:
     for batch in loader:
         teacher_probs = _teacher_target(batch, targets, device)
         logits = model.logits(batch["X"].to(device), channels_last=True)  # the training layout: same scores, faster
-        loss = distillation_loss(logits, teacher_probs, _get(batch, "y", device), cfg.temperature, cfg.alpha)
+        loss = distillation_loss(logits, teacher_probs, _get(batch, "y", device), cfg.temperature, cfg.alpha,
+                                     cfg.phase_weight)
         losses += loss.item() * len(logits)
         counts += len(logits)
     return losses / max(counts, 1)
@@ -269,8 +279,8 @@ def _evaluate(model, loader, cfg, device, targets=None) -> float:
 # cannot go on (the weights would not fit, or its best dev loss would be of another problem).
 _RESUME_SECTIONS = ("student", "teacher", "distill")
 _RESUME_IGNORED = {"distill.resume", "teacher.finetune"}
-_RESUME_REFUSED = ("student.", "distill.dataset", "distill.alpha", "distill.temperature", "distill.init_from",
-                   "distill.quantization_aware")
+_RESUME_REFUSED = ("student.", "distill.dataset", "distill.alpha", "distill.temperature", "distill.phase_weight",
+                   "distill.init_from", "distill.quantization_aware")
 
 
 def _resume_changes(saved: dict | None, config: Config, path: Path) -> list[str]:
