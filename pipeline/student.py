@@ -80,15 +80,18 @@ def window_padding(samples: int) -> tuple[int, int]:
     return extra // 2, extra - extra // 2
 
 
-ACTIVATIONS = ("hardswish", "relu6")
+ACTIVATIONS = ("hardswish", "relu6", "relu")
 
 
 def make_activation(name: str) -> nn.Module:
-    """Hardswish (XiaoNet's) or ReLU6: bounded, and fused into the convolution by TFLite, which INT8 quantizes better."""
+    """Hardswish (XiaoNet's), ReLU6 or ReLU. TFLite fuses ReLU6 and ReLU into the convolution before them; ReLU6's
+    bound quantizes best, but where the phase channels of the decoder reach 6 the output has a flat top."""
     if name == "hardswish":
         return nn.Hardswish()
     if name == "relu6":
         return nn.ReLU6()
+    if name == "relu":
+        return nn.ReLU()
     raise EdgepickError(f"unknown student activation {name!r}; use {', '.join(ACTIVATIONS)}")
 
 

@@ -228,11 +228,13 @@ def test_refined_int8_ranges_stay_valid(student, windows, result):
     assert np.isfinite(out).all() and np.allclose(out.sum(axis=1), 1.0, atol=0.05)
 
 
-def test_relu6_student_converts_with_fused_activations(windows):
+@pytest.mark.parametrize("activation", ["relu6", "relu"])
+def test_relu_students_convert_with_fused_activations(windows, activation):
     torch.manual_seed(3)
-    model = XiaoNet(base_channels=4, in_samples=SAMPLES, activation="relu6").eval()
+    model = XiaoNet(base_channels=4, in_samples=SAMPLES, activation=activation).eval()
     result = convert.quantize_student(model, windows[:4], windows[6:8], precisions=("int8",), measure_arena=False)
-    assert "HARD_SWISH" not in result.variants["int8"]["ops"] and "RELU6" not in result.variants["int8"]["ops"]
+    ops = result.variants["int8"]["ops"]
+    assert "HARD_SWISH" not in ops and "RELU6" not in ops and "RELU" not in ops
     assert result.onnx_max_error <= 1e-4 and result.keras_max_error <= 1e-4
 
 

@@ -162,8 +162,10 @@ def onnx_to_keras(onnx_model):
                 layer.set_weights([weight.transpose(2, 1, 0)[:, None]] + ([bias] if bias is not None else []))
             elif group == cin and cin_per_group == 1 and cout % cin == 0:
                 multiplier = cout // cin
+                # strides (s, s), not (s, 1): TensorFlow's CPU depthwise kernel without oneDNN (CPUs without
+                # AVX-512) refuses unequal strides; on the width-1 axis a stride of s gives the same output
                 layer = keras.layers.DepthwiseConv2D(
-                    (kernel, 1), strides=(stride, 1), padding=padding, depth_multiplier=multiplier,
+                    (kernel, 1), strides=(stride, stride), padding=padding, depth_multiplier=multiplier,
                     use_bias=bias is not None, name=name,
                 )
                 out = layer(x)
