@@ -132,6 +132,10 @@ firmware-sim: $(STAMP) ## the firmware for an emulated RV32IMC board under QEMU:
 monitor: $(STAMP) ## open the board's serial console (pio device monitor; picks as JSON lines)
 	$(edgepick) monitor $(config_flag) $(set_flags)
 
+.PHONY: listen
+listen: $(STAMP) ## a board's picks live as QuakeML + Earthworm lines (SET='listen.port=/dev/ttyUSB0 listen.station=OK.X34..HH')
+	$(edgepick) listen $(config_flag) $(set_flags)
+
 benchmark-data: $(STAMP) ## data-stage figures: synthetic generation time, generator throughput, teacher F1
 	$(PY) scripts/benchmark_data.py $(config_flag) $(set_flags)
 

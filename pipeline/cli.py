@@ -26,6 +26,8 @@ STAGES = {
     "firmware-sim": ("firmware_sim", "run", "build the firmware for an emulated RV32IMC board (board.name) and "
                      "run it under QEMU: picks against Python, memory, instructions per window"),
     "monitor": ("firmware", "monitor", "the board's serial console (picks as JSON lines)"),
+    "listen": ("listen", "run", "read a board's picks live (listen.port, listen.station) and write them as QuakeML / "
+               "SC3ML / NonLinLoc / Earthworm TYPE_PICK_SCNL (listen.formats) under listen.out"),
     "benchmark": ("benchmark", "run", "score teacher(s), PyTorch student and TFLite Micro variants on the same traces; reports/"),
 }
 

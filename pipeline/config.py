@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline import pick_formats
 from pipeline.errors import EdgepickError
 from pipeline.picking import PickRule
 
@@ -258,6 +259,50 @@ class FirmwareSimConfig:
 
 
 @dataclass
+class ListenConfig:
+    """``make listen``: a board's JSON pick lines, read live and written in the formats networks ingest
+    (pipeline/stages/listen.py, pipeline/pick_formats.py, docs/firmware.md "Picks for a network")."""
+
+    port: str = ""  # the board's serial port (/dev/ttyUSB0); a regular file or FIFO of its lines, or "-" (stdin)
+    baud: int = 115200
+    # NET.STA.LOC.CC: the station's SEED codes and its channels' band + instrument codes, e.g. OK.X34..HH
+    # (P picks on HHZ, S picks on HHN)
+    station: str = ""
+    out: str = "reports/listen"  # <out>/<station>_<start>.<format> per session; Earthworm lines appended per station
+    formats: tuple[str, ...] = ("quakeml", "earthworm")  # of quakeml, sc3ml, nlloc, earthworm
+    max_picks: int = 0  # stop after this many picks; 0: no limit
+    max_seconds: float = 0.0  # stop after this many seconds; 0: until Ctrl-C or the device's end-of-stream line
+    model: str = "student"  # the model the board runs, named in each pick's method id
+    agency: str = ""  # the picks' creation info: agency id and author
+    author: str = "edgepick"
+    earthworm_installation: int = pick_formats.EARTHWORM_INSTALLATION  # installation id (earthworm_global.d)
+    earthworm_module: int = pick_formats.EARTHWORM_MODULE  # module id (earthworm.d)
+
+
+@dataclass
+class LiveConfig:
+    """The live pick mode (docs/firmware.md, "Live mode"): a window every ``hop_samples``, each keeping only its
+    ``hop_samples`` predictions that end ``lookahead_samples`` before its end (SeisBench blinding (window - hop -
+    look-ahead, look-ahead), pipeline.picking.live_blinding), so every sample comes from exactly one window and is
+    final at most look-ahead + hop samples after it arrived, instead of up to a window and a hop later."""
+
+    # The firmware picks live (``make quantize`` writes EDGEPICK_LIVE 1 into model_config.h for ``make firmware`` /
+    # ``flash``); false: the exact replay, SeisBench classify's picks on a replayed file, a window late.
+    enabled: bool = True
+    hop_samples: int = 100  # windows per second = sampling rate / this (the exact replay's hop is 1501)
+    lookahead_samples: int = 100  # samples of future each kept prediction sees (its window's blinded end)
+    # ``make benchmark`` also annotates every labelled trace live with the PyTorch student (exact hop / live hop,
+    # ~15x, the windows of the exact pass) and reports live and exact F1 and the latency of live picks
+    benchmark: bool = True
+    benchmark_tflite: bool = False  # ... and with the TFLite variants too (the TFLite Micro interpreter: slow)
+    # The first window - hop - look-ahead samples of a stream come from no window (28 s at the defaults, once per
+    # stream or after a long gap); a labelled event trace would lose its picks there, so the benchmark's live pass
+    # starts each trace after that many samples of its own first second, mirrored back and forth (a station that
+    # has been streaming; picks on them are dropped). false: the traces as they are.
+    benchmark_warmup: bool = True
+
+
+@dataclass
 class BenchmarkConfig:
     """``make benchmark``: teacher(s) (teacher.name), PyTorch student (quantize.student) and the TFLite Micro
     variants in quantize.out on the same traces (pipeline/stages/benchmark.py)."""
@@ -298,6 +343,8 @@ class Config:
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     board: BoardConfig = field(default_factory=BoardConfig)
     firmware_sim: FirmwareSimConfig = field(default_factory=FirmwareSimConfig)
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    live: LiveConfig = field(default_factory=LiveConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
 
     @classmethod

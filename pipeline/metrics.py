@@ -136,6 +136,44 @@ def score_picks(
     return result
 
 
+def matched_pairs(truth: np.ndarray, guess: np.ndarray, tolerance: float) -> list[tuple[int, int]]:
+    """(analyst index, predicted index) of the picks of one trace and phase that :func:`match_picks` matches: the
+    analyst picks served closest first, each to its nearest free prediction within ``tolerance`` (seconds)."""
+    truth = np.asarray(truth, dtype=float).ravel()
+    guess = np.asarray(guess, dtype=float).ravel()
+    if truth.size == 0 or guess.size == 0:
+        return []
+    free = np.ones(guess.size, dtype=bool)
+    distance = np.abs(guess[None, :] - truth[:, None])
+    pairs = []
+    for a in np.argsort(distance.min(axis=1), kind="stable"):
+        candidates = np.where(free, distance[a], np.inf)
+        g = int(np.argmin(candidates))
+        if candidates[g] <= tolerance + 1e-9:
+            free[g] = False
+            pairs.append((int(a), g))
+    return pairs
+
+
+def pick_latencies(analyst: Sequence[np.ndarray], predicted: Sequence[np.ndarray], reported: Sequence[np.ndarray],
+                   tolerance: float) -> np.ndarray:
+    """Seconds from each analyst onset to the report of the predicted pick matched to it (``reported[i][g]``: when
+    pick ``predicted[i][g]`` came out, seconds on the same clock), over the picks matched within ``tolerance``."""
+    out = []
+    for truth, guess, when in zip(analyst, predicted, reported):
+        out += [float(when[g] - truth[a]) for a, g in matched_pairs(truth, guess, tolerance)]
+    return np.asarray(out, dtype=float)
+
+
+def latency_summary(latencies: np.ndarray) -> dict:
+    """Median and 95th percentile (s) of pick latencies and their count (None without any)."""
+    latencies = np.asarray(latencies, dtype=float)
+    if latencies.size == 0:
+        return {"n": 0, "median_s": None, "p95_s": None}
+    return {"n": int(latencies.size), "median_s": float(np.median(latencies)),
+            "p95_s": float(np.percentile(latencies, 95))}
+
+
 def format_scores(result: dict) -> str:
     """A compact table of F1 / precision / recall / residuals per phase and tolerance."""
     lines = ["phase  tol_s  F1     prec   recall  res_mean  res_std  MAE"]

@@ -98,10 +98,28 @@ class PickRule:
         """The picks on probability curves (samples, phases) or (phases, samples), ``curves[:, k]`` the curve of
         ``phases[k]`` (extra columns, noise, are ignored): SeisBench's ``picks_from_annotations`` (the same
         ``trigger_onset`` call) with the pick placed by :meth:`peak`. Sorted by (sample, phase), as dicts: phase,
-        sample, time (t0 + sample / sampling_rate), prob (the segment's maximum), on, off (trigger samples).
-        Compared in the curve's dtype, as numpy compares SeisBench's float32 annotation traces."""
+        sample, time (t0 + sample / sampling_rate), prob (the segment's maximum), on, off (trigger samples), fwhm
+        (the contiguous samples >= half the first maximum around it, searched as :meth:`peak` searches the top, at
+        most ``top_half_width`` either side, whatever ``top_tolerance`` is; the firmware's ``Pick::fwhm``) and
+        uncertainty_s (fwhm / (2 sqrt(2 ln 2)) / sampling_rate seconds). Compared in the curve's dtype, as numpy
+        compares SeisBench's float32 annotation traces."""
         from obspy.signal.trigger import trigger_onset
 
+        def width_at_half_maximum(segment) -> int:
+            segment = np.asarray(segment, dtype=np.float32)
+            i = int(np.argmax(segment))
+            level = segment[i] * np.float32(0.5)  # float32, as the firmware's TriggerPicker
+            lo = i
+            while lo > 0 and i - lo < self.top_half_width and segment[lo - 1] >= level:
+                lo -= 1
+            hi = i
+            while hi + 1 < len(segment) and hi - i < self.top_half_width and segment[hi + 1] >= level:
+                hi += 1
+            return hi - lo + 1
+
+        # The standard deviation of a Gaussian of that width at half maximum: a one-sigma time uncertainty, as
+        # QuakeML's time uncertainty and NonLinLoc's GAU error are read.
+        fwhm_per_sigma = 2 * math.sqrt(2 * math.log(2))
         curves = np.asarray(curves)
         if curves.ndim != 2:
             raise EdgepickError(f"picks: curves must be 2-D, got shape {curves.shape}")
@@ -114,8 +132,10 @@ class PickRule:
             for s0, s1 in trigger_onset(data, threshold, threshold / 2):
                 segment = data[s0 : s1 + 1]
                 peak = int(s0 + self.peak(segment))
+                fwhm = width_at_half_maximum(segment)
                 out.append({"phase": phase, "sample": peak, "time": t0 + peak / sampling_rate,
-                            "prob": float(np.max(segment)), "on": int(s0), "off": int(s1)})
+                            "prob": float(np.max(segment)), "on": int(s0), "off": int(s1), "fwhm": fwhm,
+                            "uncertainty_s": fwhm / fwhm_per_sigma / sampling_rate})
         return sorted(out, key=lambda p: (p["sample"], p["phase"]))
 
     # ---- the rule as SeisBench annotate arguments ------------------------------------------------------------
@@ -215,6 +235,74 @@ def stream_picks(waveform: np.ndarray, model: Callable[[np.ndarray], np.ndarray]
         return [], np.zeros((0, 3), dtype=np.float32)
     stacked = stack_windows(predictions, offsets, int(offsets[-1]) + in_samples, rule.blinding or (0, 0))
     return rule.picks(stacked, PHASES, sampling_rate, t0), stacked
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The live mode: a small hop and a look-ahead, each sample from exactly one window
+# ---------------------------------------------------------------------------------------------------------------
+def live_blinding(in_samples: int, hop: int, lookahead: int) -> tuple[int, int]:
+    """The live mode's SeisBench blinding (pre, post) = (in_samples - hop - lookahead, lookahead): each window keeps
+    the ``hop`` predictions that end ``lookahead`` samples before its end, so with windows every ``hop`` every
+    sample from the pre-th on comes from exactly one window and is final once that window ran, ``lookahead`` to
+    ``lookahead + hop - 1`` samples after it arrived. Refuses a hop or look-ahead < 1 or one that does not fit."""
+    for name, value in (("hop", hop), ("look-ahead", lookahead)):
+        try:
+            whole = not isinstance(value, bool) and int(value) == value
+        except (TypeError, ValueError, OverflowError):  # NaN, inf, text
+            whole = False
+        if not whole or value < 1:
+            raise EdgepickError(f"live mode: the {name} must be a whole number of samples >= 1, got {value}")
+    if hop + lookahead >= in_samples:
+        raise EdgepickError(f"live mode: hop + look-ahead ({int(hop)} + {int(lookahead)} samples) must be shorter "
+                            f"than the {in_samples}-sample window")
+    return int(in_samples - hop - lookahead), int(lookahead)
+
+
+def live_offsets(n_samples: int, in_samples: int, hop: int) -> np.ndarray:
+    """Window starts of the live mode: every ``hop``, with no last window ending at the stream's end (a live
+    stream has none; the firmware's ``exact_tail`` off)."""
+    return np.arange(0, max(n_samples - in_samples + 1, 0), hop)
+
+
+def live_reported_sample(sample: int, n_samples: int, in_samples: int, hop: int, lookahead: int) -> int:
+    """The last sample the firmware's live mode has received when it finalises ``sample`` of an ``n_samples``
+    stream: the last sample of the window whose kept slice holds it (of the first window for the samples before
+    any slice), or the stream's last sample (its "#end") for one past the last window's slice."""
+    pre, _ = live_blinding(in_samples, hop, lookahead)
+    windows = len(live_offsets(n_samples, in_samples, hop))
+    k = max(0, (int(sample) - pre) // hop)
+    return int(k * hop + in_samples - 1) if k < windows else int(n_samples - 1)
+
+
+def add_reported_samples(picks: list[dict], n_samples: int, in_samples: int, hop: int, lookahead: int) -> list[dict]:
+    """``picks`` (PickRule.picks dicts, on the stream's sample grid) each with "reported": the last sample received
+    when the live firmware emits it. A trigger closes when its first sample below threshold / 2 (off + 1) is
+    finalised; one still open at the end closes at the "#end" (live_reported_sample)."""
+    return [dict(p, reported=live_reported_sample(p["off"] + 1, n_samples, in_samples, hop, lookahead)) for p in picks]
+
+
+def live_stream_picks(waveform: np.ndarray, model: Callable[[np.ndarray], np.ndarray], in_samples: int, hop: int,
+                      lookahead: int, rule: PickRule, eps: float | None = None, sampling_rate: float = 100.0,
+                      t0: float = 0.0) -> tuple[list[dict], np.ndarray]:
+    """What the firmware's live mode emits on a whole stream ``waveform`` (3, n) followed by "#end": windows every
+    ``hop`` (live_offsets), the student's normalisation, ``model`` as in :func:`stream_picks`, stacking with the
+    live blinding in place of the rule's, picks by ``rule``, each with its "reported" sample
+    (:func:`add_reported_samples`). Returns (picks, stacked curves)."""
+    blinding = live_blinding(in_samples, hop, lookahead)
+    waveform = np.asarray(waveform, dtype=np.float32)
+    if waveform.ndim != 2 or waveform.shape[0] != 3:
+        raise EdgepickError(f"live_stream_picks: waveform must be (3, samples), got {waveform.shape}")
+    offsets = live_offsets(waveform.shape[1], in_samples, hop)
+    predictions = [
+        np.asarray(model(normalize_windows(waveform[:, o : o + in_samples], NORM_EPS if eps is None else eps)),
+                   dtype=np.float32)
+        for o in offsets
+    ]
+    if not predictions:
+        return [], np.zeros((0, 3), dtype=np.float32)
+    stacked = stack_windows(predictions, offsets, int(offsets[-1]) + in_samples, blinding)
+    picks = dataclasses.replace(rule, blinding=blinding).picks(stacked, PHASES, sampling_rate, t0)
+    return add_reported_samples(picks, waveform.shape[1], in_samples, hop, lookahead), stacked
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -156,10 +156,44 @@ def markdown(report: dict) -> str:
             first.get("phase", {}).get("n_windows", 0), first.get("onset_P", {}).get("n_windows", 0),
             first.get("onset_S", {}).get("n_windows", 0)), ""]
 
+    if report.get("live"):
+        lines += live_markdown(report["live"])
+
     figures = [f"![{name}]({path})" for name, path in report.get("figures", {}).items()]
     if figures:
         lines += ["## Figures", ""] + figures + [""]
     return "\n".join(lines)
+
+
+def live_markdown(live: dict) -> list[str]:
+    """The "Live picks" section: live and exact F1 and the latency of live picks per model and phase, and what the
+    live mode costs per second of data on each board with an estimate."""
+    tols = sorted(live["rows"][0]["f1_live"], key=float) if live["rows"] else []
+    pre, post = live["blinding"]
+    warmup = (f"each trace after {live['warmup_samples']} samples of its first second mirrored (picks on them dropped)"
+              if live["warmup_samples"] else "the traces as they are (no pick in the first window - hop - look-ahead "
+              "samples)")
+    lines = [f"## Live picks (hop {live['hop_samples']}, look-ahead {live['lookahead_samples']} samples)", "",
+             f"The firmware's live mode (docs/firmware.md): a window every hop, blinding {pre} / {post}; {warmup}. "
+             f"Latency: reported time - analyst onset, picks matched within {live['latency_tolerance_s']:g} s.", "",
+             "| model | phase | " + " | ".join(f"F1 live / exact @{t} s" for t in tols)
+             + " | latency median s | latency p95 s | matched | annotate live s |",
+             "|" + " --- |" * (6 + len(tols))]
+    for r in live["rows"]:
+        cells = " | ".join(f"{_f(r['f1_live'][t])} / {_f(r['f1_exact'][t])}" for t in tols)
+        lines.append(f"| {label(r)} | {r['phase']} | {cells} | {_f(r['latency_median_s'], 2)} | "
+                     f"{_f(r['latency_p95_s'], 2)} | {r['latency_n']} | {_f(live['annotate_seconds'].get(label(r)), 1)} |")
+    if live.get("compute"):
+        lines += ["", "| model | board | est. ms / window | windows / s | real-time factor live (exact) est. | "
+                      "instructions / s est. |", "|" + " --- |" * 6]
+        for c in live["compute"]:
+            lines.append(f"| {label(c)} | {c['board']} | {_f(c['ms_per_window_est'], 0)} | {_f(c['windows_per_s'], 2)} | "
+                         f"{_f(c['real_time_factor_est'], 3)} ({_f(c['real_time_factor_exact_est'], 3)}) | "
+                         f"{c['instructions_per_s_est'] / 1e6:,.0f} M |")
+        lines += ["", "Estimates (pipeline/boards.py): instructions are cycles at the estimate's cycles per MAC (INT8 on "
+                  "ESP32 / ESP32-C3: the emulator's instruction count, one cycle each); a real-time factor above 1 "
+                  "does not keep up."]
+    return lines + [""]
 
 
 def summary(report: dict) -> str:
@@ -179,6 +213,11 @@ def summary(report: dict) -> str:
                     text += f" ({r['f1_ratio_to_teacher']:.2f}x)"
                 cells.append(f"{text:>15}")
         lines.append(f"{label(row):24} " + " ".join(cells))
+    live = report.get("live")
+    for r in (live or {}).get("rows", []):
+        f1 = " ".join(f"F1@{t} {_f(r['f1_live'][t])} (exact {_f(r['f1_exact'][t])})" for t in sorted(r["f1_live"], key=float))
+        lines.append(f"live {label(r)} {r['phase']}: {f1}; latency median {_f(r['latency_median_s'], 2)} s, "
+                     f"p95 {_f(r['latency_p95_s'], 2)} s ({r['latency_n']} picks)")
     return "\n".join(lines)
 
 

@@ -2,7 +2,8 @@
 and ep_json.h; documented in docs/firmware.md).
 
 In, one line a sample at the model's rate: ``index z n e``; control lines ``#reset``, ``#t0 <epoch s>``,
-``#gap <n>``, ``#end``. Out: JSON lines, ``{"type": "pick", ...}`` among info / warn / error / timing messages.
+``#gap <n>``, ``#end``. Out: JSON lines, ``{"type": "pick", ...}`` (phase, sample, time, prob, fwhm, unc, on,
+off) among info / warn / error / timing messages; ``{"type": "info", "msg": "end: ..."}`` closes a stream.
 """
 
 from __future__ import annotations
@@ -26,17 +27,26 @@ def sample_lines(x, t0: float = 0.0) -> Iterator[str]:
     yield "#end\n"
 
 
+def json_message(line: str | bytes) -> dict | None:
+    """One output line of the firmware as its JSON object; None for anything else (boot noise, a line cut short)."""
+    if isinstance(line, bytes):
+        line = line.decode(errors="replace")
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def is_end_of_stream(message: dict) -> bool:
+    """The summary the firmware prints at ``#end``."""
+    return message.get("type") == "info" and str(message.get("msg", "")).startswith("end:")
+
+
 def parse_pick_lines(lines: Sequence[str]) -> list[dict]:
     """The pick objects among the firmware's JSON output lines (other lines are skipped), sorted by sample."""
-    picks = []
-    for line in lines:
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if obj.get("type") == "pick":
-            picks.append(obj)
+    picks = [m for m in map(json_message, lines) if m is not None and m.get("type") == "pick"]
     return sorted(picks, key=lambda p: (p["sample"], p["phase"]))

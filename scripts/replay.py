@@ -3,13 +3,16 @@
 
     scripts/replay.py --port /dev/ttyUSB0 --mseed day.mseed [--station OK.X34] [--speed 1]
     scripts/replay.py --port /dev/ttyUSB0 --dataset data/synthetic --trace 17 [--out picks.jsonl]
+    scripts/replay.py --port /dev/ttyUSB0 --mseed day.mseed --quakeml picks.xml --earthworm picks.pick_scnl
 
 The device speaks the line protocol of firmware/lib/edgepick_core/src/ep_line_parser.h: this script sends
 "#reset", "#t0 <epoch>", one "index z n e" line per 100 Hz sample and "#end", and reads the JSON lines the
 device prints (picks, info/warn/error messages, timings) until the end-of-stream summary. Picks are printed as
 JSON lines (or written to --out) with their absolute time. To check them against the Python reference of the
 firmware, run ``pipeline.picking.stream_picks`` with the student's pick rule on the same samples
-(tests/test_firmware.py does so against the host build of the firmware's core).
+(tests/test_firmware.py does so against the host build of the firmware's core). --quakeml and --earthworm also
+write them as QuakeML and Earthworm TYPE_PICK_SCNL lines (pipeline/pick_formats.py) for the station of the
+miniSEED file (or --waveform-id NET.STA.LOC.CHA, which a dataset trace needs).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from pipeline import waveforms  # noqa: E402
+from pipeline import pick_formats, waveforms  # noqa: E402
 from pipeline.datasets import open_dataset  # noqa: E402
 from pipeline.errors import EdgepickError  # noqa: E402
 from pipeline.serial_protocol import parse_pick_lines, sample_lines  # noqa: E402
@@ -42,6 +45,38 @@ def load_mseed(path: str, station: str | None = None,
                sampling_rate: float = SAMPLING_RATE) -> tuple[list[tuple[int, np.ndarray]], float]:
     """One station of a miniSEED file as gap-free segments (:func:`pipeline.waveforms.station_segments`)."""
     return waveforms.station_segments(path, station, sampling_rate)
+
+
+def mseed_waveform_id(path: str, station: str | None = None) -> pick_formats.WaveformId:
+    """The station of a miniSEED file (or pattern) as its picks are named: the network, station, location and
+    channel codes of its vertical channel (``station``: NET.STA, as :func:`load_mseed` takes it)."""
+    import glob
+
+    unreadable: dict[str, str] = {}
+    stream = waveforms.read_files(sorted(glob.glob(str(path))) or [str(path)], unreadable, headonly=True)
+    if station:
+        parts = station.split(".")
+        stream = stream.select(network=parts[0], station=parts[1]) if len(parts) > 1 else stream.select(station=parts[0])
+    traces = sorted(stream, key=lambda t: (not t.stats.channel.endswith("Z"), t.id))
+    if not traces:
+        raise EdgepickError(f"{path}: no traces to name the picks' station by; give --waveform-id NET.STA.LOC.CHA")
+    stats = traces[0].stats
+    return pick_formats.parse_waveform_id(f"{stats.network}.{stats.station}.{stats.location}.{stats.channel}")
+
+
+def picks_waveform_id(args) -> pick_formats.WaveformId:
+    """The station the picks are written for: --waveform-id, else the miniSEED file's."""
+    if args.waveform_id:
+        return pick_formats.parse_waveform_id(args.waveform_id)
+    if args.mseed:
+        return mseed_waveform_id(args.mseed, args.station)
+    raise EdgepickError("--quakeml / --earthworm need the station of a dataset trace: --waveform-id NET.STA.LOC.CHA")
+
+
+def write_network_formats(picks: list[dict], waveform_id: pick_formats.WaveformId, args) -> list[Path]:
+    """The picks as QuakeML (--quakeml) and Earthworm TYPE_PICK_SCNL lines (--earthworm)."""
+    paths = {fmt: path for fmt, path in (("quakeml", args.quakeml), ("earthworm", args.earthworm)) if path}
+    return pick_formats.write_picks(picks, waveform_id, paths, agency=args.agency)
 
 
 def load_dataset_trace(path: str, index: int) -> tuple[np.ndarray, float]:
@@ -137,10 +172,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the device after the last sample")
     parser.add_argument("--out", help="write the picks here as JSON lines (default: stdout)")
     parser.add_argument("--log", help="write every JSON line of the device here")
+    parser.add_argument("--quakeml", help="also write the picks here as QuakeML")
+    parser.add_argument("--earthworm", help="also write the picks here as Earthworm TYPE_PICK_SCNL lines")
+    parser.add_argument("--waveform-id", help="NET.STA.LOC.CHA the picks are named by (default: the miniSEED "
+                                              "file's vertical channel), e.g. OK.X34..HHZ")
+    parser.add_argument("--agency", default="", help="agency id of the picks' creation info")
     args = parser.parse_args(argv)
     try:
         import serial
 
+        waveform_id = picks_waveform_id(args) if args.quakeml or args.earthworm else None
         x, t0 = load_mseed(args.mseed, args.station) if args.mseed else load_dataset_trace(args.dataset, args.trace)
         try:
             port = serial.Serial(args.port, args.baud, timeout=0.2)
@@ -160,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.out).write_text(text)
         else:
             sys.stdout.write(text)
+        if waveform_id is not None:
+            for path in write_network_formats(picks, waveform_id, args):
+                print(f"wrote {path}", file=sys.stderr)
         print(f"{len(picks)} picks", file=sys.stderr)
     except EdgepickError as error:
         print(f"replay: error: {error}", file=sys.stderr)

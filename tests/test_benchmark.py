@@ -26,6 +26,10 @@ RECORD_FIELDS = {
     "n_labels", "n_picks", "tp", "fp", "fn", "pick_precision", "recall", "f1", "f1_ratio_to_teacher",
     "residual_mean_s", "residual_std_s", "residual_mae_s", "picks_per_hour",
 }
+LIVE_FIELDS = {"hop_samples", "lookahead_samples", "blinding", "warmup_samples", "latency_tolerance_s",
+               "annotate_seconds", "rows", "compute"}
+LIVE_ROW_FIELDS = {"model", "runtime", "precision", "phase", "n_labels", "n_picks_live", "f1_live", "f1_exact",
+                   "latency_median_s", "latency_p95_s", "latency_n"}
 MODEL_FIELDS = {
     "model", "runtime", "precision", "spec", "notes", "annotate_seconds", "parameters", "macs_per_window",
     "window_samples", "flatbuffer_bytes", "flatbuffer_expanded_bytes", "arena_bytes", "host_latency_ms",
@@ -172,6 +176,77 @@ def test_curve_picks_equal_seisbench_classify():
             assert [np.round(a, 6).tolist() for a in mine[phase]] == [np.round(b, 6).tolist() for b in theirs[phase]]
 
 
+# ------------------------------------------------------------------------------------------- the live pass
+class SquareStudent(XiaoNet):
+    """P = 0.9 z^2, S = 0.9 n^2 of the normalised window (the host driver's "square" model): many sharp picks."""
+
+    def forward(self, x, logits=False):
+        p, s = 0.9 * x[:, 0] ** 2, 0.9 * x[:, 1] ** 2
+        return torch.stack([p, s, 1 - p - s], dim=1)
+
+
+def square_traces(n_traces=3, samples=4000, seed=5):
+    rng = np.random.default_rng(seed)
+    t = np.arange(samples)
+    traces = []
+    for _ in range(n_traces):
+        x = rng.normal(0, 0.05, (3, samples)).astype(np.float32)
+        # six events, the last 2 s before the end: where SeisBench's own last window would reach, not the firmware's
+        for k, center in enumerate([*rng.uniform(200, samples - 400, 5), samples - 200]):
+            x[k % 2] += (2 * np.exp(-0.5 * ((t - center) / 8.0) ** 2) * np.sin(t / 2.0)).astype(np.float32)
+        traces.append(x)
+    return traces
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_live_pass_picks_as_the_firmware_twin(warmup):
+    """The benchmark's live picks (the student's own SeisBench annotate, a window every hop, the live blinding) and
+    when each is reported are pipeline.picking.live_stream_picks' (what the firmware's live mode emits; the host
+    test checks the core against it), on each trace after its warm-up, picks on the warm-up dropped."""
+    from pipeline.picking import live_blinding, live_stream_picks
+
+    model = SquareStudent(base_channels=1, in_samples=SAMPLES).eval()
+    hop, lookahead = 100, 150
+    traces = square_traces()
+    bench = runners.BenchModel("student", "pytorch", "fp32", [model])
+    times, reported = benchmark_stage.live_pick_times(bench, traces, 100.0, "ZNE", hop, lookahead, warmup)
+    pad = live_blinding(SAMPLES, hop, lookahead)[0] if warmup else 0
+
+    def forward(window):
+        with torch.no_grad():
+            return model(torch.from_numpy(np.ascontiguousarray(window[None], dtype=np.float32))).numpy()[0].T
+
+    total = 0
+    for i, trace in enumerate(traces):
+        padded = benchmark_stage.warmup_padded(trace, pad, 100.0)
+        assert padded.shape[1] == trace.shape[1] + pad and np.array_equal(padded[:, pad:], trace)
+        ref, _ = live_stream_picks(padded, forward, SAMPLES, hop, lookahead, model.pick_rule, model.norm_eps)
+        for phase in "PS":
+            want = [((p["sample"] - pad) / 100, (p["reported"] - pad) / 100) for p in ref
+                    if p["phase"] == phase and p["sample"] >= pad]
+            got = list(zip(times[phase][i], reported[phase][i]))
+            assert len(got) == len(want), (i, phase, got, want)
+            assert np.allclose(np.reshape(got, (-1, 2)), np.reshape(want, (-1, 2)), atol=1e-9), (i, phase)
+            total += len(want)
+    assert total >= 10
+
+
+def test_live_latency_of_matched_picks_by_hand():
+    """Latency = reported time - analyst onset of the live picks that protocol 1 matches (the same one-to-one rule)."""
+    truth = [np.array([10.0, 20.0]), np.array([5.0]), np.array([])]
+    picks = [np.array([10.2, 19.0, 30.0]), np.array([5.6]), np.array([3.0])]
+    reported = [np.array([11.5, 21.0, 31.0]), np.array([6.0]), np.array([4.0])]
+    assert metrics.matched_pairs(truth[0], picks[0], 0.5) == [(0, 0)]
+    for tolerance in (0.5, 1.0):
+        matched = sum(len(metrics.matched_pairs(t, p, tolerance)) for t, p in zip(truth, picks))
+        assert matched == metrics.match_picks(truth, picks, tolerance)[0]
+    latencies = metrics.pick_latencies(truth, picks, reported, 1.0)
+    assert sorted(latencies.tolist()) == pytest.approx([1.0, 1.0, 1.5])  # 21 - 20, 6 - 5, 11.5 - 10
+    summary = metrics.latency_summary(latencies)
+    assert summary["n"] == 3 and summary["median_s"] == pytest.approx(1.0) and summary["p95_s"] == pytest.approx(1.45)
+    assert metrics.latency_summary(np.array([])) == {"n": 0, "median_s": None, "p95_s": None}
+
+
 # ---------------------------------------------------------------------------------------------- the stage
 def test_stage_writes_reports_with_documented_fields(models, dataset, fake_teacher, tmp_path, capsys):
     report = benchmark_stage.run(config_for(models, f"{dataset}:train", tmp_path / "reports"))
@@ -208,6 +283,27 @@ def test_stage_writes_reports_with_documented_fields(models, dataset, fake_teach
           if r["reference"] == "analyst" and r["subset"] == "all" and r["model"] == "student"}
     for phase in "PS":
         assert by[("tflm", "fp32", phase, 0.5)]["n_picks"] == by[("pytorch", "fp32", phase, 0.5)]["n_picks"]
+    # the live pass (live.* defaults): the PyTorch student only, per phase F1 live and exact, the latency of live picks
+    live = data["live"]
+    assert (live["hop_samples"], live["lookahead_samples"]) == (100, 100)
+    assert live["blinding"] == [SAMPLES - 200, 100] and live["warmup_samples"] == SAMPLES - 200
+    assert set(live) == LIVE_FIELDS and all(set(r) == LIVE_ROW_FIELDS for r in live["rows"])
+    assert [(r["runtime"], r["phase"]) for r in live["rows"]] == [("pytorch", "P"), ("pytorch", "S")]
+    for r in live["rows"]:
+        assert set(r["f1_exact"]) == set(r["f1_live"]) == {"0.1", "0.5"}
+        assert r["f1_exact"]["0.5"] == by[("pytorch", "fp32", r["phase"], 0.5)]["f1"]
+        assert r["latency_n"] == 0 or r["latency_median_s"] <= r["latency_p95_s"]
+    # what the live mode costs on each board with an estimate: windows every hop
+    compute = {(c["precision"], c["board"]): c for c in live["compute"]}
+    assert set(compute) == {("fp32", "esp32"), ("fp32", "esp32s3"), ("fp16", "esp32"), ("fp16", "esp32s3")}
+    row = next(m for m in data["models"] if m["runtime"] == "tflm" and m["precision"] == "fp32")
+    c = compute[("fp32", "esp32")]
+    assert c["windows_per_s"] == 1.0 and c["ms_per_window_est"] == pytest.approx(row["esp32_latency_ms_est"], abs=0.1)
+    assert c["real_time_factor_est"] == pytest.approx(c["ms_per_window_est"] / 1e3)
+    assert c["real_time_factor_exact_est"] == pytest.approx(c["real_time_factor_est"] * 100 / (SAMPLES - SAMPLES // 2))
+    text = (out / "benchmark.md").read_text()
+    assert "## Live picks (hop 100, look-ahead 100 samples)" in text and "| student pytorch-fp32 | P |" in text
+    assert "live student pytorch-fp32 P: F1@0.1" in printed
 
 
 def test_a_second_benchmark_keeps_the_first_report(models, dataset, fake_teacher, tmp_path):
@@ -218,7 +314,10 @@ def test_a_second_benchmark_keeps_the_first_report(models, dataset, fake_teacher
     assert json.loads((Path(first["folder"]) / "benchmark.json").read_text())["dataset"]["kind"] == "labelled"
     config = config_for(models, f"{dataset}:train", tmp_path / "r")
     config.set("benchmark.name", "mine")  # or a name the user gives
-    assert benchmark_stage.run(config)["folder"] == str(tmp_path / "r" / "mine")
+    config.set("live.benchmark", False)  # ... and without the live pass
+    mine = benchmark_stage.run(config)
+    assert mine["folder"] == str(tmp_path / "r" / "mine") and "live" not in mine
+    assert "Live picks" not in (tmp_path / "r" / "mine" / "benchmark.md").read_text()
     assert (tmp_path / "r" / "mine" / "benchmark.md").is_file() and (Path(first["folder"]) / "benchmark.md").is_file()
 
 
@@ -302,7 +401,7 @@ def test_teacher_on_stead50_agrees_with_notes(teacher_cache, shared, tmp_path):
 
 
 @pytest.mark.parametrize("script", ["benchmark_student.py", "benchmark_quantize.py", "benchmark_kd_vs_hard.py",
-                                    "benchmark_blinding.py"])
+                                    "benchmark_blinding.py", "benchmark_live.py"])
 def test_benchmark_scripts_end_bad_input_with_one_line(script, tmp_path):
     """A benchmark script given a student or dataset that is not there: one line on stderr, exit 1, no traceback."""
     import subprocess
@@ -313,7 +412,8 @@ def test_benchmark_scripts_end_bad_input_with_one_line(script, tmp_path):
     args = {"benchmark_student.py": ["--student", missing, "--dataset", missing],
             "benchmark_quantize.py": ["--student", missing],
             "benchmark_kd_vs_hard.py": ["--dataset", missing, "--json", str(tmp_path / "out.json")],
-            "benchmark_blinding.py": ["--student", missing, "--dataset", missing, "--json", str(tmp_path / "out.json")]}[script]
+            "benchmark_blinding.py": ["--student", missing, "--dataset", missing, "--json", str(tmp_path / "out.json")],
+            "benchmark_live.py": ["--student", missing, "--datasets", missing, "--json", str(tmp_path / "out.json")]}[script]
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, str(root / "scripts" / script), *args], capture_output=True, text=True,
                             cwd=tmp_path, timeout=300)

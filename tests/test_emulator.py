@@ -64,7 +64,7 @@ def model_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("model")
     c_array.write_firmware(out, result.flatbuffers["int8"], info, PickRule(p_threshold=0.3, s_threshold=0.35), budget,
                            1e-6)
-    return out, result.flatbuffers["int8"]
+    return out, result.flatbuffers["int8"], info, budget
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_picks_equal_python_reference_and_tensors_bit_exact(images, model_dir, t
     from pipeline.stages.firmware import read_model_config
     from pipeline.stages.firmware_sim import firmware_run, python_picks, rule_from_header
 
-    folder, flatbuffer = model_dir
+    folder, flatbuffer = model_dir[:2]
     values = read_model_config(folder / "model_config.h")
     x = synthetic_stream(3300)
     reference = python_picks(x, flatbuffer, values, rule_from_header(values))
@@ -188,3 +188,28 @@ def test_stage_streams_a_dataset_and_reports(images, model_dir, tmp_path, capsys
     config.set("quantize.firmware_dir", str(tmp_path / "no-model"))
     with pytest.raises(EdgepickError, match="run `make quantize` first"):
         firmware_sim.run(config)
+
+
+def test_stage_in_live_mode_picks_as_the_live_python_twin(tflm_lib, model_dir, tmp_path):
+    """A header written with live settings builds the live firmware; the stage then compares it with
+    pipeline.picking.live_stream_picks (not the exact replay) and counts its real-time factor at the live hop."""
+    from pipeline.config import Config
+    from pipeline.convert import c_array
+    from pipeline.stages import data, firmware_sim
+
+    _, flatbuffer, info, budget = model_dir
+    live_dir = tmp_path / "live-model"
+    c_array.write_firmware(live_dir, flatbuffer, info, PickRule(p_threshold=0.3, s_threshold=0.35), budget, 1e-6,
+                           live={"enabled": True, "hop_samples": 100, "lookahead_samples": 100})
+    config = Config()
+    config.set("data.out", str(tmp_path / "data"))
+    config.set("data.synthetic.n_traces", 2)
+    config.set("data.synthetic.trace_seconds", 40.0)
+    data.run(config)
+    for key, value in (("quantize.firmware_dir", str(live_dir)), ("board.name", "esp32c3"),
+                       ("firmware_sim.dataset", str(tmp_path / "data")), ("firmware_sim.traces", 1),
+                       ("firmware_sim.build_dir", str(tmp_path / "build")), ("firmware_sim.out", str(tmp_path / "out"))):
+        config.set(key, value)
+    report = firmware_sim.run(config)
+    assert report["live"] and report["hop_s"] == 1.0
+    assert report["picks_equal"], report["traces"]

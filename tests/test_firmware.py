@@ -194,10 +194,13 @@ def test_trigger_matches_seisbench(driver, top):
     curve[2950] = 0.87
     args = ["trigger", 0.3] + ([] if top is None else [top])
     out = [line.split() for line in run(driver, *args, stdin=floats_text(curve)).splitlines()]
-    got = [(int(s), int(on), int(off), np.float32(p)) for s, on, off, p in out]
-    ref = [(p["sample"], p["on"], p["off"], np.float32(p["prob"]))
+    got = [(int(s), int(on), int(off), np.float32(p), int(w)) for s, on, off, p, w in out]
+    ref = [(p["sample"], p["on"], p["off"], np.float32(p["prob"]), p["fwhm"])
            for p in PickRule(p_threshold=0.3, top_tolerance=top).picks(curve[:, None], "P")]
     assert got == ref and len(ref) >= 7
+    # the width at half maximum whatever the top tolerance, capped at 256 samples either side of the maximum:
+    # [1800, 1850 + 256] and [2950 - 256, 2989]
+    assert [p[4] for p in got if 1800 <= p[0] < 2400 or 2600 <= p[0] < 3000] == [307, 296]
     if top is not None:  # the tops moved the picks off the maxima, by the 256-sample caps
         # top [1800, 1850 + 256] -> 1953; top [2950 - 256, 2989] -> 2841
         assert [p[0] for p in got if 1800 <= p[0] < 2400 or 2600 <= p[0] < 3000] == [1953, 2841]
@@ -267,10 +270,15 @@ def stream_args(exact=1, layout="last", max_gap=100, thresholds=(0.3, 0.3), blin
 
 
 def compare_picks(got: list[dict], ref: list[dict]):
+    """The firmware's JSON picks against a reference: pipeline.picking's (with fwhm and uncertainty_s, compared too)
+    or SeisBench's classify (without them)."""
     assert [(p["phase"], p["sample"], p["on"], p["off"]) for p in got] == [(p["phase"], p["sample"], p["on"], p["off"]) for p in ref]
     for g, r in zip(got, ref):
         assert abs(g["prob"] - r["prob"]) <= 1e-5
         assert abs(g["time"] - r["time"]) <= 1e-6
+        if "fwhm" in r:
+            assert g["fwhm"] == r["fwhm"], (g, r)
+            assert abs(g["unc"] - r["uncertainty_s"]) <= 5e-5  # printed with 4 decimals
 
 
 @pytest.mark.parametrize("layout,blinding", [("last", (0, 0)), ("first", (0, 0)), ("last", (100, 60))])
@@ -688,3 +696,80 @@ def test_replay_reads_miniseed_gaps_as_gaps_and_opens_datasets(driver, tmp_path)
     write_dataset(records(), tmp_path / "ds", DataConfig(), "test")
     x, _ = replay.load_dataset_trace(str(tmp_path / "ds"), 1)
     assert x.shape == (3, 4000)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The live mode: a small hop and a look-ahead, every sample from one window (docs/firmware.md, "Live mode")
+# ---------------------------------------------------------------------------------------------------------------
+LIVE_HOP, LIVE_LOOKAHEAD = 64, 48
+
+
+def live_stream() -> np.ndarray:
+    """synthetic_stream and one more P whose trigger reaches past the last window's kept slice (closed at "#end")."""
+    x = synthetic_stream()
+    t = np.arange(x.shape[1])
+    x[0] += 3.0 * np.exp(-0.5 * ((t - 2890) / 8.0) ** 2) * np.sin(t / 2.0)
+    return x
+
+
+def test_live_mode_matches_python_twin_within_its_latency_budget(driver):
+    """The core with exact_tail off, the live hop and blinding: the picks of pipeline.picking.live_stream_picks,
+    each reported (the last sample received when its line came out) when the twin says: its trigger's closing
+    sample (off + 1) is final look-ahead to look-ahead + hop - 1 samples after it arrived, so a pick comes at most
+    look-ahead + hop + its trigger-off delay after its sample; the exact replay's come a window late."""
+    from pipeline.picking import live_blinding, live_stream_picks
+
+    x = live_stream()
+    end = x.shape[1] - 1
+    blinding = live_blinding(IN_SAMPLES, LIVE_HOP, LIVE_LOOKAHEAD)
+    rule = PickRule(p_threshold=0.3, s_threshold=0.3, top_tolerance=TOP)
+    ref, _ = live_stream_picks(x, square_model, IN_SAMPLES, LIVE_HOP, LIVE_LOOKAHEAD, rule, EPS)
+    args = stream_args(exact=0, blinding=blinding)
+    args[2] = LIVE_HOP
+    lines = run(driver, *args, stdin=stream_text(x)).splitlines()
+    assert not [line for line in lines if json.loads(line)["type"] == "error"]
+    got = parse_pick_lines(lines)
+    assert len(ref) >= 10 and {p["phase"] for p in ref} == {"P", "S"}
+    compare_picks(got, ref)
+    assert [p["reported"] for p in got] == [p["reported"] for p in ref]
+    emitted = [json.loads(line)["reported"] for line in lines if json.loads(line)["type"] == "pick"]
+    assert emitted == sorted(emitted)  # each line as its trigger closed, in stream order
+    closed = [p for p in got if p["reported"] < end]
+    assert len(got) - len(closed) == 1  # the last P closes at "#end"
+    for p in got:
+        assert p["reported"] - p["sample"] <= LIVE_LOOKAHEAD + LIVE_HOP + (p["off"] + 1 - p["sample"]), p
+    for p in closed:
+        assert LIVE_LOOKAHEAD <= p["reported"] - (p["off"] + 1) <= LIVE_LOOKAHEAD + LIVE_HOP - 1, p
+    exact = [p for p in parse_pick_lines(run(driver, *stream_args(), stdin=stream_text(x)).splitlines())
+             if p["reported"] < end]
+    assert exact and all(p["reported"] - (p["off"] + 1) >= IN_SAMPLES for p in exact)
+
+
+def test_firmware_glue_syntax_live_mode(tmp_path):
+    """firmware/src/main_functions.cc with a model_config.h in live mode (the default of `make quantize`), and the
+    one-line refusal of -DEDGEPICK_LIVE=1 with a header written without live settings."""
+    from pipeline import boards
+    from pipeline.convert import c_array
+
+    info = {"precision": "int8", "bytes": 100, "expanded_bytes": 0, "sha256": "abc", "arena_bytes": 1000,
+            "in_samples": 3001, "hop_samples": 1501, "sampling_rate": 100.0, "ops": {"CONV_2D": 9, "SOFTMAX": 1},
+            "io": {"input": {"dtype": "int8", "scale": 0.0078125, "zero_point": 0},
+                   "output": {"dtype": "int8", "scale": 0.00390625, "zero_point": -128}}}
+    budget = boards.check_budget(boards.get_board("esp32s3-psram8"), info)
+    stubs = CORE / "host" / "stubs"
+
+    def compile_glue(model_dir, *defines):
+        cmd = ["g++", "-std=gnu++17", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter", "-fsyntax-only",
+               "-DEDGEPICK_SAMPLE_SOURCE=0", *defines, f"-I{stubs}", f"-I{model_dir}", f"-I{FIRMWARE / 'src'}",
+               f"-I{CORE / 'src'}", str(FIRMWARE / "src" / "main_functions.cc")]
+        return subprocess.run(cmd, capture_output=True, text=True)
+
+    live = {"enabled": True, "hop_samples": 100, "lookahead_samples": 100}
+    files = c_array.write_firmware(tmp_path / "live", bytes(100), info, PickRule(blinding=(302, 302)), budget, 1e-6, live)
+    assert "#define EDGEPICK_LIVE_BLIND_PRE 2801 " in files["model_config.h"]
+    for defines in ((), ("-DEDGEPICK_LIVE=0",)):
+        result = compile_glue(tmp_path / "live", *defines)
+        assert result.returncode == 0, result.stderr
+    c_array.write_firmware(tmp_path / "replay", bytes(100), info, PickRule(blinding=(302, 302)), budget, 1e-6)
+    result = compile_glue(tmp_path / "replay", "-DEDGEPICK_LIVE=1")
+    assert result.returncode != 0 and "model_config.h has no live settings" in result.stderr

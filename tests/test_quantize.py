@@ -278,3 +278,42 @@ def test_stage_takes_windows_from_a_mixture_of_datasets(tmp_path, capsys):
     assert (tmp_path / "tflite" / "edgepick_config.yaml").is_file()
     header = (tmp_path / "firmware" / "model_config.h").read_text()
     assert "#define EDGEPICK_P_THRESHOLD 0.3f " in header
+
+
+def test_config_header_writes_the_live_mode_and_refuses_what_does_not_fit():
+    """model_config.h's live lines come from the live settings (EDGEPICK_LIVE guarded so a build flag can override it;
+    blinding = (window - hop - look-ahead, look-ahead)); a header without them replays exactly."""
+    info = {"precision": "int8", "bytes": 100, "sha256": "abc", "arena_bytes": 1000, "in_samples": SAMPLES,
+            "hop_samples": 501, "sampling_rate": 100.0, "io": {"input": {"dtype": "int8", "scale": 0.01, "zero_point": 0},
+                                                              "output": {"dtype": "int8", "scale": 0.004, "zero_point": -128}}}
+    budget = boards.check_budget(boards.get_board("esp32s3-psram8"), info)
+
+    def header(hop, lookahead, enabled=True):
+        live = {"enabled": enabled, "hop_samples": hop, "lookahead_samples": lookahead}
+        return c_array.model_config_header(info, PickRule(blinding=(300, 300)), budget, 1e-6, live)
+
+    text = header(50, 120)
+    for line in ("#ifndef EDGEPICK_LIVE\n#define EDGEPICK_LIVE 1 ", "#define EDGEPICK_LIVE_HOP_SAMPLES 50 ",
+                 f"#define EDGEPICK_LIVE_BLIND_PRE {SAMPLES - 50 - 120} ", "#define EDGEPICK_LIVE_BLIND_POST 120 ",
+                 "#define EDGEPICK_HOP_SAMPLES 501 ", "#define EDGEPICK_BLIND_PRE 300 "):  # the exact replay's stay
+        assert line in text, line
+    assert "#define EDGEPICK_LIVE 0 " in header(50, 120, enabled=False)
+    replay = c_array.model_config_header(info, PickRule(), budget, 1e-6)
+    assert "#define EDGEPICK_LIVE 0 " in replay and "#define EDGEPICK_LIVE_HOP_SAMPLES" not in replay
+    for hop, lookahead in ((0, 100), (100, 0), (-5, 100), (SAMPLES - 100, 100), (2.5, 100)):
+        with pytest.raises(EdgepickError, match="live mode") as error:
+            header(hop, lookahead)
+        assert "\n" not in str(error.value)
+
+
+def test_stage_refuses_a_live_hop_that_does_not_fit_before_converting(tmp_path, capsys):
+    _tiny_dataset(tmp_path)
+    XiaoNet(base_channels=2, in_samples=SAMPLES).save(tmp_path / "student")
+    capsys.readouterr()  # the dataset writer's progress lines
+    args = ["quantize", "--set", f"quantize.student={tmp_path / 'student'}", "--set", f"quantize.dataset={tmp_path}",
+            "--set", f"quantize.out={tmp_path / 'tflite'}", "--set", f"quantize.firmware_dir={tmp_path / 'firmware'}",
+            "--set", "live.hop_samples=950", "--set", "live.lookahead_samples=100"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "hop + look-ahead (950 + 100 samples)" in err[0] and f"{SAMPLES}-sample window" in err[0]
+    assert not (tmp_path / "firmware").exists() and not (tmp_path / "tflite").exists()

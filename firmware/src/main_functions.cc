@@ -36,9 +36,15 @@
 // bit-exactness test against the Python TFLite Micro interpreter; tests/test_emulator.py).
 #define EDGEPICK_TRACE_TENSORS 0
 #endif
+#ifndef EDGEPICK_LIVE
+#define EDGEPICK_LIVE 0  // a model_config.h older than the live mode: exact replay
+#endif
+#if EDGEPICK_LIVE && !defined(EDGEPICK_LIVE_HOP_SAMPLES)
+#error "model_config.h has no live settings: run `make quantize` with live.enabled=true, or build with -DEDGEPICK_LIVE=0"
+#endif
 #ifndef EDGEPICK_EXACT_TAIL
-// 1: picks identical to SeisBench's classify on a replayed file (a "#end" line runs the last window; picks come
-// one window late). 0: live latency of one hop, the stream never ends.
+// Exact replay (EDGEPICK_LIVE 0) only. 1: picks identical to SeisBench's classify on a replayed file (a "#end" line
+// runs the last window; picks come one window late). 0: no last window, the stream never ends.
 #define EDGEPICK_EXACT_TAIL 1
 #endif
 
@@ -136,9 +142,20 @@ bool setup() {
 
   edgepick::StreamConfig config;
   config.in_samples = EDGEPICK_WINDOW_SAMPLES;
+#if EDGEPICK_LIVE
+  // live: a window every live hop, each keeping only the hop predictions before its look-ahead, so a sample is
+  // final look-ahead to look-ahead + hop - 1 samples after it arrived (docs/firmware.md, "Live mode")
+  config.hop = EDGEPICK_LIVE_HOP_SAMPLES;
+  config.blind_pre = EDGEPICK_LIVE_BLIND_PRE;
+  config.blind_post = EDGEPICK_LIVE_BLIND_POST;
+  config.exact_tail = false;
+  HandleMessage("info", "live mode: hop %d, look-ahead %d samples", EDGEPICK_LIVE_HOP_SAMPLES, EDGEPICK_LIVE_BLIND_POST);
+#else
   config.hop = EDGEPICK_HOP_SAMPLES;
   config.blind_pre = EDGEPICK_BLIND_PRE;
   config.blind_post = EDGEPICK_BLIND_POST;
+  config.exact_tail = EDGEPICK_EXACT_TAIL != 0;
+#endif
   config.input_layout = edgepick::Layout::kChannelsLast;  // [1][samples][1][3]
   config.output_channels_last = true;
   config.n_classes = kClasses;
@@ -149,7 +166,6 @@ bool setup() {
   config.top_half_width = EDGEPICK_PICK_TOP_HALF_WIDTH;
   config.norm_eps = EDGEPICK_NORM_EPS;
   config.sampling_rate = EDGEPICK_SAMPLING_RATE_HZ;
-  config.exact_tail = EDGEPICK_EXACT_TAIL != 0;
   const edgepick::StreamBufferSizes sizes = edgepick::ComputeStreamBufferSizes(config);
   // Float models read their window from and write their predictions to the tensors themselves (both stay valid
   // around Invoke: the input is rewritten before each one, the output read right after); int8 models need float

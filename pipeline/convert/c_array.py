@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pipeline.artifacts import atomic_dir
 from pipeline.errors import EdgepickError
-from pipeline.picking import PickRule
+from pipeline.picking import PickRule, live_blinding
 
 
 def c_array(name: str, data: bytes, per_line: int = 16) -> str:
@@ -48,9 +48,30 @@ def parse_c_array(source: str) -> bytes:
     return data
 
 
-def model_config_header(info: dict, rule: PickRule, budget: dict, norm_eps: float) -> str:
+def live_header_lines(in_samples: int, live: dict | None) -> list[str]:
+    """The live mode's lines of model_config.h from the ``live`` settings (the quantize stage's ``live`` section:
+    enabled, hop_samples, lookahead_samples); None: exact replay, no live values."""
+    lines = ["// The live pick mode (`live.*` in pipeline/config.py, docs/firmware.md \"Live mode\"): 1 = a window every",
+             "// EDGEPICK_LIVE_HOP_SAMPLES, each keeping the hop predictions that end EDGEPICK_LIVE_BLIND_POST samples",
+             "// (the look-ahead) before its end, every sample final look-ahead to look-ahead + hop - 1 samples after it",
+             "// arrived; 0 = exact replay (SeisBench classify's picks at EDGEPICK_HOP_SAMPLES, a window late). A build flag",
+             "// -DEDGEPICK_LIVE=0 or 1 overrides it.", "#ifndef EDGEPICK_LIVE"]
+    if not live:
+        return lines + ["#define EDGEPICK_LIVE 0  // this header was written without live settings", "#endif"]
+    pre, post = live_blinding(in_samples, live["hop_samples"], live["lookahead_samples"])  # refuses what does not fit
+    hop = int(live["hop_samples"])
+    return lines + [
+        f"#define EDGEPICK_LIVE {1 if live['enabled'] else 0}  // live.enabled", "#endif",
+        f"#define EDGEPICK_LIVE_HOP_SAMPLES {hop}  // live.hop_samples",
+        f"#define EDGEPICK_LIVE_BLIND_PRE {pre}  // window - hop - look-ahead (pipeline.picking.live_blinding)",
+        f"#define EDGEPICK_LIVE_BLIND_POST {post}  // live.lookahead_samples",
+    ]
+
+
+def model_config_header(info: dict, rule: PickRule, budget: dict, norm_eps: float, live: dict | None = None) -> str:
     """``model_config.h``: what the firmware takes from the converted model (``info``, one variant of the quantize
-    stage), the student's pick rule and normalisation, and the board's memory budget (``boards.check_budget``)."""
+    stage), the student's pick rule and normalisation, the live mode's settings (``live``: enabled, hop_samples,
+    lookahead_samples; None: exact replay only) and the board's memory budget (``boards.check_budget``)."""
     q = info["io"]
     blind_pre, blind_post = rule.blinding or (0, 0)
     lines = [
@@ -95,6 +116,8 @@ def model_config_header(info: dict, rule: PickRule, budget: dict, norm_eps: floa
         f"#define EDGEPICK_BLIND_PRE {int(blind_pre)}  // predictions left out at each window's start",
         f"#define EDGEPICK_BLIND_POST {int(blind_post)}  // ... and end (SeisBench's blinding)",
         f"#define EDGEPICK_PICK_TOLERANCE_S {float(rule.match_tolerance_s)!r}f  // picks within this agree",
+        "",
+        *live_header_lines(int(info["in_samples"]), live),
         "",
         f"// memory budget for board {budget['board']} ({budget['description']}), margin {budget['margin']:.0%}",
         "// (the board a build runs on is EDGEPICK_BOARD_NAME, set by its platformio.ini environment; the firmware",
@@ -147,11 +170,11 @@ def model_ops_header(ops: list[str]) -> str:
 
 
 def write_firmware(out_dir: str | Path, payload: bytes, info: dict, rule: PickRule, budget: dict,
-                   norm_eps: float) -> dict[str, str]:
-    """Write model_data.cc/.h, model_config.h and model_ops.h (``info["ops"]``: op type -> count) into ``out_dir``
-    atomically (all or nothing)."""
+                   norm_eps: float, live: dict | None = None) -> dict[str, str]:
+    """Write model_data.cc/.h, model_config.h (``live`` as in :func:`model_config_header`) and model_ops.h
+    (``info["ops"]``: op type -> count) into ``out_dir`` atomically (all or nothing)."""
     files = model_data_files(payload, info["precision"], info["sha256"])
-    files["model_config.h"] = model_config_header(info, rule, budget, norm_eps)
+    files["model_config.h"] = model_config_header(info, rule, budget, norm_eps, live)
     files["model_ops.h"] = model_ops_header(list(info["ops"]))
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:

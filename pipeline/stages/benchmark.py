@@ -12,6 +12,7 @@ agreement with the teacher and picks per hour only. The protocols are written ou
 from __future__ import annotations
 
 import collections
+import copy
 import re
 import time
 from pathlib import Path
@@ -21,14 +22,21 @@ import obspy
 import torch
 from tqdm import tqdm
 
+from pipeline import boards, runners, waveforms
 from pipeline import report as benchmark_report
-from pipeline import runners, waveforms
 from pipeline.annotation import Curves, annotation_curves, dataset_curves, model_rule
 from pipeline.artifacts import save_config
 from pipeline.datasets import hz, open_dataset
 from pipeline.errors import EdgepickError
-from pipeline.metrics import (PHASES, add_teacher_ratios, analyst_picks, bin_masks, match_picks, parse_snr_db,
-                              pick_records, pr_curve, protocol2_scores, protocol2_windows, sp_seconds)
+from pipeline.metrics import (PHASES, add_teacher_ratios, analyst_picks, bin_masks, latency_summary, match_picks,
+                              parse_snr_db, pick_latencies, pick_records, pr_curve, protocol2_scores, protocol2_windows,
+                              score_picks, sp_seconds)
+from pipeline.picking import add_reported_samples, live_blinding, live_offsets
+from pipeline.student import hop_samples
+
+# The live pass's warm-up: each trace starts after this much of its own beginning, mirrored back and forth (the
+# first second of an event trace is pre-event noise; mirrored, it has no step at the joins).
+WARMUP_NOISE_S = 1.0
 
 
 def resolve_dataset(config, spec: str | None = None) -> tuple[Path, str]:
@@ -143,6 +151,8 @@ def run(config) -> dict:
                   "hours": hours, "sampling_rate": rate}
     models, student = load_models(config)
     runners.check_rates(models, rates)
+    if config.live.benchmark and student is not None:  # a live hop that does not fit: refused before any annotate
+        live_blinding(student.in_samples, config.live.hop_samples, config.live.lookahead_samples)
 
     curves: dict[str, Curves] = {}
     annotate_seconds = {}
@@ -204,6 +214,9 @@ def run(config) -> dict:
         records += pick_records(teacher, "teacher", teacher_picks, teacher_picks, all_mask, tolerances,
                                 _thresholds(rules[teacher.label]), hours)
     add_teacher_ratios(records)
+    live = None
+    if config.live.benchmark and truth is not None:
+        live = live_pass(config, models, traces, rate, order, truth, picks, tolerances)
 
     cost_rows = []
     for model in models:
@@ -225,6 +238,10 @@ def run(config) -> dict:
         "protocol2": protocol2,
         "pr_curves": pr_curves,
     }
+    if live is not None:
+        live["compute"] = live_compute(cost_rows, rate, live["hop_samples"],
+                                       hop_samples(student) if student is not None else None)
+        report["live"] = live
     examples = None
     if not continuous:
         examples = benchmark_report.Examples(traces, order, rate, truth, curves, b.example_traces, b.seed)
@@ -237,6 +254,125 @@ def run(config) -> dict:
     print(f"report: {folder / 'benchmark.md'} (and benchmark.json, the figures)")
     report["folder"] = str(folder)
     return report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The live pass: the firmware's live mode on every labelled trace (docs/firmware.md, "Live mode")
+# ---------------------------------------------------------------------------------------------------------------
+def live_pass(config, models, traces, rate, order, truth, picks, tolerances) -> dict | None:
+    """Live and exact F1 and the latency of live picks of the PyTorch student (and the TFLite variants with
+    ``live.benchmark_tflite``): the report's ``live`` section (docs/benchmark.md); None without such a model."""
+    lv, b = config.live, config.benchmark
+    chosen = [m for m in models if m.name == "student" and (m.runtime == "pytorch" or lv.benchmark_tflite)]
+    if not chosen:
+        return None
+    latency_tolerance = max(tolerances)
+    rows, seconds = [], {}
+    for model in chosen:
+        started = time.perf_counter()
+        times, reported = live_pick_times(model, traces, rate, order, lv.hop_samples, lv.lookahead_samples,
+                                          lv.benchmark_warmup, b.threshold, b.traces_per_call, b.batch_size)
+        seconds[model.label] = round(time.perf_counter() - started, 2)
+        print(f"benchmark: {model.label} annotated {len(traces)} traces live in {seconds[model.label]:.1f} s")
+        rows += live_rows(model, truth, times, reported, picks[model.label], tolerances, latency_tolerance)
+    pre, post = live_blinding(chosen[0].members[0].in_samples, lv.hop_samples, lv.lookahead_samples)
+    return {"hop_samples": int(lv.hop_samples), "lookahead_samples": int(lv.lookahead_samples),
+            "blinding": [pre, post], "warmup_samples": pre if lv.benchmark_warmup else 0,
+            "latency_tolerance_s": latency_tolerance, "annotate_seconds": seconds, "rows": rows}
+
+
+def live_pick_times(model, traces, rate, order, hop, lookahead, warmup=True, threshold=None, traces_per_call=64,
+                    batch_size=64) -> tuple[dict, dict]:
+    """Per phase, per trace: the times (s from the trace's first sample) of the picks the firmware's live mode
+    makes on it, and when each is reported (pipeline.picking.live_stream_picks, computed by the model's own
+    SeisBench annotate). Each trace is annotated after its warm-up (:func:`warmup_padded`, picks on it dropped)
+    and cut after its last live window, so that SeisBench adds no last window ending at the trace's end."""
+    n = model.members[0].in_samples
+    pre, _ = live_blinding(n, hop, lookahead)
+    pad = pre if warmup else 0
+    padded = [warmup_padded(w, pad, rate) for w in traces]
+    kept = [i for i, w in enumerate(padded) if w.shape[1] >= n]  # a shorter one has no window: no live picks
+    curves = dataset_curves(live_model(model, hop, lookahead), [live_windows_span(padded[i], n, hop) for i in kept],
+                            rate, order, traces_per_call, batch_size)
+    rule = curves.rule.with_threshold(threshold)
+    times = {phase: [np.zeros(0)] * len(traces) for phase in PHASES}
+    reported = {phase: [np.zeros(0)] * len(traces) for phase in PHASES}
+    for k, i in enumerate(kept):
+        if curves.data[k].shape[1] < 3:  # nothing annotated (as Curves.picks, no run shorter than 3 samples)
+            continue
+        on_grid = [dict(p, sample=p["sample"] + curves.start[k], off=p["off"] + curves.start[k])
+                   for p in rule.picks(curves.data[k], "".join(PHASES))]
+        mine = [p for p in add_reported_samples(on_grid, padded[i].shape[1], n, hop, lookahead) if p["sample"] >= pad]
+        for phase in PHASES:
+            these = sorted((p["sample"], p["reported"]) for p in mine if p["phase"] == phase)
+            times[phase][i] = np.asarray([(s - pad) / rate for s, _ in these], dtype=float)
+            reported[phase][i] = np.asarray([(r - pad) / rate for _, r in these], dtype=float)
+    return times, reported
+
+
+def live_model(model, hop: int, lookahead: int):
+    """A benchmark model whose members annotate as the live firmware: a window every ``hop``, the live blinding
+    (copies sharing the weights; their ``default_args`` are what SeisBench's annotate starts from)."""
+    members = []
+    for member in model.members:
+        live = copy.copy(member)
+        live.default_args = dict(member.default_args, overlap=int(member.in_samples - hop),
+                                 blinding=live_blinding(member.in_samples, hop, lookahead))
+        members.append(live)
+    return runners.BenchModel(model.name, model.runtime, model.precision, members, list(model.weights), model.spec,
+                              model.flatbuffer, model.device_bytes, list(model.notes))
+
+
+def warmup_padded(waveform: np.ndarray, samples: int, rate: float) -> np.ndarray:
+    """``waveform`` (components, n) after ``samples`` samples of its own first second mirrored back and forth: a
+    station that had been streaming before the trace (continuous at the join)."""
+    if samples <= 0:
+        return waveform
+    head = waveform[:, : max(1, int(round(WARMUP_NOISE_S * rate)))]
+    before = np.pad(head, ((0, 0), (samples, 0)), mode="symmetric")[:, :samples]
+    return np.concatenate([before, waveform], axis=1)
+
+
+def live_windows_span(waveform: np.ndarray, in_samples: int, hop: int) -> np.ndarray:
+    """``waveform`` up to the end of its last live window (the live firmware uses no sample after it)."""
+    offsets = live_offsets(waveform.shape[1], in_samples, hop)
+    return waveform[:, : int(offsets[-1]) + in_samples] if len(offsets) else waveform[:, :0]
+
+
+def live_rows(model, truth, times, reported, exact_times, tolerances, latency_tolerance) -> list[dict]:
+    """Per phase: F1 at each tolerance live and exact, and the latency (reported time - analyst onset) of the live
+    picks matched within ``latency_tolerance``: median, 95th percentile, count."""
+    live_scores, exact_scores = score_picks(truth, times, tolerances), score_picks(truth, exact_times, tolerances)
+    rows = []
+    for phase in PHASES:
+        latency = latency_summary(pick_latencies(truth[phase], times[phase], reported[phase], latency_tolerance))
+        rows.append({"model": model.name, "runtime": model.runtime, "precision": model.precision, "phase": phase,
+                     "n_labels": int(sum(len(t) for t in truth[phase])),
+                     "n_picks_live": int(sum(len(t) for t in times[phase])),
+                     "f1_live": {f"{t:g}": live_scores[phase][t]["f1"] for t in tolerances},
+                     "f1_exact": {f"{t:g}": exact_scores[phase][t]["f1"] for t in tolerances},
+                     "latency_median_s": latency["median_s"], "latency_p95_s": latency["p95_s"],
+                     "latency_n": latency["n"]})
+    return rows
+
+
+def live_compute(cost_rows: list[dict], rate: float, hop: int, exact_hop: int | None = None) -> list[dict]:
+    """Per TFLite model and board with a per-window estimate (pipeline.boards.estimate_latency, the models table's
+    ``*_latency_ms_est``): what the live mode costs per second of data: windows (rate / hop), the real-time factor
+    (windows/s x per-window time; the exact replay's at ``exact_hop`` beside it) and the instructions (cycles at the
+    estimate's cycles per MAC: for INT8 on ESP32 / ESP32-C3 the emulator's instructions, one cycle each)."""
+    rows = []
+    for row in cost_rows:
+        if row["runtime"] != "tflm" or not row.get("macs_per_window"):
+            continue
+        for chip, est in boards.estimate_latency(row["macs_per_window"], row["precision"], hop / rate).items():
+            rows.append({"model": row["model"], "runtime": row["runtime"], "precision": row["precision"], "board": chip,
+                         "ms_per_window_est": est["ms"], "windows_per_s": rate / hop,
+                         "real_time_factor_est": est["ms"] / 1e3 * rate / hop,
+                         "real_time_factor_exact_est": est["ms"] / 1e3 * rate / exact_hop if exact_hop else None,
+                         "instructions_per_s_est": row["macs_per_window"] * est["cycles_per_mac"] * rate / hop,
+                         "source": est["source"]})
+    return rows
 
 
 def report_folder(config, dataset: Path, split: str) -> Path:

@@ -19,7 +19,7 @@ from pipeline import boards, emulator, tflm, waveforms
 from pipeline.artifacts import atomic_write_text, save_config
 from pipeline.convert import c_array, fp16_pack
 from pipeline.errors import EdgepickError
-from pipeline.picking import PickRule, stream_picks
+from pipeline.picking import PickRule, live_stream_picks, stream_picks
 from pipeline.serial_protocol import parse_pick_lines, sample_lines
 from pipeline.stages.benchmark import load_labelled, resolve_dataset
 from pipeline.stages.firmware import read_model_config
@@ -44,17 +44,32 @@ def model_flatbuffer(model_dir: Path, values: dict[str, str]) -> bytes:
 
 
 def python_picks(waveform: np.ndarray, flatbuffer: bytes, values: dict[str, str], rule: PickRule) -> list[tuple]:
-    """(phase, sample) of the Python stream reference: the firmware's windows, normalisation and picker in
+    """(phase, sample, fwhm) of the Python stream reference: the firmware's windows, normalisation and picker in
     pipeline.picking, the model in the tflite-micro interpreter."""
-    picks, _ = stream_picks(waveform, lambda w: tflm.run(flatbuffer, w[None])[0].T,
-                            int(values["EDGEPICK_WINDOW_SAMPLES"]), int(values["EDGEPICK_HOP_SAMPLES"]), rule,
-                            float(values["EDGEPICK_NORM_EPS"].rstrip("f")),
-                            float(values["EDGEPICK_SAMPLING_RATE_HZ"].rstrip("f")))
-    return sorted((p["phase"], int(p["sample"])) for p in picks)
+    model = lambda w: tflm.run(flatbuffer, w[None])[0].T  # noqa: E731
+    window, eps = int(values["EDGEPICK_WINDOW_SAMPLES"]), float(values["EDGEPICK_NORM_EPS"].rstrip("f"))
+    rate = float(values["EDGEPICK_SAMPLING_RATE_HZ"].rstrip("f"))
+    if live_mode(values):  # the firmware built from this header picks live (model_config.h's EDGEPICK_LIVE)
+        picks, _ = live_stream_picks(waveform, model, window, int(values["EDGEPICK_LIVE_HOP_SAMPLES"]),
+                                     int(values["EDGEPICK_LIVE_BLIND_POST"]), rule, eps, rate)
+    else:
+        picks, _ = stream_picks(waveform, model, window, int(values["EDGEPICK_HOP_SAMPLES"]), rule, eps, rate)
+    return sorted((p["phase"], int(p["sample"]), int(p["fwhm"])) for p in picks)
+
+
+def live_mode(values: dict[str, str]) -> bool:
+    """Whether a firmware built from this model_config.h runs the live mode (a header without it replays exactly)."""
+    return values.get("EDGEPICK_LIVE", "0").strip() == "1"
+
+
+def hop_samples(values: dict[str, str]) -> int:
+    """The hop the firmware built from this header runs its windows at."""
+    return int(values["EDGEPICK_LIVE_HOP_SAMPLES" if live_mode(values) else "EDGEPICK_HOP_SAMPLES"])
 
 
 def firmware_run(lines: list[str]) -> dict:
-    """What one emulator run printed: picks, instructions per window, messages, its closing measurement."""
+    """What one emulator run printed: picks ((phase, sample, fwhm), as :func:`python_picks`), instructions per
+    window, messages, its closing measurement."""
     objects = []
     for line in lines:
         if line.startswith("{"):
@@ -65,7 +80,7 @@ def firmware_run(lines: list[str]) -> dict:
     by_type = {}
     for obj in objects:
         by_type.setdefault(obj.get("type"), []).append(obj)
-    return {"picks": sorted((p["phase"], int(p["sample"])) for p in parse_pick_lines(lines)),
+    return {"picks": sorted((p["phase"], int(p["sample"]), p.get("fwhm")) for p in parse_pick_lines(lines)),
             "instructions": [t["instructions"] for t in by_type.get("timing", [])],
             "errors": [m.get("msg", "") for m in by_type.get("error", [])],
             "warnings": [m.get("msg", "") for m in by_type.get("warn", [])],
@@ -159,7 +174,7 @@ def run(config) -> dict:
     first = results["esp_nn"][0]
     arena = int(values["EDGEPICK_ARENA_ALLOC_BYTES"].rstrip("u"))
     per_window = {k: int(np.median([n for r in runs for n in r["instructions"]] or [0])) for k, runs in results.items()}
-    hop_s = int(values["EDGEPICK_HOP_SAMPLES"]) / rate
+    hop_s = hop_samples(values) / rate
     macs = int(values.get("EDGEPICK_MODEL_MACS", "0").rstrip("u"))
     seconds = {k: n * s.cycles_per_instruction / (board.cpu_mhz * 1e6) for k, n in per_window.items()}
     report = {
@@ -170,7 +185,7 @@ def run(config) -> dict:
         "instructions_per_mac": {k: round(n / macs, 2) for k, n in per_window.items()} if macs else None,
         "cycles_per_instruction_assumed": s.cycles_per_instruction,
         "cpu_mhz": board.cpu_mhz, "seconds_per_window_est": seconds,
-        "real_time_factor_est": {k: v / hop_s for k, v in seconds.items()}, "hop_s": hop_s,
+        "real_time_factor_est": {k: v / hop_s for k, v in seconds.items()}, "hop_s": hop_s, "live": live_mode(values),
         "traces": comparisons,
         "picks_equal": all(c["esp_nn_kernels"] == c["reference_kernels"] and c["python"] in (None, c["esp_nn_kernels"])
                            for c in comparisons),

@@ -18,12 +18,14 @@ from pipeline import boards, generators
 from pipeline.artifacts import atomic_dir, save_config
 from pipeline.convert import QuantizeResult, c_array, quantize_student
 from pipeline.errors import EdgepickError
+from pipeline.picking import live_blinding
 from pipeline.student import hop_samples, load_student
 
 
 def run(config) -> QuantizeResult:
     q = config.quantize
     model = load_student(q.student)
+    live = _live_settings(config.live, model.in_samples)  # refused before the long conversion
     dataset = q.dataset or config.distill.dataset
     calibration = _windows(dataset, "train", max(int(q.calibration_windows), 1), model.in_samples, q.seed)
     if "int8" in q.precisions and len(calibration) < q.min_calibration_windows:
@@ -72,9 +74,18 @@ def run(config) -> QuantizeResult:
         (tmp / "quantize_report.json").write_text(json.dumps(report, indent=2, default=str))
         save_config(tmp, config)
     c_array.write_firmware(q.firmware_dir, result.flatbuffers[q.firmware_precision], chosen, model.pick_rule, budget,
-                           model.norm_eps)
+                           model.norm_eps, live)
     print(f"wrote {out}/ and {q.firmware_dir}/ ({q.firmware_precision}, {chosen['bytes']} bytes, arena {chosen['arena_bytes']} bytes)")
     return result
+
+
+def _live_settings(live, in_samples: int) -> dict | None:
+    """The ``live`` section as model_config.h takes it (None when the firmware is to replay exactly); a hop or
+    look-ahead that does not fit the student's window is refused here."""
+    if not live.enabled:
+        return None
+    live_blinding(in_samples, live.hop_samples, live.lookahead_samples)
+    return {"enabled": True, "hop_samples": int(live.hop_samples), "lookahead_samples": int(live.lookahead_samples)}
 
 
 def _windows(dataset: str, split: str, count: int, samples: int, seed: int):

@@ -4,7 +4,7 @@
 //   half                  uint16 in, float32 bits out  fp16expand IN OUT     expand an EPH1 file
 //   normalize N LAYOUT EPS  N*3 floats (channels-last) in, normalised window out in LAYOUT (last|first) order
 //   ring CAP              "N" then N frames, then "start n layout" queries
-//   trigger THRESHOLD [TOP]  a curve (one float a line) in, picks out: "sample on off prob" (TOP: top tolerance)
+//   trigger THRESHOLD [TOP]  a curve (one float a line) in, picks out: "sample on off prob fwhm" (TOP: top tolerance)
 //   parse                 serial lines in, one parse result a line out
 //   resample IN OUT       frames in at IN Hz, frames out at OUT Hz (linear interpolation)
 //   stream IN HOP EXACT BLIND_PRE BLIND_POST EPS THR_P THR_S MAX_GAP LAYOUT TOP MODEL [PROBS_FILE]
@@ -35,6 +35,11 @@ int Usage() {
 }
 
 void PrintFloat(float v) { std::printf("%.9g\n", static_cast<double>(v)); }
+
+void PrintPick(const Pick& pick) {
+  std::printf("%" PRIu64 " %" PRIu64 " %" PRIu64 " %.9g %" PRIu32 "\n", pick.sample, pick.on, pick.off,
+              static_cast<double>(pick.prob), pick.fwhm);
+}
 
 struct Model {
   std::string kind;
@@ -253,11 +258,11 @@ int main(int argc, char** argv) {
     Pick pick;
     while (std::fgets(line, sizeof(line), stdin)) {
       if (trigger.Feed(index++, std::strtof(line, nullptr), &pick)) {
-        std::printf("%" PRIu64 " %" PRIu64 " %" PRIu64 " %.9g\n", pick.sample, pick.on, pick.off, static_cast<double>(pick.prob));
+        PrintPick(pick);
       }
     }
     if (trigger.Finish(&pick)) {
-      std::printf("%" PRIu64 " %" PRIu64 " %" PRIu64 " %.9g\n", pick.sample, pick.on, pick.off, static_cast<double>(pick.prob));
+      PrintPick(pick);
     }
     return 0;
   }

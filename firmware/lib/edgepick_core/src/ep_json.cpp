@@ -5,14 +5,24 @@
 
 namespace edgepick {
 
+// A peak's full width at half maximum per standard deviation, were it a Gaussian: 2 sqrt(2 ln 2). The width is
+// what the picker measures; reading it as a Gaussian's makes the uncertainty one standard deviation, as
+// QuakeML's time uncertainty and NonLinLoc's GAU error are.
+constexpr double kFwhmPerSigma = 2.3548200450309493;
+
+double PickUncertainty(uint32_t fwhm, double sampling_rate) {
+  return static_cast<double>(fwhm) / kFwhmPerSigma / sampling_rate;
+}
+
 int FormatPickJson(char* buf, size_t cap, const Pick& pick, const char* phase_name, double t0, double sampling_rate) {
   const double time = t0 + static_cast<double>(pick.sample) / sampling_rate;
   char phase[32];
   JsonEscape(phase, sizeof(phase), phase_name);
   return std::snprintf(buf, cap,
                        "{\"type\":\"pick\",\"phase\":\"%s\",\"sample\":%" PRIu64 ",\"time\":%.6f,\"prob\":%.6f,"
-                       "\"on\":%" PRIu64 ",\"off\":%" PRIu64 "}",
-                       phase, pick.sample, time, static_cast<double>(pick.prob), pick.on, pick.off);
+                       "\"fwhm\":%" PRIu32 ",\"unc\":%.4f,\"on\":%" PRIu64 ",\"off\":%" PRIu64 "}",
+                       phase, pick.sample, time, static_cast<double>(pick.prob), pick.fwhm,
+                       PickUncertainty(pick.fwhm, sampling_rate), pick.on, pick.off);
 }
 
 size_t JsonEscape(char* out, size_t cap, const char* in) {

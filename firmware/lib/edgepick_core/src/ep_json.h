@@ -9,9 +9,14 @@
 
 namespace edgepick {
 
-// {"type":"pick","phase":"P","sample":1234,"time":12.340000,"prob":0.812345,"on":1230,"off":1240}
-// time = t0 + sample / sampling_rate (seconds; t0 is what a "#t0" line set, 0 by default).
+// {"type":"pick","phase":"P","sample":1234,"time":12.340000,"prob":0.812345,"fwhm":24,"unc":0.1019,"on":1230,"off":1240}
+// time = t0 + sample / sampling_rate (seconds; t0 is what a "#t0" line set, 0 by default); fwhm: the peak's width
+// at half maximum in samples (ep_picker.h); unc: the pick's time uncertainty in seconds (PickUncertainty).
 // Returns the length written (truncated to cap - 1 like snprintf), or -1 on error.
+// The standard deviation (s) of a Gaussian as wide at half maximum as the pick's peak: fwhm / (2 sqrt(2 ln 2)) /
+// sampling_rate (pipeline.picking.PickRule.picks: "uncertainty_s").
+double PickUncertainty(uint32_t fwhm, double sampling_rate);
+
 int FormatPickJson(char* buf, size_t cap, const Pick& pick, const char* phase_name, double t0, double sampling_rate);
 
 // {"type":"<type>","msg":"<escaped message>"} (type: "info", "warn", "error").

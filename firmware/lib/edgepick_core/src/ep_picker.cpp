@@ -33,13 +33,9 @@ bool TriggerPicker::Feed(uint64_t index, float value, Pick* pick) {
         current_.prob = value;
         current_.sample = index;
         StartTop(index);
-      } else if (top_open_) {
-        if (index == top_hi_ + 1 && index - current_.sample <= top_half_width_ &&
-            value >= TopLevel()) {
-          top_hi_ = index;
-        } else {
-          top_open_ = false;
-        }
+      } else {
+        ExtendRun(&top_, index, value, TopLevel());
+        ExtendRun(&half_, index, value, HalfLevel());
       }
     } else {
       current_.off = index - 1;
@@ -50,7 +46,7 @@ bool TriggerPicker::Feed(uint64_t index, float value, Pick* pick) {
   }
   if (!triggered_ && !emitted && value >= on_threshold_) {
     triggered_ = true;
-    current_ = Pick{index, index, index, value, phase_};
+    current_ = Pick{index, index, index, value, phase_, 1};
     history_[index % kHistory] = value;
     StartTop(index);
   }
@@ -67,20 +63,36 @@ bool TriggerPicker::Finish(Pick* pick) {
   return true;
 }
 
-void TriggerPicker::StartTop(uint64_t peak) {
-  top_lo_ = top_hi_ = peak;
-  top_open_ = true;
-  if (top_tolerance_ < 0.0f) return;
-  const float level = TopLevel();
-  while (top_lo_ > current_.on && peak - top_lo_ < top_half_width_ &&
-         history_[(top_lo_ - 1) % kHistory] >= level) {
-    --top_lo_;
+void TriggerPicker::StartRun(Run* run, uint64_t peak, float level) const {
+  run->lo = run->hi = peak;
+  run->open = true;
+  while (run->lo > current_.on && peak - run->lo < top_half_width_ && history_[(run->lo - 1) % kHistory] >= level) {
+    --run->lo;
   }
+}
+
+void TriggerPicker::ExtendRun(Run* run, uint64_t index, float value, float level) const {
+  if (!run->open) return;
+  if (index == run->hi + 1 && index - current_.sample <= top_half_width_ && value >= level) {
+    run->hi = index;
+  } else {
+    run->open = false;
+  }
+}
+
+void TriggerPicker::StartTop(uint64_t peak) {
+  StartRun(&half_, peak, HalfLevel());
+  if (top_tolerance_ < 0.0f) {  // the first maximum: no top to search
+    top_ = Run{peak, peak, false};
+    return;
+  }
+  StartRun(&top_, peak, TopLevel());
 }
 
 Pick TriggerPicker::Finished() const {
   Pick pick = current_;
-  if (top_tolerance_ >= 0.0f) pick.sample = top_lo_ + (top_hi_ - top_lo_) / 2;
+  if (top_tolerance_ >= 0.0f) pick.sample = top_.lo + (top_.hi - top_.lo) / 2;
+  pick.fwhm = static_cast<uint32_t>(half_.hi - half_.lo + 1);
   return pick;
 }
 

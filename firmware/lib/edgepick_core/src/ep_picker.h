@@ -11,6 +11,9 @@
 //     multi-humped at the top, so the first maximum is arbitrary: INT8 rounding moved it by 10-70 samples; the
 //     midpoint at half maximum sits on the steep flanks and stays put. There is no other minimum distance:
 //     two picks of one phase are separated by at least one sample below threshold / 2.
+//  3. every pick also carries its peak's width at half maximum (fwhm): the contiguous samples around the first
+//     maximum that are >= half of it, searched as the top is (at most top_half_width either side, inside
+//     [on, off]) whatever the top tolerance; pipeline.picking.PickRule.picks computes the same count.
 // Everything here is streaming: samples are finalised in order and picks come out as soon as the trigger
 // switches off.
 #pragma once
@@ -29,6 +32,7 @@ struct Pick {
   uint64_t off;     // trigger off (last sample >= threshold / 2)
   float prob;       // peak value of the stacked probability
   int phase;        // index into the model's output classes
+  uint32_t fwhm;    // samples >= prob / 2 around the peak (see 3. above): the pick's time uncertainty
 };
 
 // obspy.signal.trigger.trigger_onset (max_len = inf) plus the peak, one sample at a time.
@@ -46,10 +50,18 @@ class TriggerPicker {
   bool Finish(Pick* pick);
 
  private:
-  void StartTop(uint64_t peak);  // a new maximum at peak: the top's left edge from the history
+  // Contiguous samples >= a level around the maximum, at most top_half_width_ either side of it.
+  struct Run {
+    uint64_t lo = 0, hi = 0;  // [lo, hi]
+    bool open = false;        // the samples since the maximum are all still in the run
+  };
+  void StartRun(Run* run, uint64_t peak, float level) const;  // a new maximum: the left edge from the history
+  void ExtendRun(Run* run, uint64_t index, float value, float level) const;  // a later sample, not a new maximum
+  void StartTop(uint64_t peak);  // a new maximum at peak: both runs restart there
   Pick Finished() const;         // the pick of the segment that just closed
-  // Lowest value of the top; float32 as pipeline.student.peak_index computes it.
+  // Lowest value of the top; float32 as pipeline.picking.PickRule.peak computes it.
   float TopLevel() const { return current_.prob * (1.0f - top_tolerance_); }
+  float HalfLevel() const { return current_.prob * 0.5f; }  // = prob * (1 - 0.5f), bit for bit
   float on_threshold_ = 0.3f;
   float off_threshold_ = 0.15f;
   int phase_ = 0;
@@ -59,8 +71,8 @@ class TriggerPicker {
   Pick current_{};
   float top_tolerance_ = -1.0f;
   uint64_t top_half_width_ = 256;
-  uint64_t top_lo_ = 0, top_hi_ = 0;  // the top around the maximum so far: [top_lo_, top_hi_]
-  bool top_open_ = false;             // the samples since the maximum are all still in the top
+  Run top_{};   // the top around the maximum so far (top_tolerance_ >= 0)
+  Run half_{};  // the samples >= half the maximum around it so far (the fwhm)
   static constexpr uint64_t kHistory = kMaxTopHalfWidth + 1;
   float history_[kHistory] = {};  // the segment's last kHistory values, by index % kHistory
 };

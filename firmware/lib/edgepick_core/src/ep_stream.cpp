@@ -2,6 +2,7 @@
 
 #include <cinttypes>
 #include <cstdio>
+#include <cstring>
 
 #include "ep_json.h"
 #include "ep_normalize.h"
@@ -88,8 +89,8 @@ uint64_t StreamPicker::SafeToFinalize() const {
   uint64_t safe;
   if (config_.exact_tail) {  // a last window at "#end" would start at total - in_samples or later
     safe = total >= segment_start_ + config_.in_samples ? total - config_.in_samples : segment_start_;
-  } else {  // no window will start before next_offset_
-    safe = next_offset_;
+  } else {  // no later window starts before next_offset_, and none keeps a prediction before its blind_pre-th
+    safe = next_offset_ + config_.blind_pre;
   }
   return safe < covered_until_ ? safe : covered_until_;
 }
@@ -113,12 +114,28 @@ void StreamPicker::RunWindow(uint64_t offset) {
   if (!infer_(infer_context_, buffers_.window, buffers_.probs)) {
     ++stats_.failed_windows;
     Message("error", "inference failed; this window's predictions are missing");
-  } else if (!stacker_.AddWindow(offset, buffers_.probs, n, config_.n_classes, config_.output_channels_last,
-                                 config_.blind_pre, config_.blind_post)) {
+  } else if (!StackKept(offset)) {
     ++stats_.failed_windows;
     Message("error", "internal: window outside the stacking buffer");
   }
   if (offset + n > covered_until_) covered_until_ = offset + n;
+}
+
+bool StreamPicker::StackKept(uint64_t offset) {
+  // The window's kept predictions [blind_pre, n - blind_post) are stacked as a window of their own that starts at
+  // offset + blind_pre: with a large blind_pre (live mode) the samples before it are final already, and the stacker
+  // refuses a window that starts before its first sample not yet final.
+  const size_t n = config_.in_samples;
+  const size_t pre = config_.blind_pre;
+  const size_t classes = static_cast<size_t>(config_.n_classes);
+  float* probs = buffers_.probs;
+  if (config_.output_channels_last) {
+    probs += pre * classes;
+  } else if (pre > 0) {  // [classes][n] -> [classes][n - pre] in place: each row moves down onto moved rows only
+    for (size_t k = 0; k < classes; ++k) std::memmove(probs + k * (n - pre), probs + k * n + pre, (n - pre) * sizeof(float));
+  }
+  return stacker_.AddWindow(offset + pre, probs, n - pre, config_.n_classes, config_.output_channels_last, 0,
+                            config_.blind_post);
 }
 
 void StreamPicker::Finalize(uint64_t upto) {
@@ -253,9 +270,23 @@ void StreamPicker::HandleLine(const char* line) {
 
 void StreamPicker::EmitPick(const Pick& pick) {
   ++stats_.picks;
-  char line[256];
-  FormatPickJson(line, sizeof(line), pick, config_.phase_names[pick.phase], t0_, config_.sampling_rate);
+  char line[320];
+  const int length = FormatPickJson(line, sizeof(line), pick, config_.phase_names[pick.phase], t0_, config_.sampling_rate);
+  AppendReported(line, sizeof(line), length);
   emit_(emit_context_, line);
+}
+
+void StreamPicker::AppendReported(char* line, size_t cap, int length) const {
+  // "reported": the last sample received when the pick is emitted, so that a pick's latency is known
+  // ((reported - sample) / rate) whatever the mode and however the line is carried.
+  const uint64_t total = ring_.total();
+  char tail[48];
+  const int tail_length = std::snprintf(tail, sizeof(tail), ",\"reported\":%" PRIu64 "}", total > 0 ? total - 1 : 0);
+  if (length < 1 || static_cast<size_t>(length) >= cap || line[length - 1] != '}' || tail_length < 0 ||
+      static_cast<size_t>(length - 1 + tail_length) >= cap) {
+    return;  // a truncated line stays as it is
+  }
+  std::memcpy(line + length - 1, tail, static_cast<size_t>(tail_length) + 1);
 }
 
 void StreamPicker::Message(const char* type, const char* text) {

@@ -5,8 +5,11 @@
 // Windows start at segment_start + k * hop (k = 0, 1, ...) and run as soon as their last sample arrived.
 // exact_tail (SeisBench-identical): at "#end" one more window ending at the last sample runs when the
 // regular ones did not reach it, as SeisBench's annotate does; samples are only finalised once no such last
-// window could touch them (latency: one window). Without it samples are final after the next window's start
-// (latency: one hop) and the stream has no special end.
+// window could touch them (latency: one window). Without it a sample is final as soon as no later window keeps
+// a prediction of it (it lies before the next window's start + blind_pre), and the stream has no special end:
+// in the live mode (pipeline.picking.live_blinding: blind_pre = in_samples - hop - blind_post, every sample
+// from one window) blind_post to blind_post + hop - 1 samples after it arrived.
+// Every pick line carries "reported": the last sample received when it was emitted.
 #pragma once
 
 #include <cstddef>
@@ -84,9 +87,11 @@ class StreamPicker {
   void FillGap(uint64_t n, bool announce);
   void RunReadyWindows();
   void RunWindow(uint64_t offset);
+  bool StackKept(uint64_t offset);  // the window's unblinded predictions into the stacker
   void Finalize(uint64_t upto);
   uint64_t SafeToFinalize() const;
   void EmitPick(const Pick& pick);
+  void AppendReported(char* line, size_t cap, int length) const;  // ,"reported":N before the line's closing }
   void Message(const char* type, const char* text);
   void StartSegment(uint64_t start);
 

@@ -1,0 +1,117 @@
+"""Live against exact picks of one student on labelled data: per dataset and (hop, look-ahead), for P and S, F1 at
+0.1 / 0.5 s of the exact replay and of the live mode, and the latency of the live picks (reported time - analyst
+onset, picks matched within 0.5 s: median and 95th percentile).
+
+    SEISBENCH_CACHE_ROOT=../shared/seisbench python scripts/benchmark_live.py --student models/student_qat \
+        [--datasets ../shared/datasets/stead50,...] [--grid 100:100,50:100,100:50,100:200] [--no-warmup] [--json out.json]
+
+The passes are the benchmark stage's (pipeline/stages/benchmark.py): the exact replay is the student's SeisBench
+annotate at its own hop and blinding, the live mode the firmware's (docs/firmware.md, "Live mode") computed by the
+same annotate with a window every hop and the live blinding, each trace after its warm-up (``live.benchmark_warmup``:
+window - hop - look-ahead samples of its first second mirrored; --no-warmup: the traces as they are).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline import annotation, metrics, runners  # noqa: E402
+from pipeline.errors import EdgepickError, run_script  # noqa: E402
+from pipeline.stages import benchmark as benchmark_stage  # noqa: E402
+from pipeline.student import load_student  # noqa: E402
+
+TOLERANCES = (0.1, 0.5)
+
+
+def parse_grid(text: str) -> list[tuple[int, int]]:
+    """"100:100,50:100" -> [(100, 100), (50, 100)] (hop, look-ahead in samples)."""
+    try:
+        return [tuple(int(v) for v in item.split(":")) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise EdgepickError(f"--grid wants hop:look-ahead pairs in samples, got {text!r}") from None
+
+
+def labelled_folders(text: str | None) -> list[Path]:
+    """The datasets to score: the given folders, or every SeisBench-format folder in ../shared/datasets."""
+    if text:
+        folders = [Path(p) for p in text.split(",") if p.strip()]
+    else:
+        root = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+        folders = sorted(p for p in root.glob("*") if (p / "metadata.csv").is_file())
+    for folder in folders:
+        if not (folder / "metadata.csv").is_file():
+            raise EdgepickError(f"dataset {folder} does not exist or holds no metadata.csv")
+    if not folders:
+        raise EdgepickError("no labelled dataset to score: pass --datasets")
+    return folders
+
+
+def score_dataset(student, folder: Path, grid, warmup: bool) -> list[dict]:
+    """One row per (hop, look-ahead) and phase of one dataset."""
+    traces, metadata, rate, order = benchmark_stage.load_labelled(folder, "")
+    truth = {p: [x / rate for x in rows] for p, rows in metrics.analyst_picks(metadata, [w.shape[-1] for w in traces]).items()}
+    model = runners.BenchModel("student", "pytorch", "fp32", [student])
+    exact = annotation.dataset_curves(model, traces, rate, order, progress=False).picks()
+    rows = []
+    for hop, lookahead in grid:
+        started = time.perf_counter()
+        times, reported = benchmark_stage.live_pick_times(model, traces, rate, order, hop, lookahead, warmup)
+        seconds = time.perf_counter() - started
+        for row in benchmark_stage.live_rows(model, truth, times, reported, exact, TOLERANCES, max(TOLERANCES)):
+            rows.append({"dataset": folder.name, "traces": len(traces), "hop": hop, "lookahead": lookahead,
+                         "live_seconds": round(seconds, 1), **row})
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    def f(v, digits=3):
+        return "-" if v is None else f"{v:.{digits}f}"
+
+    lines = [f"{'dataset':15} {'traces':>6} {'hop':>4} {'L':>4} {'phase':5} {'F1@0.1 live/exact':>18} "
+             f"{'F1@0.5 live/exact':>18} {'labels':>6} {'lat. median s':>13} {'lat. p95 s':>10} {'matched':>7} {'live s':>7}"]
+    for r in rows:
+        if r["n_labels"] == 0:
+            continue  # a phase the dataset has no analyst picks of
+        lines.append(f"{r['dataset']:15} {r['traces']:6d} {r['hop']:4d} {r['lookahead']:4d} {r['phase']:5} "
+                     f"{f(r['f1_live']['0.1']) + ' / ' + f(r['f1_exact']['0.1']):>18} "
+                     f"{f(r['f1_live']['0.5']) + ' / ' + f(r['f1_exact']['0.5']):>18} {r['n_labels']:6d} "
+                     f"{f(r['latency_median_s'], 2):>13} {f(r['latency_p95_s'], 2):>10} {r['latency_n']:7d} "
+                     f"{r['live_seconds']:7.1f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--student", required=True, help="a saved student")
+    parser.add_argument("--datasets", help="comma-separated SeisBench-format folders (default: ../shared/datasets/*)")
+    parser.add_argument("--grid", default="100:100,50:100,100:50,100:200", help="hop:look-ahead pairs (samples)")
+    parser.add_argument("--no-warmup", action="store_true", help="score the traces without the live warm-up")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--json", help="write the rows here too")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    grid = parse_grid(args.grid)
+    folders = labelled_folders(args.datasets)
+    student = load_student(args.student)
+    rows = []
+    for folder in folders:
+        rows += score_dataset(student, folder, grid, not args.no_warmup)
+    print(f"student {args.student}: live (a window every hop, look-ahead L samples{', warm-up' if not args.no_warmup else ''}) "
+          f"against exact replay; latency = reported - analyst onset, picks within {max(TOLERANCES)} s")
+    print(format_rows(rows))
+    if args.json:
+        from pipeline.artifacts import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    run_script(main)  # bad input: one line, exit 1
