@@ -48,7 +48,7 @@ teacher_flags = $(if $(DATASET),--set teacher.finetune.dataset=$(DATASET)) $(if 
 	$(if $(RESUME),--set teacher.finetune.resume=true)
 edgepick = $(PY) -m pipeline
 
-.PHONY: help venv data demo recipe test benchmark-data benchmark clean teacher soft-labels distill qat sweep quantize
+.PHONY: help venv data demo recipe test benchmark-data benchmark clean teacher soft-labels distill qat calibrate sweep quantize
 
 help: ## list targets and variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -91,6 +91,7 @@ recipe: $(STAMP) ## the real-data student (configs/real-data.yaml) and its bench
 	$(MAKE) --no-print-directory data
 	$(MAKE) --no-print-directory distill CONFIG=configs/real-data.yaml
 	$(MAKE) --no-print-directory qat CONFIG=configs/real-data.yaml
+	$(MAKE) --no-print-directory calibrate CONFIG=configs/real-data.yaml
 	$(MAKE) --no-print-directory quantize CONFIG=configs/real-data.yaml
 	$(foreach set,$(REAL_SETS),$(MAKE) --no-print-directory benchmark CONFIG=configs/real-data.yaml \
 		DATASET=$(dir $(set)) SET='benchmark.name=$(notdir $(patsubst %/,%,$(dir $(set))))' &&) true
@@ -108,6 +109,9 @@ distill: $(STAMP) ## distil TEACHER into the student on DATASET (comma-separated
 QAT_FROM ?=
 qat: $(STAMP) ## quantization-aware fine-tuning of QAT_FROM (qat.init_from, a distilled student) into STUDENT_OUT (qat.out)
 	$(edgepick) qat $(config_flag) $(qat_flags) $(set_flags)
+
+calibrate: $(STAMP) ## choose the student's (quantize.student) P and S thresholds on a dev split (calibrate.dataset) and save them with it
+	$(edgepick) calibrate $(config_flag) $(set_flags)
 
 sweep: $(STAMP) ## grid over sweep.temperatures x sweep.alphas x sweep.base_channels, ranked on dev F1, Pareto plot
 	$(edgepick) sweep $(config_flag) $(distill_flags) $(set_flags)

@@ -19,6 +19,7 @@ STAGES = {
     "soft-labels": ("soft_labels", "run", "run the teacher(s) once over distill.dataset and cache the (P, S, noise) soft labels"),
     "distill": ("distill", "run", "distil the teacher(s) into the XiaoNet-style student (torchrun for several processes)"),
     "qat": ("qat", "run", "quantization-aware fine-tuning of a distilled student (qat.init_from) for its INT8 build"),
+    "calibrate": ("calibrate", "run", "choose the student's P and S thresholds on a dev split and save them with it"),
     "sweep": ("sweep", "run", "distil one student per (temperature, alpha, width) and rank them on the dev split"),
     "quantize": ("quantize", "run", "student -> ONNX -> TFLite FP32/FP16/INT8, checked in TFLite Micro, C array for the firmware"),
     "firmware": ("firmware", "run", "check the model's memory budget for board.name, then build the ESP32 firmware (PlatformIO)"),

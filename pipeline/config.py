@@ -213,6 +213,21 @@ class SweepConfig:
 
 
 @dataclass
+class CalibrateConfig:
+    """``make calibrate``: the student's P and S thresholds chosen on a dev split and saved with it (its pick rule,
+    which make quantize writes into model_config.h and the benchmark scores with; pipeline/stages/calibrate.py)."""
+
+    student: str = ""  # "" = quantize.student (the student make quantize converts); replaced in place
+    # "path:split" of dev data: a labelled split is scored against its analyst picks, unlabelled continuous windows
+    # against the teacher's (teacher.name) picks; "" = the dev split of distill.dataset's first folder
+    dataset: str = ""
+    thresholds: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7)
+    tolerances_s: tuple[float, ...] = (0.1, 0.5)  # the objective per phase: the mean F1 over these
+    max_traces: int = 600  # a seeded subset of the split (0: all)
+    seed: int = 0
+
+
+@dataclass
 class QuantizeConfig:
     student: str = "models/student"
     out: str = "models/tflite"
@@ -339,6 +354,7 @@ class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     qat: QatConfig = field(default_factory=QatConfig)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     board: BoardConfig = field(default_factory=BoardConfig)

@@ -47,6 +47,10 @@ def test_quantization_aware_fine_tuning_starts_from_a_saved_student(labelled, tm
     wrong.student.base_channels = 3
     with pytest.raises(EdgepickError, match="architecture differs"):
         distill.run(wrong)
+    other_activation = tiny_config(labelled, tmp_path / "bad", epochs=1, init_from=str(tmp_path / "float"))
+    other_activation.student.activation = "relu"  # same weights, another network: refused, not silently changed
+    with pytest.raises(EdgepickError, match="activation 'relu6'.*student.activation=relu6"):
+        distill.run(other_activation)
 
 
 def test_quantization_aware_fine_tuning_that_diverges_saves_nothing(labelled, tmp_path):  # noqa: F811

@@ -354,6 +354,10 @@ def _load_student_weights(path: str, model) -> dict:
         a.shape != b.shape for a, b in zip(saved.state_dict().values(), model.state_dict().values())
     ):
         raise EdgepickError(f"distill.init_from={path}: that student's architecture differs from the student config")
+    for name in ("activation", "smooth_output"):  # not in the state dict: a mismatch would change the network silently
+        if getattr(saved, name) != getattr(model, name):
+            raise EdgepickError(f"distill.init_from={path}: that student has {name} {getattr(saved, name)!r}, the "
+                                f"student config {getattr(model, name)!r}; set student.{name}={getattr(saved, name)}")
     return saved.state_dict()
 
 

@@ -1,0 +1,155 @@
+"""``make calibrate``: the student's P and S trigger thresholds chosen on a dev split and saved with it.
+
+The student's probabilities are not the teacher's: a loss that weights the phase samples (``distill.phase_weight``)
+lifts them, a small network flattens them, so one threshold for every student and phase picks too much or too
+little. This stage annotates the dev split once with the student (whole traces as station streams, as the
+benchmark does), scores every threshold of ``calibrate.thresholds`` per phase by the mean F1 over
+``calibrate.tolerances_s``, against the analyst picks of a labelled split or, for unlabelled continuous windows,
+against the teacher's picks (the agreement of ``make benchmark``), and writes the best into the student's pick
+rule (its SeisBench ``default_args``). ``make quantize`` then writes them into model_config.h and the benchmark
+scores with them. Only a dev split belongs here: thresholds chosen on the data that is reported are tuned on it.
+Writes ``calibration.json`` and ``calibration.png`` (F1 against threshold) beside the student.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import annotation, metrics, runners
+from pipeline.artifacts import atomic_file, atomic_write_text
+from pipeline.errors import EdgepickError
+from pipeline.stages.benchmark import load_labelled, resolve_dataset
+from pipeline.student import load_student
+from pipeline.training import save_model
+
+
+def run(config) -> dict:
+    c = config.calibrate
+    if not c.thresholds or not all(0 < t < 1 for t in c.thresholds):
+        raise EdgepickError(f"calibrate.thresholds must be values in (0, 1), got {c.thresholds}")
+    if not c.tolerances_s or not all(t > 0 for t in c.tolerances_s):
+        raise EdgepickError(f"calibrate.tolerances_s must be positive, got {c.tolerances_s}")
+    student_path = Path(c.student or config.quantize.student)
+    folder, name = _saved_layout(student_path)
+    path, split = _dev_split(config)
+    student = load_student(student_path)
+    waveforms, metadata, rate, order = load_labelled(path, split, c.max_traces, c.seed)
+    runners.check_rates([runners.BenchModel("student", "pytorch", "fp32", [student])], [rate])
+    truth = {phase: [row / rate for row in rows] for phase, rows in metrics.analyst_picks(metadata).items()}
+    against = "analyst"
+    if not any(len(t) for rows in truth.values() for t in rows):
+        teacher = runners.load_teacher(config.teacher.name)
+        truth = annotation.dataset_curves(teacher, waveforms, rate, order).picks()
+        against = f"teacher {config.teacher.name}"
+    bench = runners.BenchModel("student", "pytorch", "fp32", [student], spec=str(student_path))
+    curves = annotation.dataset_curves(bench, waveforms, rate, order)
+    table = threshold_table(curves, truth, c.thresholds, c.tolerances_s)
+    before = student.pick_rule
+    chosen = {phase: best_threshold(table, phase) for phase in metrics.PHASES if _has(truth, phase)}
+    student.default_args["P_threshold"] = chosen.get("P", before.p_threshold)
+    student.default_args["S_threshold"] = chosen.get("S", before.s_threshold)
+    student.pick_rule  # the new rule holds (PickRule validates)
+    save_model(student, folder, name)
+    result = {"student": str(student_path), "dataset": f"{path}{':' + split if split else ''}", "against": against,
+              "traces": len(waveforms), "tolerances_s": list(c.tolerances_s),
+              "before": {"P": before.p_threshold, "S": before.s_threshold}, "chosen": chosen, "table": table}
+    atomic_write_text(folder / "calibration.json", json.dumps(result, indent=1) + "\n")
+    _plot(result, folder / "calibration.png")
+    for phase, threshold in chosen.items():
+        old = before.threshold(phase)
+        print(f"calibrate: {phase} threshold {old:g} -> {threshold:g} (mean F1 over {', '.join(f'{t:g}' for t in c.tolerances_s)} s "
+              f"{_objective(table, phase, old):.3f} -> {_objective(table, phase, threshold):.3f}) on {result['dataset']}, "
+              f"{len(waveforms)} traces, against the {against} picks")
+    print(f"calibrate: saved in {folder / name}; written {folder / 'calibration.json'}, {folder / 'calibration.png'}")
+    return result
+
+
+def threshold_table(curves: annotation.Curves, truth: dict, thresholds, tolerances) -> list[dict]:
+    """One row per threshold: F1 (and precision, recall) per phase and tolerance of the curves' picks at it."""
+    rows = []
+    for threshold in thresholds:
+        scored = metrics.score_picks(truth, curves.picks(float(threshold)), tuple(float(t) for t in tolerances))
+        row = {"threshold": float(threshold)}
+        for phase in metrics.PHASES:
+            for tolerance in tolerances:
+                s = scored[phase][float(tolerance)]
+                row[f"{phase}_f1_{tolerance:g}"] = s["f1"]
+                row[f"{phase}_precision_{tolerance:g}"] = s["precision"]
+                row[f"{phase}_recall_{tolerance:g}"] = s["recall"]
+        rows.append(row)
+    return rows
+
+
+def best_threshold(table: list[dict], phase: str) -> float:
+    """The threshold of the highest mean F1 over the tolerances (the lowest of equal ones: it loses no recall)."""
+    ordered = sorted(table, key=lambda row: row["threshold"])
+    return ordered[int(np.argmax([_objective_row(row, phase) for row in ordered]))]["threshold"]
+
+
+def _objective_row(row: dict, phase: str) -> float:
+    values = [v for k, v in row.items() if k.startswith(f"{phase}_f1_")]
+    return float(np.mean(values))
+
+
+def _objective(table: list[dict], phase: str, threshold: float) -> float:
+    """The objective at ``threshold``, or at the nearest threshold of the table."""
+    row = min(table, key=lambda r: abs(r["threshold"] - threshold))
+    return _objective_row(row, phase)
+
+
+def _has(truth: dict, phase: str) -> bool:
+    return any(len(t) for t in truth[phase])
+
+
+def _dev_split(config) -> tuple[Path, str]:
+    spec = config.calibrate.dataset
+    if not spec:
+        first = next((p.strip() for p in config.distill.dataset.split(",") if p.strip()), "")
+        if not first:
+            raise EdgepickError("calibrate.dataset is empty and so is distill.dataset: name the dev split (path:dev)")
+        spec = f"{first}:dev"
+    path, split = resolve_dataset(config, spec)
+    if not (path / "metadata.csv").is_file():
+        raise EdgepickError(f"calibrate.dataset {spec}: {path} is not a SeisBench-format folder (no metadata.csv)")
+    if split in ("", "test"):
+        raise EdgepickError(f"calibrate.dataset {spec}: choose thresholds on a dev split (path:dev), not on "
+                            f"{'every trace' if not split else 'the test split'}, which the benchmark reports")
+    return path, split
+
+
+def _saved_layout(path: Path) -> tuple[Path, str]:
+    """(folder, name) of a student saved by make distill / qat (<folder>/<name>/<name>.json + .pt), the layout
+    training.save_model replaces atomically."""
+    for candidate in (path / "student", path):
+        if (candidate / f"{candidate.name}.json").is_file() and (candidate / f"{candidate.name}.pt").is_file():
+            return candidate.parent, candidate.name
+    raise EdgepickError(f"calibrate: no student saved by make distill / qat in {path} "
+                        f"(want {path}/student/student.json + .pt); run `make distill` first")
+
+
+def _plot(result: dict, target: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    thresholds = [row["threshold"] for row in result["table"]]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for ax, phase in zip(axes, metrics.PHASES):
+        for tolerance in result["tolerances_s"]:
+            ax.plot(thresholds, [row[f"{phase}_f1_{tolerance:g}"] for row in result["table"]], "o-", ms=3,
+                    label=f"F1 at {tolerance:g} s")
+        if phase in result["chosen"]:
+            ax.axvline(result["chosen"][phase], color="k", lw=0.8, ls="--", label=f"chosen {result['chosen'][phase]:g}")
+        ax.axvline(result["before"][phase], color="0.6", lw=0.8, ls=":", label=f"before {result['before'][phase]:g}")
+        ax.set(title=f"{phase} on {Path(result['dataset']).name} against {result['against'].split()[0]} picks",
+               xlabel="trigger threshold", ylabel="F1")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_file(target) as handle:
+        fig.savefig(handle, format="png", dpi=110)
+    plt.close(fig)

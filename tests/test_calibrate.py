@@ -1,0 +1,89 @@
+"""make calibrate: per-phase thresholds chosen on a dev split by the mean F1 over the tolerances, saved with the
+student (and so in what make quantize and the benchmark use); the test split and unsaved students are refused."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import annotation
+from pipeline.config import Config
+from pipeline.datasets import write_dataset
+from pipeline.errors import EdgepickError
+from pipeline.picking import PickRule
+from pipeline.stages import calibrate
+from pipeline.student import XiaoNet, load_student
+from pipeline.training import save_model
+from test_data import make_records
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    path = tmp_path_factory.mktemp("calibrate") / "ds"
+    write_dataset(make_records(n_events=30, stations=2), path, Config().data, "test")
+    return path
+
+
+@pytest.fixture()
+def student_folder(tmp_path):
+    """An untrained student whose head is scaled so that its curves cross many thresholds (picks to score)."""
+    torch.manual_seed(5)
+    model = XiaoNet(base_channels=2, in_samples=1001, activation="relu").eval()
+    with torch.no_grad():
+        model.head.weight.mul_(30.0)
+    save_model(model, tmp_path / "student_qat", "student")
+    return tmp_path / "student_qat"
+
+
+def config_for(student, dataset):
+    config = Config()
+    config.set("calibrate.student", str(student))
+    config.set("calibrate.dataset", dataset)
+    config.set("calibrate.thresholds", "0.2,0.4,0.6,0.8")
+    return config
+
+
+def test_the_chosen_threshold_is_the_one_of_the_best_mean_f1():
+    """Curves with true bumps (P 0.5, S 0.9 high) and false ones (P 0.25, S 0.7): only a threshold between the
+    two heights picks every onset and nothing else."""
+    rate, n = 100.0, 4000
+    t = np.arange(n)
+    truth = {"P": [], "S": []}
+    data = []
+    for k in range(6):
+        p, s = 800 + 40 * k, 2000 + 50 * k
+        bump = lambda at, height: height * np.exp(-0.5 * ((t - at) / 15.0) ** 2)  # noqa: E731
+        data.append(np.stack([bump(p, 0.5) + bump(3200, 0.25), bump(s, 0.9) + bump(400, 0.7)]).astype(np.float32))
+        truth["P"].append(np.array([p / rate]))
+        truth["S"].append(np.array([s / rate]))
+    curves = annotation.Curves(rate, PickRule(), [0] * 6, data)
+    table = calibrate.threshold_table(curves, truth, (0.2, 0.4, 0.6, 0.8), (0.1, 0.5))
+    assert calibrate.best_threshold(table, "P") == 0.4 and calibrate.best_threshold(table, "S") == 0.8
+    row = {r["threshold"]: r for r in table}
+    assert row[0.4]["P_f1_0.5"] == 1.0 and row[0.2]["P_precision_0.5"] == 0.5 and row[0.6]["P_recall_0.5"] == 0.0
+
+
+def test_thresholds_are_saved_with_the_student(labelled, student_folder):
+    """The real stage on a real (untrained) student: the chosen thresholds are in the saved student's pick rule,
+    and calibration.json / .png are written beside it."""
+    result = calibrate.run(config_for(student_folder, f"{labelled}:dev"))
+    saved = load_student(student_folder)
+    assert saved.pick_rule.p_threshold == result["chosen"]["P"] and saved.pick_rule.s_threshold == result["chosen"]["S"]
+    assert result["chosen"]["P"] == calibrate.best_threshold(result["table"], "P")
+    written = json.loads((student_folder / "calibration.json").read_text())
+    assert written["chosen"] == result["chosen"] and written["against"] == "analyst" and written["traces"] > 0
+    assert (student_folder / "calibration.png").stat().st_size > 1000
+
+
+def test_the_test_split_and_a_folder_without_a_student_are_refused(labelled, student_folder, tmp_path):
+    with pytest.raises(EdgepickError, match="dev split"):
+        calibrate.run(config_for(student_folder, f"{labelled}:test"))
+    with pytest.raises(EdgepickError, match="dev split"):
+        calibrate.run(config_for(student_folder, str(labelled)))
+    with pytest.raises(EdgepickError, match="no student saved"):
+        calibrate.run(config_for(tmp_path / "nothing", f"{labelled}:dev"))
+    bad = config_for(student_folder, f"{labelled}:dev")
+    bad.set("calibrate.thresholds", "0.3,1.5")
+    with pytest.raises(EdgepickError, match="in \\(0, 1\\)"):
+        calibrate.run(bad)
