@@ -24,6 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.artifacts import atomic_write_text
 from pipeline.boards import Board
 from pipeline.errors import EdgepickError
 
@@ -36,6 +37,7 @@ LIBSTDCXX_HEADERS = Path("/usr/include/newlib/c++")  # libstdc++-arm-none-eabi-d
 # Where firmware/sim/CMakeLists.txt puts the board's memory in QEMU virt's RAM (it starts at 0x80000000).
 FLASH_ORIGIN, RAM_ORIGIN, PSRAM_ORIGIN = 0x80000000, 0x80400000, 0x80800000
 SERIAL_FILE = "serial_in.txt"
+OUTPUT_FILE = "serial_out.jsonl"  # what the firmware printed (JSON lines among boot noise)
 
 
 def missing_tools() -> list[str]:
@@ -261,4 +263,7 @@ def run_firmware(elf: Path, lines: list[str], run_dir: str | Path, timeout_s: fl
                                 stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise EdgepickError(f"the emulated firmware {Path(elf).name} ran past {timeout_s:.0f} s") from None
-    return result.returncode, (result.stdout + result.stderr).splitlines()
+    output = (result.stdout + result.stderr).splitlines()
+    # what the board printed, as a board's serial log: `make listen SET='listen.port=<this file>'` reads it back
+    atomic_write_text(run_dir / OUTPUT_FILE, "".join(line + "\n" for line in output))
+    return result.returncode, output

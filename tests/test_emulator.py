@@ -213,3 +213,16 @@ def test_stage_in_live_mode_picks_as_the_live_python_twin(tflm_lib, model_dir, t
     report = firmware_sim.run(config)
     assert report["live"] and report["hop_s"] == 1.0
     assert report["picks_equal"], report["traces"]
+    # the emulated board's serial log through `make listen` into QuakeML, read back by obspy with the same picks
+    import obspy
+
+    from pipeline import cli
+
+    log = tmp_path / "build" / "esp32c3" / "run-esp_nn" / emulator.OUTPUT_FILE
+    assert cli.main(["listen", "--set", f"listen.port={log}", "--set", "listen.station=XX.SIM..HH",
+                     "--set", f"listen.out={tmp_path / 'listen'}", "--set", "listen.formats=quakeml"]) == 0
+    picks = obspy.read_events(str(next((tmp_path / "listen").glob("*.quakeml.xml"))))[0].picks
+    emulated = report["traces"][-1]["esp_nn_kernels"]
+    assert sorted((p.phase_hint, round(p.time.timestamp * 100)) for p in picks) == \
+        sorted((phase, sample) for phase, sample, _ in emulated)
+    assert picks and all(p.time_errors.uncertainty > 0 and p.waveform_id.station_code == "SIM" for p in picks)
