@@ -81,17 +81,24 @@ class PickRule:
         """Where in one triggered segment the pick goes (see ``top_tolerance``); compared in float32, as the
         firmware's ``TriggerPicker`` does."""
         segment = np.asarray(segment, dtype=np.float32)
-        i = int(np.argmax(segment))
         if self.first_maximum:
-            return i
-        level = segment[i] * (np.float32(1) - np.float32(self.top_tolerance))
+            return int(np.argmax(segment))
+        lo, hi = self.top_run(segment, np.float32(1) - np.float32(self.top_tolerance))
+        return lo + (hi - lo) // 2
+
+    def top_run(self, segment, fraction) -> tuple[int, int]:
+        """[lo, hi] of the contiguous samples >= ``fraction`` x the first maximum around it, at most
+        ``top_half_width`` either side; float32, as the firmware's ``TriggerPicker`` compares."""
+        segment = np.asarray(segment, dtype=np.float32)
+        i = int(np.argmax(segment))
+        level = segment[i] * np.float32(fraction)
         lo = i
         while lo > 0 and i - lo < self.top_half_width and segment[lo - 1] >= level:
             lo -= 1
         hi = i
         while hi + 1 < len(segment) and hi - i < self.top_half_width and segment[hi + 1] >= level:
             hi += 1
-        return lo + (hi - lo) // 2
+        return lo, hi
 
     def picks(self, curves: np.ndarray, phases: str = PHASES, sampling_rate: float = 100.0,
               t0: float = 0.0) -> list[dict]:
@@ -106,15 +113,7 @@ class PickRule:
         from obspy.signal.trigger import trigger_onset
 
         def width_at_half_maximum(segment) -> int:
-            segment = np.asarray(segment, dtype=np.float32)
-            i = int(np.argmax(segment))
-            level = segment[i] * np.float32(0.5)  # float32, as the firmware's TriggerPicker
-            lo = i
-            while lo > 0 and i - lo < self.top_half_width and segment[lo - 1] >= level:
-                lo -= 1
-            hi = i
-            while hi + 1 < len(segment) and hi - i < self.top_half_width and segment[hi + 1] >= level:
-                hi += 1
+            lo, hi = self.top_run(segment, 0.5)
             return hi - lo + 1
 
         # The standard deviation of a Gaussian of that width at half maximum: a one-sigma time uncertainty, as
@@ -222,19 +221,32 @@ def stream_picks(waveform: np.ndarray, model: Callable[[np.ndarray], np.ndarray]
     """What the firmware computes on a whole stream ``waveform`` (3, n): windows, the student's normalisation,
     ``model`` ((3, in_samples) normalised window -> (in_samples, classes) probabilities), stacking with the
     rule's blinding, picks. Returns (picks, stacked curves)."""
+    waveform = _stream_waveform(waveform, "stream_picks")
+    offsets = window_offsets(waveform.shape[1], in_samples, hop)
+    stacked = _stacked_stream(waveform, model, in_samples, offsets, rule.blinding or (0, 0), eps)
+    if stacked is None:
+        return [], np.zeros((0, 3), dtype=np.float32)
+    return rule.picks(stacked, PHASES, sampling_rate, t0), stacked
+
+
+def _stream_waveform(waveform, caller: str) -> np.ndarray:
     waveform = np.asarray(waveform, dtype=np.float32)
     if waveform.ndim != 2 or waveform.shape[0] != 3:
-        raise EdgepickError(f"stream_picks: waveform must be (3, samples), got {waveform.shape}")
-    offsets = window_offsets(waveform.shape[1], in_samples, hop)
+        raise EdgepickError(f"{caller}: waveform must be (3, samples), got {waveform.shape}")
+    return waveform
+
+
+def _stacked_stream(waveform: np.ndarray, model, in_samples: int, offsets, blinding: tuple[int, int],
+                    eps: float | None) -> np.ndarray | None:
+    """The stacked curves of ``model`` on the normalised windows at ``offsets`` (None: no window)."""
     predictions = [
         np.asarray(model(normalize_windows(waveform[:, o : o + in_samples], NORM_EPS if eps is None else eps)),
                    dtype=np.float32)
         for o in offsets
     ]
     if not predictions:
-        return [], np.zeros((0, 3), dtype=np.float32)
-    stacked = stack_windows(predictions, offsets, int(offsets[-1]) + in_samples, rule.blinding or (0, 0))
-    return rule.picks(stacked, PHASES, sampling_rate, t0), stacked
+        return None
+    return stack_windows(predictions, offsets, int(offsets[-1]) + in_samples, blinding)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -289,18 +301,11 @@ def live_stream_picks(waveform: np.ndarray, model: Callable[[np.ndarray], np.nda
     live blinding in place of the rule's, picks by ``rule``, each with its "reported" sample
     (:func:`add_reported_samples`). Returns (picks, stacked curves)."""
     blinding = live_blinding(in_samples, hop, lookahead)
-    waveform = np.asarray(waveform, dtype=np.float32)
-    if waveform.ndim != 2 or waveform.shape[0] != 3:
-        raise EdgepickError(f"live_stream_picks: waveform must be (3, samples), got {waveform.shape}")
+    waveform = _stream_waveform(waveform, "live_stream_picks")
     offsets = live_offsets(waveform.shape[1], in_samples, hop)
-    predictions = [
-        np.asarray(model(normalize_windows(waveform[:, o : o + in_samples], NORM_EPS if eps is None else eps)),
-                   dtype=np.float32)
-        for o in offsets
-    ]
-    if not predictions:
+    stacked = _stacked_stream(waveform, model, in_samples, offsets, blinding, eps)
+    if stacked is None:
         return [], np.zeros((0, 3), dtype=np.float32)
-    stacked = stack_windows(predictions, offsets, int(offsets[-1]) + in_samples, blinding)
     picks = dataclasses.replace(rule, blinding=blinding).picks(stacked, PHASES, sampling_rate, t0)
     return add_reported_samples(picks, waveform.shape[1], in_samples, hop, lookahead), stacked
 
