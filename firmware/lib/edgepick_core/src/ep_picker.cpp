@@ -115,8 +115,10 @@ void Stacker::Reset(uint64_t start) {
 bool Stacker::AddWindow(uint64_t offset, const float* probs, size_t n, int probs_classes, bool channels_last,
                         size_t blind_pre, size_t blind_post) {
   if (probs_classes < n_classes_) return false;
-  if (offset < finalized_ || offset + n > finalized_ + capacity_) return false;
   if (blind_pre + blind_post >= n) return true;  // everything blinded
+  // Only the kept samples [offset + blind_pre, offset + n - blind_post) must be open and inside the storage: in live
+  // mode the blinded start of a window lies before samples that are final already.
+  if (offset + blind_pre < finalized_ || offset + n - blind_post > finalized_ + capacity_) return false;
   for (size_t i = blind_pre; i < n - blind_post; ++i) {
     const size_t slot = static_cast<size_t>((offset + i) % capacity_);
     bool any_nan = false;

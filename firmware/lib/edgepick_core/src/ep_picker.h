@@ -85,7 +85,8 @@ class Stacker {
   void Reset(uint64_t start = 0);  // next sample to finalise: start
   // probs: n x probs_classes (channels_last) or probs_classes x n; its first n_classes classes are stacked.
   // Samples [0, blind_pre) and [n - blind_post, n) of the window are left out (SeisBench blinding); a sample
-  // with a NaN prediction is left out too (nanmean). Returns false if the window falls outside the storage.
+  // with a NaN prediction is left out too (nanmean). Returns false if its kept samples fall outside the storage
+  // or on samples already final.
   bool AddWindow(uint64_t offset, const float* probs, size_t n, int probs_classes, bool channels_last,
                  size_t blind_pre, size_t blind_post);
   // Next absolute sample that has not been finalised.

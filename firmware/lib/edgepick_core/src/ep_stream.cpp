@@ -114,28 +114,12 @@ void StreamPicker::RunWindow(uint64_t offset) {
   if (!infer_(infer_context_, buffers_.window, buffers_.probs)) {
     ++stats_.failed_windows;
     Message("error", "inference failed; this window's predictions are missing");
-  } else if (!StackKept(offset)) {
+  } else if (!stacker_.AddWindow(offset, buffers_.probs, n, config_.n_classes, config_.output_channels_last,
+                                 config_.blind_pre, config_.blind_post)) {
     ++stats_.failed_windows;
     Message("error", "internal: window outside the stacking buffer");
   }
   if (offset + n > covered_until_) covered_until_ = offset + n;
-}
-
-bool StreamPicker::StackKept(uint64_t offset) {
-  // The window's kept predictions [blind_pre, n - blind_post) are stacked as a window of their own that starts at
-  // offset + blind_pre: with a large blind_pre (live mode) the samples before it are final already, and the stacker
-  // refuses a window that starts before its first sample not yet final.
-  const size_t n = config_.in_samples;
-  const size_t pre = config_.blind_pre;
-  const size_t classes = static_cast<size_t>(config_.n_classes);
-  float* probs = buffers_.probs;
-  if (config_.output_channels_last) {
-    probs += pre * classes;
-  } else if (pre > 0) {  // [classes][n] -> [classes][n - pre] in place: each row moves down onto moved rows only
-    for (size_t k = 0; k < classes; ++k) std::memmove(probs + k * (n - pre), probs + k * n + pre, (n - pre) * sizeof(float));
-  }
-  return stacker_.AddWindow(offset + pre, probs, n - pre, config_.n_classes, config_.output_channels_last, 0,
-                            config_.blind_post);
 }
 
 void StreamPicker::Finalize(uint64_t upto) {

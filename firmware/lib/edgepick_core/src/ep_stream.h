@@ -87,7 +87,6 @@ class StreamPicker {
   void FillGap(uint64_t n, bool announce);
   void RunReadyWindows();
   void RunWindow(uint64_t offset);
-  bool StackKept(uint64_t offset);  // the window's unblinded predictions into the stacker
   void Finalize(uint64_t upto);
   uint64_t SafeToFinalize() const;
   void EmitPick(const Pick& pick);
