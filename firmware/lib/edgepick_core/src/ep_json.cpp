@@ -14,15 +14,16 @@ double PickUncertainty(uint32_t fwhm, double sampling_rate) {
   return static_cast<double>(fwhm) / kFwhmPerSigma / sampling_rate;
 }
 
-int FormatPickJson(char* buf, size_t cap, const Pick& pick, const char* phase_name, double t0, double sampling_rate) {
+int FormatPickJson(char* buf, size_t cap, const Pick& pick, const char* phase_name, double t0, double sampling_rate,
+                   uint64_t reported) {
   const double time = t0 + static_cast<double>(pick.sample) / sampling_rate;
   char phase[32];
   JsonEscape(phase, sizeof(phase), phase_name);
   return std::snprintf(buf, cap,
                        "{\"type\":\"pick\",\"phase\":\"%s\",\"sample\":%" PRIu64 ",\"time\":%.6f,\"prob\":%.6f,"
-                       "\"fwhm\":%" PRIu32 ",\"unc\":%.4f,\"on\":%" PRIu64 ",\"off\":%" PRIu64 "}",
+                       "\"fwhm\":%" PRIu32 ",\"unc\":%.4f,\"on\":%" PRIu64 ",\"off\":%" PRIu64 ",\"reported\":%" PRIu64 "}",
                        phase, pick.sample, time, static_cast<double>(pick.prob), pick.fwhm,
-                       PickUncertainty(pick.fwhm, sampling_rate), pick.on, pick.off);
+                       PickUncertainty(pick.fwhm, sampling_rate), pick.on, pick.off, reported);
 }
 
 size_t JsonEscape(char* out, size_t cap, const char* in) {

@@ -17,7 +17,10 @@ namespace edgepick {
 // sampling_rate (pipeline.picking.PickRule.picks: "uncertainty_s").
 double PickUncertainty(uint32_t fwhm, double sampling_rate);
 
-int FormatPickJson(char* buf, size_t cap, const Pick& pick, const char* phase_name, double t0, double sampling_rate);
+// reported: the last sample received when the line is printed, so that a pick's latency is known
+// ((reported - sample) / rate) whatever the mode and however the line is carried.
+int FormatPickJson(char* buf, size_t cap, const Pick& pick, const char* phase_name, double t0, double sampling_rate,
+                   uint64_t reported);
 
 // {"type":"<type>","msg":"<escaped message>"} (type: "info", "warn", "error").
 int FormatMessageJson(char* buf, size_t cap, const char* type, const char* message);

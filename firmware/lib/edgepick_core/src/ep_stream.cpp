@@ -2,7 +2,6 @@
 
 #include <cinttypes>
 #include <cstdio>
-#include <cstring>
 
 #include "ep_json.h"
 #include "ep_normalize.h"
@@ -255,22 +254,10 @@ void StreamPicker::HandleLine(const char* line) {
 void StreamPicker::EmitPick(const Pick& pick) {
   ++stats_.picks;
   char line[320];
-  const int length = FormatPickJson(line, sizeof(line), pick, config_.phase_names[pick.phase], t0_, config_.sampling_rate);
-  AppendReported(line, sizeof(line), length);
-  emit_(emit_context_, line);
-}
-
-void StreamPicker::AppendReported(char* line, size_t cap, int length) const {
-  // "reported": the last sample received when the pick is emitted, so that a pick's latency is known
-  // ((reported - sample) / rate) whatever the mode and however the line is carried.
   const uint64_t total = ring_.total();
-  char tail[48];
-  const int tail_length = std::snprintf(tail, sizeof(tail), ",\"reported\":%" PRIu64 "}", total > 0 ? total - 1 : 0);
-  if (length < 1 || static_cast<size_t>(length) >= cap || line[length - 1] != '}' || tail_length < 0 ||
-      static_cast<size_t>(length - 1 + tail_length) >= cap) {
-    return;  // a truncated line stays as it is
-  }
-  std::memcpy(line + length - 1, tail, static_cast<size_t>(tail_length) + 1);
+  FormatPickJson(line, sizeof(line), pick, config_.phase_names[pick.phase], t0_, config_.sampling_rate,
+                 total > 0 ? total - 1 : 0);
+  emit_(emit_context_, line);
 }
 
 void StreamPicker::Message(const char* type, const char* text) {

@@ -90,7 +90,6 @@ class StreamPicker {
   void Finalize(uint64_t upto);
   uint64_t SafeToFinalize() const;
   void EmitPick(const Pick& pick);
-  void AppendReported(char* line, size_t cap, int length) const;  // ,"reported":N before the line's closing }
   void Message(const char* type, const char* text);
   void StartSegment(uint64_t start);
 
