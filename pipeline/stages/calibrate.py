@@ -37,14 +37,14 @@ def run(config) -> dict:
     path, split = _dev_split(config)
     student = load_student(student_path)
     waveforms, metadata, rate, order = load_labelled(path, split, c.max_traces, c.seed)
-    runners.check_rates([runners.BenchModel("student", "pytorch", "fp32", [student])], [rate])
+    bench = runners.BenchModel("student", "pytorch", "fp32", [student], spec=str(student_path))
+    runners.check_rates([bench], [rate])
     truth = {phase: [row / rate for row in rows] for phase, rows in metrics.analyst_picks(metadata).items()}
     against = "analyst"
     if not any(len(t) for rows in truth.values() for t in rows):
         teacher = runners.load_teacher(config.teacher.name)
         truth = annotation.dataset_curves(teacher, waveforms, rate, order).picks()
         against = f"teacher {config.teacher.name}"
-    bench = runners.BenchModel("student", "pytorch", "fp32", [student], spec=str(student_path))
     curves = annotation.dataset_curves(bench, waveforms, rate, order)
     table = threshold_table(curves, truth, c.thresholds, c.tolerances_s)
     before = student.pick_rule
