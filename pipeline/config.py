@@ -296,16 +296,19 @@ class ListenConfig:
 
 @dataclass
 class LiveConfig:
-    """The live pick mode (docs/firmware.md, "Live mode"): a window every ``hop_samples``, each keeping only its
-    ``hop_samples`` predictions that end ``lookahead_samples`` before its end (SeisBench blinding (window - hop -
-    look-ahead, look-ahead), pipeline.picking.live_blinding), so every sample comes from exactly one window and is
-    final at most look-ahead + hop samples after it arrived, instead of up to a window and a hop later."""
+    """The live pick mode (docs/firmware.md, "Live mode"): a window every ``hop_samples``, each keeping, per phase,
+    only its ``hop_samples`` predictions that end that phase's look-ahead before its end (SeisBench blinding (window -
+    hop - look-ahead, look-ahead), pipeline.picking.live_blinding), so every sample comes from exactly one window
+    and is final at most look-ahead + hop samples after it arrived, instead of up to a window and a hop later."""
 
     # The firmware picks live (``make quantize`` writes EDGEPICK_LIVE 1 into model_config.h for ``make firmware`` /
     # ``flash``); false: the exact replay, SeisBench classify's picks on a replayed file, a window late.
     enabled: bool = True
     hop_samples: int = 100  # windows per second = sampling rate / this (the exact replay's hop is 1501)
-    lookahead_samples: int = 100  # samples of future each kept prediction sees (its window's blinded end)
+    # Samples of future each kept prediction sees (its window's blinded end), per phase: the same windows serve
+    # both, so a longer S look-ahead costs no compute, only S latency (docs/firmware.md, "Live mode")
+    p_lookahead_samples: int = 100
+    s_lookahead_samples: int = 200
     # ``make benchmark`` also annotates every labelled trace live with the PyTorch student (exact hop / live hop,
     # ~15x, the windows of the exact pass) and reports live and exact F1 and the latency of live picks
     benchmark: bool = True
@@ -313,8 +316,15 @@ class LiveConfig:
     # The first window - hop - look-ahead samples of a stream come from no window (28 s at the defaults, once per
     # stream or after a long gap); a labelled event trace would lose its picks there, so the benchmark's live pass
     # starts each trace after that many samples of its own first second, mirrored back and forth (a station that
-    # has been streaming; picks on them are dropped). false: the traces as they are.
+    # has been streaming; picks on them are dropped). false: the traces as they are. With it, live picks in the
+    # span the exact replay blinds at a trace's start (the student's blinding, 302 samples) are dropped too: the join
+    # of warm-up and trace is no station's stream, and event traces that start flat or tapered (stead50) make false
+    # P and S picks there that the exact replay cannot make; both modes are then scored on the same span.
     benchmark_warmup: bool = True
+
+    def lookaheads(self) -> dict[str, int]:
+        """The look-ahead of each phase, as pipeline.picking's live functions take it."""
+        return {"P": self.p_lookahead_samples, "S": self.s_lookahead_samples}
 
 
 @dataclass

@@ -223,9 +223,10 @@ def stream_picks(waveform: np.ndarray, model: Callable[[np.ndarray], np.ndarray]
     rule's blinding, picks. Returns (picks, stacked curves)."""
     waveform = _stream_waveform(waveform, "stream_picks")
     offsets = window_offsets(waveform.shape[1], in_samples, hop)
-    stacked = _stacked_stream(waveform, model, in_samples, offsets, rule.blinding or (0, 0), eps)
-    if stacked is None:
+    predictions = _window_predictions(waveform, model, in_samples, offsets, eps)
+    if not predictions:
         return [], np.zeros((0, 3), dtype=np.float32)
+    stacked = stack_windows(predictions, offsets, int(offsets[-1]) + in_samples, rule.blinding or (0, 0))
     return rule.picks(stacked, PHASES, sampling_rate, t0), stacked
 
 
@@ -236,17 +237,13 @@ def _stream_waveform(waveform, caller: str) -> np.ndarray:
     return waveform
 
 
-def _stacked_stream(waveform: np.ndarray, model, in_samples: int, offsets, blinding: tuple[int, int],
-                    eps: float | None) -> np.ndarray | None:
-    """The stacked curves of ``model`` on the normalised windows at ``offsets`` (None: no window)."""
-    predictions = [
+def _window_predictions(waveform: np.ndarray, model, in_samples: int, offsets, eps: float | None) -> list[np.ndarray]:
+    """``model``'s predictions on the normalised windows of ``waveform`` at ``offsets``."""
+    return [
         np.asarray(model(normalize_windows(waveform[:, o : o + in_samples], NORM_EPS if eps is None else eps)),
                    dtype=np.float32)
         for o in offsets
     ]
-    if not predictions:
-        return None
-    return stack_windows(predictions, offsets, int(offsets[-1]) + in_samples, blinding)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -276,38 +273,60 @@ def live_offsets(n_samples: int, in_samples: int, hop: int) -> np.ndarray:
     return np.arange(0, max(n_samples - in_samples + 1, 0), hop)
 
 
+def phase_lookaheads(lookahead) -> dict[str, int]:
+    """The look-ahead of each phase in PHASES: one for every phase (an int) or one per phase (a mapping such as
+    {"P": 100, "S": 200}: an S peak needs more of the coda after it than a P onset)."""
+    if isinstance(lookahead, dict):
+        missing = [phase for phase in PHASES if phase not in lookahead]
+        if missing:
+            raise EdgepickError(f"live mode: no look-ahead for phase {', '.join(missing)} (got {lookahead})")
+        return {phase: lookahead[phase] for phase in PHASES}
+    return {phase: lookahead for phase in PHASES}
+
+
 def live_reported_sample(sample: int, n_samples: int, in_samples: int, hop: int, lookahead: int) -> int:
     """The last sample the firmware's live mode has received when it finalises ``sample`` of an ``n_samples``
-    stream: the last sample of the window whose kept slice holds it (of the first window for the samples before
-    any slice), or the stream's last sample (its "#end") for one past the last window's slice."""
+    stream for a phase of this ``lookahead``: the last sample of the window whose kept slice holds it (of the first
+    window for the samples before any slice), or the stream's last sample (its "#end") for one past the last
+    window's slice."""
     pre, _ = live_blinding(in_samples, hop, lookahead)
     windows = len(live_offsets(n_samples, in_samples, hop))
     k = max(0, (int(sample) - pre) // hop)
     return int(k * hop + in_samples - 1) if k < windows else int(n_samples - 1)
 
 
-def add_reported_samples(picks: list[dict], n_samples: int, in_samples: int, hop: int, lookahead: int) -> list[dict]:
+def add_reported_samples(picks: list[dict], n_samples: int, in_samples: int, hop: int, lookahead) -> list[dict]:
     """``picks`` (PickRule.picks dicts, on the stream's sample grid) each with "reported": the last sample received
     when the live firmware emits it. A trigger closes when its first sample below threshold / 2 (off + 1) is
-    finalised; one still open at the end closes at the "#end" (live_reported_sample)."""
-    return [dict(p, reported=live_reported_sample(p["off"] + 1, n_samples, in_samples, hop, lookahead)) for p in picks]
+    finalised for its phase (``lookahead``: one for every phase or one per phase, :func:`phase_lookaheads`); one
+    still open at the end closes at the "#end" (live_reported_sample)."""
+    lookaheads = phase_lookaheads(lookahead)
+    return [dict(p, reported=live_reported_sample(p["off"] + 1, n_samples, in_samples, hop, lookaheads[p["phase"]]))
+            for p in picks]
 
 
 def live_stream_picks(waveform: np.ndarray, model: Callable[[np.ndarray], np.ndarray], in_samples: int, hop: int,
-                      lookahead: int, rule: PickRule, eps: float | None = None, sampling_rate: float = 100.0,
+                      lookahead, rule: PickRule, eps: float | None = None, sampling_rate: float = 100.0,
                       t0: float = 0.0) -> tuple[list[dict], np.ndarray]:
     """What the firmware's live mode emits on a whole stream ``waveform`` (3, n) followed by "#end": windows every
-    ``hop`` (live_offsets), the student's normalisation, ``model`` as in :func:`stream_picks`, stacking with the
-    live blinding in place of the rule's, picks by ``rule``, each with its "reported" sample
-    (:func:`add_reported_samples`). Returns (picks, stacked curves)."""
-    blinding = live_blinding(in_samples, hop, lookahead)
+    ``hop`` (live_offsets), the student's normalisation, ``model`` as in :func:`stream_picks`, each phase's curve
+    stacked with the live blinding of its look-ahead (``lookahead``: one for every phase or one per phase,
+    :func:`phase_lookaheads`; the noise column with P's) in place of the rule's, picks by ``rule``, each with its
+    "reported" sample (:func:`add_reported_samples`). Returns (picks, stacked curves)."""
+    lookaheads = phase_lookaheads(lookahead)
+    blindings = {phase: live_blinding(in_samples, hop, lookaheads[phase]) for phase in PHASES}
     waveform = _stream_waveform(waveform, "live_stream_picks")
     offsets = live_offsets(waveform.shape[1], in_samples, hop)
-    stacked = _stacked_stream(waveform, model, in_samples, offsets, blinding, eps)
-    if stacked is None:
+    predictions = _window_predictions(waveform, model, in_samples, offsets, eps)
+    if not predictions:
         return [], np.zeros((0, 3), dtype=np.float32)
-    picks = dataclasses.replace(rule, blinding=blinding).picks(stacked, PHASES, sampling_rate, t0)
-    return add_reported_samples(picks, waveform.shape[1], in_samples, hop, lookahead), stacked
+    n_stacked = int(offsets[-1]) + in_samples
+    by_blinding = {b: stack_windows(predictions, offsets, n_stacked, b) for b in set(blindings.values())}
+    stacked = by_blinding[blindings[PHASES[0]]].copy()
+    for k, phase in enumerate(PHASES):
+        stacked[:, k] = by_blinding[blindings[phase]][:, k]
+    picks = rule.picks(stacked, PHASES, sampling_rate, t0)
+    return add_reported_samples(picks, waveform.shape[1], in_samples, hop, lookaheads), stacked
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -169,12 +169,14 @@ def live_markdown(live: dict) -> list[str]:
     """The "Live picks" section: live and exact F1 and the latency of live picks per model and phase, and what the
     live mode costs per second of data on each board with an estimate."""
     tols = sorted(live["rows"][0]["f1_live"], key=float) if live["rows"] else []
-    pre, post = live["blinding"]
+    lookahead, blinding = live["lookahead_samples"], live["blinding"]
     warmup = (f"each trace after {live['warmup_samples']} samples of its first second mirrored (picks on them dropped)"
               if live["warmup_samples"] else "the traces as they are (no pick in the first window - hop - look-ahead "
               "samples)")
-    lines = [f"## Live picks (hop {live['hop_samples']}, look-ahead {live['lookahead_samples']} samples)", "",
-             f"The firmware's live mode (docs/firmware.md): a window every hop, blinding {pre} / {post}; {warmup}. "
+    lines = [f"## Live picks (hop {live['hop_samples']}, look-ahead " + ", ".join(f"{p} {v}" for p, v in lookahead.items())
+             + " samples)", "",
+             "The firmware's live mode (docs/firmware.md): a window every hop, blinding "
+             + ", ".join(f"{p} {pre} / {post}" for p, (pre, post) in blinding.items()) + f"; {warmup}. "
              f"Latency: reported time - analyst onset, picks matched within {live['latency_tolerance_s']:g} s.", "",
              "| model | phase | " + " | ".join(f"F1 live / exact @{t} s" for t in tols)
              + " | latency median s | latency p95 s | matched | annotate live s |",

@@ -3,12 +3,16 @@
 onset, picks matched within 0.5 s: median and 95th percentile).
 
     SEISBENCH_CACHE_ROOT=../shared/seisbench python scripts/benchmark_live.py --student models/student_qat \
-        [--datasets ../shared/datasets/stead50,...] [--grid 100:100,50:100,100:50,100:200] [--no-warmup] [--json out.json]
+        [--datasets ../shared/datasets/stead50,data/synthetic:dev,...] [--grid 100:100,50:100,100:50,100:200] \
+        [--no-warmup] [--json out.json]
 
 The passes are the benchmark stage's (pipeline/stages/benchmark.py): the exact replay is the student's SeisBench
 annotate at its own hop and blinding, the live mode the firmware's (docs/firmware.md, "Live mode") computed by the
 same annotate with a window every hop and the live blinding, each trace after its warm-up (``live.benchmark_warmup``:
-window - hop - look-ahead samples of its first second mirrored; --no-warmup: the traces as they are).
+window - hop - look-ahead samples of its first second mirrored; --no-warmup: the traces as they are). A phase's
+live picks depend only on its own look-ahead, so one row per (hop, L) and phase says what ``live.p_lookahead_samples``
+or ``live.s_lookahead_samples`` = L gives. Choose them on dev splits (``path:dev``), not on the sets you report; a
+set without analyst picks (data/transfer:dev, windows of real continuous data) is scored against the teacher's.
 """
 
 from __future__ import annotations
@@ -37,14 +41,18 @@ def parse_grid(text: str) -> list[tuple[int, int]]:
         raise EdgepickError(f"--grid wants hop:look-ahead pairs in samples, got {text!r}") from None
 
 
-def labelled_folders(text: str | None) -> list[Path]:
-    """The datasets to score: the given folders, or every SeisBench-format folder in ../shared/datasets."""
+def labelled_folders(text: str | None) -> list[tuple[Path, str]]:
+    """The datasets to score as (folder, split): the given "folder[:split]"s, or every SeisBench-format folder in
+    ../shared/datasets (every trace)."""
     if text:
-        folders = [Path(p) for p in text.split(",") if p.strip()]
+        folders = []
+        for item in (p.strip() for p in text.split(",") if p.strip()):
+            folder, _, split = item.partition(":")
+            folders.append((Path(folder), split))
     else:
         root = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-        folders = sorted(p for p in root.glob("*") if (p / "metadata.csv").is_file())
-    for folder in folders:
+        folders = sorted((p, "") for p in root.glob("*") if (p / "metadata.csv").is_file())
+    for folder, _ in folders:
         if not (folder / "metadata.csv").is_file():
             raise EdgepickError(f"dataset {folder} does not exist or holds no metadata.csv")
     if not folders:
@@ -52,20 +60,26 @@ def labelled_folders(text: str | None) -> list[Path]:
     return folders
 
 
-def score_dataset(student, folder: Path, grid, warmup: bool) -> list[dict]:
-    """One row per (hop, look-ahead) and phase of one dataset."""
-    traces, metadata, rate, order = benchmark_stage.load_labelled(folder, "")
+def score_dataset(student, folder: Path, split: str, grid, warmup: bool, teacher: str, max_traces: int) -> list[dict]:
+    """One row per (hop, look-ahead) and phase of one dataset (or one of its splits, at most ``max_traces`` of it,
+    seeded), against its analyst picks or, where it has none (windows of continuous data), the ``teacher``'s."""
+    traces, metadata, rate, order = benchmark_stage.load_labelled(folder, split, max_traces)
     truth = {p: [x / rate for x in rows] for p, rows in metrics.analyst_picks(metadata, [w.shape[-1] for w in traces]).items()}
+    against = "analyst"
+    if not any(len(t) for rows in truth.values() for t in rows):
+        truth = annotation.dataset_curves(runners.load_teacher(teacher), traces, rate, order, progress=False).picks()
+        against = "teacher"
     model = runners.BenchModel("student", "pytorch", "fp32", [student])
     exact = annotation.dataset_curves(model, traces, rate, order, progress=False).picks()
     rows = []
     for hop, lookahead in grid:
         started = time.perf_counter()
-        times, reported = benchmark_stage.live_pick_times(model, traces, rate, order, hop, lookahead, warmup)
+        times, reported = benchmark_stage.live_pick_times(model, traces, rate, order, hop, lookahead, warmup,
+                                                          skip_samples=benchmark_stage.live_skip_samples(model, warmup))
         seconds = time.perf_counter() - started
         for row in benchmark_stage.live_rows(model, truth, times, reported, exact, TOLERANCES, max(TOLERANCES)):
-            rows.append({"dataset": folder.name, "traces": len(traces), "hop": hop, "lookahead": lookahead,
-                         "live_seconds": round(seconds, 1), **row})
+            rows.append({"dataset": folder.name + (f":{split}" if split else ""), "traces": len(traces), "hop": hop,
+                         "lookahead": lookahead, "against": against, "live_seconds": round(seconds, 1), **row})
     return rows
 
 
@@ -73,12 +87,12 @@ def format_rows(rows: list[dict]) -> str:
     def f(v, digits=3):
         return "-" if v is None else f"{v:.{digits}f}"
 
-    lines = [f"{'dataset':15} {'traces':>6} {'hop':>4} {'L':>4} {'phase':5} {'F1@0.1 live/exact':>18} "
+    lines = [f"{'dataset':22} {'vs':7} {'traces':>6} {'hop':>4} {'L':>4} {'phase':5} {'F1@0.1 live/exact':>18} "
              f"{'F1@0.5 live/exact':>18} {'labels':>6} {'lat. median s':>13} {'lat. p95 s':>10} {'matched':>7} {'live s':>7}"]
     for r in rows:
         if r["n_labels"] == 0:
             continue  # a phase the dataset has no analyst picks of
-        lines.append(f"{r['dataset']:15} {r['traces']:6d} {r['hop']:4d} {r['lookahead']:4d} {r['phase']:5} "
+        lines.append(f"{r['dataset']:22} {r['against']:7} {r['traces']:6d} {r['hop']:4d} {r['lookahead']:4d} {r['phase']:5} "
                      f"{f(r['f1_live']['0.1']) + ' / ' + f(r['f1_exact']['0.1']):>18} "
                      f"{f(r['f1_live']['0.5']) + ' / ' + f(r['f1_exact']['0.5']):>18} {r['n_labels']:6d} "
                      f"{f(r['latency_median_s'], 2):>13} {f(r['latency_p95_s'], 2):>10} {r['latency_n']:7d} "
@@ -89,9 +103,11 @@ def format_rows(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--student", required=True, help="a saved student")
-    parser.add_argument("--datasets", help="comma-separated SeisBench-format folders (default: ../shared/datasets/*)")
+    parser.add_argument("--datasets", help="comma-separated SeisBench-format folder[:split]s (default: ../shared/datasets/*)")
     parser.add_argument("--grid", default="100:100,50:100,100:50,100:200", help="hop:look-ahead pairs (samples)")
     parser.add_argument("--no-warmup", action="store_true", help="score the traces without the live warm-up")
+    parser.add_argument("--teacher", default="phasenet:okla", help="scored against its picks where a set has no labels")
+    parser.add_argument("--max-traces", type=int, default=0, help="a seeded subset of each set (0: all)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--json", help="write the rows here too")
     args = parser.parse_args()
@@ -102,8 +118,8 @@ def main() -> None:
     folders = labelled_folders(args.datasets)
     student = load_student(args.student)
     rows = []
-    for folder in folders:
-        rows += score_dataset(student, folder, grid, not args.no_warmup)
+    for folder, split in folders:
+        rows += score_dataset(student, folder, split, grid, not args.no_warmup, args.teacher, args.max_traces)
     print(f"student {args.student}: live (a window every hop, look-ahead L samples{', warm-up' if not args.no_warmup else ''}) "
           f"against exact replay; latency = reported - analyst onset, picks within {max(TOLERANCES)} s")
     print(format_rows(rows))

@@ -26,7 +26,7 @@ RECORD_FIELDS = {
     "n_labels", "n_picks", "tp", "fp", "fn", "pick_precision", "recall", "f1", "f1_ratio_to_teacher",
     "residual_mean_s", "residual_std_s", "residual_mae_s", "picks_per_hour",
 }
-LIVE_FIELDS = {"hop_samples", "lookahead_samples", "blinding", "warmup_samples", "latency_tolerance_s",
+LIVE_FIELDS = {"hop_samples", "lookahead_samples", "blinding", "warmup_samples", "skipped_start_samples", "latency_tolerance_s",
                "annotate_seconds", "rows", "compute"}
 LIVE_ROW_FIELDS = {"model", "runtime", "precision", "phase", "n_labels", "n_picks_live", "f1_live", "f1_exact",
                    "latency_median_s", "latency_p95_s", "latency_n"}
@@ -206,11 +206,11 @@ def test_live_pass_picks_as_the_firmware_twin(warmup):
     from pipeline.picking import live_blinding, live_stream_picks
 
     model = SquareStudent(base_channels=1, in_samples=SAMPLES).eval()
-    hop, lookahead = 100, 150
+    hop, lookahead = 100, {"P": 150, "S": 230}  # each phase its own look-ahead, as the firmware's live mode
     traces = square_traces()
     bench = runners.BenchModel("student", "pytorch", "fp32", [model])
     times, reported = benchmark_stage.live_pick_times(bench, traces, 100.0, "ZNE", hop, lookahead, warmup)
-    pad = live_blinding(SAMPLES, hop, lookahead)[0] if warmup else 0
+    pad = live_blinding(SAMPLES, hop, 150)[0] if warmup else 0  # the smallest look-ahead's: every phase covered
 
     def forward(window):
         with torch.no_grad():
@@ -229,6 +229,18 @@ def test_live_pass_picks_as_the_firmware_twin(warmup):
             assert np.allclose(np.reshape(got, (-1, 2)), np.reshape(want, (-1, 2)), atol=1e-9), (i, phase)
             total += len(want)
     assert total >= 10
+    # picks in the span the exact replay blinds at a trace's start are dropped when asked (the stage's live pass)
+    skip = 1200
+    kept, kept_reported = benchmark_stage.live_pick_times(bench, traces, 100.0, "ZNE", hop, lookahead, warmup,
+                                                          skip_samples=skip)
+    dropped = 0
+    for phase in "PS":
+        for i in range(len(traces)):
+            late = times[phase][i] >= skip / 100 - 1e-9
+            assert np.array_equal(kept[phase][i], times[phase][i][late])
+            assert np.array_equal(kept_reported[phase][i], reported[phase][i][late])
+            dropped += int((~late).sum())
+    assert dropped >= 1
 
 
 def test_live_latency_of_matched_picks_by_hand():
@@ -285,8 +297,10 @@ def test_stage_writes_reports_with_documented_fields(models, dataset, fake_teach
         assert by[("tflm", "fp32", phase, 0.5)]["n_picks"] == by[("pytorch", "fp32", phase, 0.5)]["n_picks"]
     # the live pass (live.* defaults): the PyTorch student only, per phase F1 live and exact, the latency of live picks
     live = data["live"]
-    assert (live["hop_samples"], live["lookahead_samples"]) == (100, 100)
-    assert live["blinding"] == [SAMPLES - 200, 100] and live["warmup_samples"] == SAMPLES - 200
+    assert (live["hop_samples"], live["lookahead_samples"]) == (100, {"P": 100, "S": 200})
+    assert live["blinding"] == {"P": [SAMPLES - 200, 100], "S": [SAMPLES - 300, 200]}
+    assert live["warmup_samples"] == SAMPLES - 200
+    assert live["skipped_start_samples"] == blind  # the span the exact replay blinds at each trace's start
     assert set(live) == LIVE_FIELDS and all(set(r) == LIVE_ROW_FIELDS for r in live["rows"])
     assert [(r["runtime"], r["phase"]) for r in live["rows"]] == [("pytorch", "P"), ("pytorch", "S")]
     for r in live["rows"]:
@@ -302,7 +316,7 @@ def test_stage_writes_reports_with_documented_fields(models, dataset, fake_teach
     assert c["real_time_factor_est"] == pytest.approx(c["ms_per_window_est"] / 1e3)
     assert c["real_time_factor_exact_est"] == pytest.approx(c["real_time_factor_est"] * 100 / (SAMPLES - SAMPLES // 2))
     text = (out / "benchmark.md").read_text()
-    assert "## Live picks (hop 100, look-ahead 100 samples)" in text and "| student pytorch-fp32 | P |" in text
+    assert "## Live picks (hop 100, look-ahead P 100, S 200 samples)" in text and "| student pytorch-fp32 | P |" in text
     assert "live student pytorch-fp32 P: F1@0.1" in printed
 
 

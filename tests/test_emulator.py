@@ -200,7 +200,7 @@ def test_stage_in_live_mode_picks_as_the_live_python_twin(tflm_lib, model_dir, t
     _, flatbuffer, info, budget = model_dir
     live_dir = tmp_path / "live-model"
     c_array.write_firmware(live_dir, flatbuffer, info, PickRule(p_threshold=0.3, s_threshold=0.35), budget, 1e-6,
-                           live={"enabled": True, "hop_samples": 100, "lookahead_samples": 100})
+                           live={"enabled": True, "hop_samples": 100, "lookahead_samples": {"P": 100, "S": 200}})
     config = Config()
     config.set("data.out", str(tmp_path / "data"))
     config.set("data.synthetic.n_traces", 2)

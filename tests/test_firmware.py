@@ -701,7 +701,7 @@ def test_replay_reads_miniseed_gaps_as_gaps_and_opens_datasets(driver, tmp_path)
 # ---------------------------------------------------------------------------------------------------------------
 # The live mode: a small hop and a look-ahead, every sample from one window (docs/firmware.md, "Live mode")
 # ---------------------------------------------------------------------------------------------------------------
-LIVE_HOP, LIVE_LOOKAHEAD = 64, 48
+LIVE_HOP, LIVE_LOOKAHEAD = 64, {"P": 48, "S": 96}  # each phase its own look-ahead (live.*_lookahead_samples)
 
 
 def live_stream() -> np.ndarray:
@@ -715,16 +715,17 @@ def live_stream() -> np.ndarray:
 def test_live_mode_matches_python_twin_within_its_latency_budget(driver):
     """The core with exact_tail off, the live hop and blinding: the picks of pipeline.picking.live_stream_picks,
     each reported (the last sample received when its line came out) when the twin says: its trigger's closing
-    sample (off + 1) is final look-ahead to look-ahead + hop - 1 samples after it arrived, so a pick comes at most
-    look-ahead + hop + its trigger-off delay after its sample; the exact replay's come a window late."""
+    sample (off + 1) is final its phase's look-ahead to look-ahead + hop - 1 samples after it arrived, so a pick
+    comes at most look-ahead + hop + its trigger-off delay after its sample; the exact replay's come a window late.
+    P does not wait for S's longer look-ahead."""
     from pipeline.picking import live_blinding, live_stream_picks
 
     x = live_stream()
     end = x.shape[1] - 1
-    blinding = live_blinding(IN_SAMPLES, LIVE_HOP, LIVE_LOOKAHEAD)
+    blinding = [live_blinding(IN_SAMPLES, LIVE_HOP, LIVE_LOOKAHEAD[phase]) for phase in "PS"]
     rule = PickRule(p_threshold=0.3, s_threshold=0.3, top_tolerance=TOP)
     ref, _ = live_stream_picks(x, square_model, IN_SAMPLES, LIVE_HOP, LIVE_LOOKAHEAD, rule, EPS)
-    args = stream_args(exact=0, blinding=blinding)
+    args = stream_args(exact=0, blinding=[",".join(str(b[k]) for b in blinding) for k in (0, 1)])  # "P,S"
     args[2] = LIVE_HOP
     lines = run(driver, *args, stdin=stream_text(x)).splitlines()
     assert not [line for line in lines if json.loads(line)["type"] == "error"]
@@ -737,9 +738,11 @@ def test_live_mode_matches_python_twin_within_its_latency_budget(driver):
     closed = [p for p in got if p["reported"] < end]
     assert len(got) - len(closed) == 1  # the last P closes at "#end"
     for p in got:
-        assert p["reported"] - p["sample"] <= LIVE_LOOKAHEAD + LIVE_HOP + (p["off"] + 1 - p["sample"]), p
+        assert p["reported"] - p["sample"] <= LIVE_LOOKAHEAD[p["phase"]] + LIVE_HOP + (p["off"] + 1 - p["sample"]), p
     for p in closed:
-        assert LIVE_LOOKAHEAD <= p["reported"] - (p["off"] + 1) <= LIVE_LOOKAHEAD + LIVE_HOP - 1, p
+        lookahead = LIVE_LOOKAHEAD[p["phase"]]
+        assert lookahead <= p["reported"] - (p["off"] + 1) <= lookahead + LIVE_HOP - 1, p
+    assert {p["phase"] for p in closed} == {"P", "S"}
     exact = [p for p in parse_pick_lines(run(driver, *stream_args(), stdin=stream_text(x)).splitlines())
              if p["reported"] < end]
     assert exact and all(p["reported"] - (p["off"] + 1) >= IN_SAMPLES for p in exact)
@@ -764,9 +767,10 @@ def test_firmware_glue_syntax_live_mode(tmp_path):
                f"-I{CORE / 'src'}", str(FIRMWARE / "src" / "main_functions.cc")]
         return subprocess.run(cmd, capture_output=True, text=True)
 
-    live = {"enabled": True, "hop_samples": 100, "lookahead_samples": 100}
+    live = {"enabled": True, "hop_samples": 100, "lookahead_samples": {"P": 100, "S": 200}}
     files = c_array.write_firmware(tmp_path / "live", bytes(100), info, PickRule(blinding=(302, 302)), budget, 1e-6, live)
-    assert "#define EDGEPICK_LIVE_BLIND_PRE 2801 " in files["model_config.h"]
+    assert "#define EDGEPICK_LIVE_P_BLIND_PRE 2801 " in files["model_config.h"]
+    assert "#define EDGEPICK_LIVE_S_BLIND_PRE 2701 " in files["model_config.h"]
     for defines in ((), ("-DEDGEPICK_LIVE=0",)):
         result = compile_glue(tmp_path / "live", *defines)
         assert result.returncode == 0, result.stderr

@@ -292,15 +292,18 @@ def test_config_header_writes_the_live_mode_and_refuses_what_does_not_fit():
         live = {"enabled": enabled, "hop_samples": hop, "lookahead_samples": lookahead}
         return c_array.model_config_header(info, PickRule(blinding=(300, 300)), budget, 1e-6, live)
 
-    text = header(50, 120)
+    text = header(50, {"P": 120, "S": 240})
     for line in ("#ifndef EDGEPICK_LIVE\n#define EDGEPICK_LIVE 1 ", "#define EDGEPICK_LIVE_HOP_SAMPLES 50 ",
-                 f"#define EDGEPICK_LIVE_BLIND_PRE {SAMPLES - 50 - 120} ", "#define EDGEPICK_LIVE_BLIND_POST 120 ",
+                 f"#define EDGEPICK_LIVE_P_BLIND_PRE {SAMPLES - 50 - 120} ", "#define EDGEPICK_LIVE_P_BLIND_POST 120 ",
+                 f"#define EDGEPICK_LIVE_S_BLIND_PRE {SAMPLES - 50 - 240} ", "#define EDGEPICK_LIVE_S_BLIND_POST 240 ",
                  "#define EDGEPICK_HOP_SAMPLES 501 ", "#define EDGEPICK_BLIND_PRE 300 "):  # the exact replay's stay
         assert line in text, line
+    assert "#define EDGEPICK_LIVE_S_BLIND_POST 120 " in header(50, 120)  # one look-ahead for both phases
     assert "#define EDGEPICK_LIVE 0 " in header(50, 120, enabled=False)
     replay = c_array.model_config_header(info, PickRule(), budget, 1e-6)
     assert "#define EDGEPICK_LIVE 0 " in replay and "#define EDGEPICK_LIVE_HOP_SAMPLES" not in replay
-    for hop, lookahead in ((0, 100), (100, 0), (-5, 100), (SAMPLES - 100, 100), (2.5, 100)):
+    for hop, lookahead in ((0, 100), (100, 0), (-5, 100), (SAMPLES - 100, 100), (2.5, 100), (100, {"P": 100}),
+                           (100, {"P": 100, "S": SAMPLES - 100})):
         with pytest.raises(EdgepickError, match="live mode") as error:
             header(hop, lookahead)
         assert "\n" not in str(error.value)
@@ -312,7 +315,7 @@ def test_stage_refuses_a_live_hop_that_does_not_fit_before_converting(tmp_path, 
     capsys.readouterr()  # the dataset writer's progress lines
     args = ["quantize", "--set", f"quantize.student={tmp_path / 'student'}", "--set", f"quantize.dataset={tmp_path}",
             "--set", f"quantize.out={tmp_path / 'tflite'}", "--set", f"quantize.firmware_dir={tmp_path / 'firmware'}",
-            "--set", "live.hop_samples=950", "--set", "live.lookahead_samples=100"]
+            "--set", "live.hop_samples=950", "--set", "live.p_lookahead_samples=40", "--set", "live.s_lookahead_samples=100"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "hop + look-ahead (950 + 100 samples)" in err[0] and f"{SAMPLES}-sample window" in err[0]

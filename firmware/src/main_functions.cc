@@ -145,15 +145,18 @@ bool setup() {
 #if EDGEPICK_LIVE
   // live: a window every live hop, each keeping only the hop predictions before its look-ahead, so a sample is
   // final look-ahead to look-ahead + hop - 1 samples after it arrived (docs/firmware.md, "Live mode")
+  // (each phase its own look-ahead: S's is longer, it needs more of the coda after its onset)
   config.hop = EDGEPICK_LIVE_HOP_SAMPLES;
-  config.blind_pre = EDGEPICK_LIVE_BLIND_PRE;
-  config.blind_post = EDGEPICK_LIVE_BLIND_POST;
+  config.blind_pre[0] = EDGEPICK_LIVE_P_BLIND_PRE;
+  config.blind_post[0] = EDGEPICK_LIVE_P_BLIND_POST;
+  config.blind_pre[1] = EDGEPICK_LIVE_S_BLIND_PRE;
+  config.blind_post[1] = EDGEPICK_LIVE_S_BLIND_POST;
   config.exact_tail = false;
-  HandleMessage("info", "live mode: hop %d, look-ahead %d samples", EDGEPICK_LIVE_HOP_SAMPLES, EDGEPICK_LIVE_BLIND_POST);
+  HandleMessage("info", "live mode: hop %d, look-ahead P %d, S %d samples", EDGEPICK_LIVE_HOP_SAMPLES,
+                EDGEPICK_LIVE_P_BLIND_POST, EDGEPICK_LIVE_S_BLIND_POST);
 #else
   config.hop = EDGEPICK_HOP_SAMPLES;
-  config.blind_pre = EDGEPICK_BLIND_PRE;
-  config.blind_post = EDGEPICK_BLIND_POST;
+  config.SetBlinding(EDGEPICK_BLIND_PRE, EDGEPICK_BLIND_POST);
   config.exact_tail = EDGEPICK_EXACT_TAIL != 0;
 #endif
   config.input_layout = edgepick::Layout::kChannelsLast;  // [1][samples][1][3]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pipeline.artifacts import atomic_dir
 from pipeline.errors import EdgepickError
-from pipeline.picking import PickRule, live_blinding
+from pipeline.picking import PickRule, live_blinding, phase_lookaheads
 
 
 def c_array(name: str, data: bytes, per_line: int = 16) -> str:
@@ -50,22 +50,23 @@ def parse_c_array(source: str) -> bytes:
 
 def live_header_lines(in_samples: int, live: dict | None) -> list[str]:
     """The live mode's lines of model_config.h from the ``live`` settings (the quantize stage's ``live`` section:
-    enabled, hop_samples, lookahead_samples); None: exact replay, no live values."""
+    enabled, hop_samples, lookahead_samples: one for every phase or {"P": ..., "S": ...}); None: exact replay, no
+    live values."""
     lines = ["// The live pick mode (`live.*` in pipeline/config.py, docs/firmware.md \"Live mode\"): 1 = a window every",
-             "// EDGEPICK_LIVE_HOP_SAMPLES, each keeping the hop predictions that end EDGEPICK_LIVE_BLIND_POST samples",
-             "// (the look-ahead) before its end, every sample final look-ahead to look-ahead + hop - 1 samples after it",
-             "// arrived; 0 = exact replay (SeisBench classify's picks at EDGEPICK_HOP_SAMPLES, a window late). A build flag",
-             "// -DEDGEPICK_LIVE=0 or 1 overrides it.", "#ifndef EDGEPICK_LIVE"]
+             "// EDGEPICK_LIVE_HOP_SAMPLES, each keeping, per phase, the hop predictions that end that phase's look-ahead",
+             "// (EDGEPICK_LIVE_<phase>_BLIND_POST samples) before its end, every sample final look-ahead to look-ahead +",
+             "// hop - 1 samples after it arrived; 0 = exact replay (SeisBench classify's picks at EDGEPICK_HOP_SAMPLES, a",
+             "// window late). A build flag -DEDGEPICK_LIVE=0 or 1 overrides it.", "#ifndef EDGEPICK_LIVE"]
     if not live:
         return lines + ["#define EDGEPICK_LIVE 0  // this header was written without live settings", "#endif"]
-    pre, post = live_blinding(in_samples, live["hop_samples"], live["lookahead_samples"])  # refuses what does not fit
-    hop = int(live["hop_samples"])
-    return lines + [
-        f"#define EDGEPICK_LIVE {1 if live['enabled'] else 0}  // live.enabled", "#endif",
-        f"#define EDGEPICK_LIVE_HOP_SAMPLES {hop}  // live.hop_samples",
-        f"#define EDGEPICK_LIVE_BLIND_PRE {pre}  // window - hop - look-ahead (pipeline.picking.live_blinding)",
-        f"#define EDGEPICK_LIVE_BLIND_POST {post}  // live.lookahead_samples",
-    ]
+    blindings = {phase: live_blinding(in_samples, live["hop_samples"], lookahead)  # refuses what does not fit
+                 for phase, lookahead in phase_lookaheads(live["lookahead_samples"]).items()}
+    lines += [f"#define EDGEPICK_LIVE {1 if live['enabled'] else 0}  // live.enabled", "#endif",
+              f"#define EDGEPICK_LIVE_HOP_SAMPLES {int(live['hop_samples'])}  // live.hop_samples"]
+    for phase, (pre, post) in blindings.items():
+        lines += [f"#define EDGEPICK_LIVE_{phase}_BLIND_PRE {pre}  // window - hop - look-ahead (pipeline.picking.live_blinding)",
+                  f"#define EDGEPICK_LIVE_{phase}_BLIND_POST {post}  // live.{phase.lower()}_lookahead_samples"]
+    return lines
 
 
 def model_config_header(info: dict, rule: PickRule, budget: dict, norm_eps: float, live: dict | None = None) -> str:

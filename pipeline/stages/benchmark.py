@@ -31,7 +31,7 @@ from pipeline.errors import EdgepickError
 from pipeline.metrics import (PHASES, add_teacher_ratios, analyst_picks, bin_masks, latency_summary, match_picks,
                               parse_snr_db, pick_latencies, pick_records, pr_curve, protocol2_scores, protocol2_windows,
                               score_picks, sp_seconds)
-from pipeline.picking import add_reported_samples, live_blinding, live_offsets
+from pipeline.picking import add_reported_samples, live_blinding, live_offsets, phase_lookaheads
 from pipeline.student import hop_samples
 
 # The live pass's warm-up: each trace starts after this much of its own beginning, mirrored back and forth (the
@@ -152,7 +152,8 @@ def run(config) -> dict:
     models, student = load_models(config)
     runners.check_rates(models, rates)
     if config.live.benchmark and student is not None:  # a live hop that does not fit: refused before any annotate
-        live_blinding(student.in_samples, config.live.hop_samples, config.live.lookahead_samples)
+        for lookahead in config.live.lookaheads().values():
+            live_blinding(student.in_samples, config.live.hop_samples, lookahead)
 
     curves: dict[str, Curves] = {}
     annotate_seconds = {}
@@ -270,43 +271,63 @@ def live_pass(config, models, traces, rate, order, truth, picks, tolerances) -> 
     rows, seconds = [], {}
     for model in chosen:
         started = time.perf_counter()
-        times, reported = live_pick_times(model, traces, rate, order, lv.hop_samples, lv.lookahead_samples,
-                                          lv.benchmark_warmup, b.threshold, b.traces_per_call, b.batch_size)
+        times, reported = live_pick_times(model, traces, rate, order, lv.hop_samples, lv.lookaheads(),
+                                          lv.benchmark_warmup, b.threshold, b.traces_per_call, b.batch_size,
+                                          live_skip_samples(model, lv.benchmark_warmup))
         seconds[model.label] = round(time.perf_counter() - started, 2)
         print(f"benchmark: {model.label} annotated {len(traces)} traces live in {seconds[model.label]:.1f} s")
         rows += live_rows(model, truth, times, reported, picks[model.label], tolerances, latency_tolerance)
-    pre, post = live_blinding(chosen[0].members[0].in_samples, lv.hop_samples, lv.lookahead_samples)
-    return {"hop_samples": int(lv.hop_samples), "lookahead_samples": int(lv.lookahead_samples),
-            "blinding": [pre, post], "warmup_samples": pre if lv.benchmark_warmup else 0,
+    n = chosen[0].members[0].in_samples
+    blinding = {phase: list(live_blinding(n, lv.hop_samples, lookahead)) for phase, lookahead in lv.lookaheads().items()}
+    return {"hop_samples": int(lv.hop_samples), "lookahead_samples": {k: int(v) for k, v in lv.lookaheads().items()},
+            "blinding": blinding, "warmup_samples": live_warmup(n, lv.hop_samples, lv.lookaheads(), lv.benchmark_warmup),
+            "skipped_start_samples": live_skip_samples(chosen[0], lv.benchmark_warmup),
             "latency_tolerance_s": latency_tolerance, "annotate_seconds": seconds, "rows": rows}
 
 
+def live_warmup(in_samples: int, hop: int, lookahead, warmup: bool = True) -> int:
+    """The warm-up samples put before each trace: window - hop - the smallest look-ahead, so that every phase's
+    curve covers the trace from its first sample (0 without warm-up)."""
+    return max(live_blinding(in_samples, hop, v)[0] for v in phase_lookaheads(lookahead).values()) if warmup else 0
+
+
+def live_skip_samples(model, warmup: bool = True) -> int:
+    """The live picks dropped at each trace's start (with the warm-up): the samples the exact replay blinds there."""
+    blinding = model_rule(model).blinding
+    return int(blinding[0]) if warmup and blinding else 0
+
+
 def live_pick_times(model, traces, rate, order, hop, lookahead, warmup=True, threshold=None, traces_per_call=64,
-                    batch_size=64) -> tuple[dict, dict]:
+                    batch_size=64, skip_samples: int = 0) -> tuple[dict, dict]:
     """Per phase, per trace: the times (s from the trace's first sample) of the picks the firmware's live mode
     makes on it, and when each is reported (pipeline.picking.live_stream_picks, computed by the model's own
-    SeisBench annotate). Each trace is annotated after its warm-up (:func:`warmup_padded`, picks on it dropped)
-    and cut after its last live window, so that SeisBench adds no last window ending at the trace's end."""
+    SeisBench annotate, once per distinct look-ahead: ``lookahead`` is one for every phase or one per phase).
+    Each trace is annotated after its warm-up (:func:`warmup_padded`, :func:`live_warmup`, picks on it and in the
+    trace's first ``skip_samples`` dropped) and cut after its last live window, so that SeisBench adds no last
+    window ending at the trace's end."""
     n = model.members[0].in_samples
-    pre, _ = live_blinding(n, hop, lookahead)
-    pad = pre if warmup else 0
+    lookaheads = phase_lookaheads(lookahead)
+    pad = live_warmup(n, hop, lookaheads, warmup)
     padded = [warmup_padded(w, pad, rate) for w in traces]
     kept = [i for i, w in enumerate(padded) if w.shape[1] >= n]  # a shorter one has no window: no live picks
-    curves = dataset_curves(live_model(model, hop, lookahead), [live_windows_span(padded[i], n, hop) for i in kept],
-                            rate, order, traces_per_call, batch_size)
-    rule = curves.rule.with_threshold(threshold)
+    spans = [live_windows_span(padded[i], n, hop) for i in kept]
     times = {phase: [np.zeros(0)] * len(traces) for phase in PHASES}
     reported = {phase: [np.zeros(0)] * len(traces) for phase in PHASES}
-    for k, i in enumerate(kept):
-        if curves.data[k].shape[1] < 3:  # nothing annotated (as Curves.picks, no run shorter than 3 samples)
-            continue
-        on_grid = [dict(p, sample=p["sample"] + curves.start[k], off=p["off"] + curves.start[k])
-                   for p in rule.picks(curves.data[k], "".join(PHASES))]
-        mine = [p for p in add_reported_samples(on_grid, padded[i].shape[1], n, hop, lookahead) if p["sample"] >= pad]
-        for phase in PHASES:
-            these = sorted((p["sample"], p["reported"]) for p in mine if p["phase"] == phase)
-            times[phase][i] = np.asarray([(s - pad) / rate for s, _ in these], dtype=float)
-            reported[phase][i] = np.asarray([(r - pad) / rate for _, r in these], dtype=float)
+    for value in sorted(set(lookaheads.values())):
+        phases = [phase for phase in PHASES if lookaheads[phase] == value]
+        curves = dataset_curves(live_model(model, hop, value), spans, rate, order, traces_per_call, batch_size)
+        rule = curves.rule.with_threshold(threshold)
+        for k, i in enumerate(kept):
+            if curves.data[k].shape[1] < 3:  # nothing annotated (as Curves.picks, no run shorter than 3 samples)
+                continue
+            on_grid = [dict(p, sample=p["sample"] + curves.start[k], off=p["off"] + curves.start[k])
+                       for p in rule.picks(curves.data[k], "".join(PHASES)) if p["phase"] in phases]
+            mine = [p for p in add_reported_samples(on_grid, padded[i].shape[1], n, hop, value)
+                    if p["sample"] >= pad + skip_samples]
+            for phase in phases:
+                these = sorted((p["sample"], p["reported"]) for p in mine if p["phase"] == phase)
+                times[phase][i] = np.asarray([(s - pad) / rate for s, _ in these], dtype=float)
+                reported[phase][i] = np.asarray([(r - pad) / rate for _, r in these], dtype=float)
     return times, reported
 
 

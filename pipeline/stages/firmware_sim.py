@@ -19,7 +19,7 @@ from pipeline import boards, emulator, tflm, waveforms
 from pipeline.artifacts import atomic_write_text, save_config
 from pipeline.convert import c_array, fp16_pack
 from pipeline.errors import EdgepickError
-from pipeline.picking import PickRule, live_stream_picks, stream_picks
+from pipeline.picking import PHASES, PickRule, live_stream_picks, stream_picks
 from pipeline.serial_protocol import parse_pick_lines, sample_lines
 from pipeline.stages.benchmark import load_labelled, resolve_dataset
 from pipeline.stages.firmware import read_model_config
@@ -50,8 +50,9 @@ def python_picks(waveform: np.ndarray, flatbuffer: bytes, values: dict[str, str]
     window, eps = int(values["EDGEPICK_WINDOW_SAMPLES"]), float(values["EDGEPICK_NORM_EPS"].rstrip("f"))
     rate = float(values["EDGEPICK_SAMPLING_RATE_HZ"].rstrip("f"))
     if live_mode(values):  # the firmware built from this header picks live (model_config.h's EDGEPICK_LIVE)
-        picks, _ = live_stream_picks(waveform, model, window, int(values["EDGEPICK_LIVE_HOP_SAMPLES"]),
-                                     int(values["EDGEPICK_LIVE_BLIND_POST"]), rule, eps, rate)
+        lookaheads = {phase: int(values[f"EDGEPICK_LIVE_{phase}_BLIND_POST"]) for phase in PHASES}
+        picks, _ = live_stream_picks(waveform, model, window, int(values["EDGEPICK_LIVE_HOP_SAMPLES"]), lookaheads,
+                                     rule, eps, rate)
     else:
         picks, _ = stream_picks(waveform, model, window, int(values["EDGEPICK_HOP_SAMPLES"]), rule, eps, rate)
     return sorted((p["phase"], int(p["sample"]), int(p["fwhm"])) for p in picks)

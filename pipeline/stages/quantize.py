@@ -84,8 +84,10 @@ def _live_settings(live, in_samples: int) -> dict | None:
     look-ahead that does not fit the student's window is refused here."""
     if not live.enabled:
         return None
-    live_blinding(in_samples, live.hop_samples, live.lookahead_samples)
-    return {"enabled": True, "hop_samples": int(live.hop_samples), "lookahead_samples": int(live.lookahead_samples)}
+    for lookahead in live.lookaheads().values():
+        live_blinding(in_samples, live.hop_samples, lookahead)
+    return {"enabled": True, "hop_samples": int(live.hop_samples),
+            "lookahead_samples": {phase: int(v) for phase, v in live.lookaheads().items()}}
 
 
 def _windows(dataset: str, split: str, count: int, samples: int, seed: int):

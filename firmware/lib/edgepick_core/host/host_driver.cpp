@@ -8,7 +8,8 @@
 //   parse                 serial lines in, one parse result a line out
 //   resample IN OUT       frames in at IN Hz, frames out at OUT Hz (linear interpolation)
 //   stream IN HOP EXACT BLIND_PRE BLIND_POST EPS THR_P THR_S MAX_GAP LAYOUT TOP MODEL [PROBS_FILE]
-//                         (TOP: the picker's top tolerance, < 0 for SeisBench's first maximum)
+//                         (TOP: the picker's top tolerance, < 0 for SeisBench's first maximum; BLIND_PRE and
+//                         BLIND_POST: one count for both phases or "P,S", each phase its own)
 //                         the serial protocol on stdin, JSON lines out. MODEL: "square" (P = 0.9 z^2,
 //                         S = 0.9 n^2, noise = 1 - P - S, of the normalised window) or "file" (the window
 //                         predictions, in_samples x 3 float32 each, read in order from PROBS_FILE) or
@@ -32,6 +33,14 @@ namespace {
 int Usage() {
   std::fprintf(stderr, "usage: host_driver MODE ... (see the source)\n");
   return 2;
+}
+
+// "N" (every phase) or "P,S" (one count per phase) into counts[0..1].
+bool PerPhase(const char* text, size_t counts[kMaxPhases]) {
+  char* end = nullptr;
+  counts[0] = counts[1] = std::strtoul(text, &end, 10);
+  if (*end == ',') counts[1] = std::strtoul(end + 1, &end, 10);
+  return end != text && *end == '\0';
 }
 
 void PrintFloat(float v) { std::printf("%.9g\n", static_cast<double>(v)); }
@@ -90,8 +99,7 @@ int Stream(int argc, char** argv, bool serve) {
   config.in_samples = std::strtoul(argv[2], nullptr, 10);
   config.hop = std::strtoul(argv[3], nullptr, 10);
   config.exact_tail = std::atoi(argv[4]) != 0;
-  config.blind_pre = std::strtoul(argv[5], nullptr, 10);
-  config.blind_post = std::strtoul(argv[6], nullptr, 10);
+  if (!PerPhase(argv[5], config.blind_pre) || !PerPhase(argv[6], config.blind_post)) return Usage();
   config.norm_eps = std::strtof(argv[7], nullptr);
   config.thresholds[0] = std::strtof(argv[8], nullptr);
   config.thresholds[1] = std::strtof(argv[9], nullptr);

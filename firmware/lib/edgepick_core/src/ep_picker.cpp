@@ -96,12 +96,26 @@ Pick TriggerPicker::Finished() const {
   return pick;
 }
 
-bool Stacker::Init(float* sums, uint16_t* counts, size_t capacity, int n_classes) {
-  if (sums == nullptr || counts == nullptr || capacity == 0 || n_classes < 1 || n_classes > kMaxPhases) return false;
+namespace {
+
+// Class k of window sample i in a model output of n samples x probs_classes (channels last) or the transpose.
+float Prob(const float* probs, size_t n, int probs_classes, bool channels_last, size_t i, int k) {
+  return channels_last ? probs[i * static_cast<size_t>(probs_classes) + static_cast<size_t>(k)]
+                       : probs[static_cast<size_t>(k) * n + i];
+}
+
+}  // namespace
+
+bool Stacker::Init(float* sums, uint16_t* counts, size_t capacity, int n_classes, int first_class) {
+  if (sums == nullptr || counts == nullptr || capacity == 0 || n_classes < 1 || first_class < 0 ||
+      first_class + n_classes > kMaxPhases) {
+    return false;
+  }
   sums_ = sums;
   counts_ = counts;
   capacity_ = capacity;
   n_classes_ = n_classes;
+  first_class_ = first_class;
   Reset();
   return true;
 }
@@ -114,7 +128,7 @@ void Stacker::Reset(uint64_t start) {
 
 bool Stacker::AddWindow(uint64_t offset, const float* probs, size_t n, int probs_classes, bool channels_last,
                         size_t blind_pre, size_t blind_post) {
-  if (probs_classes < n_classes_) return false;
+  if (probs_classes < first_class_ + n_classes_) return false;
   if (blind_pre + blind_post >= n) return true;  // everything blinded
   // Only the kept samples [offset + blind_pre, offset + n - blind_post) must be open and inside the storage: in live
   // mode the blinded start of a window lies before samples that are final already.
@@ -123,13 +137,11 @@ bool Stacker::AddWindow(uint64_t offset, const float* probs, size_t n, int probs
     const size_t slot = static_cast<size_t>((offset + i) % capacity_);
     bool any_nan = false;
     for (int k = 0; k < n_classes_; ++k) {
-      const float v = channels_last ? probs[i * static_cast<size_t>(probs_classes) + static_cast<size_t>(k)] : probs[static_cast<size_t>(k) * n + i];
-      if (std::isnan(v)) any_nan = true;
+      if (std::isnan(Prob(probs, n, probs_classes, channels_last, i, first_class_ + k))) any_nan = true;
     }
     if (any_nan) continue;  // a NaN prediction is a missing one (nanmean)
     for (int k = 0; k < n_classes_; ++k) {
-      const float v = channels_last ? probs[i * static_cast<size_t>(probs_classes) + static_cast<size_t>(k)] : probs[static_cast<size_t>(k) * n + i];
-      sums_[slot * n_classes_ + k] += v;
+      sums_[slot * n_classes_ + k] += Prob(probs, n, probs_classes, channels_last, i, first_class_ + k);
     }
     if (counts_[slot] < 0xFFFFu) ++counts_[slot];
   }

@@ -78,12 +78,14 @@ class TriggerPicker {
 };
 
 // Averages overlapping window predictions per absolute sample; a window of n samples lands at its offset.
-// Storage: capacity * n_classes floats for sums and capacity counters (uint16); capacity >= window length.
+// It stacks the model's classes [first_class, first_class + n_classes) (the live mode keeps one Stacker per phase:
+// each phase has its own blinding and is final at its own time). Storage: capacity * n_classes floats for sums and
+// capacity counters (uint16); capacity >= window length.
 class Stacker {
  public:
-  bool Init(float* sums, uint16_t* counts, size_t capacity, int n_classes);
+  bool Init(float* sums, uint16_t* counts, size_t capacity, int n_classes, int first_class = 0);
   void Reset(uint64_t start = 0);  // next sample to finalise: start
-  // probs: n x probs_classes (channels_last) or probs_classes x n; its first n_classes classes are stacked.
+  // probs: n x probs_classes (channels_last) or probs_classes x n; its classes from first_class on are stacked.
   // Samples [0, blind_pre) and [n - blind_post, n) of the window are left out (SeisBench blinding); a sample
   // with a NaN prediction is left out too (nanmean). Returns false if its kept samples fall outside the storage
   // or on samples already final.
@@ -100,6 +102,7 @@ class Stacker {
   uint16_t* counts_ = nullptr;
   size_t capacity_ = 0;
   int n_classes_ = 0;
+  int first_class_ = 0;
   uint64_t finalized_ = 0;
 };
 

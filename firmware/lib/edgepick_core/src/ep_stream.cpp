@@ -14,7 +14,7 @@ StreamBufferSizes ComputeStreamBufferSizes(const StreamConfig& config) {
   sizes.window_floats = config.in_samples * kChannels;
   sizes.probs_floats = config.in_samples * static_cast<size_t>(config.n_classes);
   sizes.stack_floats = config.in_samples * static_cast<size_t>(config.n_phases);
-  sizes.stack_counts = config.in_samples;
+  sizes.stack_counts = config.in_samples * static_cast<size_t>(config.n_phases);
   sizes.total_bytes = (sizes.ring_floats + sizes.window_floats + sizes.probs_floats + sizes.stack_floats) * sizeof(float) +
                       sizes.stack_counts * sizeof(uint16_t);
   return sizes;
@@ -29,13 +29,13 @@ bool StreamPicker::Init(const StreamConfig& config, const StreamBuffers& buffers
   else if (config.n_classes < 1 || config.n_classes > kMaxPhases) problem = "n_classes must be in [1, 4]";
   else if (config.n_phases < 1 || config.n_phases > config.n_classes) problem = "n_phases must be in [1, n_classes]";
   else if (!(config.sampling_rate > 0.0)) problem = "sampling_rate must be positive";
-  else if (config.blind_pre + config.blind_post >= config.in_samples) problem = "blinding covers the whole window";
   else if (config.top_half_width < 1 || config.top_half_width > kMaxTopHalfWidth) problem = "top_half_width must be in [1, 1024]";
   else if (buffers.ring == nullptr || buffers.window == nullptr || buffers.probs == nullptr ||
            buffers.stack_sums == nullptr || buffers.stack_counts == nullptr) problem = "a stream buffer is missing";
   else if (infer == nullptr || emit == nullptr) problem = "infer and emit callbacks are required";
   for (int p = 0; problem == nullptr && p < config.n_phases; ++p) {
     if (!(config.thresholds[p] > 0.0f)) problem = "thresholds must be positive";
+    else if (config.blind_pre[p] + config.blind_post[p] >= config.in_samples) problem = "blinding covers the whole window";
   }
   if (problem != nullptr) {
     std::snprintf(error_, sizeof(error_), "%s", problem);
@@ -48,7 +48,10 @@ bool StreamPicker::Init(const StreamConfig& config, const StreamBuffers& buffers
   emit_ = emit;
   emit_context_ = emit_context;
   ring_.Init(buffers.ring, config.in_samples);
-  stacker_.Init(buffers.stack_sums, buffers.stack_counts, config.in_samples, config.n_phases);
+  for (int p = 0; p < config.n_phases; ++p) {
+    const size_t first = static_cast<size_t>(p) * config.in_samples;
+    stackers_[p].Init(buffers.stack_sums + first, buffers.stack_counts + first, config.in_samples, 1, p);
+  }
   Reset();
   return true;
 }
@@ -66,8 +69,8 @@ void StreamPicker::StartSegment(uint64_t start) {
   segment_start_ = start;
   next_offset_ = start;
   covered_until_ = start;
-  stacker_.Reset(start);
   for (int p = 0; p < config_.n_phases; ++p) {
+    stackers_[p].Reset(start);
     triggers_[p].Init(config_.thresholds[p], config_.thresholds[p] / 2.0f, p, config_.top_tolerance,
                       config_.top_half_width);
   }
@@ -78,18 +81,18 @@ void StreamPicker::PushSample(const float frame[kChannels]) {
   ++stats_.samples;
   for (int c = 0; c < kChannels; ++c) last_frame_[c] = frame[c];
   have_last_ = true;
-  Finalize(SafeToFinalize());  // first: the window that may run now starts exactly at the safe point
+  Finalize(false);  // first: the window that may run now starts exactly at the safe point
   RunReadyWindows();
-  Finalize(SafeToFinalize());
+  Finalize(false);
 }
 
-uint64_t StreamPicker::SafeToFinalize() const {
+uint64_t StreamPicker::SafeToFinalize(int phase) const {
   const uint64_t total = ring_.total();
   uint64_t safe;
   if (config_.exact_tail) {  // a last window at "#end" would start at total - in_samples or later
     safe = total >= segment_start_ + config_.in_samples ? total - config_.in_samples : segment_start_;
   } else {  // no later window starts before next_offset_, and none keeps a prediction before its blind_pre-th
-    safe = next_offset_ + config_.blind_pre;
+    safe = next_offset_ + config_.blind_pre[phase];
   }
   return safe < covered_until_ ? safe : covered_until_;
 }
@@ -113,22 +116,36 @@ void StreamPicker::RunWindow(uint64_t offset) {
   if (!infer_(infer_context_, buffers_.window, buffers_.probs)) {
     ++stats_.failed_windows;
     Message("error", "inference failed; this window's predictions are missing");
-  } else if (!stacker_.AddWindow(offset, buffers_.probs, n, config_.n_classes, config_.output_channels_last,
-                                 config_.blind_pre, config_.blind_post)) {
-    ++stats_.failed_windows;
-    Message("error", "internal: window outside the stacking buffer");
+  } else {
+    bool stacked = true;
+    for (int p = 0; p < config_.n_phases; ++p) {
+      stacked = stackers_[p].AddWindow(offset, buffers_.probs, n, config_.n_classes, config_.output_channels_last,
+                                       config_.blind_pre[p], config_.blind_post[p]) && stacked;
+    }
+    if (!stacked) {
+      ++stats_.failed_windows;
+      Message("error", "internal: window outside the stacking buffer");
+    }
   }
   if (offset + n > covered_until_) covered_until_ = offset + n;
 }
 
-void StreamPicker::Finalize(uint64_t upto) {
-  uint64_t index;
-  float values[kMaxPhases];
-  while (stacker_.PopSample(upto, &index, values)) {
+void StreamPicker::Finalize(bool flush) {
+  uint64_t upto[kMaxPhases];
+  for (int p = 0; p < config_.n_phases; ++p) upto[p] = flush ? covered_until_ : SafeToFinalize(p);
+  // In sample order across the phases (P before S at one sample), as one shared stacker would give them.
+  for (;;) {
+    int next = -1;
     for (int p = 0; p < config_.n_phases; ++p) {
-      Pick pick;
-      if (triggers_[p].Feed(index, values[p], &pick)) EmitPick(pick);
+      const uint64_t index = stackers_[p].finalized();
+      if (index < upto[p] && (next < 0 || index < stackers_[next].finalized())) next = p;
     }
+    if (next < 0) return;
+    uint64_t index;
+    float value;
+    stackers_[next].PopSample(upto[next], &index, &value);
+    Pick pick;
+    if (triggers_[next].Feed(index, value, &pick)) EmitPick(pick);
   }
 }
 
@@ -137,7 +154,7 @@ void StreamPicker::Flush() {
   if (config_.exact_tail && total >= segment_start_ + config_.in_samples && covered_until_ < total) {
     RunWindow(total - config_.in_samples);  // SeisBench: one more window ending at the last sample
   }
-  Finalize(covered_until_);
+  Finalize(true);
   for (int p = 0; p < config_.n_phases; ++p) {
     Pick pick;
     if (triggers_[p].Finish(&pick)) EmitPick(pick);

@@ -5,10 +5,12 @@
 // Windows start at segment_start + k * hop (k = 0, 1, ...) and run as soon as their last sample arrived.
 // exact_tail (SeisBench-identical): at "#end" one more window ending at the last sample runs when the
 // regular ones did not reach it, as SeisBench's annotate does; samples are only finalised once no such last
-// window could touch them (latency: one window). Without it a sample is final as soon as no later window keeps
-// a prediction of it (it lies before the next window's start + blind_pre), and the stream has no special end:
-// in the live mode (pipeline.picking.live_blinding: blind_pre = in_samples - hop - blind_post, every sample
-// from one window) blind_post to blind_post + hop - 1 samples after it arrived.
+// window could touch them (latency: one window). Without it a phase's sample is final as soon as no later window
+// keeps a prediction of it (it lies before the next window's start + that phase's blind_pre), and the stream has
+// no special end: in the live mode (pipeline.picking.live_blinding: blind_pre = in_samples - hop - blind_post,
+// every sample from one window) blind_post to blind_post + hop - 1 samples after it arrived. Each phase has its
+// own blinding (the live mode's per-phase look-ahead: S needs more of the coda than P) and its own stacker, so a
+// P pick does not wait for S's look-ahead; the samples of all phases are still finalised in sample order.
 // Every pick line carries "reported": the last sample received when it was emitted.
 #pragma once
 
@@ -33,8 +35,14 @@ struct StreamConfig {
   float top_tolerance = 0.5f;       // pick at the centre of the peak's top (< 0: first maximum), see ep_picker.h
   int top_half_width = 256;         // ... searched at most this many samples either side of the maximum
   float norm_eps = 1e-6f;            // relative epsilon of the normalisation
-  size_t blind_pre = 0;              // SeisBench "blinding"
-  size_t blind_post = 0;
+  size_t blind_pre[kMaxPhases] = {0, 0, 0, 0};   // SeisBench "blinding", per picked phase
+  size_t blind_post[kMaxPhases] = {0, 0, 0, 0};
+  void SetBlinding(size_t pre, size_t post) {     // the same blinding for every phase (the exact replay)
+    for (int p = 0; p < kMaxPhases; ++p) {
+      blind_pre[p] = pre;
+      blind_post[p] = post;
+    }
+  }
   double sampling_rate = 100.0;
   bool exact_tail = true;
   size_t max_gap_fill = 100;         // longer gaps end the segment (as "#end") and start a new one after the gap
@@ -46,7 +54,7 @@ struct StreamBuffers {
   float* window = nullptr;     // in_samples * 3 floats: the normalised model input
   float* probs = nullptr;      // in_samples * n_classes floats: the model output
   float* stack_sums = nullptr; // in_samples * n_phases floats
-  uint16_t* stack_counts = nullptr;  // in_samples
+  uint16_t* stack_counts = nullptr;  // in_samples * n_phases
 };
 
 struct StreamBufferSizes {
@@ -87,8 +95,8 @@ class StreamPicker {
   void FillGap(uint64_t n, bool announce);
   void RunReadyWindows();
   void RunWindow(uint64_t offset);
-  void Finalize(uint64_t upto);
-  uint64_t SafeToFinalize() const;
+  void Finalize(bool flush);             // every sample final now (flush: all the windows run have covered)
+  uint64_t SafeToFinalize(int phase) const;
   void EmitPick(const Pick& pick);
   void Message(const char* type, const char* text);
   void StartSegment(uint64_t start);
@@ -100,7 +108,7 @@ class StreamPicker {
   EmitFn emit_ = nullptr;
   void* emit_context_ = nullptr;
   RingBuffer ring_;
-  Stacker stacker_;
+  Stacker stackers_[kMaxPhases];  // one per picked phase
   TriggerPicker triggers_[kMaxPhases];
   LineReader reader_;
   StreamStats stats_{};
