@@ -113,7 +113,7 @@ qat: $(STAMP) ## quantization-aware fine-tuning of QAT_FROM (qat.init_from, a di
 calibrate: $(STAMP) ## choose the student's (quantize.student) P and S thresholds on a dev split (calibrate.dataset) and save them with it
 	$(edgepick) calibrate $(config_flag) $(set_flags)
 
-sweep: $(STAMP) ## grid over sweep.temperatures x sweep.alphas x sweep.base_channels, ranked on dev F1, Pareto plot
+sweep: $(STAMP) ## grid over sweep.temperatures x sweep.alphas x sweep.base_channels, ranked on a dev split's F1 at 0.1 and 0.5 s, Pareto plot
 	$(edgepick) sweep $(config_flag) $(distill_flags) $(set_flags)
 
 test: $(STAMP) ## run the test suite (tests needing ../shared skip without it)

@@ -165,8 +165,19 @@ def test_sweep_ranks_runs_writes_table_and_pareto_plot_and_resumes(labelled, tmp
     assert len(rows) == 2
     assert rows[0]["dev_f1"] >= rows[1]["dev_f1"]
     assert rows[0]["macs"] != rows[1]["macs"]
+    for row in rows:  # ranked on the dev split, at both tolerances, each phase at its best threshold
+        assert row["dev"].endswith(":dev") and row["against"] == "analyst"
+        f1 = [row[f"dev_f1_{phase}_{t}"] for phase in "PS" for t in ("0.1", "0.5")]
+        assert row["dev_f1"] == pytest.approx(sum(f1) / 4)
+        assert all(f1[k] <= f1[k + 1] for k in (0, 2))  # a looser tolerance never scores lower
+        assert row["threshold_P"] in config.calibrate.thresholds and row["threshold_S"] in config.calibrate.thresholds
     for name in ("sweep.csv", "sweep.md", "pareto.png"):
         assert (tmp_path / "sweep" / name).is_file()
+    assert "dev F1 S @0.1 s" in (tmp_path / "sweep" / "sweep.md").read_text()
+    config.sweep.dataset = f"{labelled}:test"
+    with pytest.raises(EdgepickError, match="tune on a dev split"):
+        sweep.run(config)
+    config.sweep.dataset = ""
     stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "sweep").glob("*/student/student.pt")}
     assert sweep.run(config) == rows  # finished points are kept, not re-run
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "sweep").glob("*/student/student.pt")} == stamp

@@ -13,6 +13,7 @@ Writes ``calibration.json`` and ``calibration.png`` (F1 against threshold) besid
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -34,27 +35,17 @@ def run(config) -> dict:
         raise EdgepickError(f"calibrate.tolerances_s must be positive, got {c.tolerances_s}")
     student_path = Path(c.student or config.quantize.student)
     folder, name = _saved_layout(student_path)
-    path, split = _dev_split(config)
+    dev = load_dev(config, c.dataset)
     student = load_student(student_path)
-    waveforms, metadata, rate, order = load_labelled(path, split, c.max_traces, c.seed)
-    bench = runners.BenchModel("student", "pytorch", "fp32", [student], spec=str(student_path))
-    runners.check_rates([bench], [rate])
-    truth = {phase: [row / rate for row in rows] for phase, rows in metrics.analyst_picks(metadata).items()}
-    against = "analyst"
-    if not any(len(t) for rows in truth.values() for t in rows):
-        teacher = runners.load_teacher(config.teacher.name)
-        truth = annotation.dataset_curves(teacher, waveforms, rate, order).picks()
-        against = f"teacher {config.teacher.name}"
-    curves = annotation.dataset_curves(bench, waveforms, rate, order)
-    table = threshold_table(curves, truth, c.thresholds, c.tolerances_s)
+    table = dev.threshold_table(student, c.thresholds, c.tolerances_s, spec=str(student_path))
     before = student.pick_rule
-    chosen = {phase: best_threshold(table, phase) for phase in metrics.PHASES if _has(truth, phase)}
+    chosen = {phase: best_threshold(table, phase) for phase in metrics.PHASES if _has(dev.truth, phase)}
     student.default_args["P_threshold"] = chosen.get("P", before.p_threshold)
     student.default_args["S_threshold"] = chosen.get("S", before.s_threshold)
     student.pick_rule  # the new rule holds (PickRule validates)
     save_model(student, folder, name)
-    result = {"student": str(student_path), "dataset": f"{path}{':' + split if split else ''}", "against": against,
-              "traces": len(waveforms), "tolerances_s": list(c.tolerances_s),
+    result = {"student": str(student_path), "dataset": dev.label, "against": dev.against,
+              "traces": len(dev.waveforms), "tolerances_s": list(c.tolerances_s),
               "before": {"P": before.p_threshold, "S": before.s_threshold}, "chosen": chosen, "table": table}
     atomic_write_text(folder / "calibration.json", json.dumps(result, indent=1) + "\n")
     _plot(result, folder / "calibration.png")
@@ -62,9 +53,44 @@ def run(config) -> dict:
         old = before.threshold(phase)
         print(f"calibrate: {phase} threshold {old:g} -> {threshold:g} (mean F1 over {', '.join(f'{t:g}' for t in c.tolerances_s)} s "
               f"{_objective(table, phase, old):.3f} -> {_objective(table, phase, threshold):.3f}) on {result['dataset']}, "
-              f"{len(waveforms)} traces, against the {against} picks")
+              f"{len(dev.waveforms)} traces, against the {dev.against} picks")
     print(f"calibrate: saved in {folder / name}; written {folder / 'calibration.json'}, {folder / 'calibration.png'}")
     return result
+
+
+@dataclasses.dataclass
+class DevSplit:
+    """A dev split students are scored on: its traces as station streams and the picks they are scored against
+    (the analyst's, or for unlabelled continuous windows the teacher's)."""
+
+    waveforms: list
+    rate: float
+    order: str
+    truth: dict  # phase -> per trace, pick times (s)
+    against: str  # "analyst" or "teacher <name>"
+    label: str  # "path:split"
+
+    def threshold_table(self, student, thresholds, tolerances, spec: str = "") -> list[dict]:
+        """:func:`threshold_table` of ``student``'s whole-trace picks (annotated as the benchmark does)."""
+        bench = runners.BenchModel("student", "pytorch", "fp32", [student], spec=spec)
+        runners.check_rates([bench], [self.rate])
+        curves = annotation.dataset_curves(bench, self.waveforms, self.rate, self.order)
+        return threshold_table(curves, self.truth, thresholds, tolerances)
+
+
+def load_dev(config, spec: str) -> DevSplit:
+    """The dev split ``spec`` ("path:split"; "" = the dev split of distill.dataset's first folder), at most
+    ``calibrate.max_traces`` of it (seeded); a test split or a whole folder is refused (it is what gets reported)."""
+    path, split = _dev_split(config, spec)
+    c = config.calibrate
+    waveforms, metadata, rate, order = load_labelled(path, split, c.max_traces, c.seed)
+    truth = {phase: [row / rate for row in rows] for phase, rows in metrics.analyst_picks(metadata).items()}
+    against = "analyst"
+    if not any(len(t) for rows in truth.values() for t in rows):
+        teacher = runners.load_teacher(config.teacher.name)
+        truth = annotation.dataset_curves(teacher, waveforms, rate, order).picks()
+        against = f"teacher {config.teacher.name}"
+    return DevSplit(waveforms, rate, order, truth, against, f"{path}{':' + split if split else ''}")
 
 
 def threshold_table(curves: annotation.Curves, truth: dict, thresholds, tolerances) -> list[dict]:
@@ -104,18 +130,17 @@ def _has(truth: dict, phase: str) -> bool:
     return any(len(t) for t in truth[phase])
 
 
-def _dev_split(config) -> tuple[Path, str]:
-    spec = config.calibrate.dataset
+def _dev_split(config, spec: str) -> tuple[Path, str]:
     if not spec:
         first = next((p.strip() for p in config.distill.dataset.split(",") if p.strip()), "")
         if not first:
-            raise EdgepickError("calibrate.dataset is empty and so is distill.dataset: name the dev split (path:dev)")
+            raise EdgepickError("no dev split: distill.dataset is empty; name one (path:dev)")
         spec = f"{first}:dev"
     path, split = resolve_dataset(config, spec)
     if not (path / "metadata.csv").is_file():
-        raise EdgepickError(f"calibrate.dataset {spec}: {path} is not a SeisBench-format folder (no metadata.csv)")
+        raise EdgepickError(f"dev split {spec}: {path} is not a SeisBench-format folder (no metadata.csv)")
     if split in ("", "test"):
-        raise EdgepickError(f"calibrate.dataset {spec}: choose thresholds on a dev split (path:dev), not on "
+        raise EdgepickError(f"dev split {spec}: tune on a dev split (path:dev), not on "
                             f"{'every trace' if not split else 'the test split'}, which the benchmark reports")
     return path, split
 

@@ -1,10 +1,14 @@
-"""``make sweep``: distil one student per (temperature, alpha, width) and rank them on the dev split.
+"""``make sweep``: distil one student per (temperature, alpha, width) and rank them on a dev split.
 
 Every grid point is an ordinary distillation run (``pipeline.stages.distill.run``) in its own folder under
 ``sweep.out``; a finished point is not run again, so a killed sweep resumes where it stopped. Each student is
-scored with the benchmark's whole-trace protocol on the dev split of the first dataset (mean of P and S F1 at
-``sweep.tolerance_s``), which ranks runs of different temperatures and alphas on the same scale (their losses do
-not). The table goes to ``sweep.csv`` / ``sweep.md``, the F1-against-MACs Pareto plot to ``pareto.png``.
+scored as ``make calibrate`` scores it (pipeline/stages/calibrate.py): whole traces of the dev split ``sweep.dataset``
+annotated as station streams, against its analyst picks or, on unlabelled real continuous windows (the recipe's
+transfer:dev), against the teacher's; each phase at its best threshold of ``calibrate.thresholds`` (the students'
+probability scales differ, and calibrate would give each its own), F1 at every tolerance of ``sweep.tolerances_s``.
+Runs are ranked on the mean of those F1 (P and S, 0.1 and 0.5 s: onset precision counts as much as detection),
+which compares runs of different temperatures and alphas on one scale (their losses do not). The table goes to
+``sweep.csv`` / ``sweep.md``, the F1-against-MACs Pareto plot to ``pareto.png``.
 """
 
 from __future__ import annotations
@@ -16,13 +20,12 @@ import itertools
 import json
 from pathlib import Path
 
-from pipeline import generators
-from pipeline.annotation import evaluate_picker
 from pipeline.artifacts import atomic_file, atomic_write_text
 from pipeline.config import Config
 from pipeline.errors import EdgepickError
-from pipeline.stages import distill
-from pipeline.student import load_student
+from pipeline.metrics import PHASES
+from pipeline.stages import calibrate, distill
+from pipeline.student import load_student, phasenet_macs
 
 RESULT = "sweep_result.json"
 
@@ -44,12 +47,18 @@ def run_name(point: dict) -> str:
 
 def run(config: Config) -> list[dict]:
     out = Path(config.sweep.out)
-    first_dataset = config.distill.dataset.split(",")[0].strip()
-    dev = generators.load_for_training(first_dataset, split="dev")
-    if not generators.phase_columns(dev) or dev.metadata[list(generators.phase_columns(dev))].notna().sum().sum() == 0:
-        raise EdgepickError(f"sweep ranks students on analyst picks, but the dev split of {first_dataset} has none")
+    tolerances = tuple(float(t) for t in config.sweep.tolerances_s)
+    if not tolerances or not all(t > 0 for t in tolerances):
+        raise EdgepickError(f"sweep.tolerances_s must be positive, got {config.sweep.tolerances_s}")
+    points = grid(config)
+    dev = calibrate.load_dev(config, config.sweep.dataset or config.calibrate.dataset)
+    phases = [phase for phase in PHASES if calibrate._has(dev.truth, phase)]
+    if not phases:
+        raise EdgepickError(f"sweep: the dev split {dev.label} holds no P or S pick to rank the students on")
+    print(f"sweep: {len(points)} runs, ranked on {dev.label} ({len(dev.waveforms)} traces) against the {dev.against} "
+          f"picks, F1 at {', '.join(f'{t:g}' for t in tolerances)} s")
     rows = []
-    for point in grid(config):
+    for point in points:
         folder = out / run_name(point)
         result_path = folder / RESULT
         if result_path.is_file():
@@ -64,23 +73,23 @@ def run(config: Config) -> list[dict]:
         print(f"sweep {folder.name}: distilling")
         distill.run(point_config)
         student = load_student(folder / distill.STUDENT)
-        scores = evaluate_picker(student, dev, tolerances=(config.sweep.tolerance_s,))["scores"]
-        tolerance = float(config.sweep.tolerance_s)
-        row = {
-            **point,
-            "run": folder.name,
-            "parameters": sum(p.numel() for p in student.parameters()),
-            "macs": student.count_macs(),
-            "dev_f1_p": scores["P"][tolerance]["f1"],
-            "dev_f1_s": scores["S"][tolerance]["f1"],
-        }
-        row["dev_f1"] = (row["dev_f1_p"] + row["dev_f1_s"]) / 2
+        table = dev.threshold_table(student, config.calibrate.thresholds, tolerances, spec=str(folder))
+        row = {**point, "run": folder.name, "parameters": sum(p.numel() for p in student.parameters()),
+               "macs": student.count_macs(), "dev": dev.label, "against": dev.against}
+        row["macs_ratio_to_phasenet"] = row["macs"] / phasenet_macs(student.in_samples)
+        for phase in phases:
+            best = calibrate.best_threshold(table, phase)
+            chosen = next(r for r in table if r["threshold"] == best)
+            row[f"threshold_{phase}"] = best
+            for t in tolerances:
+                row[f"dev_f1_{phase}_{t:g}"] = chosen[f"{phase}_f1_{t:g}"]
+        row["dev_f1"] = sum(row[f"dev_f1_{phase}_{t:g}"] for phase in phases for t in tolerances) / (len(phases) * len(tolerances))
         atomic_write_text(result_path, json.dumps(row, indent=1) + "\n")
         rows.append(row)
     rows.sort(key=lambda r: -r["dev_f1"])
-    _write_table(out, rows, config.sweep.tolerance_s)
-    _plot_pareto(out, rows, config.sweep.tolerance_s)
-    print(format_table(rows, config.sweep.tolerance_s))
+    _write_table(out, rows, tolerances)
+    _plot_pareto(out, rows, tolerances, dev.label)
+    print(format_table(rows, tolerances))
     return rows
 
 
@@ -93,25 +102,31 @@ def pareto_front(rows: list[dict]) -> list[dict]:
     return front
 
 
-def format_table(rows: list[dict], tolerance: float) -> str:
-    lines = [f"| rank | run | T | alpha | width | parameters | MACs/window | dev F1 P | dev F1 S | dev F1 (@{tolerance:g} s) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+def format_table(rows: list[dict], tolerances) -> str:
+    phases = [phase for phase in PHASES if f"threshold_{phase}" in rows[0]] if rows else []
+    f1_heads = [f"{phase} @{t:g} s" for phase in phases for t in tolerances]
+    lines = ["| rank | run | T | alpha | width | parameters | MACs/window (of PhaseNet) | thresholds | "
+             + " | ".join(f"dev F1 {h}" for h in f1_heads) + " | dev F1 (mean) |",
+             "|" + " --- |" * (9 + len(f1_heads))]
     for rank, r in enumerate(rows, 1):
+        f1 = " | ".join(f"{r[f'dev_f1_{phase}_{t:g}']:.3f}" for phase in phases for t in tolerances)
+        thresholds = " / ".join(f"{phase} {r[f'threshold_{phase}']:g}" for phase in phases)
         lines.append(f"| {rank} | {r['run']} | {r['temperature']:g} | {r['alpha']:g} | {r['base_channels']} | "
-                     f"{r['parameters']} | {r['macs'] / 1e6:.2f} M | {r['dev_f1_p']:.3f} | {r['dev_f1_s']:.3f} | {r['dev_f1']:.3f} |")
+                     f"{r['parameters']} | {r['macs'] / 1e6:.2f} M ({100 * r['macs_ratio_to_phasenet']:.1f} %) | "
+                     f"{thresholds} | {f1} | {r['dev_f1']:.3f} |")
     return "\n".join(lines)
 
 
-def _write_table(out: Path, rows: list[dict], tolerance: float) -> None:
+def _write_table(out: Path, rows: list[dict], tolerances) -> None:
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out / "sweep.csv", text.getvalue())
-    atomic_write_text(out / "sweep.md", format_table(rows, tolerance) + "\n")
+    atomic_write_text(out / "sweep.md", format_table(rows, tolerances) + "\n")
 
 
-def _plot_pareto(out: Path, rows: list[dict], tolerance: float) -> None:
+def _plot_pareto(out: Path, rows: list[dict], tolerances, dev: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,8 +141,8 @@ def _plot_pareto(out: Path, rows: list[dict], tolerance: float) -> None:
     for r in front:
         ax.annotate(f"T{r['temperature']:g}", (r["macs"] / 1e6, r["dev_f1"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel("multiply-accumulates per window (M)")
-    ax.set_ylabel(f"dev F1, mean of P and S (@{tolerance:g} s)")
-    ax.set_title("sweep: skill against cost")
+    ax.set_ylabel(f"dev F1, mean of P and S at {' and '.join(f'{t:g}' for t in tolerances)} s")
+    ax.set_title(f"sweep: skill on {Path(dev).name} against cost")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
