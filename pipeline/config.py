@@ -181,6 +181,11 @@ class DistillConfig:
     grad_clip: float = 1.0
     patience: int = 4  # early stop after this many epochs without a better dev loss
     oversample_phases: float = 3.0  # traces where the teacher sees a phase are drawn this much more often
+    # Share of the windows around an analyst pick (the labelled folders) that put it where the live firmware keeps
+    # its predictions, the smaller look-ahead - 50 to the larger look-ahead + hop + 50 samples before the window's
+    # end (live.*): so the student also learns to pick with the little future the live mode gives it (0: a pick
+    # anywhere in the window; the teacher's target still sees the whole trace)
+    live_windows: float = 0.0
     workers: int = -1  # DataLoader worker processes; -1: automatic (none on <= 2 cores, else half the cores, <= 8)
     seed: int = 0
     resume: bool = False

@@ -109,21 +109,35 @@ def float32(*keys: str) -> list:
 class RandomWindowAroundPicks(sbg.FixedWindow):
     """A window of ``windowlen`` samples that holds one of the picks (chosen at random) at a uniformly random
     position with ``pick_probability``, else starts anywhere in the trace; zero-padded where the trace is short.
+    With ``end_probability``, a window around a pick puts it ``end_range`` = (lo, hi) samples before the window's
+    end (uniformly) instead: where the live firmware keeps its predictions (its look-ahead to look-ahead + hop
+    before the end), which a window drawn anywhere puts a pick in only ~hop / windowlen of the time.
 
     The same windows as ``WindowAroundSample`` followed by ``RandomWindow``, cut with one slice instead of two
     ``np.take`` copies of twice the window (a third of the generator's time).
     """
 
-    def __init__(self, columns: list[str], windowlen: int, pick_probability: float = 2 / 3, key="X"):
+    def __init__(self, columns: list[str], windowlen: int, pick_probability: float = 2 / 3, key="X",
+                 end_probability: float = 0.0, end_range: tuple[int, int] = (1, 1)):
         super().__init__(windowlen=windowlen, strategy="pad", key=key)
+        if not 0 <= end_probability <= 1:
+            raise EdgepickError(f"end_probability must lie in [0, 1], got {end_probability}")
+        lo, hi = (int(v) for v in end_range)
+        if end_probability > 0 and not 1 <= lo <= hi <= windowlen:
+            raise EdgepickError(f"end_range must be 1 <= lo <= hi <= {windowlen} samples before the end, got {end_range}")
         self.columns, self.pick_probability = list(columns), pick_probability
+        self.end_probability, self.end_range = float(end_probability), (lo, hi)
 
     def __call__(self, state_dict, p0=None, windowlen=None):
         x, metadata = state_dict[self.key[0]]
         n, windowlen = x.shape[-1], self.windowlen
         picks = [metadata[c] for c in self.columns if c in metadata and np.isfinite(metadata[c])]
         if picks and np.random.random() < self.pick_probability:
-            p0 = int(picks[np.random.randint(len(picks))]) - np.random.randint(windowlen)
+            if self.end_probability and np.random.random() < self.end_probability:
+                position = windowlen - np.random.randint(self.end_range[0], self.end_range[1] + 1)
+            else:
+                position = np.random.randint(windowlen)
+            p0 = int(picks[np.random.randint(len(picks))]) - position
             p0 = min(max(p0, 0), max(n - windowlen, 0))
         else:
             p0 = np.random.randint(max(n - windowlen, 0) + 1)
@@ -135,12 +149,18 @@ class RandomWindowAroundPicks(sbg.FixedWindow):
         state_dict[self.key[1]] = (x[..., p0 : p0 + windowlen].copy(), metadata)  # a copy: later steps write in place
 
     def __str__(self):
-        return f"RandomWindowAroundPicks ({len(self.columns)} pick columns, p={self.pick_probability:g}, {self.windowlen} samples)"
+        end = (f", {self.end_probability:g} of them {self.end_range[0]}-{self.end_range[1]} samples before the end"
+               if self.end_probability else "")
+        return (f"RandomWindowAroundPicks ({len(self.columns)} pick columns, p={self.pick_probability:g}{end}, "
+                f"{self.windowlen} samples)")
 
 
-def random_window_around_picks(columns: dict[str, str], in_samples: int, pick_probability: float = 2 / 3) -> list:
-    """A window that holds a pick at a random position (with ``pick_probability``), else anywhere in the trace."""
-    return [RandomWindowAroundPicks(list(columns), in_samples, pick_probability)]
+def random_window_around_picks(columns: dict[str, str], in_samples: int, pick_probability: float = 2 / 3,
+                               end_probability: float = 0.0, end_range: tuple[int, int] = (1, 1)) -> list:
+    """A window that holds a pick at a random position (with ``pick_probability``; ``end_probability`` of those
+    ``end_range`` samples before the window's end), else anywhere in the trace."""
+    return [RandomWindowAroundPicks(list(columns), in_samples, pick_probability, end_probability=end_probability,
+                                    end_range=end_range)]
 
 
 def augment(noise_std: tuple[float, float] = (0.0, 0.05), channel_dropout: bool = True) -> list:
@@ -314,14 +334,16 @@ class AsTeacherSees:
 
 
 def training_chain(dataset: sbd.WaveformDataset, in_samples: int, sigma: int = 20, teacher_steps=None,
-                   hard_labels: bool = True) -> list:
+                   hard_labels: bool = True, end_probability: float = 0.0, end_range: tuple[int, int] = (1, 1)) -> list:
     """Window around picks, augment, normalise, label. ``teacher_steps``: (steps before the windowing, steps right
     after it) that bring the teacher's target along (pipeline.soft_labels.TrainingTargets.steps).
     ``hard_labels=False`` leaves out the analyst-pick labels ("y"), which distillation with alpha = 1 never reads
-    (labelling was a third of the generator's time)."""
+    (labelling was a third of the generator's time). ``end_probability``, ``end_range``: windows that put a pick
+    where the live mode keeps predictions (:class:`RandomWindowAroundPicks`)."""
     columns = phase_columns(dataset)
     before, after = teacher_steps or ([], [])
-    chain = list(before) + random_window_around_picks(columns, in_samples) + list(after)
+    chain = (list(before) + random_window_around_picks(columns, in_samples, end_probability=end_probability,
+                                                       end_range=end_range) + list(after))
     chain += augment() + normalise()  # Normalise already returns float32
     if hard_labels:
         chain += label(columns, sigma) + float32("y")
@@ -364,10 +386,11 @@ def evaluation_generator(dataset: sbd.WaveformDataset, in_samples: int, seed: in
 
 
 def training_generator(dataset: sbd.WaveformDataset, in_samples: int, sigma: int = 20, teacher_steps=None,
-                       hard_labels: bool = True):
+                       hard_labels: bool = True, end_probability: float = 0.0, end_range: tuple[int, int] = (1, 1)):
     """Random windows around picks (:func:`training_chain`)."""
     generator = sbg.GenericGenerator(dataset)
-    generator.add_augmentations(training_chain(dataset, in_samples, sigma, teacher_steps, hard_labels))
+    generator.add_augmentations(training_chain(dataset, in_samples, sigma, teacher_steps, hard_labels,
+                                               end_probability, end_range))
     return generator
 
 

@@ -213,6 +213,33 @@ def test_random_window_holds_the_pick_where_it_was_and_copies():
     assert state["X"][0].shape == (3, 3001) and state["X"][0][:, 1000:].max() == 0  # short trace: zero-padded
 
 
+def test_live_windows_put_the_pick_where_the_live_mode_keeps_predictions():
+    """end_probability: that share of the windows around a pick puts it end_range samples before the window's end
+    (distill.live_windows: where the live firmware keeps its predictions); the others anywhere, as before."""
+    x = np.arange(3 * 9000, dtype=np.float32).reshape(3, 9000)
+    window = generators.RandomWindowAroundPicks(["trace_p_arrival_sample"], windowlen=3001, pick_probability=1.0,
+                                                end_probability=0.5, end_range=(50, 350))
+    np.random.seed(3)
+    before_end = []
+    for _ in range(400):
+        state = {"X": (x, {"trace_p_arrival_sample": 4500.0})}
+        window(state)
+        w, metadata = state["X"]
+        p = int(metadata["trace_p_arrival_sample"])
+        assert w[0, p] == 4500.0
+        before_end.append(3001 - p)
+    before_end = np.asarray(before_end)
+    in_range = (before_end >= 50) & (before_end <= 350)
+    assert 0.45 < in_range.mean() < 0.65  # half by the rule, ~10 % of the others by chance
+    assert before_end[in_range].min() <= 60 and before_end[in_range].max() >= 340  # uniform over the range
+    assert (~in_range).sum() > 100  # the rest still anywhere in the window
+    assert "0.5 of them 50-350 samples before the end" in str(window)
+    for bad in ({"end_probability": 1.5}, {"end_probability": 0.3, "end_range": (0, 100)},
+                {"end_probability": 0.3, "end_range": (100, 4000)}):
+        with pytest.raises(EdgepickError, match="end_"):
+            generators.RandomWindowAroundPicks(["trace_p_arrival_sample"], windowlen=3001, **bad)
+
+
 def test_training_chain_without_hard_labels(small_dataset):
     """alpha = 1 never reads the analyst-pick labels: the chain can leave them out, windows unchanged."""
     dataset = generators.load_for_training(small_dataset)

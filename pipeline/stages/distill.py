@@ -77,9 +77,10 @@ def run(config: Config) -> dict:
     np.random.seed(cfg.seed + rank)
     workers = generators.worker_count(cfg.workers)  # a bad count fails before any soft labels are built
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
-    if cfg.temperature <= 0 or not 0 <= cfg.alpha <= 1 or not cfg.phase_weight >= 0:
-        raise EdgepickError(f"distill needs temperature > 0, 0 <= alpha <= 1 and phase_weight >= 0 (got T={cfg.temperature}, "
-                            f"alpha={cfg.alpha}, phase_weight={cfg.phase_weight})")
+    if cfg.temperature <= 0 or not 0 <= cfg.alpha <= 1 or not cfg.phase_weight >= 0 or not 0 <= cfg.live_windows <= 1:
+        raise EdgepickError(f"distill needs temperature > 0, 0 <= alpha <= 1, phase_weight >= 0 and 0 <= live_windows <= 1 "
+                            f"(got T={cfg.temperature}, alpha={cfg.alpha}, phase_weight={cfg.phase_weight}, "
+                            f"live_windows={cfg.live_windows})")
     checkpoint = None
     if cfg.resume:  # read and compared first: a checkpoint that cannot go on fails before any teacher runs
         checkpoint = training.read_checkpoint(out / CHECKPOINT)
@@ -109,7 +110,8 @@ def run(config: Config) -> dict:
         trainable = DistributedDataParallel(trainable)
 
     train_loader = _train_loader(train_set, in_samples, cfg, windows_per_epoch // world, workers,
-                                 seed=cfg.seed + 1000 * rank + state["epoch"], targets=targets)
+                                 seed=cfg.seed + 1000 * rank + state["epoch"], targets=targets,
+                                 end_range=live_window_range(config.live, in_samples))
     dev_loader = _dev_loader(dev_set, in_samples, cfg, targets)
     if master:
         out.mkdir(parents=True, exist_ok=True)
@@ -213,12 +215,22 @@ def _datasets(config: Config, master: bool):
     return train, dev, targets
 
 
-def _train_loader(train: list[_Training], in_samples: int, cfg, windows: int, workers: int, seed: int, targets=None):
+def live_window_range(live, in_samples: int) -> tuple[int, int]:
+    """Where the live mode keeps predictions, in samples before a window's end, with 50 samples either side: from
+    the smaller look-ahead to the larger look-ahead + hop (``distill.live_windows`` puts picks there)."""
+    lookaheads = live.lookaheads().values()
+    return max(1, min(lookaheads) - 50), min(in_samples, max(lookaheads) + live.hop_samples + 50)
+
+
+def _train_loader(train: list[_Training], in_samples: int, cfg, windows: int, workers: int, seed: int, targets=None,
+                  end_range: tuple[int, int] = (1, 1)):
     """Random windows from every training set; traces in which the teacher sees a phase are drawn more often (cache
-    mode; on the fly the teacher has not seen the traces yet, so every trace is drawn equally often)."""
+    mode; on the fly the teacher has not seen the traces yet, so every trace is drawn equally often);
+    ``cfg.live_windows`` of the windows around an analyst pick put it ``end_range`` samples before the end."""
     generator = torch.utils.data.ConcatDataset(
         [generators.training_generator(t.dataset, in_samples, teacher_steps=_steps(targets, t, in_samples),
-                                       hard_labels=cfg.alpha < 1)
+                                       hard_labels=cfg.alpha < 1, end_probability=cfg.live_windows,
+                                       end_range=end_range)
          for t in train]
     )
     weights = []
