@@ -173,6 +173,9 @@ def live_markdown(live: dict) -> list[str]:
     warmup = (f"each trace after {live['warmup_samples']} samples of its first second mirrored (picks on them dropped)"
               if live["warmup_samples"] else "the traces as they are (no pick in the first window - hop - look-ahead "
               "samples)")
+    if live.get("skipped_start_samples"):
+        warmup += (f", live picks in its first {live['skipped_start_samples']} samples (the span the exact replay "
+                   "blinds) dropped")
     lines = [f"## Live picks (hop {live['hop_samples']}, look-ahead " + ", ".join(f"{p} {v}" for p, v in lookahead.items())
              + " samples)", "",
              "The firmware's live mode (docs/firmware.md): a window every hop, blinding "
