@@ -138,8 +138,12 @@ def _plot_pareto(out: Path, rows: list[dict], tolerances, dev: str) -> None:
         ax.scatter([r["macs"] / 1e6 for r in chosen], [r["dev_f1"] for r in chosen], label=f"alpha {alpha:g}", alpha=0.8)
     front = pareto_front(rows)
     ax.plot([r["macs"] / 1e6 for r in front], [r["dev_f1"] for r in front], "k--", lw=1, label="Pareto front")
-    for r in front:
-        ax.annotate(f"T{r['temperature']:g}", (r["macs"] / 1e6, r["dev_f1"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for r in rows:
+        ax.annotate(r["run"], (r["macs"] / 1e6, r["dev_f1"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    low, high = min(r["dev_f1"] for r in rows), max(r["dev_f1"] for r in rows)
+    if high - low < 0.05:  # a few thousandths apart: no axis zoomed in to make them look far apart
+        middle = (low + high) / 2
+        ax.set_ylim(middle - 0.03, middle + 0.03)
     ax.set_xlabel("multiply-accumulates per window (M)")
     ax.set_ylabel(f"dev F1, mean of P and S at {' and '.join(f'{t:g}' for t in tolerances)} s")
     ax.set_title(f"sweep: skill on {Path(dev).name} against cost")
