@@ -21,7 +21,7 @@ app partition that holds the firmware and the model as a const array). Figures a
 Placement (what the firmware does): the model stays in flash (memory-mapped const array); the FP16 expansion
 buffer (the FP32 flatbuffer) and the sample ring buffer go to PSRAM when there is PSRAM, else SRAM; the tensor arena
 goes to SRAM when it fits (<= 160 KB and the region total), else PSRAM; the window buffer (float32 normalised
-window) and the stitch buffer (float32 P and S over one window) stay in SRAM. Every region must hold
+window) and the stitch buffer (P and S sums and counts over one window) stay in SRAM. Every region must hold
 ``used x (1 + margin)``.
 """
 
@@ -132,7 +132,7 @@ def check_budget(board: Board, info: dict, board_config=None, raise_error: bool 
     arena = _round16(info["arena_bytes"] * (1 + margin))
     ring = _round16(int(ring_seconds * rate) * 3 * 4)  # int32 counts, three components
     window = _round16(samples * 3 * 4)  # float32 normalised window
-    stitch = _round16(samples * 2 * 4)  # float32 P and S probabilities, overlap-averaged
+    stitch = _round16(samples * 2 * (4 + 2))  # per phase (P, S) and sample: a float32 sum and a uint16 count
     expansion = _round16(info.get("expanded_bytes", 0))
 
     items = {"sram": [], "psram": [], "flash": [("model", int(info["bytes"]))]}
