@@ -133,11 +133,12 @@ class RandomWindowAroundPicks(sbg.FixedWindow):
         n, windowlen = x.shape[-1], self.windowlen
         picks = [metadata[c] for c in self.columns if c in metadata and np.isfinite(metadata[c])]
         if picks and np.random.random() < self.pick_probability:
+            pick = int(picks[np.random.randint(len(picks))])  # drawn first: the windows of earlier runs, seed for seed
             if self.end_probability and np.random.random() < self.end_probability:
                 position = windowlen - np.random.randint(self.end_range[0], self.end_range[1] + 1)
             else:
                 position = np.random.randint(windowlen)
-            p0 = int(picks[np.random.randint(len(picks))]) - position
+            p0 = pick - position
             p0 = min(max(p0, 0), max(n - windowlen, 0))
         else:
             p0 = np.random.randint(max(n - windowlen, 0) + 1)

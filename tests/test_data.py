@@ -234,6 +234,23 @@ def test_live_windows_put_the_pick_where_the_live_mode_keeps_predictions():
     assert before_end[in_range].min() <= 60 and before_end[in_range].max() >= 340  # uniform over the range
     assert (~in_range).sum() > 100  # the rest still anywhere in the window
     assert "0.5 of them 50-350 samples before the end" in str(window)
+    # without it the random draws are the ones of earlier runs (which pick, then where): seed for seed the same windows
+    plain = generators.RandomWindowAroundPicks(["trace_p_arrival_sample", "trace_s_arrival_sample"], windowlen=3001,
+                                               pick_probability=1.0)
+    np.random.seed(11)
+    got = []
+    for _ in range(20):
+        state = {"X": (x, {"trace_p_arrival_sample": 4500.0, "trace_s_arrival_sample": 5200.0})}
+        plain(state)
+        got.append(int(state["X"][1]["trace_p_arrival_sample"]))
+    np.random.seed(11)
+    want = []
+    for _ in range(20):
+        np.random.random()  # pick_probability's draw
+        pick = [4500, 5200][np.random.randint(2)]
+        p0 = min(max(pick - np.random.randint(3001), 0), 9000 - 3001)
+        want.append(4500 - p0)
+    assert got == want
     for bad in ({"end_probability": 1.5}, {"end_probability": 0.3, "end_range": (0, 100)},
                 {"end_probability": 0.3, "end_range": (100, 4000)}):
         with pytest.raises(EdgepickError, match="end_"):
