@@ -180,17 +180,22 @@ class Curves:
     def picks(self, threshold: float | None = None) -> dict[str, list[np.ndarray]]:
         """Per phase, per key: pick times (s from the reference) by the model's rule, both phases at ``threshold``
         where given."""
+        return {phase: [rows[:, 0] for rows in per_key] for phase, per_key in self.pick_rows(threshold).items()}
+
+    def pick_rows(self, threshold: float | None = None) -> dict[str, list[np.ndarray]]:
+        """:meth:`picks` with each pick's peak probability: per phase, per key, (n, 2) rows of (time s, prob),
+        sorted by time."""
         rule = self.rule.with_threshold(threshold)
         out: dict[str, list[np.ndarray]] = {phase: [] for phase in PHASES}
         for start, data in zip(self.start, self.data):
-            times: dict[str, list[float]] = {phase: [] for phase in PHASES}
+            rows: dict[str, list[tuple[float, float]]] = {phase: [] for phase in PHASES}
             for a, b in _finite_runs(np.isfinite(data).all(axis=0)):
                 if b - a < 3:
                     continue
                 for pick in rule.picks(data[:, a:b], "".join(PHASES)):
-                    times[pick["phase"]].append((start + a + pick["sample"]) / self.rate)
+                    rows[pick["phase"]].append(((start + a + pick["sample"]) / self.rate, pick["prob"]))
             for phase in PHASES:
-                out[phase].append(np.asarray(sorted(times[phase]), dtype=float))
+                out[phase].append(np.asarray(sorted(rows[phase]), dtype=float).reshape(-1, 2))
         return out
 
 

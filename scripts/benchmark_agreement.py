@@ -35,20 +35,12 @@ PEAK_BINS = ((0.3, 0.5), (0.5, 0.7), (0.7, 1.01))  # the teacher's peak probabil
 
 
 def picks_with_peaks(curves, skip_s: float, shift_s: float = 0.0) -> dict[str, list[np.ndarray]]:
-    """Per phase, per trace: (time s, peak probability) rows of the curves' picks by their rule, ``shift_s`` added
-    (a trace cut that much later), the ones before ``skip_s`` dropped."""
-    out = {phase: [] for phase in PHASES}
-    for start, data in zip(curves.start, curves.data):
-        rows = {phase: [] for phase in PHASES}
-        finite = np.isfinite(data).all(axis=0)
-        if finite.sum() >= 3:
-            lo, hi = np.flatnonzero(finite)[[0, -1]]
-            for pick in curves.rule.picks(data[:, lo : hi + 1], "".join(PHASES)):
-                t = (start + lo + pick["sample"]) / curves.rate + shift_s
-                if t >= skip_s:
-                    rows[pick["phase"]].append((t, pick["prob"]))
-        for phase in PHASES:
-            out[phase].append(np.asarray(sorted(rows[phase]), dtype=float).reshape(-1, 2))
+    """Per phase, per trace: (time s, peak probability) rows of the curves' picks (Curves.pick_rows), ``shift_s``
+    added (a trace cut that much later), the ones before ``skip_s`` dropped."""
+    out = {}
+    for phase, per_trace in curves.pick_rows().items():
+        shifted = [rows + np.array([shift_s, 0.0]) for rows in per_trace]
+        out[phase] = [rows[rows[:, 0] >= skip_s] for rows in shifted]
     return out
 
 

@@ -147,6 +147,13 @@ def test_each_model_is_scored_with_its_own_pick_rule():
     flat[0, 100:200] = 0.8  # a flat top: first maximum 100, centre 149
     assert annotation.Curves(100.0, PickRule(top_tolerance=0.02), [0], [flat]).picks(0.3)["P"][0].tolist() == [1.49]
     assert annotation.Curves(100.0, PickRule(top_tolerance=None), [0], [flat]).picks(0.3)["P"][0].tolist() == [1.0]
+    flat[1, 250:300] = 0.6  # an S peak; and a gap: each finite run is picked on its own, as SeisBench annotates
+    flat[:, 210:215] = np.nan
+    curves = annotation.Curves(100.0, PickRule(top_tolerance=0.02), [50], [flat])
+    rows = curves.pick_rows(0.3)
+    assert rows["P"][0].tolist() == [[1.99, pytest.approx(0.8)]] and rows["S"][0].tolist() == [[3.24, pytest.approx(0.6)]]
+    assert {phase: [r[:, 0].tolist() for r in per] for phase, per in rows.items()} == \
+        {phase: [t.tolist() for t in per] for phase, per in curves.picks(0.3).items()}
 
 
 def test_tflite_variants_pick_as_their_student(models):
