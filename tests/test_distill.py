@@ -181,6 +181,12 @@ def test_sweep_ranks_runs_writes_table_and_pareto_plot_and_resumes(labelled, tmp
     stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "sweep").glob("*/student/student.pt")}
     assert sweep.run(config) == rows  # finished points are kept, not re-run
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "sweep").glob("*/student/student.pt")} == stamp
+    config.sweep.tolerances_s = (0.5,)  # ranked another way: the same students scored again, not distilled again
+    again = sweep.run(config)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "sweep").glob("*/student/student.pt")} == stamp
+    for row in again:
+        assert row["tolerances_s"] == [0.5] and "dev_f1_P_0.1" not in row
+        assert row["dev_f1"] == pytest.approx((row["dev_f1_P_0.5"] + row["dev_f1_S_0.5"]) / 2)
 
 
 def test_pareto_front_keeps_only_undominated_runs():

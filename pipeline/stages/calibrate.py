@@ -39,7 +39,7 @@ def run(config) -> dict:
     student = load_student(student_path)
     table = dev.threshold_table(student, c.thresholds, c.tolerances_s, spec=str(student_path))
     before = student.pick_rule
-    chosen = {phase: best_threshold(table, phase) for phase in metrics.PHASES if _has(dev.truth, phase)}
+    chosen = {phase: best_threshold(table, phase) for phase in dev.phases}
     student.default_args["P_threshold"] = chosen.get("P", before.p_threshold)
     student.default_args["S_threshold"] = chosen.get("S", before.s_threshold)
     student.pick_rule  # the new rule holds (PickRule validates)
@@ -69,6 +69,11 @@ class DevSplit:
     truth: dict  # phase -> per trace, pick times (s)
     against: str  # "analyst" or "teacher <name>"
     label: str  # "path:split"
+
+    @property
+    def phases(self) -> list[str]:
+        """The phases that have picks to be scored against (deepdenoiser-like sets have no S)."""
+        return [phase for phase in metrics.PHASES if any(len(t) for t in self.truth[phase])]
 
     def threshold_table(self, student, thresholds, tolerances, spec: str = "") -> list[dict]:
         """:func:`threshold_table` of ``student``'s whole-trace picks (annotated as the benchmark does)."""
@@ -124,10 +129,6 @@ def _objective(table: list[dict], phase: str, threshold: float) -> float:
     """The objective at ``threshold``, or at the nearest threshold of the table."""
     row = min(table, key=lambda r: abs(r["threshold"] - threshold))
     return _objective_row(row, phase)
-
-
-def _has(truth: dict, phase: str) -> bool:
-    return any(len(t) for t in truth[phase])
 
 
 def _dev_split(config, spec: str) -> tuple[Path, str]:

@@ -52,7 +52,7 @@ def run(config: Config) -> list[dict]:
         raise EdgepickError(f"sweep.tolerances_s must be positive, got {config.sweep.tolerances_s}")
     points = grid(config)
     dev = calibrate.load_dev(config, config.sweep.dataset or config.calibrate.dataset)
-    phases = [phase for phase in PHASES if calibrate._has(dev.truth, phase)]
+    phases = dev.phases
     if not phases:
         raise EdgepickError(f"sweep: the dev split {dev.label} holds no P or S pick to rank the students on")
     print(f"sweep: {len(points)} runs, ranked on {dev.label} ({len(dev.waveforms)} traces) against the {dev.against} "
@@ -62,28 +62,21 @@ def run(config: Config) -> list[dict]:
         folder = out / run_name(point)
         result_path = folder / RESULT
         if result_path.is_file():
-            rows.append(json.loads(result_path.read_text()))
-            print(f"sweep {folder.name}: done before, kept")
-            continue
-        point_config = copy.deepcopy(config)
-        point_config.distill.temperature = point["temperature"]
-        point_config.distill.alpha = point["alpha"]
-        point_config.student.base_channels = point["base_channels"]
-        point_config.distill.out = str(folder)
-        print(f"sweep {folder.name}: distilling")
-        distill.run(point_config)
-        student = load_student(folder / distill.STUDENT)
-        table = dev.threshold_table(student, config.calibrate.thresholds, tolerances, spec=str(folder))
-        row = {**point, "run": folder.name, "parameters": sum(p.numel() for p in student.parameters()),
-               "macs": student.count_macs(), "dev": dev.label, "against": dev.against}
-        row["macs_ratio_to_phasenet"] = row["macs"] / phasenet_macs(student.in_samples)
-        for phase in phases:
-            best = calibrate.best_threshold(table, phase)
-            chosen = next(r for r in table if r["threshold"] == best)
-            row[f"threshold_{phase}"] = best
-            for t in tolerances:
-                row[f"dev_f1_{phase}_{t:g}"] = chosen[f"{phase}_f1_{t:g}"]
-        row["dev_f1"] = sum(row[f"dev_f1_{phase}_{t:g}"] for phase in phases for t in tolerances) / (len(phases) * len(tolerances))
+            kept = json.loads(result_path.read_text())
+            if kept.get("dev") == dev.label and kept.get("tolerances_s") == list(tolerances):
+                rows.append(kept)
+                print(f"sweep {folder.name}: done before, kept")
+                continue
+            print(f"sweep {folder.name}: done before, scored on another dev split or tolerances: scored again")
+        else:
+            point_config = copy.deepcopy(config)
+            point_config.distill.temperature = point["temperature"]
+            point_config.distill.alpha = point["alpha"]
+            point_config.student.base_channels = point["base_channels"]
+            point_config.distill.out = str(folder)
+            print(f"sweep {folder.name}: distilling")
+            distill.run(point_config)
+        row = _score(point, folder, dev, config.calibrate.thresholds, tolerances)
         atomic_write_text(result_path, json.dumps(row, indent=1) + "\n")
         rows.append(row)
     rows.sort(key=lambda r: -r["dev_f1"])
@@ -91,6 +84,26 @@ def run(config: Config) -> list[dict]:
     _plot_pareto(out, rows, tolerances, dev.label)
     print(format_table(rows, tolerances))
     return rows
+
+
+def _score(point: dict, folder: Path, dev, thresholds, tolerances) -> dict:
+    """The sweep's row of the student distilled in ``folder``: its cost, and per phase its best threshold on ``dev``
+    and the F1 there at each tolerance; ``dev_f1`` is the mean of those F1."""
+    student = load_student(folder / distill.STUDENT)
+    table = dev.threshold_table(student, thresholds, tolerances, spec=str(folder))
+    row = {**point, "run": folder.name, "parameters": sum(p.numel() for p in student.parameters()),
+           "macs": student.count_macs(), "dev": dev.label, "against": dev.against, "tolerances_s": list(tolerances)}
+    row["macs_ratio_to_phasenet"] = row["macs"] / phasenet_macs(student.in_samples)
+    f1 = []
+    for phase in dev.phases:
+        best = calibrate.best_threshold(table, phase)
+        chosen = next(r for r in table if r["threshold"] == best)
+        row[f"threshold_{phase}"] = best
+        for t in tolerances:
+            row[f"dev_f1_{phase}_{t:g}"] = chosen[f"{phase}_f1_{t:g}"]
+            f1.append(row[f"dev_f1_{phase}_{t:g}"])
+    row["dev_f1"] = sum(f1) / len(f1)
+    return row
 
 
 def pareto_front(rows: list[dict]) -> list[dict]:
