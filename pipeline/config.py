@@ -158,6 +158,9 @@ class StudentConfig:
     # float model (Hardswish: 91-94 %, below the 97 % bar), so it is the default for a TFLite-Micro-first student
     activation: str = "relu6"
     smooth_output: bool = True  # fixed [1,2,2,2,1]/8 filter on the logits against the stride-4 upsampling ripple
+    # DS k5 blocks (base_channels wide) between the decoder and the head, at full resolution, where the pick's time
+    # is set (0: XiaoNet's layout); each adds ~0.3 M MACs per 3001-sample window and 2 samples of receptive field
+    refine_blocks: int = 0
     # The pick rule saved with the student, written into the firmware's model_config.h and scored by the benchmark
     # (their meanings: pipeline.picking.PickRule; < 0 for the top tolerance: the first maximum, as SeisBench picks)
     p_threshold: float = PickRule.p_threshold

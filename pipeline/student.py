@@ -5,6 +5,7 @@ Architecture (after XiaoNet v5-B, github.com/Hy-X/xiao_net), every convolution d
 - encoder: DS k7 s1 (3 -> c1), DS k5 s4 (-> c2), DS k5 s4 (-> c3), bottleneck DS k3 s4 (-> c4);
 - multi-scale block: three parallel DS convolutions k3 / k5 / k7 (c4 -> c4), summed;
 - decoder, three times: ``ConvTranspose1d(k=4, s=4)`` (c_in -> c_out) + additive skip -> depthwise k5 -> BN -> act;
+- ``refine_blocks`` DS k5 blocks (c1 -> c1) at full resolution (0 by default): capacity where the pick's time is set;
 - 1x1 convolution -> a fixed smoothing filter -> softmax over (P, S, noise).
 
 with ``c_i = base_channels * channel_multipliers[i]``. Each DS block is depthwise conv -> pointwise conv -> BatchNorm ->
@@ -54,12 +55,18 @@ CLASS_ORDER = "PSN"
 # that close to either end of each window; the overlapping windows' interiors cover those samples, and only the
 # first and last ~3 s of a stream get none (no picks there: a stream start is no onset).
 RECEPTIVE_RADIUS = 302
+REFINE_KERNEL = 5  # each full-resolution refine block widens the receptive field by 2 samples either side
 
 
-def default_blinding(overlap: int) -> int:
+def receptive_radius(refine_blocks: int = 0) -> int:
+    """How far a student's output looks past its sample, either side (the default student's: RECEPTIVE_RADIUS)."""
+    return RECEPTIVE_RADIUS + int(refine_blocks) * (REFINE_KERNEL - 1) // 2
+
+
+def default_blinding(overlap: int, radius: int = RECEPTIVE_RADIUS) -> int:
     """Samples blinded at each end of a window: the receptive radius, but at most half the overlap, so that every
     sample away from the stream's ends stays inside some window's unblinded part."""
-    return max(0, min(RECEPTIVE_RADIUS, int(overlap) // 2))
+    return max(0, min(radius, int(overlap) // 2))
 
 
 def same_padding(length: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -224,6 +231,7 @@ class XiaoNet(sbm.WaveformModel):
         norm_eps: float = NORM_EPS,
         activation: str = "hardswish",
         smooth_output: bool = True,
+        refine_blocks: int = 0,
         pick_rule: PickRule | None = None,
         pick_top_tolerance: float | None = None,
         **kwargs,
@@ -235,6 +243,8 @@ class XiaoNet(sbm.WaveformModel):
             raise EdgepickError(f"student needs base_channels >= 1 and in_samples >= {DOWNSAMPLING}, got {base_channels}, {in_samples}")
         if len(channel_multipliers) != 4:
             raise EdgepickError(f"channel_multipliers needs 4 entries (encoder 1-3, bottleneck), got {channel_multipliers}")
+        if int(refine_blocks) < 0:
+            raise EdgepickError(f"student refine_blocks must be >= 0, got {refine_blocks}")
         if phases != CLASS_ORDER:
             raise EdgepickError(f"the student's class order is fixed to {CLASS_ORDER!r}, got {phases!r}")
         citation = (
@@ -268,6 +278,9 @@ class XiaoNet(sbm.WaveformModel):
         self.up3 = UpBlock(c4, c3, activation=activation)
         self.up2 = UpBlock(c3, c2, activation=activation)
         self.up1 = UpBlock(c2, c1, activation=activation)
+        self.refine_blocks = int(refine_blocks)
+        self.refine = nn.Sequential(*(DSConv(c1, c1, REFINE_KERNEL, activation=activation)
+                                      for _ in range(self.refine_blocks)))
         self.head = PointwiseConv1d(c1, 3)
         self.smooth_output = bool(smooth_output)
         # The stride-4 transposed convolutions leave a period-4 ripple on the output (each of the 4 output phases
@@ -277,7 +290,7 @@ class XiaoNet(sbm.WaveformModel):
         self.register_buffer("smoothing", torch.tensor([1.0, 2, 2, 2, 1]).div(8).repeat(3, 1, 1), persistent=False)
         if "overlap" not in self.default_args:
             self.default_args["overlap"] = int(in_samples) // 2
-        blind = default_blinding(self.default_args["overlap"])
+        blind = default_blinding(self.default_args["overlap"], receptive_radius(self.refine_blocks))
         defaults = PickRule(blinding=(blind, blind)).annotate_args()
         if pick_top_tolerance is not None:
             defaults["pick_top_tolerance"] = float(pick_top_tolerance)
@@ -309,7 +322,7 @@ class XiaoNet(sbm.WaveformModel):
         d = self.up3(b, e3)
         d = self.up2(d, e2)
         d = self.up1(d, e1)
-        out = self.head(d)
+        out = self.head(self.refine(d))
         if self.smooth_output:
             if out.dim() == 3:
                 out = F.conv1d(out, self.smoothing, padding=2, groups=3)
@@ -388,6 +401,7 @@ class XiaoNet(sbm.WaveformModel):
             norm_eps=self.norm_eps,
             activation=self.activation,
             smooth_output=self.smooth_output,
+            refine_blocks=self.refine_blocks,
         )
         return model_args
 
@@ -450,6 +464,7 @@ def build_student(config) -> XiaoNet:
         channel_multipliers=tuple(config.channel_multipliers),
         activation=config.activation,
         smooth_output=config.smooth_output,
+        refine_blocks=config.refine_blocks,
         pick_rule=rule,
     )
 

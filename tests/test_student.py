@@ -138,6 +138,17 @@ def test_training_layout_gives_the_same_scores_and_gradients(samples):
     assert seen == [3, 4]  # evaluation (and the export) runs the 1-D layers by default, training the 2-D ones
 
 
+def _measured_reach(model) -> int:
+    """How far the output at a sample looks past it (either side), measured by gradients."""
+    reach, n = 0, model.in_samples
+    for centre in range(n // 2 - 32, n // 2 + 32):  # every phase of the 64-sample internal grid
+        x = torch.randn(1, 3, n, requires_grad=True)
+        model.logits(x)[0, 0, centre].backward()
+        seen = (x.grad.abs().sum(dim=1)[0] > 0).nonzero().flatten()
+        reach = max(reach, centre - int(seen.min()), int(seen.max()) - centre)
+    return reach
+
+
 def test_blinding_is_the_receptive_field_and_no_pick_comes_from_a_stream_start(tmp_path):
     """Default blinding = how far the network looks past a sample (measured here by gradients), at most half the
     overlap; saved with the student, added to students saved before it existed; no picks at a stream's start."""
@@ -145,13 +156,7 @@ def test_blinding_is_the_receptive_field_and_no_pick_comes_from_a_stream_start(t
 
     torch.manual_seed(0)
     model = XiaoNet(base_channels=2, in_samples=1001).eval()
-    reach = 0
-    for centre in range(500 - 32, 500 + 32):  # every phase of the 64-sample internal grid
-        x = torch.randn(1, 3, 1001, requires_grad=True)
-        model.logits(x)[0, 0, centre].backward()
-        seen = (x.grad.abs().sum(dim=1)[0] > 0).nonzero().flatten()
-        reach = max(reach, centre - int(seen.min()), int(seen.max()) - centre)
-    assert reach == RECEPTIVE_RADIUS
+    assert _measured_reach(model) == RECEPTIVE_RADIUS
     assert XiaoNet(base_channels=2).default_args["blinding"] == (RECEPTIVE_RADIUS, RECEPTIVE_RADIUS)  # 3001, overlap 1500
     assert model.default_args["blinding"] == (250, 250) == (default_blinding(500),) * 2  # 1001: half the overlap
     model.save(str(tmp_path / "s"))
@@ -202,3 +207,29 @@ def test_student_saved_before_the_pick_rule_moved_loads_with_its_rule(tmp_path):
     rule = load_student(tmp_path / "old").pick_rule
     assert rule.top_tolerance == pytest.approx(0.02)
     assert (rule.p_threshold, rule.s_threshold, rule.blinding) == (0.3, 0.3, (302, 302))
+
+
+def test_refine_blocks_widen_the_receptive_field_and_blinding_and_are_saved(tmp_path):
+    """Full-resolution refine blocks: the blinding follows the measured receptive field, the MACs grow by what the
+    blocks cost, and a saved student loads with them (a student without them keeps XiaoNet's layout)."""
+    from pipeline.student import receptive_radius
+
+    torch.manual_seed(0)
+    model = XiaoNet(base_channels=2, in_samples=1001, refine_blocks=2).eval()
+    assert _measured_reach(model) == receptive_radius(2) == 306
+    assert XiaoNet(base_channels=2, refine_blocks=2).default_args["blinding"] == (306, 306)
+    plain = XiaoNet(base_channels=8)
+    refined = XiaoNet(base_channels=8, refine_blocks=1)
+    internal = 3008  # 3001 padded to a multiple of 64
+    assert refined.count_macs() - plain.count_macs() == internal * 8 * (5 + 8)  # depthwise k5 + pointwise 8 -> 8
+    refined.save(str(tmp_path / "r"))
+    loaded = load_student(tmp_path / "r")
+    assert loaded.refine_blocks == 1 and len(loaded.refine) == 1
+    x = torch.randn(2, 3, 3001)
+    with torch.no_grad():
+        assert torch.allclose(loaded.eval()(x), refined.eval()(x))
+    config = Config()
+    config.student.refine_blocks = 1
+    assert build_student(config.student).refine_blocks == 1
+    with pytest.raises(EdgepickError, match="refine_blocks"):
+        XiaoNet(refine_blocks=-1)
