@@ -176,6 +176,9 @@ class DistillConfig:
     alpha: float = 1.0  # 1: teacher only (unlabelled data); 0: hard labels only
     # KL sample weights 1 + phase_weight x the teacher's P + S probability (0: an even mean over samples)
     phase_weight: float = 0.0
+    # whose P + S probability sets those weights: "teacher", or "both" (the larger of the teacher's and the student's
+    # own, so the student's peaks where the teacher has none weigh too)
+    phase_weight_source: str = "teacher"
     epochs: int = 16
     windows_per_epoch: int = 0  # 0: one window per training trace
     batch_size: int = 64

@@ -54,6 +54,34 @@ def test_phase_weight_weights_the_kl_by_the_teachers_phase_probability():
     assert abs(even - want.item()) > 1e-4
 
 
+def test_phase_weight_from_both_weights_the_students_own_peaks_too():
+    """"both": weights from the larger of the teacher's and the student's P + S probability, without a gradient
+    through the weights; a student peak where the teacher has none costs more than with the teacher's weights."""
+    t = 1.0
+    teacher = torch.zeros(1, 3, 40)
+    teacher[:, 2] = 1.0
+    teacher[0, 0, 10] = 0.9  # the teacher's one P peak
+    teacher[0, 2, 10] = 0.1
+    logits = torch.zeros(1, 3, 40)
+    logits[0, 2] = 4.0  # the student: noise ...
+    logits[0, 0, 30] = 8.0  # ... and a P peak of its own at sample 30
+    logits.requires_grad_(True)
+    student = torch.softmax(logits.detach(), dim=1)
+    kl = (teacher.clamp_min(1e-8) * (torch.log(teacher.clamp_min(1e-8)) - F.log_softmax(logits.detach(), dim=1))).sum(1)
+    weights = 1 + 5.0 * torch.maximum(teacher[:, :2].sum(1), student[:, :2].sum(1))
+    want = (weights * kl).sum() / weights.sum()
+    both = distill.distillation_loss(logits, teacher, None, t, 1.0, 5.0, "both")
+    assert both.item() == pytest.approx(want.item(), rel=1e-5)
+    assert both.item() > distill.distillation_loss(logits, teacher, None, t, 1.0, 5.0, "teacher").item()
+    both.backward()  # the weights carry no gradient: d(loss)/d(logits) is the weighted KL's alone
+    reference = logits.detach().clone().requires_grad_(True)
+    kl_ref = (teacher.clamp_min(1e-8) * (torch.log(teacher.clamp_min(1e-8)) - F.log_softmax(reference, dim=1))).sum(1)
+    ((weights * kl_ref).sum() / weights.sum()).backward()
+    assert torch.allclose(logits.grad, reference.grad, atol=1e-6)
+    with pytest.raises(EdgepickError, match="phase_weight_source"):
+        distill.distillation_loss(logits, teacher, None, t, 1.0, 5.0, "student")
+
+
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory):
     path = tmp_path_factory.mktemp("distill") / "ds"
@@ -230,6 +258,13 @@ def test_bad_worker_count_fails_before_anything_is_written(labelled, tmp_path):
     assert not out.exists()
     after = sorted((labelled / "soft_labels").glob("*")) if (labelled / "soft_labels").exists() else []
     assert after == before  # no soft labels built either
+
+
+def test_bad_phase_weight_source_fails_before_anything_is_written(labelled, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(EdgepickError, match="phase_weight_source must be one of teacher, both, got 'student'"):
+        distill.run(tiny_config(labelled, out, phase_weight=5.0, phase_weight_source="student"))
+    assert not out.exists()
 
 
 # issue 17: a diverged epoch is never saved; a resume applies or refuses changed settings; a corrupt file is one line

@@ -36,6 +36,9 @@ from pipeline.training import CHECKPOINT, METRICS  # noqa: F401  (the names of d
 STUDENT = "student"  # SeisBench model name inside the output folder: student.json + student.pt
 
 
+PHASE_WEIGHT_SOURCES = ("teacher", "both")
+
+
 def distillation_loss(
     student_logits: torch.Tensor,
     teacher_probs: torch.Tensor | None,
@@ -43,13 +46,20 @@ def distillation_loss(
     temperature: float,
     alpha: float,
     phase_weight: float = 0.0,
+    phase_weight_source: str = "teacher",
 ) -> torch.Tensor:
     """Mean over batch and samples of alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(hard, student).
 
     Tensors are (batch, classes, samples); classes are (P, S, noise). With ``phase_weight`` w > 0 the KL term is
     a weighted mean, sample weights 1 + w * (the teacher's P + S probability): phase samples are ~1 % of a window,
     so an even mean spends the loss on noise and little on where and how high the peaks are.
+    ``phase_weight_source`` "both": the larger of the teacher's and the student's own P + S probability (the
+    student's without gradient), so a student peak where the teacher has none (a false pick, a peak that stays up
+    after the teacher's has fallen) weighs as much as a teacher peak it misses.
     """
+    if phase_weight_source not in PHASE_WEIGHT_SOURCES:
+        raise EdgepickError(f"phase_weight_source must be one of {', '.join(PHASE_WEIGHT_SOURCES)}, got "
+                            f"{phase_weight_source!r}")
     loss = student_logits.new_zeros(())
     if alpha > 0:
         teacher_log = torch.log(teacher_probs.float().clamp_min(1e-8))
@@ -57,7 +67,10 @@ def distillation_loss(
         student_log_soft = F.log_softmax(student_logits / temperature, dim=1)
         kl_per_sample = F.kl_div(student_log_soft, teacher_log_soft, reduction="none", log_target=True).sum(dim=1)
         if phase_weight > 0:
-            weights = 1 + phase_weight * teacher_probs.float()[:, :2].sum(dim=1).clamp(0, 1)
+            phase = teacher_probs.float()[:, :2].sum(dim=1)
+            if phase_weight_source == "both":
+                phase = torch.maximum(phase, torch.softmax(student_logits.detach().float(), dim=1)[:, :2].sum(dim=1))
+            weights = 1 + phase_weight * phase.clamp(0, 1)
             kl = (weights * kl_per_sample).sum() / weights.sum()
         else:
             kl = kl_per_sample.mean()
@@ -81,6 +94,9 @@ def run(config: Config) -> dict:
         raise EdgepickError(f"distill needs temperature > 0, 0 <= alpha <= 1, phase_weight >= 0 and 0 <= live_windows <= 1 "
                             f"(got T={cfg.temperature}, alpha={cfg.alpha}, phase_weight={cfg.phase_weight}, "
                             f"live_windows={cfg.live_windows})")
+    if cfg.phase_weight_source not in PHASE_WEIGHT_SOURCES:
+        raise EdgepickError(f"distill.phase_weight_source must be one of {', '.join(PHASE_WEIGHT_SOURCES)}, got "
+                            f"{cfg.phase_weight_source!r}")
     checkpoint = None
     if cfg.resume:  # read and compared first: a checkpoint that cannot go on fails before any teacher runs
         checkpoint = training.read_checkpoint(out / CHECKPOINT)
@@ -132,7 +148,7 @@ def run(config: Config) -> dict:
             teacher_probs = _teacher_target(batch, targets, device)
             logits = trainable(batch["X"].to(device))
             loss = distillation_loss(logits, teacher_probs, _get(batch, "y", device), cfg.temperature, cfg.alpha,
-                                     cfg.phase_weight)
+                                     cfg.phase_weight, cfg.phase_weight_source)
             train_losses.append(training.optimizer_step(
                 loss, optimizer, schedule, trainable.parameters(), cfg.grad_clip, epoch, out, advice))
         train_seconds = time.time() - started
@@ -280,7 +296,7 @@ def _evaluate(model, loader, cfg, device, targets=None) -> float:
         teacher_probs = _teacher_target(batch, targets, device)
         logits = model.logits(batch["X"].to(device), channels_last=True)  # the training layout: same scores, faster
         loss = distillation_loss(logits, teacher_probs, _get(batch, "y", device), cfg.temperature, cfg.alpha,
-                                     cfg.phase_weight)
+                                     cfg.phase_weight, cfg.phase_weight_source)
         losses += loss.item() * len(logits)
         counts += len(logits)
     return losses / max(counts, 1)
