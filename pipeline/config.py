@@ -179,6 +179,9 @@ class DistillConfig:
     # whose P + S probability sets those weights: "teacher", or "both" (the larger of the teacher's and the student's
     # own, so the student's peaks where the teacher has none weigh too)
     phase_weight_source: str = "teacher"
+    # weight of a term on where the teacher's P and S peaks lie and how wide they are, whatever their height
+    # (pipeline.stages.distill.peak_shape_loss; 0: none)
+    peak_shape: float = 0.0
     epochs: int = 16
     windows_per_epoch: int = 0  # 0: one window per training trace
     batch_size: int = 64

@@ -260,6 +260,38 @@ def test_bad_worker_count_fails_before_anything_is_written(labelled, tmp_path):
     assert after == before  # no soft labels built either
 
 
+def test_peak_shape_loss_sees_where_and_how_wide_a_peak_is_not_how_high():
+    """0 for a student curve of the teacher's shape at any height; more for one that stays up after the teacher's
+    has fallen, and more for one further away; windows and phases without a teacher peak do not count."""
+    n = 200
+    t = torch.arange(n, dtype=torch.float32)
+
+    def probs(p_curve):
+        out = torch.zeros(1, 3, n)
+        out[0, 0] = p_curve
+        out[0, 2] = 1 - p_curve
+        return out
+
+    teacher = probs(0.9 * torch.exp(-0.5 * ((t - 100) / 10) ** 2))
+
+    def logits(p_curve):
+        return torch.log(probs(p_curve).clamp_min(1e-6))
+
+    same_shape_lower = distill.peak_shape_loss(logits(0.4 * torch.exp(-0.5 * ((t - 100) / 10) ** 2)), teacher)
+    stays_up = distill.peak_shape_loss(logits(torch.where(t < 100, 0.9 * torch.exp(-0.5 * ((t - 100) / 10) ** 2),
+                                                          torch.where(t < 130, 0.9, 0.9 * torch.exp(-0.5 * ((t - 130) / 10) ** 2)))), teacher)
+    shifted = distill.peak_shape_loss(logits(0.9 * torch.exp(-0.5 * ((t - 130) / 10) ** 2)), teacher)
+    assert same_shape_lower.item() == pytest.approx(0.0, abs=1e-3)
+    assert 0.1 < stays_up.item() < shifted.item()
+    no_peak = probs(torch.full((n,), 0.1))  # the teacher reaches 0.1 only: nothing to match
+    assert distill.peak_shape_loss(logits(0.9 * torch.exp(-0.5 * ((t - 130) / 10) ** 2)), no_peak).item() == 0.0
+    # in the distillation loss: alpha x peak_shape x the term on top of the KL
+    lg = logits(0.9 * torch.exp(-0.5 * ((t - 130) / 10) ** 2))
+    plain = distill.distillation_loss(lg, teacher, None, 1.0, 1.0)
+    with_shape = distill.distillation_loss(lg, teacher, None, 1.0, 1.0, peak_shape=0.5)
+    assert with_shape.item() == pytest.approx(plain.item() + 0.5 * shifted.item(), rel=1e-4)
+
+
 def test_bad_phase_weight_source_fails_before_anything_is_written(labelled, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(EdgepickError, match="phase_weight_source must be one of teacher, both, got 'student'"):

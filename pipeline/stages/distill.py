@@ -47,6 +47,7 @@ def distillation_loss(
     alpha: float,
     phase_weight: float = 0.0,
     phase_weight_source: str = "teacher",
+    peak_shape: float = 0.0,
 ) -> torch.Tensor:
     """Mean over batch and samples of alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(hard, student).
 
@@ -56,6 +57,7 @@ def distillation_loss(
     ``phase_weight_source`` "both": the larger of the teacher's and the student's own P + S probability (the
     student's without gradient), so a student peak where the teacher has none (a false pick, a peak that stays up
     after the teacher's has fallen) weighs as much as a teacher peak it misses.
+    ``peak_shape`` > 0 adds that much of :func:`peak_shape_loss` (times alpha): where the peak lies and how wide.
     """
     if phase_weight_source not in PHASE_WEIGHT_SOURCES:
         raise EdgepickError(f"phase_weight_source must be one of {', '.join(PHASE_WEIGHT_SOURCES)}, got "
@@ -75,10 +77,29 @@ def distillation_loss(
         else:
             kl = kl_per_sample.mean()
         loss = loss + alpha * temperature**2 * kl
+        if peak_shape > 0:
+            loss = loss + alpha * peak_shape * peak_shape_loss(student_logits, teacher_probs)
     if alpha < 1:
         cross_entropy = -(hard_labels * F.log_softmax(student_logits, dim=1)).sum(dim=1).mean()
         loss = loss + (1 - alpha) * cross_entropy
     return loss
+
+
+def peak_shape_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, min_peak: float = 0.5) -> torch.Tensor:
+    """Where a phase's peak lies and how wide it is, not how high: for each window and phase (P, S) in which the
+    teacher's probability reaches ``min_peak``, the KL divergence between the teacher's and the student's curves,
+    each normalised over the window's samples to sum to 1 (a softmax over time of the student's log-probability);
+    the mean over those (window, phase) pairs, 0 where there is none. A student peak that stays up after the
+    teacher's has fallen moves mass away from the teacher's samples, and costs here whatever its height."""
+    teacher = teacher_probs.float()[:, :2]
+    peaks = teacher.amax(dim=-1) >= min_peak
+    if not bool(peaks.any()):
+        return student_logits.new_zeros(())
+    target = teacher / teacher.sum(dim=-1, keepdim=True).clamp_min(1e-8)
+    student_log = F.log_softmax(student_logits.float(), dim=1)[:, :2]
+    student_shape = student_log - torch.logsumexp(student_log, dim=-1, keepdim=True)
+    kl = (target * (torch.log(target.clamp_min(1e-12)) - student_shape)).sum(dim=-1)
+    return kl[peaks].mean()
 
 
 def run(config: Config) -> dict:
@@ -94,6 +115,8 @@ def run(config: Config) -> dict:
         raise EdgepickError(f"distill needs temperature > 0, 0 <= alpha <= 1, phase_weight >= 0 and 0 <= live_windows <= 1 "
                             f"(got T={cfg.temperature}, alpha={cfg.alpha}, phase_weight={cfg.phase_weight}, "
                             f"live_windows={cfg.live_windows})")
+    if cfg.peak_shape < 0:
+        raise EdgepickError(f"distill.peak_shape must be >= 0, got {cfg.peak_shape}")
     if cfg.phase_weight_source not in PHASE_WEIGHT_SOURCES:
         raise EdgepickError(f"distill.phase_weight_source must be one of {', '.join(PHASE_WEIGHT_SOURCES)}, got "
                             f"{cfg.phase_weight_source!r}")
@@ -148,7 +171,7 @@ def run(config: Config) -> dict:
             teacher_probs = _teacher_target(batch, targets, device)
             logits = trainable(batch["X"].to(device))
             loss = distillation_loss(logits, teacher_probs, _get(batch, "y", device), cfg.temperature, cfg.alpha,
-                                     cfg.phase_weight, cfg.phase_weight_source)
+                                     cfg.phase_weight, cfg.phase_weight_source, cfg.peak_shape)
             train_losses.append(training.optimizer_step(
                 loss, optimizer, schedule, trainable.parameters(), cfg.grad_clip, epoch, out, advice))
         train_seconds = time.time() - started
@@ -296,7 +319,7 @@ def _evaluate(model, loader, cfg, device, targets=None) -> float:
         teacher_probs = _teacher_target(batch, targets, device)
         logits = model.logits(batch["X"].to(device), channels_last=True)  # the training layout: same scores, faster
         loss = distillation_loss(logits, teacher_probs, _get(batch, "y", device), cfg.temperature, cfg.alpha,
-                                     cfg.phase_weight, cfg.phase_weight_source)
+                                     cfg.phase_weight, cfg.phase_weight_source, cfg.peak_shape)
         losses += loss.item() * len(logits)
         counts += len(logits)
     return losses / max(counts, 1)
@@ -308,6 +331,7 @@ def _evaluate(model, loader, cfg, device, targets=None) -> float:
 _RESUME_SECTIONS = ("student", "teacher", "distill")
 _RESUME_IGNORED = {"distill.resume", "teacher.finetune"}
 _RESUME_REFUSED = ("student.", "distill.dataset", "distill.alpha", "distill.temperature", "distill.phase_weight",
+                   "distill.peak_shape",
                    "distill.init_from", "distill.quantization_aware")
 
 
