@@ -39,6 +39,12 @@ STUDENT = "student"  # SeisBench model name inside the output folder: student.js
 PHASE_WEIGHT_SOURCES = ("teacher", "both")
 
 
+def check_phase_weight_source(source: str) -> None:
+    if source not in PHASE_WEIGHT_SOURCES:
+        raise EdgepickError(f"distill.phase_weight_source must be one of {', '.join(PHASE_WEIGHT_SOURCES)}, got "
+                            f"{source!r}")
+
+
 def distillation_loss(
     student_logits: torch.Tensor,
     teacher_probs: torch.Tensor | None,
@@ -59,9 +65,7 @@ def distillation_loss(
     after the teacher's has fallen) weighs as much as a teacher peak it misses.
     ``peak_shape`` > 0 adds that much of :func:`peak_shape_loss` (times alpha): where the peak lies and how wide.
     """
-    if phase_weight_source not in PHASE_WEIGHT_SOURCES:
-        raise EdgepickError(f"phase_weight_source must be one of {', '.join(PHASE_WEIGHT_SOURCES)}, got "
-                            f"{phase_weight_source!r}")
+    check_phase_weight_source(phase_weight_source)
     loss = student_logits.new_zeros(())
     if alpha > 0:
         teacher_log = torch.log(teacher_probs.float().clamp_min(1e-8))
@@ -117,9 +121,7 @@ def run(config: Config) -> dict:
                             f"live_windows={cfg.live_windows})")
     if cfg.peak_shape < 0:
         raise EdgepickError(f"distill.peak_shape must be >= 0, got {cfg.peak_shape}")
-    if cfg.phase_weight_source not in PHASE_WEIGHT_SOURCES:
-        raise EdgepickError(f"distill.phase_weight_source must be one of {', '.join(PHASE_WEIGHT_SOURCES)}, got "
-                            f"{cfg.phase_weight_source!r}")
+    check_phase_weight_source(cfg.phase_weight_source)  # before anything is written, not at the first batch
     checkpoint = None
     if cfg.resume:  # read and compared first: a checkpoint that cannot go on fails before any teacher runs
         checkpoint = training.read_checkpoint(out / CHECKPOINT)
