@@ -267,6 +267,19 @@ def model_rule(model) -> PickRule:
     return PickRule(top_tolerance=None, blinding=blinding)
 
 
+def reference_picks(waveforms: Sequence[np.ndarray], metadata, rate: float, component_order: str, teacher: str,
+                    n_samples: Sequence[int] | None = None, progress: bool = True) -> tuple[dict, bool]:
+    """The picks a set is scored against, per phase and trace in seconds from its first sample: its analyst picks
+    (``n_samples``: drop those outside each trace), or, where it has none (windows of continuous data), the picks
+    of the teacher named ``teacher`` (runners.load_teacher) on its whole traces; and whether they are the teacher's."""
+    truth = {phase: [row / rate for row in rows] for phase, rows in analyst_picks(metadata, n_samples).items()}
+    if any(len(t) for rows in truth.values() for t in rows):
+        return truth, False
+    from pipeline import runners  # loads torch and the teachers: only where a set is unlabelled
+
+    return dataset_curves(runners.load_teacher(teacher), waveforms, rate, component_order, progress=progress).picks(), True
+
+
 def dataset_curves(model, waveforms: Sequence[np.ndarray], rate: float, component_order: str,
                    traces_per_call: int = 64, batch_size: int = 64, progress: bool = True) -> Curves:
     """Curves of every whole trace (station ``T<i>``), annotated ``traces_per_call`` traces per call."""

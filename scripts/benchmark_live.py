@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import annotation, metrics, runners  # noqa: E402
+from pipeline import annotation, runners  # noqa: E402
 from pipeline.errors import EdgepickError, run_script  # noqa: E402
 from pipeline.stages import benchmark as benchmark_stage  # noqa: E402
 from pipeline.student import load_student  # noqa: E402
@@ -64,11 +64,9 @@ def score_dataset(student, folder: Path, split: str, grid, warmup: bool, teacher
     """One row per (hop, look-ahead) and phase of one dataset (or one of its splits, at most ``max_traces`` of it,
     seeded), against its analyst picks or, where it has none (windows of continuous data), the ``teacher``'s."""
     traces, metadata, rate, order = benchmark_stage.load_labelled(folder, split, max_traces)
-    truth = {p: [x / rate for x in rows] for p, rows in metrics.analyst_picks(metadata, [w.shape[-1] for w in traces]).items()}
-    against = "analyst"
-    if not any(len(t) for rows in truth.values() for t in rows):
-        truth = annotation.dataset_curves(runners.load_teacher(teacher), traces, rate, order, progress=False).picks()
-        against = "teacher"
+    truth, by_teacher = annotation.reference_picks(traces, metadata, rate, order, teacher,
+                                                   [w.shape[-1] for w in traces], progress=False)
+    against = "teacher" if by_teacher else "analyst"
     model = runners.BenchModel("student", "pytorch", "fp32", [student])
     exact = annotation.dataset_curves(model, traces, rate, order, progress=False).picks()
     rows = []

@@ -89,12 +89,8 @@ def load_dev(config, spec: str) -> DevSplit:
     path, split = _dev_split(config, spec)
     c = config.calibrate
     waveforms, metadata, rate, order = load_labelled(path, split, c.max_traces, c.seed)
-    truth = {phase: [row / rate for row in rows] for phase, rows in metrics.analyst_picks(metadata).items()}
-    against = "analyst"
-    if not any(len(t) for rows in truth.values() for t in rows):
-        teacher = runners.load_teacher(config.teacher.name)
-        truth = annotation.dataset_curves(teacher, waveforms, rate, order).picks()
-        against = f"teacher {config.teacher.name}"
+    truth, by_teacher = annotation.reference_picks(waveforms, metadata, rate, order, config.teacher.name)
+    against = f"teacher {config.teacher.name}" if by_teacher else "analyst"
     return DevSplit(waveforms, rate, order, truth, against, f"{path}{':' + split if split else ''}")
 
 
