@@ -48,11 +48,11 @@ teacher_flags = $(if $(DATASET),--set teacher.finetune.dataset=$(DATASET)) $(if 
 	$(if $(RESUME),--set teacher.finetune.resume=true)
 edgepick = $(PY) -m pipeline
 
-.PHONY: help venv data demo recipe test benchmark-data benchmark clean teacher soft-labels distill qat calibrate sweep quantize
+.PHONY: help venv data labelled demo recipe test benchmark-data benchmark clean teacher soft-labels distill qat calibrate sweep quantize
 
 help: ## list targets and variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
-	@echo "variables: SOURCE=synthetic|okla|seisbench:<Name>|fdsn|miniseed OUT=dir N_TRACES=n SEED=n"
+	@echo "variables: SOURCE=synthetic|okla|seisbench:<Name>|seisbench:<folder>|fdsn|miniseed OUT=dir N_TRACES=n SEED=n"
 	@echo "           DATASET=dir[,dir] TEACHER=phasenet:okla[+eqtransformer:elep] STUDENT_OUT=dir EPOCHS=n RESUME=1 NPROC=n"
 	@echo "           teacher: DATASET=dir TEACHER=phasenet:okla TEACHER_OUT=dir EPOCHS=n RESUME=1 (then TEACHER=phasenet:dir)"
 	@echo "           qat: QAT_FROM=dir (a distilled student) DATASET=... STUDENT_OUT=dir EPOCHS=n"
@@ -95,6 +95,13 @@ recipe: $(STAMP) ## the real-data student (configs/real-data.yaml) and its bench
 	$(MAKE) --no-print-directory quantize CONFIG=configs/real-data.yaml
 	$(foreach set,$(REAL_SETS),$(MAKE) --no-print-directory benchmark CONFIG=configs/real-data.yaml \
 		DATASET=$(dir $(set)) SET='benchmark.name=$(notdir $(patsubst %/,%,$(dir $(set))))' &&) true
+
+# Each real labelled set cut by event into a dev half (to choose settings on) and a test half (to report):
+# data/labelled/<set>:dev and :test. The halves are seeded (data.seed), so every run cuts the same ones.
+LABELLED ?= data/labelled
+labelled: $(STAMP) ## each real labelled set in ../shared/datasets cut by event into dev / test halves (data/labelled/<set>)
+	$(foreach set,$(REAL_SETS),$(MAKE) --no-print-directory data SOURCE=seisbench:$(patsubst %/,%,$(dir $(set))) \
+		OUT=$(LABELLED)/$(notdir $(patsubst %/,%,$(dir $(set)))) SET='data.split_fractions=0,0.5,0.5' &&) true
 
 teacher: $(STAMP) ## optional: fine-tune the pretrained TEACHER on a labelled DATASET (models/teacher; then TEACHER=phasenet:models/teacher)
 	$(edgepick) teacher $(config_flag) $(teacher_flags) $(set_flags)

@@ -86,9 +86,10 @@ class MiniseedConfig:
 
 @dataclass
 class DataConfig:
-    # synthetic | okla | seisbench:<Name> (TXED, STEAD, INSTANCE, ...) | fdsn | miniseed
+    # synthetic | okla | seisbench:<Name> (TXED, STEAD, INSTANCE, ...) | seisbench:<folder> (a SeisBench-format
+    # folder, re-split by event) | fdsn | miniseed
     source: str = "synthetic"
-    out: str = ""  # default: data/<source name>
+    out: str = ""  # default: data/<source name> (data/<folder name> for seisbench:<folder>)
     seed: int = 42
     sampling_rate: float = 100.0
     component_order: str = "ZNE"
@@ -105,6 +106,9 @@ class DataConfig:
     def out_dir(self) -> Path:
         if self.out:
             return Path(self.out)
+        name = self.source.partition(":")[2]
+        if self.source.startswith("seisbench:") and ("/" in name or Path(name).is_dir()):
+            return Path("data") / Path(name).name
         return Path("data") / self.source.replace(":", "_").lower()
 
 

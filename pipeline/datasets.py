@@ -183,8 +183,11 @@ def write_dataset(
     return report
 
 
-def open_dataset(path: str | Path, sampling_rate: float | None = 100.0, **kwargs) -> sbd.WaveformDataset:
-    """Open a SeisBench-format folder, turning every way it can be broken into one clear error."""
+def open_dataset(path: str | Path, sampling_rate: float | None = 100.0, resample_to: float | None = None,
+                 **kwargs) -> sbd.WaveformDataset:
+    """Open a SeisBench-format folder, turning every way it can be broken into one clear error. ``sampling_rate``:
+    the rate every trace must have (None: any); ``resample_to``: SeisBench's own ``sampling_rate`` (resample on
+    read); ``kwargs``: the rest of SeisBench's WaveformDataset arguments."""
     path = Path(path)
     metadata_path = path / "metadata.csv"
     if not path.is_dir():
@@ -208,7 +211,7 @@ def open_dataset(path: str | Path, sampling_rate: float | None = 100.0, **kwargs
         except OSError as error:
             raise EdgepickError(f"dataset {path}: corrupt or truncated HDF5 {waveform_file.name} ({error})") from error
     try:
-        dataset = sbd.WaveformDataset(path, **kwargs)
+        dataset = sbd.WaveformDataset(path, sampling_rate=resample_to, **kwargs)
     except Exception as error:  # SeisBench raises a variety of errors for malformed folders
         raise EdgepickError(f"dataset {path}: SeisBench cannot open it ({type(error).__name__}: {error})") from error
     if sampling_rate is not None and len(dataset):

@@ -1,5 +1,7 @@
 """``seisbench:<Name>`` runs SeisBench's own class offline, on a tiny dataset placed where its cache expects it."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -205,3 +207,36 @@ def test_data_stage_skips_traces_shorter_than_the_student_window(cache, tmp_path
     meta = sbd.WaveformDataset(tmp_path / "out").metadata
     assert len(meta) == 30 and (meta["trace_npts"] >= 3001).all()
     assert "6 x too short (2000 samples, need 3001)" in capsys.readouterr().out
+
+
+def test_a_folder_is_split_into_dev_and_test_halves_by_event(tmp_path, capsys):
+    """``seisbench:<folder>`` (a labelled set such as ../shared/datasets/stead50) with data.split_fractions 0,0.5,0.5:
+    every event whole in the dev or the test half, resampled like the classes, and no empty-split warning for the
+    train split nobody asked for."""
+    from pipeline.config import Config
+    from pipeline.stages import data
+
+    build_fake(tmp_path / "labelled", n_events=20, seconds=40.0)
+    config = Config()
+    config.data = DataConfig(source=f"seisbench:{tmp_path / 'labelled'}", out=str(tmp_path / "out"),
+                             split_fractions=(0.0, 0.5, 0.5))
+    report = data.run(config)
+    _, meta = check_written(tmp_path / "out", report)
+    assert report["traces"] == 60 and set(meta["split"]) == {"dev", "test"}
+    assert 5 <= meta.groupby("split")["source_id"].nunique().min()  # both halves hold events
+    assert (meta["trace_sampling_rate_hz"] == 100).all() and np.allclose(meta["trace_p_arrival_sample"], 1000)
+    assert (meta["source_dataset"] == "labelled").all()
+    assert DataConfig(source=f"seisbench:{tmp_path / 'labelled'}").out_dir() == Path("data/labelled")
+    assert "warning" not in capsys.readouterr().out
+    again = tmp_path / "again"
+    config.data.out = str(again)
+    data.run(config)
+    assert list(sbd.WaveformDataset(again).metadata["split"]) == list(meta["split"])  # seeded: the same halves
+
+
+def test_a_broken_folder_is_one_line(tmp_path):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "metadata.csv").write_text("trace_name,trace_sampling_rate_hz\na,100\n")
+    with pytest.raises(EdgepickError, match="no waveforms.hdf5") as info:
+        source_records(DataConfig(source=f"seisbench:{tmp_path / 'broken'}"))
+    assert "\n" not in str(info.value)

@@ -1,4 +1,7 @@
-"""``seisbench:<Name>``: any SeisBench benchmark dataset (TXED, STEAD, INSTANCE, ETHZ, ...), streamed trace by trace.
+"""``seisbench:<Name>``: any SeisBench benchmark dataset (TXED, STEAD, INSTANCE, ETHZ, ...), streamed trace by trace;
+``seisbench:<folder>``: any SeisBench-format folder (metadata.csv + waveforms.hdf5), such as ../shared/datasets/stead50,
+re-split by event (``data.split_fractions`` 0,0.5,0.5 cuts a labelled set into a dev half to tune on and a test half
+to report).
 
 SeisBench itself opens the dataset: from its cache (``SEISBENCH_CACHE_ROOT``, default ``~/.seisbench``) or, when it is
 not there, by downloading it. SeisBench resamples and reorders the components on read (``sampling_rate``,
@@ -94,12 +97,24 @@ def open_benchmark(cls: type, config: DataConfig):
     return dataset
 
 
+def open_folder(path: Path, config: DataConfig):
+    """A SeisBench-format folder through SeisBench's own WaveformDataset (resampled and reordered on read, like the
+    benchmark classes); a broken folder is one EdgepickError line (:func:`pipeline.datasets.open_dataset`)."""
+    from pipeline.datasets import open_dataset
+
+    return open_dataset(path, sampling_rate=None, component_order=config.component_order, dimension_order="NCW",
+                        cache=None, resample_to=config.sampling_rate)
+
+
 def records(config: DataConfig, name: str) -> tuple[Iterator, int, dict]:
-    cls = resolve_class(name)
-    dataset = open_benchmark(cls, config)
+    if "/" in name or Path(name).is_dir():  # a folder, not a class name (class names hold no slash)
+        dataset, label = open_folder(Path(name), config), Path(name).name
+    else:
+        cls = resolve_class(name)
+        dataset, label = open_benchmark(cls, config), cls.__name__
     metadata = dataset.metadata
     if "trace_name" not in metadata.columns:
-        raise EdgepickError(f"seisbench:{cls.__name__}: metadata has no trace_name column")
+        raise EdgepickError(f"seisbench:{label}: metadata has no trace_name column")
     keys = [event_key(row) for row in _key_rows(metadata)]
     indices = select_indices(keys, config.max_traces, config.seed)
     data_format = dataset.data_format
@@ -107,7 +122,7 @@ def records(config: DataConfig, name: str) -> tuple[Iterator, int, dict]:
         "measurement": str(data_format.get("measurement", "velocity")),
         "unit": str(data_format.get("unit", "counts")),
     }
-    return stream_dataset(dataset, indices, keys, config, cls.__name__), len(indices), options
+    return stream_dataset(dataset, indices, keys, config, label), len(indices), options
 
 
 def _key_rows(metadata: pd.DataFrame) -> Iterator[dict]:
