@@ -226,9 +226,10 @@ class SweepConfig:
     temperatures: tuple[float, ...] = (1.0, 2.0, 4.0, 6.0, 10.0)
     alphas: tuple[float, ...] = (0.3, 0.5, 0.7, 1.0)
     base_channels: tuple[int, ...] = (4, 8)
-    # The dev split every student is ranked on ("path:split"): a labelled one against its analyst picks, unlabelled
-    # continuous windows (the recipe's data/transfer:dev) against the teacher's; "" = calibrate.dataset, else the
-    # dev split of distill.dataset's first folder. A test split is refused: it is what the benchmark reports.
+    # The dev split every student is ranked on ("path:split"; several, comma-separated, pool): a labelled one against
+    # its analyst picks, unlabelled continuous windows (the recipe's data/transfer:dev) against the teacher's;
+    # "" = calibrate.dataset, else the dev split of distill.dataset's first folder. A test split is refused: it is
+    # what the benchmark reports.
     dataset: str = ""
     # ranked on the mean F1 over P, S and these tolerances, each phase at its best threshold of calibrate.thresholds
     tolerances_s: tuple[float, ...] = (0.1, 0.5)
@@ -241,8 +242,9 @@ class CalibrateConfig:
     which make quantize writes into model_config.h and the benchmark scores with; pipeline/stages/calibrate.py)."""
 
     student: str = ""  # "" = quantize.student (the student make quantize converts); replaced in place
-    # "path:split" of dev data: a labelled split is scored against its analyst picks, unlabelled continuous windows
-    # against the teacher's (teacher.name) picks; "" = the dev split of distill.dataset's first folder
+    # "path:split" of dev data (several, comma-separated, pool): a labelled split is scored against its analyst picks,
+    # unlabelled continuous windows against the teacher's (teacher.name) picks; "" = the dev split of
+    # distill.dataset's first folder
     dataset: str = ""
     thresholds: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7)
     tolerances_s: tuple[float, ...] = (0.1, 0.5)  # the objective per phase: the mean F1 over these

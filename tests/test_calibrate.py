@@ -87,3 +87,29 @@ def test_the_test_split_and_a_folder_without_a_student_are_refused(labelled, stu
     bad.set("calibrate.thresholds", "0.3,1.5")
     with pytest.raises(EdgepickError, match="in \\(0, 1\\)"):
         calibrate.run(bad)
+
+
+def test_a_pooled_set_without_s_picks_is_not_scored_on_s():
+    """Two sets pooled, the second without S picks (like deepdenoiser99): the S arrivals the student finds on it
+    are no false picks, so pooled S F1 is the first set's; its P picks still count."""
+    rate, n = 100.0, 3000
+    t = np.arange(n)
+    bump = lambda at: 0.9 * np.exp(-0.5 * ((t - at) / 15.0) ** 2)  # noqa: E731
+    data = [np.stack([bump(800), bump(2000)]).astype(np.float32) for _ in range(4)]
+    curves = annotation.Curves(rate, PickRule(), [0] * 4, data)
+    truth = {"P": [np.array([8.0])] * 4, "S": [np.array([20.0])] * 2 + [np.array([])] * 2}
+    labelled = {"P": [True] * 4, "S": [True, True, False, False]}
+    pooled = calibrate.threshold_table(curves, truth, (0.5,), (0.5,), labelled)[0]
+    assert pooled["S_f1_0.5"] == 1.0 and pooled["P_f1_0.5"] == 1.0
+    unmasked = calibrate.threshold_table(curves, truth, (0.5,), (0.5,))[0]
+    assert unmasked["S_precision_0.5"] == 0.5  # without the mask the P-only set's S arrivals count as false
+
+
+def test_dev_splits_pool(labelled):
+    one = calibrate.load_dev(config_for("unused", ""), f"{labelled}:dev")
+    both = calibrate.load_dev(config_for("unused", ""), f"{labelled}:dev, {labelled}:dev")
+    assert len(both.waveforms) == 2 * len(one.waveforms) and both.against == "analyst"
+    assert both.label == f"{labelled}:dev,{labelled}:dev"
+    assert all(len(both.labelled[phase]) == len(both.waveforms) for phase in ("P", "S"))
+    with pytest.raises(EdgepickError, match="dev split"):
+        calibrate.load_dev(config_for("unused", ""), f"{labelled}:dev,{labelled}:test")

@@ -52,7 +52,7 @@ def run(config) -> dict:
     for phase, threshold in chosen.items():
         old = before.threshold(phase)
         print(f"calibrate: {phase} threshold {old:g} -> {threshold:g} (mean F1 over {', '.join(f'{t:g}' for t in c.tolerances_s)} s "
-              f"{_objective(table, phase, old):.3f} -> {_objective(table, phase, threshold):.3f}) on {result['dataset']}, "
+              f"{objective(table, phase, old):.3f} -> {objective(table, phase, threshold):.3f}) on {result['dataset']}, "
               f"{len(dev.waveforms)} traces, against the {dev.against} picks")
     print(f"calibrate: saved in {folder / name}; written {folder / 'calibration.json'}, {folder / 'calibration.png'}")
     return result
@@ -61,14 +61,17 @@ def run(config) -> dict:
 @dataclasses.dataclass
 class DevSplit:
     """A dev split students are scored on: its traces as station streams and the picks they are scored against
-    (the analyst's, or for unlabelled continuous windows the teacher's)."""
+    (the analyst's, or for unlabelled continuous windows the teacher's); several splits pool into one."""
 
     waveforms: list
     rate: float
     order: str
     truth: dict  # phase -> per trace, pick times (s)
-    against: str  # "analyst" or "teacher <name>"
-    label: str  # "path:split"
+    against: str  # "analyst" or "teacher <name>" (pooled: both, joined by " + ")
+    label: str  # "path:split" (pooled: joined by ",")
+    # phase -> per trace, whether its set has picks of that phase: a set without S picks (deepdenoiser99) is not
+    # scored on S, or a pooled split would count its real S arrivals as false picks
+    labelled: dict = dataclasses.field(default_factory=dict)
 
     @property
     def phases(self) -> list[str]:
@@ -80,25 +83,55 @@ class DevSplit:
         bench = runners.BenchModel("student", "pytorch", "fp32", [student], spec=spec)
         runners.check_rates([bench], [self.rate])
         curves = annotation.dataset_curves(bench, self.waveforms, self.rate, self.order)
-        return threshold_table(curves, self.truth, thresholds, tolerances)
+        return threshold_table(curves, self.truth, thresholds, tolerances, self.labelled)
 
 
 def load_dev(config, spec: str) -> DevSplit:
-    """The dev split ``spec`` ("path:split"; "" = the dev split of distill.dataset's first folder), at most
-    ``calibrate.max_traces`` of it (seeded); a test split or a whole folder is refused (it is what gets reported)."""
+    """The dev split ``spec`` ("path:split"; several, comma-separated, pool; "" = the dev split of distill.dataset's
+    first folder), at most ``calibrate.max_traces`` of each (seeded); a test split or a whole folder is refused (it
+    is what gets reported)."""
+    parts = [_load_one_dev(config, one.strip()) for one in spec.split(",") if one.strip()] or [_load_one_dev(config, "")]
+    return pool_dev(parts)
+
+
+def pool_dev(parts: list[DevSplit]) -> DevSplit:
+    """One dev split of several (their traces one after the other)."""
+    if len({(part.rate, part.order) for part in parts}) > 1:
+        raise EdgepickError("dev splits " + ", ".join(f"{p.label} ({p.rate:g} Hz {p.order})" for p in parts)
+                            + " differ in sampling rate or component order; re-run the data stage")
+    return DevSplit(
+        waveforms=[w for part in parts for w in part.waveforms],
+        rate=parts[0].rate,
+        order=parts[0].order,
+        truth={phase: [t for part in parts for t in part.truth[phase]] for phase in metrics.PHASES},
+        against=" + ".join(dict.fromkeys(part.against for part in parts)),
+        label=",".join(part.label for part in parts),
+        labelled={phase: [flag for part in parts for flag in part.labelled[phase]] for phase in metrics.PHASES},
+    )
+
+
+def _load_one_dev(config, spec: str) -> DevSplit:
     path, split = _dev_split(config, spec)
     c = config.calibrate
     waveforms, metadata, rate, order = load_labelled(path, split, c.max_traces, c.seed)
     truth, by_teacher = annotation.reference_picks(waveforms, metadata, rate, order, config.teacher.name)
     against = f"teacher {config.teacher.name}" if by_teacher else "analyst"
-    return DevSplit(waveforms, rate, order, truth, against, f"{path}{':' + split if split else ''}")
+    has = {phase: any(len(t) for t in truth[phase]) for phase in metrics.PHASES}
+    labelled = {phase: [has[phase]] * len(waveforms) for phase in metrics.PHASES}
+    return DevSplit(waveforms, rate, order, truth, against, f"{path}{':' + split if split else ''}", labelled)
 
 
-def threshold_table(curves: annotation.Curves, truth: dict, thresholds, tolerances) -> list[dict]:
-    """One row per threshold: F1 (and precision, recall) per phase and tolerance of the curves' picks at it."""
+def threshold_table(curves: annotation.Curves, truth: dict, thresholds, tolerances,
+                    labelled: dict | None = None) -> list[dict]:
+    """One row per threshold: F1 (and precision, recall) per phase and tolerance of the curves' picks at it; the
+    picks of a trace whose set has no picks of a phase (``labelled``) are not scored on that phase."""
     rows = []
     for threshold in thresholds:
-        scored = metrics.score_picks(truth, curves.picks(float(threshold)), tuple(float(t) for t in tolerances))
+        picks = curves.picks(float(threshold))
+        if labelled:
+            picks = {phase: [trace if labelled[phase][i] else trace[:0] for i, trace in enumerate(per_trace)]
+                     for phase, per_trace in picks.items()}
+        scored = metrics.score_picks(truth, picks, tuple(float(t) for t in tolerances))
         row = {"threshold": float(threshold)}
         for phase in metrics.PHASES:
             for tolerance in tolerances:
@@ -121,7 +154,7 @@ def _objective_row(row: dict, phase: str) -> float:
     return float(np.mean(values))
 
 
-def _objective(table: list[dict], phase: str, threshold: float) -> float:
+def objective(table: list[dict], phase: str, threshold: float) -> float:
     """The objective at ``threshold``, or at the nearest threshold of the table."""
     row = min(table, key=lambda r: abs(r["threshold"] - threshold))
     return _objective_row(row, phase)
