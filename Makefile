@@ -81,27 +81,31 @@ demo: $(STAMP) ## every stage on the embedded synthetic default (configs/demo.ya
 	@echo "demo made: data/synthetic (dataset), models/student (distilled), models/student_qat (QAT),"
 	@echo "  models/tflite (FP32/FP16/INT8), firmware/src/model (the firmware's model), the report printed above"
 
-# The real-data student (configs/real-data.yaml): the three datasets, then distill, qat, quantize and the benchmark
-# on every real labelled set in ../shared/datasets. TRANSFER: the continuous miniSEED the teacher labels.
+# The real-data student (configs/real-data.yaml): the three training datasets and the labelled sets' dev / test
+# halves, then distill, qat, calibrate, quantize and the benchmark on the test half of every real labelled set in
+# ../shared/datasets (their dev halves are what recipe choices are made on). TRANSFER: the continuous miniSEED the
+# teacher labels.
 TRANSFER ?= ../shared/waveforms/transfer
 REAL_SETS ?= $(wildcard ../shared/datasets/*/metadata.csv)
-recipe: $(STAMP) ## the real-data student (configs/real-data.yaml) and its benchmark on every labelled set in ../shared/datasets
+set_name = $(notdir $(patsubst %/,%,$(dir $(1))))
+recipe: $(STAMP) ## the real-data student (configs/real-data.yaml) and its benchmark on the test half of every labelled set in ../shared/datasets
 	$(MAKE) --no-print-directory data SOURCE=miniseed OUT=data/transfer SET='data.miniseed.path=$(TRANSFER)'
 	$(MAKE) --no-print-directory data OUT=data/synthetic_near N_TRACES=3000 SEED=7 SET='data.synthetic.distance_km_max=30'
 	$(MAKE) --no-print-directory data
+	$(MAKE) --no-print-directory labelled
 	$(MAKE) --no-print-directory distill CONFIG=configs/real-data.yaml
 	$(MAKE) --no-print-directory qat CONFIG=configs/real-data.yaml
 	$(MAKE) --no-print-directory calibrate CONFIG=configs/real-data.yaml
 	$(MAKE) --no-print-directory quantize CONFIG=configs/real-data.yaml
 	$(foreach set,$(REAL_SETS),$(MAKE) --no-print-directory benchmark CONFIG=configs/real-data.yaml \
-		DATASET=$(dir $(set)) SET='benchmark.name=$(notdir $(patsubst %/,%,$(dir $(set))))' &&) true
+		DATASET=$(LABELLED)/$(call set_name,$(set)):test SET='benchmark.name=$(call set_name,$(set))_test' &&) true
 
 # Each real labelled set cut by event into a dev half (to choose settings on) and a test half (to report):
 # data/labelled/<set>:dev and :test. The halves are seeded (data.seed), so every run cuts the same ones.
 LABELLED ?= data/labelled
 labelled: $(STAMP) ## each real labelled set in ../shared/datasets cut by event into dev / test halves (data/labelled/<set>)
 	$(foreach set,$(REAL_SETS),$(MAKE) --no-print-directory data SOURCE=seisbench:$(patsubst %/,%,$(dir $(set))) \
-		OUT=$(LABELLED)/$(notdir $(patsubst %/,%,$(dir $(set)))) SET='data.split_fractions=0,0.5,0.5' &&) true
+		OUT=$(LABELLED)/$(call set_name,$(set)) SET='data.split_fractions=0,0.5,0.5' &&) true
 
 teacher: $(STAMP) ## optional: fine-tune the pretrained TEACHER on a labelled DATASET (models/teacher; then TEACHER=phasenet:models/teacher)
 	$(edgepick) teacher $(config_flag) $(teacher_flags) $(set_flags)
