@@ -106,10 +106,17 @@ class DataConfig:
     def out_dir(self) -> Path:
         if self.out:
             return Path(self.out)
-        name = self.source.partition(":")[2]
-        if self.source.startswith("seisbench:") and ("/" in name or Path(name).is_dir()):
-            return Path("data") / Path(name).name
+        folder = self.seisbench_folder()
+        if folder is not None:
+            return Path("data") / folder.name
         return Path("data") / self.source.replace(":", "_").lower()
+
+    def seisbench_folder(self) -> Path | None:
+        """The folder of a ``seisbench:<folder>`` source; None for any other (class names hold no slash)."""
+        kind, _, name = self.source.partition(":")
+        if kind == "seisbench" and ("/" in name or Path(name).is_dir()):
+            return Path(name)
+        return None
 
 
 @dataclass

@@ -107,8 +107,9 @@ def open_folder(path: Path, config: DataConfig):
 
 
 def records(config: DataConfig, name: str) -> tuple[Iterator, int, dict]:
-    if "/" in name or Path(name).is_dir():  # a folder, not a class name (class names hold no slash)
-        dataset, label = open_folder(Path(name), config), Path(name).name
+    folder = config.seisbench_folder()
+    if folder is not None:
+        dataset, label = open_folder(folder, config), folder.name
     else:
         cls = resolve_class(name)
         dataset, label = open_benchmark(cls, config), cls.__name__
