@@ -193,6 +193,8 @@ class DistillConfig:
     # weight of a term on where the teacher's P and S peaks lie and how wide they are, whatever their height
     # (pipeline.stages.distill.peak_shape_loss; 0: none)
     peak_shape: float = 0.0
+    # that term's target is the teacher's curve raised to this power (>= 1; above 1 narrower around its maximum)
+    peak_shape_power: float = 1.0
     epochs: int = 16
     windows_per_epoch: int = 0  # 0: one window per training trace
     batch_size: int = 64

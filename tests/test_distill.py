@@ -292,6 +292,33 @@ def test_peak_shape_loss_sees_where_and_how_wide_a_peak_is_not_how_high():
     assert with_shape.item() == pytest.approx(plain.item() + 0.5 * shifted.item(), rel=1e-4)
 
 
+def test_peak_shape_power_narrows_the_target():
+    """With power 2 the target is the teacher's curve squared (narrower): a student of the teacher's own width now
+    costs, one of the squared curve's width costs nothing; a power below 1 is refused before anything is written."""
+    n = 200
+    t = torch.arange(n, dtype=torch.float32)
+
+    def probs(p_curve):
+        out = torch.zeros(1, 3, n)
+        out[0, 0] = p_curve
+        out[0, 2] = 1 - p_curve
+        return out
+
+    teacher = probs(0.9 * torch.exp(-0.5 * ((t - 100) / 10) ** 2))
+    own_width = torch.log(probs(0.5 * torch.exp(-0.5 * ((t - 100) / 10) ** 2)).clamp_min(1e-6))
+    narrower = torch.log(probs(0.5 * torch.exp(-0.5 * ((t - 100) / (10 / 2 ** 0.5)) ** 2)).clamp_min(1e-6))
+    assert distill.peak_shape_loss(own_width, teacher).item() == pytest.approx(0.0, abs=1e-3)
+    assert distill.peak_shape_loss(own_width, teacher, power=2.0).item() > 0.05
+    assert distill.peak_shape_loss(narrower, teacher, power=2.0).item() == pytest.approx(0.0, abs=1e-3)
+
+
+def test_bad_peak_shape_power_fails_before_anything_is_written(labelled, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(EdgepickError, match="peak_shape_power >= 1"):
+        distill.run(tiny_config(labelled, out, peak_shape=0.1, peak_shape_power=0.5))
+    assert not out.exists()
+
+
 def test_bad_phase_weight_source_fails_before_anything_is_written(labelled, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(EdgepickError, match="phase_weight_source must be one of teacher, both, got 'student'"):

@@ -54,6 +54,7 @@ def distillation_loss(
     phase_weight: float = 0.0,
     phase_weight_source: str = "teacher",
     peak_shape: float = 0.0,
+    peak_shape_power: float = 1.0,
 ) -> torch.Tensor:
     """Mean over batch and samples of alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(hard, student).
 
@@ -63,7 +64,8 @@ def distillation_loss(
     ``phase_weight_source`` "both": the larger of the teacher's and the student's own P + S probability (the
     student's without gradient), so a student peak where the teacher has none (a false pick, a peak that stays up
     after the teacher's has fallen) weighs as much as a teacher peak it misses.
-    ``peak_shape`` > 0 adds that much of :func:`peak_shape_loss` (times alpha): where the peak lies and how wide.
+    ``peak_shape`` > 0 adds that much of :func:`peak_shape_loss` (times alpha): where the peak lies and how wide;
+    ``peak_shape_power`` is its target's sharpening.
     """
     check_phase_weight_source(phase_weight_source)
     loss = student_logits.new_zeros(())
@@ -82,23 +84,27 @@ def distillation_loss(
             kl = kl_per_sample.mean()
         loss = loss + alpha * temperature**2 * kl
         if peak_shape > 0:
-            loss = loss + alpha * peak_shape * peak_shape_loss(student_logits, teacher_probs)
+            loss = loss + alpha * peak_shape * peak_shape_loss(student_logits, teacher_probs, power=peak_shape_power)
     if alpha < 1:
         cross_entropy = -(hard_labels * F.log_softmax(student_logits, dim=1)).sum(dim=1).mean()
         loss = loss + (1 - alpha) * cross_entropy
     return loss
 
 
-def peak_shape_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, min_peak: float = 0.5) -> torch.Tensor:
+def peak_shape_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, min_peak: float = 0.5,
+                    power: float = 1.0) -> torch.Tensor:
     """Where a phase's peak lies and how wide it is, not how high: for each window and phase (P, S) in which the
     teacher's probability reaches ``min_peak``, the KL divergence between the teacher's and the student's curves,
     each normalised over the window's samples to sum to 1 (a softmax over time of the student's log-probability);
     the mean over those (window, phase) pairs, 0 where there is none. A student peak that stays up after the
-    teacher's has fallen moves mass away from the teacher's samples, and costs here whatever its height."""
+    teacher's has fallen moves mass away from the teacher's samples, and costs here whatever its height.
+    ``power`` > 1 raises the teacher's curve to it before normalising: a narrower target around its maximum."""
     teacher = teacher_probs.float()[:, :2]
     peaks = teacher.amax(dim=-1) >= min_peak
     if not bool(peaks.any()):
         return student_logits.new_zeros(())
+    if power != 1.0:
+        teacher = teacher.clamp_min(0) ** power
     target = teacher / teacher.sum(dim=-1, keepdim=True).clamp_min(1e-8)
     student_log = F.log_softmax(student_logits.float(), dim=1)[:, :2]
     student_shape = student_log - torch.logsumexp(student_log, dim=-1, keepdim=True)
@@ -119,8 +125,9 @@ def run(config: Config) -> dict:
         raise EdgepickError(f"distill needs temperature > 0, 0 <= alpha <= 1, phase_weight >= 0 and 0 <= live_windows <= 1 "
                             f"(got T={cfg.temperature}, alpha={cfg.alpha}, phase_weight={cfg.phase_weight}, "
                             f"live_windows={cfg.live_windows})")
-    if cfg.peak_shape < 0:
-        raise EdgepickError(f"distill.peak_shape must be >= 0, got {cfg.peak_shape}")
+    if cfg.peak_shape < 0 or not cfg.peak_shape_power >= 1:
+        raise EdgepickError(f"distill.peak_shape must be >= 0 and distill.peak_shape_power >= 1, got "
+                            f"{cfg.peak_shape} and {cfg.peak_shape_power}")
     check_phase_weight_source(cfg.phase_weight_source)  # before anything is written, not at the first batch
     checkpoint = None
     if cfg.resume:  # read and compared first: a checkpoint that cannot go on fails before any teacher runs
@@ -173,7 +180,7 @@ def run(config: Config) -> dict:
             teacher_probs = _teacher_target(batch, targets, device)
             logits = trainable(batch["X"].to(device))
             loss = distillation_loss(logits, teacher_probs, _get(batch, "y", device), cfg.temperature, cfg.alpha,
-                                     cfg.phase_weight, cfg.phase_weight_source, cfg.peak_shape)
+                                     cfg.phase_weight, cfg.phase_weight_source, cfg.peak_shape, cfg.peak_shape_power)
             train_losses.append(training.optimizer_step(
                 loss, optimizer, schedule, trainable.parameters(), cfg.grad_clip, epoch, out, advice))
         train_seconds = time.time() - started
@@ -321,7 +328,7 @@ def _evaluate(model, loader, cfg, device, targets=None) -> float:
         teacher_probs = _teacher_target(batch, targets, device)
         logits = model.logits(batch["X"].to(device), channels_last=True)  # the training layout: same scores, faster
         loss = distillation_loss(logits, teacher_probs, _get(batch, "y", device), cfg.temperature, cfg.alpha,
-                                     cfg.phase_weight, cfg.phase_weight_source, cfg.peak_shape)
+                                     cfg.phase_weight, cfg.phase_weight_source, cfg.peak_shape, cfg.peak_shape_power)
         losses += loss.item() * len(logits)
         counts += len(logits)
     return losses / max(counts, 1)
