@@ -4,7 +4,7 @@ onset, picks matched within 0.5 s: median and 95th percentile).
 
     SEISBENCH_CACHE_ROOT=../shared/seisbench python scripts/benchmark_live.py --student models/student_qat \
         [--datasets ../shared/datasets/stead50,data/synthetic:dev,...] [--grid 100:100,50:100,100:50,100:200] \
-        [--no-warmup] [--json out.json]
+        [--no-warmup] [--confirm 500,1000] [--json out.json]
 
 The passes are the benchmark stage's (pipeline/stages/benchmark.py): the exact replay is the student's SeisBench
 annotate at its own hop and blinding, the live mode the firmware's (docs/firmware.md, "Live mode") computed by the
@@ -13,6 +13,12 @@ window - hop - look-ahead samples of its first second mirrored; --no-warmup: the
 live picks depend only on its own look-ahead, so one row per (hop, L) and phase says what ``live.p_lookahead_samples``
 or ``live.s_lookahead_samples`` = L gives. Choose them on dev splits (``path:dev``), not on the sets you report; a
 set without analyst picks (data/transfer:dev, windows of real continuous data) is scored against the teacher's.
+
+``--confirm C[,C...]`` measures a retraction the firmware does not make yet: each live pick is kept if the live
+stream at look-ahead C (the same windows, their predictions C samples before each window's end) has a pick of its
+phase within 0.5 s, else it is retracted once that stream has passed it (C + hop samples later); a pick within C + hop
+of a trace's end, which that stream has not covered, is kept. Printed: F1 of the kept picks and how many were
+retracted.
 """
 
 from __future__ import annotations
@@ -23,10 +29,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import annotation, runners  # noqa: E402
 from pipeline.errors import EdgepickError, run_script  # noqa: E402
+from pipeline.metrics import score_picks  # noqa: E402
 from pipeline.stages import benchmark as benchmark_stage  # noqa: E402
 from pipeline.student import load_student  # noqa: E402
 
@@ -39,6 +48,17 @@ def parse_grid(text: str) -> list[tuple[int, int]]:
         return [tuple(int(v) for v in item.split(":")) for item in text.split(",") if item.strip()]
     except ValueError:
         raise EdgepickError(f"--grid wants hop:look-ahead pairs in samples, got {text!r}") from None
+
+
+def parse_lookaheads(text: str) -> tuple[int, ...]:
+    """"500,1000" -> (500, 1000); "" -> ()."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise EdgepickError(f"--confirm wants look-aheads in samples, got {text!r}") from None
+    if any(v <= 0 for v in values):
+        raise EdgepickError(f"--confirm look-aheads must be positive, got {text!r}")
+    return values
 
 
 def labelled_folders(text: str | None) -> list[tuple[Path, str]]:
@@ -60,9 +80,25 @@ def labelled_folders(text: str | None) -> list[tuple[Path, str]]:
     return folders
 
 
-def score_dataset(student, folder: Path, split: str, grid, warmup: bool, teacher: str, max_traces: int) -> list[dict]:
+def confirmed(times: dict, confirming: dict, traces, rate: float, lookahead: int, hop: int,
+              within_s: float = 0.5) -> dict:
+    """``times`` (per phase, per trace) without the picks the ``confirming`` stream (look-ahead ``lookahead``) has
+    passed and has no pick of the same phase within ``within_s`` of."""
+    kept = {}
+    for phase, per_trace in times.items():
+        kept[phase] = []
+        for picks, others, trace in zip(per_trace, confirming[phase], traces):
+            covered_until = (trace.shape[-1] - lookahead - hop) / rate
+            keep = [t for t in picks if t > covered_until or (others.size and np.min(np.abs(others - t)) <= within_s)]
+            kept[phase].append(np.asarray(keep, dtype=float))
+    return kept
+
+
+def score_dataset(student, folder: Path, split: str, grid, warmup: bool, teacher: str, max_traces: int,
+                  confirm: tuple[int, ...] = ()) -> list[dict]:
     """One row per (hop, look-ahead) and phase of one dataset (or one of its splits, at most ``max_traces`` of it,
-    seeded), against its analyst picks or, where it has none (windows of continuous data), the ``teacher``'s."""
+    seeded), against its analyst picks or, where it has none (windows of continuous data), the ``teacher``'s;
+    with ``confirm``, each row also holds the F1 of its picks confirmed at each of those look-aheads."""
     traces, metadata, rate, order = benchmark_stage.load_labelled(folder, split, max_traces)
     truth, by_teacher = annotation.reference_picks(traces, metadata, rate, order, teacher,
                                                    [w.shape[-1] for w in traces], progress=False)
@@ -70,12 +106,22 @@ def score_dataset(student, folder: Path, split: str, grid, warmup: bool, teacher
     model = runners.BenchModel("student", "pytorch", "fp32", [student])
     exact = annotation.dataset_curves(model, traces, rate, order, progress=False).picks()
     rows = []
+    skip = benchmark_stage.live_skip_samples(model, warmup)
     for hop, lookahead in grid:
         started = time.perf_counter()
         times, reported = benchmark_stage.live_pick_times(model, traces, rate, order, hop, lookahead, warmup,
-                                                          skip_samples=benchmark_stage.live_skip_samples(model, warmup))
+                                                          skip_samples=skip)
         seconds = time.perf_counter() - started
+        confirmations = {}
+        for c in confirm:
+            confirming, _ = benchmark_stage.live_pick_times(model, traces, rate, order, hop, c, warmup, skip_samples=skip)
+            kept = confirmed(times, confirming, traces, rate, c, hop)
+            scores = score_picks(truth, kept, TOLERANCES)
+            confirmations[c] = {phase: {"f1": {f"{t:g}": scores[phase][t]["f1"] for t in TOLERANCES},
+                                        "retracted": sum(len(a) for a in times[phase]) - sum(len(a) for a in kept[phase])}
+                                for phase in kept}
         for row in benchmark_stage.live_rows(model, truth, times, reported, exact, TOLERANCES, max(TOLERANCES)):
+            row["confirmed"] = {str(c): confirmations[c][row["phase"]] for c in confirm}
             rows.append({"dataset": folder.name + (f":{split}" if split else ""), "traces": len(traces), "hop": hop,
                          "lookahead": lookahead, "against": against, "live_seconds": round(seconds, 1), **row})
     return rows
@@ -95,6 +141,14 @@ def format_rows(rows: list[dict]) -> str:
                      f"{f(r['f1_live']['0.5']) + ' / ' + f(r['f1_exact']['0.5']):>18} {r['n_labels']:6d} "
                      f"{f(r['latency_median_s'], 2):>13} {f(r['latency_p95_s'], 2):>10} {r['latency_n']:7d} "
                      f"{r['live_seconds']:7.1f}")
+    confirmed_rows = [r for r in rows if r.get("confirmed") and r["n_labels"]]
+    if confirmed_rows:
+        lines.append(f"\nkept if confirmed at look-ahead C: {'dataset':22} {'hop':>4} {'L':>4} {'phase':5} {'C':>5} "
+                     f"{'F1@0.1':>7} {'F1@0.5':>7} {'retracted':>9}")
+        for r in confirmed_rows:
+            for c, v in r["confirmed"].items():
+                lines.append(f"{'':34} {r['dataset']:22} {r['hop']:4d} {r['lookahead']:4d} {r['phase']:5} {c:>5} "
+                             f"{f(v['f1']['0.1']):>7} {f(v['f1']['0.5']):>7} {v['retracted']:9d}")
     return "\n".join(lines)
 
 
@@ -107,6 +161,7 @@ def main() -> None:
     parser.add_argument("--teacher", default="phasenet:okla", help="scored against its picks where a set has no labels")
     parser.add_argument("--max-traces", type=int, default=0, help="a seeded subset of each set (0: all)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--confirm", default="", help="look-aheads (samples) of a confirming stream, e.g. 500,1000")
     parser.add_argument("--json", help="write the rows here too")
     args = parser.parse_args()
     import torch
@@ -117,7 +172,8 @@ def main() -> None:
     student = load_student(args.student)
     rows = []
     for folder, split in folders:
-        rows += score_dataset(student, folder, split, grid, not args.no_warmup, args.teacher, args.max_traces)
+        rows += score_dataset(student, folder, split, grid, not args.no_warmup, args.teacher, args.max_traces,
+                              parse_lookaheads(args.confirm))
     print(f"student {args.student}: live (a window every hop, look-ahead L samples{', warm-up' if not args.no_warmup else ''}) "
           f"against exact replay; latency = reported - analyst onset, picks within {max(TOLERANCES)} s")
     print(format_rows(rows))
