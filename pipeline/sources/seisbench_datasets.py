@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import DataConfig
-from pipeline.datasets import one_line
+from pipeline.datasets import one_line, open_dataset
 from pipeline.errors import EdgepickError
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,6 @@ def open_benchmark(cls: type, config: DataConfig):
 def open_folder(path: Path, config: DataConfig):
     """A SeisBench-format folder through SeisBench's own WaveformDataset (resampled and reordered on read, like the
     benchmark classes); a broken folder is one EdgepickError line (:func:`pipeline.datasets.open_dataset`)."""
-    from pipeline.datasets import open_dataset
-
     return open_dataset(path, sampling_rate=None, component_order=config.component_order, dimension_order="NCW",
                         cache=None, resample_to=config.sampling_rate)
 
