@@ -260,17 +260,20 @@ def test_bad_worker_count_fails_before_anything_is_written(labelled, tmp_path):
     assert after == before  # no soft labels built either
 
 
+def p_only_probs(p_curve: torch.Tensor) -> torch.Tensor:
+    """(1, 3, samples) probabilities: ``p_curve`` as P, no S, the rest noise."""
+    out = torch.zeros(1, 3, len(p_curve))
+    out[0, 0] = p_curve
+    out[0, 2] = 1 - p_curve
+    return out
+
+
 def test_peak_shape_loss_sees_where_and_how_wide_a_peak_is_not_how_high():
     """0 for a student curve of the teacher's shape at any height; more for one that stays up after the teacher's
     has fallen, and more for one further away; windows and phases without a teacher peak do not count."""
     n = 200
     t = torch.arange(n, dtype=torch.float32)
-
-    def probs(p_curve):
-        out = torch.zeros(1, 3, n)
-        out[0, 0] = p_curve
-        out[0, 2] = 1 - p_curve
-        return out
+    probs = p_only_probs
 
     teacher = probs(0.9 * torch.exp(-0.5 * ((t - 100) / 10) ** 2))
 
@@ -297,12 +300,7 @@ def test_peak_shape_power_narrows_the_target():
     costs, one of the squared curve's width costs nothing; a power below 1 is refused before anything is written."""
     n = 200
     t = torch.arange(n, dtype=torch.float32)
-
-    def probs(p_curve):
-        out = torch.zeros(1, 3, n)
-        out[0, 0] = p_curve
-        out[0, 2] = 1 - p_curve
-        return out
+    probs = p_only_probs
 
     teacher = probs(0.9 * torch.exp(-0.5 * ((t - 100) / 10) ** 2))
     own_width = torch.log(probs(0.5 * torch.exp(-0.5 * ((t - 100) / 10) ** 2)).clamp_min(1e-6))
