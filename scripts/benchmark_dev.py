@@ -25,6 +25,7 @@ from pipeline.config import Config  # noqa: E402
 from pipeline.errors import EdgepickError, run_script  # noqa: E402
 from pipeline.metrics import PHASES  # noqa: E402
 from pipeline.stages import calibrate  # noqa: E402
+from pipeline.student import load_student  # noqa: E402
 
 TOLERANCES = (0.1, 0.5)
 DEFAULT_DEV = ("data/labelled/stead50:dev", "data/labelled/deepdenoiser99:dev", "data/labelled/obst_obs37:dev",
@@ -60,12 +61,16 @@ def main() -> None:
     if not specs:
         raise EdgepickError("no dev split: run `make labelled` (and `make recipe`'s data) or pass --dev path:dev")
 
+    # load_student: a missing or broken student is one error line (load_student_model would skip it), before any
+    # dev split is annotated
+    students = [runners.BenchModel("student", "pytorch", "fp32", [load_student(path)], spec=path)
+                for path in args.student]
     config = Config()
     config.teacher.name = args.teacher
     config.calibrate.max_traces = args.max_traces
     parts = [calibrate.load_dev(config, spec) for spec in specs]  # a test split is refused here
     analyst = [part for part in parts if part.against == "analyst"]
-    models = [runners.load_teacher(args.teacher)] + [runners.load_student_model(path) for path in args.student]
+    models = [runners.load_teacher(args.teacher)] + students
     thresholds = config.calibrate.thresholds
 
     report: dict = {}

@@ -107,6 +107,7 @@ def score_dataset(student, folder: Path, split: str, grid, warmup: bool, teacher
     exact = annotation.dataset_curves(model, traces, rate, order, progress=False).picks()
     rows = []
     skip = benchmark_stage.live_skip_samples(model, warmup)
+    confirming_streams: dict[tuple[int, int], dict] = {}  # (hop, C): one pass serves every L of that hop
     for hop, lookahead in grid:
         started = time.perf_counter()
         times, reported = benchmark_stage.live_pick_times(model, traces, rate, order, hop, lookahead, warmup,
@@ -114,8 +115,10 @@ def score_dataset(student, folder: Path, split: str, grid, warmup: bool, teacher
         seconds = time.perf_counter() - started
         confirmations = {}
         for c in confirm:
-            confirming, _ = benchmark_stage.live_pick_times(model, traces, rate, order, hop, c, warmup, skip_samples=skip)
-            kept = confirmed(times, confirming, traces, rate, c, hop)
+            if (hop, c) not in confirming_streams:
+                confirming_streams[hop, c] = benchmark_stage.live_pick_times(model, traces, rate, order, hop, c, warmup,
+                                                                             skip_samples=skip)[0]
+            kept = confirmed(times, confirming_streams[hop, c], traces, rate, c, hop)
             scores = score_picks(truth, kept, TOLERANCES)
             confirmations[c] = {phase: {"f1": {f"{t:g}": scores[phase][t]["f1"] for t in TOLERANCES},
                                         "retracted": sum(len(a) for a in times[phase]) - sum(len(a) for a in kept[phase])}

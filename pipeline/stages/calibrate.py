@@ -70,8 +70,13 @@ class DevSplit:
     against: str  # "analyst" or "teacher <name>" (pooled: both, joined by " + ")
     label: str  # "path:split" (pooled: joined by ",")
     # phase -> per trace, whether its set has picks of that phase: a set without S picks (deepdenoiser99) is not
-    # scored on S, or a pooled split would count its real S arrivals as false picks
+    # scored on S, or a pooled split would count its real S arrivals as false picks (default: from ``phases``)
     labelled: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.labelled:
+            phases = self.phases
+            self.labelled = {phase: [phase in phases] * len(self.waveforms) for phase in metrics.PHASES}
 
     @property
     def phases(self) -> list[str]:
@@ -116,9 +121,7 @@ def _load_one_dev(config, spec: str) -> DevSplit:
     waveforms, metadata, rate, order = load_labelled(path, split, c.max_traces, c.seed)
     truth, by_teacher = annotation.reference_picks(waveforms, metadata, rate, order, config.teacher.name)
     against = f"teacher {config.teacher.name}" if by_teacher else "analyst"
-    has = {phase: any(len(t) for t in truth[phase]) for phase in metrics.PHASES}
-    labelled = {phase: [has[phase]] * len(waveforms) for phase in metrics.PHASES}
-    return DevSplit(waveforms, rate, order, truth, against, f"{path}{':' + split if split else ''}", labelled)
+    return DevSplit(waveforms, rate, order, truth, against, f"{path}{':' + split if split else ''}")
 
 
 def threshold_table(curves: annotation.Curves, truth: dict, thresholds, tolerances,

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from pipeline.artifacts import save_config
 from pipeline.config import Config, DataConfig
-from pipeline.datasets import Record, open_dataset, write_dataset
+from pipeline.datasets import SPLITS, Record, open_dataset, write_dataset
 from pipeline.errors import EdgepickError
 
 
@@ -73,7 +73,7 @@ def empty_split_warning(report: dict, config: DataConfig) -> str:
     Not an error: the dataset still benchmarks as a whole (``benchmark.dataset=<folder>``), but distillation needs
     train and dev traces, and the benchmark and quantization read the test split by default."""
     # a split whose fraction is 0 was asked to be empty (0,0.5,0.5 makes dev and test halves of a labelled set)
-    asked = dict(zip(("train", "dev", "test"), (float(f) for f in config.split_fractions)))
+    asked = dict(zip(SPLITS, (float(f) for f in config.split_fractions)))
     empty = [name for name, split in report["splits"].items() if not split["traces"] and asked.get(name, 1.0) > 0]
     if not empty:
         return ""
