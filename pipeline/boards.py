@@ -123,7 +123,7 @@ def check_budget(board: Board, info: dict, board_config=None, raise_error: bool 
     """Place every buffer of one model variant on ``board`` and check each region.
 
     ``info``: ``bytes`` (what is flashed), ``arena_bytes``, ``in_samples``, ``sampling_rate``, optional
-    ``expanded_bytes`` (FP16). ``board_config``: :class:`pipeline.config.BoardConfig` (margin, ring buffer seconds).
+    ``expanded_bytes`` (FP16) and ``confirm_stitch_samples`` (the live mode's retraction: hop x confirming phases). ``board_config``: :class:`pipeline.config.BoardConfig` (margin, ring buffer seconds).
     Returns a dict with the regions, their items and ``overflow`` (a message, or ``""``)."""
     margin = float(getattr(board_config, "margin", 0.10))
     ring_seconds = float(getattr(board_config, "ring_seconds", 45.0))
@@ -132,7 +132,8 @@ def check_budget(board: Board, info: dict, board_config=None, raise_error: bool 
     arena = _round16(info["arena_bytes"] * (1 + margin))
     ring = _round16(int(ring_seconds * rate) * 3 * 4)  # int32 counts, three components
     window = _round16(samples * 3 * 4)  # float32 normalised window
-    stitch = _round16(samples * 2 * (4 + 2))  # per phase (P, S) and sample: a float32 sum and a uint16 count
+    # per phase (P, S) and sample: a float32 sum and a uint16 count; plus the retraction's confirming curves
+    stitch = _round16((samples * 2 + int(info.get("confirm_stitch_samples", 0))) * (4 + 2))
     expansion = _round16(info.get("expanded_bytes", 0))
 
     items = {"sram": [], "psram": [], "flash": [("model", int(info["bytes"]))]}

@@ -18,7 +18,7 @@ import yaml
 
 from pipeline import pick_formats
 from pipeline.errors import EdgepickError
-from pipeline.picking import PickRule
+from pipeline.picking import PickRule, confirm_lookaheads, live_blinding
 
 
 @dataclass
@@ -343,6 +343,12 @@ class LiveConfig:
     # both, so a longer S look-ahead costs no compute, only S latency (docs/firmware.md, "Live mode")
     p_lookahead_samples: int = 100
     s_lookahead_samples: int = 200
+    # Retraction: the same windows are stacked once more at this longer look-ahead per phase (0: never retracted),
+    # and a live pick with no pick of its phase within ``confirm_within_samples`` on that curve is withdrawn by a
+    # "retract" line about this + hop samples after it (no extra inference; docs/firmware.md, "Retraction")
+    p_confirm_samples: int = 1000
+    s_confirm_samples: int = 1000
+    confirm_within_samples: int = 50
     # ``make benchmark`` also annotates every labelled trace live with the PyTorch student (exact hop / live hop,
     # ~15x, the windows of the exact pass) and reports live and exact F1 and the latency of live picks
     benchmark: bool = True
@@ -359,6 +365,20 @@ class LiveConfig:
     def lookaheads(self) -> dict[str, int]:
         """The look-ahead of each phase, as pipeline.picking's live functions take it."""
         return {"P": self.p_lookahead_samples, "S": self.s_lookahead_samples}
+
+    def confirms(self) -> dict[str, int]:
+        """The confirming look-ahead of each phase (0: none), as pipeline.picking.mark_retractions takes it."""
+        return {"P": self.p_confirm_samples, "S": self.s_confirm_samples}
+
+    def check(self, in_samples: int) -> None:
+        """Refuse, in one line, a hop, look-ahead or confirmation that does not fit a student of ``in_samples``."""
+        for lookahead in self.lookaheads().values():
+            live_blinding(in_samples, self.hop_samples, lookahead)
+        confirm_lookaheads(self.confirms(), self.lookaheads(), in_samples, self.hop_samples)
+        if isinstance(self.confirm_within_samples, bool) or not isinstance(self.confirm_within_samples, int) \
+                or self.confirm_within_samples < 0:
+            raise EdgepickError(f"live.confirm_within_samples must be a whole number of samples >= 0, got "
+                                f"{self.confirm_within_samples!r}")
 
 
 @dataclass

@@ -3,6 +3,10 @@
 ``Catalog``, written as QuakeML, SeisComP XML or NonLinLoc phase lines by obspy's own writers, and as Earthworm
 ``TYPE_PICK_SCNL`` messages (obspy has no writer for them), written here as pick_ew writes them.
 
+A live pick the firmware later retracts (a ``{"type": "retract"}`` line; the pick dict's "retracted" is then not
+None) stays in QuakeML and SeisComP XML with evaluation status "rejected", as a network keeps a withdrawn automatic
+pick, and is left out of NonLinLoc phase lines and of Earthworm files written at once (a locator would use it).
+
 A station is named by a waveform id ``NET.STA.LOC.CHA``: SEED codes, the location may be empty, CHA the band and
 instrument codes of its channels with or without a component (``HH`` or ``HHZ``). The student reads Z, N and E: a P
 pick is placed on the vertical (``HHZ``), an S pick on the north component (``HHN``), the first horizontal the
@@ -96,11 +100,16 @@ def method_id(model: str):
     return ResourceIdentifier(f"smi:edgepick/picker/{_resource_text(model)}")
 
 
+def is_retracted(pick: dict) -> bool:
+    """Whether the firmware withdrew this pick by a later "retract" line."""
+    return pick.get("retracted") is not None
+
+
 def obspy_pick(pick: dict, waveform_id: WaveformId, model: str, agency: str = "", author: str = "edgepick"):
     """One firmware JSON pick as an obspy ``Pick``: time, one-sigma time uncertainty, phase hint, automatic,
     waveform id (the phase's channel), method id, creation info; its peak probability in ``extra`` (namespace
-    :data:`EDGEPICK_NAMESPACE`) and as a comment. Resource ids are made from the pick, so that rewriting a file
-    keeps them."""
+    :data:`EDGEPICK_NAMESPACE`) and as a comment; evaluation status "rejected" when it was retracted. Resource ids
+    are made from the pick, so that rewriting a file keeps them."""
     from obspy import UTCDateTime
     from obspy.core.event import Comment, CreationInfo, Pick, QuantityError, ResourceIdentifier, WaveformStreamID
     from obspy.core.util import AttribDict
@@ -119,6 +128,10 @@ def obspy_pick(pick: dict, waveform_id: WaveformId, model: str, agency: str = ""
                creation_info=CreationInfo(agency_id=agency or None, author=author or None),
                comments=[Comment(text=f"edgepick peak probability {probability:.6f}",
                                  resource_id=ResourceIdentifier(rid + "/probability"))])
+    if is_retracted(pick):
+        out.evaluation_status = "rejected"
+        out.comments.append(Comment(text="retracted by edgepick: not confirmed at the longer look-ahead",
+                                    resource_id=ResourceIdentifier(rid + "/retracted")))
     out.extra = AttribDict({"probability": AttribDict({"value": f"{probability:.6f}",
                                                        "namespace": EDGEPICK_NAMESPACE})})
     return out
@@ -143,6 +156,10 @@ def write_catalog(catalog, path: str | Path, fmt: str) -> Path:
         raise EdgepickError(f"unknown pick format {fmt!r}; known: {', '.join(FORMATS)}")
     obspy_format = CATALOG_FORMATS[fmt][0]
     kwargs = {"nsmap": {EDGEPICK_PREFIX: EDGEPICK_NAMESPACE}} if obspy_format == "QUAKEML" else {}
+    if fmt == "nlloc":  # phase lines carry no status: a rejected pick would be located with
+        catalog = catalog.copy()
+        for event in catalog:
+            event.picks = [p for p in event.picks if p.evaluation_status != "rejected"]
     with atomic_file(path, "wb") as handle:
         catalog.write(handle, format=obspy_format, **kwargs)
     return Path(path)
@@ -202,8 +219,9 @@ def earthworm_line(pick: dict, waveform_id: WaveformId, sequence: int, installat
 
 def write_earthworm(picks: Sequence[dict], waveform_id: WaveformId, path: str | Path, first_sequence: int = 1,
                     installation: int = EARTHWORM_INSTALLATION, module: int = EARTHWORM_MODULE) -> Path:
-    """The picks (in time order) as TYPE_PICK_SCNL lines, numbered from ``first_sequence``, written atomically."""
-    ordered = sorted(picks, key=lambda p: float(p["time"]))
+    """The picks (in time order; retracted ones left out) as TYPE_PICK_SCNL lines, numbered from ``first_sequence``,
+    written atomically."""
+    ordered = sorted((p for p in picks if not is_retracted(p)), key=lambda p: float(p["time"]))
     text = "".join(earthworm_line(p, waveform_id, first_sequence + k, installation, module)
                    for k, p in enumerate(ordered))
     with atomic_file(path, "w") as handle:

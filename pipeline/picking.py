@@ -307,26 +307,87 @@ def add_reported_samples(picks: list[dict], n_samples: int, in_samples: int, hop
 
 def live_stream_picks(waveform: np.ndarray, model: Callable[[np.ndarray], np.ndarray], in_samples: int, hop: int,
                       lookahead, rule: PickRule, eps: float | None = None, sampling_rate: float = 100.0,
-                      t0: float = 0.0) -> tuple[list[dict], np.ndarray]:
+                      t0: float = 0.0, confirm=0, confirm_within: int = 50) -> tuple[list[dict], np.ndarray]:
     """What the firmware's live mode emits on a whole stream ``waveform`` (3, n) followed by "#end": windows every
     ``hop`` (live_offsets), the student's normalisation, ``model`` as in :func:`stream_picks`, each phase's curve
     stacked with the live blinding of its look-ahead (``lookahead``: one for every phase or one per phase,
     :func:`phase_lookaheads`; the noise column with P's) in place of the rule's, picks by ``rule``, each with its
-    "reported" sample (:func:`add_reported_samples`). Returns (picks, stacked curves)."""
+    "reported" sample (:func:`add_reported_samples`). With ``confirm`` (a look-ahead longer than the phase's, one
+    for every phase or one per phase, 0: none), the same windows are stacked once more at that look-ahead and each
+    pick gets "retracted": the sample its retraction line is reported at, or None (:func:`mark_retractions`).
+    Returns (picks, stacked curves)."""
     lookaheads = phase_lookaheads(lookahead)
-    blindings = {phase: live_blinding(in_samples, hop, lookaheads[phase]) for phase in PHASES}
+    confirms = confirm_lookaheads(confirm, lookaheads, in_samples, hop)
     waveform = _stream_waveform(waveform, "live_stream_picks")
     offsets = live_offsets(waveform.shape[1], in_samples, hop)
     predictions = _window_predictions(waveform, model, in_samples, offsets, eps)
     if not predictions:
         return [], np.zeros((0, 3), dtype=np.float32)
     n_stacked = int(offsets[-1]) + in_samples
-    by_blinding = {b: stack_windows(predictions, offsets, n_stacked, b) for b in set(blindings.values())}
-    stacked = by_blinding[blindings[PHASES[0]]].copy()
-    for k, phase in enumerate(PHASES):
-        stacked[:, k] = by_blinding[blindings[phase]][:, k]
-    picks = rule.picks(stacked, PHASES, sampling_rate, t0)
-    return add_reported_samples(picks, waveform.shape[1], in_samples, hop, lookaheads), stacked
+    stacks: dict[tuple[int, int], np.ndarray] = {}
+
+    def stacked_at(values: dict[str, int]) -> np.ndarray:
+        """Each phase's column stacked with the live blinding of its look-ahead in ``values``."""
+        blindings = {phase: live_blinding(in_samples, hop, values[phase]) for phase in PHASES}
+        for b in set(blindings.values()) - set(stacks):
+            stacks[b] = stack_windows(predictions, offsets, n_stacked, b)
+        out = stacks[blindings[PHASES[0]]].copy()
+        for k, phase in enumerate(PHASES):
+            out[:, k] = stacks[blindings[phase]][:, k]
+        return out
+
+    stacked = stacked_at(lookaheads)
+    picks = add_reported_samples(rule.picks(stacked, PHASES, sampling_rate, t0), waveform.shape[1], in_samples, hop,
+                                 lookaheads)
+    if any(confirms.values()):
+        confirming_phases = "".join(phase for phase in PHASES if confirms[phase])
+        confirming_curves = stacked_at({phase: confirms[phase] or lookaheads[phase] for phase in PHASES})
+        confirming = [p for p in rule.picks(confirming_curves, PHASES, sampling_rate, t0)
+                      if p["phase"] in confirming_phases]
+        picks = mark_retractions(picks, confirming, waveform.shape[1], in_samples, hop, confirms, confirm_within)
+    return picks, stacked
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Retraction: a live pick the same windows at a longer look-ahead do not confirm is withdrawn by a later line
+# ---------------------------------------------------------------------------------------------------------------
+def confirm_lookaheads(confirm, lookaheads: dict[str, int], in_samples: int, hop: int) -> dict[str, int]:
+    """The confirming look-ahead of each phase (0: its picks are never retracted) from ``confirm`` (one for every
+    phase or one per phase); each must be longer than the phase's own look-ahead and fit the window with the hop."""
+    confirms = phase_lookaheads(confirm)
+    for phase, value in confirms.items():
+        if value == 0:
+            continue
+        live_blinding(in_samples, hop, value)  # a whole number >= 1 that fits, or one clear error
+        if value <= lookaheads[phase]:
+            raise EdgepickError(f"live mode: {phase}'s confirming look-ahead ({value} samples) must be longer than its "
+                                f"look-ahead ({lookaheads[phase]} samples), or 0 for none")
+    return {phase: int(value) for phase, value in confirms.items()}
+
+
+def mark_retractions(picks: list[dict], confirming: list[dict], n_samples: int, in_samples: int, hop: int,
+                     confirm: dict[str, int], within: int) -> list[dict]:
+    """``picks`` (live picks with "reported") each with "retracted": the last sample received when the firmware
+    prints its retraction line, or None when it keeps the pick. A pick of a phase with a confirming look-ahead C
+    (``confirm``) is retracted when no pick of its phase on the confirming stream (``confirming``: the same windows
+    stacked at C, PickRule.picks dicts on the stream's grid) lies within ``within`` samples of it, once that stream
+    has finalised the pick's sample + ``within`` and any trigger open there has closed; a pick whose sample +
+    ``within`` that stream never covers (it keeps no prediction after the last window's end - C) is kept."""
+    n_windows = len(live_offsets(n_samples, in_samples, hop))
+    out = []
+    for pick in picks:
+        c = confirm.get(pick["phase"], 0)
+        retracted = None
+        if c and n_windows:
+            covered_until = (n_windows - 1) * hop + in_samples - c
+            decided = pick["sample"] + within
+            theirs = [q for q in confirming if q["phase"] == pick["phase"]]
+            if decided < covered_until and not any(abs(q["sample"] - pick["sample"]) <= within for q in theirs):
+                # a trigger still open at the deciding sample may yet place a pick within reach: wait for it to close
+                decided = next((q["off"] + 1 for q in theirs if q["on"] <= decided <= q["off"]), decided)
+                retracted = max(pick["reported"], live_reported_sample(decided, n_samples, in_samples, hop, c))
+        out.append(dict(pick, retracted=retracted))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

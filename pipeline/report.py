@@ -176,18 +176,25 @@ def live_markdown(live: dict) -> list[str]:
     if live.get("skipped_start_samples"):
         warmup += (f", live picks in its first {live['skipped_start_samples']} samples (the span the exact replay "
                    "blinds) dropped")
+    confirm = live.get("confirm_samples") or {}
+    retraction = ("; a live pick the same windows at look-ahead " + ", ".join(f"{p} {v}" for p, v in confirm.items())
+                  + f" samples have no pick within {live.get('confirm_within_samples')} samples of is retracted "
+                  "(\"kept\": the picks left after the retractions)") if any(confirm.values()) else ""
     lines = [f"## Live picks (hop {live['hop_samples']}, look-ahead " + ", ".join(f"{p} {v}" for p, v in lookahead.items())
              + " samples)", "",
              "The firmware's live mode (docs/firmware.md): a window every hop, blinding "
-             + ", ".join(f"{p} {pre} / {post}" for p, (pre, post) in blinding.items()) + f"; {warmup}. "
+             + ", ".join(f"{p} {pre} / {post}" for p, (pre, post) in blinding.items()) + f"; {warmup}{retraction}. "
              f"Latency: reported time - analyst onset, picks matched within {live['latency_tolerance_s']:g} s.", "",
-             "| model | phase | " + " | ".join(f"F1 live / exact @{t} s" for t in tols)
-             + " | latency median s | latency p95 s | matched | annotate live s |",
-             "|" + " --- |" * (6 + len(tols))]
+             "| model | phase | " + " | ".join(f"F1 live / kept / exact @{t} s" for t in tols)
+             + " | latency median s | latency p95 s | matched | retracted (median delay s) | annotate live s |",
+             "|" + " --- |" * (7 + len(tols))]
     for r in live["rows"]:
-        cells = " | ".join(f"{_f(r['f1_live'][t])} / {_f(r['f1_exact'][t])}" for t in tols)
+        cells = " | ".join(f"{_f(r['f1_live'][t])} / {_f(r.get('f1_kept', {}).get(t))} / {_f(r['f1_exact'][t])}"
+                           for t in tols)
+        retracted = f"{r.get('n_retracted', 0)} ({_f(r.get('retract_delay_median_s'), 1)})"
         lines.append(f"| {label(r)} | {r['phase']} | {cells} | {_f(r['latency_median_s'], 2)} | "
-                     f"{_f(r['latency_p95_s'], 2)} | {r['latency_n']} | {_f(live['annotate_seconds'].get(label(r)), 1)} |")
+                     f"{_f(r['latency_p95_s'], 2)} | {r['latency_n']} | {retracted} | "
+                     f"{_f(live['annotate_seconds'].get(label(r)), 1)} |")
     if live.get("compute"):
         lines += ["", "| model | board | est. ms / window | windows / s | real-time factor live (exact) est. | "
                       "instructions / s est. |", "|" + " --- |" * 6]
@@ -220,9 +227,10 @@ def summary(report: dict) -> str:
         lines.append(f"{label(row):24} " + " ".join(cells))
     live = report.get("live")
     for r in (live or {}).get("rows", []):
-        f1 = " ".join(f"F1@{t} {_f(r['f1_live'][t])} (exact {_f(r['f1_exact'][t])})" for t in sorted(r["f1_live"], key=float))
+        f1 = " ".join(f"F1@{t} {_f(r['f1_live'][t])} (kept {_f(r.get('f1_kept', {}).get(t))}, exact "
+                      f"{_f(r['f1_exact'][t])})" for t in sorted(r["f1_live"], key=float))
         lines.append(f"live {label(r)} {r['phase']}: {f1}; latency median {_f(r['latency_median_s'], 2)} s, "
-                     f"p95 {_f(r['latency_p95_s'], 2)} s ({r['latency_n']} picks)")
+                     f"p95 {_f(r['latency_p95_s'], 2)} s ({r['latency_n']} picks); {r.get('n_retracted', 0)} retracted")
     return "\n".join(lines)
 
 

@@ -3,7 +3,9 @@ and ep_json.h; documented in docs/firmware.md).
 
 In, one line a sample at the model's rate: ``index z n e``; control lines ``#reset``, ``#t0 <epoch s>``,
 ``#gap <n>``, ``#end``. Out: JSON lines, ``{"type": "pick", ...}`` (phase, sample, time, prob, fwhm, unc, on,
-off) among info / warn / error / timing messages; ``{"type": "info", "msg": "end: ..."}`` closes a stream.
+off, reported) among info / warn / error / timing messages; ``{"type": "retract", "phase", "sample", "time",
+"reported"}`` withdraws the live pick of that phase and sample; ``{"type": "info", "msg": "end: ..."}`` closes a
+stream.
 """
 
 from __future__ import annotations
@@ -47,6 +49,16 @@ def is_end_of_stream(message: dict) -> bool:
 
 
 def parse_pick_lines(lines: Sequence[str]) -> list[dict]:
-    """The pick objects among the firmware's JSON output lines (other lines are skipped), sorted by sample."""
-    picks = [m for m in map(json_message, lines) if m is not None and m.get("type") == "pick"]
+    """The pick objects among the firmware's JSON output lines (other lines are skipped), sorted by sample, each
+    with "retracted": the "reported" sample of the retract line that withdrew it, or None (as
+    pipeline.picking.live_stream_picks marks them)."""
+    messages = [m for m in map(json_message, lines) if m is not None]
+    retracted = {(m.get("phase"), m.get("sample")): m.get("reported") for m in messages if is_retraction(m)}
+    picks = [dict(m, retracted=retracted.get((m.get("phase"), m.get("sample")))) for m in messages
+             if m.get("type") == "pick"]
     return sorted(picks, key=lambda p: (p["sample"], p["phase"]))
+
+
+def is_retraction(message: dict) -> bool:
+    """A line withdrawing an earlier live pick (the same phase and sample)."""
+    return message.get("type") == "retract"

@@ -14,11 +14,11 @@ live picks depend only on its own look-ahead, so one row per (hop, L) and phase 
 or ``live.s_lookahead_samples`` = L gives. Choose them on dev splits (``path:dev``), not on the sets you report; a
 set without analyst picks (data/transfer:dev, windows of real continuous data) is scored against the teacher's.
 
-``--confirm C[,C...]`` measures a retraction the firmware does not make yet: each live pick is kept if the live
-stream at look-ahead C (the same windows, their predictions C samples before each window's end) has a pick of its
-phase within 0.5 s, else it is retracted once that stream has passed it (C + hop samples later); a pick within C + hop
-of a trace's end, which that stream has not covered, is kept. Printed: F1 of the kept picks and how many were
-retracted.
+``--confirm C[,C...]`` measures the firmware's retraction (``live.p_confirm_samples`` / ``live.s_confirm_samples``)
+at each confirming look-ahead C: a live pick is kept if the same windows stacked at look-ahead C have a pick of its
+phase within ``--confirm-within`` samples, else it is retracted about C + hop samples later; one that stream never
+covers (near a trace's end) is kept (pipeline.picking.mark_retractions). Printed: F1 of the kept picks and how many
+were retracted. The rows themselves are without retraction.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ import json
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -80,22 +78,8 @@ def labelled_folders(text: str | None) -> list[tuple[Path, str]]:
     return folders
 
 
-def confirmed(times: dict, confirming: dict, traces, rate: float, lookahead: int, hop: int,
-              within_s: float = 0.5) -> dict:
-    """``times`` (per phase, per trace) without the picks the ``confirming`` stream (look-ahead ``lookahead``) has
-    passed and has no pick of the same phase within ``within_s`` of."""
-    kept = {}
-    for phase, per_trace in times.items():
-        kept[phase] = []
-        for picks, others, trace in zip(per_trace, confirming[phase], traces):
-            covered_until = (trace.shape[-1] - lookahead - hop) / rate
-            keep = [t for t in picks if t > covered_until or (others.size and np.min(np.abs(others - t)) <= within_s)]
-            kept[phase].append(np.asarray(keep, dtype=float))
-    return kept
-
-
 def score_dataset(student, folder: Path, split: str, grid, warmup: bool, teacher: str, max_traces: int,
-                  confirm: tuple[int, ...] = ()) -> list[dict]:
+                  confirm: tuple[int, ...] = (), within: int = 50) -> list[dict]:
     """One row per (hop, look-ahead) and phase of one dataset (or one of its splits, at most ``max_traces`` of it,
     seeded), against its analyst picks or, where it has none (windows of continuous data), the ``teacher``'s;
     with ``confirm``, each row also holds the F1 of its picks confirmed at each of those look-aheads."""
@@ -107,23 +91,20 @@ def score_dataset(student, folder: Path, split: str, grid, warmup: bool, teacher
     exact = annotation.dataset_curves(model, traces, rate, order, progress=False).picks()
     rows = []
     skip = benchmark_stage.live_skip_samples(model, warmup)
-    confirming_streams: dict[tuple[int, int], dict] = {}  # (hop, C): one pass serves every L of that hop
     for hop, lookahead in grid:
         started = time.perf_counter()
-        times, reported = benchmark_stage.live_pick_times(model, traces, rate, order, hop, lookahead, warmup,
-                                                          skip_samples=skip)
+        live = benchmark_stage.live_pick_times(model, traces, rate, order, hop, lookahead, warmup, skip_samples=skip)
         seconds = time.perf_counter() - started
         confirmations = {}
         for c in confirm:
-            if (hop, c) not in confirming_streams:
-                confirming_streams[hop, c] = benchmark_stage.live_pick_times(model, traces, rate, order, hop, c, warmup,
-                                                                             skip_samples=skip)[0]
-            kept = confirmed(times, confirming_streams[hop, c], traces, rate, c, hop)
+            checked = benchmark_stage.live_pick_times(model, traces, rate, order, hop, lookahead, warmup,
+                                                      skip_samples=skip, confirm=c, confirm_within=within)
+            kept = checked.kept()
             scores = score_picks(truth, kept, TOLERANCES)
             confirmations[c] = {phase: {"f1": {f"{t:g}": scores[phase][t]["f1"] for t in TOLERANCES},
-                                        "retracted": sum(len(a) for a in times[phase]) - sum(len(a) for a in kept[phase])}
+                                        "retracted": sum(len(a) for a in live.times[phase]) - sum(len(a) for a in kept[phase])}
                                 for phase in kept}
-        for row in benchmark_stage.live_rows(model, truth, times, reported, exact, TOLERANCES, max(TOLERANCES)):
+        for row in benchmark_stage.live_rows(model, truth, live, exact, TOLERANCES, max(TOLERANCES)):
             row["confirmed"] = {str(c): confirmations[c][row["phase"]] for c in confirm}
             rows.append({"dataset": folder.name + (f":{split}" if split else ""), "traces": len(traces), "hop": hop,
                          "lookahead": lookahead, "against": against, "live_seconds": round(seconds, 1), **row})
@@ -164,7 +145,8 @@ def main() -> None:
     parser.add_argument("--teacher", default="phasenet:okla", help="scored against its picks where a set has no labels")
     parser.add_argument("--max-traces", type=int, default=0, help="a seeded subset of each set (0: all)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--confirm", default="", help="look-aheads (samples) of a confirming stream, e.g. 500,1000")
+    parser.add_argument("--confirm", default="", help="confirming look-aheads (samples) to measure, e.g. 500,1000")
+    parser.add_argument("--confirm-within", type=int, default=50, help="a confirming pick this close keeps a live one")
     parser.add_argument("--json", help="write the rows here too")
     args = parser.parse_args()
     import torch
@@ -176,7 +158,7 @@ def main() -> None:
     rows = []
     for folder, split in folders:
         rows += score_dataset(student, folder, split, grid, not args.no_warmup, args.teacher, args.max_traces,
-                              parse_lookaheads(args.confirm))
+                              parse_lookaheads(args.confirm), args.confirm_within)
     print(f"student {args.student}: live (a window every hop, look-ahead L samples{', warm-up' if not args.no_warmup else ''}) "
           f"against exact replay; latency = reported - analyst onset, picks within {max(TOLERANCES)} s")
     print(format_rows(rows))

@@ -204,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         if waveform_id is not None:
             for path in write_network_formats(picks, waveform_id, args):
                 print(f"wrote {path}", file=sys.stderr)
-        print(f"{len(picks)} picks", file=sys.stderr)
+        retracted = sum(p["retracted"] is not None for p in picks)
+        print(f"{len(picks)} picks ({retracted} retracted by the device: rejected in QuakeML, left out of Earthworm)",
+              file=sys.stderr)
     except EdgepickError as error:
         print(f"replay: error: {error}", file=sys.stderr)
         return 2

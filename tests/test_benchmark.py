@@ -26,10 +26,11 @@ RECORD_FIELDS = {
     "n_labels", "n_picks", "tp", "fp", "fn", "pick_precision", "recall", "f1", "f1_ratio_to_teacher",
     "residual_mean_s", "residual_std_s", "residual_mae_s", "picks_per_hour",
 }
-LIVE_FIELDS = {"hop_samples", "lookahead_samples", "blinding", "warmup_samples", "skipped_start_samples", "latency_tolerance_s",
+LIVE_FIELDS = {"hop_samples", "lookahead_samples", "confirm_samples", "confirm_within_samples", "blinding", "warmup_samples", "skipped_start_samples", "latency_tolerance_s",
                "annotate_seconds", "rows", "compute"}
-LIVE_ROW_FIELDS = {"model", "runtime", "precision", "phase", "n_labels", "n_picks_live", "f1_live", "f1_exact",
-                   "latency_median_s", "latency_p95_s", "latency_n"}
+LIVE_ROW_FIELDS = {"model", "runtime", "precision", "phase", "n_labels", "n_picks_live", "n_retracted",
+                   "retract_delay_median_s", "f1_live", "f1_kept", "f1_exact", "latency_median_s", "latency_p95_s",
+                   "latency_n"}
 MODEL_FIELDS = {
     "model", "runtime", "precision", "spec", "notes", "annotate_seconds", "parameters", "macs_per_window",
     "window_samples", "flatbuffer_bytes", "flatbuffer_expanded_bytes", "arena_bytes", "host_latency_ms",
@@ -81,6 +82,7 @@ def config_for(models, dataset_spec, out):
         f"benchmark.dataset={dataset_spec}", f"benchmark.out={out}", f"quantize.student={models / 'student'}",
         f"quantize.out={models / 'tflite'}", "benchmark.latency_repeats=2", "benchmark.pr_thresholds=3",
         "benchmark.example_traces=1",
+        "live.p_confirm_samples=500", "live.s_confirm_samples=0",  # the tiny student's window is 1001 samples
     ])
     return config
 
@@ -207,39 +209,46 @@ def square_traces(n_traces=3, samples=4000, seed=5):
 
 @pytest.mark.parametrize("warmup", [True, False])
 def test_live_pass_picks_as_the_firmware_twin(warmup):
-    """The benchmark's live picks (the student's own SeisBench annotate, a window every hop, the live blinding) and
-    when each is reported are pipeline.picking.live_stream_picks' (what the firmware's live mode emits; the host
-    test checks the core against it), on each trace after its warm-up, picks on the warm-up dropped."""
+    """The benchmark's live picks (the student's own SeisBench annotate, a window every hop, the live blinding),
+    when each is reported and when each retracted one is withdrawn are pipeline.picking.live_stream_picks' (what
+    the firmware's live mode emits; the host test checks the core against it), on each trace after its warm-up,
+    picks on the warm-up dropped."""
     from pipeline.picking import live_blinding, live_stream_picks
 
     model = SquareStudent(base_channels=1, in_samples=SAMPLES).eval()
     hop, lookahead = 100, {"P": 150, "S": 230}  # each phase its own look-ahead, as the firmware's live mode
+    confirm, within = {"P": 500, "S": 0}, 50  # S never retracted
     traces = square_traces()
     bench = runners.BenchModel("student", "pytorch", "fp32", [model])
-    times, reported = benchmark_stage.live_pick_times(bench, traces, 100.0, "ZNE", hop, lookahead, warmup)
+    times, reported, retracted = benchmark_stage.live_pick_times(bench, traces, 100.0, "ZNE", hop, lookahead, warmup,
+                                                                 confirm=confirm, confirm_within=within)
     pad = live_blinding(SAMPLES, hop, 150)[0] if warmup else 0  # the smallest look-ahead's: every phase covered
 
     def forward(window):
         with torch.no_grad():
             return model(torch.from_numpy(np.ascontiguousarray(window[None], dtype=np.float32))).numpy()[0].T
 
-    total = 0
+    total = withdrawn = 0
     for i, trace in enumerate(traces):
         padded = benchmark_stage.warmup_padded(trace, pad, 100.0)
         assert padded.shape[1] == trace.shape[1] + pad and np.array_equal(padded[:, pad:], trace)
-        ref, _ = live_stream_picks(padded, forward, SAMPLES, hop, lookahead, model.pick_rule, model.norm_eps)
+        ref, _ = live_stream_picks(padded, forward, SAMPLES, hop, lookahead, model.pick_rule, model.norm_eps,
+                                   confirm=confirm, confirm_within=within)
         for phase in "PS":
-            want = [((p["sample"] - pad) / 100, (p["reported"] - pad) / 100) for p in ref
-                    if p["phase"] == phase and p["sample"] >= pad]
-            got = list(zip(times[phase][i], reported[phase][i]))
+            want = [((p["sample"] - pad) / 100, (p["reported"] - pad) / 100,
+                     np.nan if p["retracted"] is None else (p["retracted"] - pad) / 100)
+                    for p in ref if p["phase"] == phase and p["sample"] >= pad]
+            got = list(zip(times[phase][i], reported[phase][i], retracted[phase][i]))
             assert len(got) == len(want), (i, phase, got, want)
-            assert np.allclose(np.reshape(got, (-1, 2)), np.reshape(want, (-1, 2)), atol=1e-9), (i, phase)
+            assert np.allclose(np.reshape(got, (-1, 3)), np.reshape(want, (-1, 3)), atol=1e-9, equal_nan=True), (i, phase)
             total += len(want)
-    assert total >= 10
+            withdrawn += sum(not np.isnan(w[2]) for w in want)
+            assert phase == "P" or all(np.isnan(w[2]) for w in want)
+    assert total >= 10 and withdrawn >= 1
     # picks in the span the exact replay blinds at a trace's start are dropped when asked (the stage's live pass)
     skip = 1200
-    kept, kept_reported = benchmark_stage.live_pick_times(bench, traces, 100.0, "ZNE", hop, lookahead, warmup,
-                                                          skip_samples=skip)
+    kept, kept_reported, _ = benchmark_stage.live_pick_times(bench, traces, 100.0, "ZNE", hop, lookahead, warmup,
+                                                             skip_samples=skip, confirm=confirm)
     dropped = 0
     for phase in "PS":
         for i in range(len(traces)):
@@ -310,8 +319,11 @@ def test_stage_writes_reports_with_documented_fields(models, dataset, fake_teach
     assert live["skipped_start_samples"] == blind  # the span the exact replay blinds at each trace's start
     assert set(live) == LIVE_FIELDS and all(set(r) == LIVE_ROW_FIELDS for r in live["rows"])
     assert [(r["runtime"], r["phase"]) for r in live["rows"]] == [("pytorch", "P"), ("pytorch", "S")]
+    assert (live["confirm_samples"], live["confirm_within_samples"]) == ({"P": 500, "S": 0}, 50)
     for r in live["rows"]:
-        assert set(r["f1_exact"]) == set(r["f1_live"]) == {"0.1", "0.5"}
+        assert set(r["f1_exact"]) == set(r["f1_live"]) == set(r["f1_kept"]) == {"0.1", "0.5"}
+        assert r["n_retracted"] <= r["n_picks_live"] and (r["phase"] == "P" or r["n_retracted"] == 0)
+        assert (r["n_retracted"] == 0) == (r["retract_delay_median_s"] is None)
         assert r["f1_exact"]["0.5"] == by[("pytorch", "fp32", r["phase"], 0.5)]["f1"]
         assert r["latency_n"] == 0 or r["latency_median_s"] <= r["latency_p95_s"]
     # what the live mode costs on each board with an estimate: windows every hop

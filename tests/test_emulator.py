@@ -191,8 +191,9 @@ def test_stage_streams_a_dataset_and_reports(images, model_dir, tmp_path, capsys
 
 
 def test_stage_in_live_mode_picks_as_the_live_python_twin(tflm_lib, model_dir, tmp_path):
-    """A header written with live settings builds the live firmware; the stage then compares it with
-    pipeline.picking.live_stream_picks (not the exact replay) and counts its real-time factor at the live hop."""
+    """A header written with live settings (retraction on) builds the live firmware; the stage then compares its
+    picks and retractions with pipeline.picking.live_stream_picks (not the exact replay) and counts its real-time
+    factor at the live hop."""
     from pipeline.config import Config
     from pipeline.convert import c_array
     from pipeline.stages import data, firmware_sim
@@ -200,7 +201,8 @@ def test_stage_in_live_mode_picks_as_the_live_python_twin(tflm_lib, model_dir, t
     _, flatbuffer, info, budget = model_dir
     live_dir = tmp_path / "live-model"
     c_array.write_firmware(live_dir, flatbuffer, info, PickRule(p_threshold=0.3, s_threshold=0.35), budget, 1e-6,
-                           live={"enabled": True, "hop_samples": 100, "lookahead_samples": {"P": 100, "S": 200}})
+                           live={"enabled": True, "hop_samples": 100, "lookahead_samples": {"P": 100, "S": 200},
+                                 "confirm_samples": {"P": 500, "S": 500}, "confirm_within_samples": 50})
     config = Config()
     config.set("data.out", str(tmp_path / "data"))
     config.set("data.synthetic.n_traces", 2)
@@ -224,5 +226,7 @@ def test_stage_in_live_mode_picks_as_the_live_python_twin(tflm_lib, model_dir, t
     picks = obspy.read_events(str(next((tmp_path / "listen").glob("*.quakeml.xml"))))[0].picks
     emulated = report["traces"][-1]["esp_nn_kernels"]
     assert sorted((p.phase_hint, round(p.time.timestamp * 100)) for p in picks) == \
-        sorted((phase, sample) for phase, sample, _ in emulated)
+        sorted((phase, sample) for phase, sample, _, _ in emulated)
+    assert all(p.evaluation_status == ("rejected" if retracted else None)
+               for p, (*_, retracted) in zip(sorted(picks, key=lambda p: p.time), sorted(emulated, key=lambda e: e[1])))
     assert picks and all(p.time_errors.uncertainty > 0 and p.waveform_id.station_code == "SIM" for p in picks)

@@ -748,6 +748,94 @@ def test_live_mode_matches_python_twin_within_its_latency_budget(driver):
     assert exact and all(p["reported"] - (p["off"] + 1) >= IN_SAMPLES for p in exact)
 
 
+LIVE_CONFIRM = {"P": 200, "S": 250}  # live.*_confirm_samples: the same windows, a longer look-ahead
+
+
+def test_live_retractions_match_python_twin(driver):
+    """With a confirming look-ahead the core prints the same picks as without one, and a "retract" line for each
+    pick pipeline.picking.mark_retractions withdraws, at the sample it says (its confirming curve final past the
+    pick + the reach and any trigger open there closed), after that pick's own line; the others stay."""
+    from pipeline.picking import live_blinding, live_stream_picks
+
+    x = live_stream()
+    within = 50
+    rule = PickRule(p_threshold=0.3, s_threshold=0.3, top_tolerance=TOP)
+    ref, _ = live_stream_picks(x, square_model, IN_SAMPLES, LIVE_HOP, LIVE_LOOKAHEAD, rule, EPS, confirm=LIVE_CONFIRM,
+                               confirm_within=within)
+    blinding = [live_blinding(IN_SAMPLES, LIVE_HOP, LIVE_LOOKAHEAD[phase]) for phase in "PS"]
+    args = stream_args(exact=0, blinding=[",".join(str(b[k]) for b in blinding) for k in (0, 1)])
+    args[2] = LIVE_HOP
+    plain = run(driver, *args, stdin=stream_text(x)).splitlines()
+    lines = run(driver, *args, "--confirm", f"{LIVE_CONFIRM['P']},{LIVE_CONFIRM['S']}", within,
+                stdin=stream_text(x)).splitlines()
+    messages = [json.loads(line) for line in lines]
+    assert not [m for m in messages if m["type"] == "error"]
+    compare_picks(parse_pick_lines(lines), ref)
+    unmarked = [{k: v for k, v in p.items() if k != "retracted"} for p in parse_pick_lines(lines)]
+    assert unmarked == [{k: v for k, v in p.items() if k != "retracted"} for p in parse_pick_lines(plain)]
+    assert [p["retracted"] for p in parse_pick_lines(lines)] == [p["retracted"] for p in ref]  # host side's marks
+    retracts = [m for m in messages if m["type"] == "retract"]
+    expected = [(p["phase"], p["sample"], p["retracted"]) for p in ref if p["retracted"] is not None]
+    assert 3 <= len(expected) < len(ref)  # some withdrawn, most kept
+    assert sorted((m["phase"], m["sample"], m["reported"]) for m in retracts) == sorted(expected)
+    position = {(m["phase"], m["sample"]): k for k, m in enumerate(messages) if m["type"] == "pick"}
+    for k, m in enumerate(messages):
+        if m["type"] == "retract":
+            assert position[m["phase"], m["sample"]] < k  # never before the pick it withdraws
+            assert abs(m["time"] - m["sample"] / 100.0) < 1e-6
+    assert f"{len(expected)} retracted" in messages[-1]["msg"]
+    # refused: a confirming look-ahead no longer than the phase's own, or with the exact replay
+    for bad in ([*args, "--confirm", "48,250", within], [*stream_args(), "--confirm", "200", within]):
+        result = subprocess.run([str(driver), *map(str, bad)], input=b"", capture_output=True)
+        assert result.returncode == 1 and b"init failed" in result.stderr
+
+
+def test_retraction_waits_for_a_confirming_trigger_open_at_its_deadline(driver, tmp_path):
+    """Window predictions written so that the live and the confirming P curves are what the test says (each sample
+    of either comes from one window): a live pick the confirming curve matches stays; one it has nothing near is
+    retracted as soon as that curve is final 50 samples past it; one whose deadline falls inside a long confirming
+    trigger peaking too late is retracted only when that trigger closes; one the confirming curve never reaches
+    (near the end) stays. The core, reading the same predictions from a file, prints what the twin says."""
+    from pipeline.picking import live_blinding, live_offsets, live_stream_picks
+
+    n, within, confirm = 3000, 50, {"P": 200, "S": 250}
+    t = np.arange(n)
+
+    def bump(center, width, height=0.8):
+        return height * np.exp(-0.5 * ((t - center) / width) ** 2)
+
+    live_p = bump(1000, 3) + bump(1500, 3) + bump(2000, 3) + bump(2850, 3)
+    confirming_p = np.where((t >= 1030) & (t <= 1120), 0.2 + 0.6 * (t - 1030) / 90, 0.0) + bump(2010, 3)
+    offsets = live_offsets(n, IN_SAMPLES, LIVE_HOP)
+    (live_pre, _), (confirm_pre, _) = (live_blinding(IN_SAMPLES, LIVE_HOP, v) for v in (LIVE_LOOKAHEAD["P"], confirm["P"]))
+    windows = []
+    for o in offsets:
+        w = np.zeros((IN_SAMPLES, 3), dtype=np.float32)
+        w[live_pre : live_pre + LIVE_HOP, 0] = live_p[o + live_pre : o + live_pre + LIVE_HOP]
+        w[confirm_pre : confirm_pre + LIVE_HOP, 0] = confirming_p[o + confirm_pre : o + confirm_pre + LIVE_HOP]
+        w[:, 2] = 1 - w[:, 0]
+        windows.append(w)
+    (tmp_path / "probs.f32").write_bytes(np.concatenate(windows).astype("<f4").tobytes())
+    served = iter(windows)
+    rule = PickRule(p_threshold=0.3, s_threshold=0.3, top_tolerance=TOP)
+    ref, _ = live_stream_picks(np.zeros((3, n), np.float32), lambda window: next(served), IN_SAMPLES, LIVE_HOP,
+                               LIVE_LOOKAHEAD, rule, EPS, confirm=confirm, confirm_within=within)
+    blinding = [live_blinding(IN_SAMPLES, LIVE_HOP, LIVE_LOOKAHEAD[phase]) for phase in "PS"]
+    args = stream_args(exact=0, blinding=[",".join(str(b[k]) for b in blinding) for k in (0, 1)])
+    args[2] = LIVE_HOP
+    args[-1:] = ["file", tmp_path / "probs.f32"]  # the model: these predictions, window by window
+    lines = run(driver, *args, "--confirm", f"{confirm['P']},{confirm['S']}", within,
+                stdin=stream_text(np.zeros((3, n), np.float32))).splitlines()
+    retracts = {m["sample"]: m["reported"] for m in map(json.loads, lines) if m["type"] == "retract"}
+    assert [p["sample"] for p in ref] == [1000, 1500, 2000, 2850]
+    assert {p["sample"]: p["retracted"] for p in ref if p["retracted"] is not None} == retracts
+    late = {p["sample"]: p["retracted"] for p in ref}
+    # 1500: decided when 1550 is final on the confirming curve; 1000: only when 1121 (the trigger's close) is
+    assert sorted(retracts) == [1000, 1500]
+    assert late[1000] - 1121 >= confirm["P"] and late[1500] - 1550 >= confirm["P"]
+    assert late[1000] - 1121 < confirm["P"] + LIVE_HOP and late[1500] - 1550 < confirm["P"] + LIVE_HOP
+
+
 def test_firmware_glue_syntax_live_mode(tmp_path):
     """firmware/src/main_functions.cc with a model_config.h in live mode (the default of `make quantize`), and the
     one-line refusal of -DEDGEPICK_LIVE=1 with a header written without live settings."""

@@ -252,13 +252,44 @@ def test_listen_reads_a_file_until_the_end_of_stream(tmp_path, capsys):
     captured = capsys.readouterr()
     assert len(captured.out.splitlines()) == 2 and "OK.X34..HHN" in captured.out.splitlines()[1]
     assert "device warn: gap of 5 samples" in captured.err
-    assert "end of stream: 2 picks, 0 device errors, 2 non-JSON lines" in captured.err
+    assert "end of stream: 2 picks (0 retracted), 0 device errors, 2 non-JSON lines" in captured.err
     check_session(out, t0)
     # a second session appends to the Earthworm file, its pick index going on (as pick_ew's across restarts)
     for path in out.glob("*.xml"):
         path.unlink()
     assert cli.main(listen_args(str(source), out, "listen.max_picks=2")) == 0
     check_session(out, t0, first_sequence=3)
+
+
+def test_listen_marks_a_retracted_pick_rejected(tmp_path, capsys):
+    """A "retract" line (the live mode's retraction) turns its pick's QuakeML and SeisComP XML status to rejected and
+    takes it out of the NonLinLoc phase lines; the operator is told its Earthworm line went out already. A
+    retraction of a pick the session never saw is a warning, not a crash."""
+    t0 = obspy.UTCDateTime(2021, 5, 6, 7, 8, 9).timestamp
+    lines = device_output(t0)
+    end = next(k for k, line in enumerate(lines) if '"end:' in line)
+    lines[end:end] = ['{"type":"retract","phase":"S","sample":1600,"time":%.6f,"reported":2700}' % (t0 + 16.0),
+                      '{"type":"retract","phase":"P","sample":999,"time":%.6f,"reported":2701}' % (t0 + 9.99)]
+    source = tmp_path / "board.log"
+    source.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "listen"
+    assert cli.main(listen_args(str(source), out, "listen.formats=quakeml,sc3ml,nlloc,earthworm")) == 0
+    captured = capsys.readouterr()
+    assert "retracted: S  OK.X34..HHN" in captured.out and "its Earthworm line went out already" in captured.out
+    assert "matches no pick of this session" in captured.err and "2 picks (1 retracted)" in captured.err
+    (quakeml,) = out.glob("*.quakeml.xml")
+    picks = sorted(obspy.read_events(str(quakeml))[0].picks, key=lambda p: p.time)
+    assert [(p.phase_hint, p.evaluation_status) for p in picks] == [("P", None), ("S", "rejected")]
+    (sc3ml,) = out.glob("*.sc3ml.xml")
+    assert sc3ml.read_text().count("<evaluationStatus>rejected</evaluationStatus>") == 1
+    (nlloc,) = out.glob("*.nlloc.obs")
+    phases = [line.split()[4] for line in nlloc.read_text().splitlines() if len(line.split()) > 4]
+    assert phases == ["P"]
+    # written at once (replay.py), the Earthworm file leaves it out
+    written = pick_formats.write_earthworm([{"phase": "P", "time": t0, "unc": 0.05, "retracted": None},
+                                            {"phase": "S", "time": t0 + 3, "unc": 0.05, "retracted": 2700}],
+                                           pick_formats.parse_waveform_id(STATION), tmp_path / "x.pick_scnl")
+    assert len(written.read_text().splitlines()) == 1
 
 
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="no pseudo-terminals")

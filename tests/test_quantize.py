@@ -21,6 +21,8 @@ from pipeline.normalization import normalize_windows
 from pipeline.student import XiaoNet, hop_samples
 
 SAMPLES = 1001
+# the 1001-sample student has no room for the default 10 s confirming look-ahead (live.*_confirm_samples)
+TINY_LIVE = ["--set", "live.p_confirm_samples=500", "--set", "live.s_confirm_samples=400"]
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +251,7 @@ def test_non_finite_weights_are_refused(windows):
 def test_tiny_calibration_set_and_missing_student_are_one_line_errors(tmp_path, capsys):
     _tiny_dataset(tmp_path)
     common = ["--set", f"quantize.dataset={tmp_path}", "--set", f"quantize.out={tmp_path / 'tflite'}",
-              "--set", f"quantize.firmware_dir={tmp_path / 'firmware'}"]
+              "--set", f"quantize.firmware_dir={tmp_path / 'firmware'}", *TINY_LIVE]
     assert main(["quantize", "--set", f"quantize.student={tmp_path / 'nowhere'}", *common]) == 2
     assert "no saved student" in capsys.readouterr().err
     XiaoNet(base_channels=2, in_samples=SAMPLES).save(tmp_path / "student")
@@ -271,13 +273,19 @@ def test_stage_takes_windows_from_a_mixture_of_datasets(tmp_path, capsys):
             "--set", f"distill.dataset={tmp_path / 'a'},{tmp_path / 'b'}", "--set", f"quantize.out={tmp_path / 'tflite'}",
             "--set", f"quantize.firmware_dir={tmp_path / 'firmware'}", "--set", "quantize.precisions=fp32",
             "--set", "quantize.firmware_precision=fp32", "--set", "quantize.calibration_windows=5",
-            "--set", "quantize.min_calibration_windows=1", "--set", "quantize.heldout_windows=3"]
+            "--set", "quantize.min_calibration_windows=1", "--set", "quantize.heldout_windows=3", *TINY_LIVE]
     assert main(args) == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "tflite" / "quantize_report.json").read_text())
     assert report["calibration_windows"] == 5 and report["heldout_windows"] == 3
     assert (tmp_path / "tflite" / "edgepick_config.yaml").is_file()
     header = (tmp_path / "firmware" / "model_config.h").read_text()
     assert "#define EDGEPICK_P_THRESHOLD 0.3f " in header
+    for line in ("#define EDGEPICK_LIVE_P_CONFIRM_POST 500 ", "#define EDGEPICK_LIVE_S_CONFIRM_POST 400 ",
+                 "#define EDGEPICK_LIVE_CONFIRM_WITHIN 50 "):  # the retraction's settings
+        assert line in header, line
+    # its confirming stitch buffer (a hop per confirming phase) is in the budget: 2 x 100 samples x 6 bytes
+    stitch = dict(report["budgets"]["fp32"]["regions"][0]["items"])["stitch buffer"]
+    assert stitch == ((2 * SAMPLES + 2 * 100) * 6 + 15) // 16 * 16
 
 
 def test_config_header_writes_the_live_mode_and_refuses_what_does_not_fit():
@@ -288,9 +296,16 @@ def test_config_header_writes_the_live_mode_and_refuses_what_does_not_fit():
                                                               "output": {"dtype": "int8", "scale": 0.004, "zero_point": -128}}}
     budget = boards.check_budget(boards.get_board("esp32s3-psram8"), info)
 
-    def header(hop, lookahead, enabled=True):
-        live = {"enabled": enabled, "hop_samples": hop, "lookahead_samples": lookahead}
+    def header(hop, lookahead, enabled=True, confirm=0):
+        live = {"enabled": enabled, "hop_samples": hop, "lookahead_samples": lookahead, "confirm_samples": confirm}
         return c_array.model_config_header(info, PickRule(blinding=(300, 300)), budget, 1e-6, live)
+
+    text = header(50, {"P": 120, "S": 240}, confirm={"P": 600, "S": 0})
+    assert "#define EDGEPICK_LIVE_P_CONFIRM_POST 600 " in text and "#define EDGEPICK_LIVE_S_CONFIRM_POST 0 " in text
+    for confirm in ({"P": 600, "S": 240}, {"P": 100, "S": 0}, SAMPLES - 50):  # not longer than its own, or no room
+        with pytest.raises(EdgepickError, match="live mode") as error:
+            header(50, {"P": 120, "S": 240}, confirm=confirm)
+        assert "\n" not in str(error.value)
 
     text = header(50, {"P": 120, "S": 240})
     for line in ("#ifndef EDGEPICK_LIVE\n#define EDGEPICK_LIVE 1 ", "#define EDGEPICK_LIVE_HOP_SAMPLES 50 ",

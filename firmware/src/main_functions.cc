@@ -152,8 +152,15 @@ bool setup() {
   config.blind_pre[1] = EDGEPICK_LIVE_S_BLIND_PRE;
   config.blind_post[1] = EDGEPICK_LIVE_S_BLIND_POST;
   config.exact_tail = false;
-  HandleMessage("info", "live mode: hop %d, look-ahead P %d, S %d samples", EDGEPICK_LIVE_HOP_SAMPLES,
-                EDGEPICK_LIVE_P_BLIND_POST, EDGEPICK_LIVE_S_BLIND_POST);
+#ifdef EDGEPICK_LIVE_CONFIRM_WITHIN
+  // retraction: a live pick the same windows at a longer look-ahead do not confirm is withdrawn by a later line
+  config.confirm_post[0] = EDGEPICK_LIVE_P_CONFIRM_POST;
+  config.confirm_post[1] = EDGEPICK_LIVE_S_CONFIRM_POST;
+  config.confirm_within = EDGEPICK_LIVE_CONFIRM_WITHIN;
+#endif
+  HandleMessage("info", "live mode: hop %d, look-ahead P %d, S %d samples, confirmed at P %d, S %d",
+                EDGEPICK_LIVE_HOP_SAMPLES, EDGEPICK_LIVE_P_BLIND_POST, EDGEPICK_LIVE_S_BLIND_POST,
+                static_cast<int>(config.confirm_post[0]), static_cast<int>(config.confirm_post[1]));
 #else
   config.hop = EDGEPICK_HOP_SAMPLES;
   config.SetBlinding(EDGEPICK_BLIND_PRE, EDGEPICK_BLIND_POST);

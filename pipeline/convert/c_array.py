@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pipeline.artifacts import atomic_dir
 from pipeline.errors import EdgepickError
-from pipeline.picking import PickRule, live_blinding, phase_lookaheads
+from pipeline.picking import PickRule, confirm_lookaheads, live_blinding, phase_lookaheads
 
 
 def c_array(name: str, data: bytes, per_line: int = 16) -> str:
@@ -66,6 +66,15 @@ def live_header_lines(in_samples: int, live: dict | None) -> list[str]:
     for phase, (pre, post) in blindings.items():
         lines += [f"#define EDGEPICK_LIVE_{phase}_BLIND_PRE {pre}  // window - hop - look-ahead (pipeline.picking.live_blinding)",
                   f"#define EDGEPICK_LIVE_{phase}_BLIND_POST {post}  // live.{phase.lower()}_lookahead_samples"]
+    confirms = confirm_lookaheads(live.get("confirm_samples", 0), phase_lookaheads(live["lookahead_samples"]), in_samples,
+                                  live["hop_samples"])
+    lines += ["// Retraction: each phase's picks are checked on the same windows at a longer look-ahead (0: never",
+              "// retracted); one with no pick there within EDGEPICK_LIVE_CONFIRM_WITHIN samples is withdrawn by a",
+              "// \"retract\" line (pipeline.picking.mark_retractions, docs/firmware.md \"Retraction\")"]
+    lines += [f"#define EDGEPICK_LIVE_{phase}_CONFIRM_POST {value}  // live.{phase.lower()}_confirm_samples"
+              for phase, value in confirms.items()]
+    lines += [f"#define EDGEPICK_LIVE_CONFIRM_WITHIN {int(live.get('confirm_within_samples', 50))}  "
+              "// live.confirm_within_samples"]
     return lines
 
 

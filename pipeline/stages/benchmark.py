@@ -16,6 +16,7 @@ import copy
 import re
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import obspy
@@ -31,7 +32,8 @@ from pipeline.errors import EdgepickError
 from pipeline.metrics import (PHASES, add_teacher_ratios, analyst_picks, bin_masks, latency_summary, match_picks,
                               parse_snr_db, pick_latencies, pick_records, pr_curve, protocol2_scores, protocol2_windows,
                               score_picks, sp_seconds)
-from pipeline.picking import add_reported_samples, live_blinding, live_offsets, phase_lookaheads
+from pipeline.picking import (add_reported_samples, confirm_lookaheads, live_blinding, live_offsets,
+                              mark_retractions, phase_lookaheads)
 from pipeline.student import hop_samples
 
 # The live pass's warm-up: each trace starts after this much of its own beginning, mirrored back and forth (the
@@ -152,8 +154,7 @@ def run(config) -> dict:
     models, student = load_models(config)
     runners.check_rates(models, rates)
     if config.live.benchmark and student is not None:  # a live hop that does not fit: refused before any annotate
-        for lookahead in config.live.lookaheads().values():
-            live_blinding(student.in_samples, config.live.hop_samples, lookahead)
+        config.live.check(student.in_samples)
 
     curves: dict[str, Curves] = {}
     annotate_seconds = {}
@@ -271,16 +272,17 @@ def live_pass(config, models, traces, rate, order, truth, picks, tolerances) -> 
     rows, seconds = [], {}
     for model in chosen:
         started = time.perf_counter()
-        times, reported = live_pick_times(model, traces, rate, order, lv.hop_samples, lv.lookaheads(),
-                                          lv.benchmark_warmup, b.threshold, b.traces_per_call, b.batch_size,
-                                          live_skip_samples(model, lv.benchmark_warmup))
+        live = live_pick_times(model, traces, rate, order, lv.hop_samples, lv.lookaheads(), lv.benchmark_warmup,
+                               b.threshold, b.traces_per_call, b.batch_size, live_skip_samples(model, lv.benchmark_warmup),
+                               lv.confirms(), lv.confirm_within_samples)
         seconds[model.label] = round(time.perf_counter() - started, 2)
         print(f"benchmark: {model.label} annotated {len(traces)} traces live in {seconds[model.label]:.1f} s")
-        rows += live_rows(model, truth, times, reported, picks[model.label], tolerances, latency_tolerance)
+        rows += live_rows(model, truth, live, picks[model.label], tolerances, latency_tolerance)
     n = chosen[0].members[0].in_samples
     blinding = {phase: list(live_blinding(n, lv.hop_samples, lookahead)) for phase, lookahead in lv.lookaheads().items()}
     return {"hop_samples": int(lv.hop_samples), "lookahead_samples": {k: int(v) for k, v in lv.lookaheads().items()},
-            "blinding": blinding, "warmup_samples": live_warmup(n, lv.hop_samples, lv.lookaheads(), lv.benchmark_warmup),
+            "confirm_samples": {k: int(v) for k, v in lv.confirms().items()},
+            "confirm_within_samples": int(lv.confirm_within_samples), "blinding": blinding, "warmup_samples": live_warmup(n, lv.hop_samples, lv.lookaheads(), lv.benchmark_warmup),
             "skipped_start_samples": live_skip_samples(chosen[0], lv.benchmark_warmup),
             "latency_tolerance_s": latency_tolerance, "annotate_seconds": seconds, "rows": rows}
 
@@ -297,38 +299,63 @@ def live_skip_samples(model, warmup: bool = True) -> int:
     return int(blinding[0]) if warmup and blinding else 0
 
 
+class LivePicks(NamedTuple):
+    """Per phase, per trace (arrays, seconds from the trace's first sample): the live picks, when each is reported
+    and when its retraction line is (NaN: kept; all NaN without a confirming look-ahead)."""
+
+    times: dict
+    reported: dict
+    retracted: dict
+
+    def kept(self) -> dict:
+        """The picks no retraction line withdraws: what a network holds once the stream has passed them."""
+        return {phase: [t[np.isnan(r)] for t, r in zip(self.times[phase], self.retracted[phase])] for phase in PHASES}
+
+
 def live_pick_times(model, traces, rate, order, hop, lookahead, warmup=True, threshold=None, traces_per_call=64,
-                    batch_size=64, skip_samples: int = 0) -> tuple[dict, dict]:
-    """Per phase, per trace: the times (s from the trace's first sample) of the picks the firmware's live mode
-    makes on it, and when each is reported (pipeline.picking.live_stream_picks, computed by the model's own
-    SeisBench annotate, once per distinct look-ahead: ``lookahead`` is one for every phase or one per phase).
-    Each trace is annotated after its warm-up (:func:`warmup_padded`, :func:`live_warmup`, picks on it and in the
-    trace's first ``skip_samples`` dropped) and cut after its last live window, so that SeisBench adds no last
-    window ending at the trace's end."""
+                    batch_size=64, skip_samples: int = 0, confirm=0, confirm_within: int = 50) -> LivePicks:
+    """The picks the firmware's live mode makes on each trace, when each is reported and, with ``confirm`` (the
+    confirming look-ahead, one for every phase or one per phase, 0: none), when each retracted one is withdrawn
+    (pipeline.picking.live_stream_picks, computed by the model's own SeisBench annotate, once per distinct
+    look-ahead: ``lookahead`` is one for every phase or one per phase). Each trace is annotated after its warm-up
+    (:func:`warmup_padded`, :func:`live_warmup`, picks on it and in the trace's first ``skip_samples`` dropped)
+    and cut after its last live window, so that SeisBench adds no last window ending at the trace's end."""
     n = model.members[0].in_samples
     lookaheads = phase_lookaheads(lookahead)
+    confirms = confirm_lookaheads(confirm, lookaheads, n, hop)
     pad = live_warmup(n, hop, lookaheads, warmup)
     padded = [warmup_padded(w, pad, rate) for w in traces]
     kept = [i for i, w in enumerate(padded) if w.shape[1] >= n]  # a shorter one has no window: no live picks
     spans = [live_windows_span(padded[i], n, hop) for i in kept]
-    times = {phase: [np.zeros(0)] * len(traces) for phase in PHASES}
-    reported = {phase: [np.zeros(0)] * len(traces) for phase in PHASES}
-    for value in sorted(set(lookaheads.values())):
-        phases = [phase for phase in PHASES if lookaheads[phase] == value]
-        curves = dataset_curves(live_model(model, hop, value), spans, rate, order, traces_per_call, batch_size)
-        rule = curves.rule.with_threshold(threshold)
-        for k, i in enumerate(kept):
-            if curves.data[k].shape[1] < 3:  # nothing annotated (as Curves.picks, no run shorter than 3 samples)
-                continue
-            on_grid = [dict(p, sample=p["sample"] + curves.start[k], off=p["off"] + curves.start[k])
-                       for p in rule.picks(curves.data[k], "".join(PHASES)) if p["phase"] in phases]
-            mine = [p for p in add_reported_samples(on_grid, padded[i].shape[1], n, hop, value)
-                    if p["sample"] >= pad + skip_samples]
-            for phase in phases:
-                these = sorted((p["sample"], p["reported"]) for p in mine if p["phase"] == phase)
-                times[phase][i] = np.asarray([(s - pad) / rate for s, _ in these], dtype=float)
-                reported[phase][i] = np.asarray([(r - pad) / rate for _, r in these], dtype=float)
-    return times, reported
+    by_lookahead: dict[int, list[list[dict]]] = {}
+
+    def picks_at(value: int) -> list[list[dict]]:
+        """Each kept trace's picks (every phase) on the curves stacked at look-ahead ``value``, on its padded grid."""
+        if value not in by_lookahead:
+            curves = dataset_curves(live_model(model, hop, value), spans, rate, order, traces_per_call, batch_size)
+            rule = curves.rule.with_threshold(threshold)
+            by_lookahead[value] = [
+                [] if curves.data[k].shape[1] < 3  # nothing annotated (as Curves.picks, no run shorter than 3 samples)
+                else [dict(p, sample=p["sample"] + start, on=p["on"] + start, off=p["off"] + start)
+                      for p in rule.picks(curves.data[k], "".join(PHASES))]
+                for k, start in enumerate(curves.start)]
+        return by_lookahead[value]
+
+    out = LivePicks(*({phase: [np.zeros(0)] * len(traces) for phase in PHASES} for _ in range(3)))
+    for k, i in enumerate(kept):
+        length = padded[i].shape[1]
+        live = add_reported_samples([p for phase in PHASES for p in picks_at(lookaheads[phase])[k] if p["phase"] == phase],
+                                    length, n, hop, lookaheads)
+        confirming = [p for phase in PHASES if confirms[phase] for p in picks_at(confirms[phase])[k] if p["phase"] == phase]
+        live = mark_retractions(live, confirming, length, n, hop, confirms, confirm_within)
+        for phase in PHASES:
+            mine = sorted((p for p in live if p["phase"] == phase and p["sample"] >= pad + skip_samples),
+                          key=lambda p: p["sample"])
+            out.times[phase][i] = np.asarray([(p["sample"] - pad) / rate for p in mine], dtype=float)
+            out.reported[phase][i] = np.asarray([(p["reported"] - pad) / rate for p in mine], dtype=float)
+            out.retracted[phase][i] = np.asarray([np.nan if p["retracted"] is None else (p["retracted"] - pad) / rate
+                                                  for p in mine], dtype=float)
+    return out
 
 
 def live_model(model, hop: int, lookahead: int):
@@ -360,17 +387,27 @@ def live_windows_span(waveform: np.ndarray, in_samples: int, hop: int) -> np.nda
     return waveform[:, : int(offsets[-1]) + in_samples] if len(offsets) else waveform[:, :0]
 
 
-def live_rows(model, truth, times, reported, exact_times, tolerances, latency_tolerance) -> list[dict]:
-    """Per phase: F1 at each tolerance live and exact, and the latency (reported time - analyst onset) of the live
-    picks matched within ``latency_tolerance``: median, 95th percentile, count."""
-    live_scores, exact_scores = score_picks(truth, times, tolerances), score_picks(truth, exact_times, tolerances)
+def live_rows(model, truth, live: LivePicks, exact_times, tolerances, latency_tolerance) -> list[dict]:
+    """Per phase: F1 at each tolerance live (as first reported), live after the retractions (what stays) and exact;
+    the latency (reported time - analyst onset) of the live picks matched within ``latency_tolerance``: median, 95th
+    percentile, count; and how many picks were retracted, with the median delay of a retraction line after its
+    pick's sample."""
+    kept = live.kept()
+    live_scores, exact_scores = score_picks(truth, live.times, tolerances), score_picks(truth, exact_times, tolerances)
+    kept_scores = score_picks(truth, kept, tolerances)
     rows = []
     for phase in PHASES:
-        latency = latency_summary(pick_latencies(truth[phase], times[phase], reported[phase], latency_tolerance))
+        latency = latency_summary(pick_latencies(truth[phase], live.times[phase], live.reported[phase],
+                                                 latency_tolerance))
+        delays = np.concatenate([r - t for t, r in zip(live.times[phase], live.retracted[phase])] or [np.zeros(0)])
+        delays = delays[~np.isnan(delays)]
         rows.append({"model": model.name, "runtime": model.runtime, "precision": model.precision, "phase": phase,
                      "n_labels": int(sum(len(t) for t in truth[phase])),
-                     "n_picks_live": int(sum(len(t) for t in times[phase])),
+                     "n_picks_live": int(sum(len(t) for t in live.times[phase])),
+                     "n_retracted": int(len(delays)),
+                     "retract_delay_median_s": float(np.median(delays)) if len(delays) else None,
                      "f1_live": {f"{t:g}": live_scores[phase][t]["f1"] for t in tolerances},
+                     "f1_kept": {f"{t:g}": kept_scores[phase][t]["f1"] for t in tolerances},
                      "f1_exact": {f"{t:g}": exact_scores[phase][t]["f1"] for t in tolerances},
                      "latency_median_s": latency["median_s"], "latency_p95_s": latency["p95_s"],
                      "latency_n": latency["n"]})

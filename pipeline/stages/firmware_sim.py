@@ -44,18 +44,20 @@ def model_flatbuffer(model_dir: Path, values: dict[str, str]) -> bytes:
 
 
 def python_picks(waveform: np.ndarray, flatbuffer: bytes, values: dict[str, str], rule: PickRule) -> list[tuple]:
-    """(phase, sample, fwhm) of the Python stream reference: the firmware's windows, normalisation and picker in
-    pipeline.picking, the model in the tflite-micro interpreter."""
+    """(phase, sample, fwhm, retracted) of the Python stream reference: the firmware's windows, normalisation,
+    picker and retractions in pipeline.picking, the model in the tflite-micro interpreter."""
     model = lambda w: tflm.run(flatbuffer, w[None])[0].T  # noqa: E731
     window, eps = int(values["EDGEPICK_WINDOW_SAMPLES"]), float(values["EDGEPICK_NORM_EPS"].rstrip("f"))
     rate = float(values["EDGEPICK_SAMPLING_RATE_HZ"].rstrip("f"))
     if live_mode(values):  # the firmware built from this header picks live (model_config.h's EDGEPICK_LIVE)
         lookaheads = {phase: int(values[f"EDGEPICK_LIVE_{phase}_BLIND_POST"]) for phase in PHASES}
+        confirms = {phase: int(values.get(f"EDGEPICK_LIVE_{phase}_CONFIRM_POST", "0")) for phase in PHASES}
         picks, _ = live_stream_picks(waveform, model, window, int(values["EDGEPICK_LIVE_HOP_SAMPLES"]), lookaheads,
-                                     rule, eps, rate)
+                                     rule, eps, rate, confirm=confirms,
+                                     confirm_within=int(values.get("EDGEPICK_LIVE_CONFIRM_WITHIN", "0")))
     else:
         picks, _ = stream_picks(waveform, model, window, int(values["EDGEPICK_HOP_SAMPLES"]), rule, eps, rate)
-    return sorted((p["phase"], int(p["sample"]), int(p["fwhm"])) for p in picks)
+    return sorted((p["phase"], int(p["sample"]), int(p["fwhm"]), p.get("retracted") is not None) for p in picks)
 
 
 def live_mode(values: dict[str, str]) -> bool:
@@ -69,7 +71,7 @@ def hop_samples(values: dict[str, str]) -> int:
 
 
 def firmware_run(lines: list[str]) -> dict:
-    """What one emulator run printed: picks ((phase, sample, fwhm), as :func:`python_picks`), instructions per
+    """What one emulator run printed: picks ((phase, sample, fwhm, retracted), as :func:`python_picks`), instructions per
     window, messages, its closing measurement."""
     objects = []
     for line in lines:
@@ -81,7 +83,8 @@ def firmware_run(lines: list[str]) -> dict:
     by_type = {}
     for obj in objects:
         by_type.setdefault(obj.get("type"), []).append(obj)
-    return {"picks": sorted((p["phase"], int(p["sample"]), p.get("fwhm")) for p in parse_pick_lines(lines)),
+    return {"picks": sorted((p["phase"], int(p["sample"]), p.get("fwhm"), p["retracted"] is not None)
+                            for p in parse_pick_lines(lines)),
             "instructions": [t["instructions"] for t in by_type.get("timing", [])],
             "errors": [m.get("msg", "") for m in by_type.get("error", [])],
             "warnings": [m.get("msg", "") for m in by_type.get("warn", [])],
@@ -220,6 +223,7 @@ def format_report(report: dict) -> str:
             verdict = f"not compared with Python ({c['segments']} segments)"
         else:
             verdict = f"{'equal to' if c['python'] == c['esp_nn_kernels'] else 'DIFFERENT from'} the Python reference's {len(c['python'])}"
-        lines.append(f"  {c['trace']} ({c['samples']} samples): {len(c['esp_nn_kernels'])} picks, {verdict}; "
+        retracted = sum(p[3] for p in c["esp_nn_kernels"])
+        lines.append(f"  {c['trace']} ({c['samples']} samples): {len(c['esp_nn_kernels'])} picks ({retracted} retracted), {verdict}; "
                      f"the two kernel sets {'agree' if kernels_agree else 'DISAGREE'}")
     return "\n".join(lines)

@@ -1,7 +1,9 @@
 """``make listen``: read a board's JSON lines live (its serial port, or a file / FIFO / stdin of them), print each
 pick as one readable line and keep it in the formats networks ingest (pipeline/pick_formats.py): the Earthworm
 TYPE_PICK_SCNL line is appended to ``<out>/<station>.pick_scnl`` and the QuakeML (SC3ML, NonLinLoc) of the session
-rewritten atomically after every pick, so that Ctrl-C loses nothing. The device's error and warn lines are
+rewritten atomically after every pick, so that Ctrl-C loses nothing. A "retract" line (the live mode's retraction)
+marks its pick rejected in the catalogs (left out of NonLinLoc); its Earthworm line has gone out already and
+TYPE_PICK_SCNL has no withdrawal, so it is printed for the operator. The device's error and warn lines are
 printed; lines that are not JSON (boot noise) are counted. It stops at the device's end-of-stream line, after
 ``listen.max_picks`` picks or ``listen.max_seconds`` seconds, or at Ctrl-C.
 
@@ -38,6 +40,7 @@ class Session:
     picks: list[dict] = dataclasses.field(default_factory=list)
     noise_lines: int = 0
     device_errors: int = 0
+    retracted: int = 0
     warned_clock: bool = False
 
 
@@ -187,11 +190,28 @@ def record_pick(pick: dict, session: Session, config) -> None:
     rewrite_catalogs(session, config)
 
 
+def record_retraction(message: dict, session: Session, config) -> None:
+    """Mark the pick a "retract" line withdraws (the same phase and sample) rejected and rewrite the catalogs."""
+    key = (message.get("phase"), message.get("sample"))
+    pick = next((p for p in reversed(session.picks) if (p.get("phase"), p.get("sample")) == key), None)
+    if pick is None:  # its pick line was lost (or came before this session)
+        print(f"listen: warning: a retraction of {key[0]} at sample {key[1]} matches no pick of this session",
+              file=sys.stderr)
+        return
+    pick["retracted"] = message.get("reported", -1)
+    session.retracted += 1
+    note = " (its Earthworm line went out already)" if session.earthworm_path is not None else ""
+    print(f"retracted: {pick_text(pick, session)}{note}", flush=True)
+    rewrite_catalogs(session, config)
+
+
 def handle_message(message: dict, session: Session, config) -> bool:
     """Act on one JSON line; True when the stream ended."""
     kind = message.get("type")
     if kind == "pick":
         record_pick(message, session, config)
+    elif kind == "retract":
+        record_retraction(message, session, config)
     elif kind in ("error", "warn"):
         session.device_errors += kind == "error"
         print(f"device {kind}: {message.get('msg')}", file=sys.stderr, flush=True)
@@ -201,7 +221,7 @@ def handle_message(message: dict, session: Session, config) -> bool:
 def summary(session: Session, reason: str) -> str:
     files = [*session.catalog_paths.values(), *([session.earthworm_path] if session.earthworm_path else [])]
     written = ", ".join(str(p) for p in files) if session.picks else "nothing (no picks)"
-    return (f"listen: {reason}: {len(session.picks)} picks, {session.device_errors} device errors, "
+    return (f"listen: {reason}: {len(session.picks)} picks ({session.retracted} retracted), {session.device_errors} device errors, "
             f"{session.noise_lines} non-JSON lines; written: {written}")
 
 

@@ -18,7 +18,6 @@ from pipeline import boards, generators
 from pipeline.artifacts import atomic_dir, save_config
 from pipeline.convert import QuantizeResult, c_array, quantize_student
 from pipeline.errors import EdgepickError
-from pipeline.picking import live_blinding
 from pipeline.student import hop_samples, load_student
 
 
@@ -45,6 +44,8 @@ def run(config) -> QuantizeResult:
         info["hop_samples"] = hop_samples(model)
         info["sampling_rate"] = float(model.sampling_rate)
         info["macs"] = model.count_macs()
+        if live:  # the retraction's confirming curves: one hop of stitch buffer per confirming phase
+            info["confirm_stitch_samples"] = live["hop_samples"] * sum(v > 0 for v in live["confirm_samples"].values())
         info["estimated_latency"] = boards.estimate_latency(info["macs"], precision,
                                                             info["hop_samples"] / info["sampling_rate"])
         budgets[precision] = boards.check_budget(board, info, config.board, raise_error=False)
@@ -84,10 +85,11 @@ def _live_settings(live, in_samples: int) -> dict | None:
     look-ahead that does not fit the student's window is refused here."""
     if not live.enabled:
         return None
-    for lookahead in live.lookaheads().values():
-        live_blinding(in_samples, live.hop_samples, lookahead)
+    live.check(in_samples)
     return {"enabled": True, "hop_samples": int(live.hop_samples),
-            "lookahead_samples": {phase: int(v) for phase, v in live.lookaheads().items()}}
+            "lookahead_samples": {phase: int(v) for phase, v in live.lookaheads().items()},
+            "confirm_samples": {phase: int(v) for phase, v in live.confirms().items()},
+            "confirm_within_samples": int(live.confirm_within_samples)}
 
 
 def _windows(dataset: str, split: str, count: int, samples: int, seed: int):

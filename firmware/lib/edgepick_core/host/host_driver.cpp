@@ -15,6 +15,8 @@
 //                         predictions, in_samples x 3 float32 each, read in order from PROBS_FILE) or
 //                         "pipe REQUEST REPLY" (each normalised window, in_samples x 3 float32, is written to the
 //                         REQUEST fifo and its predictions read back from REPLY: a Python TFLite Micro server)
+//                         --confirm C WITHIN (anywhere after MODE): the live mode's retraction, confirming
+//                         look-ahead C ("N" or "P,S", 0: none) and its reach in samples
 //   serve ...             like stream, but reads the serial protocol from the file/tty named by $EDGEPICK_TTY
 //                         and writes the JSON lines back to it (the pseudo-terminal end-to-end test)
 #include <cinttypes>
@@ -94,8 +96,23 @@ void Emit(void* context, const char* line) {
 }
 
 int Stream(int argc, char** argv, bool serve) {
-  if (argc < 14) return Usage();
   StreamConfig config;
+  // "--confirm C [WITHIN]" may stand anywhere after the mode: take it out before the positional arguments.
+  std::vector<char*> args;
+  for (int i = 0; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--confirm") != 0) {
+      args.push_back(argv[i]);
+      continue;
+    }
+    char* end = nullptr;
+    if (i + 2 >= argc || !PerPhase(argv[i + 1], config.confirm_post)) return Usage();
+    config.confirm_within = std::strtoul(argv[i + 2], &end, 10);
+    if (*end != '\0') return Usage();
+    i += 2;
+  }
+  argc = static_cast<int>(args.size());
+  argv = args.data();
+  if (argc < 14) return Usage();
   config.in_samples = std::strtoul(argv[2], nullptr, 10);
   config.hop = std::strtoul(argv[3], nullptr, 10);
   config.exact_tail = std::atoi(argv[4]) != 0;

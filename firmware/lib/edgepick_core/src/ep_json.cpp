@@ -26,6 +26,15 @@ int FormatPickJson(char* buf, size_t cap, const Pick& pick, const char* phase_na
                        PickUncertainty(pick.fwhm, sampling_rate), pick.on, pick.off, reported);
 }
 
+int FormatRetractJson(char* buf, size_t cap, const char* phase_name, uint64_t sample, double t0, double sampling_rate,
+                      uint64_t reported) {
+  char phase[32];
+  JsonEscape(phase, sizeof(phase), phase_name);
+  return std::snprintf(buf, cap,
+                       "{\"type\":\"retract\",\"phase\":\"%s\",\"sample\":%" PRIu64 ",\"time\":%.6f,\"reported\":%" PRIu64 "}",
+                       phase, sample, t0 + static_cast<double>(sample) / sampling_rate, reported);
+}
+
 size_t JsonEscape(char* out, size_t cap, const char* in) {
   if (cap == 0) return 0;
   size_t n = 0;

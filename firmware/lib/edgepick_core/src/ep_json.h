@@ -22,6 +22,11 @@ double PickUncertainty(uint32_t fwhm, double sampling_rate);
 int FormatPickJson(char* buf, size_t cap, const Pick& pick, const char* phase_name, double t0, double sampling_rate,
                    uint64_t reported);
 
+// {"type":"retract","phase":"S","sample":1234,"time":12.340000,"reported":2345}: the live pick of that phase and
+// sample is withdrawn (its confirming curve has no pick within reach of it, ep_stream.h); reported as for a pick.
+int FormatRetractJson(char* buf, size_t cap, const char* phase_name, uint64_t sample, double t0, double sampling_rate,
+                      uint64_t reported);
+
 // {"type":"<type>","msg":"<escaped message>"} (type: "info", "warn", "error").
 int FormatMessageJson(char* buf, size_t cap, const char* type, const char* message);
 

@@ -48,6 +48,9 @@ class TriggerPicker {
   bool Feed(uint64_t index, float value, Pick* pick);
   // End of the curve: closes an open trigger at the last fed sample.
   bool Finish(Pick* pick);
+  // Whether a trigger is open, and its first sample.
+  bool triggered() const { return triggered_; }
+  uint64_t triggered_on() const { return current_.on; }
 
  private:
   // Contiguous samples >= a level around the maximum, at most top_half_width_ either side of it.

@@ -14,7 +14,10 @@ StreamBufferSizes ComputeStreamBufferSizes(const StreamConfig& config) {
   sizes.window_floats = config.in_samples * kChannels;
   sizes.probs_floats = config.in_samples * static_cast<size_t>(config.n_classes);
   sizes.stack_floats = config.in_samples * static_cast<size_t>(config.n_phases);
-  sizes.stack_counts = config.in_samples * static_cast<size_t>(config.n_phases);
+  for (int p = 0; p < config.n_phases && p < kMaxPhases; ++p) {
+    if (config.confirm_post[p] > 0) sizes.stack_floats += config.hop;  // a confirming curve keeps one hop open
+  }
+  sizes.stack_counts = sizes.stack_floats;
   sizes.total_bytes = (sizes.ring_floats + sizes.window_floats + sizes.probs_floats + sizes.stack_floats) * sizeof(float) +
                       sizes.stack_counts * sizeof(uint16_t);
   return sizes;
@@ -36,6 +39,12 @@ bool StreamPicker::Init(const StreamConfig& config, const StreamBuffers& buffers
   for (int p = 0; problem == nullptr && p < config.n_phases; ++p) {
     if (!(config.thresholds[p] > 0.0f)) problem = "thresholds must be positive";
     else if (config.blind_pre[p] + config.blind_post[p] >= config.in_samples) problem = "blinding covers the whole window";
+    else if (config.confirm_post[p] > 0 && config.exact_tail) problem = "confirmation needs the live mode (exact_tail off)";
+    else if (config.confirm_post[p] > 0 && config.confirm_post[p] <= config.blind_post[p]) {
+      problem = "a confirming look-ahead must be longer than the phase's look-ahead";
+    } else if (config.confirm_post[p] > 0 && config.hop + config.confirm_post[p] >= config.in_samples) {
+      problem = "hop + confirming look-ahead must be shorter than the window";
+    }
   }
   if (problem != nullptr) {
     std::snprintf(error_, sizeof(error_), "%s", problem);
@@ -48,9 +57,15 @@ bool StreamPicker::Init(const StreamConfig& config, const StreamBuffers& buffers
   emit_ = emit;
   emit_context_ = emit_context;
   ring_.Init(buffers.ring, config.in_samples);
-  for (int p = 0; p < config.n_phases; ++p) {
-    const size_t first = static_cast<size_t>(p) * config.in_samples;
+  size_t first = 0;
+  for (int p = 0; p < config.n_phases; ++p, first += config.in_samples) {
     stackers_[p].Init(buffers.stack_sums + first, buffers.stack_counts + first, config.in_samples, 1, p);
+  }
+  for (int p = 0; p < config.n_phases; ++p) {
+    if (!Confirms(p)) continue;
+    // Its kept samples of each window start where the previous window's end: one hop is all that is ever open.
+    confirm_stackers_[p].Init(buffers.stack_sums + first, buffers.stack_counts + first, config.hop, 1, p);
+    first += config.hop;
   }
   Reset();
   return true;
@@ -73,7 +88,18 @@ void StreamPicker::StartSegment(uint64_t start) {
     stackers_[p].Reset(start);
     triggers_[p].Init(config_.thresholds[p], config_.thresholds[p] / 2.0f, p, config_.top_tolerance,
                       config_.top_half_width);
+    confirmations_[p].Clear();
+    if (!Confirms(p)) continue;
+    // No window keeps a confirming prediction before the first one's blinded start: the curve begins there.
+    confirm_stackers_[p].Reset(start + ConfirmPre(p));
+    confirm_triggers_[p].Init(config_.thresholds[p], config_.thresholds[p] / 2.0f, p, config_.top_tolerance,
+                              config_.top_half_width);
   }
+}
+
+uint64_t StreamPicker::ConfirmCoveredUntil(int phase) const {
+  const uint64_t safe = next_offset_ + ConfirmPre(phase);
+  return safe < covered_until_ ? safe : covered_until_;
 }
 
 void StreamPicker::PushSample(const float frame[kChannels]) {
@@ -121,6 +147,11 @@ void StreamPicker::RunWindow(uint64_t offset) {
     for (int p = 0; p < config_.n_phases; ++p) {
       stacked = stackers_[p].AddWindow(offset, buffers_.probs, n, config_.n_classes, config_.output_channels_last,
                                        config_.blind_pre[p], config_.blind_post[p]) && stacked;
+      if (Confirms(p)) {
+        stacked = confirm_stackers_[p].AddWindow(offset, buffers_.probs, n, config_.n_classes,
+                                                 config_.output_channels_last, ConfirmPre(p), config_.confirm_post[p]) &&
+                  stacked;
+      }
     }
     if (!stacked) {
       ++stats_.failed_windows;
@@ -140,13 +171,48 @@ void StreamPicker::Finalize(bool flush) {
       const uint64_t index = stackers_[p].finalized();
       if (index < upto[p] && (next < 0 || index < stackers_[next].finalized())) next = p;
     }
-    if (next < 0) return;
+    if (next < 0) break;
     uint64_t index;
     float value;
     stackers_[next].PopSample(upto[next], &index, &value);
     Pick pick;
     if (triggers_[next].Feed(index, value, &pick)) EmitPick(pick);
   }
+  // The confirming curves trail the live ones by their longer look-ahead; their picks only decide retractions.
+  for (int p = 0; p < config_.n_phases; ++p) {
+    if (!Confirms(p)) continue;
+    const uint64_t until = flush ? covered_until_ : ConfirmCoveredUntil(p);
+    uint64_t index;
+    float value;
+    while (confirm_stackers_[p].PopSample(until, &index, &value)) {
+      Pick pick;
+      if (confirm_triggers_[p].Feed(index, value, &pick)) confirmations_[p].AddRecent(pick.sample);
+      if (confirmations_[p].n_pending > 0) ResolvePending(p, false);
+    }
+  }
+}
+
+void StreamPicker::ResolvePending(int phase, bool at_end) {
+  Confirmation& c = confirmations_[phase];
+  const uint64_t within = config_.confirm_within;
+  const uint64_t covered = ConfirmCoveredUntil(phase);
+  const uint64_t finalized = confirm_stackers_[phase].finalized();
+  const TriggerPicker& trigger = confirm_triggers_[phase];
+  int kept = 0;
+  for (int i = 0; i < c.n_pending; ++i) {
+    const uint64_t sample = c.pending[i];
+    const uint64_t deadline = sample + within;
+    bool decided;
+    if (deadline >= covered) {
+      decided = at_end;  // the confirming curve ends before it: kept
+    } else {
+      // final past the deadline, and no trigger open since before it (its pick could still land within reach)
+      decided = at_end || (finalized > deadline && (!trigger.triggered() || trigger.triggered_on() > deadline));
+      if (decided && !c.Matched(sample, within)) EmitRetract(phase, sample);
+    }
+    if (!decided) c.pending[kept++] = sample;
+  }
+  c.n_pending = kept;
 }
 
 void StreamPicker::Flush() {
@@ -158,6 +224,12 @@ void StreamPicker::Flush() {
   for (int p = 0; p < config_.n_phases; ++p) {
     Pick pick;
     if (triggers_[p].Finish(&pick)) EmitPick(pick);
+  }
+  for (int p = 0; p < config_.n_phases; ++p) {
+    if (!Confirms(p)) continue;
+    Pick pick;
+    if (confirm_triggers_[p].Finish(&pick)) confirmations_[p].AddRecent(pick.sample);
+    ResolvePending(p, true);
   }
   StartSegment(total);
 }
@@ -248,8 +320,9 @@ void StreamPicker::HandleLine(const char* line) {
     case LineKind::kEnd:
       Flush();
       std::snprintf(text, sizeof(text),
-                    "end: %" PRIu64 " samples, %" PRIu64 " windows, %" PRIu64 " picks, %" PRIu64 " bad lines, %" PRIu64 " gap samples",
-                    stats_.samples, stats_.windows, stats_.picks, stats_.bad_lines, stats_.gap_samples);
+                    "end: %" PRIu64 " samples, %" PRIu64 " windows, %" PRIu64 " picks, %" PRIu64 " retracted, %" PRIu64
+                    " bad lines, %" PRIu64 " gap samples",
+                    stats_.samples, stats_.windows, stats_.picks, stats_.retracted, stats_.bad_lines, stats_.gap_samples);
       Message("info", text);
       break;
     case LineKind::kReset:
@@ -274,6 +347,23 @@ void StreamPicker::EmitPick(const Pick& pick) {
   const uint64_t total = ring_.total();
   FormatPickJson(line, sizeof(line), pick, config_.phase_names[pick.phase], t0_, config_.sampling_rate,
                  total > 0 ? total - 1 : 0);
+  emit_(emit_context_, line);
+  if (!Confirms(pick.phase)) return;
+  Confirmation& c = confirmations_[pick.phase];
+  if (c.n_pending == Confirmation::kPending) {
+    ++stats_.unchecked;  // kept unconfirmed: more live picks of one phase than the list holds within C + hop
+    return;
+  }
+  c.pending[c.n_pending++] = pick.sample;
+  ResolvePending(pick.phase, false);  // its confirming curve may be final past it already (a long trigger)
+}
+
+void StreamPicker::EmitRetract(int phase, uint64_t sample) {
+  ++stats_.retracted;
+  char line[200];
+  const uint64_t total = ring_.total();
+  FormatRetractJson(line, sizeof(line), config_.phase_names[phase], sample, t0_, config_.sampling_rate,
+                    total > 0 ? total - 1 : 0);
   emit_(emit_context_, line);
 }
 

@@ -12,6 +12,13 @@
 // own blinding (the live mode's per-phase look-ahead: S needs more of the coda than P) and its own stacker, so a
 // P pick does not wait for S's look-ahead; the samples of all phases are still finalised in sample order.
 // Every pick line carries "reported": the last sample received when it was emitted.
+//
+// Retraction (live mode only): a phase with a confirming look-ahead C (confirm_post > its blind_post) stacks the
+// same windows a second time, keeping each window's hop predictions that end C samples before its end, and picks
+// that curve too, silently. A live pick of the phase with no confirming pick within confirm_within samples is
+// withdrawn by a {"type":"retract",...} line once the confirming curve is final past pick + confirm_within and a
+// trigger open there has closed (about C + hop samples after the pick); one the stream ends before that is kept.
+// It costs no inference and hop floats + counts per phase (pipeline.picking.mark_retractions is the twin).
 #pragma once
 
 #include <cstddef>
@@ -43,6 +50,9 @@ struct StreamConfig {
       blind_post[p] = post;
     }
   }
+  // Confirming look-ahead per phase (0: none; > blind_post, live mode only) and the reach of a confirmation.
+  size_t confirm_post[kMaxPhases] = {0, 0, 0, 0};
+  size_t confirm_within = 50;
   double sampling_rate = 100.0;
   bool exact_tail = true;
   size_t max_gap_fill = 100;         // longer gaps end the segment (as "#end") and start a new one after the gap
@@ -53,8 +63,8 @@ struct StreamBuffers {
   float* ring = nullptr;       // in_samples * 3 floats
   float* window = nullptr;     // in_samples * 3 floats: the normalised model input
   float* probs = nullptr;      // in_samples * n_classes floats: the model output
-  float* stack_sums = nullptr; // in_samples * n_phases floats
-  uint16_t* stack_counts = nullptr;  // in_samples * n_phases
+  float* stack_sums = nullptr; // in_samples * n_phases floats (+ hop per confirming phase)
+  uint16_t* stack_counts = nullptr;  // as many counts
 };
 
 struct StreamBufferSizes {
@@ -71,7 +81,30 @@ using EmitFn = void (*)(void* context, const char* line);
 
 struct StreamStats {
   uint64_t samples = 0, windows = 0, failed_windows = 0, picks = 0, gap_samples = 0, bad_lines = 0,
-           dropped_lines = 0, segments = 1;
+           dropped_lines = 0, segments = 1, retracted = 0, unchecked = 0;  // unchecked: the pending list was full
+};
+
+// The live picks of one phase waiting for the confirming curve, and that curve's latest picks.
+struct Confirmation {
+  static constexpr int kPending = 32;  // live picks of one phase within ~C + hop samples of each other
+  static constexpr int kRecent = 8;   // confirming picks that may still match a pending pick
+  uint64_t pending[kPending] = {};
+  int n_pending = 0;
+  uint64_t recent[kRecent] = {};      // by arrival, oldest overwritten
+  int n_recent = 0;
+  void Clear() { n_pending = n_recent = 0; }
+  void AddRecent(uint64_t sample) {
+    recent[n_recent % kRecent] = sample;
+    ++n_recent;
+  }
+  bool Matched(uint64_t sample, uint64_t within) const {
+    const int n = n_recent < kRecent ? n_recent : kRecent;
+    for (int i = 0; i < n; ++i) {
+      const uint64_t q = recent[i];
+      if ((q > sample ? q - sample : sample - q) <= within) return true;
+    }
+    return false;
+  }
 };
 
 class StreamPicker {
@@ -98,6 +131,11 @@ class StreamPicker {
   void Finalize(bool flush);             // every sample final now (flush: all the windows run have covered)
   uint64_t SafeToFinalize(int phase) const;
   void EmitPick(const Pick& pick);
+  bool Confirms(int phase) const { return config_.confirm_post[phase] > 0; }
+  size_t ConfirmPre(int phase) const { return config_.in_samples - config_.hop - config_.confirm_post[phase]; }
+  uint64_t ConfirmCoveredUntil(int phase) const;  // the confirming curve holds predictions before this sample
+  void ResolvePending(int phase, bool at_end);     // retract or keep the pending picks that can be decided now
+  void EmitRetract(int phase, uint64_t sample);
   void Message(const char* type, const char* text);
   void StartSegment(uint64_t start);
 
@@ -110,6 +148,9 @@ class StreamPicker {
   RingBuffer ring_;
   Stacker stackers_[kMaxPhases];  // one per picked phase
   TriggerPicker triggers_[kMaxPhases];
+  Stacker confirm_stackers_[kMaxPhases];  // the confirming curve of each phase with confirm_post > 0
+  TriggerPicker confirm_triggers_[kMaxPhases];
+  Confirmation confirmations_[kMaxPhases];
   LineReader reader_;
   StreamStats stats_{};
   uint64_t segment_start_ = 0;
