@@ -346,8 +346,8 @@ class LiveConfig:
     # Retraction: the same windows are stacked once more at this longer look-ahead per phase (0: never retracted),
     # and a live pick with no pick of its phase within ``confirm_within_samples`` on that curve is withdrawn by a
     # "retract" line about this + hop samples after it (no extra inference; docs/firmware.md, "Retraction")
-    p_confirm_samples: int = 1000
-    s_confirm_samples: int = 1000
+    p_confirm_samples: int = 500
+    s_confirm_samples: int = 500
     confirm_within_samples: int = 50
     # ``make benchmark`` also annotates every labelled trace live with the PyTorch student (exact hop / live hop,
     # ~15x, the windows of the exact pass) and reports live and exact F1 and the latency of live picks

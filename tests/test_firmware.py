@@ -281,6 +281,28 @@ def compare_picks(got: list[dict], ref: list[dict]):
             assert abs(g["unc"] - r["uncertainty_s"]) <= 5e-5  # printed with 4 decimals
 
 
+@pytest.mark.parametrize("blinding", [(0, 0), (100, 60), (300, 200)])
+def test_stream_without_exact_tail_keeps_only_the_open_span(driver, blinding):
+    """Without the exact tail (EDGEPICK_EXACT_TAIL=0) each phase's stacker holds only the samples a later window can
+    still add to (StackCapacity: from the first sample not final to the last one a window keeps), yet on a stream the
+    regular windows end exactly on (no SeisBench last window) it picks as stream_picks, here with a long gap that
+    restarts the windows after it too."""
+    x = synthetic_stream()[:, : IN_SAMPLES + 8 * HOP]  # 2560 samples: windows at 0, 256, ..., 2048 end at its end
+    ref, _ = stream_reference(x, square_model, IN_SAMPLES, HOP, 0.3, EPS, blinding=blinding, top_tolerance=TOP)
+    lines = run(driver, *stream_args(exact=0, blinding=blinding), stdin=stream_text(x)).splitlines()
+    assert not [line for line in lines if json.loads(line)["type"] == "error"]
+    assert len(ref) >= 4
+    compare_picks(parse_pick_lines(lines), ref)
+    # a 300-sample gap (> max_gap_fill) ends the segment; the next one's picks are the second stream's, shifted
+    gap = 300
+    text = "".join(f"{i} {a:.9g} {b:.9g} {c:.9g}\n" for i, (a, b, c) in enumerate(x.T))
+    text += "".join(f"{i + x.shape[1] + gap} {a:.9g} {b:.9g} {c:.9g}\n" for i, (a, b, c) in enumerate(x.T)) + "#end\n"
+    got = parse_pick_lines(run(driver, *stream_args(exact=0, blinding=blinding), stdin=text).splitlines())
+    shifted = [dict(p, sample=p["sample"] + x.shape[1] + gap, on=p["on"] + x.shape[1] + gap,
+                    off=p["off"] + x.shape[1] + gap, time=p["time"] + (x.shape[1] + gap) / 100.0) for p in ref]
+    compare_picks(got, ref + shifted)
+
+
 @pytest.mark.parametrize("layout,blinding", [("last", (0, 0)), ("first", (0, 0)), ("last", (100, 60))])
 def test_stream_matches_python_pipeline(driver, layout, blinding):
     x = synthetic_stream()

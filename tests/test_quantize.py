@@ -335,3 +335,13 @@ def test_stage_refuses_a_live_hop_that_does_not_fit_before_converting(tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "hop + look-ahead (950 + 100 samples)" in err[0] and f"{SAMPLES}-sample window" in err[0]
     assert not (tmp_path / "firmware").exists() and not (tmp_path / "tflite").exists()
+    # the retraction's settings likewise: a confirming look-ahead no longer than the phase's own, one with no room in
+    # the window (the default 500 + hop 100 fits; 950 does not), a negative reach
+    base = args[:9]  # the student, dataset and output folders
+    for bad, says in ((["live.p_confirm_samples=100"], "P's confirming look-ahead (100 samples) must be longer"),
+                      (["live.s_confirm_samples=950"], "hop + look-ahead (100 + 950 samples)"),
+                      (["live.confirm_within_samples=-1"], "live.confirm_within_samples must be a whole number")):
+        assert main([*base, *(x for item in bad for x in ("--set", item))]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+        assert not (tmp_path / "firmware").exists() and not (tmp_path / "tflite").exists()

@@ -50,8 +50,8 @@ def parse_c_array(source: str) -> bytes:
 
 def live_header_lines(in_samples: int, live: dict | None) -> list[str]:
     """The live mode's lines of model_config.h from the ``live`` settings (the quantize stage's ``live`` section:
-    enabled, hop_samples, lookahead_samples: one for every phase or {"P": ..., "S": ...}); None: exact replay, no
-    live values."""
+    enabled, hop_samples, lookahead_samples: one for every phase or {"P": ..., "S": ...}, optional confirm_samples
+    (likewise; 0 or absent: no retraction) and confirm_within_samples (50)); None: exact replay, no live values."""
     lines = ["// The live pick mode (`live.*` in pipeline/config.py, docs/firmware.md \"Live mode\"): 1 = a window every",
              "// EDGEPICK_LIVE_HOP_SAMPLES, each keeping, per phase, the hop predictions that end that phase's look-ahead",
              "// (EDGEPICK_LIVE_<phase>_BLIND_POST samples) before its end, every sample final look-ahead to look-ahead +",
@@ -81,7 +81,7 @@ def live_header_lines(in_samples: int, live: dict | None) -> list[str]:
 def model_config_header(info: dict, rule: PickRule, budget: dict, norm_eps: float, live: dict | None = None) -> str:
     """``model_config.h``: what the firmware takes from the converted model (``info``, one variant of the quantize
     stage), the student's pick rule and normalisation, the live mode's settings (``live``: enabled, hop_samples,
-    lookahead_samples; None: exact replay only) and the board's memory budget (``boards.check_budget``)."""
+    lookahead_samples, confirm_samples, confirm_within_samples; None: exact replay only) and the board's memory budget (``boards.check_budget``)."""
     q = info["io"]
     blind_pre, blind_post = rule.blinding or (0, 0)
     lines = [

@@ -8,14 +8,28 @@
 
 namespace edgepick {
 
+size_t StackCapacity(const StreamConfig& config, size_t blind_pre, size_t blind_post) {
+  if (config.exact_tail) return config.in_samples;  // a last window at "#end" may land anywhere in the last window
+  // When window o runs, its phase is final up to o + blind_pre (or the previous window's end, o - hop + in_samples,
+  // if that is earlier); its kept predictions end at o + in_samples - blind_post. Live: exactly one hop.
+  const size_t n = config.in_samples;
+  const size_t kept = n > blind_pre + blind_post ? n - blind_pre - blind_post : 1;
+  const size_t past_gap = config.hop > blind_post ? config.hop - blind_post : 1;
+  return kept > past_gap ? kept : past_gap;
+}
+
 StreamBufferSizes ComputeStreamBufferSizes(const StreamConfig& config) {
   StreamBufferSizes sizes{};
   sizes.ring_floats = config.in_samples * kChannels;
   sizes.window_floats = config.in_samples * kChannels;
   sizes.probs_floats = config.in_samples * static_cast<size_t>(config.n_classes);
-  sizes.stack_floats = config.in_samples * static_cast<size_t>(config.n_phases);
+  sizes.stack_floats = 0;
   for (int p = 0; p < config.n_phases && p < kMaxPhases; ++p) {
-    if (config.confirm_post[p] > 0) sizes.stack_floats += config.hop;  // a confirming curve keeps one hop open
+    sizes.stack_floats += StackCapacity(config, config.blind_pre[p], config.blind_post[p]);
+    if (config.confirm_post[p] > 0 && config.hop + config.confirm_post[p] < config.in_samples) {
+      sizes.stack_floats += StackCapacity(config, config.in_samples - config.hop - config.confirm_post[p],
+                                          config.confirm_post[p]);
+    }
   }
   sizes.stack_counts = sizes.stack_floats;
   sizes.total_bytes = (sizes.ring_floats + sizes.window_floats + sizes.probs_floats + sizes.stack_floats) * sizeof(float) +
@@ -57,15 +71,15 @@ bool StreamPicker::Init(const StreamConfig& config, const StreamBuffers& buffers
   emit_ = emit;
   emit_context_ = emit_context;
   ring_.Init(buffers.ring, config.in_samples);
-  size_t first = 0;
-  for (int p = 0; p < config.n_phases; ++p, first += config.in_samples) {
-    stackers_[p].Init(buffers.stack_sums + first, buffers.stack_counts + first, config.in_samples, 1, p);
-  }
+  size_t first = 0;  // the buffers in ComputeStreamBufferSizes' order
   for (int p = 0; p < config.n_phases; ++p) {
+    const size_t capacity = StackCapacity(config, config.blind_pre[p], config.blind_post[p]);
+    stackers_[p].Init(buffers.stack_sums + first, buffers.stack_counts + first, capacity, 1, p);
+    first += capacity;
     if (!Confirms(p)) continue;
-    // Its kept samples of each window start where the previous window's end: one hop is all that is ever open.
-    confirm_stackers_[p].Init(buffers.stack_sums + first, buffers.stack_counts + first, config.hop, 1, p);
-    first += config.hop;
+    const size_t confirm_capacity = StackCapacity(config, ConfirmPre(p), config.confirm_post[p]);
+    confirm_stackers_[p].Init(buffers.stack_sums + first, buffers.stack_counts + first, confirm_capacity, 1, p);
+    first += confirm_capacity;
   }
   Reset();
   return true;
@@ -85,12 +99,13 @@ void StreamPicker::StartSegment(uint64_t start) {
   next_offset_ = start;
   covered_until_ = start;
   for (int p = 0; p < config_.n_phases; ++p) {
-    stackers_[p].Reset(start);
+    // Without the exact tail no window keeps a prediction before the first one's blinded start: the curve (and the
+    // stacker's storage, StackCapacity) begins there. The exact replay's last window may reach back to the start.
+    stackers_[p].Reset(start + (config_.exact_tail ? 0 : config_.blind_pre[p]));
     triggers_[p].Init(config_.thresholds[p], config_.thresholds[p] / 2.0f, p, config_.top_tolerance,
                       config_.top_half_width);
     confirmations_[p].Clear();
     if (!Confirms(p)) continue;
-    // No window keeps a confirming prediction before the first one's blinded start: the curve begins there.
     confirm_stackers_[p].Reset(start + ConfirmPre(p));
     confirm_triggers_[p].Init(config_.thresholds[p], config_.thresholds[p] / 2.0f, p, config_.top_tolerance,
                               config_.top_half_width);

@@ -63,7 +63,7 @@ struct StreamBuffers {
   float* ring = nullptr;       // in_samples * 3 floats
   float* window = nullptr;     // in_samples * 3 floats: the normalised model input
   float* probs = nullptr;      // in_samples * n_classes floats: the model output
-  float* stack_sums = nullptr; // in_samples * n_phases floats (+ hop per confirming phase)
+  float* stack_sums = nullptr; // per phase StackCapacity floats (+ its confirming curve's)
   uint16_t* stack_counts = nullptr;  // as many counts
 };
 
@@ -72,6 +72,9 @@ struct StreamBufferSizes {
   size_t total_bytes;
 };
 StreamBufferSizes ComputeStreamBufferSizes(const StreamConfig& config);
+// Samples one phase's stacker keeps open with this blinding: the whole window with the exact tail, else the span from
+// the first sample not yet final to the last one a window keeps (one hop in the live mode).
+size_t StackCapacity(const StreamConfig& config, size_t blind_pre, size_t blind_post);
 
 // Runs the model on one normalised window (layout config.input_layout, in_samples * 3 floats) and writes
 // in_samples * n_classes probabilities. Returns false on failure (the window's predictions are then missing).
