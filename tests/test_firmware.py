@@ -812,26 +812,16 @@ def test_live_retractions_match_python_twin(driver):
         assert result.returncode == 1 and b"init failed" in result.stderr
 
 
-def test_retraction_waits_for_a_confirming_trigger_open_at_its_deadline(driver, tmp_path):
-    """Window predictions written so that the live and the confirming P curves are what the test says (each sample
-    of either comes from one window): a live pick the confirming curve matches stays; one it has nothing near is
-    retracted as soon as that curve is final 50 samples past it; one whose deadline falls inside a long confirming
-    trigger peaking too late is retracted only when that trigger closes; one the confirming curve never reaches
-    (near the end) stays. The core, reading the same predictions from a file, prints what the twin says."""
+def retractions_of_p_curves(driver, tmp_path, live_p, confirming_p, confirm, within):
+    """The twin's picks and the core's output lines when the live and the confirming P curves are ``live_p`` and
+    ``confirming_p``: window predictions written so that each sample of either comes from one window (the live
+    slice and the confirming slice of a window do not overlap), read by the core's "file" model."""
     from pipeline.picking import live_blinding, live_offsets, live_stream_picks
 
-    n, within, confirm = 3000, 50, {"P": 200, "S": 250}
-    t = np.arange(n)
-
-    def bump(center, width, height=0.8):
-        return height * np.exp(-0.5 * ((t - center) / width) ** 2)
-
-    live_p = bump(1000, 3) + bump(1500, 3) + bump(2000, 3) + bump(2850, 3)
-    confirming_p = np.where((t >= 1030) & (t <= 1120), 0.2 + 0.6 * (t - 1030) / 90, 0.0) + bump(2010, 3)
-    offsets = live_offsets(n, IN_SAMPLES, LIVE_HOP)
+    n = len(live_p)
     (live_pre, _), (confirm_pre, _) = (live_blinding(IN_SAMPLES, LIVE_HOP, v) for v in (LIVE_LOOKAHEAD["P"], confirm["P"]))
     windows = []
-    for o in offsets:
+    for o in live_offsets(n, IN_SAMPLES, LIVE_HOP):
         w = np.zeros((IN_SAMPLES, 3), dtype=np.float32)
         w[live_pre : live_pre + LIVE_HOP, 0] = live_p[o + live_pre : o + live_pre + LIVE_HOP]
         w[confirm_pre : confirm_pre + LIVE_HOP, 0] = confirming_p[o + confirm_pre : o + confirm_pre + LIVE_HOP]
@@ -848,6 +838,40 @@ def test_retraction_waits_for_a_confirming_trigger_open_at_its_deadline(driver, 
     args[-1:] = ["file", tmp_path / "probs.f32"]  # the model: these predictions, window by window
     lines = run(driver, *args, "--confirm", f"{confirm['P']},{confirm['S']}", within,
                 stdin=stream_text(np.zeros((3, n), np.float32))).splitlines()
+    return ref, lines
+
+
+def test_retraction_keeps_picks_past_its_pending_list_and_says_so(driver, tmp_path):
+    """More unconfirmed live picks of one phase than the core's list holds (32) within a confirming look-ahead: the
+    extra ones are kept (the twin, which has no such limit, retracts them all) and each is announced by a warn line;
+    every other pick is retracted as the twin says."""
+    n, confirm = 3000, {"P": 200, "S": 250}
+    t = np.arange(n)
+    live_p = sum(0.8 * np.exp(-0.5 * ((t - c) / 1.0) ** 2) for c in range(1000, 1300, 5))  # 60 picks, 5 apart
+    ref, lines = retractions_of_p_curves(driver, tmp_path, live_p, np.zeros(n), confirm, 50)
+    messages = [json.loads(line) for line in lines]
+    assert len(ref) == 60 and all(p["retracted"] is not None for p in ref)
+    retracted = {m["sample"] for m in messages if m["type"] == "retract"}
+    unchecked = [m["msg"] for m in messages if m["type"] == "warn" and "kept unconfirmed" in m["msg"]]
+    assert unchecked and len(retracted) + len(unchecked) == 60 and retracted < {p["sample"] for p in ref}
+    assert all("32 picks await confirmation" in text for text in unchecked)
+
+
+def test_retraction_waits_for_a_confirming_trigger_open_at_its_deadline(driver, tmp_path):
+    """Window predictions written so that the live and the confirming P curves are what the test says (each sample
+    of either comes from one window): a live pick the confirming curve matches stays; one it has nothing near is
+    retracted as soon as that curve is final 50 samples past it; one whose deadline falls inside a long confirming
+    trigger peaking too late is retracted only when that trigger closes; one the confirming curve never reaches
+    (near the end) stays. The core, reading the same predictions from a file, prints what the twin says."""
+    n, within, confirm = 3000, 50, {"P": 200, "S": 250}
+    t = np.arange(n)
+
+    def bump(center, width, height=0.8):
+        return height * np.exp(-0.5 * ((t - center) / width) ** 2)
+
+    live_p = bump(1000, 3) + bump(1500, 3) + bump(2000, 3) + bump(2850, 3)
+    confirming_p = np.where((t >= 1030) & (t <= 1120), 0.2 + 0.6 * (t - 1030) / 90, 0.0) + bump(2010, 3)
+    ref, lines = retractions_of_p_curves(driver, tmp_path, live_p, confirming_p, confirm, within)
     retracts = {m["sample"]: m["reported"] for m in map(json.loads, lines) if m["type"] == "retract"}
     assert [p["sample"] for p in ref] == [1000, 1500, 2000, 2850]
     assert {p["sample"]: p["retracted"] for p in ref if p["retracted"] is not None} == retracts

@@ -365,8 +365,12 @@ void StreamPicker::EmitPick(const Pick& pick) {
   emit_(emit_context_, line);
   if (!Confirms(pick.phase)) return;
   Confirmation& c = confirmations_[pick.phase];
-  if (c.n_pending == Confirmation::kPending) {
-    ++stats_.unchecked;  // kept unconfirmed: more live picks of one phase than the list holds within C + hop
+  if (c.n_pending == Confirmation::kPending) {  // more live picks of one phase within C + hop than the list holds
+    ++stats_.unchecked;
+    char text[96];
+    std::snprintf(text, sizeof(text), "%s pick at sample %" PRIu64 " kept unconfirmed: %d picks await confirmation",
+                  config_.phase_names[pick.phase], pick.sample, Confirmation::kPending);
+    Message("warn", text);
     return;
   }
   c.pending[c.n_pending++] = pick.sample;
