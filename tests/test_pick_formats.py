@@ -264,12 +264,13 @@ def test_listen_reads_a_file_until_the_end_of_stream(tmp_path, capsys):
 def test_listen_marks_a_retracted_pick_rejected(tmp_path, capsys):
     """A "retract" line (the live mode's retraction) turns its pick's QuakeML and SeisComP XML status to rejected and
     takes it out of the NonLinLoc phase lines; the operator is told its Earthworm line went out already. A
-    retraction of a pick the session never saw is a warning, not a crash."""
+    retraction of a pick the session never saw is a warning, not a crash; one read twice counts once."""
     t0 = obspy.UTCDateTime(2021, 5, 6, 7, 8, 9).timestamp
     lines = device_output(t0)
     end = next(k for k, line in enumerate(lines) if '"end:' in line)
-    lines[end:end] = ['{"type":"retract","phase":"S","sample":1600,"time":%.6f,"reported":2700}' % (t0 + 16.0),
-                      '{"type":"retract","phase":"P","sample":999,"time":%.6f,"reported":2701}' % (t0 + 9.99)]
+    retract_s = '{"type":"retract","phase":"S","sample":1600,"time":%.6f,"reported":2700}' % (t0 + 16.0)
+    retract_unknown = '{"type":"retract","phase":"P","sample":999,"time":%.6f,"reported":2701}' % (t0 + 9.99)
+    lines[end:end] = [retract_s, retract_s, retract_unknown]  # the S one twice: counted once
     source = tmp_path / "board.log"
     source.write_text("\n".join(lines) + "\n")
     out = tmp_path / "listen"

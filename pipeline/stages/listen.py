@@ -198,6 +198,8 @@ def record_retraction(message: dict, session: Session, config) -> None:
         print(f"listen: warning: a retraction of {key[0]} at sample {key[1]} matches no pick of this session",
               file=sys.stderr)
         return
+    if pick_formats.is_retracted(pick):
+        return  # the same line again (a replayed log): nothing changes
     pick["retracted"] = message.get("reported", -1)
     session.retracted += 1
     note = " (its Earthworm line went out already)" if session.earthworm_path is not None else ""
