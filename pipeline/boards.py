@@ -123,7 +123,8 @@ def check_budget(board: Board, info: dict, board_config=None, raise_error: bool 
     """Place every buffer of one model variant on ``board`` and check each region.
 
     ``info``: ``bytes`` (what is flashed), ``arena_bytes``, ``in_samples``, ``sampling_rate``, optional
-    ``expanded_bytes`` (FP16) and ``confirm_stitch_samples`` (the live mode's retraction: hop x confirming phases). ``board_config``: :class:`pipeline.config.BoardConfig` (margin, ring buffer seconds).
+    ``expanded_bytes`` (FP16) and ``confirm_stitch_samples`` (the live mode's retraction: hop x confirming phases).
+    ``board_config``: :class:`pipeline.config.BoardConfig` (margin, ring buffer seconds).
     Returns a dict with the regions, their items and ``overflow`` (a message, or ``""``)."""
     margin = float(getattr(board_config, "margin", 0.10))
     ring_seconds = float(getattr(board_config, "ring_seconds", 45.0))

@@ -273,8 +273,9 @@ def live_pass(config, models, traces, rate, order, truth, picks, tolerances) -> 
     for model in chosen:
         started = time.perf_counter()
         live = live_pick_times(model, traces, rate, order, lv.hop_samples, lv.lookaheads(), lv.benchmark_warmup,
-                               b.threshold, b.traces_per_call, b.batch_size, live_skip_samples(model, lv.benchmark_warmup),
-                               lv.confirms(), lv.confirm_within_samples)
+                               b.threshold, b.traces_per_call, b.batch_size,
+                               live_skip_samples(model, lv.benchmark_warmup), lv.confirms(),
+                               lv.confirm_within_samples)
         seconds[model.label] = round(time.perf_counter() - started, 2)
         print(f"benchmark: {model.label} annotated {len(traces)} traces live in {seconds[model.label]:.1f} s")
         rows += live_rows(model, truth, live, picks[model.label], tolerances, latency_tolerance)
@@ -282,7 +283,8 @@ def live_pass(config, models, traces, rate, order, truth, picks, tolerances) -> 
     blinding = {phase: list(live_blinding(n, lv.hop_samples, lookahead)) for phase, lookahead in lv.lookaheads().items()}
     return {"hop_samples": int(lv.hop_samples), "lookahead_samples": {k: int(v) for k, v in lv.lookaheads().items()},
             "confirm_samples": {k: int(v) for k, v in lv.confirms().items()},
-            "confirm_within_samples": int(lv.confirm_within_samples), "blinding": blinding, "warmup_samples": live_warmup(n, lv.hop_samples, lv.lookaheads(), lv.benchmark_warmup),
+            "confirm_within_samples": int(lv.confirm_within_samples), "blinding": blinding,
+            "warmup_samples": live_warmup(n, lv.hop_samples, lv.lookaheads(), lv.benchmark_warmup),
             "skipped_start_samples": live_skip_samples(chosen[0], lv.benchmark_warmup),
             "latency_tolerance_s": latency_tolerance, "annotate_seconds": seconds, "rows": rows}
 
@@ -344,9 +346,11 @@ def live_pick_times(model, traces, rate, order, hop, lookahead, warmup=True, thr
     out = LivePicks(*({phase: [np.zeros(0)] * len(traces) for phase in PHASES} for _ in range(3)))
     for k, i in enumerate(kept):
         length = padded[i].shape[1]
-        live = add_reported_samples([p for phase in PHASES for p in picks_at(lookaheads[phase])[k] if p["phase"] == phase],
-                                    length, n, hop, lookaheads)
-        confirming = [p for phase in PHASES if confirms[phase] for p in picks_at(confirms[phase])[k] if p["phase"] == phase]
+        live = add_reported_samples(
+            [p for phase in PHASES for p in picks_at(lookaheads[phase])[k] if p["phase"] == phase],
+            length, n, hop, lookaheads)
+        confirming = [p for phase in PHASES if confirms[phase]
+                      for p in picks_at(confirms[phase])[k] if p["phase"] == phase]
         live = mark_retractions(live, confirming, length, n, hop, confirms, confirm_within)
         for phase in PHASES:
             mine = sorted((p for p in live if p["phase"] == phase and p["sample"] >= pad + skip_samples),

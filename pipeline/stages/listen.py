@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pipeline import pick_formats
 from pipeline.errors import EdgepickError
-from pipeline.serial_protocol import is_end_of_stream, json_message
+from pipeline.serial_protocol import is_end_of_stream, is_retraction, json_message
 
 STDIN_NAMES = ("-", "stdin")  # "-" arrives through --set as YAML's [None]: "stdin" says the same
 READ_TIMEOUT_S = 0.2  # a serial read returns at least this often, so that max_seconds is kept
@@ -212,7 +212,7 @@ def handle_message(message: dict, session: Session, config) -> bool:
     kind = message.get("type")
     if kind == "pick":
         record_pick(message, session, config)
-    elif kind == "retract":
+    elif is_retraction(message):
         record_retraction(message, session, config)
     elif kind in ("error", "warn"):
         session.device_errors += kind == "error"
@@ -223,8 +223,8 @@ def handle_message(message: dict, session: Session, config) -> bool:
 def summary(session: Session, reason: str) -> str:
     files = [*session.catalog_paths.values(), *([session.earthworm_path] if session.earthworm_path else [])]
     written = ", ".join(str(p) for p in files) if session.picks else "nothing (no picks)"
-    return (f"listen: {reason}: {len(session.picks)} picks ({session.retracted} retracted), {session.device_errors} device errors, "
-            f"{session.noise_lines} non-JSON lines; written: {written}")
+    return (f"listen: {reason}: {len(session.picks)} picks ({session.retracted} retracted), "
+            f"{session.device_errors} device errors, {session.noise_lines} non-JSON lines; written: {written}")
 
 
 def listen(config) -> Session:
