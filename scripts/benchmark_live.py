@@ -91,14 +91,17 @@ def score_dataset(student, folder: Path, split: str, grid, warmup: bool, teacher
     exact = annotation.dataset_curves(model, traces, rate, order, progress=False).picks()
     rows = []
     skip = benchmark_stage.live_skip_samples(model, warmup)
+    annotated: dict = {}  # each (hop, look-ahead) stream annotated once, whether it picks or confirms
     for hop, lookahead in grid:
         started = time.perf_counter()
-        live = benchmark_stage.live_pick_times(model, traces, rate, order, hop, lookahead, warmup, skip_samples=skip)
+        live = benchmark_stage.live_pick_times(model, traces, rate, order, hop, lookahead, warmup, skip_samples=skip,
+                                               annotated=annotated)
         seconds = time.perf_counter() - started
         confirmations = {}
         for c in confirm:
             checked = benchmark_stage.live_pick_times(model, traces, rate, order, hop, lookahead, warmup,
-                                                      skip_samples=skip, confirm=c, confirm_within=within)
+                                                      skip_samples=skip, confirm=c, confirm_within=within,
+                                                      annotated=annotated)
             kept = checked.kept()
             scores = score_picks(truth, kept, TOLERANCES)
             confirmations[c] = {phase: {"f1": {f"{t:g}": scores[phase][t]["f1"] for t in TOLERANCES},

@@ -220,8 +220,11 @@ def test_live_pass_picks_as_the_firmware_twin(warmup):
     confirm, within = {"P": 500, "S": 0}, 50  # S never retracted
     traces = square_traces()
     bench = runners.BenchModel("student", "pytorch", "fp32", [model])
+    annotated = {}
     times, reported, retracted = benchmark_stage.live_pick_times(bench, traces, 100.0, "ZNE", hop, lookahead, warmup,
-                                                                 confirm=confirm, confirm_within=within)
+                                                                 confirm=confirm, confirm_within=within,
+                                                                 annotated=annotated)
+    assert sorted(key[2] for key in annotated) == [150, 230, 500]  # one annotate per look-ahead, the confirming one too
     pad = live_blinding(SAMPLES, hop, 150)[0] if warmup else 0  # the smallest look-ahead's: every phase covered
 
     def forward(window):
@@ -248,7 +251,8 @@ def test_live_pass_picks_as_the_firmware_twin(warmup):
     # picks in the span the exact replay blinds at a trace's start are dropped when asked (the stage's live pass)
     skip = 1200
     kept, kept_reported, _ = benchmark_stage.live_pick_times(bench, traces, 100.0, "ZNE", hop, lookahead, warmup,
-                                                             skip_samples=skip, confirm=confirm)
+                                                             skip_samples=skip, confirm=confirm, annotated=annotated)
+    assert len(annotated) == 3  # the streams of the first call served this one
     dropped = 0
     for phase in "PS":
         for i in range(len(traces)):

@@ -315,13 +315,17 @@ class LivePicks(NamedTuple):
 
 
 def live_pick_times(model, traces, rate, order, hop, lookahead, warmup=True, threshold=None, traces_per_call=64,
-                    batch_size=64, skip_samples: int = 0, confirm=0, confirm_within: int = 50) -> LivePicks:
+                    batch_size=64, skip_samples: int = 0, confirm=0, confirm_within: int = 50,
+                    annotated: dict | None = None) -> LivePicks:
     """The picks the firmware's live mode makes on each trace, when each is reported and, with ``confirm`` (the
     confirming look-ahead, one for every phase or one per phase, 0: none), when each retracted one is withdrawn
     (pipeline.picking.live_stream_picks, computed by the model's own SeisBench annotate, once per distinct
     look-ahead: ``lookahead`` is one for every phase or one per phase). Each trace is annotated after its warm-up
     (:func:`warmup_padded`, :func:`live_warmup`, picks on it and in the trace's first ``skip_samples`` dropped)
-    and cut after its last live window, so that SeisBench adds no last window ending at the trace's end."""
+    and cut after its last live window, so that SeisBench adds no last window ending at the trace's end.
+    ``annotated``: a dict shared by calls on the same model and traces, so that a stream already annotated (same
+    hop, warm-up, look-ahead and threshold) is not annotated again (the live look-ahead of one call is often the
+    confirming one of another, or the same with another confirmation)."""
     n = model.members[0].in_samples
     lookaheads = phase_lookaheads(lookahead)
     confirms = confirm_lookaheads(confirm, lookaheads, n, hop)
@@ -329,19 +333,20 @@ def live_pick_times(model, traces, rate, order, hop, lookahead, warmup=True, thr
     padded = [warmup_padded(w, pad, rate) for w in traces]
     kept = [i for i, w in enumerate(padded) if w.shape[1] >= n]  # a shorter one has no window: no live picks
     spans = [live_windows_span(padded[i], n, hop) for i in kept]
-    by_lookahead: dict[int, list[list[dict]]] = {}
+    annotated = {} if annotated is None else annotated
 
     def picks_at(value: int) -> list[list[dict]]:
         """Each kept trace's picks (every phase) on the curves stacked at look-ahead ``value``, on its padded grid."""
-        if value not in by_lookahead:
+        key = (hop, pad, value, threshold)
+        if key not in annotated:
             curves = dataset_curves(live_model(model, hop, value), spans, rate, order, traces_per_call, batch_size)
             rule = curves.rule.with_threshold(threshold)
-            by_lookahead[value] = [
+            annotated[key] = [
                 [] if curves.data[k].shape[1] < 3  # nothing annotated (as Curves.picks, no run shorter than 3 samples)
                 else [dict(p, sample=p["sample"] + start, on=p["on"] + start, off=p["off"] + start)
                       for p in rule.picks(curves.data[k], "".join(PHASES))]
                 for k, start in enumerate(curves.start)]
-        return by_lookahead[value]
+        return annotated[key]
 
     out = LivePicks(*({phase: [np.zeros(0)] * len(traces) for phase in PHASES} for _ in range(3)))
     for k, i in enumerate(kept):
