@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from pipeline.convert.fp16_pack import expand_fp16
-from pipeline.picking import PickRule, stream_picks
+from pipeline.picking import PickRule, live_blinding, live_offsets, live_stream_picks, stream_picks
 from pipeline.serial_protocol import parse_pick_lines
 
 REPO = Path(__file__).resolve().parents[1]
@@ -726,6 +726,14 @@ def test_replay_reads_miniseed_gaps_as_gaps_and_opens_datasets(driver, tmp_path)
 LIVE_HOP, LIVE_LOOKAHEAD = 64, {"P": 48, "S": 96}  # each phase its own look-ahead (live.*_lookahead_samples)
 
 
+def live_stream_args() -> list:
+    """The host driver's stream arguments of the live mode: the live hop and each phase's live blinding ("P,S")."""
+    blinding = [live_blinding(IN_SAMPLES, LIVE_HOP, LIVE_LOOKAHEAD[phase]) for phase in "PS"]
+    args = stream_args(exact=0, blinding=[",".join(str(b[k]) for b in blinding) for k in (0, 1)])  # "P,S"
+    args[2] = LIVE_HOP
+    return args
+
+
 def live_stream() -> np.ndarray:
     """synthetic_stream and one more P whose trigger reaches past the last window's kept slice (closed at "#end")."""
     x = synthetic_stream()
@@ -740,15 +748,11 @@ def test_live_mode_matches_python_twin_within_its_latency_budget(driver):
     sample (off + 1) is final its phase's look-ahead to look-ahead + hop - 1 samples after it arrived, so a pick
     comes at most look-ahead + hop + its trigger-off delay after its sample; the exact replay's come a window late.
     P does not wait for S's longer look-ahead."""
-    from pipeline.picking import live_blinding, live_stream_picks
-
     x = live_stream()
     end = x.shape[1] - 1
-    blinding = [live_blinding(IN_SAMPLES, LIVE_HOP, LIVE_LOOKAHEAD[phase]) for phase in "PS"]
     rule = PickRule(p_threshold=0.3, s_threshold=0.3, top_tolerance=TOP)
     ref, _ = live_stream_picks(x, square_model, IN_SAMPLES, LIVE_HOP, LIVE_LOOKAHEAD, rule, EPS)
-    args = stream_args(exact=0, blinding=[",".join(str(b[k]) for b in blinding) for k in (0, 1)])  # "P,S"
-    args[2] = LIVE_HOP
+    args = live_stream_args()
     lines = run(driver, *args, stdin=stream_text(x)).splitlines()
     assert not [line for line in lines if json.loads(line)["type"] == "error"]
     got = parse_pick_lines(lines)
@@ -777,16 +781,12 @@ def test_live_retractions_match_python_twin(driver):
     """With a confirming look-ahead the core prints the same picks as without one, and a "retract" line for each
     pick pipeline.picking.mark_retractions withdraws, at the sample it says (its confirming curve final past the
     pick + the reach and any trigger open there closed), after that pick's own line; the others stay."""
-    from pipeline.picking import live_blinding, live_stream_picks
-
     x = live_stream()
     within = 50
     rule = PickRule(p_threshold=0.3, s_threshold=0.3, top_tolerance=TOP)
     ref, _ = live_stream_picks(x, square_model, IN_SAMPLES, LIVE_HOP, LIVE_LOOKAHEAD, rule, EPS, confirm=LIVE_CONFIRM,
                                confirm_within=within)
-    blinding = [live_blinding(IN_SAMPLES, LIVE_HOP, LIVE_LOOKAHEAD[phase]) for phase in "PS"]
-    args = stream_args(exact=0, blinding=[",".join(str(b[k]) for b in blinding) for k in (0, 1)])
-    args[2] = LIVE_HOP
+    args = live_stream_args()
     plain = run(driver, *args, stdin=stream_text(x)).splitlines()
     lines = run(driver, *args, "--confirm", f"{LIVE_CONFIRM['P']},{LIVE_CONFIRM['S']}", within,
                 stdin=stream_text(x)).splitlines()
@@ -816,8 +816,6 @@ def retractions_of_p_curves(driver, tmp_path, live_p, confirming_p, confirm, wit
     """The twin's picks and the core's output lines when the live and the confirming P curves are ``live_p`` and
     ``confirming_p``: window predictions written so that each sample of either comes from one window (the live
     slice and the confirming slice of a window do not overlap), read by the core's "file" model."""
-    from pipeline.picking import live_blinding, live_offsets, live_stream_picks
-
     n = len(live_p)
     (live_pre, _), (confirm_pre, _) = (live_blinding(IN_SAMPLES, LIVE_HOP, v) for v in (LIVE_LOOKAHEAD["P"], confirm["P"]))
     windows = []
@@ -832,9 +830,7 @@ def retractions_of_p_curves(driver, tmp_path, live_p, confirming_p, confirm, wit
     rule = PickRule(p_threshold=0.3, s_threshold=0.3, top_tolerance=TOP)
     ref, _ = live_stream_picks(np.zeros((3, n), np.float32), lambda window: next(served), IN_SAMPLES, LIVE_HOP,
                                LIVE_LOOKAHEAD, rule, EPS, confirm=confirm, confirm_within=within)
-    blinding = [live_blinding(IN_SAMPLES, LIVE_HOP, LIVE_LOOKAHEAD[phase]) for phase in "PS"]
-    args = stream_args(exact=0, blinding=[",".join(str(b[k]) for b in blinding) for k in (0, 1)])
-    args[2] = LIVE_HOP
+    args = live_stream_args()
     args[-1:] = ["file", tmp_path / "probs.f32"]  # the model: these predictions, window by window
     lines = run(driver, *args, "--confirm", f"{confirm['P']},{confirm['S']}", within,
                 stdin=stream_text(np.zeros((3, n), np.float32))).splitlines()

@@ -18,6 +18,17 @@ size_t StackCapacity(const StreamConfig& config, size_t blind_pre, size_t blind_
   return kept > past_gap ? kept : past_gap;
 }
 
+namespace {
+
+// The blind_pre of a phase's confirming curve (the live blinding of its confirming look-ahead); 0 where the look-ahead
+// leaves no room in the window (Init refuses such a configuration).
+size_t ConfirmBlindPre(const StreamConfig& config, int phase) {
+  const size_t used = config.hop + config.confirm_post[phase];
+  return used < config.in_samples ? config.in_samples - used : 0;
+}
+
+}  // namespace
+
 StreamBufferSizes ComputeStreamBufferSizes(const StreamConfig& config) {
   StreamBufferSizes sizes{};
   sizes.ring_floats = config.in_samples * kChannels;
@@ -26,9 +37,8 @@ StreamBufferSizes ComputeStreamBufferSizes(const StreamConfig& config) {
   sizes.stack_floats = 0;
   for (int p = 0; p < config.n_phases && p < kMaxPhases; ++p) {
     sizes.stack_floats += StackCapacity(config, config.blind_pre[p], config.blind_post[p]);
-    if (config.confirm_post[p] > 0 && config.hop + config.confirm_post[p] < config.in_samples) {
-      sizes.stack_floats += StackCapacity(config, config.in_samples - config.hop - config.confirm_post[p],
-                                          config.confirm_post[p]);
+    if (config.confirm_post[p] > 0) {
+      sizes.stack_floats += StackCapacity(config, ConfirmBlindPre(config, p), config.confirm_post[p]);
     }
   }
   sizes.stack_counts = sizes.stack_floats;
@@ -111,6 +121,8 @@ void StreamPicker::StartSegment(uint64_t start) {
                               config_.top_half_width);
   }
 }
+
+size_t StreamPicker::ConfirmPre(int phase) const { return ConfirmBlindPre(config_, phase); }
 
 uint64_t StreamPicker::ConfirmCoveredUntil(int phase) const {
   const uint64_t safe = next_offset_ + ConfirmPre(phase);

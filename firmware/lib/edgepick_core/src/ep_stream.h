@@ -135,7 +135,7 @@ class StreamPicker {
   uint64_t SafeToFinalize(int phase) const;
   void EmitPick(const Pick& pick);
   bool Confirms(int phase) const { return config_.confirm_post[phase] > 0; }
-  size_t ConfirmPre(int phase) const { return config_.in_samples - config_.hop - config_.confirm_post[phase]; }
+  size_t ConfirmPre(int phase) const;  // the confirming curve's blind_pre: window - hop - confirm_post
   uint64_t ConfirmCoveredUntil(int phase) const;  // the confirming curve holds predictions before this sample
   void ResolvePending(int phase, bool at_end);     // retract or keep the pending picks that can be decided now
   void EmitRetract(int phase, uint64_t sample);
