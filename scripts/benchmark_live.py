@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline import annotation, runners  # noqa: E402
 from pipeline.errors import EdgepickError, run_script  # noqa: E402
 from pipeline.metrics import score_picks  # noqa: E402
+from pipeline.picking import confirm_lookaheads, live_blinding, phase_lookaheads  # noqa: E402
 from pipeline.stages import benchmark as benchmark_stage  # noqa: E402
 from pipeline.student import load_student  # noqa: E402
 
@@ -158,10 +159,15 @@ def main() -> None:
     grid = parse_grid(args.grid)
     folders = labelled_folders(args.datasets)
     student = load_student(args.student)
+    confirm = parse_lookaheads(args.confirm)
+    for hop, lookahead in grid:  # what does not fit the student is refused before any trace is annotated
+        live_blinding(student.in_samples, hop, lookahead)
+        for c in confirm:
+            confirm_lookaheads(c, phase_lookaheads(lookahead), student.in_samples, hop)
     rows = []
     for folder, split in folders:
         rows += score_dataset(student, folder, split, grid, not args.no_warmup, args.teacher, args.max_traces,
-                              parse_lookaheads(args.confirm), args.confirm_within)
+                              confirm, args.confirm_within)
     print(f"student {args.student}: live (a window every hop, look-ahead L samples{', warm-up' if not args.no_warmup else ''}) "
           f"against exact replay; latency = reported - analyst onset, picks within {max(TOLERANCES)} s")
     print(format_rows(rows))
