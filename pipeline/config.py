@@ -206,7 +206,8 @@ class DistillConfig:
     # Share of the windows around an analyst pick (the labelled folders) that put it where the live firmware keeps
     # its predictions, the smaller look-ahead - 50 to the larger look-ahead + hop + 50 samples before the window's
     # end (live.*): so the student also learns to pick with the little future the live mode gives it (0: a pick
-    # anywhere in the window; the teacher's target still sees the whole trace)
+    # anywhere in the window; the teacher's target still sees the whole trace). A folder without analyst picks (the
+    # continuous data the teacher labels) gets as many windows with one of the teacher's picks there (cache mode)
     live_windows: float = 0.0
     workers: int = -1  # DataLoader worker processes; -1: automatic (none on <= 2 cores, else half the cores, <= 8)
     seed: int = 0

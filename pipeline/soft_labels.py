@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline import generators
 from pipeline.errors import EdgepickError
+from pipeline.picking import PickRule
 from pipeline.soft_label_cache import EnsembleSoftLabels, SoftLabelCache, build_soft_labels
 from pipeline.teachers import Teacher, parse_teacher_spec, to_distribution
 
@@ -140,6 +141,18 @@ class TrainingTargets:
             return None
         cache = self.caches[str(path)]
         return np.array([float(cache.labels_by_name(n)[:2].max()) > threshold for n in trace_names])
+
+    def teacher_picks(self, path: str | Path, trace_names, threshold: float = 0.3) -> dict[str, np.ndarray] | None:
+        """Trace name -> the samples of the teacher's P and S picks in it (SeisBench's rule: trigger at
+        ``threshold``, first maximum), from the cache: where ``distill.live_windows`` puts picks on continuous data
+        that has no analyst's. None on the fly, where the teacher has not seen the traces yet."""
+        if self.online is not None:
+            return None
+        cache = self.caches[str(path)]
+        rule = PickRule(p_threshold=threshold, s_threshold=threshold, top_tolerance=None)
+        return {name: np.array([p["sample"] for p in rule.picks(np.asarray(cache.labels_by_name(name), np.float32))],
+                               dtype=np.int64)
+                for name in trace_names}
 
     def target(self, batch: dict) -> np.ndarray:
         """float (batch, 3, window) P, S, noise of a batch from a generator with :meth:`steps`: the cached crop

@@ -257,6 +257,45 @@ def test_live_windows_put_the_pick_where_the_live_mode_keeps_predictions():
             generators.RandomWindowAroundPicks(["trace_p_arrival_sample"], windowlen=3001, **bad)
 
 
+def test_live_windows_use_the_teachers_picks_on_continuous_data():
+    """A trace without analyst picks (the transfer data) gets pick_probability x end_probability of its windows with
+    one of the teacher's picks end_range samples before the end, chosen among those that fit without clamping; the
+    rest start anywhere. An analyst pick, where there is one, wins; without end_probability the picks are unused."""
+    x = np.arange(3 * 6000, dtype=np.float32).reshape(3, 6000)
+    teacher = {"a": np.array([1000, 4000, 5900]), "b": np.array([], dtype=np.int64)}
+    window = generators.RandomWindowAroundPicks(["trace_p_arrival_sample"], windowlen=3001, pick_probability=0.5,
+                                                end_probability=0.6, end_range=(50, 350), teacher_picks=teacher)
+    assert "the teacher's picks too" in str(window)
+
+    def at_end_share(rule):
+        np.random.seed(5)
+        at_end = []
+        for _ in range(2000):
+            state = {"X": (x, {"trace_name": "a", "trace_p_arrival_sample": np.nan})}
+            rule(state)
+            before_end = 3001 - (teacher["a"] - int(state["X"][0][0, 0]))
+            fits = (before_end >= 50) & (before_end <= 350)
+            at_end.extend(before_end[fits])
+        return len(at_end) / 2000, np.asarray(at_end)
+
+    by_chance, _ = at_end_share(generators.RandomWindowAroundPicks(["trace_p_arrival_sample"], windowlen=3001))
+    share, at_end = at_end_share(window)
+    # 0.3 by the rule, the other 0.7 at the rate of windows drawn anywhere; 1000 never fits (its window would start
+    # before the trace), 4000 and 5900 do (for 5900 only up to 101 samples before the end): nothing is clamped
+    assert abs(share - (0.3 + 0.7 * by_chance)) < 0.04 and 0.05 < by_chance < 0.25
+    assert at_end.min() >= 50 and at_end.max() <= 350 and (at_end > 101).any()
+    for name in ("b", "unknown"):  # no teacher pick: anywhere, as before
+        state = {"X": (x, {"trace_name": name, "trace_p_arrival_sample": np.nan})}
+        window(state)
+        assert state["X"][0].shape == (3, 3001)
+    state = {"X": (x, {"trace_name": "a", "trace_p_arrival_sample": 2500.0})}  # analyst pick: the old rule
+    np.random.seed(0)
+    window(state)
+    assert 0 <= state["X"][1]["trace_p_arrival_sample"] < 3001
+    plain = generators.RandomWindowAroundPicks(["trace_p_arrival_sample"], windowlen=3001, teacher_picks=teacher)
+    assert plain.teacher_picks is None and "teacher" not in str(plain)
+
+
 def test_training_chain_without_hard_labels(small_dataset):
     """alpha = 1 never reads the analyst-pick labels: the chain can leave them out, windows unchanged."""
     dataset = generators.load_for_training(small_dataset)

@@ -181,6 +181,26 @@ def test_distillation_from_the_real_teacher_uses_the_soft_label_cache(labelled, 
     assert {p: p.stat().st_mtime_ns for p in (labelled / "soft_labels").glob("*.hdf5")} == before
 
 
+def test_live_windows_take_the_teachers_picks_where_a_folder_has_no_analyst_picks(labelled, tmp_path, teacher_cache):
+    """distill.live_windows on a mixture: the unlabelled folder's windows are placed by the teacher's picks (read
+    from its soft-label cache: P and S where PhaseNet sees them), the labelled folder's by its analyst picks."""
+    unlabelled = unlabelled_dataset(tmp_path / "unlabelled")
+    config = tiny_config(f"{unlabelled},{labelled}", tmp_path / "kd", alpha=1.0, epochs=1, live_windows=0.3)
+    train, _, targets = distill._datasets(config, master=True)
+    placement = {t.path: distill._teacher_picks(targets, t, config.distill) for t in train}
+    assert placement[str(labelled)] is None
+    picks = placement[str(unlabelled)]
+    names = list(train[0].dataset.metadata["trace_name"])
+    assert sorted(picks) == sorted(names)
+    # the records are events: the teacher picks most of them, each pick inside its trace
+    assert sum(len(v) > 0 for v in picks.values()) >= len(names) // 2
+    assert all(((v >= 0) & (v < 6000)).all() for v in picks.values())
+    config.distill.live_windows = 0.0
+    assert distill._teacher_picks(targets, train[0], config.distill) is None
+    state = distill.run(tiny_config(f"{unlabelled},{labelled}", tmp_path / "kd", alpha=1.0, epochs=1, live_windows=0.3))
+    assert np.isfinite(state["history"][0]["train_loss"])
+
+
 def test_sweep_ranks_runs_writes_table_and_pareto_plot_and_resumes(labelled, tmp_path):
     from pipeline.stages import sweep
 

@@ -270,15 +270,26 @@ def live_window_range(live, in_samples: int) -> tuple[int, int]:
     return max(1, min(lookaheads) - 50), min(in_samples, max(lookaheads) + live.hop_samples + 50)
 
 
+def _teacher_picks(targets, train: _Training, cfg):
+    """The teacher's picks per trace of a folder with no analyst picks, for ``distill.live_windows`` (else None)."""
+    if targets is None or not cfg.live_windows:
+        return None
+    columns = list(generators.phase_columns(train.dataset))
+    if columns and train.dataset.metadata[columns].notna().any().any():
+        return None
+    return targets.teacher_picks(train.path, train.dataset.metadata["trace_name"])
+
+
 def _train_loader(train: list[_Training], in_samples: int, cfg, windows: int, workers: int, seed: int, targets=None,
                   end_range: tuple[int, int] = (1, 1)):
     """Random windows from every training set; traces in which the teacher sees a phase are drawn more often (cache
     mode; on the fly the teacher has not seen the traces yet, so every trace is drawn equally often);
-    ``cfg.live_windows`` of the windows around an analyst pick put it ``end_range`` samples before the end."""
+    ``cfg.live_windows`` of the windows around an analyst pick put it ``end_range`` samples before the end, and as
+    many on continuous data a teacher pick (cache mode)."""
     generator = torch.utils.data.ConcatDataset(
         [generators.training_generator(t.dataset, in_samples, teacher_steps=_steps(targets, t, in_samples),
                                        hard_labels=cfg.alpha < 1, end_probability=cfg.live_windows,
-                                       end_range=end_range)
+                                       end_range=end_range, teacher_picks=_teacher_picks(targets, t, cfg))
          for t in train]
     )
     weights = []
