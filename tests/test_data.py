@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import seisbench.data as sbd
 
-from pipeline import generators
+from pipeline import generators, windowing
 from pipeline.config import DataConfig
 from pipeline.datasets import REPORT_NAME, event_split, open_dataset, prepare_trace, write_dataset
 from pipeline.errors import EdgepickError
@@ -197,7 +197,7 @@ def test_evaluation_windows_are_deterministic(small_dataset):
 
 def test_random_window_holds_the_pick_where_it_was_and_copies():
     x = np.arange(3 * 6000, dtype=np.float32).reshape(3, 6000)
-    window = generators.RandomWindowAroundPicks(["trace_p_arrival_sample"], windowlen=3001, pick_probability=1.0)
+    window = windowing.RandomWindowAroundPicks(["trace_p_arrival_sample"], windowlen=3001, pick_probability=1.0)
     np.random.seed(1)
     for _ in range(50):
         state = {"X": (x, {"trace_p_arrival_sample": 4500.0, "trace_s_arrival_sample": np.nan})}
@@ -217,7 +217,7 @@ def test_live_windows_put_the_pick_where_the_live_mode_keeps_predictions():
     """end_probability: that share of the windows around a pick puts it end_range samples before the window's end
     (distill.live_windows: where the live firmware keeps its predictions); the others anywhere, as before."""
     x = np.arange(3 * 9000, dtype=np.float32).reshape(3, 9000)
-    window = generators.RandomWindowAroundPicks(["trace_p_arrival_sample"], windowlen=3001, pick_probability=1.0,
+    window = windowing.RandomWindowAroundPicks(["trace_p_arrival_sample"], windowlen=3001, pick_probability=1.0,
                                                 end_probability=0.5, end_range=(50, 350))
     np.random.seed(3)
     before_end = []
@@ -235,7 +235,7 @@ def test_live_windows_put_the_pick_where_the_live_mode_keeps_predictions():
     assert (~in_range).sum() > 100  # the rest still anywhere in the window
     assert "0.5 of them 50-350 samples before the end" in str(window)
     # without it the random draws are the ones of earlier runs (which pick, then where): seed for seed the same windows
-    plain = generators.RandomWindowAroundPicks(["trace_p_arrival_sample", "trace_s_arrival_sample"], windowlen=3001,
+    plain = windowing.RandomWindowAroundPicks(["trace_p_arrival_sample", "trace_s_arrival_sample"], windowlen=3001,
                                                pick_probability=1.0)
     np.random.seed(11)
     got = []
@@ -254,7 +254,7 @@ def test_live_windows_put_the_pick_where_the_live_mode_keeps_predictions():
     for bad in ({"end_probability": 1.5}, {"end_probability": 0.3, "end_range": (0, 100)},
                 {"end_probability": 0.3, "end_range": (100, 4000)}):
         with pytest.raises(EdgepickError, match="end_"):
-            generators.RandomWindowAroundPicks(["trace_p_arrival_sample"], windowlen=3001, **bad)
+            windowing.RandomWindowAroundPicks(["trace_p_arrival_sample"], windowlen=3001, **bad)
 
 
 def test_live_windows_use_the_teachers_picks_on_continuous_data():
@@ -263,7 +263,7 @@ def test_live_windows_use_the_teachers_picks_on_continuous_data():
     rest start anywhere. An analyst pick, where there is one, wins; without end_probability the picks are unused."""
     x = np.arange(3 * 6000, dtype=np.float32).reshape(3, 6000)
     teacher = {"a": np.array([1000, 4000, 5900]), "b": np.array([], dtype=np.int64)}
-    window = generators.RandomWindowAroundPicks(["trace_p_arrival_sample"], windowlen=3001, pick_probability=0.5,
+    window = windowing.RandomWindowAroundPicks(["trace_p_arrival_sample"], windowlen=3001, pick_probability=0.5,
                                                 end_probability=0.6, end_range=(50, 350), teacher_picks=teacher)
     assert "the teacher's picks too" in str(window)
 
@@ -278,7 +278,7 @@ def test_live_windows_use_the_teachers_picks_on_continuous_data():
             at_end.extend(before_end[fits])
         return len(at_end) / 2000, np.asarray(at_end)
 
-    by_chance, _ = at_end_share(generators.RandomWindowAroundPicks(["trace_p_arrival_sample"], windowlen=3001))
+    by_chance, _ = at_end_share(windowing.RandomWindowAroundPicks(["trace_p_arrival_sample"], windowlen=3001))
     share, at_end = at_end_share(window)
     # 0.3 by the rule, the other 0.7 at the rate of windows drawn anywhere; 1000 never fits (its window would start
     # before the trace), 4000 and 5900 do (for 5900 only up to 101 samples before the end): nothing is clamped
@@ -292,7 +292,7 @@ def test_live_windows_use_the_teachers_picks_on_continuous_data():
     np.random.seed(0)
     window(state)
     assert 0 <= state["X"][1]["trace_p_arrival_sample"] < 3001
-    plain = generators.RandomWindowAroundPicks(["trace_p_arrival_sample"], windowlen=3001, teacher_picks=teacher)
+    plain = windowing.RandomWindowAroundPicks(["trace_p_arrival_sample"], windowlen=3001, teacher_picks=teacher)
     assert plain.teacher_picks is None and "teacher" not in str(plain)
 
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pipeline import generators, teachers, training
+from pipeline import generators, teachers, training, windowing
 from pipeline.artifacts import save_config
 from pipeline.config import Config
 from pipeline.errors import EdgepickError
@@ -163,7 +163,7 @@ def _loader(dataset, teacher: teachers.Teacher, cfg, train: bool):
         as_float = generators.float32("X", "y")
     if train:
         generator = sbg.GenericGenerator(dataset)
-        window = generators.random_window_around_picks(columns, n)
+        window = windowing.random_window_around_picks(columns, n)
     else:
         generator = sbg.SteeredGenerator(dataset, generators.evaluation_windows(dataset, n, seed=cfg.seed))
         window = [sbg.SteeredWindow(windowlen=n, strategy="pad")]
