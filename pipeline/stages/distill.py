@@ -241,8 +241,7 @@ def _datasets(config: Config, master: bool):
     for path in paths:  # cheap checks first: no teacher runs for a request that cannot train
         for split in ("train", "dev"):
             dataset = generators.load_for_training(path, split=split)
-            columns = list(generators.phase_columns(dataset))
-            if cfg.alpha < 1 and (not columns or dataset.metadata[columns].notna().sum().sum() == 0):
+            if cfg.alpha < 1 and not _has_analyst_picks(dataset):
                 raise EdgepickError(
                     f"alpha={cfg.alpha} < 1 needs analyst picks, but the {split} split of {path} has none: "
                     "use alpha=1 (teacher only) for unlabelled data"
@@ -272,12 +271,15 @@ def live_window_range(live, in_samples: int) -> tuple[int, int]:
 
 def _teacher_picks(targets, train: _Training, cfg):
     """The teacher's picks per trace of a folder with no analyst picks, for ``distill.live_windows`` (else None)."""
-    if targets is None or not cfg.live_windows:
-        return None
-    columns = list(generators.phase_columns(train.dataset))
-    if columns and train.dataset.metadata[columns].notna().any().any():
+    if targets is None or not cfg.live_windows or _has_analyst_picks(train.dataset):
         return None
     return targets.teacher_picks(train.path, train.dataset.metadata["trace_name"])
+
+
+def _has_analyst_picks(dataset) -> bool:
+    """Whether any trace of a dataset folder has an analyst pick (a labelled folder, not continuous data)."""
+    columns = list(generators.phase_columns(dataset))
+    return bool(columns) and bool(dataset.metadata[columns].notna().any().any())
 
 
 def _train_loader(train: list[_Training], in_samples: int, cfg, windows: int, workers: int, seed: int, targets=None,
