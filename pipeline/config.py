@@ -94,9 +94,9 @@ class DataConfig:
     sampling_rate: float = 100.0
     component_order: str = "ZNE"
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train, dev, test, by event
-    # Traces with peak amplitude below this are rescaled by a power of ten (recorded in the metadata) so that a
-    # normaliser's fixed epsilon cannot swamp them (e.g. 1e-14 m/s velocities).
+    # Traces with peak amplitude below this are rescaled by a power of ten (recorded): no fixed epsilon swamps them
     min_peak_amplitude: float = 1e-3
+    vertical_only: bool = False  # write N and E flat (zero): single-component (vertical) stations, as ncsc100 holds
     max_traces: int = 0  # 0: all; a cap for the seisbench:<Name> and okla sources
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     okla: OklaConfig = field(default_factory=OklaConfig)
@@ -187,14 +187,14 @@ class DistillConfig:
     alpha: float = 1.0  # 1: teacher only (unlabelled data); 0: hard labels only
     # KL sample weights 1 + phase_weight x the teacher's P + S probability (0: an even mean over samples)
     phase_weight: float = 0.0
-    # whose P + S probability sets those weights: "teacher", or "both" (the larger of the teacher's and the student's
-    # own, so the student's peaks where the teacher has none weigh too)
+    # whose P + S probability sets them: "teacher", or "both" (the larger of teacher's and student's: false peaks weigh)
     phase_weight_source: str = "teacher"
-    # weight of a term on where the teacher's P and S peaks lie and how wide they are, whatever their height
-    # (pipeline.stages.distill.peak_shape_loss; 0: none)
+    # weight of a term on where the teacher's peaks lie and how wide, whatever their height (peak_shape_loss; 0: none)
     peak_shape: float = 0.0
     # that term's target is the teacher's curve raised to this power (>= 1; above 1 narrower around its maximum)
     peak_shape_power: float = 1.0
+    s_quiet_weight: float = 0.0  # weight of -log(1 - student S) where the teacher's S < s_quiet_below (0: none;
+    s_quiet_below: float = 0.05  # false S in noise and codas, pipeline.stages.distill.s_quiet_loss)
     epochs: int = 16
     windows_per_epoch: int = 0  # 0: one window per training trace
     batch_size: int = 64
@@ -203,11 +203,11 @@ class DistillConfig:
     grad_clip: float = 1.0
     patience: int = 4  # early stop after this many epochs without a better dev loss
     oversample_phases: float = 3.0  # traces where the teacher sees a phase are drawn this much more often
-    # Share of the windows around an analyst pick (the labelled folders) that put it where the live firmware keeps
-    # its predictions, the smaller look-ahead - 50 to the larger look-ahead + hop + 50 samples before the window's
-    # end (live.*): so the student also learns to pick with the little future the live mode gives it (0: a pick
-    # anywhere in the window; the teacher's target still sees the whole trace). A folder without analyst picks (the
-    # continuous data the teacher labels) gets as many windows with one of the teacher's picks there (cache mode)
+    oversample_near_field: float = 1.0  # traces where the teacher picks S <= near_field_s after P: drawn this much more
+    near_field_s: float = 5.0  # often again (cache mode; 1: no more often): near-field S, as in induced seismicity
+    # Share of windows around an analyst pick (a folder without any: the teacher's, cache mode) that put it where the
+    # live firmware keeps its predictions (live.*: smaller look-ahead - 50 to larger look-ahead + hop + 50 samples
+    # before the end), so the student learns to pick with the live mode's little future (0: anywhere in the window)
     live_windows: float = 0.0
     workers: int = -1  # DataLoader worker processes; -1: automatic (none on <= 2 cores, else half the cores, <= 8)
     seed: int = 0
@@ -402,6 +402,7 @@ class BenchmarkConfig:
     window_s: float = 10.0  # protocol 2 (SeisBench pick benchmark) window length
     sp_bins_s: tuple[float, ...] = (2.0, 5.0)  # S-P bin edges
     snr_bins_db: tuple[float, ...] = (10.0, 20.0)  # SNR bin edges
+    late_coda_s: float = 5.0  # pick classes: an unmatched pick more than this after the analyst S is "late coda"
     pr_thresholds: int = 19  # precision-recall curve: thresholds 0.05 ... 0.95
     example_traces: int = 3
     max_traces: int = 0  # 0: all; else a seeded subset

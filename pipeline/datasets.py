@@ -41,6 +41,7 @@ class DatasetFormat(typing.Protocol):
     min_peak_amplitude: float  # quieter traces are rescaled by a power of ten, recorded per trace
     seed: int  # of the event split
     split_fractions: tuple[float, float, float]  # train, dev, test
+    vertical_only: bool  # every component but Z written flat (zero): a single-component station's recording
 
 SPLITS = ("train", "dev", "test")
 
@@ -98,6 +99,8 @@ def prepare_trace(metadata: dict, waveform: np.ndarray, config: DatasetFormat, m
     if waveform.shape[1] < max(min_samples, 1):
         raise TraceSkipped(f"too short ({waveform.shape[1]} samples, need {min_samples})")
     waveform = waveform - waveform.mean(axis=1, keepdims=True)
+    if getattr(config, "vertical_only", False):  # as SeisBench fills the components a vertical-only station lacks
+        waveform[[c != "Z" for c in config.component_order]] = 0.0
     peaks = np.abs(waveform).max(axis=1)
     dead = peaks <= 0
     if dead.all():

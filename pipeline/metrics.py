@@ -155,6 +155,89 @@ def matched_pairs(truth: np.ndarray, guess: np.ndarray, tolerance: float) -> lis
     return pairs
 
 
+# Where each predicted pick lies against the trace's analyst picks (the benchmark's "pick classes"): a matched
+# pick is "true"; an unmatched one is placed by the analyst P and S of its trace. The keys, in report order.
+PICK_CLASSES = {
+    "true": "matched to an analyst pick of its phase (protocol 1)",
+    "before_p": "before the trace's first analyst pick (pre-event noise)",
+    "p_to_s": "between the first analyst P and the last analyst S (P, P coda, a second event's phases)",
+    "after_s": "within late_s after the last analyst S (S coda)",
+    "late_coda": "more than late_s after the last analyst S (late coda)",
+    "no_s_label": "after P on a trace without an analyst S (cannot be judged)",
+    "no_label": "on a trace without analyst picks (noise trace)",
+}
+FALSE_CLASSES = tuple(c for c in PICK_CLASSES if c not in ("true", "no_s_label"))
+
+
+def pick_classes(truth: dict[str, Sequence[np.ndarray]], predicted: Sequence[np.ndarray], phase: str,
+                 tolerance: float, late_s: float = 5.0) -> list[dict[str, int]]:
+    """Per trace, how many of one phase's predicted picks fall in each of :data:`PICK_CLASSES` (seconds throughout).
+
+    ``truth`` holds both phases' analyst picks per trace (the place of a false pick needs P and S); ``predicted`` the
+    picks of ``phase``. A pick matched to an analyst pick of ``phase`` within ``tolerance`` (the one-to-one matching
+    of :func:`match_picks`) is "true"; an unmatched one is placed against the first analyst pick and the last
+    analyst S, with ``tolerance`` of slack at each edge (a false S 0.3 s before the analyst S at 0.5 s counts as
+    "p_to_s", not "before_p")."""
+    if not late_s > 0:
+        raise EdgepickError(f"pick_classes: late_s must be positive, got {late_s}")
+    if len(predicted) != len(truth[phase]):
+        raise EdgepickError(f"pick_classes: {len(truth[phase])} analyst traces but {len(predicted)} predicted traces")
+    rows = []
+    for i, guess in enumerate(predicted):
+        guess = np.asarray(guess, dtype=float).ravel()
+        counts = dict.fromkeys(PICK_CLASSES, 0)
+        matched = {g for _, g in matched_pairs(truth[phase][i], guess, tolerance)}
+        p_picks = np.asarray(truth["P"][i], dtype=float).ravel()
+        s_picks = np.asarray(truth["S"][i], dtype=float).ravel()
+        first = min(np.concatenate([p_picks, s_picks]), default=None)
+        for g, t in enumerate(guess):
+            if g in matched:
+                kind = "true"
+            elif first is None:
+                kind = "no_label"
+            elif t < first - tolerance:
+                kind = "before_p"
+            elif s_picks.size == 0:
+                kind = "no_s_label"
+            elif t <= s_picks.max() + tolerance:
+                kind = "p_to_s"
+            elif t <= s_picks.max() + late_s:
+                kind = "after_s"
+            else:
+                kind = "late_coda"
+            counts[kind] += 1
+        rows.append(counts)
+    return rows
+
+
+def pick_class_records(model, truth: dict, predicted: dict, masks: dict[str, np.ndarray], tolerance: float,
+                       late_s: float = 5.0) -> list[dict]:
+    """One record per (subset, phase): the counts of :func:`pick_classes` summed over the subset's traces."""
+    records = []
+    for phase in PHASES:
+        per_trace = pick_classes(truth, predicted[phase], phase, tolerance, late_s)
+        for name, mask in masks.items():
+            counts = {c: int(sum(row[c] for row, keep in zip(per_trace, mask) if keep)) for c in PICK_CLASSES}
+            records.append({
+                "model": model.name, "runtime": model.runtime, "precision": model.precision, "subset": name,
+                "subset_traces": int(np.sum(mask)), "phase": phase, "tolerance_s": float(tolerance),
+                "late_s": float(late_s), "n_labels": int(sum(len(r) for r in subset(truth[phase], mask))),
+                "classes": counts, "false": int(sum(counts[c] for c in FALSE_CLASSES)),
+                "false_ratio_to_teacher": None,
+            })
+    return records
+
+
+def add_false_ratios(records: list[dict]) -> None:
+    """``false_ratio_to_teacher`` of every non-teacher pick-class record: its false picks over the teacher's on the
+    same subset and phase (None where the teacher has none)."""
+    teacher = {(r["subset"], r["phase"]): r["false"] for r in records if r["model"] == "teacher"}
+    for r in records:
+        base = teacher.get((r["subset"], r["phase"]))
+        if r["model"] != "teacher" and base:
+            r["false_ratio_to_teacher"] = r["false"] / base
+
+
 def pick_latencies(analyst: Sequence[np.ndarray], predicted: Sequence[np.ndarray], reported: Sequence[np.ndarray],
                    tolerance: float) -> np.ndarray:
     """Seconds from each analyst onset to the report of the predicted pick matched to it (``reported[i][g]``: when
@@ -227,6 +310,15 @@ def bin_masks(values: np.ndarray | None, edges: Sequence[float], name: str, unit
         if mask.any():  # an empty bin has no F1 to show
             masks[label] = mask
     return masks
+
+
+def component_masks(metadata) -> dict[str, np.ndarray]:
+    """``{"3 components": mask, "missing components": mask}`` from the data stage's ``trace_dead_channels`` (a
+    vertical-only station's trace has N and E flat); none where every trace has all three, or no trace has."""
+    if "trace_dead_channels" not in metadata:
+        return {}
+    full = metadata["trace_dead_channels"].fillna("").astype(str).to_numpy() == ""
+    return {"3 components": full, "missing components": ~full} if full.any() and not full.all() else {}
 
 
 def subset(rows: Sequence, mask: np.ndarray) -> list:

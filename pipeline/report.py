@@ -127,7 +127,7 @@ def markdown(report: dict) -> str:
     if subsets:
         tol = max(s["tolerances_s"])
         counts = {r["subset"]: r["subset_traces"] for r in records if r["subset"] in subsets}
-        lines += [f"## F1 by S-P time and SNR (P / S, tolerance {tol:g} s)", "",
+        lines += [f"## F1 by S-P time, components and SNR (P / S, tolerance {tol:g} s)", "",
                   "| model | " + " | ".join(f"{name} ({counts[name]} tr.)" for name in subsets) + " |",
                   "|" + " --- |" * (len(subsets) + 1)]
         for key in dict.fromkeys(label(r) for r in records if r["reference"] == "analyst"):
@@ -138,6 +138,9 @@ def markdown(report: dict) -> str:
                 cells.append(f"{_f(f1.get('P'))} / {_f(f1.get('S'))}")
             lines.append(f"| {key} | " + " | ".join(cells) + " |")
         lines.append("")
+
+    if report.get("pick_classes"):
+        lines += pick_class_markdown(report)
 
     if report["protocol2"]:
         lines += [f"## Protocol 2: SeisBench pick-benchmark tasks ({s['window_s']:g} s windows)", "",
@@ -163,6 +166,27 @@ def markdown(report: dict) -> str:
     if figures:
         lines += ["## Figures", ""] + figures + [""]
     return "\n".join(lines)
+
+
+def pick_class_markdown(report: dict) -> list[str]:
+    """Where each model's picks lie against the analyst P and S, by S-P bin (metrics.PICK_CLASSES): true picks, and
+    the false ones before P, between P and S, in the S coda and in the late coda."""
+    rows = report["pick_classes"]
+    first = rows[0]
+    late = first["late_s"]
+    lines = [f"## Pick classes (tolerance {first['tolerance_s']:g} s): where each pick lies against the analyst P and S",
+             "",
+             f"false = before P + between P and S + within {late:g} s after S + more than {late:g} s after S + on "
+             "noise traces; picks after P on a trace without an analyst S are not judged (no S label).", "",
+             "| model | phase | subset | traces | labels | true | before P | P to S | S to S+"
+             f"{late:g} s | > S+{late:g} s | noise traces | no S label | false | false / teacher |",
+             "|" + " --- |" * 14]
+    for r in sorted(rows, key=lambda r: (r["phase"] != "S", r["subset"] != "all", r["subset"])):
+        c = r["classes"]
+        lines.append(f"| {label(r)} | {r['phase']} | {r['subset']} | {r['subset_traces']} | {r['n_labels']} | "
+                     f"{c['true']} | {c['before_p']} | {c['p_to_s']} | {c['after_s']} | {c['late_coda']} | "
+                     f"{c['no_label']} | {c['no_s_label']} | **{r['false']}** | {_f(r['false_ratio_to_teacher'], 2)} |")
+    return lines + [""]
 
 
 def live_markdown(live: dict) -> list[str]:

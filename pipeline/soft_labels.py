@@ -154,6 +154,23 @@ class TrainingTargets:
                                dtype=np.int64)
                 for name in trace_names}
 
+    def near_field(self, path: str | Path, trace_names, max_sp: int, threshold: float = 0.3) -> np.ndarray | None:
+        """Per trace: whether the teacher picks an S at most ``max_sp`` samples after one of its P picks (both at
+        ``threshold``, first maximum): the near-field traces ``distill.oversample_near_field`` draws more often.
+        None on the fly, where the teacher has not seen the traces yet."""
+        if self.online is not None:
+            return None
+        cache = self.caches[str(path)]
+        rule = PickRule(p_threshold=threshold, s_threshold=threshold, top_tolerance=None)
+        out = []
+        for name in trace_names:
+            picks = rule.picks(np.asarray(cache.labels_by_name(name), np.float32))
+            p = np.array([q["sample"] for q in picks if q["phase"] == "P"], dtype=np.int64)
+            s = np.array([q["sample"] for q in picks if q["phase"] == "S"], dtype=np.int64)
+            gaps = s[None, :] - p[:, None]
+            out.append(bool(((gaps > 0) & (gaps <= max_sp)).any()))
+        return np.array(out, dtype=bool)
+
     def target(self, batch: dict) -> np.ndarray:
         """float (batch, 3, window) P, S, noise of a batch from a generator with :meth:`steps`: the cached crop
         (float16, as stored) or the teacher's output now (float32)."""

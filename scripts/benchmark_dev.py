@@ -29,7 +29,7 @@ from pipeline.student import load_student  # noqa: E402
 
 TOLERANCES = (0.1, 0.5)
 DEFAULT_DEV = ("data/labelled/stead50:dev", "data/labelled/deepdenoiser99:dev", "data/labelled/obst_obs37:dev",
-               "data/transfer:dev")
+               "data/labelled/ncsc100:dev", "data/transfer:dev")
 
 
 def score(model, dev: calibrate.DevSplit, curves: annotation.Curves, thresholds) -> dict:

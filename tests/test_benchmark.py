@@ -308,6 +308,16 @@ def test_stage_writes_reports_with_documented_fields(models, dataset, fake_teach
             for r in data["records"] if r["subset"] == "all"}
     assert ("student", "tflm", "fp16", "analyst", "S", 0.1) in keys and ("student", "tflm", "fp32", "teacher", "P", 0.5) in keys
     assert {p["model"] for p in data["protocol2"]} == {"teacher", "student"}
+    # the pick classes: every model, both phases, "all" and the S-P bins; they add up to protocol 1's pick counts
+    classes = {(r["model"], r["runtime"], r["precision"], r["phase"], r["subset"]): r for r in data["pick_classes"]}
+    assert ("student", "tflm", "fp16", "S", "all") in classes and ("teacher", "pytorch", "fp32", "S", "all") in classes
+    assert {k[4] for k in classes} - {"all"} == {r["subset"] for r in data["records"] if r["subset"].startswith("S-P")}
+    for r in data["records"]:
+        if r["reference"] == "analyst" and r["subset"] == "all" and r["tolerance_s"] == 0.5:
+            c = classes[(r["model"], r["runtime"], r["precision"], r["phase"], "all")]
+            assert sum(c["classes"].values()) == r["n_picks"] and c["classes"]["true"] == r["tp"]
+            assert c["false"] + c["classes"]["no_s_label"] == r["fp"]
+    assert "## Pick classes (tolerance 0.5 s)" in (out / "benchmark.md").read_text()
     assert data["dataset"]["split"] == "train" and not data["dataset"]["agreement_only"]
     assert report["dataset"]["traces"] == data["dataset"]["traces"]
     # the TFLite FP32 student sees what the PyTorch student sees: identical picks
@@ -439,7 +449,7 @@ def test_teacher_on_stead50_agrees_with_notes(teacher_cache, shared, tmp_path):
 
 
 @pytest.mark.parametrize("script", ["benchmark_student.py", "benchmark_quantize.py", "benchmark_kd_vs_hard.py",
-                                    "benchmark_blinding.py", "benchmark_live.py"])
+                                    "benchmark_blinding.py", "benchmark_live.py", "study_s_picks.py"])
 def test_benchmark_scripts_end_bad_input_with_one_line(script, tmp_path):
     """A benchmark script given a student or dataset that is not there: one line on stderr, exit 1, no traceback."""
     import subprocess
@@ -451,7 +461,8 @@ def test_benchmark_scripts_end_bad_input_with_one_line(script, tmp_path):
             "benchmark_quantize.py": ["--student", missing],
             "benchmark_kd_vs_hard.py": ["--dataset", missing, "--json", str(tmp_path / "out.json")],
             "benchmark_blinding.py": ["--student", missing, "--dataset", missing, "--json", str(tmp_path / "out.json")],
-            "benchmark_live.py": ["--student", missing, "--datasets", missing, "--json", str(tmp_path / "out.json")]}[script]
+            "benchmark_live.py": ["--student", missing, "--datasets", missing, "--json", str(tmp_path / "out.json")],
+            "study_s_picks.py": ["--student", missing, "--dataset", f"{missing}:dev", "--out", str(tmp_path / "out.json")]}[script]
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, str(root / "scripts" / script), *args], capture_output=True, text=True,
                             cwd=tmp_path, timeout=300)

@@ -95,6 +95,26 @@ def test_dead_channel_is_kept_and_recorded():
     assert metadata["trace_dead_channels"] == "E"
 
 
+def test_vertical_only_writes_the_same_traces_and_splits_with_flat_horizontals(tmp_path):
+    """data.vertical_only: a single-component copy of a source, trace for trace in the same splits (the split is the
+    event's, so no test trace of the three-component set trains a student through its vertical copy); a trace whose
+    vertical is dead is skipped there."""
+    records = list(make_records(n_events=6, stations=2))
+    records[0][1][0] = 0.0  # Z dead: nothing left of it vertical-only
+    full = write_dataset(iter(records), tmp_path / "full", DataConfig(), "test")
+    config = DataConfig()
+    config.vertical_only = True
+    vertical = write_dataset(iter(records), tmp_path / "z", config, "test")
+    assert vertical["traces"] == full["traces"] - 1 and vertical["skipped"] == {"all channels flat": 1}
+    a = sbd.WaveformDataset(tmp_path / "full").metadata.set_index("trace_name_original")
+    b_set = sbd.WaveformDataset(tmp_path / "z")
+    b = b_set.metadata.set_index("trace_name_original")
+    assert (a.loc[b.index, "split"] == b["split"]).all()
+    assert (b["trace_dead_channels"] == "NE").all()
+    w = b_set.get_waveforms(0)
+    assert np.abs(w[1:]).max() == 0 and np.abs(w[0]).max() > 0
+
+
 def test_wrong_sampling_rate_is_resampled_with_picks_moved():
     metadata, waveform = next(make_records(n_events=1, stations=1, rate=200.0))
     p200 = metadata["trace_p_arrival_sample"]

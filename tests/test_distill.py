@@ -455,3 +455,68 @@ def test_saved_student_of_random_bytes_is_one_clear_line(labelled, tmp_path):
     message = str(info.value)
     assert str(weights) in message and "delete it" in message
     assert "MemoryError" not in message and "Unpickling" not in message and "\n" not in message
+
+
+def s_curve_probs(s_curve):
+    """(1, 3, n) probabilities with the S curve given, P zero and noise the rest."""
+    out = torch.zeros(1, 3, s_curve.numel())
+    out[0, 1] = s_curve
+    out[0, 2] = 1 - s_curve
+    return out
+
+
+def test_s_quiet_loss_counts_the_students_s_only_where_the_teachers_is_quiet():
+    """A false S peak where the teacher's S is near zero costs; an S peak where the teacher has one does not; the
+    term enters the distillation loss as alpha x s_quiet_weight x it, and its gradient lowers the false peak."""
+    n = 300
+    t = torch.arange(n, dtype=torch.float32)
+    bump = lambda centre, height: height * torch.exp(-0.5 * ((t - centre) / 10) ** 2)  # noqa: E731
+    teacher = s_curve_probs(bump(200, 0.9))
+    logits = lambda probs: torch.log(probs.clamp_min(1e-6))  # noqa: E731
+    matching = distill.s_quiet_loss(logits(s_curve_probs(bump(200, 0.9))), teacher)
+    false_peak = distill.s_quiet_loss(logits(s_curve_probs(bump(200, 0.9) + bump(60, 0.6))), teacher)
+    higher = distill.s_quiet_loss(logits(s_curve_probs(bump(200, 0.9) + bump(60, 0.9))), teacher)
+    assert matching.item() < 0.05 * false_peak.item() and false_peak.item() < higher.item()  # tails of the true S: little
+    assert distill.s_quiet_loss(logits(s_curve_probs(bump(60, 0.6))), s_curve_probs(torch.full((n,), 0.5))).item() == 0.0
+    student = logits(s_curve_probs(bump(200, 0.9) + bump(60, 0.6))).requires_grad_(True)
+    plain = distill.distillation_loss(student, teacher, None, 1.0, 1.0)
+    weighted = distill.distillation_loss(student, teacher, None, 1.0, 1.0, s_quiet_weight=2.0, s_quiet_below=0.05)
+    assert weighted.item() - plain.item() == pytest.approx(2.0 * false_peak.item(), rel=1e-4)
+    distill.s_quiet_loss(student, teacher).backward()
+    assert student.grad[0, 1, 60] > 0  # descending the gradient lowers the S logit at the false peak
+
+
+@pytest.mark.parametrize("setting, match", [({"s_quiet_weight": -1.0}, "s_quiet_weight must be >= 0"),
+                                            ({"s_quiet_below": 1.0}, "s_quiet_below in"),
+                                            ({"oversample_near_field": 0.5}, "oversample_near_field must be >= 1"),
+                                            ({"near_field_s": 0.0}, "near_field_s > 0")])
+def test_bad_near_field_settings_fail_before_anything_is_written(labelled, tmp_path, setting, match):
+    out = tmp_path / "run"
+    with pytest.raises(EdgepickError, match=match):
+        distill.run(tiny_config(labelled, out, **setting))
+    assert not out.exists()
+
+
+def test_near_field_traces_are_the_teachers_p_then_s_within_near_field_s(labelled, tmp_path, teacher_cache):
+    """TrainingTargets.near_field from the soft-label cache: a trace is near-field where the teacher picks an S at
+    most max_sp samples after a P; a longer max_sp never finds fewer; oversample_near_field draws them more often."""
+    config = tiny_config(str(labelled), tmp_path / "kd", alpha=1.0, epochs=1, oversample_near_field=4.0)
+    train, _, targets = distill._datasets(config, master=True)
+    names = list(train[0].dataset.metadata["trace_name"])
+    picks = targets.teacher_picks(train[0].path, names)
+    near = targets.near_field(train[0].path, names, max_sp=500)
+    wide = targets.near_field(train[0].path, names, max_sp=6000)
+    assert near.shape == (len(names),) and (wide >= near).all()
+    assert wide.sum() > 0  # the synthetic events have P and S: the teacher picks both in some
+    cache = targets.caches[str(train[0].path)]
+    from pipeline.picking import PickRule
+
+    rule = PickRule(p_threshold=0.3, s_threshold=0.3, top_tolerance=None)
+    for name, flag in zip(names, near):
+        found = rule.picks(np.asarray(cache.labels_by_name(name), np.float32))
+        p = [q["sample"] for q in found if q["phase"] == "P"]
+        s = [q["sample"] for q in found if q["phase"] == "S"]
+        assert flag == any(0 < b - a <= 500 for a in p for b in s)
+        assert sorted(p + s) == sorted(picks[name].tolist())
+    state = distill.run(config)  # the sampler's weights with oversample_near_field
+    assert np.isfinite(state["history"][0]["train_loss"])

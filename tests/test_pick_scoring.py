@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.metrics import analyst_picks, match_picks, score_picks, scores
+from pipeline.metrics import (FALSE_CLASSES, add_false_ratios, analyst_picks, component_masks, match_picks,
+                              pick_class_records, pick_classes, score_picks, scores)
 from pipeline.errors import EdgepickError
 
 
@@ -95,3 +96,55 @@ def test_okla_teacher_picks_synthetic_traces(teacher_cache, tmp_path):
     result = evaluate_picker(model, open_dataset(config.out_dir()), threshold=0.3, tolerances=(0.1, 0.5))
     f1 = {phase: result["scores"][phase][0.5]["f1"] for phase in ("P", "S")}
     assert f1["P"] >= 0.9 and f1["S"] >= 0.9, f1
+
+
+def test_pick_classes_place_each_false_s_pick_against_the_analyst_p_and_s():
+    truth = {"P": [arr(10.0), arr(10.0), arr(10.0), arr()], "S": [arr(11.5), arr(14.0), arr(), arr()]}
+    predicted = [
+        arr(3.0, 10.2, 11.6, 12.5, 20.0),  # noise before P, on P, the true S, S coda 1 s after S, late coda 8.5 s
+        arr(9.7, 13.8, 13.9),  # 0.3 s before P (inside the tolerance: between P and S), true S, its duplicate
+        arr(4.0, 12.0),  # trace without S: before P, then not judged
+        arr(1.0),  # noise trace
+    ]
+    rows = pick_classes(truth, predicted, "S", tolerance=0.5, late_s=5.0)
+    assert rows[0] == {"true": 1, "before_p": 1, "p_to_s": 1, "after_s": 1, "late_coda": 1, "no_s_label": 0,
+                       "no_label": 0}
+    assert (rows[1]["true"], rows[1]["p_to_s"]) == (1, 2)  # the duplicate 0.1 s off the analyst S is false
+    assert (rows[2]["before_p"], rows[2]["no_s_label"]) == (1, 1)
+    assert rows[3]["no_label"] == 1
+    # the classes add up to the picks, and "true" is protocol 1's TP count
+    assert sum(sum(r.values()) for r in rows) == sum(len(p) for p in predicted)
+    tp, fp, _, _ = match_picks(truth["S"], predicted, 0.5)
+    assert sum(r["true"] for r in rows) == tp
+    assert sum(r[c] for r in rows for c in FALSE_CLASSES) + sum(r["no_s_label"] for r in rows) == fp
+    with pytest.raises(EdgepickError, match="late_s"):
+        pick_classes(truth, predicted, "S", 0.5, late_s=0)
+
+
+def test_pick_class_records_by_subset_and_false_ratio_to_teacher():
+    class M:
+        def __init__(self, name):
+            self.name, self.runtime, self.precision = name, "pytorch", "fp32"
+
+    truth = {"P": [arr(10.0), arr(10.0)], "S": [arr(11.0), arr(18.0)]}
+    teacher = {"P": [arr(10.0), arr(10.0)], "S": [arr(11.0), arr(3.0, 18.0)]}
+    student = {"P": [arr(10.0), arr(10.0)], "S": [arr(2.0, 11.0, 30.0), arr(3.0, 4.0, 18.0)]}
+    masks = {"all": np.array([True, True]), "S-P < 2 s": np.array([True, False])}
+    records = pick_class_records(M("teacher"), truth, teacher, masks, 0.5)
+    records += pick_class_records(M("student"), truth, student, masks, 0.5)
+    add_false_ratios(records)
+    by = {(r["model"], r["phase"], r["subset"]): r for r in records}
+    assert by[("student", "S", "all")]["false"] == 4 and by[("teacher", "S", "all")]["false"] == 1
+    assert by[("student", "S", "all")]["false_ratio_to_teacher"] == pytest.approx(4.0)
+    assert by[("student", "S", "S-P < 2 s")]["classes"]["late_coda"] == 1
+    assert by[("student", "S", "S-P < 2 s")]["false_ratio_to_teacher"] is None  # the teacher has none there
+    assert by[("student", "P", "all")]["classes"]["true"] == 2
+
+
+def test_component_masks_split_traces_missing_components_from_full_ones():
+    metadata = pd.DataFrame({"trace_dead_channels": [np.nan, "NE", np.nan, "E"]})
+    masks = component_masks(metadata)
+    assert {k: v.tolist() for k, v in masks.items()} == {"3 components": [True, False, True, False],
+                                                        "missing components": [False, True, False, True]}
+    assert component_masks(pd.DataFrame({"trace_dead_channels": [np.nan, np.nan]})) == {}  # nothing to compare
+    assert component_masks(pd.DataFrame({"other": [1]})) == {}

@@ -29,9 +29,9 @@ from pipeline.annotation import Curves, annotation_curves, dataset_curves, model
 from pipeline.artifacts import save_config
 from pipeline.datasets import hz, open_dataset
 from pipeline.errors import EdgepickError
-from pipeline.metrics import (PHASES, add_teacher_ratios, analyst_picks, bin_masks, latency_summary, match_picks,
-                              parse_snr_db, pick_latencies, pick_records, pr_curve, protocol2_scores, protocol2_windows,
-                              score_picks, sp_seconds)
+from pipeline.metrics import (PHASES, add_false_ratios, add_teacher_ratios, analyst_picks, bin_masks,
+                              component_masks, latency_summary, match_picks, parse_snr_db, pick_class_records, pick_latencies,
+                              pick_records, pr_curve, protocol2_scores, protocol2_windows, score_picks, sp_seconds)
 from pipeline.picking import (add_reported_samples, confirm_lookaheads, live_blinding, live_offsets,
                               mark_retractions, phase_lookaheads)
 from pipeline.student import hop_samples
@@ -134,6 +134,8 @@ def run(config) -> dict:
         raise EdgepickError(f"benchmark.tolerances_s must be positive, got {b.tolerances_s}")
     if not b.window_s > 2:
         raise EdgepickError(f"benchmark.window_s must exceed 2 s, got {b.window_s}")
+    if not b.late_coda_s > 0:
+        raise EdgepickError(f"benchmark.late_coda_s must be positive, got {b.late_coda_s}")
     if b.threads:
         torch.set_num_threads(int(b.threads))
     path, split = resolve_dataset(config)
@@ -176,7 +178,7 @@ def run(config) -> dict:
     teacher = models[0]
     all_mask = {"all": np.ones(source["traces"], dtype=bool)}
 
-    records, protocol2, pr_curves, residuals = [], [], [], {}
+    records, protocol2, pr_curves, residuals, classes = [], [], [], {}, []
     if continuous:
         truth = None
         notes = ["continuous miniSEED without picks: agreement with the teacher and picks per hour only "
@@ -193,7 +195,8 @@ def run(config) -> dict:
     source["agreement_only"] = truth is None
     if truth is not None:
         masks = dict(all_mask)
-        masks.update(bin_masks(sp_seconds(metadata), b.sp_bins_s, "S-P", "s"))
+        class_masks = {**bin_masks(sp_seconds(metadata), b.sp_bins_s, "S-P", "s"), **component_masks(metadata)}
+        masks.update(class_masks)
         masks.update(bin_masks(parse_snr_db(metadata), b.snr_bins_db, "SNR", "dB"))
         windows = protocol2_windows(truth, [n / rate for n in n_samples], b.window_s, b.seed)
         thresholds = np.linspace(0.05, 0.95, max(2, int(b.pr_thresholds)))
@@ -208,6 +211,9 @@ def run(config) -> dict:
                               **pr_curve(c, truth, thresholds, max(tolerances))})
             for phase in PHASES:
                 residuals[(model.label, phase)] = match_picks(truth[phase], picks[model.label][phase], max(tolerances))[3]
+            classes += pick_class_records(model, truth, picks[model.label], {**all_mask, **class_masks},
+                                          max(tolerances), b.late_coda_s)
+        add_false_ratios(classes)
     teacher_picks = picks[teacher.label]
     for model in models[1:]:
         records += pick_records(model, "teacher", teacher_picks, picks[model.label], all_mask, tolerances,
@@ -232,6 +238,7 @@ def run(config) -> dict:
         "dataset": source,
         "settings": {"threshold": b.threshold, "tolerances_s": list(tolerances), "window_s": b.window_s,
                      "seed": b.seed, "sp_bins_s": list(b.sp_bins_s), "snr_bins_db": list(b.snr_bins_db),
+                     "late_coda_s": b.late_coda_s,
                      "teacher": config.teacher.name, "student": config.quantize.student,
                      "tflite": config.quantize.out},
         "notes": notes,
@@ -239,6 +246,7 @@ def run(config) -> dict:
         "records": records,
         "protocol2": protocol2,
         "pr_curves": pr_curves,
+        "pick_classes": classes,
     }
     if live is not None:
         live["compute"] = live_compute(cost_rows, rate, live["hop_samples"],

@@ -55,6 +55,8 @@ def distillation_loss(
     phase_weight_source: str = "teacher",
     peak_shape: float = 0.0,
     peak_shape_power: float = 1.0,
+    s_quiet_weight: float = 0.0,
+    s_quiet_below: float = 0.05,
 ) -> torch.Tensor:
     """Mean over batch and samples of alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(hard, student).
 
@@ -66,6 +68,8 @@ def distillation_loss(
     after the teacher's has fallen) weighs as much as a teacher peak it misses.
     ``peak_shape`` > 0 adds that much of :func:`peak_shape_loss` (times alpha): where the peak lies and how wide;
     ``peak_shape_power`` is its target's sharpening.
+    ``s_quiet_weight`` > 0 adds that much of :func:`s_quiet_loss` (times alpha): the student's S probability where
+    the teacher's is below ``s_quiet_below`` (noise, P codas, late codas), pushed down whatever the rest of the KL.
     """
     check_phase_weight_source(phase_weight_source)
     loss = student_logits.new_zeros(())
@@ -85,6 +89,8 @@ def distillation_loss(
         loss = loss + alpha * temperature**2 * kl
         if peak_shape > 0:
             loss = loss + alpha * peak_shape * peak_shape_loss(student_logits, teacher_probs, power=peak_shape_power)
+        if s_quiet_weight > 0:
+            loss = loss + alpha * s_quiet_weight * s_quiet_loss(student_logits, teacher_probs, s_quiet_below)
     if alpha < 1:
         cross_entropy = -(hard_labels * F.log_softmax(student_logits, dim=1)).sum(dim=1).mean()
         loss = loss + (1 - alpha) * cross_entropy
@@ -112,6 +118,24 @@ def peak_shape_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, m
     return kl[peaks].mean()
 
 
+def s_quiet_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, below: float = 0.05) -> torch.Tensor:
+    """The mean of -log(1 - the student's S probability) over the samples where the teacher's S probability is
+    below ``below`` (0 where there is none): a false S in noise or coda costs as a missed "not S" would, however
+    little of the window it covers (the KL's mean over a window weighs a 1 s false peak as 3 % of the window)."""
+    quiet = teacher_probs.float()[:, 1] < below
+    if not bool(quiet.any()):
+        return student_logits.new_zeros(())
+    log_not_s = torch.log1p(-torch.softmax(student_logits.float(), dim=1)[:, 1].clamp(max=1 - 1e-6))
+    return -log_not_s[quiet].mean()
+
+
+def _loss(cfg, logits: torch.Tensor, teacher_probs, hard_labels) -> torch.Tensor:
+    """:func:`distillation_loss` with the distill section's settings (training and dev loss alike)."""
+    return distillation_loss(logits, teacher_probs, hard_labels, cfg.temperature, cfg.alpha, cfg.phase_weight,
+                             cfg.phase_weight_source, cfg.peak_shape, cfg.peak_shape_power, cfg.s_quiet_weight,
+                             cfg.s_quiet_below)
+
+
 def run(config: Config) -> dict:
     cfg = config.distill
     rank, world, device = _setup_distributed()
@@ -125,6 +149,12 @@ def run(config: Config) -> dict:
         raise EdgepickError(f"distill needs temperature > 0, 0 <= alpha <= 1, phase_weight >= 0 and 0 <= live_windows <= 1 "
                             f"(got T={cfg.temperature}, alpha={cfg.alpha}, phase_weight={cfg.phase_weight}, "
                             f"live_windows={cfg.live_windows})")
+    if not cfg.oversample_near_field >= 1 or not cfg.near_field_s > 0:
+        raise EdgepickError(f"distill.oversample_near_field must be >= 1 and distill.near_field_s > 0, got "
+                            f"{cfg.oversample_near_field} and {cfg.near_field_s}")
+    if not cfg.s_quiet_weight >= 0 or not 0 < cfg.s_quiet_below < 1:
+        raise EdgepickError(f"distill.s_quiet_weight must be >= 0 and distill.s_quiet_below in (0, 1), got "
+                            f"{cfg.s_quiet_weight} and {cfg.s_quiet_below}")
     if cfg.peak_shape < 0 or not cfg.peak_shape_power >= 1:
         raise EdgepickError(f"distill.peak_shape must be >= 0 and distill.peak_shape_power >= 1, got "
                             f"{cfg.peak_shape} and {cfg.peak_shape_power}")
@@ -179,8 +209,7 @@ def run(config: Config) -> dict:
             batch = next(batches)
             teacher_probs = _teacher_target(batch, targets, device)
             logits = trainable(batch["X"].to(device))
-            loss = distillation_loss(logits, teacher_probs, _get(batch, "y", device), cfg.temperature, cfg.alpha,
-                                     cfg.phase_weight, cfg.phase_weight_source, cfg.peak_shape, cfg.peak_shape_power)
+            loss = _loss(cfg, logits, teacher_probs, _get(batch, "y", device))
             train_losses.append(training.optimizer_step(
                 loss, optimizer, schedule, trainable.parameters(), cfg.grad_clip, epoch, out, advice))
         train_seconds = time.time() - started
@@ -302,6 +331,12 @@ def _train_loader(train: list[_Training], in_samples: int, cfg, windows: int, wo
             sees = targets.sees_phase(t.path, t.dataset.metadata["trace_name"])
         if sees is not None:
             w[torch.from_numpy(sees)] = cfg.oversample_phases
+        if targets is not None and cfg.oversample_near_field > 1:
+            rate = float(t.dataset.metadata["trace_sampling_rate_hz"].iloc[0])  # load_for_training: one rate
+            max_sp = int(round(cfg.near_field_s * rate))
+            near = targets.near_field(t.path, t.dataset.metadata["trace_name"], max_sp)
+            if near is not None:  # on top of oversample_phases: a near-field trace is a phase trace too
+                w[torch.from_numpy(near)] *= cfg.oversample_near_field
         weights.append(w / w.sum() * len(t))  # each folder keeps its share of traces
     sampler = torch.utils.data.WeightedRandomSampler(
         torch.cat(weights), num_samples=max(windows, cfg.batch_size), replacement=True,
@@ -340,8 +375,7 @@ def _evaluate(model, loader, cfg, device, targets=None) -> float:
     for batch in loader:
         teacher_probs = _teacher_target(batch, targets, device)
         logits = model.logits(batch["X"].to(device), channels_last=True)  # the training layout: same scores, faster
-        loss = distillation_loss(logits, teacher_probs, _get(batch, "y", device), cfg.temperature, cfg.alpha,
-                                     cfg.phase_weight, cfg.phase_weight_source, cfg.peak_shape, cfg.peak_shape_power)
+        loss = _loss(cfg, logits, teacher_probs, _get(batch, "y", device))
         losses += loss.item() * len(logits)
         counts += len(logits)
     return losses / max(counts, 1)
