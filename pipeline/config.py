@@ -191,7 +191,7 @@ class DistillConfig:
     # own, so the student's peaks where the teacher has none weigh too)
     phase_weight_source: str = "teacher"
     # weight of a term on where the teacher's P and S peaks lie and how wide they are, whatever their height
-    # (pipeline.stages.distill.peak_shape_loss; 0: none)
+    # (pipeline.losses.peak_shape_loss; 0: none)
     peak_shape: float = 0.0
     # that term's target is the teacher's curve raised to this power (>= 1; above 1 narrower around its maximum)
     peak_shape_power: float = 1.0

@@ -28,7 +28,7 @@ from pipeline import runners  # noqa: E402
 from pipeline.annotation import dataset_curves  # noqa: E402
 from pipeline.errors import EdgepickError, run_script  # noqa: E402
 from pipeline.metrics import PHASES, matched_pairs, score_picks  # noqa: E402
-from pipeline.stages.benchmark import load_labelled  # noqa: E402
+from pipeline.traces import load_labelled  # noqa: E402
 
 TOLERANCES = (0.1, 0.5)
 PEAK_BINS = ((0.3, 0.5), (0.5, 0.7), (0.7, 1.01))  # the teacher's peak probability

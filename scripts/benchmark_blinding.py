@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import annotation, metrics, teachers  # noqa: E402
 from pipeline.errors import EdgepickError, run_script  # noqa: E402
-from pipeline.stages import benchmark as benchmark_stage  # noqa: E402
+from pipeline.traces import load_labelled  # noqa: E402
 from pipeline.student import load_student  # noqa: E402
 
 
@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
     path, _, split = args.dataset.partition(":") if not Path(args.dataset).is_dir() else (args.dataset, "", "")
-    waveforms, metadata, rate, order = benchmark_stage.load_labelled(Path(path), split)
+    waveforms, metadata, rate, order = load_labelled(Path(path), split)
     truth = {phase: [row / rate for row in rows] for phase, rows in metrics.analyst_picks(metadata).items()}
     students = {name: load_student(name) for name in args.student}
     teacher = teachers.load_single_model(args.teacher)

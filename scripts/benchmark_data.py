@@ -20,7 +20,7 @@ from pipeline import datasets, generators
 from pipeline.annotation import evaluate_picker
 from pipeline.config import Config
 from pipeline.errors import run_script
-from pipeline.stages import data as data_stage
+from pipeline.sources import source_records
 
 
 def main() -> None:
@@ -39,7 +39,8 @@ def main() -> None:
         config.data.synthetic.n_traces = args.traces
         config.data.out = str(Path(tmp) / "synthetic")
         started = time.perf_counter()
-        data_stage.run(config)
+        records, total, options = source_records(config.data)
+        datasets.write_dataset(records, config.data.out_dir(), config.data, config.data.source, total=total, **options)
         seconds = time.perf_counter() - started
         print(f"synthetic generation: {args.traces} traces in {seconds:.1f} s (target <= 60 s for 2,000)")
 

@@ -24,7 +24,7 @@ from pipeline import annotation, runners  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 from pipeline.errors import EdgepickError, run_script  # noqa: E402
 from pipeline.metrics import PHASES  # noqa: E402
-from pipeline.stages import calibrate  # noqa: E402
+from pipeline import dev_split  # noqa: E402
 from pipeline.student import load_student  # noqa: E402
 
 TOLERANCES = (0.1, 0.5)
@@ -32,20 +32,20 @@ DEFAULT_DEV = ("data/labelled/stead50:dev", "data/labelled/deepdenoiser99:dev", 
                "data/transfer:dev")
 
 
-def score(model, dev: calibrate.DevSplit, curves: annotation.Curves, thresholds) -> dict:
+def score(model, dev: dev_split.DevSplit, curves: annotation.Curves, thresholds) -> dict:
     """Per phase: F1 at each tolerance and the objective at the model's own threshold; the best threshold and its
     objective."""
     own = annotation.model_rule(model)
     grid = sorted(set(thresholds) | {own.p_threshold, own.s_threshold})
-    table = calibrate.threshold_table(curves, dev.truth, grid, TOLERANCES, dev.labelled)
+    table = dev_split.threshold_table(curves, dev.truth, grid, TOLERANCES, dev.labelled)
     out = {}
     for phase in dev.phases:
         mine = own.threshold(phase)
         row = next(r for r in table if r["threshold"] == mine)
-        best = calibrate.best_threshold(table, phase)
+        best = dev_split.best_threshold(table, phase)
         out[phase] = {"threshold": mine, **{f"f1_{t:g}": row[f"{phase}_f1_{t:g}"] for t in TOLERANCES},
-                      "objective": calibrate.objective(table, phase, mine),
-                      "best_threshold": best, "best_objective": calibrate.objective(table, phase, best)}
+                      "objective": dev_split.objective(table, phase, mine),
+                      "best_threshold": best, "best_objective": dev_split.objective(table, phase, best)}
     return out
 
 
@@ -68,7 +68,7 @@ def main() -> None:
     config = Config()
     config.teacher.name = args.teacher
     config.calibrate.max_traces = args.max_traces
-    parts = [calibrate.load_dev(config, spec) for spec in specs]  # a test split is refused here
+    parts = [dev_split.load_dev(config, spec) for spec in specs]  # a test split is refused here
     analyst = [part for part in parts if part.against == "analyst"]
     models = [runners.load_teacher(args.teacher)] + students
     thresholds = config.calibrate.thresholds
@@ -87,7 +87,7 @@ def main() -> None:
             for part, part_curves in zip(parts, curves):
                 if part.against == "analyst":
                     pooled.extend(part_curves)
-            report[name]["analyst dev, pooled"] = score(model, calibrate.pool_dev(analyst), pooled, thresholds)
+            report[name]["analyst dev, pooled"] = score(model, dev_split.pool_dev(analyst), pooled, thresholds)
 
     sizes = {part.label: len(part.waveforms) for part in parts}
     sizes["analyst dev, pooled"] = sum(len(part.waveforms) for part in analyst)

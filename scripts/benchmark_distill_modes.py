@@ -3,7 +3,7 @@
     SEISBENCH_CACHE_ROOT=../shared/seisbench .venv/bin/python scripts/benchmark_distill_modes.py \
         --dataset data/synthetic --windows 2048 --batch 64 --epochs 2 --repeat 2
 
-Runs the ordinary distillation (``pipeline.stages.distill.run``, default student, alpha 1, PhaseNet ``okla``) twice on the
+Runs the ordinary distillation (``pipeline.distillation.distill``, default student, alpha 1, PhaseNet ``okla``) twice on the
 same dataset, the same number of training windows per epoch, the same batch size, the same DataLoader workers and
 torch threads, on this machine's CPU: once with ``teacher.mode=cache``, once with ``teacher.mode=on-the-fly``.
 
@@ -44,7 +44,7 @@ from pipeline import generators  # noqa: E402
 from pipeline.soft_label_cache import build_soft_labels  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 from pipeline.errors import EdgepickError, run_script  # noqa: E402
-from pipeline.stages import distill  # noqa: E402
+from pipeline.distillation import distill  # noqa: E402
 
 
 def config_for(mode: str, args, out: Path) -> Config:
@@ -98,7 +98,7 @@ def main() -> None:
     order = [("cache", "on-the-fly"), ("on-the-fly", "cache")]  # ABBA: drift on a shared machine hits both modes
     runs = [mode for i in range(args.repeat) for mode in order[i % 2]]
     for mode in runs:
-        state = distill.run(config_for(mode, args, out))
+        state = distill(config_for(mode, args, out))
         for key, name in (("seconds", "seconds_per_epoch"), ("train_seconds", "train_seconds_per_epoch")):
             values = [h[key] for h in state["history"]]
             result.setdefault(f"{mode}_{name}_all_runs", []).append(values)

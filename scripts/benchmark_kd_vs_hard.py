@@ -4,7 +4,7 @@
         [--dataset data/synthetic_near] [--epochs 10] [--windows 8000] [--out models/kd_vs_hard] \
         [--eval ../shared/datasets/stead50 --eval data/synthetic_near:test]
 
-Trains two students with ``pipeline.stages.distill.run`` from one config: ``kd`` with the config's temperature and alpha
+Trains two students with ``pipeline.distillation.distill`` from one config: ``kd`` with the config's temperature and alpha
 (default T 4, alpha 1: the teacher's soft targets only) and ``hard`` with alpha 0 (cross-entropy with the
 dataset's probabilistic labels only). The training set must be labelled. Each run is resumable (``--out`` keeps
 both; a finished run is not trained again). Then both, and the teacher, are scored with protocol 1 of
@@ -28,12 +28,12 @@ import benchmark_student  # noqa: E402
 from pipeline import teachers, training  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 from pipeline.errors import run_script  # noqa: E402
-from pipeline.stages import distill  # noqa: E402
+from pipeline import distillation  # noqa: E402
 from pipeline.student import load_student  # noqa: E402
 
 
 def train(args, alpha: float, out: Path) -> Path:
-    """One run of ``pipeline.stages.distill.run``; resumes an interrupted run, returns at once for a finished one."""
+    """One run of ``pipeline.distillation.distill``; resumes an interrupted run, returns at once for a finished one."""
     config = Config.load(None, args.set)
     config.distill.dataset = args.dataset
     config.distill.epochs = args.epochs
@@ -42,8 +42,8 @@ def train(args, alpha: float, out: Path) -> Path:
     config.distill.alpha = alpha
     config.distill.out = str(out)
     config.distill.resume = (out / training.CHECKPOINT).exists()
-    distill.run(config)
-    return out / distill.STUDENT / distill.STUDENT
+    distillation.distill(config)
+    return out / distillation.STUDENT / distillation.STUDENT
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ onset, picks matched within 0.5 s: median and 95th percentile).
         [--datasets ../shared/datasets/stead50,data/synthetic:dev,...] [--grid 100:100,50:100,100:50,100:200] \
         [--no-warmup] [--confirm 500,1000] [--json out.json]
 
-The passes are the benchmark stage's (pipeline/stages/benchmark.py): the exact replay is the student's SeisBench
+The passes are the benchmark's (pipeline/live.py): the exact replay is the student's SeisBench
 annotate at its own hop and blinding, the live mode the firmware's (docs/firmware.md, "Live mode") computed by the
 same annotate with a window every hop and the live blinding, each trace after its warm-up (``live.benchmark_warmup``:
 window - hop - look-ahead samples of its first second mirrored; --no-warmup: the traces as they are). A phase's
@@ -35,7 +35,8 @@ from pipeline import annotation, runners  # noqa: E402
 from pipeline.errors import EdgepickError, run_script  # noqa: E402
 from pipeline.metrics import score_picks  # noqa: E402
 from pipeline.picking import confirm_lookaheads, live_blinding, phase_lookaheads  # noqa: E402
-from pipeline.stages import benchmark as benchmark_stage  # noqa: E402
+from pipeline import live as live_pass  # noqa: E402
+from pipeline.traces import load_labelled  # noqa: E402
 from pipeline.student import load_student  # noqa: E402
 
 TOLERANCES = (0.1, 0.5)
@@ -84,23 +85,23 @@ def score_dataset(student, folder: Path, split: str, grid, warmup: bool, teacher
     """One row per (hop, look-ahead) and phase of one dataset (or one of its splits, at most ``max_traces`` of it,
     seeded), against its analyst picks or, where it has none (windows of continuous data), the ``teacher``'s;
     with ``confirm``, each row also holds the F1 of its picks confirmed at each of those look-aheads."""
-    traces, metadata, rate, order = benchmark_stage.load_labelled(folder, split, max_traces)
+    traces, metadata, rate, order = load_labelled(folder, split, max_traces)
     truth, by_teacher = annotation.reference_picks(traces, metadata, rate, order, teacher,
                                                    [w.shape[-1] for w in traces], progress=False)
     against = "teacher" if by_teacher else "analyst"
     model = runners.BenchModel("student", "pytorch", "fp32", [student])
     exact = annotation.dataset_curves(model, traces, rate, order, progress=False).picks()
     rows = []
-    skip = benchmark_stage.live_skip_samples(model, warmup)
+    skip = live_pass.live_skip_samples(model, warmup)
     annotated: dict = {}  # each (hop, look-ahead) stream annotated once, whether it picks or confirms
     for hop, lookahead in grid:
         started = time.perf_counter()
-        live = benchmark_stage.live_pick_times(model, traces, rate, order, hop, lookahead, warmup, skip_samples=skip,
+        live = live_pass.live_pick_times(model, traces, rate, order, hop, lookahead, warmup, skip_samples=skip,
                                                annotated=annotated)
         seconds = time.perf_counter() - started
         confirmations = {}
         for c in confirm:
-            checked = benchmark_stage.live_pick_times(model, traces, rate, order, hop, lookahead, warmup,
+            checked = live_pass.live_pick_times(model, traces, rate, order, hop, lookahead, warmup,
                                                       skip_samples=skip, confirm=c, confirm_within=within,
                                                       annotated=annotated)
             kept = checked.kept()
@@ -108,7 +109,7 @@ def score_dataset(student, folder: Path, split: str, grid, warmup: bool, teacher
             confirmations[c] = {phase: {"f1": {f"{t:g}": scores[phase][t]["f1"] for t in TOLERANCES},
                                         "retracted": sum(len(a) for a in live.times[phase]) - sum(len(a) for a in kept[phase])}
                                 for phase in kept}
-        for row in benchmark_stage.live_rows(model, truth, live, exact, TOLERANCES, max(TOLERANCES)):
+        for row in live_pass.live_rows(model, truth, live, exact, TOLERANCES, max(TOLERANCES)):
             row["confirmed"] = {str(c): confirmations[c][row["phase"]] for c in confirm}
             rows.append({"dataset": folder.name + (f":{split}" if split else ""), "traces": len(traces), "hop": hop,
                          "lookahead": lookahead, "against": against, "live_seconds": round(seconds, 1), **row})

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import annotation, metrics, runners  # noqa: E402
 from pipeline.errors import EdgepickError, run_script  # noqa: E402
-from pipeline.stages import benchmark as benchmark_stage  # noqa: E402
+from pipeline.traces import load_labelled  # noqa: E402
 
 
 def first_max(segment: np.ndarray) -> float:
@@ -134,7 +134,7 @@ def main() -> None:
     results = []
     for spec in datasets:
         path, _, split = spec.partition(":") if not Path(spec).is_dir() else (spec, "", "")
-        waveforms, metadata, rate, order = benchmark_stage.load_labelled(Path(path), split, args.max_traces)
+        waveforms, metadata, rate, order = load_labelled(Path(path), split, args.max_traces)
         truth = {phase: [row / rate for row in rows] for phase, rows in metrics.analyst_picks(metadata).items()}
         against = "analyst"
         curves_of = {}

@@ -14,7 +14,9 @@ from pipeline.config import Config
 from pipeline.convert import quantize_student
 from pipeline.errors import EdgepickError
 from pipeline.picking import PickRule
+from pipeline import live as live_pass
 from pipeline.stages import benchmark as benchmark_stage
+from pipeline.traces import load_labelled
 from pipeline.normalization import normalize_windows
 from pipeline.student import XiaoNet, default_blinding
 
@@ -221,7 +223,7 @@ def test_live_pass_picks_as_the_firmware_twin(warmup):
     traces = square_traces()
     bench = runners.BenchModel("student", "pytorch", "fp32", [model])
     annotated = {}
-    times, reported, retracted = benchmark_stage.live_pick_times(bench, traces, 100.0, "ZNE", hop, lookahead, warmup,
+    times, reported, retracted = live_pass.live_pick_times(bench, traces, 100.0, "ZNE", hop, lookahead, warmup,
                                                                  confirm=confirm, confirm_within=within,
                                                                  annotated=annotated)
     assert sorted(key[2] for key in annotated) == [150, 230, 500]  # one annotate per look-ahead, the confirming one too
@@ -233,7 +235,7 @@ def test_live_pass_picks_as_the_firmware_twin(warmup):
 
     total = withdrawn = 0
     for i, trace in enumerate(traces):
-        padded = benchmark_stage.warmup_padded(trace, pad, 100.0)
+        padded = live_pass.warmup_padded(trace, pad, 100.0)
         assert padded.shape[1] == trace.shape[1] + pad and np.array_equal(padded[:, pad:], trace)
         ref, _ = live_stream_picks(padded, forward, SAMPLES, hop, lookahead, model.pick_rule, model.norm_eps,
                                    confirm=confirm, confirm_within=within)
@@ -250,7 +252,7 @@ def test_live_pass_picks_as_the_firmware_twin(warmup):
     assert total >= 10 and withdrawn >= 1
     # picks in the span the exact replay blinds at a trace's start are dropped when asked (the stage's live pass)
     skip = 1200
-    kept, kept_reported, _ = benchmark_stage.live_pick_times(bench, traces, 100.0, "ZNE", hop, lookahead, warmup,
+    kept, kept_reported, _ = live_pass.live_pick_times(bench, traces, 100.0, "ZNE", hop, lookahead, warmup,
                                                              skip_samples=skip, confirm=confirm, annotated=annotated)
     assert len(annotated) == 3  # the streams of the first call served this one
     dropped = 0
@@ -428,7 +430,7 @@ def test_wrong_model_files_are_refused(tmp_path, models):
 @pytest.mark.shared
 def test_teacher_on_stead50_agrees_with_notes(teacher_cache, shared, tmp_path):
     """Protocol 1 of the stage reproduces the independent PhaseNet okla figures (docs/benchmark.md, "Reference figures"; +-0.03 F1)."""
-    waveforms, metadata, rate, order = benchmark_stage.load_labelled(shared / "datasets" / "stead50", "")
+    waveforms, metadata, rate, order = load_labelled(shared / "datasets" / "stead50", "")
     teacher = runners.load_teacher("phasenet:okla")
     curves = annotation.dataset_curves(teacher, waveforms, rate, order, progress=False)
     truth = {p: [x / rate for x in rows] for p, rows in metrics.analyst_picks(metadata).items()}

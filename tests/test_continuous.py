@@ -10,7 +10,7 @@ from obspy.core.inventory import Channel, Inventory, Network, Station
 
 from pipeline.config import DataConfig
 from pipeline.datasets import write_dataset
-from pipeline.stages.data import source_records
+from pipeline.sources import source_records
 from pipeline.errors import EdgepickError
 from pipeline.sources import miniseed as continuous
 

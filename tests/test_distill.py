@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pipeline import distillation, losses
 from pipeline.stages import distill
 from pipeline.config import Config
 from pipeline.datasets import write_dataset
@@ -19,23 +20,23 @@ from test_data import make_records, unlabelled_dataset
 def test_loss_is_zero_when_student_matches_teacher_and_scales_with_t_squared():
     logits = torch.randn(2, 3, 50)
     teacher = torch.softmax(logits, dim=1)
-    assert distill.distillation_loss(logits, teacher, None, 4.0, 1.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert losses.distillation_loss(logits, teacher, None, 4.0, 1.0).item() == pytest.approx(0.0, abs=1e-6)
     other = torch.softmax(torch.randn(2, 3, 50), dim=1)
     for t in (1.0, 2.0, 4.0):
         teacher_t = torch.softmax(torch.log(other) / t, dim=1)
         kl = (teacher_t * (torch.log(teacher_t) - F.log_softmax(logits / t, dim=1))).sum(1).mean()
-        assert distill.distillation_loss(logits, other, None, t, 1.0).item() == pytest.approx(t * t * kl.item(), rel=1e-5)
+        assert losses.distillation_loss(logits, other, None, t, 1.0).item() == pytest.approx(t * t * kl.item(), rel=1e-5)
 
 
 def test_alpha_mixes_soft_and_hard_terms():
     logits = torch.randn(2, 3, 40)
     teacher = torch.softmax(torch.randn(2, 3, 40), dim=1)
     hard = torch.softmax(5 * torch.randn(2, 3, 40), dim=1)
-    soft_only = distill.distillation_loss(logits, teacher, hard, 2.0, 1.0)
-    hard_only = distill.distillation_loss(logits, teacher, hard, 2.0, 0.0)
+    soft_only = losses.distillation_loss(logits, teacher, hard, 2.0, 1.0)
+    hard_only = losses.distillation_loss(logits, teacher, hard, 2.0, 0.0)
     ce = -(hard * F.log_softmax(logits, 1)).sum(1).mean()
     assert hard_only.item() == pytest.approx(ce.item(), rel=1e-6)
-    mixed = distill.distillation_loss(logits, teacher, hard, 2.0, 0.3)
+    mixed = losses.distillation_loss(logits, teacher, hard, 2.0, 0.3)
     assert mixed.item() == pytest.approx(0.3 * soft_only.item() + 0.7 * hard_only.item(), rel=1e-5)
 
 
@@ -47,9 +48,9 @@ def test_phase_weight_weights_the_kl_by_the_teachers_phase_probability():
     kl = (teacher_t * (torch.log(teacher_t) - F.log_softmax(logits / t, dim=1))).sum(1)
     weights = 1 + 5.0 * teacher[:, :2].sum(1)
     want = t * t * (weights * kl).sum() / weights.sum()
-    assert distill.distillation_loss(logits, teacher, None, t, 1.0, 5.0).item() == pytest.approx(want.item(), rel=1e-5)
+    assert losses.distillation_loss(logits, teacher, None, t, 1.0, 5.0).item() == pytest.approx(want.item(), rel=1e-5)
     # an even mean without it, and the weighted loss differs from it
-    even = distill.distillation_loss(logits, teacher, None, t, 1.0, 0.0).item()
+    even = losses.distillation_loss(logits, teacher, None, t, 1.0, 0.0).item()
     assert even == pytest.approx(t * t * kl.mean().item(), rel=1e-5)
     assert abs(even - want.item()) > 1e-4
 
@@ -70,16 +71,16 @@ def test_phase_weight_from_both_weights_the_students_own_peaks_too():
     kl = (teacher.clamp_min(1e-8) * (torch.log(teacher.clamp_min(1e-8)) - F.log_softmax(logits.detach(), dim=1))).sum(1)
     weights = 1 + 5.0 * torch.maximum(teacher[:, :2].sum(1), student[:, :2].sum(1))
     want = (weights * kl).sum() / weights.sum()
-    both = distill.distillation_loss(logits, teacher, None, t, 1.0, 5.0, "both")
+    both = losses.distillation_loss(logits, teacher, None, t, 1.0, 5.0, "both")
     assert both.item() == pytest.approx(want.item(), rel=1e-5)
-    assert both.item() > distill.distillation_loss(logits, teacher, None, t, 1.0, 5.0, "teacher").item()
+    assert both.item() > losses.distillation_loss(logits, teacher, None, t, 1.0, 5.0, "teacher").item()
     both.backward()  # the weights carry no gradient: d(loss)/d(logits) is the weighted KL's alone
     reference = logits.detach().clone().requires_grad_(True)
     kl_ref = (teacher.clamp_min(1e-8) * (torch.log(teacher.clamp_min(1e-8)) - F.log_softmax(reference, dim=1))).sum(1)
     ((weights * kl_ref).sum() / weights.sum()).backward()
     assert torch.allclose(logits.grad, reference.grad, atol=1e-6)
     with pytest.raises(EdgepickError, match="phase_weight_source"):
-        distill.distillation_loss(logits, teacher, None, t, 1.0, 5.0, "student")
+        losses.distillation_loss(logits, teacher, None, t, 1.0, 5.0, "student")
 
 
 @pytest.fixture(scope="module")
@@ -186,8 +187,8 @@ def test_live_windows_take_the_teachers_picks_where_a_folder_has_no_analyst_pick
     from its soft-label cache: P and S where PhaseNet sees them), the labelled folder's by its analyst picks."""
     unlabelled = unlabelled_dataset(tmp_path / "unlabelled")
     config = tiny_config(f"{unlabelled},{labelled}", tmp_path / "kd", alpha=1.0, epochs=1, live_windows=0.3)
-    train, _, targets = distill._datasets(config, master=True)
-    placement = {t.path: distill._teacher_picks(targets, t, config.distill) for t in train}
+    train, _, targets = distillation._datasets(config, master=True)
+    placement = {t.path: distillation._teacher_picks(targets, t, config.distill) for t in train}
     assert placement[str(labelled)] is None
     picks = placement[str(unlabelled)]
     names = list(train[0].dataset.metadata["trace_name"])
@@ -196,7 +197,7 @@ def test_live_windows_take_the_teachers_picks_where_a_folder_has_no_analyst_pick
     assert sum(len(v) > 0 for v in picks.values()) >= len(names) // 2
     assert all(((v >= 0) & (v < 6000)).all() for v in picks.values())
     config.distill.live_windows = 0.0
-    assert distill._teacher_picks(targets, train[0], config.distill) is None
+    assert distillation._teacher_picks(targets, train[0], config.distill) is None
     state = distill.run(tiny_config(f"{unlabelled},{labelled}", tmp_path / "kd", alpha=1.0, epochs=1, live_windows=0.3))
     assert np.isfinite(state["history"][0]["train_loss"])
 
@@ -300,18 +301,18 @@ def test_peak_shape_loss_sees_where_and_how_wide_a_peak_is_not_how_high():
     def logits(p_curve):
         return torch.log(probs(p_curve).clamp_min(1e-6))
 
-    same_shape_lower = distill.peak_shape_loss(logits(0.4 * torch.exp(-0.5 * ((t - 100) / 10) ** 2)), teacher)
-    stays_up = distill.peak_shape_loss(logits(torch.where(t < 100, 0.9 * torch.exp(-0.5 * ((t - 100) / 10) ** 2),
+    same_shape_lower = losses.peak_shape_loss(logits(0.4 * torch.exp(-0.5 * ((t - 100) / 10) ** 2)), teacher)
+    stays_up = losses.peak_shape_loss(logits(torch.where(t < 100, 0.9 * torch.exp(-0.5 * ((t - 100) / 10) ** 2),
                                                           torch.where(t < 130, 0.9, 0.9 * torch.exp(-0.5 * ((t - 130) / 10) ** 2)))), teacher)
-    shifted = distill.peak_shape_loss(logits(0.9 * torch.exp(-0.5 * ((t - 130) / 10) ** 2)), teacher)
+    shifted = losses.peak_shape_loss(logits(0.9 * torch.exp(-0.5 * ((t - 130) / 10) ** 2)), teacher)
     assert same_shape_lower.item() == pytest.approx(0.0, abs=1e-3)
     assert 0.1 < stays_up.item() < shifted.item()
     no_peak = probs(torch.full((n,), 0.1))  # the teacher reaches 0.1 only: nothing to match
-    assert distill.peak_shape_loss(logits(0.9 * torch.exp(-0.5 * ((t - 130) / 10) ** 2)), no_peak).item() == 0.0
+    assert losses.peak_shape_loss(logits(0.9 * torch.exp(-0.5 * ((t - 130) / 10) ** 2)), no_peak).item() == 0.0
     # in the distillation loss: alpha x peak_shape x the term on top of the KL
     lg = logits(0.9 * torch.exp(-0.5 * ((t - 130) / 10) ** 2))
-    plain = distill.distillation_loss(lg, teacher, None, 1.0, 1.0)
-    with_shape = distill.distillation_loss(lg, teacher, None, 1.0, 1.0, peak_shape=0.5)
+    plain = losses.distillation_loss(lg, teacher, None, 1.0, 1.0)
+    with_shape = losses.distillation_loss(lg, teacher, None, 1.0, 1.0, peak_shape=0.5)
     assert with_shape.item() == pytest.approx(plain.item() + 0.5 * shifted.item(), rel=1e-4)
 
 
@@ -325,9 +326,9 @@ def test_peak_shape_power_narrows_the_target():
     teacher = probs(0.9 * torch.exp(-0.5 * ((t - 100) / 10) ** 2))
     own_width = torch.log(probs(0.5 * torch.exp(-0.5 * ((t - 100) / 10) ** 2)).clamp_min(1e-6))
     narrower = torch.log(probs(0.5 * torch.exp(-0.5 * ((t - 100) / (10 / 2 ** 0.5)) ** 2)).clamp_min(1e-6))
-    assert distill.peak_shape_loss(own_width, teacher).item() == pytest.approx(0.0, abs=1e-3)
-    assert distill.peak_shape_loss(own_width, teacher, power=2.0).item() > 0.05
-    assert distill.peak_shape_loss(narrower, teacher, power=2.0).item() == pytest.approx(0.0, abs=1e-3)
+    assert losses.peak_shape_loss(own_width, teacher).item() == pytest.approx(0.0, abs=1e-3)
+    assert losses.peak_shape_loss(own_width, teacher, power=2.0).item() > 0.05
+    assert losses.peak_shape_loss(narrower, teacher, power=2.0).item() == pytest.approx(0.0, abs=1e-3)
 
 
 def test_bad_peak_shape_power_fails_before_anything_is_written(labelled, tmp_path):

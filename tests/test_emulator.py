@@ -80,7 +80,7 @@ def run_stream(elf, x, tmp_path):
 
 
 def test_picks_equal_python_reference_and_tensors_bit_exact(images, model_dir, tmp_path):
-    from pipeline.stages.firmware import read_model_config
+    from pipeline.convert.c_array import read_model_config
     from pipeline.stages.firmware_sim import firmware_run, python_picks, rule_from_header
 
     folder, flatbuffer = model_dir[:2]

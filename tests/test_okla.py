@@ -8,7 +8,7 @@ import seisbench.data as sbd
 
 from pipeline.config import DataConfig
 from pipeline.datasets import write_dataset
-from pipeline.stages.data import source_records
+from pipeline.sources import source_records
 from pipeline.errors import EdgepickError
 from pipeline.sources import okla
 

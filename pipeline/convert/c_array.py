@@ -197,3 +197,13 @@ def write_firmware(out_dir: str | Path, payload: bytes, info: dict, rule: PickRu
         if parse_c_array((tmp / "model_data.cc").read_text()) != payload:
             raise EdgepickError("model_data.cc does not parse back to the model bytes")
     return files
+
+
+def read_model_config(path: Path) -> dict[str, str]:
+    """The ``#define`` values of the generated model_config.h (strings unquoted)."""
+    if not path.is_file():
+        raise EdgepickError(f"{path} is missing: run `make quantize` first (it generates the model for the firmware)")
+    values = {}
+    for name, value in re.findall(r"^#define\s+(EDGEPICK_\w+)\s+(.+?)\s*(?://.*)?$", path.read_text(), re.M):
+        values[name] = value.strip().strip('"')
+    return values

@@ -18,11 +18,11 @@ from tqdm import tqdm
 from pipeline import boards, emulator, tflm, waveforms
 from pipeline.artifacts import atomic_write_text, save_config
 from pipeline.convert import c_array, fp16_pack
+from pipeline.convert.c_array import read_model_config
 from pipeline.errors import EdgepickError
 from pipeline.picking import PHASES, PickRule, live_stream_picks, stream_picks
 from pipeline.serial_protocol import parse_pick_lines, sample_lines
-from pipeline.stages.benchmark import load_labelled, resolve_dataset
-from pipeline.stages.firmware import read_model_config
+from pipeline.traces import load_labelled, resolve_dataset
 
 
 def rule_from_header(values: dict[str, str]) -> PickRule:

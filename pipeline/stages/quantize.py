@@ -17,6 +17,7 @@ import numpy as np
 from pipeline import boards, generators
 from pipeline.artifacts import atomic_dir, save_config
 from pipeline.convert import QuantizeResult, c_array, quantize_student
+from pipeline.convert.chain import format_latency, format_variants
 from pipeline.errors import EdgepickError
 from pipeline.student import hop_samples, load_student
 
@@ -99,36 +100,3 @@ def _windows(dataset: str, split: str, count: int, samples: int, seed: int):
     shares = [count // len(paths) + (i < count % len(paths)) for i in range(len(paths))]
     parts = [generators.dataset_windows(path, split, share, samples, seed=seed) for path, share in zip(paths, shares) if share]
     return np.concatenate(parts)
-
-
-def format_variants(result: QuantizeResult) -> str:
-    lines = [
-        f"ONNX vs PyTorch max |diff| {result.onnx_max_error:.2e}; Keras vs onnxruntime {result.keras_max_error:.2e}",
-        f"{'variant':8} {'bytes':>8} {'unstripped':>10} {'arena':>8} {'max err':>9} {'agree':>7} {'picks':>6}  ops",
-    ]
-    for precision, info in result.variants.items():
-        ops = " ".join(f"{k}x{v}" for k, v in info["ops"].items())
-        lines.append(
-            f"{precision:8} {info['bytes']:8d} {info['bytes_unstripped']:10d} {info.get('arena_bytes', 0):8d} "
-            f"{info['max_abs_error']:9.2e} {info['pick_agreement']:7.3f} {info['reference_picks']:6d}  {ops}"
-        )
-    return "\n".join(lines)
-
-
-def format_latency(result: QuantizeResult) -> str:
-    """Estimated ms per window and real-time factor on ESP32 / ESP32-C3 / ESP32-S3 (:data:`pipeline.boards.CYCLES_PER_MAC`:
-    INT8 on ESP32 and ESP32-C3 from the instruction count measured in the emulator, the rest from published timings)."""
-    chips = ("esp32", "esp32c3", "esp32s3")
-    lines = [f"{'variant':8} {'MACs':>10} " + " ".join(f"{c + ' ms':>11} {'RTF':>7}" for c in chips)
-             + "  (estimates: pipeline/boards.py)"]
-    for precision, info in result.variants.items():
-        latency = info.get("estimated_latency")
-        if not latency:
-            continue
-        cells = [f"{latency[c]['ms']:11.1f} {latency[c]['real_time_factor']:7.4f}" if c in latency else f"{'-':>11} {'-':>7}"
-                 for c in chips]
-        lines.append(f"{precision:8} {info['macs']:10d} " + " ".join(cells))
-    lines.append(f"  INT8 on ESP32 / ESP32-C3: {boards.EMULATED_INSTRUCTIONS_PER_MAC['esp_nn']:.1f} instructions per MAC "
-                 "measured in the emulator (ESP-NN C kernels, `make firmware-sim`), at 1 cycle each; ESP32-S3 and "
-                 "float: Espressif's person-detection timings")
-    return "\n".join(lines)
