@@ -16,9 +16,9 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import pick_formats
+from pipeline.deploy import pick_formats
 from pipeline.errors import EdgepickError
-from pipeline.picking import PickRule, confirm_lookaheads, live_blinding
+from pipeline.model.picking import PickRule, confirm_lookaheads, live_blinding
 
 
 @dataclass

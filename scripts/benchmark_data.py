@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from pipeline import datasets, generators
-from pipeline.annotation import evaluate_picker
+from pipeline.data import datasets, generators
+from pipeline.model.annotation import evaluate_picker
 from pipeline.config import Config
 from pipeline.errors import run_script
-from pipeline.sources import source_records
+from pipeline.data.sources import source_records
 
 
 def main() -> None:

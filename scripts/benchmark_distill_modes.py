@@ -40,11 +40,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import generators  # noqa: E402
-from pipeline.soft_label_cache import build_soft_labels  # noqa: E402
+from pipeline.data import generators  # noqa: E402
+from pipeline.distill.soft_label_cache import build_soft_labels  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 from pipeline.errors import EdgepickError, run_script  # noqa: E402
-from pipeline.distillation import distill  # noqa: E402
+from pipeline.distill.loop import distill  # noqa: E402
 
 
 def config_for(mode: str, args, out: Path) -> Config:

@@ -25,11 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchmark_student  # noqa: E402
 
-from pipeline import teachers, training  # noqa: E402
+from pipeline.distill import training  # noqa: E402
+from pipeline.model import teachers  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 from pipeline.errors import run_script  # noqa: E402
-from pipeline import distillation  # noqa: E402
-from pipeline.student import load_student  # noqa: E402
+from pipeline.distill import loop as distillation  # noqa: E402
+from pipeline.model.student import load_student  # noqa: E402
 
 
 def train(args, alpha: float, out: Path) -> Path:

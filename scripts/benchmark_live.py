@@ -31,13 +31,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import annotation, runners  # noqa: E402
+from pipeline.model import annotation, runners  # noqa: E402
 from pipeline.errors import EdgepickError, run_script  # noqa: E402
-from pipeline.metrics import score_picks  # noqa: E402
-from pipeline.picking import confirm_lookaheads, live_blinding, phase_lookaheads  # noqa: E402
-from pipeline import live as live_pass  # noqa: E402
-from pipeline.traces import load_labelled  # noqa: E402
-from pipeline.student import load_student  # noqa: E402
+from pipeline.evaluate.metrics import score_picks  # noqa: E402
+from pipeline.model.picking import confirm_lookaheads, live_blinding, phase_lookaheads  # noqa: E402
+from pipeline.evaluate import live as live_pass  # noqa: E402
+from pipeline.data.traces import load_labelled  # noqa: E402
+from pipeline.model.student import load_student  # noqa: E402
 
 TOLERANCES = (0.1, 0.5)
 

@@ -31,9 +31,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import annotation, metrics, runners  # noqa: E402
+from pipeline.evaluate import metrics  # noqa: E402
+from pipeline.model import annotation, runners  # noqa: E402
 from pipeline.errors import EdgepickError, run_script  # noqa: E402
-from pipeline.traces import load_labelled  # noqa: E402
+from pipeline.data.traces import load_labelled  # noqa: E402
 
 
 def first_max(segment: np.ndarray) -> float:

@@ -26,13 +26,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import boards  # noqa: E402
-from pipeline import generators  # noqa: E402
-from pipeline.convert import onnx_export, onnx_to_keras, quantize_student, tflite  # noqa: E402
-from pipeline.convert.chain import format_variants  # noqa: E402
+from pipeline.deploy import boards  # noqa: E402
+from pipeline.data import generators  # noqa: E402
+from pipeline.deploy.convert import onnx_export, onnx_to_keras, quantize_student, tflite  # noqa: E402
+from pipeline.deploy.convert.chain import format_variants  # noqa: E402
 from pipeline.errors import run_script  # noqa: E402
-from pipeline.normalization import normalize_windows  # noqa: E402
-from pipeline.student import XiaoNet, hop_samples, load_student, phasenet_macs  # noqa: E402
+from pipeline.data.normalization import normalize_windows  # noqa: E402
+from pipeline.model.student import XiaoNet, hop_samples, load_student, phasenet_macs  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -32,11 +32,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import DataConfig  # noqa: E402
-from pipeline.datasets import open_dataset, write_dataset  # noqa: E402
+from pipeline.data.datasets import open_dataset, write_dataset  # noqa: E402
 from pipeline.errors import run_script  # noqa: E402
-from pipeline.soft_label_cache import SoftLabelCache, build_soft_labels  # noqa: E402
-from pipeline.soft_labels import OnTheFlyTeacher  # noqa: E402
-from pipeline.teachers import Teacher  # noqa: E402
+from pipeline.distill.soft_label_cache import SoftLabelCache, build_soft_labels  # noqa: E402
+from pipeline.distill.soft_labels import OnTheFlyTeacher  # noqa: E402
+from pipeline.model.teachers import Teacher  # noqa: E402
 
 STEAD50 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "stead50"
 

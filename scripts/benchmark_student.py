@@ -18,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import datasets, metrics, teachers
-from pipeline.annotation import evaluate_picker
+from pipeline.data import datasets
+from pipeline.evaluate import metrics
+from pipeline.model import teachers
+from pipeline.model.annotation import evaluate_picker
 from pipeline.errors import run_script
-from pipeline.student import count_macs, load_student
+from pipeline.model.student import count_macs, load_student
 
 SP_BINS = ((0.0, 2.0, "S-P < 2 s"), (2.0, 5.0, "S-P 2-5 s"), (5.0, np.inf, "S-P > 5 s"))
 

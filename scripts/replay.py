@@ -30,10 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from pipeline import pick_formats, waveforms  # noqa: E402
-from pipeline.datasets import open_dataset  # noqa: E402
+from pipeline.data import waveforms  # noqa: E402
+from pipeline.deploy import pick_formats  # noqa: E402
+from pipeline.data.datasets import open_dataset  # noqa: E402
 from pipeline.errors import EdgepickError  # noqa: E402
-from pipeline.serial_protocol import parse_pick_lines, sample_lines  # noqa: E402
+from pipeline.deploy.serial_protocol import parse_pick_lines, sample_lines  # noqa: E402
 
 SAMPLING_RATE = 100.0
 

@@ -9,16 +9,17 @@ import obspy
 import pytest
 import torch
 
-from pipeline import annotation, metrics, runners
+from pipeline.evaluate import metrics
+from pipeline.model import annotation, runners
 from pipeline.config import Config
-from pipeline.convert import quantize_student
+from pipeline.deploy.convert import quantize_student
 from pipeline.errors import EdgepickError
-from pipeline.picking import PickRule
-from pipeline import live as live_pass
+from pipeline.model.picking import PickRule
+from pipeline.evaluate import live as live_pass
 from pipeline.stages import benchmark as benchmark_stage
-from pipeline.traces import load_labelled
-from pipeline.normalization import normalize_windows
-from pipeline.student import XiaoNet, default_blinding
+from pipeline.data.traces import load_labelled
+from pipeline.data.normalization import normalize_windows
+from pipeline.model.student import XiaoNet, default_blinding
 
 PICK_TOP_TOLERANCE = PickRule.top_tolerance
 
@@ -64,8 +65,8 @@ def models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     from pipeline.config import DataConfig
-    from pipeline.datasets import write_dataset
-    from pipeline.sources import synthetic
+    from pipeline.data.datasets import write_dataset
+    from pipeline.data.sources import synthetic
 
     config = DataConfig(out=str(tmp_path_factory.mktemp("data") / "synthetic"))
     config.synthetic.n_traces = 24
@@ -143,7 +144,7 @@ def test_each_model_is_scored_with_its_own_pick_rule():
     teacher = runners.BenchModel("teacher", "pytorch", "fp32", [sbm.PhaseNet()])
     assert annotation.model_rule(teacher).first_maximum  # SeisBench's first maximum
     assert annotation.model_rule(teacher).p_threshold == PickRule.p_threshold  # the reference table's 0.3
-    from pipeline.report import pick_rule_text
+    from pipeline.evaluate.report import pick_rule_text
 
     assert pick_rule_text({"pick_top_tolerance": None}) == "first maximum"
     assert pick_rule_text({"pick_top_tolerance": 0.5}) == "midpoint at half maximum"
@@ -162,7 +163,7 @@ def test_each_model_is_scored_with_its_own_pick_rule():
 
 def test_tflite_variants_pick_as_their_student(models):
     """A student saved with another pick rule: its TFLite variants are scored with that rule, not the default."""
-    from pipeline.student import load_student
+    from pipeline.model.student import load_student
 
     student = load_student(models / "student" / "student")
     student.default_args.update(PickRule(top_tolerance=0.02, p_threshold=0.4).annotate_args())
@@ -215,7 +216,7 @@ def test_live_pass_picks_as_the_firmware_twin(warmup):
     when each is reported and when each retracted one is withdrawn are pipeline.picking.live_stream_picks' (what
     the firmware's live mode emits; the host test checks the core against it), on each trace after its warm-up,
     picks on the warm-up dropped."""
-    from pipeline.picking import live_blinding, live_stream_picks
+    from pipeline.model.picking import live_blinding, live_stream_picks
 
     model = SquareStudent(base_channels=1, in_samples=SAMPLES).eval()
     hop, lookahead = 100, {"P": 150, "S": 230}  # each phase its own look-ahead, as the firmware's live mode

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import annotation
+from pipeline.model import annotation
 from pipeline.config import Config
-from pipeline.datasets import write_dataset
+from pipeline.data.datasets import write_dataset
 from pipeline.errors import EdgepickError
-from pipeline.picking import PickRule
-from pipeline import dev_split
+from pipeline.model.picking import PickRule
+from pipeline.evaluate import dev_split
 from pipeline.stages import calibrate
-from pipeline.student import XiaoNet, load_student
-from pipeline.training import save_model
+from pipeline.model.student import XiaoNet, load_student
+from pipeline.distill.training import save_model
 from test_data import make_records
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline import distillation, losses
+from pipeline.distill import loop as distillation, losses
 from pipeline.stages import distill
 from pipeline.config import Config
-from pipeline.datasets import write_dataset
+from pipeline.data.datasets import write_dataset
 from pipeline.errors import EdgepickError
 from test_data import make_records, unlabelled_dataset
 
@@ -112,7 +112,7 @@ def test_training_writes_student_checkpoint_metrics_and_plot(labelled, tmp_path)
     assert [h["epoch"] for h in state["history"]] == [1, 2]
     for name in ("checkpoint.pt", "metrics.csv", "loss.png", "student/student.json", "student/student.pt"):
         assert (out / name).is_file(), name
-    from pipeline.student import load_student
+    from pipeline.model.student import load_student
 
     student = load_student(out / "student")
     x = torch.randn(1, 3, 1001)
@@ -250,7 +250,7 @@ def test_on_the_fly_teacher_distils_without_a_cache(labelled, tmp_path, monkeypa
     training loader's workers' context windows, and no soft-label cache is written."""
     import seisbench.models as sbm
 
-    from pipeline import teachers
+    from pipeline.model import teachers
 
     def fake(member):
         torch.manual_seed(0)
@@ -369,8 +369,8 @@ def test_divergence_on_resume_keeps_the_finite_checkpoint_and_student(labelled, 
 
 
 def test_non_finite_buffers_are_never_written_nor_resumed_from(labelled, tmp_path):
-    from pipeline import training
-    from pipeline.student import build_student
+    from pipeline.distill import training
+    from pipeline.model.student import build_student
 
     config = tiny_config(labelled, tmp_path / "run", epochs=1)
     model = build_student(config.student)
@@ -392,7 +392,7 @@ def test_non_finite_buffers_are_never_written_nor_resumed_from(labelled, tmp_pat
 
 
 def test_resume_applies_a_new_learning_rate_and_epochs_and_says_so(labelled, tmp_path, capsys):
-    from pipeline.training import warmup_cosine
+    from pipeline.distill.training import warmup_cosine
 
     out = tmp_path / "run"
     distill.run(tiny_config(labelled, out, epochs=1, learning_rate=1e-3))
@@ -444,8 +444,8 @@ def test_checkpoint_of_random_bytes_is_one_clear_line(labelled, tmp_path, conten
 
 
 def test_saved_student_of_random_bytes_is_one_clear_line(labelled, tmp_path):
-    from pipeline import training
-    from pipeline.student import build_student
+    from pipeline.distill import training
+    from pipeline.model.student import build_student
 
     config = tiny_config(labelled, tmp_path / "run", epochs=1)
     training.save_model(build_student(config.student), tmp_path / "saved", "student")

@@ -13,10 +13,10 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import boards, emulator, tflm
+from pipeline.deploy import boards, emulator, tflm
 from pipeline.errors import EdgepickError
-from pipeline.picking import PickRule
-from pipeline.serial_protocol import sample_lines
+from pipeline.model.picking import PickRule
+from pipeline.deploy.serial_protocol import sample_lines
 
 IN_SAMPLES = 1024  # a short window keeps each emulated Invoke to a few million instructions
 
@@ -48,9 +48,9 @@ def model_dir(tmp_path_factory):
     untrained network crosses the thresholds often (picks to compare, not skill), written by make quantize's own
     C-array writer for the ESP32-C3."""
     torch = pytest.importorskip("torch")
-    from pipeline.convert import c_array, quantize_student
-    from pipeline.normalization import normalize_windows
-    from pipeline.student import XiaoNet
+    from pipeline.deploy.convert import c_array, quantize_student
+    from pipeline.data.normalization import normalize_windows
+    from pipeline.model.student import XiaoNet
 
     torch.manual_seed(3)
     model = XiaoNet(base_channels=2, in_samples=IN_SAMPLES).eval()
@@ -80,7 +80,7 @@ def run_stream(elf, x, tmp_path):
 
 
 def test_picks_equal_python_reference_and_tensors_bit_exact(images, model_dir, tmp_path):
-    from pipeline.convert.c_array import read_model_config
+    from pipeline.deploy.convert.c_array import read_model_config
     from pipeline.stages.firmware_sim import firmware_run, python_picks, rule_from_header
 
     folder, flatbuffer = model_dir[:2]
@@ -88,8 +88,8 @@ def test_picks_equal_python_reference_and_tensors_bit_exact(images, model_dir, t
     x = synthetic_stream(3300)
     reference = python_picks(x, flatbuffer, values, rule_from_header(values))
     assert len(reference) >= 3
-    from pipeline.normalization import normalize_windows
-    from pipeline.picking import window_offsets
+    from pipeline.data.normalization import normalize_windows
+    from pipeline.model.picking import window_offsets
 
     io = tflm.io_details(flatbuffer)
     interpreter, _, err = tflm.load(flatbuffer, tflm.MAX_ARENA)
@@ -143,7 +143,7 @@ def test_image_too_big_fails_at_link_time_naming_the_region(tflm_lib, model_dir,
 
 
 def test_resolver_registers_exactly_the_models_ops(model_dir):
-    from pipeline.convert import c_array
+    from pipeline.deploy.convert import c_array
 
     header = (model_dir[0] / "model_ops.h").read_text()
     ops = tflm.op_counts(model_dir[1])
@@ -195,7 +195,7 @@ def test_stage_in_live_mode_picks_as_the_live_python_twin(tflm_lib, model_dir, t
     picks and retractions with pipeline.picking.live_stream_picks (not the exact replay) and counts its real-time
     factor at the live hop."""
     from pipeline.config import Config
-    from pipeline.convert import c_array
+    from pipeline.deploy.convert import c_array
     from pipeline.stages import data, firmware_sim
 
     _, flatbuffer, info, budget = model_dir

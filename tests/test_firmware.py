@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.convert.fp16_pack import expand_fp16
-from pipeline.picking import PickRule, live_blinding, live_offsets, live_stream_picks, stream_picks
-from pipeline.serial_protocol import parse_pick_lines
+from pipeline.deploy.convert.fp16_pack import expand_fp16
+from pipeline.model.picking import PickRule, live_blinding, live_offsets, live_stream_picks, stream_picks
+from pipeline.deploy.serial_protocol import parse_pick_lines
 
 REPO = Path(__file__).resolve().parents[1]
 CORE = REPO / "firmware" / "lib" / "edgepick_core"
@@ -134,7 +134,7 @@ def test_fp16_expand_matches_python_packer(driver, tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 def normalize_reference(window: np.ndarray) -> np.ndarray:
     """(3, n) -> (3, n): the student's own normalisation, which the firmware reproduces."""
-    from pipeline.normalization import normalize_windows
+    from pipeline.data.normalization import normalize_windows
 
     return normalize_windows(window.astype(np.float32), EPS)
 
@@ -318,7 +318,7 @@ def test_stream_matches_seisbench_classify(driver):
     """The firmware's picks equal what SeisBench's own annotate/classify does with the student's hooks."""
     torch = pytest.importorskip("torch")
     obspy = pytest.importorskip("obspy")
-    from pipeline.student import XiaoNet
+    from pipeline.model.student import XiaoNet
 
     class SquareStudent(XiaoNet):
         def forward(self, x, logits=False):
@@ -461,7 +461,7 @@ def test_platformio_ini_is_valid():
     assert result.returncode == 0, result.stderr
     sections = {name: dict(options) for name, options in json.loads(result.stdout)}
     envs = {name.split(":", 1)[1]: opts for name, opts in sections.items() if name.startswith("env:")}
-    from pipeline import boards
+    from pipeline.deploy import boards
 
     assert set(envs) >= set(boards.BOARDS)  # one environment per board, named as the board
     for name in boards.BOARDS:  # ... that says which board it is (model_config.h no longer overrides it)
@@ -572,8 +572,8 @@ def int8_student_tflite(n: int) -> bytes:
     """A real INT8 student of the XiaoNet family converted by the quantize stage (PyTorch -> ONNX -> TFLite), its
     head scaled up so that an untrained network crosses the pick threshold often: picks to compare, not skill."""
     torch = pytest.importorskip("torch")
-    from pipeline.convert import quantize_student
-    from pipeline.student import XiaoNet
+    from pipeline.deploy.convert import quantize_student
+    from pipeline.model.student import XiaoNet
 
     torch.manual_seed(3)
     model = XiaoNet(base_channels=2, in_samples=n).eval()
@@ -609,7 +609,7 @@ def test_replay_over_pty_with_tflite_micro(driver, tmp_path, model):
             interpreter.invoke()
             return np.asarray(interpreter.get_output(0), dtype=np.float32).reshape(IN_SAMPLES, 3)
     else:
-        from pipeline import tflm as runtime_tflm
+        from pipeline.deploy import tflm as runtime_tflm
 
         flatbuffer = int8_student_tflite(IN_SAMPLES)
 
@@ -661,8 +661,8 @@ def test_firmware_glue_syntax(defines, precision, tmp_path):
     """A typo check of firmware/src/*.cc against minimal stand-ins of the IDF / TFLite Micro headers
     (firmware/lib/edgepick_core/host/stubs) and a model_config.h from the quantize stage's own writer: the real
     build needs the espressif32 platform."""
-    from pipeline import boards
-    from pipeline.convert import c_array
+    from pipeline.deploy import boards
+    from pipeline.deploy.convert import c_array
 
     dtype, scale = ("int8", 0.0078125) if precision == "int8" else ("float32", 0.0)
     info = {"precision": precision, "bytes": 100, "expanded_bytes": 200 if precision == "fp16" else 0,
@@ -691,8 +691,8 @@ def test_replay_reads_miniseed_gaps_as_gaps_and_opens_datasets(driver, tmp_path)
     finally:
         sys.path.pop(0)
     from pipeline.config import DataConfig
-    from pipeline.datasets import write_dataset
-    from pipeline.serial_protocol import sample_lines
+    from pipeline.data.datasets import write_dataset
+    from pipeline.deploy.serial_protocol import sample_lines
 
     rng = np.random.default_rng(3)
     start = obspy.UTCDateTime(2020, 1, 1)
@@ -881,8 +881,8 @@ def test_retraction_waits_for_a_confirming_trigger_open_at_its_deadline(driver, 
 def test_firmware_glue_syntax_live_mode(tmp_path):
     """firmware/src/main_functions.cc with a model_config.h in live mode (the default of `make quantize`), and the
     one-line refusal of -DEDGEPICK_LIVE=1 with a header written without live settings."""
-    from pipeline import boards
-    from pipeline.convert import c_array
+    from pipeline.deploy import boards
+    from pipeline.deploy.convert import c_array
 
     info = {"precision": "int8", "bytes": 100, "expanded_bytes": 0, "sha256": "abc", "arena_bytes": 1000,
             "in_samples": 3001, "hop_samples": 1501, "sampling_rate": 100.0, "ops": {"CONV_2D": 9, "SOFTMAX": 1},

@@ -17,8 +17,8 @@ def test_no_cycle_and_nothing_but_the_command_line_imports_a_stage():
     _, edges = import_graph.graph()
     assert import_graph.cycles(edges) == []
     assert import_graph.stage_imports(edges) == {"library": [], "stage": [], "script": []}
-    assert ("pipeline.picking", True) not in edges["pipeline.normalization"]  # sanity: the graph has edges at all
-    assert ("pipeline.picking", True) in edges["pipeline.student"]
+    assert ("pipeline.model.picking", True) not in edges["pipeline.data.normalization"]  # sanity: the graph has edges at all
+    assert ("pipeline.model.picking", True) in edges["pipeline.model.student"]
 
 
 def test_the_checks_fail_on_a_cycle_and_on_a_stage_imported_by_a_library_a_stage_or_a_script():

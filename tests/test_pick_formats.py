@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import cli, pick_formats
+from pipeline import cli
+from pipeline.deploy import pick_formats
 from pipeline.errors import EdgepickError
-from pipeline.picking import PickRule
+from pipeline.model.picking import PickRule
 from test_firmware import driver, stream_args, synthetic_stream  # noqa: F401 - driver: the host build of the core
 
 obspy = pytest.importorskip("obspy")

@@ -12,13 +12,13 @@ import seisbench.data as sbd
 import torch
 import torch.nn as nn
 
-from pipeline import boards, convert, tflm
+from pipeline.deploy import boards, convert, tflm
 from pipeline.cli import main
-from pipeline.convert import c_array, fp16_pack, int8, onnx_export, onnx_to_keras, tflite
+from pipeline.deploy.convert import c_array, fp16_pack, int8, onnx_export, onnx_to_keras, tflite
 from pipeline.errors import EdgepickError
-from pipeline.picking import PickRule
-from pipeline.normalization import normalize_windows
-from pipeline.student import XiaoNet, hop_samples
+from pipeline.model.picking import PickRule
+from pipeline.data.normalization import normalize_windows
+from pipeline.model.student import XiaoNet, hop_samples
 
 SAMPLES = 1001
 # the 1001-sample student has no room for the default 10 s confirming look-ahead (live.*_confirm_samples)

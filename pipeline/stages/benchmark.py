@@ -19,16 +19,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline import report as benchmark_report
-from pipeline import runners
-from pipeline.annotation import Curves, annotation_curves, dataset_curves, model_rule
+from pipeline.evaluate import report as benchmark_report
+from pipeline.model import runners
+from pipeline.model.annotation import Curves, annotation_curves, dataset_curves, model_rule
 from pipeline.artifacts import save_config
 from pipeline.errors import EdgepickError
-from pipeline.live import live_compute, live_pass
-from pipeline.metrics import (PHASES, add_teacher_ratios, analyst_picks, bin_masks, match_picks, parse_snr_db,
+from pipeline.evaluate.live import live_compute, live_pass
+from pipeline.evaluate.metrics import (PHASES, add_teacher_ratios, analyst_picks, bin_masks, match_picks, parse_snr_db,
                               pick_records, pr_curve, protocol2_scores, protocol2_windows, sp_seconds)
-from pipeline.student import hop_samples
-from pipeline.traces import load_labelled, read_continuous, resolve_dataset
+from pipeline.model.student import hop_samples
+from pipeline.data.traces import load_labelled, read_continuous, resolve_dataset
 
 
 def load_models(config, say=print) -> tuple[list, object]:

@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline import metrics
+from pipeline.evaluate import metrics
 from pipeline.artifacts import atomic_file, atomic_write_text
-from pipeline.dev_split import best_threshold, load_dev, objective
+from pipeline.evaluate.dev_split import best_threshold, load_dev, objective
 from pipeline.errors import EdgepickError
-from pipeline.student import load_student
-from pipeline.training import save_model
+from pipeline.model.student import load_student
+from pipeline.distill.training import save_model
 
 
 def run(config) -> dict:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pipeline.artifacts import save_config
 from pipeline.config import Config, DataConfig
-from pipeline.datasets import SPLITS, open_dataset, write_dataset
-from pipeline.sources import DATASET_LENGTH_SOURCES, source_records
+from pipeline.data.datasets import SPLITS, open_dataset, write_dataset
+from pipeline.data.sources import DATASET_LENGTH_SOURCES, source_records
 
 
 def run(config: Config) -> dict:

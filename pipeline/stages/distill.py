@@ -6,7 +6,7 @@ distill`` (DistributedDataParallel; gloo on CPU, nccl on GPU).
 from __future__ import annotations
 
 from pipeline.config import Config
-from pipeline.distillation import distill
+from pipeline.distill.loop import distill
 
 
 def run(config: Config) -> dict:

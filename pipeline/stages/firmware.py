@@ -15,8 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline import boards
-from pipeline.convert.c_array import read_model_config
+from pipeline.deploy import boards
+from pipeline.deploy.convert.c_array import read_model_config
 from pipeline.errors import EdgepickError
 
 FIRMWARE_DIR = Path(__file__).resolve().parents[2] / "firmware"

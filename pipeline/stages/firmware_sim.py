@@ -15,14 +15,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import boards, emulator, tflm, waveforms
+from pipeline.data import waveforms
+from pipeline.deploy import boards, emulator, tflm
 from pipeline.artifacts import atomic_write_text, save_config
-from pipeline.convert import c_array, fp16_pack
-from pipeline.convert.c_array import read_model_config
+from pipeline.deploy.convert import c_array, fp16_pack
+from pipeline.deploy.convert.c_array import read_model_config
 from pipeline.errors import EdgepickError
-from pipeline.picking import PHASES, PickRule, live_stream_picks, stream_picks
-from pipeline.serial_protocol import parse_pick_lines, sample_lines
-from pipeline.traces import load_labelled, resolve_dataset
+from pipeline.model.picking import PHASES, PickRule, live_stream_picks, stream_picks
+from pipeline.deploy.serial_protocol import parse_pick_lines, sample_lines
+from pipeline.data.traces import load_labelled, resolve_dataset
 
 
 def rule_from_header(values: dict[str, str]) -> PickRule:

@@ -20,9 +20,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline import pick_formats
+from pipeline.deploy import pick_formats
 from pipeline.errors import EdgepickError
-from pipeline.serial_protocol import is_end_of_stream, is_retraction, json_message
+from pipeline.deploy.serial_protocol import is_end_of_stream, is_retraction, json_message
 
 STDIN_NAMES = ("-", "stdin")  # "-" arrives through --set as YAML's [None]: "stdin" says the same
 READ_TIMEOUT_S = 0.2  # a serial read returns at least this often, so that max_seconds is kept

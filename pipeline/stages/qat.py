@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 
-from pipeline.distillation import distill
+from pipeline.distill.loop import distill
 
 
 def run(config) -> dict:

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import boards, generators
+from pipeline.data import generators
+from pipeline.deploy import boards
 from pipeline.artifacts import atomic_dir, save_config
-from pipeline.convert import QuantizeResult, c_array, quantize_student
-from pipeline.convert.chain import format_latency, format_variants
+from pipeline.deploy.convert import QuantizeResult, c_array, quantize_student
+from pipeline.deploy.convert.chain import format_latency, format_variants
 from pipeline.errors import EdgepickError
-from pipeline.student import hop_samples, load_student
+from pipeline.model.student import hop_samples, load_student
 
 
 def run(config) -> QuantizeResult:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import soft_labels
-from pipeline.soft_label_cache import build_soft_labels
+from pipeline.distill import soft_labels
+from pipeline.distill.soft_label_cache import build_soft_labels
 from pipeline.errors import EdgepickError
-from pipeline.teachers import parse_teacher_spec
+from pipeline.model.teachers import parse_teacher_spec
 
 
 def run(config, dataset_path: str | Path | None = None) -> list[Path]:

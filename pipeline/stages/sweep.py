@@ -23,9 +23,10 @@ from pathlib import Path
 from pipeline.artifacts import atomic_file, atomic_write_text
 from pipeline.config import Config
 from pipeline.errors import EdgepickError
-from pipeline.metrics import PHASES
-from pipeline import dev_split, distillation
-from pipeline.student import load_student, phasenet_macs
+from pipeline.evaluate.metrics import PHASES
+from pipeline.distill import loop as distillation
+from pipeline.evaluate import dev_split
+from pipeline.model.student import load_student, phasenet_macs
 
 RESULT = "sweep_result.json"
 

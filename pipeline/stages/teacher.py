@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pipeline import generators, teachers, training, windowing
+from pipeline.data import generators, windowing
+from pipeline.distill import training
+from pipeline.model import teachers
 from pipeline.artifacts import save_config
 from pipeline.config import Config
 from pipeline.errors import EdgepickError
