@@ -144,8 +144,8 @@ class TeacherConfig:
     """The teacher(s): ``phasenet:okla``, ``eqtransformer:elep`` or an ensemble ``phasenet:okla+eqtransformer:elep``."""
 
     name: str = "phasenet:okla"
-    # cache: soft labels computed once per trace into <dataset>/soft_labels (pipeline.teachers.SoftLabelCache);
-    # on-the-fly: the teacher runs on every training batch (pipeline.teachers.OnTheFlyTeacher), on each window's
+    # cache: soft labels computed once per trace into <dataset>/soft_labels (pipeline.model.teachers.SoftLabelCache);
+    # on-the-fly: the teacher runs on every training batch (pipeline.model.teachers.OnTheFlyTeacher), on each window's
     # whole-trace context, giving the cache's target, with no cache on disk; ~3x slower per epoch than the cache
     # here and on an H100 alike (scripts/benchmark_distill_modes.py).
     # name may also be a local folder holding a saved model (make teacher), e.g. phasenet:models/teacher
@@ -173,7 +173,7 @@ class StudentConfig:
     # is set (0: XiaoNet's layout); each adds ~0.3 M MACs per 3001-sample window and 2 samples of receptive field
     refine_blocks: int = 0
     # The pick rule saved with the student, written into the firmware's model_config.h and scored by the benchmark
-    # (their meanings: pipeline.picking.PickRule; < 0 for the top tolerance: the first maximum, as SeisBench picks)
+    # (their meanings: pipeline.model.picking.PickRule; < 0 for the top tolerance: the first maximum, as SeisBench picks)
     p_threshold: float = PickRule.p_threshold
     s_threshold: float = PickRule.s_threshold
     pick_top_tolerance: float = PickRule.top_tolerance
@@ -191,7 +191,7 @@ class DistillConfig:
     # own, so the student's peaks where the teacher has none weigh too)
     phase_weight_source: str = "teacher"
     # weight of a term on where the teacher's P and S peaks lie and how wide they are, whatever their height
-    # (pipeline.losses.peak_shape_loss; 0: none)
+    # (pipeline.distill.losses.peak_shape_loss; 0: none)
     peak_shape: float = 0.0
     # that term's target is the teacher's curve raised to this power (>= 1; above 1 narrower around its maximum)
     peak_shape_power: float = 1.0
@@ -213,14 +213,14 @@ class DistillConfig:
     seed: int = 0
     resume: bool = False
     init_from: str = ""  # start from this saved student (fine-tuning) instead of random weights
-    quantization_aware: bool = False  # train through int8 fake quantization of every activation (pipeline/fake_quant.py)
+    quantization_aware: bool = False  # train through int8 fake quantization of every activation (pipeline/distill/fake_quant.py)
 
 
 @dataclass
 class QatConfig:
     """``make qat``: quantization-aware fine-tuning of a distilled student, so its INT8 build picks like it: distill's
     loop, data and teacher (the distill section), from ``init_from``, through int8 fake quantization
-    (pipeline/fake_quant.py). The saved student stays a plain float model for ``make quantize``."""
+    (pipeline/distill/fake_quant.py). The saved student stays a plain float model for ``make quantize``."""
 
     init_from: str = "models/student"
     out: str = "models/student_qat"
@@ -275,7 +275,7 @@ class QuantizeConfig:
     firmware_precision: str = "int8"  # the variant written to firmware_dir
     firmware_dir: str = "firmware/src/model"
     check_agreement: bool = False  # refuse a variant under the pick-agreement bar (meaningful on a trained student)
-    # INT8 only: depthwise->pointwise activation equalisation (exact in float), 0 = off, 1 = full; see pipeline/convert/int8.py
+    # INT8 only: depthwise->pointwise activation equalisation (exact in float), 0 = off, 1 = full; see pipeline/deploy/convert/int8.py
     equalize_alpha: float = 1.0
     # INT8 activation ranges: >= 100 converter min/max, (50, 100) that percentile, < 0 chosen on train windows
     range_percentile: float = -1.0
@@ -285,7 +285,7 @@ class QuantizeConfig:
 class BoardConfig:
     """The target board; its memory budget is checked before anything is flashed."""
 
-    name: str = "esp32-psram4"  # esp32 | esp32-psram2 | esp32-psram4 | esp32s3-psram8 | esp32c3 (pipeline/boards.py)
+    name: str = "esp32-psram4"  # esp32 | esp32-psram2 | esp32-psram4 | esp32s3-psram8 | esp32c3 (pipeline/deploy/boards.py)
     margin: float = 0.10  # every memory region must hold used x (1 + margin)
     ring_seconds: float = 45.0  # sample ring buffer (int32, three components)
 
@@ -293,7 +293,7 @@ class BoardConfig:
 @dataclass
 class FirmwareSimConfig:
     """``make firmware-sim``: the firmware cross-built for an emulated RV32IMC board (board.name; the ESP32-C3 is
-    the chip of that instruction set) and run under qemu-system-riscv32 (pipeline/emulator.py)."""
+    the chip of that instruction set) and run under qemu-system-riscv32 (pipeline/deploy/emulator.py)."""
 
     dataset: str = ""  # traces streamed through the serial protocol: "" = benchmark.dataset's default; "path[:split]"
     traces: int = 5  # the first n traces of it
@@ -311,7 +311,7 @@ class FirmwareSimConfig:
 @dataclass
 class ListenConfig:
     """``make listen``: a board's JSON pick lines, read live and written in the formats networks ingest
-    (pipeline/stages/listen.py, pipeline/pick_formats.py, docs/firmware.md "Picks for a network")."""
+    (pipeline/stages/listen.py, pipeline/deploy/pick_formats.py, docs/firmware.md "Picks for a network")."""
 
     port: str = ""  # the board's serial port (/dev/ttyUSB0); a regular file or FIFO of its lines, or "-" (stdin)
     baud: int = 115200
@@ -333,7 +333,7 @@ class ListenConfig:
 class LiveConfig:
     """The live pick mode (docs/firmware.md, "Live mode"): a window every ``hop_samples``, each keeping, per phase,
     only its ``hop_samples`` predictions that end that phase's look-ahead before its end (SeisBench blinding (window -
-    hop - look-ahead, look-ahead), pipeline.picking.live_blinding), so every sample comes from exactly one window
+    hop - look-ahead, look-ahead), pipeline.model.picking.live_blinding), so every sample comes from exactly one window
     and is final at most look-ahead + hop samples after it arrived, instead of up to a window and a hop later."""
 
     # The firmware picks live (``make quantize`` writes EDGEPICK_LIVE 1 into model_config.h for ``make firmware`` /
@@ -364,11 +364,11 @@ class LiveConfig:
     benchmark_warmup: bool = True
 
     def lookaheads(self) -> dict[str, int]:
-        """The look-ahead of each phase, as pipeline.picking's live functions take it."""
+        """The look-ahead of each phase, as pipeline.model.picking's live functions take it."""
         return {"P": self.p_lookahead_samples, "S": self.s_lookahead_samples}
 
     def confirms(self) -> dict[str, int]:
-        """The confirming look-ahead of each phase (0: none), as pipeline.picking.mark_retractions takes it."""
+        """The confirming look-ahead of each phase (0: none), as pipeline.model.picking.mark_retractions takes it."""
         return {"P": self.p_confirm_samples, "S": self.s_confirm_samples}
 
     def check(self, in_samples: int) -> None:
@@ -395,7 +395,7 @@ class BenchmarkConfig:
     # benchmark of other data or another student never replaces this one
     name: str = ""
     # P and S trigger threshold of every model; None: each model's own (the student's saved pick rule; the teachers
-    # at pipeline.picking.PickRule's default, SeisBench classify's 0.3 of the reference table)
+    # at pipeline.model.picking.PickRule's default, SeisBench classify's 0.3 of the reference table)
     threshold: float | None = None
     tolerances_s: tuple[float, ...] = (0.1, 0.5)
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")  # TFLite variants to run (missing files are skipped)

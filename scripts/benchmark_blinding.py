@@ -1,10 +1,10 @@
-"""Student against teacher with the same blinding: protocol 1 (pipeline.annotation.predict_picks), each model run twice.
+"""Student against teacher with the same blinding: protocol 1 (pipeline.model.annotation.predict_picks), each model run twice.
 
     SEISBENCH_CACHE_ROOT=../shared/seisbench python scripts/benchmark_blinding.py \
         --student models/student_qat [--student ...] [--teacher phasenet:okla] [--dataset ../shared/datasets/stead50]
 
 ``make benchmark`` scores every model with its own SeisBench defaults: the student blinds 302 samples at each end
-of each window (its receptive field, pipeline/student.py), SeisBench's PhaseNet blinds nothing. This prints F1 at
+of each window (its receptive field, pipeline/model/student.py), SeisBench's PhaseNet blinds nothing. This prints F1 at
 0.5 s (threshold 0.3, whole traces as streams) of every model with its own blinding and with the student's, and the
 student/teacher ratios under both, so the effect of blinding on the ratio is visible.
 """

@@ -3,7 +3,7 @@
     SEISBENCH_CACHE_ROOT=../shared/seisbench .venv/bin/python scripts/benchmark_distill_modes.py \
         --dataset data/synthetic --windows 2048 --batch 64 --epochs 2 --repeat 2
 
-Runs the ordinary distillation (``pipeline.distillation.distill``, default student, alpha 1, PhaseNet ``okla``) twice on the
+Runs the ordinary distillation (``pipeline.distill.loop.distill``, default student, alpha 1, PhaseNet ``okla``) twice on the
 same dataset, the same number of training windows per epoch, the same batch size, the same DataLoader workers and
 torch threads, on this machine's CPU: once with ``teacher.mode=cache``, once with ``teacher.mode=on-the-fly``.
 

@@ -4,11 +4,11 @@
         [--dataset data/synthetic_near] [--epochs 10] [--windows 8000] [--out models/kd_vs_hard] \
         [--eval ../shared/datasets/stead50 --eval data/synthetic_near:test]
 
-Trains two students with ``pipeline.distillation.distill`` from one config: ``kd`` with the config's temperature and alpha
+Trains two students with ``pipeline.distill.loop.distill`` from one config: ``kd`` with the config's temperature and alpha
 (default T 4, alpha 1: the teacher's soft targets only) and ``hard`` with alpha 0 (cross-entropy with the
 dataset's probabilistic labels only). The training set must be labelled. Each run is resumable (``--out`` keeps
 both; a finished run is not trained again). Then both, and the teacher, are scored with protocol 1 of
-``pipeline.annotation.evaluate_picker`` on every ``--eval`` set (scripts/benchmark_student.py): F1 for P and S at 0.1 / 0.5 s and
+``pipeline.model.annotation.evaluate_picker`` on every ``--eval`` set (scripts/benchmark_student.py): F1 for P and S at 0.1 / 0.5 s and
 by S-P time. Prints a table; ``--json`` writes every figure.
 """
 
@@ -34,7 +34,7 @@ from pipeline.model.student import load_student  # noqa: E402
 
 
 def train(args, alpha: float, out: Path) -> Path:
-    """One run of ``pipeline.distillation.distill``; resumes an interrupted run, returns at once for a finished one."""
+    """One run of ``pipeline.distill.loop.distill``; resumes an interrupted run, returns at once for a finished one."""
     config = Config.load(None, args.set)
     config.distill.dataset = args.dataset
     config.distill.epochs = args.epochs

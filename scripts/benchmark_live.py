@@ -6,7 +6,7 @@ onset, picks matched within 0.5 s: median and 95th percentile).
         [--datasets ../shared/datasets/stead50,data/synthetic:dev,...] [--grid 100:100,50:100,100:50,100:200] \
         [--no-warmup] [--confirm 500,1000] [--json out.json]
 
-The passes are the benchmark's (pipeline/live.py): the exact replay is the student's SeisBench
+The passes are the benchmark's (pipeline/evaluate/live.py): the exact replay is the student's SeisBench
 annotate at its own hop and blinding, the live mode the firmware's (docs/firmware.md, "Live mode") computed by the
 same annotate with a window every hop and the live blinding, each trace after its warm-up (``live.benchmark_warmup``:
 window - hop - look-ahead samples of its first second mirrored; --no-warmup: the traces as they are). A phase's
@@ -17,7 +17,7 @@ set without analyst picks (data/transfer:dev, windows of real continuous data) i
 ``--confirm C[,C...]`` measures the firmware's retraction (``live.p_confirm_samples`` / ``live.s_confirm_samples``)
 at each confirming look-ahead C: a live pick is kept if the same windows stacked at look-ahead C have a pick of its
 phase within ``--confirm-within`` samples, else it is retracted about C + hop samples later; one that stream never
-covers (near a trace's end) is kept (pipeline.picking.mark_retractions). Printed: F1 of the kept picks and how many
+covers (near a trace's end) is kept (pipeline.model.picking.mark_retractions). Printed: F1 of the kept picks and how many
 were retracted. The rows themselves are without retraction.
 """
 

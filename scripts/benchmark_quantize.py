@@ -7,9 +7,9 @@ PyTorch and an *estimated* ESP32 / ESP32-S3 latency.
 Without a saved student it benchmarks an untrained default student (sizes, ops, arena and latency are architecture
 figures; pick agreement is then meaningless and is reported as such). Without a dataset it uses normalised noise.
 
-Latency estimate: pipeline.boards.estimate_latency (MACs x cycles per MAC: INT8 on ESP32 / ESP32-C3 from the
+Latency estimate: pipeline.deploy.boards.estimate_latency (MACs x cycles per MAC: INT8 on ESP32 / ESP32-C3 from the
 instruction count measured in the emulator, `make firmware-sim`, at one cycle per instruction; ESP32-S3 and float
-from Espressif's published TFLite Micro person-detection timings; sources in pipeline/boards.py). Estimates, not
+from Espressif's published TFLite Micro person-detection timings; sources in pipeline/deploy/boards.py). Estimates, not
 measurements on a board.
 """
 

@@ -1,4 +1,4 @@
-"""Student against teacher on labelled data, protocol 1 (pipeline.annotation.evaluate_picker).
+"""Student against teacher on labelled data, protocol 1 (pipeline.model.annotation.evaluate_picker).
 
     python scripts/benchmark_student.py --student models/student/student \
         [--student models/student_hard/student ...] [--teacher phasenet:okla] \

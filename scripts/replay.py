@@ -9,9 +9,9 @@ The device speaks the line protocol of firmware/lib/edgepick_core/src/ep_line_pa
 "#reset", "#t0 <epoch>", one "index z n e" line per 100 Hz sample and "#end", and reads the JSON lines the
 device prints (picks, info/warn/error messages, timings) until the end-of-stream summary. Picks are printed as
 JSON lines (or written to --out) with their absolute time. To check them against the Python reference of the
-firmware, run ``pipeline.picking.stream_picks`` with the student's pick rule on the same samples
+firmware, run ``pipeline.model.picking.stream_picks`` with the student's pick rule on the same samples
 (tests/test_firmware.py does so against the host build of the firmware's core). --quakeml and --earthworm also
-write them as QuakeML and Earthworm TYPE_PICK_SCNL lines (pipeline/pick_formats.py) for the station of the
+write them as QuakeML and Earthworm TYPE_PICK_SCNL lines (pipeline/deploy/pick_formats.py) for the station of the
 miniSEED file (or --waveform-id NET.STA.LOC.CHA, which a dataset trace needs).
 """
 
@@ -44,7 +44,7 @@ SAMPLING_RATE = 100.0
 # ---------------------------------------------------------------------------------------------------------------
 def load_mseed(path: str, station: str | None = None,
                sampling_rate: float = SAMPLING_RATE) -> tuple[list[tuple[int, np.ndarray]], float]:
-    """One station of a miniSEED file as gap-free segments (:func:`pipeline.waveforms.station_segments`)."""
+    """One station of a miniSEED file as gap-free segments (:func:`pipeline.data.waveforms.station_segments`)."""
     return waveforms.station_segments(path, station, sampling_rate)
 
 
@@ -136,7 +136,7 @@ class _Reader(threading.Thread):
 
 def replay_array(port, x, t0: float = 0.0, speed: float | None = None, timeout: float = 120.0,
                  wait_ready: float = 10.0) -> tuple[list[dict], list[dict]]:
-    """Send ``x`` (a (3, n) array, or gap-free segments as :func:`pipeline.serial_protocol.sample_lines` takes them)
+    """Send ``x`` (a (3, n) array, or gap-free segments as :func:`pipeline.deploy.serial_protocol.sample_lines` takes them)
     to ``port`` (pyserial Serial or a binary file object) and return
     (picks sorted by sample, every JSON message). ``speed``: times real time (None: as fast as the port goes)."""
     reader = _Reader(port)

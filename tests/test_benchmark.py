@@ -213,7 +213,7 @@ def square_traces(n_traces=3, samples=4000, seed=5):
 @pytest.mark.parametrize("warmup", [True, False])
 def test_live_pass_picks_as_the_firmware_twin(warmup):
     """The benchmark's live picks (the student's own SeisBench annotate, a window every hop, the live blinding),
-    when each is reported and when each retracted one is withdrawn are pipeline.picking.live_stream_picks' (what
+    when each is reported and when each retracted one is withdrawn are pipeline.model.picking.live_stream_picks' (what
     the firmware's live mode emits; the host test checks the core against it), on each trace after its warm-up,
     picks on the warm-up dropped."""
     from pipeline.model.picking import live_blinding, live_stream_picks

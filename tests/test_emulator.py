@@ -1,5 +1,5 @@
 """The whole firmware cross-built for an emulated RV32IMC board (ESP32-C3 class) and run under qemu-system-riscv32
-(pipeline/emulator.py, firmware/sim): picks equal to the Python stream reference, INT8 tensors bit-exact with the
+(pipeline/deploy/emulator.py, firmware/sim): picks equal to the Python stream reference, INT8 tensors bit-exact with the
 Python tflite-micro interpreter, a board too small refused at boot in one whole line, an image too big refused at
 link time naming the region, the instruction count per window recorded. Skips without the Debian toolchain / QEMU
 or without ../shared/vendor (TensorFlow Lite Micro sources); the first run builds TFLite Micro (~5 min on 2
@@ -192,7 +192,7 @@ def test_stage_streams_a_dataset_and_reports(images, model_dir, tmp_path, capsys
 
 def test_stage_in_live_mode_picks_as_the_live_python_twin(tflm_lib, model_dir, tmp_path):
     """A header written with live settings (retraction on) builds the live firmware; the stage then compares its
-    picks and retractions with pipeline.picking.live_stream_picks (not the exact replay) and counts its real-time
+    picks and retractions with pipeline.model.picking.live_stream_picks (not the exact replay) and counts its real-time
     factor at the live hop."""
     from pipeline.config import Config
     from pipeline.deploy.convert import c_array

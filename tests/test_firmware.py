@@ -24,7 +24,7 @@ from pipeline.deploy.serial_protocol import parse_pick_lines
 REPO = Path(__file__).resolve().parents[1]
 CORE = REPO / "firmware" / "lib" / "edgepick_core"
 FIRMWARE = REPO / "firmware"
-EPS = 1e-6  # pipeline.student.NORM_EPS
+EPS = 1e-6  # pipeline.model.student.NORM_EPS
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="no host g++")
 
@@ -90,7 +90,7 @@ def test_dequantize_bit_exact(driver):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# FP16 (bit-exact), in pipeline/convert/fp16_pack.py's EPH1 format
+# FP16 (bit-exact), in pipeline/deploy/convert/fp16_pack.py's EPH1 format
 # ---------------------------------------------------------------------------------------------------------------
 def test_half_to_float_all_values_bit_exact(driver):
     halves = np.arange(65536, dtype=np.uint16)
@@ -100,7 +100,7 @@ def test_half_to_float_all_values_bit_exact(driver):
 
 
 def pack_eph1(segments: list[tuple[int, bytes]], expanded: bytes) -> bytes:
-    """A blob in pipeline/convert/fp16_pack.py's layout (header, segment table, payloads)."""
+    """A blob in pipeline/deploy/convert/fp16_pack.py's layout (header, segment table, payloads)."""
     h = 0x811C9DC5
     for byte in expanded:
         h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
@@ -259,7 +259,7 @@ TOP = PickRule.top_tolerance  # the student's pick_top_tolerance
 
 
 def stream_reference(x, model, in_samples, hop, threshold, eps, blinding=(0, 0), top_tolerance=TOP):
-    """pipeline.picking.stream_picks with both thresholds at ``threshold``."""
+    """pipeline.model.picking.stream_picks with both thresholds at ``threshold``."""
     rule = PickRule(p_threshold=threshold, s_threshold=threshold, top_tolerance=top_tolerance, blinding=blinding)
     return stream_picks(x, model, in_samples, hop, rule, eps)
 
@@ -270,7 +270,7 @@ def stream_args(exact=1, layout="last", max_gap=100, thresholds=(0.3, 0.3), blin
 
 
 def compare_picks(got: list[dict], ref: list[dict]):
-    """The firmware's JSON picks against a reference: pipeline.picking's (with fwhm and uncertainty_s, compared too)
+    """The firmware's JSON picks against a reference: pipeline.model.picking's (with fwhm and uncertainty_s, compared too)
     or SeisBench's classify (without them)."""
     assert [(p["phase"], p["sample"], p["on"], p["off"]) for p in got] == [(p["phase"], p["sample"], p["on"], p["off"]) for p in ref]
     for g, r in zip(got, ref):
@@ -743,7 +743,7 @@ def live_stream() -> np.ndarray:
 
 
 def test_live_mode_matches_python_twin_within_its_latency_budget(driver):
-    """The core with exact_tail off, the live hop and blinding: the picks of pipeline.picking.live_stream_picks,
+    """The core with exact_tail off, the live hop and blinding: the picks of pipeline.model.picking.live_stream_picks,
     each reported (the last sample received when its line came out) when the twin says: its trigger's closing
     sample (off + 1) is final its phase's look-ahead to look-ahead + hop - 1 samples after it arrived, so a pick
     comes at most look-ahead + hop + its trigger-off delay after its sample; the exact replay's come a window late.
@@ -779,7 +779,7 @@ LIVE_CONFIRM = {"P": 200, "S": 250}  # live.*_confirm_samples: the same windows,
 
 def test_live_retractions_match_python_twin(driver):
     """With a confirming look-ahead the core prints the same picks as without one, and a "retract" line for each
-    pick pipeline.picking.mark_retractions withdraws, at the sample it says (its confirming curve final past the
+    pick pipeline.model.picking.mark_retractions withdraws, at the sample it says (its confirming curve final past the
     pick + the reach and any trigger open there closed), after that pick's own line; the others stay."""
     x = live_stream()
     within = 50

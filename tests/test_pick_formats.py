@@ -1,4 +1,4 @@
-"""Picks in the formats networks ingest (pipeline/pick_formats.py) and the live listener (pipeline/stages/listen.py):
+"""Picks in the formats networks ingest (pipeline/deploy/pick_formats.py) and the live listener (pipeline/stages/listen.py):
 QuakeML / SeisComP XML / NonLinLoc from picks replayed through the firmware's core, read back; Earthworm
 TYPE_PICK_SCNL lines as pick_ew writes them; the listen stage on a file of JSON lines and on a pseudo-terminal."""
 

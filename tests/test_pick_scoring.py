@@ -1,4 +1,4 @@
-"""Pick scoring (protocol 1, pipeline.metrics): matching arithmetic on hand-made picks, then the real teacher."""
+"""Pick scoring (protocol 1, pipeline.evaluate.metrics): matching arithmetic on hand-made picks, then the real teacher."""
 
 import math
 

@@ -41,7 +41,7 @@ def phase_columns(dataset: sbd.WaveformDataset) -> dict[str, str]:
 
 class Normalise:
     """Demean each component and divide the window by its peak over all components (relative epsilon): exactly
-    what the student does in ``annotate`` and the firmware does on the board (:func:`pipeline.normalization.normalize_windows`)."""
+    what the student does in ``annotate`` and the firmware does on the board (:func:`pipeline.data.normalization.normalize_windows`)."""
 
     def __init__(self, key: str = "X"):
         self.key = key
@@ -281,11 +281,11 @@ def training_chain(dataset: sbd.WaveformDataset, in_samples: int, sigma: int = 2
                    hard_labels: bool = True, end_probability: float = 0.0, end_range: tuple[int, int] = (1, 1),
                    teacher_picks=None) -> list:
     """Window around picks, augment, normalise, label. ``teacher_steps``: (steps before the windowing, steps right
-    after it) that bring the teacher's target along (pipeline.soft_labels.TrainingTargets.steps).
+    after it) that bring the teacher's target along (pipeline.distill.soft_labels.TrainingTargets.steps).
     ``hard_labels=False`` leaves out the analyst-pick labels ("y"), which distillation with alpha = 1 never reads
     (labelling was a third of the generator's time). ``end_probability``, ``end_range``: windows that put a pick
     where the live mode keeps predictions, ``teacher_picks`` the teacher's where a trace has no analyst pick
-    (:class:`pipeline.windowing.RandomWindowAroundPicks`)."""
+    (:class:`pipeline.data.windowing.RandomWindowAroundPicks`)."""
     columns = phase_columns(dataset)
     before, after = teacher_steps or ([], [])
     chain = (list(before) + random_window_around_picks(columns, in_samples, end_probability=end_probability,

@@ -136,7 +136,7 @@ def station_segments(path: str | Path, station: str | None = None,
                      sampling_rate: float = 100.0) -> tuple[list[tuple[int, np.ndarray]], float]:
     """One station of a miniSEED file (or a glob pattern of files) as gap-free segments at ``sampling_rate``: ([(first sample index, (3, m) Z, N,
     E float32)], start time in epoch seconds). Read, merged and resampled as the data stage does
-    (:mod:`pipeline.waveforms`): overlaps merged, gaps never interpolated (the device hears of them as a jump in the
+    (:mod:`pipeline.data.waveforms`): overlaps merged, gaps never interpolated (the device hears of them as a jump in the
     sample index), horizontals N/E or 1/2 taken as N/E."""
     paths = sorted(glob.glob(str(path))) or [str(path)]  # a pattern for one file per channel, e.g. "NET.STA.*.mseed"
     unreadable: dict[str, str] = {}

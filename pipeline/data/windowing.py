@@ -1,6 +1,6 @@
 """Where a training window is cut: around an analyst pick, or one of the teacher's, at a random position or where
 the live firmware keeps its predictions (``distill.live_windows``), else anywhere in the trace; a
-``seisbench.generate`` step (:class:`RandomWindowAroundPicks`), chained by :func:`pipeline.generators.training_chain`.
+``seisbench.generate`` step (:class:`RandomWindowAroundPicks`), chained by :func:`pipeline.data.generators.training_chain`.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ app partition that holds the firmware and the model as a const array). Figures a
 - ESP32-S3: 512 KB SRAM; we count 416 KB of data RAM minus the same 64 KB overhead = 352 KB.
 - ESP32-C3 (RV32IMC, 160 MHz): 400 KB SRAM of which 16 KB serve as flash cache (ESP32-C3 datasheet); 384 KB minus
   the same 64 KB overhead = 320 KB. It has no PSRAM. It is the chip whose build is emulated here
-  (`make firmware-sim`, pipeline/emulator.py).
+  (`make firmware-sim`, pipeline/deploy/emulator.py).
 - Flash: firmware/sdkconfig.defaults selects the "single factory app (large)" partition table, a 1500 KB app
   partition (``app_partition_bytes``); the model's budget is 640 KB of it, leaving 860 KB for ESP-IDF + TFLite Micro
   + ESP-NN code (the emulated RV32 build measures the firmware's own code and model, `make firmware-sim`).
@@ -70,7 +70,7 @@ def get_board(name: str) -> Board:
 # What one window costs on a board, as multiply-accumulates (MACs) x cycles per MAC, at the board's clock.
 #
 # INT8 with ESP-NN on ESP32 and ESP32-C3 (both run ESP-NN's generic optimised C kernels): the instruction count
-# measured in the emulator (pipeline/emulator.py: `make demo`, then `make firmware-sim SET='board.name=esp32c3'`:
+# measured in the emulator (pipeline/deploy/emulator.py: `make demo`, then `make firmware-sim SET='board.name=esp32c3'`:
 # 32,029,208 instructions per window for the demo student's 1,883,008 MACs, exact under `qemu -icount`), taken at
 # one cycle per instruction: an estimate. On the ESP32-C3 (RV32IMC, in-order) that is close to a lower bound (flash
 # cache misses only add); for the classic ESP32 it is another instruction set's count (Xtensa LX6 code differs), not a

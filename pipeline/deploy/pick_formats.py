@@ -76,7 +76,7 @@ def parse_waveform_id(text: str) -> WaveformId:
 
 
 def pick_uncertainty(pick: dict) -> float:
-    """The pick's one-sigma time uncertainty in seconds: the firmware's "unc", or pipeline.picking's
+    """The pick's one-sigma time uncertainty in seconds: the firmware's "unc", or pipeline.model.picking's
     "uncertainty_s"."""
     value = pick.get("unc", pick.get("uncertainty_s"))
     if value is None:

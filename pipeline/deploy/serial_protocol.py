@@ -51,7 +51,7 @@ def is_end_of_stream(message: dict) -> bool:
 def parse_pick_lines(lines: Sequence[str]) -> list[dict]:
     """The pick objects among the firmware's JSON output lines (other lines are skipped), sorted by sample, each
     with "retracted": the "reported" sample of the retract line that withdrew it, or None (as
-    pipeline.picking.live_stream_picks marks them)."""
+    pipeline.model.picking.live_stream_picks marks them)."""
     messages = [m for m in map(json_message, lines) if m is not None]
     retracted = {(m.get("phase"), m.get("sample")): m.get("reported") for m in messages if is_retraction(m)}
     picks = [dict(m, retracted=retracted.get((m.get("phase"), m.get("sample")))) for m in messages

@@ -10,7 +10,7 @@ output comes from the soft-label cache (computed once per trace, cropped with th
 only the student; with ``teacher.mode=on-the-fly`` the teacher runs on every batch instead (on ``teacher.device``),
 on each window's whole-trace context, and gives the same target as the cache. Runs as one process, or as several
 with ``torchrun --nproc_per_node=N -m pipeline distill``
-(DistributedDataParallel; gloo on CPU, nccl on GPU). The loss is :mod:`pipeline.losses`.
+(DistributedDataParallel; gloo on CPU, nccl on GPU). The loss is :mod:`pipeline.distill.losses`.
 """
 
 from __future__ import annotations

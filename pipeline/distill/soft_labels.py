@@ -1,9 +1,9 @@
 """Where distillation's teacher target comes from, behind one object for the training loop
-(:class:`TrainingTargets`): the soft-label cache of each dataset (:mod:`pipeline.soft_label_cache`), or the teacher
+(:class:`TrainingTargets`): the soft-label cache of each dataset (:mod:`pipeline.distill.soft_label_cache`), or the teacher
 on every batch (:class:`OnTheFlyTeacher`).
 
 Cache mode: ``SoftLabelOrigin(cache)`` before the windowing of a SeisBench generator chain and
-``CropSoftLabels(cache)`` after it (:mod:`pipeline.generators`) read the cached target over exactly the window's
+``CropSoftLabels(cache)`` after it (:mod:`pipeline.data.generators`) read the cached target over exactly the window's
 samples. On the fly (``teacher.mode=on-the-fly``): ``StashTrace`` and ``TeacherContext`` at the same places carry
 each window's whole-trace context, and :meth:`OnTheFlyTeacher.targets` runs the teacher on a batch's context,
 giving the cache's target with no cache on disk.
@@ -66,8 +66,8 @@ class OnTheFlyTeacher:
             teacher.check_data(sampling_rate, component_order)
 
     def steps(self, window: int, component_order: str = "ZNE") -> tuple[list, list]:
-        """The generator steps that carry each training window's teacher context: :class:`~pipeline.generators.
-        StashTrace` before the windowing, :class:`~pipeline.generators.TeacherContext` right after it (before
+        """The generator steps that carry each training window's teacher context: :class:`~pipeline.data.generators.
+        StashTrace` before the windowing, :class:`~pipeline.data.generators.TeacherContext` right after it (before
         augmentation and normalisation, which the teacher must not see; the cache's CropSoftLabels goes there)."""
         context = generators.TeacherContext([t.input for t in self.teachers], window, component_order)
         return [generators.StashTrace()], [context]

@@ -3,7 +3,7 @@ section of ``make benchmark``'s report (docs/benchmark.md).
 
 Each trace is annotated after a warm-up by the model's own SeisBench annotate with the live window offsets and
 blinding; the live picks, when each is reported and when a retraction line withdraws it come from
-:mod:`pipeline.picking`, and are scored against the analyst picks beside the exact replay's."""
+:mod:`pipeline.model.picking`, and are scored against the analyst picks beside the exact replay's."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def live_pick_times(model, traces, rate, order, hop, lookahead, warmup=True, thr
                     annotated: dict | None = None) -> LivePicks:
     """The picks the firmware's live mode makes on each trace, when each is reported and, with ``confirm`` (the
     confirming look-ahead, one for every phase or one per phase, 0: none), when each retracted one is withdrawn
-    (pipeline.picking.live_stream_picks, computed by the model's own SeisBench annotate, once per distinct
+    (pipeline.model.picking.live_stream_picks, computed by the model's own SeisBench annotate, once per distinct
     look-ahead: ``lookahead`` is one for every phase or one per phase). Each trace is annotated after its warm-up
     (:func:`warmup_padded`, :func:`live_warmup`, picks on it and in the trace's first ``skip_samples`` dropped)
     and cut after its last live window, so that SeisBench adds no last window ending at the trace's end.
@@ -188,7 +188,7 @@ def live_rows(model, truth, live: LivePicks, exact_times, tolerances, latency_to
 
 
 def live_compute(cost_rows: list[dict], rate: float, hop: int, exact_hop: int | None = None) -> list[dict]:
-    """Per TFLite model and board with a per-window estimate (pipeline.boards.estimate_latency, the models table's
+    """Per TFLite model and board with a per-window estimate (pipeline.deploy.boards.estimate_latency, the models table's
     ``*_latency_ms_est``): what the live mode costs per second of data: windows (rate / hop), the real-time factor
     (windows/s x per-window time; the exact replay's at ``exact_hop`` beside it) and the instructions (cycles at the
     estimate's cycles per MAC: for INT8 on ESP32 / ESP32-C3 the emulator's instructions, one cycle each)."""

@@ -20,7 +20,7 @@ FIGURES = {"residuals": "benchmark_residuals.png", "pr": "benchmark_pr.png", "ex
 
 def pick_rule_text(model: dict) -> str:
     """A model's pick rule as the report's "pick" column: its thresholds, where in a triggered segment the pick
-    goes and how many samples its annotate leaves out at each window's ends (pipeline.picking.PickRule)."""
+    goes and how many samples its annotate leaves out at each window's ends (pipeline.model.picking.PickRule)."""
     top = model.get("pick_top_tolerance")
     thresholds = model.get("thresholds") or {}
     rule = PickRule(top_tolerance=top, blinding=model.get("blinding"))
@@ -92,7 +92,7 @@ def markdown(report: dict) -> str:
             f"{_n(m['arena_bytes'])} | {_f(m['host_latency_ms'], 2)} | {_f(m['esp32_latency_ms_est'], 0)} | "
             f"{_f(m.get('esp32c3_latency_ms_est'), 0)} | {_f(m['esp32s3_latency_ms_est'], 0)} | {_f(m['annotate_seconds'], 1)} | {pick_rule_text(m)} | "
             f"{'; '.join(m['notes'])} |")
-    lines += ["", "ESP32 figures are estimates (MACs x cycles per MAC, pipeline/boards.py, as `make quantize` prints): INT8 "
+    lines += ["", "ESP32 figures are estimates (MACs x cycles per MAC, pipeline/deploy/boards.py, as `make quantize` prints): INT8 "
               "on ESP32 and ESP32-C3 from the instruction count measured in the emulator (`make firmware-sim`, ESP-NN "
               "C kernels) at one cycle per instruction; ESP32-S3 and float from Espressif's person-detection timings.", ""]
 
@@ -202,7 +202,7 @@ def live_markdown(live: dict) -> list[str]:
             lines.append(f"| {label(c)} | {c['board']} | {_f(c['ms_per_window_est'], 0)} | {_f(c['windows_per_s'], 2)} | "
                          f"{_f(c['real_time_factor_est'], 3)} ({_f(c['real_time_factor_exact_est'], 3)}) | "
                          f"{c['instructions_per_s_est'] / 1e6:,.0f} M |")
-        lines += ["", "Estimates (pipeline/boards.py): instructions are cycles at the estimate's cycles per MAC (INT8 on "
+        lines += ["", "Estimates (pipeline/deploy/boards.py): instructions are cycles at the estimate's cycles per MAC (INT8 on "
                   "ESP32 / ESP32-C3: the emulator's instruction count, one cycle each); a real-time factor above 1 "
                   "does not keep up."]
     return lines + [""]

@@ -4,7 +4,7 @@ Many traces are annotated in one call: trace ``i`` becomes station ``T<i>`` of n
 common start time, and SeisBench groups by station, so the model sees batches of windows from many traces at once
 (the same result as one call per trace). :func:`evaluate_picker` is protocol 1 with ``classify`` itself (the
 protocol of the reference table in docs/design.md); :class:`Curves` keeps each model's per-trace P and S
-probabilities, so the benchmark picks at any threshold with each model's own :class:`~pipeline.picking.PickRule`
+probabilities, so the benchmark picks at any threshold with each model's own :class:`~pipeline.model.picking.PickRule`
 (protocol 1 at the rule's thresholds is exactly ``classify``) and scores protocol 2 on the same curves.
 """
 
@@ -207,7 +207,7 @@ def _finite_runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 def annotation_curves(model, stream: obspy.Stream, keys: Sequence[str], refs: Sequence[obspy.UTCDateTime],
                       batch_size: int = 64) -> Curves:
-    """``model.annotate(stream)`` of every member of a :class:`pipeline.runners.BenchModel`, as Curves
+    """``model.annotate(stream)`` of every member of a :class:`pipeline.model.runners.BenchModel`, as Curves
     over ``keys`` ("NET.STA.LOC"); an ensemble mixes its members' (P, S, noise) distributions by weight."""
     rate = model.sampling_rate
     per_member = []
@@ -257,7 +257,7 @@ def annotation_curves(model, stream: obspy.Stream, keys: Sequence[str], refs: Se
 
 
 def model_rule(model) -> PickRule:
-    """The pick rule a benchmark model (:class:`pipeline.runners.BenchModel`) is scored with: the student's own
+    """The pick rule a benchmark model (:class:`pipeline.model.runners.BenchModel`) is scored with: the student's own
     (saved with it); for a SeisBench teacher, SeisBench's first maximum with its own blinding at PickRule's
     default thresholds (the protocol of the reference table); for an ensemble, no blinding of its own."""
     member = model.members[0]

@@ -5,20 +5,20 @@ precision, and one or more SeisBench ``WaveformModel`` members whose ``annotate`
 probability curves. One code path (SeisBench's own windowing, normalisation hooks, stacking and trigger) serves all:
 
 * teachers: SeisBench ``from_pretrained`` models (``teacher.name``); an ensemble ``a*0.7+b*0.3`` is scored on the
-  weighted mean of its members' (P, S, noise) distributions (:func:`pipeline.teachers.to_distribution`), the target
+  weighted mean of its members' (P, S, noise) distributions (:func:`pipeline.model.teachers.to_distribution`), the target
   the student was distilled on; a single teacher is scored on its own raw P and S curves, as ``classify`` picks;
 * the PyTorch student (``quantize.student``);
 * the TFLite variants in ``quantize.out`` (``model_fp32.tflite``, ``model_fp16.ef16`` expanded with
-  :func:`pipeline.convert.fp16_pack.expand_fp16`, ``model_int8.tflite``): :class:`TFLMStudent` is the student's
+  :func:`pipeline.deploy.convert.fp16_pack.expand_fp16`, ``model_int8.tflite``): :class:`TFLMStudent` is the student's
   own ``XiaoNet`` class whose ``forward`` runs each normalised window through the real TFLite Micro interpreter
-  (:func:`pipeline.tflm.run`, int8 input quantised and output dequantised there), so ``annotate`` / ``classify``
+  (:func:`pipeline.deploy.tflm.run`, int8 input quantised and output dequantised there), so ``annotate`` / ``classify``
   cut, normalise, stack and pick exactly as for the PyTorch student.
 
-Costs (:func:`costs`): parameters and multiply-accumulates per window (:func:`pipeline.student.count_macs`:
+Costs (:func:`costs`): parameters and multiply-accumulates per window (:func:`pipeline.model.student.count_macs`:
 convolutions and linear layers; EQTransformer's LSTM and attention are not counted), flatbuffer bytes (what goes to
-flash: the packed blob for FP16), TFLite Micro arena bytes (:func:`pipeline.tflm.minimal_arena`, measured on a
+flash: the packed blob for FP16), TFLite Micro arena bytes (:func:`pipeline.deploy.tflm.minimal_arena`, measured on a
 real window), host latency per window (median wall time of single-window forwards on this machine, after a warm-up)
-and the *estimated* ESP32 / ESP32-C3 / ESP32-S3 latency of the quantize stage (``pipeline.boards.estimate_latency``:
+and the *estimated* ESP32 / ESP32-C3 / ESP32-S3 latency of the quantize stage (``pipeline.deploy.boards.estimate_latency``:
 MACs x cycles per MAC; INT8 on ESP32 and ESP32-C3 from the instruction count measured in the emulator, ESP32-S3
 and float from Espressif's published person-detection timings; not a measurement on a board).
 """
@@ -268,7 +268,7 @@ def costs(model: BenchModel, student=None, repeats: int = 20) -> dict:
 
 
 def esp32_estimates(macs: int, precision: str) -> dict:
-    """The quantize stage's latency model (:func:`pipeline.boards.estimate_latency`): estimated ms per window on
+    """The quantize stage's latency model (:func:`pipeline.deploy.boards.estimate_latency`): estimated ms per window on
     ESP32 / ESP32-C3 / ESP32-S3 (INT8 with ESP-NN kernels; None where the model has no figure)."""
     est = boards.estimate_latency(macs, precision, hop_seconds=0)
     return {f"{chip}_latency_ms_est": round(est[chip]["ms"], 1) if chip in est else None

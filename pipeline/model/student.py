@@ -26,8 +26,8 @@ twice as fast on the CPU; evaluation and the export run them as the 1-D layers a
 
 The model is a :class:`seisbench.models.WaveformModel`: ``save`` / ``load``, ``annotate`` and ``classify`` on obspy
 streams work as for SeisBench's PhaseNet (labels ``PSN``, components ``ZNE``, 100 Hz, one peak normalisation over
-all components with a *relative* epsilon, :mod:`pipeline.normalization`), picking by its
-:class:`~pipeline.picking.PickRule`, saved in its ``default_args``.
+all components with a *relative* epsilon, :mod:`pipeline.data.normalization`), picking by its
+:class:`~pipeline.model.picking.PickRule`, saved in its ``default_args``.
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ class XiaoNet(sbm.WaveformModel):
     """XiaoNet-style student; ``forward`` maps (B, 3, N) normalised windows to (B, 3, N) probabilities (P, S, noise)."""
 
     # The pick rule is annotate arguments, as SeisBench's own pickers keep theirs; the defaults and meanings are
-    # pipeline.picking.PickRule's, and each student saves the values it was made with in its default_args.
+    # pipeline.model.picking.PickRule's, and each student saves the values it was made with in its default_args.
     _annotate_args = sbm.WaveformModel._annotate_args.copy()
     _annotate_args["*_threshold"] = ("Detection threshold for the provided phase", PickRule.p_threshold)
     _annotate_args["pick_top_tolerance"] = ("The pick is the midpoint of the samples >= (1 - this) x the segment's "

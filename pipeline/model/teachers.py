@@ -27,7 +27,7 @@ Output mapping to a (P, S, noise) distribution (:func:`to_distribution`)
       onset, so it carries no phase information the student's (P, S, noise) head could learn from.
     - ensembles: the weighted mean of the members' distributions (still a distribution).
 
-Their outputs cached once per dataset, and distillation's target: :mod:`pipeline.soft_labels`.
+Their outputs cached once per dataset, and distillation's target: :mod:`pipeline.distill.soft_labels`.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """``make benchmark``: the teacher(s), the PyTorch student and its TFLite Micro FP32 / FP16 / INT8 builds scored on
-the same traces, against the analyst picks and against the teacher's; ``reports/`` (:mod:`pipeline.report`).
+the same traces, against the analyst picks and against the teacher's; ``reports/`` (:mod:`pipeline.evaluate.report`).
 
 Every model annotates every trace once, whole, as a station stream, with its own SeisBench ``annotate``
-(:mod:`pipeline.annotation`; the TFLite builds run in the TFLite Micro interpreter inside the student's own
-annotate, :mod:`pipeline.runners`); picks come from those curves with each model's own pick rule; protocol 1
+(:mod:`pipeline.model.annotation`; the TFLite builds run in the TFLite Micro interpreter inside the student's own
+annotate, :mod:`pipeline.model.runners`); picks come from those curves with each model's own pick rule; protocol 1
 (F1 at each tolerance), the S-P and SNR breakdowns, the agreement with the teacher, the precision-recall curves
-and protocol 2 follow (:mod:`pipeline.metrics`), the live pass (:mod:`pipeline.live`). A folder of continuous miniSEED (no metadata.csv) has no labels:
+and protocol 2 follow (:mod:`pipeline.evaluate.metrics`), the live pass (:mod:`pipeline.evaluate.live`). A folder of continuous miniSEED (no metadata.csv) has no labels:
 agreement with the teacher and picks per hour only. The protocols are written out in docs/benchmark.md.
 """
 

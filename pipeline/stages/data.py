@@ -1,4 +1,4 @@
-"""``make data``: every source ends as a SeisBench-format dataset split by event (:mod:`pipeline.datasets`).
+"""``make data``: every source ends as a SeisBench-format dataset split by event (:mod:`pipeline.data.datasets`).
 
 Sources (``data.source``): ``synthetic`` (the embedded default, no network), ``okla`` (a local copy of the Oklahoma
 OKLA_1Mil_120s_Ver_3 dataset), ``seisbench:<Name>`` (any SeisBench dataset), ``fdsn`` (events with picks and

@@ -1,5 +1,5 @@
-"""``make distill``: a teacher (or an ensemble) teaches the XiaoNet-style student (:mod:`pipeline.distillation`,
-loss :mod:`pipeline.losses`). Runs as one process, or as several with ``torchrun --nproc_per_node=N -m pipeline
+"""``make distill``: a teacher (or an ensemble) teaches the XiaoNet-style student (:mod:`pipeline.distill.loop`,
+loss :mod:`pipeline.distill.losses`). Runs as one process, or as several with ``torchrun --nproc_per_node=N -m pipeline
 distill`` (DistributedDataParallel; gloo on CPU, nccl on GPU).
 """
 

@@ -46,7 +46,7 @@ def model_flatbuffer(model_dir: Path, values: dict[str, str]) -> bytes:
 
 def python_picks(waveform: np.ndarray, flatbuffer: bytes, values: dict[str, str], rule: PickRule) -> list[tuple]:
     """(phase, sample, fwhm, retracted) of the Python stream reference: the firmware's windows, normalisation,
-    picker and retractions in pipeline.picking, the model in the tflite-micro interpreter."""
+    picker and retractions in pipeline.model.picking, the model in the tflite-micro interpreter."""
     model = lambda w: tflm.run(flatbuffer, w[None])[0].T  # noqa: E731
     window, eps = int(values["EDGEPICK_WINDOW_SAMPLES"]), float(values["EDGEPICK_NORM_EPS"].rstrip("f"))
     rate = float(values["EDGEPICK_SAMPLING_RATE_HZ"].rstrip("f"))

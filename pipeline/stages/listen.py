@@ -1,5 +1,5 @@
 """``make listen``: read a board's JSON lines live (its serial port, or a file / FIFO / stdin of them), print each
-pick as one readable line and keep it in the formats networks ingest (pipeline/pick_formats.py): the Earthworm
+pick as one readable line and keep it in the formats networks ingest (pipeline/deploy/pick_formats.py): the Earthworm
 TYPE_PICK_SCNL line is appended to ``<out>/<station>.pick_scnl`` and the QuakeML (SC3ML, NonLinLoc) of the session
 rewritten atomically after every pick, so that Ctrl-C loses nothing. A "retract" line (the live mode's retraction)
 marks its pick rejected in the catalogs (left out of NonLinLoc); its Earthworm line has gone out already and

@@ -1,8 +1,8 @@
 """``make qat``: quantization-aware fine-tuning of a distilled student (``qat.init_from``) into ``qat.out``.
 
-The distillation loop of :mod:`pipeline.distillation` with its data, teacher and loss, started from the
+The distillation loop of :mod:`pipeline.distill.loop` with its data, teacher and loss, started from the
 distilled weights, a lower learning rate and int8 fake quantization at exactly the tensors TFLite Micro stores as
-int8 (:mod:`pipeline.fake_quant`), so the INT8 build picks like the float student.
+int8 (:mod:`pipeline.distill.fake_quant`), so the INT8 build picks like the float student.
 """
 
 from __future__ import annotations

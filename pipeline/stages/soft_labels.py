@@ -1,5 +1,5 @@
 """``make soft-labels``: run the teacher(s) once over each dataset of ``distill.dataset`` and cache their per-sample
-(P, S, noise) output beside it (:mod:`pipeline.soft_label_cache`); resumable, reused while current. Distillation builds
+(P, S, noise) output beside it (:mod:`pipeline.distill.soft_label_cache`); resumable, reused while current. Distillation builds
 what is missing itself; this stage builds it ahead (e.g. on a machine with a GPU, ``teacher.device=cuda``)."""
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """``make sweep``: distil one student per (temperature, alpha, width) and rank them on a dev split.
 
-Every grid point is an ordinary distillation run (``pipeline.distillation.distill``) in its own folder under
+Every grid point is an ordinary distillation run (``pipeline.distill.loop.distill``) in its own folder under
 ``sweep.out``; a finished point is not run again, so a killed sweep resumes where it stopped. Each student is
-scored as ``make calibrate`` scores it (pipeline/dev_split.py): whole traces of the dev split ``sweep.dataset``
+scored as ``make calibrate`` scores it (pipeline/evaluate/dev_split.py): whole traces of the dev split ``sweep.dataset``
 annotated as station streams, against its analyst picks or, on unlabelled real continuous windows (the recipe's
 transfer:dev), against the teacher's; each phase at its best threshold of ``calibrate.thresholds`` (the students'
 probability scales differ, and calibrate would give each its own), F1 at every tolerance of ``sweep.tolerances_s``.

@@ -1,5 +1,5 @@
 """Data sources. Each module exposes ``records(config: DataConfig)`` yielding ``(metadata, waveform)`` pairs
-(written by :func:`pipeline.datasets.write_dataset`), or returning ``(iterator, total, writer_options)`` where noted;
+(written by :func:`pipeline.data.datasets.write_dataset`), or returning ``(iterator, total, writer_options)`` where noted;
 :func:`source_records` picks the configured one."""
 
 from __future__ import annotations

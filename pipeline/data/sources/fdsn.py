@@ -1,6 +1,6 @@
 """Events with P/S picks from an FDSN event service and their waveforms from an FDSN data centre.
 
-``records(config)`` returns ``(iterator, total, writer_options)`` for :func:`pipeline.datasets.write_dataset`:
+``records(config)`` returns ``(iterator, total, writer_options)`` for :func:`pipeline.data.datasets.write_dataset`:
 
 1. The event service (``fdsn.event_client``: a name such as ``USGS`` or a base URL) is asked for the events in
    the configured time window, latitude/longitude box and magnitude range, with their arrivals where the service

@@ -14,7 +14,7 @@ The dataset's own split is a per-trace random draw without a seed (one event lan
 kept only as ``split_original``; the writer splits by event. The event key is ``source_id`` when the file has it;
 otherwise it is derived from ``source_origin_time`` (rounded to 1 s) + ``source_latitude_deg`` /
 ``source_longitude_deg`` (0.01 deg), which every trace of one catalogue event shares (see
-:func:`pipeline.sources.seisbench_datasets.event_key`).
+:func:`pipeline.data.sources.seisbench_datasets.event_key`).
 """
 
 from __future__ import annotations

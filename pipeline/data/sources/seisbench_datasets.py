@@ -9,7 +9,7 @@ not there, by downloading it. SeisBench resamples and reorders the components on
 split is kept as ``split_original``; the writer assigns ours by event (``source_id``, see :func:`event_key`).
 
 The helpers here (:func:`stream_dataset`, :func:`event_key`, :func:`select_indices`, :func:`normalise_picks`) are also
-used by :mod:`pipeline.sources.okla`.
+used by :mod:`pipeline.data.sources.okla`.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def open_benchmark(cls: type, config: DataConfig):
 
 def open_folder(path: Path, config: DataConfig):
     """A SeisBench-format folder through SeisBench's own WaveformDataset (resampled and reordered on read, like the
-    benchmark classes); a broken folder is one EdgepickError line (:func:`pipeline.datasets.open_dataset`)."""
+    benchmark classes); a broken folder is one EdgepickError line (:func:`pipeline.data.datasets.open_dataset`)."""
     return open_dataset(path, sampling_rate=None, component_order=config.component_order, dimension_order="NCW",
                         cache=None, resample_to=config.sampling_rate)
 

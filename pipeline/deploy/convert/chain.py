@@ -5,8 +5,8 @@
 3. Keras -> TFLite (:mod:`.tflite`): FP32; INT8 full-integer after depthwise equalisation, its activation ranges
    chosen on train windows (:mod:`.int8`); FP16 as the FP32 flatbuffer with float16 weights, packed
    (:mod:`.fp16_pack`);
-4. every variant in TFLite Micro (:mod:`pipeline.tflm`): unsupported ops named with their layer, the smallest
-   arena found by exact search, outputs and picks (the student's own :class:`~pipeline.picking.PickRule`)
+4. every variant in TFLite Micro (:mod:`pipeline.deploy.tflm`): unsupported ops named with their layer, the smallest
+   arena found by exact search, outputs and picks (the student's own :class:`~pipeline.model.picking.PickRule`)
    compared with PyTorch on held-out windows.
 """
 
@@ -179,11 +179,11 @@ def format_variants(result: QuantizeResult) -> str:
 
 
 def format_latency(result: QuantizeResult) -> str:
-    """Estimated ms per window and real-time factor on ESP32 / ESP32-C3 / ESP32-S3 (:data:`pipeline.boards.CYCLES_PER_MAC`:
+    """Estimated ms per window and real-time factor on ESP32 / ESP32-C3 / ESP32-S3 (:data:`pipeline.deploy.boards.CYCLES_PER_MAC`:
     INT8 on ESP32 and ESP32-C3 from the instruction count measured in the emulator, the rest from published timings)."""
     chips = ("esp32", "esp32c3", "esp32s3")
     lines = [f"{'variant':8} {'MACs':>10} " + " ".join(f"{c + ' ms':>11} {'RTF':>7}" for c in chips)
-             + "  (estimates: pipeline/boards.py)"]
+             + "  (estimates: pipeline/deploy/boards.py)"]
     for precision, info in result.variants.items():
         latency = info.get("estimated_latency")
         if not latency:
