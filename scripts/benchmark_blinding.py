@@ -72,4 +72,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_script(main)  # bad input: one line, exit 1
+    run_script(main)  # bad input: one line, exit 2

@@ -93,4 +93,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_script(main)  # bad input (unlabelled data, missing teacher weights): one line, exit 1
+    run_script(main)  # bad input (unlabelled data, missing teacher weights): one line, exit 2

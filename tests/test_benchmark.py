@@ -444,7 +444,7 @@ def test_teacher_on_stead50_agrees_with_notes(teacher_cache, shared, tmp_path):
 @pytest.mark.parametrize("script", ["benchmark_student.py", "benchmark_quantize.py", "benchmark_kd_vs_hard.py",
                                     "benchmark_blinding.py", "benchmark_live.py"])
 def test_benchmark_scripts_end_bad_input_with_one_line(script, tmp_path):
-    """A benchmark script given a student or dataset that is not there: one line on stderr, exit 1, no traceback."""
+    """A benchmark script given a student or dataset that is not there: one line on stderr, exit 2, no traceback."""
     import subprocess
     import sys
     from pathlib import Path
@@ -458,7 +458,7 @@ def test_benchmark_scripts_end_bad_input_with_one_line(script, tmp_path):
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, str(root / "scripts" / script), *args], capture_output=True, text=True,
                             cwd=tmp_path, timeout=300)
-    assert result.returncode == 1
+    assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{Path(script).stem}: error: ") and "missing" in lines[0], result.stderr
     assert not (tmp_path / "out.json").exists()
