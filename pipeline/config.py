@@ -18,7 +18,7 @@ import yaml
 
 from pipeline.deploy import pick_formats
 from pipeline.errors import EdgepickError
-from pipeline.model.picking import PickRule, confirm_lookaheads, live_blinding
+from pipeline.model.picking import LiveRule, PickRule
 
 
 @dataclass
@@ -339,17 +339,18 @@ class LiveConfig:
     # The firmware picks live (``make quantize`` writes EDGEPICK_LIVE 1 into model_config.h for ``make firmware`` /
     # ``flash``); false: the exact replay, SeisBench classify's picks on a replayed file, a window late.
     enabled: bool = True
-    hop_samples: int = 100  # windows per second = sampling rate / this (the exact replay's hop is 1501)
+    # The live rule's settings (pipeline.model.picking.LiveRule, which declares their defaults and validates them)
+    hop_samples: int = LiveRule.hop  # windows per second = sampling rate / this (the exact replay's hop is 1501)
     # Samples of future each kept prediction sees (its window's blinded end), per phase: the same windows serve
     # both, so a longer S look-ahead costs no compute, only S latency (docs/firmware.md, "Live mode")
-    p_lookahead_samples: int = 100
-    s_lookahead_samples: int = 200
+    p_lookahead_samples: int = LiveRule.p_lookahead
+    s_lookahead_samples: int = LiveRule.s_lookahead
     # Retraction: the same windows are stacked once more at this longer look-ahead per phase (0: never retracted),
     # and a live pick with no pick of its phase within ``confirm_within_samples`` on that curve is withdrawn by a
     # "retract" line about this + hop samples after it (no extra inference; docs/firmware.md, "Retraction")
-    p_confirm_samples: int = 500
-    s_confirm_samples: int = 500
-    confirm_within_samples: int = 50
+    p_confirm_samples: int = LiveRule.p_confirm
+    s_confirm_samples: int = LiveRule.s_confirm
+    confirm_within_samples: int = LiveRule.confirm_within
     # ``make benchmark`` also annotates every labelled trace live with the PyTorch student (exact hop / live hop,
     # ~15x, the windows of the exact pass) and reports live and exact F1 and the latency of live picks
     benchmark: bool = True
@@ -371,15 +372,11 @@ class LiveConfig:
         """The confirming look-ahead of each phase (0: none), as pipeline.model.picking.mark_retractions takes it."""
         return {"P": self.p_confirm_samples, "S": self.s_confirm_samples}
 
-    def check(self, in_samples: int) -> None:
-        """Refuse, in one line, a hop, look-ahead or confirmation that does not fit a student of ``in_samples``."""
-        for lookahead in self.lookaheads().values():
-            live_blinding(in_samples, self.hop_samples, lookahead)
-        confirm_lookaheads(self.confirms(), self.lookaheads(), in_samples, self.hop_samples)
-        if isinstance(self.confirm_within_samples, bool) or not isinstance(self.confirm_within_samples, int) \
-                or self.confirm_within_samples < 0:
-            raise EdgepickError(f"live.confirm_within_samples must be a whole number of samples >= 0, got "
-                                f"{self.confirm_within_samples!r}")
+    def rule(self, in_samples: int) -> LiveRule:
+        """The live rule of these settings for a student of ``in_samples``; one line refuses a hop, look-ahead or
+        confirmation that does not fit it."""
+        return LiveRule(in_samples, self.hop_samples, self.p_lookahead_samples, self.s_lookahead_samples,
+                        self.p_confirm_samples, self.s_confirm_samples, self.confirm_within_samples)
 
 
 @dataclass

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.model import annotation, runners  # noqa: E402
 from pipeline.errors import EdgepickError, run_script  # noqa: E402
 from pipeline.evaluate.metrics import score_picks  # noqa: E402
-from pipeline.model.picking import confirm_lookaheads, live_blinding, phase_lookaheads  # noqa: E402
+from pipeline.model.picking import LiveRule  # noqa: E402
 from pipeline.evaluate import live as live_pass  # noqa: E402
 from pipeline.data.traces import load_labelled  # noqa: E402
 from pipeline.model.student import load_student  # noqa: E402
@@ -96,14 +96,14 @@ def score_dataset(student, folder: Path, split: str, grid, warmup: bool, teacher
     annotated: dict = {}  # each (hop, look-ahead) stream annotated once, whether it picks or confirms
     for hop, lookahead in grid:
         started = time.perf_counter()
-        live = live_pass.live_pick_times(model, traces, rate, order, hop, lookahead, warmup, skip_samples=skip,
-                                               annotated=annotated)
+        rule = LiveRule.of(student.in_samples, hop, lookahead)
+        live = live_pass.live_pick_times(model, traces, rate, order, rule, warmup, skip_samples=skip,
+                                         annotated=annotated)
         seconds = time.perf_counter() - started
         confirmations = {}
         for c in confirm:
-            checked = live_pass.live_pick_times(model, traces, rate, order, hop, lookahead, warmup,
-                                                      skip_samples=skip, confirm=c, confirm_within=within,
-                                                      annotated=annotated)
+            checked = live_pass.live_pick_times(model, traces, rate, order, rule.with_confirm(c, within), warmup,
+                                                skip_samples=skip, annotated=annotated)
             kept = checked.kept()
             scores = score_picks(truth, kept, TOLERANCES)
             confirmations[c] = {phase: {"f1": {f"{t:g}": scores[phase][t]["f1"] for t in TOLERANCES},
@@ -162,9 +162,8 @@ def main() -> None:
     student = load_student(args.student)
     confirm = parse_lookaheads(args.confirm)
     for hop, lookahead in grid:  # what does not fit the student is refused before any trace is annotated
-        live_blinding(student.in_samples, hop, lookahead)
-        for c in confirm:
-            confirm_lookaheads(c, phase_lookaheads(lookahead), student.in_samples, hop)
+        for c in (0, *confirm):
+            LiveRule.of(student.in_samples, hop, lookahead, c, args.confirm_within)
     rows = []
     for folder, split in folders:
         rows += score_dataset(student, folder, split, grid, not args.no_warmup, args.teacher, args.max_traces,

@@ -216,17 +216,17 @@ def test_live_pass_picks_as_the_firmware_twin(warmup):
     when each is reported and when each retracted one is withdrawn are pipeline.model.picking.live_stream_picks' (what
     the firmware's live mode emits; the host test checks the core against it), on each trace after its warm-up,
     picks on the warm-up dropped."""
-    from pipeline.model.picking import live_blinding, live_stream_picks
+    from pipeline.model.picking import LiveRule, live_blinding, live_stream_picks
 
     model = SquareStudent(base_channels=1, in_samples=SAMPLES).eval()
     hop, lookahead = 100, {"P": 150, "S": 230}  # each phase its own look-ahead, as the firmware's live mode
     confirm, within = {"P": 500, "S": 0}, 50  # S never retracted
     traces = square_traces()
     bench = runners.BenchModel("student", "pytorch", "fp32", [model])
+    live = LiveRule.of(SAMPLES, hop, lookahead, confirm, within)
     annotated = {}
-    times, reported, retracted = live_pass.live_pick_times(bench, traces, 100.0, "ZNE", hop, lookahead, warmup,
-                                                                 confirm=confirm, confirm_within=within,
-                                                                 annotated=annotated)
+    times, reported, retracted = live_pass.live_pick_times(bench, traces, 100.0, "ZNE", live, warmup,
+                                                           annotated=annotated)
     assert sorted(key[2] for key in annotated) == [150, 230, 500]  # one annotate per look-ahead, the confirming one too
     pad = live_blinding(SAMPLES, hop, 150)[0] if warmup else 0  # the smallest look-ahead's: every phase covered
 
@@ -238,8 +238,7 @@ def test_live_pass_picks_as_the_firmware_twin(warmup):
     for i, trace in enumerate(traces):
         padded = live_pass.warmup_padded(trace, pad, 100.0)
         assert padded.shape[1] == trace.shape[1] + pad and np.array_equal(padded[:, pad:], trace)
-        ref, _ = live_stream_picks(padded, forward, SAMPLES, hop, lookahead, model.pick_rule, model.norm_eps,
-                                   confirm=confirm, confirm_within=within)
+        ref, _ = live_stream_picks(padded, forward, live, model.pick_rule, model.norm_eps)
         for phase in "PS":
             want = [((p["sample"] - pad) / 100, (p["reported"] - pad) / 100,
                      np.nan if p["retracted"] is None else (p["retracted"] - pad) / 100)
@@ -253,8 +252,8 @@ def test_live_pass_picks_as_the_firmware_twin(warmup):
     assert total >= 10 and withdrawn >= 1
     # picks in the span the exact replay blinds at a trace's start are dropped when asked (the stage's live pass)
     skip = 1200
-    kept, kept_reported, _ = live_pass.live_pick_times(bench, traces, 100.0, "ZNE", hop, lookahead, warmup,
-                                                             skip_samples=skip, confirm=confirm, annotated=annotated)
+    kept, kept_reported, _ = live_pass.live_pick_times(bench, traces, 100.0, "ZNE", live, warmup,
+                                                       skip_samples=skip, annotated=annotated)
     assert len(annotated) == 3  # the streams of the first call served this one
     dropped = 0
     for phase in "PS":

@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.deploy import boards, emulator, tflm
 from pipeline.errors import EdgepickError
-from pipeline.model.picking import PickRule
+from pipeline.model.picking import LiveRule, PickRule
 from pipeline.deploy.serial_protocol import sample_lines
 
 IN_SAMPLES = 1024  # a short window keeps each emulated Invoke to a few million instructions
@@ -201,8 +201,7 @@ def test_stage_in_live_mode_picks_as_the_live_python_twin(tflm_lib, model_dir, t
     _, flatbuffer, info, budget = model_dir
     live_dir = tmp_path / "live-model"
     c_array.write_firmware(live_dir, flatbuffer, info, PickRule(p_threshold=0.3, s_threshold=0.35), budget, 1e-6,
-                           live={"enabled": True, "hop_samples": 100, "lookahead_samples": {"P": 100, "S": 200},
-                                 "confirm_samples": {"P": 500, "S": 500}, "confirm_within_samples": 50})
+                           live=LiveRule(info["in_samples"], 100, 100, 200, 500, 500, 50))
     config = Config()
     config.set("data.out", str(tmp_path / "data"))
     config.set("data.synthetic.n_traces", 2)

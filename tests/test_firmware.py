@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from pipeline.deploy.convert.fp16_pack import expand_fp16
-from pipeline.model.picking import PickRule, live_blinding, live_offsets, live_stream_picks, stream_picks
+from pipeline.model.picking import LiveRule, PickRule, live_blinding, live_offsets, live_stream_picks, stream_picks
 from pipeline.deploy.serial_protocol import parse_pick_lines
 
 REPO = Path(__file__).resolve().parents[1]
@@ -751,7 +751,7 @@ def test_live_mode_matches_python_twin_within_its_latency_budget(driver):
     x = live_stream()
     end = x.shape[1] - 1
     rule = PickRule(p_threshold=0.3, s_threshold=0.3, top_tolerance=TOP)
-    ref, _ = live_stream_picks(x, square_model, IN_SAMPLES, LIVE_HOP, LIVE_LOOKAHEAD, rule, EPS)
+    ref, _ = live_stream_picks(x, square_model, LiveRule.of(IN_SAMPLES, LIVE_HOP, LIVE_LOOKAHEAD), rule, EPS)
     args = live_stream_args()
     lines = run(driver, *args, stdin=stream_text(x)).splitlines()
     assert not [line for line in lines if json.loads(line)["type"] == "error"]
@@ -784,8 +784,8 @@ def test_live_retractions_match_python_twin(driver):
     x = live_stream()
     within = 50
     rule = PickRule(p_threshold=0.3, s_threshold=0.3, top_tolerance=TOP)
-    ref, _ = live_stream_picks(x, square_model, IN_SAMPLES, LIVE_HOP, LIVE_LOOKAHEAD, rule, EPS, confirm=LIVE_CONFIRM,
-                               confirm_within=within)
+    ref, _ = live_stream_picks(x, square_model, LiveRule.of(IN_SAMPLES, LIVE_HOP, LIVE_LOOKAHEAD, LIVE_CONFIRM, within),
+                               rule, EPS)
     args = live_stream_args()
     plain = run(driver, *args, stdin=stream_text(x)).splitlines()
     lines = run(driver, *args, "--confirm", f"{LIVE_CONFIRM['P']},{LIVE_CONFIRM['S']}", within,
@@ -828,8 +828,8 @@ def retractions_of_p_curves(driver, tmp_path, live_p, confirming_p, confirm, wit
     (tmp_path / "probs.f32").write_bytes(np.concatenate(windows).astype("<f4").tobytes())
     served = iter(windows)
     rule = PickRule(p_threshold=0.3, s_threshold=0.3, top_tolerance=TOP)
-    ref, _ = live_stream_picks(np.zeros((3, n), np.float32), lambda window: next(served), IN_SAMPLES, LIVE_HOP,
-                               LIVE_LOOKAHEAD, rule, EPS, confirm=confirm, confirm_within=within)
+    ref, _ = live_stream_picks(np.zeros((3, n), np.float32), lambda window: next(served),
+                               LiveRule.of(IN_SAMPLES, LIVE_HOP, LIVE_LOOKAHEAD, confirm, within), rule, EPS)
     args = live_stream_args()
     args[-1:] = ["file", tmp_path / "probs.f32"]  # the model: these predictions, window by window
     lines = run(driver, *args, "--confirm", f"{confirm['P']},{confirm['S']}", within,
@@ -897,7 +897,7 @@ def test_firmware_glue_syntax_live_mode(tmp_path):
                f"-I{CORE / 'src'}", str(FIRMWARE / "src" / "main_functions.cc")]
         return subprocess.run(cmd, capture_output=True, text=True)
 
-    live = {"enabled": True, "hop_samples": 100, "lookahead_samples": {"P": 100, "S": 200}}
+    live = LiveRule.of(info["in_samples"], 100, {"P": 100, "S": 200})
     files = c_array.write_firmware(tmp_path / "live", bytes(100), info, PickRule(blinding=(302, 302)), budget, 1e-6, live)
     assert "#define EDGEPICK_LIVE_P_BLIND_PRE 2801 " in files["model_config.h"]
     assert "#define EDGEPICK_LIVE_S_BLIND_PRE 2701 " in files["model_config.h"]

@@ -72,6 +72,7 @@ def distill(config: Config) -> dict:
     if cfg.quantization_aware:
         QuantizationAware(model)  # hooks on the model; its state_dict stays the float student's
     in_samples = model.in_samples
+    _record_live_rule(model, config.live)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     windows_per_epoch = cfg.windows_per_epoch or sum(len(t) for t in train_set)
     steps_per_epoch = max(1, windows_per_epoch // (cfg.batch_size * world))
@@ -366,6 +367,17 @@ def _load_student_weights(path: str, model) -> dict:
 
 def _get(batch: dict, key: str, device) -> torch.Tensor | None:
     return batch[key].to(device) if key in batch else None
+
+
+def _record_live_rule(model, live) -> None:
+    """The live rule of ``live`` saved with the student (its ``default_args``), when the live mode is on and its
+    settings fit the student's window (they are refused where they are used: make quantize, make benchmark)."""
+    model.default_args.pop("live_rule", None)  # an init_from student's is not this run's
+    if live.enabled:
+        try:
+            model.default_args["live_rule"] = live.rule(model.in_samples).saved()
+        except EdgepickError:
+            pass
 
 
 def _save_student(model, out: Path) -> None:

@@ -16,9 +16,9 @@ import numpy as np
 from pipeline.deploy import boards
 from pipeline.model import runners
 from pipeline.model.annotation import dataset_curves, model_rule
+from pipeline.errors import EdgepickError
 from pipeline.evaluate.metrics import PHASES, latency_summary, pick_latencies, score_picks
-from pipeline.model.picking import (add_reported_samples, confirm_lookaheads, live_blinding, live_offsets,
-                              mark_retractions, phase_lookaheads)
+from pipeline.model.picking import LiveRule, add_reported_samples, live_blinding, live_offsets, mark_retractions
 
 # The live pass's warm-up: each trace starts after this much of its own beginning, mirrored back and forth (the
 # first second of an event trace is pre-event noise; mirrored, it has no step at the joins).
@@ -33,30 +33,25 @@ def live_pass(config, models, traces, rate, order, truth, picks, tolerances) -> 
     if not chosen:
         return None
     latency_tolerance = max(tolerances)
+    rule = lv.rule(chosen[0].members[0].in_samples)
     rows, seconds = [], {}
     for model in chosen:
         started = time.perf_counter()
-        live = live_pick_times(model, traces, rate, order, lv.hop_samples, lv.lookaheads(), lv.benchmark_warmup,
-                               b.threshold, b.traces_per_call, b.batch_size,
-                               live_skip_samples(model, lv.benchmark_warmup), lv.confirms(),
-                               lv.confirm_within_samples)
+        live = live_pick_times(model, traces, rate, order, rule, lv.benchmark_warmup, b.threshold, b.traces_per_call,
+                               b.batch_size, live_skip_samples(model, lv.benchmark_warmup))
         seconds[model.label] = round(time.perf_counter() - started, 2)
         print(f"benchmark: {model.label} annotated {len(traces)} traces live in {seconds[model.label]:.1f} s")
         rows += live_rows(model, truth, live, picks[model.label], tolerances, latency_tolerance)
-    n = chosen[0].members[0].in_samples
-    blinding = {phase: list(live_blinding(n, lv.hop_samples, lookahead)) for phase, lookahead in lv.lookaheads().items()}
-    return {"hop_samples": int(lv.hop_samples), "lookahead_samples": {k: int(v) for k, v in lv.lookaheads().items()},
-            "confirm_samples": {k: int(v) for k, v in lv.confirms().items()},
-            "confirm_within_samples": int(lv.confirm_within_samples), "blinding": blinding,
-            "warmup_samples": live_warmup(n, lv.hop_samples, lv.lookaheads(), lv.benchmark_warmup),
+    blinding = {phase: list(rule.blinding(lookahead)) for phase, lookahead in rule.lookaheads.items()}
+    return {**rule.to_dict(), "blinding": blinding, "warmup_samples": live_warmup(rule, lv.benchmark_warmup),
             "skipped_start_samples": live_skip_samples(chosen[0], lv.benchmark_warmup),
             "latency_tolerance_s": latency_tolerance, "annotate_seconds": seconds, "rows": rows}
 
 
-def live_warmup(in_samples: int, hop: int, lookahead, warmup: bool = True) -> int:
+def live_warmup(rule: LiveRule, warmup: bool = True) -> int:
     """The warm-up samples put before each trace: window - hop - the smallest look-ahead, so that every phase's
     curve covers the trace from its first sample (0 without warm-up)."""
-    return max(live_blinding(in_samples, hop, v)[0] for v in phase_lookaheads(lookahead).values()) if warmup else 0
+    return max(rule.blinding(v)[0] for v in rule.lookaheads.values()) if warmup else 0
 
 
 def live_skip_samples(model, warmup: bool = True) -> int:
@@ -78,22 +73,21 @@ class LivePicks(NamedTuple):
         return {phase: [t[np.isnan(r)] for t, r in zip(self.times[phase], self.retracted[phase])] for phase in PHASES}
 
 
-def live_pick_times(model, traces, rate, order, hop, lookahead, warmup=True, threshold=None, traces_per_call=64,
-                    batch_size=64, skip_samples: int = 0, confirm=0, confirm_within: int = 50,
-                    annotated: dict | None = None) -> LivePicks:
-    """The picks the firmware's live mode makes on each trace, when each is reported and, with ``confirm`` (the
-    confirming look-ahead, one for every phase or one per phase, 0: none), when each retracted one is withdrawn
-    (pipeline.model.picking.live_stream_picks, computed by the model's own SeisBench annotate, once per distinct
-    look-ahead: ``lookahead`` is one for every phase or one per phase). Each trace is annotated after its warm-up
+def live_pick_times(model, traces, rate, order, live_rule: LiveRule, warmup=True, threshold=None, traces_per_call=64,
+                    batch_size=64, skip_samples: int = 0, annotated: dict | None = None) -> LivePicks:
+    """The picks the firmware's live mode (``live_rule``) makes on each trace, when each is reported and, with a
+    confirming look-ahead, when each retracted one is withdrawn (pipeline.model.picking.live_stream_picks, computed by
+    the model's own SeisBench annotate, once per distinct look-ahead). Each trace is annotated after its warm-up
     (:func:`warmup_padded`, :func:`live_warmup`, picks on it and in the trace's first ``skip_samples`` dropped)
     and cut after its last live window, so that SeisBench adds no last window ending at the trace's end.
     ``annotated``: a dict shared by calls on the same model and traces, so that a stream already annotated (same
     hop, warm-up, look-ahead and threshold) is not annotated again (the live look-ahead of one call is often the
     confirming one of another, or the same with another confirmation)."""
-    n = model.members[0].in_samples
-    lookaheads = phase_lookaheads(lookahead)
-    confirms = confirm_lookaheads(confirm, lookaheads, n, hop)
-    pad = live_warmup(n, hop, lookaheads, warmup)
+    n, hop, lookaheads, confirms = live_rule.in_samples, live_rule.hop, live_rule.lookaheads, live_rule.confirms
+    if model.members[0].in_samples != n:
+        raise EdgepickError(f"live pass: the live rule is for {n}-sample windows, {model.label}'s are "
+                            f"{model.members[0].in_samples}")
+    pad = live_warmup(live_rule, warmup)
     padded = [warmup_padded(w, pad, rate) for w in traces]
     kept = [i for i, w in enumerate(padded) if w.shape[1] >= n]  # a shorter one has no window: no live picks
     spans = [live_windows_span(padded[i], n, hop) for i in kept]
@@ -103,7 +97,7 @@ def live_pick_times(model, traces, rate, order, hop, lookahead, warmup=True, thr
         """Each kept trace's picks (every phase) on the curves stacked at look-ahead ``value``, on its padded grid."""
         key = (hop, pad, value, threshold)
         if key not in annotated:
-            curves = dataset_curves(live_model(model, hop, value), spans, rate, order, traces_per_call, batch_size)
+            curves = dataset_curves(live_model(model, live_rule, value), spans, rate, order, traces_per_call, batch_size)
             rule = curves.rule.with_threshold(threshold)
             annotated[key] = [
                 [] if curves.data[k].shape[1] < 3  # nothing annotated (as Curves.picks, no run shorter than 3 samples)
@@ -116,11 +110,10 @@ def live_pick_times(model, traces, rate, order, hop, lookahead, warmup=True, thr
     for k, i in enumerate(kept):
         length = padded[i].shape[1]
         live = add_reported_samples(
-            [p for phase in PHASES for p in picks_at(lookaheads[phase])[k] if p["phase"] == phase],
-            length, n, hop, lookaheads)
+            [p for phase in PHASES for p in picks_at(lookaheads[phase])[k] if p["phase"] == phase], length, live_rule)
         confirming = [p for phase in PHASES if confirms[phase]
                       for p in picks_at(confirms[phase])[k] if p["phase"] == phase]
-        live = mark_retractions(live, confirming, length, n, hop, confirms, confirm_within)
+        live = mark_retractions(live, confirming, length, live_rule)
         for phase in PHASES:
             mine = sorted((p for p in live if p["phase"] == phase and p["sample"] >= pad + skip_samples),
                           key=lambda p: p["sample"])
@@ -131,9 +124,11 @@ def live_pick_times(model, traces, rate, order, hop, lookahead, warmup=True, thr
     return out
 
 
-def live_model(model, hop: int, lookahead: int):
-    """A benchmark model whose members annotate as the live firmware: a window every ``hop``, the live blinding
-    (copies sharing the weights; their ``default_args`` are what SeisBench's annotate starts from)."""
+def live_model(model, rule: LiveRule, lookahead: int):
+    """A benchmark model whose members annotate as the live firmware: a window every ``rule.hop``, the live
+    blinding at ``lookahead`` (copies sharing the weights; their ``default_args`` are what SeisBench's annotate
+    starts from)."""
+    hop = rule.hop
     members = []
     for member in model.members:
         live = copy.copy(member)

@@ -179,6 +179,80 @@ def annotate_rule(model, **overrides) -> PickRule:
     return PickRule.from_annotate_args(dict(model.default_args), getattr(model, "_annotate_args", {}), **overrides)
 
 
+@dataclasses.dataclass(frozen=True)
+class LiveRule:
+    """Every setting of the live pick mode for a student of ``in_samples``, held and validated once here (beside
+    :class:`PickRule`; ``live.*`` in pipeline/config.py takes its defaults from this class, ``model_config.h`` its
+    values): a window every ``hop`` samples, each keeping, per phase, the ``hop`` predictions that end that phase's
+    look-ahead before its end (:func:`live_blinding`), so every sample is final look-ahead to look-ahead + hop - 1
+    samples after it arrived; retraction: the same windows stacked once more at each phase's confirming look-ahead
+    (0: never retracted), and a live pick with no pick of its phase within ``confirm_within`` samples on that curve
+    is withdrawn (:func:`mark_retractions`). A value that does not fit is refused in one ``EdgepickError`` line."""
+
+    in_samples: int
+    hop: int = 100  # windows per second = sampling rate / this (the exact replay's hop is 1501)
+    # samples of future each kept prediction sees, per phase: the same windows serve both, so a longer S look-ahead
+    # costs no compute, only S latency
+    p_lookahead: int = 100
+    s_lookahead: int = 200
+    p_confirm: int = 500  # the confirming look-ahead per phase (0: the phase's picks are never retracted)
+    s_confirm: int = 500
+    confirm_within: int = 50  # a pick of its phase this close on the confirming curve keeps a live pick
+
+    def __post_init__(self) -> None:
+        for lookahead in self.lookaheads.values():
+            live_blinding(self.in_samples, self.hop, lookahead)  # a whole number >= 1 that fits, or one clear error
+        confirm_lookaheads(self.confirms, self.lookaheads, self.in_samples, self.hop)
+        if isinstance(self.confirm_within, bool) or not isinstance(self.confirm_within, (int, np.integer)) \
+                or self.confirm_within < 0:
+            raise EdgepickError(f"live.confirm_within_samples must be a whole number of samples >= 0, got "
+                                f"{self.confirm_within!r}")
+        for field in dataclasses.fields(self):
+            object.__setattr__(self, field.name, int(getattr(self, field.name)))
+
+    @classmethod
+    def of(cls, in_samples: int, hop: int, lookahead, confirm=0, confirm_within: int = 50) -> "LiveRule":
+        """The rule of a look-ahead and a confirming look-ahead each given once for every phase (an int) or per
+        phase (a mapping such as {"P": 100, "S": 200}, :func:`phase_lookaheads`); ``confirm`` 0: no retraction."""
+        lookaheads, confirms = phase_lookaheads(lookahead), phase_lookaheads(confirm)
+        return cls(in_samples, hop, lookaheads["P"], lookaheads["S"], confirms["P"], confirms["S"], confirm_within)
+
+    @property
+    def lookaheads(self) -> dict[str, int]:
+        return {"P": self.p_lookahead, "S": self.s_lookahead}
+
+    @property
+    def confirms(self) -> dict[str, int]:
+        return {"P": self.p_confirm, "S": self.s_confirm}
+
+    def blinding(self, lookahead: int) -> tuple[int, int]:
+        """The SeisBench blinding (pre, post) of this rule's windows at ``lookahead`` (:func:`live_blinding`)."""
+        return live_blinding(self.in_samples, self.hop, lookahead)
+
+    def with_confirm(self, confirm, confirm_within: int | None = None) -> "LiveRule":
+        """The same windows and look-aheads with another confirmation (one for every phase or one per phase)."""
+        confirms = phase_lookaheads(confirm)
+        return dataclasses.replace(self, p_confirm=confirms["P"], s_confirm=confirms["S"],
+                                   confirm_within=self.confirm_within if confirm_within is None else confirm_within)
+
+    def saved(self) -> dict:
+        """The settings as a student saves them (its ``default_args["live_rule"]``; the window is the student's)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "in_samples"}
+
+    def to_dict(self) -> dict:
+        """The settings as the benchmark report's ``live`` section names them."""
+        return {"hop_samples": self.hop, "lookahead_samples": self.lookaheads, "confirm_samples": self.confirms,
+                "confirm_within_samples": self.confirm_within}
+
+    def __str__(self) -> str:
+        text = (f"a window every {self.hop} samples of {self.in_samples}, look-ahead P {self.p_lookahead} / S "
+                f"{self.s_lookahead} samples")
+        if not any(self.confirms.values()):
+            return text + ", no retraction"
+        return text + (f", a pick retracted unless confirmed within {self.confirm_within} samples at look-ahead "
+                       + " / ".join(f"{phase} {value or 'never'}" for phase, value in self.confirms.items()))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Windows and stacking, as SeisBench's annotate does them
 # ---------------------------------------------------------------------------------------------------------------
@@ -295,29 +369,25 @@ def live_reported_sample(sample: int, n_samples: int, in_samples: int, hop: int,
     return int(k * hop + in_samples - 1) if k < windows else int(n_samples - 1)
 
 
-def add_reported_samples(picks: list[dict], n_samples: int, in_samples: int, hop: int, lookahead) -> list[dict]:
+def add_reported_samples(picks: list[dict], n_samples: int, live: LiveRule) -> list[dict]:
     """``picks`` (PickRule.picks dicts, on the stream's sample grid) each with "reported": the last sample received
-    when the live firmware emits it. A trigger closes when its first sample below threshold / 2 (off + 1) is
-    finalised for its phase (``lookahead``: one for every phase or one per phase, :func:`phase_lookaheads`); one
-    still open at the end closes at the "#end" (live_reported_sample)."""
-    lookaheads = phase_lookaheads(lookahead)
-    return [dict(p, reported=live_reported_sample(p["off"] + 1, n_samples, in_samples, hop, lookaheads[p["phase"]]))
+    when the live firmware (``live``) emits it. A trigger closes when its first sample below threshold / 2 (off + 1)
+    is finalised for its phase's look-ahead; one still open at the end closes at the "#end" (live_reported_sample)."""
+    return [dict(p, reported=live_reported_sample(p["off"] + 1, n_samples, live.in_samples, live.hop,
+                                                  live.lookaheads[p["phase"]]))
             for p in picks]
 
 
-def live_stream_picks(waveform: np.ndarray, model: Callable[[np.ndarray], np.ndarray], in_samples: int, hop: int,
-                      lookahead, rule: PickRule, eps: float | None = None, sampling_rate: float = 100.0,
-                      t0: float = 0.0, confirm=0, confirm_within: int = 50) -> tuple[list[dict], np.ndarray]:
-    """What the firmware's live mode emits on a whole stream ``waveform`` (3, n) followed by "#end": windows every
-    ``hop`` (live_offsets), the student's normalisation, ``model`` as in :func:`stream_picks`, each phase's curve
-    stacked with the live blinding of its look-ahead (``lookahead``: one for every phase or one per phase,
-    :func:`phase_lookaheads`; the noise column with P's) in place of the rule's, picks by ``rule``, each with its
-    "reported" sample (:func:`add_reported_samples`). With ``confirm`` (a look-ahead longer than the phase's, one
-    for every phase or one per phase, 0: none), the same windows are stacked once more at that look-ahead and each
-    pick gets "retracted": the sample its retraction line is reported at, or None (:func:`mark_retractions`).
-    Returns (picks, stacked curves)."""
-    lookaheads = phase_lookaheads(lookahead)
-    confirms = confirm_lookaheads(confirm, lookaheads, in_samples, hop)
+def live_stream_picks(waveform: np.ndarray, model: Callable[[np.ndarray], np.ndarray], live: LiveRule,
+                      rule: PickRule, eps: float | None = None, sampling_rate: float = 100.0,
+                      t0: float = 0.0) -> tuple[list[dict], np.ndarray]:
+    """What the firmware's live mode (``live``) emits on a whole stream ``waveform`` (3, n) followed by "#end":
+    windows every hop (live_offsets), the student's normalisation, ``model`` as in :func:`stream_picks`, each
+    phase's curve stacked with the live blinding of its look-ahead (the noise column with P's) in place of the
+    rule's, picks by ``rule``, each with its "reported" sample (:func:`add_reported_samples`). With a confirming
+    look-ahead, the same windows are stacked once more at it and each pick gets "retracted": the sample its
+    retraction line is reported at, or None (:func:`mark_retractions`). Returns (picks, stacked curves)."""
+    in_samples, hop, lookaheads, confirms = live.in_samples, live.hop, live.lookaheads, live.confirms
     waveform = _stream_waveform(waveform, "live_stream_picks")
     offsets = live_offsets(waveform.shape[1], in_samples, hop)
     predictions = _window_predictions(waveform, model, in_samples, offsets, eps)
@@ -337,14 +407,13 @@ def live_stream_picks(waveform: np.ndarray, model: Callable[[np.ndarray], np.nda
         return out
 
     stacked = stacked_at(lookaheads)
-    picks = add_reported_samples(rule.picks(stacked, PHASES, sampling_rate, t0), waveform.shape[1], in_samples, hop,
-                                 lookaheads)
+    picks = add_reported_samples(rule.picks(stacked, PHASES, sampling_rate, t0), waveform.shape[1], live)
     if any(confirms.values()):
         confirming_phases = "".join(phase for phase in PHASES if confirms[phase])
         confirming_curves = stacked_at({phase: confirms[phase] or lookaheads[phase] for phase in PHASES})
         confirming = [p for p in rule.picks(confirming_curves, PHASES, sampling_rate, t0)
                       if p["phase"] in confirming_phases]
-        picks = mark_retractions(picks, confirming, waveform.shape[1], in_samples, hop, confirms, confirm_within)
+        picks = mark_retractions(picks, confirming, waveform.shape[1], live)
     return picks, stacked
 
 
@@ -365,14 +434,14 @@ def confirm_lookaheads(confirm, lookaheads: dict[str, int], in_samples: int, hop
     return {phase: int(value) for phase, value in confirms.items()}
 
 
-def mark_retractions(picks: list[dict], confirming: list[dict], n_samples: int, in_samples: int, hop: int,
-                     confirm: dict[str, int], within: int) -> list[dict]:
+def mark_retractions(picks: list[dict], confirming: list[dict], n_samples: int, live: LiveRule) -> list[dict]:
     """``picks`` (live picks with "reported") each with "retracted": the last sample received when the firmware
     prints its retraction line, or None when it keeps the pick. A pick of a phase with a confirming look-ahead C
-    (``confirm``) is retracted when no pick of its phase on the confirming stream (``confirming``: the same windows
-    stacked at C, PickRule.picks dicts on the stream's grid) lies within ``within`` samples of it, once that stream
+    (``live.confirms``) is retracted when no pick of its phase on the confirming stream (``confirming``: the same
+    windows stacked at C, PickRule.picks dicts on the stream's grid) lies within ``live.confirm_within`` samples of it, once that stream
     has finalised the pick's sample + ``within`` and any trigger open there has closed; a pick whose sample +
     ``within`` that stream never covers (it keeps no prediction after the last window's end - C) is kept."""
+    in_samples, hop, confirm, within = live.in_samples, live.hop, live.confirms, live.confirm_within
     n_windows = len(live_offsets(n_samples, in_samples, hop))
     out = []
     for pick in picks:

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from pipeline.errors import EdgepickError
 from pipeline.data.normalization import NORM_EPS, normalize_windows
-from pipeline.model.picking import PickRule
+from pipeline.model.picking import LiveRule, PickRule
 
 DOWNSAMPLING = 64  # 4 ** 3: the internal length must be a multiple of this
 DEFAULT_MULTIPLIERS = (1, 2, 4, 4)
@@ -219,6 +219,9 @@ class XiaoNet(sbm.WaveformModel):
     _annotate_args["blinding"] = ("Number of prediction samples to discard on each side of each window prediction",
                                   (RECEPTIVE_RADIUS, RECEPTIVE_RADIUS))
     _annotate_args["overlap"] = (_annotate_args["overlap"][0], 0.5)
+    # The live pick mode the student was distilled for (pipeline.model.picking.LiveRule's settings, saved by make distill
+    # and make qat; None: not recorded). Annotate does not use it; it travels with the weights, as the pick rule.
+    _annotate_args["live_rule"] = ("The live rule the student was distilled for (pipeline.model.picking.LiveRule)", None)
 
     def __init__(
         self,
@@ -304,6 +307,12 @@ class XiaoNet(sbm.WaveformModel):
     def pick_rule(self) -> PickRule:
         """How this student picks by default (its ``default_args``; a classify call may override them)."""
         return PickRule.from_annotate_args(self.default_args, self._annotate_args)
+
+    @property
+    def live_rule(self) -> LiveRule | None:
+        """The live rule saved with this student (None for a student saved without one)."""
+        saved = self.default_args.get("live_rule")
+        return LiveRule(self.in_samples, **saved) if saved else None
 
     # ---- network -------------------------------------------------------------------------------------------
     def logits(self, x: torch.Tensor, channels_last: bool | None = None) -> torch.Tensor:

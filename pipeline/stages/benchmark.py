@@ -83,7 +83,7 @@ def run(config) -> dict:
     models, student = load_models(config)
     runners.check_rates(models, rates)
     if config.live.benchmark and student is not None:  # a live hop that does not fit: refused before any annotate
-        config.live.check(student.in_samples)
+        config.live.rule(student.in_samples)
 
     curves: dict[str, Curves] = {}
     annotate_seconds = {}

@@ -20,6 +20,7 @@ from pipeline.artifacts import atomic_dir, save_config
 from pipeline.deploy.convert import QuantizeResult, c_array, quantize_student
 from pipeline.deploy.convert.chain import format_latency, format_variants
 from pipeline.errors import EdgepickError
+from pipeline.model.picking import LiveRule
 from pipeline.model.student import hop_samples, load_student
 
 
@@ -47,7 +48,7 @@ def run(config) -> QuantizeResult:
         info["sampling_rate"] = float(model.sampling_rate)
         info["macs"] = model.count_macs()
         if live:  # the retraction's confirming curves: one hop of stitch buffer per confirming phase
-            info["confirm_stitch_samples"] = live["hop_samples"] * sum(v > 0 for v in live["confirm_samples"].values())
+            info["confirm_stitch_samples"] = live.hop * sum(v > 0 for v in live.confirms.values())
         info["estimated_latency"] = boards.estimate_latency(info["macs"], precision,
                                                             info["hop_samples"] / info["sampling_rate"])
         budgets[precision] = boards.check_budget(board, info, config.board, raise_error=False)
@@ -82,16 +83,10 @@ def run(config) -> QuantizeResult:
     return result
 
 
-def _live_settings(live, in_samples: int) -> dict | None:
-    """The ``live`` section as model_config.h takes it (None when the firmware is to replay exactly); a hop or
-    look-ahead that does not fit the student's window is refused here."""
-    if not live.enabled:
-        return None
-    live.check(in_samples)
-    return {"enabled": True, "hop_samples": int(live.hop_samples),
-            "lookahead_samples": {phase: int(v) for phase, v in live.lookaheads().items()},
-            "confirm_samples": {phase: int(v) for phase, v in live.confirms().items()},
-            "confirm_within_samples": int(live.confirm_within_samples)}
+def _live_settings(live, in_samples: int) -> LiveRule | None:
+    """The live rule model_config.h takes (None when the firmware is to replay exactly); a hop or look-ahead that
+    does not fit the student's window is refused here."""
+    return live.rule(in_samples) if live.enabled else None
 
 
 def _windows(dataset: str, split: str, count: int, samples: int, seed: int):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pipeline.artifacts import atomic_dir
 from pipeline.errors import EdgepickError
-from pipeline.model.picking import PickRule, confirm_lookaheads, live_blinding, phase_lookaheads
+from pipeline.model.picking import LiveRule, PickRule
 
 
 def c_array(name: str, data: bytes, per_line: int = 16) -> str:
@@ -48,10 +48,10 @@ def parse_c_array(source: str) -> bytes:
     return data
 
 
-def live_header_lines(in_samples: int, live: dict | None) -> list[str]:
-    """The live mode's lines of model_config.h from the ``live`` settings (the quantize stage's ``live`` section:
-    enabled, hop_samples, lookahead_samples: one for every phase or {"P": ..., "S": ...}, optional confirm_samples
-    (likewise; 0 or absent: no retraction) and confirm_within_samples (50)); None: exact replay, no live values."""
+def live_header_lines(in_samples: int, live: LiveRule | None, enabled: bool = True) -> list[str]:
+    """The live mode's lines of model_config.h from the live rule (``live``, for windows of ``in_samples``;
+    ``enabled`` False: written, but the firmware replays exactly unless a build flag says otherwise); None: exact
+    replay, no live values."""
     lines = ["// The live pick mode (`live.*` in pipeline/config.py, docs/firmware.md \"Live mode\"): 1 = a window every",
              "// EDGEPICK_LIVE_HOP_SAMPLES, each keeping, per phase, the hop predictions that end that phase's look-ahead",
              "// (EDGEPICK_LIVE_<phase>_BLIND_POST samples) before its end, every sample final look-ahead to look-ahead +",
@@ -59,29 +59,30 @@ def live_header_lines(in_samples: int, live: dict | None) -> list[str]:
              "// window late). A build flag -DEDGEPICK_LIVE=0 or 1 overrides it.", "#ifndef EDGEPICK_LIVE"]
     if not live:
         return lines + ["#define EDGEPICK_LIVE 0  // this header was written without live settings", "#endif"]
-    blindings = {phase: live_blinding(in_samples, live["hop_samples"], lookahead)  # refuses what does not fit
-                 for phase, lookahead in phase_lookaheads(live["lookahead_samples"]).items()}
-    lines += [f"#define EDGEPICK_LIVE {1 if live['enabled'] else 0}  // live.enabled", "#endif",
-              f"#define EDGEPICK_LIVE_HOP_SAMPLES {int(live['hop_samples'])}  // live.hop_samples"]
+    if live.in_samples != in_samples:
+        raise EdgepickError(f"the live rule is for {live.in_samples}-sample windows, the model's are {in_samples}")
+    blindings = {phase: live.blinding(lookahead) for phase, lookahead in live.lookaheads.items()}
+    lines += [f"#define EDGEPICK_LIVE {1 if enabled else 0}  // live.enabled", "#endif", f"// The live rule: {live}",
+              f"#define EDGEPICK_LIVE_HOP_SAMPLES {live.hop}  // live.hop_samples"]
     for phase, (pre, post) in blindings.items():
         lines += [f"#define EDGEPICK_LIVE_{phase}_BLIND_PRE {pre}  // window - hop - look-ahead (pipeline.model.picking.live_blinding)",
                   f"#define EDGEPICK_LIVE_{phase}_BLIND_POST {post}  // live.{phase.lower()}_lookahead_samples"]
-    confirms = confirm_lookaheads(live.get("confirm_samples", 0), phase_lookaheads(live["lookahead_samples"]), in_samples,
-                                  live["hop_samples"])
+    confirms = live.confirms
     lines += ["// Retraction: each phase's picks are checked on the same windows at a longer look-ahead (0: never",
               "// retracted); one with no pick there within EDGEPICK_LIVE_CONFIRM_WITHIN samples is withdrawn by a",
               "// \"retract\" line (pipeline.model.picking.mark_retractions, docs/firmware.md \"Retraction\")"]
     lines += [f"#define EDGEPICK_LIVE_{phase}_CONFIRM_POST {value}  // live.{phase.lower()}_confirm_samples"
               for phase, value in confirms.items()]
-    lines += [f"#define EDGEPICK_LIVE_CONFIRM_WITHIN {int(live.get('confirm_within_samples', 50))}  "
+    lines += [f"#define EDGEPICK_LIVE_CONFIRM_WITHIN {live.confirm_within}  "
               "// live.confirm_within_samples"]
     return lines
 
 
-def model_config_header(info: dict, rule: PickRule, budget: dict, norm_eps: float, live: dict | None = None) -> str:
+def model_config_header(info: dict, rule: PickRule, budget: dict, norm_eps: float, live: LiveRule | None = None,
+                        live_enabled: bool = True) -> str:
     """``model_config.h``: what the firmware takes from the converted model (``info``, one variant of the quantize
-    stage), the student's pick rule and normalisation, the live mode's settings (``live``: enabled, hop_samples,
-    lookahead_samples, confirm_samples, confirm_within_samples; None: exact replay only) and the board's memory budget (``boards.check_budget``)."""
+    stage), the student's pick rule and normalisation, its live rule (``live``; None: exact replay only;
+    ``live_enabled`` as in :func:`live_header_lines`) and the board's memory budget (``boards.check_budget``)."""
     q = info["io"]
     blind_pre, blind_post = rule.blinding or (0, 0)
     lines = [
@@ -127,7 +128,7 @@ def model_config_header(info: dict, rule: PickRule, budget: dict, norm_eps: floa
         f"#define EDGEPICK_BLIND_POST {int(blind_post)}  // ... and end (SeisBench's blinding)",
         f"#define EDGEPICK_PICK_TOLERANCE_S {float(rule.match_tolerance_s)!r}f  // picks within this agree",
         "",
-        *live_header_lines(int(info["in_samples"]), live),
+        *live_header_lines(int(info["in_samples"]), live, live_enabled),
         "",
         f"// memory budget for board {budget['board']} ({budget['description']}), margin {budget['margin']:.0%}",
         "// (the board a build runs on is EDGEPICK_BOARD_NAME, set by its platformio.ini environment; the firmware",
@@ -180,7 +181,7 @@ def model_ops_header(ops: list[str]) -> str:
 
 
 def write_firmware(out_dir: str | Path, payload: bytes, info: dict, rule: PickRule, budget: dict,
-                   norm_eps: float, live: dict | None = None) -> dict[str, str]:
+                   norm_eps: float, live: LiveRule | None = None) -> dict[str, str]:
     """Write model_data.cc/.h, model_config.h (``live`` as in :func:`model_config_header`) and model_ops.h
     (``info["ops"]``: op type -> count) into ``out_dir`` atomically (all or nothing)."""
     files = model_data_files(payload, info["precision"], info["sha256"])
