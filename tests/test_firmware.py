@@ -423,11 +423,7 @@ def test_stream_rejects_bad_config(driver):
 def test_replay_over_pty(driver, tmp_path):
     import tty
 
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import replay
-    finally:
-        sys.path.pop(0)
+    from pipeline.deploy import replay
     master, slave = os.openpty()
     tty.setraw(slave)
     slave_name = os.ttyname(slave)
@@ -596,11 +592,7 @@ def test_replay_over_pty_with_tflite_micro(driver, tmp_path, model):
     import tty
 
     runtime = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import replay
-    finally:
-        sys.path.pop(0)
+    from pipeline.deploy import replay
     if model == "mul-softmax":
         interpreter = runtime.Interpreter.from_bytes(tiny_tflite_model(IN_SAMPLES), arena_size=64 * 1024)
 
@@ -685,11 +677,7 @@ def test_replay_reads_miniseed_gaps_as_gaps_and_opens_datasets(driver, tmp_path)
     """scripts/replay.py reads miniSEED as the data stage does: a gap stays a gap (an index jump the firmware
     reports), never interpolated; and --dataset opens an edgepick dataset (it used to refuse every one)."""
     obspy = pytest.importorskip("obspy")
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import replay
-    finally:
-        sys.path.pop(0)
+    from pipeline.deploy import replay
     from pipeline.config import DataConfig
     from pipeline.data.datasets import write_dataset
     from pipeline.deploy.serial_protocol import sample_lines

@@ -9,7 +9,6 @@ import math
 import os
 import re
 import subprocess
-import sys
 import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -36,11 +35,8 @@ EARTHWORM_FIELDS = re.compile(r"^(\d+) (\d+) (\d+) (\d+) (\S+)\.(\S+)\.(\S+)\.(\
 
 
 def replay_module():
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import replay
-    finally:
-        sys.path.pop(0)
+    from pipeline.deploy import replay
+
     return replay
 
 

@@ -26,15 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from pipeline.data import waveforms  # noqa: E402
-from pipeline.deploy import pick_formats  # noqa: E402
-from pipeline.data.datasets import open_dataset  # noqa: E402
-from pipeline.errors import EdgepickError  # noqa: E402
-from pipeline.deploy.serial_protocol import parse_pick_lines, sample_lines  # noqa: E402
+from pipeline.data import waveforms
+from pipeline.data.datasets import open_dataset
+from pipeline.deploy import pick_formats
+from pipeline.deploy.serial_protocol import parse_pick_lines, sample_lines
+from pipeline.errors import EdgepickError
 
 SAMPLING_RATE = 100.0
 
