@@ -78,7 +78,7 @@ def cycles(edges: dict[str, list[tuple[str, bool]]]) -> list[list[str]]:
 
 
 def kind(module: str) -> str:
-    if module.startswith("scripts."):
+    if module.startswith(("scripts.", "pipeline.studies.")):  # the studies sit above the libraries, as scripts
         return "script"
     if module.startswith(STAGES + ".") and module != STAGES:
         return "stage"

@@ -440,24 +440,21 @@ def test_teacher_on_stead50_agrees_with_notes(teacher_cache, shared, tmp_path):
         assert scored[phase][tol]["f1"] == pytest.approx(f1, abs=0.03), (phase, tol)
 
 
-@pytest.mark.parametrize("script", ["benchmark_student.py", "benchmark_quantize.py", "benchmark_kd_vs_hard.py",
-                                    "benchmark_blinding.py", "benchmark_live.py"])
-def test_benchmark_scripts_end_bad_input_with_one_line(script, tmp_path):
-    """A benchmark script given a student or dataset that is not there: one line on stderr, exit 2, no traceback."""
+@pytest.mark.parametrize("study", ["student", "quantize", "kd_vs_hard", "blinding", "live"])
+def test_studies_end_bad_input_with_one_line(study, tmp_path):
+    """A study given a student or dataset that is not there: one line on stderr, exit 2, no traceback."""
     import subprocess
     import sys
-    from pathlib import Path
 
     missing = str(tmp_path / "missing")
-    args = {"benchmark_student.py": ["--student", missing, "--dataset", missing],
-            "benchmark_quantize.py": ["--student", missing],
-            "benchmark_kd_vs_hard.py": ["--dataset", missing, "--json", str(tmp_path / "out.json")],
-            "benchmark_blinding.py": ["--student", missing, "--dataset", missing, "--json", str(tmp_path / "out.json")],
-            "benchmark_live.py": ["--student", missing, "--datasets", missing, "--json", str(tmp_path / "out.json")]}[script]
-    root = Path(__file__).resolve().parents[1]
-    result = subprocess.run([sys.executable, str(root / "scripts" / script), *args], capture_output=True, text=True,
+    args = {"student": ["--student", missing, "--dataset", missing],
+            "quantize": ["--student", missing],
+            "kd_vs_hard": ["--dataset", missing, "--json", str(tmp_path / "out.json")],
+            "blinding": ["--student", missing, "--dataset", missing, "--json", str(tmp_path / "out.json")],
+            "live": ["--student", missing, "--datasets", missing, "--json", str(tmp_path / "out.json")]}[study]
+    result = subprocess.run([sys.executable, "-m", f"pipeline.studies.{study}", *args], capture_output=True, text=True,
                             cwd=tmp_path, timeout=300)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{Path(script).stem}: error: ") and "missing" in lines[0], result.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"{study}: error: ") and "missing" in lines[0], result.stderr
     assert not (tmp_path / "out.json").exists()

@@ -24,17 +24,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.evaluate import metrics  # noqa: E402
-from pipeline.model import annotation, runners  # noqa: E402
-from pipeline.errors import EdgepickError, run_script  # noqa: E402
-from pipeline.data.traces import load_labelled  # noqa: E402
+from pipeline.evaluate import metrics
+from pipeline.model import annotation, runners
+from pipeline.errors import EdgepickError, run_script
+from pipeline.data.traces import load_labelled
 
 
 def first_max(segment: np.ndarray) -> float:

@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.model import runners  # noqa: E402
-from pipeline.model.annotation import dataset_curves  # noqa: E402
-from pipeline.errors import EdgepickError, run_script  # noqa: E402
-from pipeline.evaluate.metrics import PHASES, matched_pairs, score_picks  # noqa: E402
-from pipeline.data.traces import load_labelled  # noqa: E402
+from pipeline.model import runners
+from pipeline.model.annotation import dataset_curves
+from pipeline.errors import EdgepickError, run_script
+from pipeline.evaluate.metrics import PHASES, matched_pairs, score_picks
+from pipeline.data.traces import load_labelled
 
 TOLERANCES = (0.1, 0.5)
 PEAK_BINS = ((0.3, 0.5), (0.5, 0.7), (0.7, 1.01))  # the teacher's peak probability

@@ -58,7 +58,7 @@ def main() -> None:
                         help="P and S threshold of every model (default: each model's own pick rule; teachers 0.3)")
     parser.add_argument("--json", help="write all figures here")
     args = parser.parse_args()
-    datasets = args.dataset or [str(Path(__file__).resolve().parents[2] / "shared" / "datasets" / "stead50")]
+    datasets = args.dataset or [str(Path(__file__).resolve().parents[3] / "shared" / "datasets" / "stead50")]
 
     students = {path: load_student(path) for path in args.student}
     opened = {spec: open_split(spec) for spec in datasets}  # bad paths are refused before the teacher is loaded

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -29,16 +28,14 @@ import numpy as np
 import obspy
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipeline.config import DataConfig
+from pipeline.data.datasets import open_dataset, write_dataset
+from pipeline.errors import run_script
+from pipeline.distill.soft_label_cache import SoftLabelCache, build_soft_labels
+from pipeline.distill.soft_labels import OnTheFlyTeacher
+from pipeline.model.teachers import Teacher
 
-from pipeline.config import DataConfig  # noqa: E402
-from pipeline.data.datasets import open_dataset, write_dataset  # noqa: E402
-from pipeline.errors import run_script  # noqa: E402
-from pipeline.distill.soft_label_cache import SoftLabelCache, build_soft_labels  # noqa: E402
-from pipeline.distill.soft_labels import OnTheFlyTeacher  # noqa: E402
-from pipeline.model.teachers import Teacher  # noqa: E402
-
-STEAD50 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "stead50"
+STEAD50 = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "stead50"
 
 
 def records(n: int):

@@ -31,20 +31,17 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.data import generators  # noqa: E402
-from pipeline.distill.soft_label_cache import build_soft_labels  # noqa: E402
-from pipeline.config import Config  # noqa: E402
-from pipeline.errors import EdgepickError, run_script  # noqa: E402
-from pipeline.distill.loop import distill  # noqa: E402
+from pipeline.data import generators
+from pipeline.distill.soft_label_cache import build_soft_labels
+from pipeline.config import Config
+from pipeline.errors import EdgepickError, run_script
+from pipeline.distill.loop import distill
 
 
 def config_for(mode: str, args, out: Path) -> Config:

@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.evaluate import metrics  # noqa: E402
-from pipeline.model import annotation, teachers  # noqa: E402
-from pipeline.errors import EdgepickError, run_script  # noqa: E402
-from pipeline.data.traces import load_labelled  # noqa: E402
-from pipeline.model.student import load_student  # noqa: E402
+from pipeline.evaluate import metrics
+from pipeline.model import annotation, teachers
+from pipeline.errors import EdgepickError, run_script
+from pipeline.data.traces import load_labelled
+from pipeline.model.student import load_student
 
 
 def f1(model, waveforms, rate, order, truth, threshold, tolerance, **classify_args) -> dict[str, float]:

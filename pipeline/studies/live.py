@@ -25,19 +25,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.model import annotation, runners  # noqa: E402
-from pipeline.errors import EdgepickError, run_script  # noqa: E402
-from pipeline.evaluate.metrics import score_picks  # noqa: E402
-from pipeline.model.picking import LiveRule  # noqa: E402
-from pipeline.evaluate import live as live_pass  # noqa: E402
-from pipeline.data.traces import load_labelled  # noqa: E402
-from pipeline.model.student import load_student  # noqa: E402
+from pipeline.model import annotation, runners
+from pipeline.errors import EdgepickError, run_script
+from pipeline.evaluate.metrics import score_picks
+from pipeline.model.picking import LiveRule
+from pipeline.evaluate import live as live_pass
+from pipeline.data.traces import load_labelled
+from pipeline.model.student import load_student
 
 TOLERANCES = (0.1, 0.5)
 
@@ -70,7 +67,7 @@ def labelled_folders(text: str | None) -> list[tuple[Path, str]]:
             folder, _, split = item.partition(":")
             folders.append((Path(folder), split))
     else:
-        root = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+        root = Path(__file__).resolve().parents[3] / "shared" / "datasets"
         folders = sorted((p, "") for p in root.glob("*") if (p / "metadata.csv").is_file())
     for folder, _ in folders:
         if not (folder / "metadata.csv").is_file():

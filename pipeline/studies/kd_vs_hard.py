@@ -16,21 +16,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[2]
 
-import benchmark_student  # noqa: E402
+from pipeline.studies import student as benchmark_student
 
-from pipeline.distill import training  # noqa: E402
-from pipeline.model import teachers  # noqa: E402
-from pipeline.config import Config  # noqa: E402
-from pipeline.errors import run_script  # noqa: E402
-from pipeline.distill import loop as distillation  # noqa: E402
-from pipeline.model.student import load_student  # noqa: E402
+from pipeline.distill import training
+from pipeline.model import teachers
+from pipeline.config import Config
+from pipeline.errors import run_script
+from pipeline.distill import loop as distillation
+from pipeline.model.student import load_student
 
 
 def train(args, alpha: float, out: Path) -> Path:

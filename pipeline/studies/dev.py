@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.model import annotation, runners  # noqa: E402
-from pipeline.config import Config  # noqa: E402
-from pipeline.errors import EdgepickError, run_script  # noqa: E402
-from pipeline.evaluate.metrics import PHASES  # noqa: E402
-from pipeline.evaluate import dev_split  # noqa: E402
-from pipeline.model.student import load_student  # noqa: E402
+from pipeline.model import annotation, runners
+from pipeline.config import Config
+from pipeline.errors import EdgepickError, run_script
+from pipeline.evaluate.metrics import PHASES
+from pipeline.evaluate import dev_split
+from pipeline.model.student import load_student
 
 TOLERANCES = (0.1, 0.5)
 DEFAULT_DEV = ("data/labelled/stead50:dev", "data/labelled/deepdenoiser99:dev", "data/labelled/obst_obs37:dev",

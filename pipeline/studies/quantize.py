@@ -18,21 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.deploy import boards  # noqa: E402
-from pipeline.data import generators  # noqa: E402
-from pipeline.deploy.convert import onnx_export, onnx_to_keras, quantize_student, tflite  # noqa: E402
-from pipeline.deploy.convert.chain import format_variants  # noqa: E402
-from pipeline.errors import run_script  # noqa: E402
-from pipeline.data.normalization import normalize_windows  # noqa: E402
-from pipeline.model.student import XiaoNet, hop_samples, load_student, phasenet_macs  # noqa: E402
+from pipeline.deploy import boards
+from pipeline.data import generators
+from pipeline.deploy.convert import onnx_export, onnx_to_keras, quantize_student, tflite
+from pipeline.deploy.convert.chain import format_variants
+from pipeline.errors import run_script
+from pipeline.data.normalization import normalize_windows
+from pipeline.model.student import XiaoNet, hop_samples, load_student, phasenet_macs
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

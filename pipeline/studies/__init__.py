@@ -1,0 +1,2 @@
+"""Studies: the figures a recipe choice or a README figure is measured with, each printed, never asserted in timed
+tests (``python -m pipeline study NAME ...``). Like the scripts, they sit above the libraries and import no stage."""
