@@ -452,9 +452,9 @@ def test_studies_end_bad_input_with_one_line(study, tmp_path):
             "kd_vs_hard": ["--dataset", missing, "--json", str(tmp_path / "out.json")],
             "blinding": ["--student", missing, "--dataset", missing, "--json", str(tmp_path / "out.json")],
             "live": ["--student", missing, "--datasets", missing, "--json", str(tmp_path / "out.json")]}[study]
-    result = subprocess.run([sys.executable, "-m", f"pipeline.studies.{study}", *args], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "pipeline", "study", study, *args], capture_output=True, text=True,
                             cwd=tmp_path, timeout=300)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{study}: error: ") and "missing" in lines[0], result.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"study {study}: error: ") and "missing" in lines[0], result.stderr
     assert not (tmp_path / "out.json").exists()

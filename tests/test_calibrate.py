@@ -114,3 +114,25 @@ def test_dev_splits_pool(labelled):
     assert all(len(both.labelled[phase]) == len(both.waveforms) for phase in ("P", "S"))
     with pytest.raises(EdgepickError, match="dev split"):
         dev_split.load_dev(config_for("unused", ""), f"{labelled}:dev,{labelled}:test")
+
+
+def test_dev_study_scores_what_recipe_choices_are_made_with(labelled, student_folder):
+    """The dev study (python -m pipeline study dev): per model, split and phase, F1 at 0.1 / 0.5 s at the model's
+    own threshold, make calibrate's objective (their mean) there and at the best threshold of the grid; two
+    analyst-picked splits also pooled, a split and its copy pooled scoring as the split."""
+    from pipeline.model import runners
+    from pipeline.studies import dev as dev_study
+
+    student = runners.BenchModel("student", "pytorch", "fp32", [load_student(student_folder)], spec="s")
+    part = dev_split.load_dev(config_for("unused", ""), f"{labelled}:dev")
+    report = dev_study.dev_report([student], [part, part], (0.2, 0.4, 0.6, 0.8))
+    assert set(report["s"]) == {part.label, "analyst dev, pooled"}
+    own = student.members[0].pick_rule
+    for phase in part.phases:
+        scores = report["s"][part.label][phase]
+        assert scores["threshold"] == own.threshold(phase)
+        assert scores["objective"] == pytest.approx((scores["f1_0.1"] + scores["f1_0.5"]) / 2)
+        assert scores["best_threshold"] in (0.2, 0.4, 0.6, 0.8, own.threshold(phase))
+        assert scores["best_objective"] >= scores["objective"]
+        assert report["s"]["analyst dev, pooled"][phase] == pytest.approx(scores)
+    assert any(report["s"][part.label][phase]["best_objective"] > 0 for phase in part.phases)  # picks were scored

@@ -151,7 +151,7 @@ def station_segments(path: str | Path, station: str | None = None,
     if not stations:
         raise EdgepickError(f"{path}: no traces{' for ' + station if station else ''}")
     if len(stations) > 1:
-        raise EdgepickError(f"{path} holds {len(stations)} stations ({', '.join('.'.join(s) for s in stations[:5])}): pick one (replay.py --station)")
+        raise EdgepickError(f"{path} holds {len(stations)} stations ({', '.join('.'.join(s) for s in stations[:5])}): pick one (replay --station)")
     counts = collections.Counter()
     components = station_components(stream, counts)
     if components is None:

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Stream a miniSEED file or a dataset trace to an edgepick device over a serial port and collect its picks.
 
-    scripts/replay.py --port /dev/ttyUSB0 --mseed day.mseed [--station OK.X34] [--speed 1]
-    scripts/replay.py --port /dev/ttyUSB0 --dataset data/synthetic --trace 17 [--out picks.jsonl]
-    scripts/replay.py --port /dev/ttyUSB0 --mseed day.mseed --quakeml picks.xml --earthworm picks.pick_scnl
+    python -m pipeline replay --port /dev/ttyUSB0 --mseed day.mseed [--station OK.X34] [--speed 1]
+    python -m pipeline replay --port /dev/ttyUSB0 --dataset data/synthetic --trace 17 [--out picks.jsonl]
+    python -m pipeline replay --port /dev/ttyUSB0 --mseed day.mseed --quakeml picks.xml --earthworm picks.pick_scnl
 
 The device speaks the line protocol of firmware/lib/edgepick_core/src/ep_line_parser.h: this script sends
 "#reset", "#t0 <epoch>", one "index z n e" line per 100 Hz sample and "#end", and reads the JSON lines the
@@ -157,7 +157,7 @@ def replay_array(port, x, t0: float = 0.0, speed: float | None = None, timeout: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline replay", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", required=True, help="serial port of the device, e.g. /dev/ttyUSB0")
     parser.add_argument("--baud", type=int, default=115200)
     source = parser.add_mutually_exclusive_group(required=True)

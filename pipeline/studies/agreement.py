@@ -3,7 +3,7 @@ teacher's, the benchmark's continuous-data figure) for the teacher itself on the
 apart (its own run-to-run ceiling: only where SeisBench's windows fall changes), for a second teacher, and for
 students; and each one's recall of the teacher's picks by the teacher's peak probability.
 
-    SEISBENCH_CACHE_ROOT=../shared/seisbench python scripts/benchmark_agreement.py \
+    SEISBENCH_CACHE_ROOT=../shared/seisbench python -m pipeline study agreement \
         [--dataset data/transfer:test] [--teacher phasenet:okla] [--other eqtransformer:elep] [--shift-s 7.5] \
         [--student models/student_qat ...] [--json out.json]
 
@@ -63,8 +63,8 @@ def recall_by_peak(reference: dict, candidate: dict, tolerance: float) -> dict[s
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline study agreement", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="data/transfer:test", help="folder[:split] of windows of continuous data")
     parser.add_argument("--teacher", default="phasenet:okla", help="the reference teacher (teacher.name)")
     parser.add_argument("--other", default="eqtransformer:elep", help="a second teacher scored against it ('' = none)")
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--student", action="append", default=[], help="a saved student (repeatable)")
     parser.add_argument("--max-traces", type=int, default=0, help="a seeded subset (0: all)")
     parser.add_argument("--json", help="write the rows here too")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(2)

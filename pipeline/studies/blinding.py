@@ -1,6 +1,6 @@
 """Student against teacher with the same blinding: protocol 1 (pipeline.model.annotation.predict_picks), each model run twice.
 
-    SEISBENCH_CACHE_ROOT=../shared/seisbench python scripts/benchmark_blinding.py \
+    SEISBENCH_CACHE_ROOT=../shared/seisbench python -m pipeline study blinding \
         --student models/student_qat [--student ...] [--teacher phasenet:okla] [--dataset ../shared/datasets/stead50]
 
 ``make benchmark`` scores every model with its own SeisBench defaults: the student blinds 302 samples at each end
@@ -28,8 +28,8 @@ def f1(model, waveforms, rate, order, truth, threshold, tolerance, **classify_ar
     return {phase: round(scored[phase][tolerance]["f1"], 3) for phase in metrics.PHASES}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline study blinding", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--student", action="append", required=True, help="a saved student (repeatable)")
     parser.add_argument("--teacher", default="phasenet:okla", help="one teacher (no ensemble)")
     parser.add_argument("--dataset", default="../shared/datasets/stead50", help="labelled: path or path:split")
@@ -37,7 +37,7 @@ def main() -> None:
                         help="P and S threshold of every model (default: each model's own pick rule; teachers 0.3)")
     parser.add_argument("--tolerance", type=float, default=0.5, help="seconds")
     parser.add_argument("--json", help="write the figures here too")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     path, _, split = args.dataset.partition(":") if not Path(args.dataset).is_dir() else (args.dataset, "", "")
     waveforms, metadata, rate, order = load_labelled(Path(path), split)
     truth = {phase: [row / rate for row in rows] for phase, rows in metrics.analyst_picks(metadata).items()}

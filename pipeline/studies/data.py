@@ -1,6 +1,6 @@
 """Data-stage figures: synthetic generation time, training-generator throughput, teacher F1.
 
-    python scripts/benchmark_data.py [--traces 2000] [--workers 2] [--teacher phasenet:okla]
+    python -m pipeline study data [--traces 2000] [--workers 2] [--teacher phasenet:okla]
 
 Prints the three figures with their targets. Needs the teacher weights (SEISBENCH_CACHE_ROOT) for the F1.
 """
@@ -23,14 +23,14 @@ from pipeline.errors import run_script
 from pipeline.data.sources import source_records
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline study data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--traces", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=20.0, help="how long to measure throughput")
     parser.add_argument("--in-samples", type=int, default=3001)
     parser.add_argument("--f1-traces", type=int, default=0, help="score the teacher on this many test traces (0: all)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(2)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads 2")
 

@@ -1,6 +1,6 @@
 """Students (and the teacher) scored on dev splits only: the figures a recipe choice is made on.
 
-    SEISBENCH_CACHE_ROOT=../shared/seisbench python scripts/benchmark_dev.py \
+    SEISBENCH_CACHE_ROOT=../shared/seisbench python -m pipeline study dev \
         --student models/student_qat [--student models/other_qat ...] \
         [--dev data/labelled/stead50:dev --dev data/labelled/obst_obs37:dev ...] [--json out.json]
 
@@ -46,14 +46,36 @@ def score(model, dev: dev_split.DevSplit, curves: annotation.Curves, thresholds)
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def dev_report(models, parts: list[dev_split.DevSplit], thresholds) -> dict:
+    """model spec -> dev split label -> :func:`score`, each split on its own and, with several analyst-picked
+    ones, pooled ("analyst dev, pooled"): the figures recipe choices are made with."""
+    analyst = [part for part in parts if part.against == "analyst"]
+    report: dict = {}
+    for model in models:
+        runners.check_rates([model], [parts[0].rate])
+        name = model.spec
+        report[name] = {}
+        curves = []
+        for part in parts:
+            curves.append(annotation.dataset_curves(model, part.waveforms, part.rate, part.order))
+            report[name][part.label] = score(model, part, curves[-1], thresholds)
+        if len(analyst) > 1:
+            pooled = annotation.Curves(curves[0].rate, curves[0].rule)
+            for part, part_curves in zip(parts, curves):
+                if part.against == "analyst":
+                    pooled.extend(part_curves)
+            report[name]["analyst dev, pooled"] = score(model, dev_split.pool_dev(analyst), pooled, thresholds)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline study dev", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--student", action="append", required=True, help="a saved student (repeatable)")
     parser.add_argument("--teacher", default="phasenet:okla")
     parser.add_argument("--dev", action="append", help="a dev split path:split (repeatable)")
     parser.add_argument("--max-traces", type=int, default=600, help="a seeded subset of each split (0: all)")
     parser.add_argument("--json", help="write all figures here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     specs = args.dev or [s for s in DEFAULT_DEV if Path(s.rpartition(":")[0], "metadata.csv").is_file()]
     if not specs:
         raise EdgepickError("no dev split: run `make labelled` (and `make recipe`'s data) or pass --dev path:dev")
@@ -70,22 +92,7 @@ def main() -> None:
     models = [runners.load_teacher(args.teacher)] + students
     thresholds = config.calibrate.thresholds
 
-    report: dict = {}
-    for model in models:
-        runners.check_rates([model], [parts[0].rate])
-        name = model.spec
-        report[name] = {}
-        curves = []
-        for part in parts:
-            curves.append(annotation.dataset_curves(model, part.waveforms, part.rate, part.order))
-            report[name][part.label] = score(model, part, curves[-1], thresholds)
-        if len(analyst) > 1:
-            pooled = annotation.Curves(curves[0].rate, curves[0].rule)
-            for part, part_curves in zip(parts, curves):
-                if part.against == "analyst":
-                    pooled.extend(part_curves)
-            report[name]["analyst dev, pooled"] = score(model, dev_split.pool_dev(analyst), pooled, thresholds)
-
+    report = dev_report(models, parts, thresholds)
     sizes = {part.label: len(part.waveforms) for part in parts}
     sizes["analyst dev, pooled"] = sum(len(part.waveforms) for part in analyst)
     print(f"\n{'model':28} {'dev split':42} {'traces':>6}  " + "  ".join(

@@ -1,6 +1,6 @@
 """Seconds per distillation epoch: the soft-label cache against the PhaseNet teacher run on the fly.
 
-    SEISBENCH_CACHE_ROOT=../shared/seisbench .venv/bin/python scripts/benchmark_distill_modes.py \
+    SEISBENCH_CACHE_ROOT=../shared/seisbench python -m pipeline study distill_modes \
         --dataset data/synthetic --windows 2048 --batch 64 --epochs 2 --repeat 2
 
 Runs the ordinary distillation (``pipeline.distill.loop.distill``, default student, alpha 1, PhaseNet ``okla``) twice on the
@@ -61,8 +61,8 @@ def config_for(mode: str, args, out: Path) -> Config:
     return config
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline study distill_modes", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="data/synthetic")
     parser.add_argument("--teacher", default="phasenet:okla")
     parser.add_argument("--windows", type=int, default=2048, help="training windows per epoch (both modes)")
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="runs per mode, in ABBA order; the fastest last epoch counts")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cpu (GPUs hidden) or cuda: where the student and the teacher run")
     parser.add_argument("--out", default="", help="folder for the two runs' students (default: a temporary one)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # distill trains on a GPU whenever it sees one
     elif not torch.cuda.is_available():

@@ -1,6 +1,6 @@
 """Distillation against hard labels alone: the same student, data, epochs and seed; only the loss differs.
 
-    SEISBENCH_CACHE_ROOT=../shared/seisbench .venv/bin/python scripts/benchmark_kd_vs_hard.py \
+    SEISBENCH_CACHE_ROOT=../shared/seisbench python -m pipeline study kd_vs_hard \
         [--dataset data/synthetic_near] [--epochs 10] [--windows 8000] [--out models/kd_vs_hard] \
         [--eval ../shared/datasets/stead50 --eval data/synthetic_near:test]
 
@@ -8,7 +8,7 @@ Trains two students with ``pipeline.distill.loop.distill`` from one config: ``kd
 (default T 4, alpha 1: the teacher's soft targets only) and ``hard`` with alpha 0 (cross-entropy with the
 dataset's probabilistic labels only). The training set must be labelled. Each run is resumable (``--out`` keeps
 both; a finished run is not trained again). Then both, and the teacher, are scored with protocol 1 of
-``pipeline.model.annotation.evaluate_picker`` on every ``--eval`` set (scripts/benchmark_student.py): F1 for P and S at 0.1 / 0.5 s and
+``pipeline.model.annotation.evaluate_picker`` on every ``--eval`` set (pipeline/studies/student.py): F1 for P and S at 0.1 / 0.5 s and
 by S-P time. Prints a table; ``--json`` writes every figure.
 """
 
@@ -44,8 +44,8 @@ def train(args, alpha: float, out: Path) -> Path:
     return out / distillation.STUDENT / distillation.STUDENT
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline study kd_vs_hard", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="data/synthetic_near", help="labelled training data (both runs)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--windows", type=int, default=8000, help="training windows per epoch")
@@ -55,7 +55,7 @@ def main() -> None:
                         help="P and S threshold of every model (default: each model's own pick rule; teachers 0.3)")
     parser.add_argument("--json", help="write all figures here")
     parser.add_argument("--set", action="append", default=[], help="config override key=value (both runs)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     evals = args.eval or [str(ROOT.parent / "shared" / "datasets" / "stead50"), f"{args.dataset}:test"]
 
     config = Config.load(None, args.set)

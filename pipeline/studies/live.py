@@ -2,7 +2,7 @@
 0.1 / 0.5 s of the exact replay and of the live mode, and the latency of the live picks (reported time - analyst
 onset, picks matched within 0.5 s: median and 95th percentile).
 
-    SEISBENCH_CACHE_ROOT=../shared/seisbench python scripts/benchmark_live.py --student models/student_qat \
+    SEISBENCH_CACHE_ROOT=../shared/seisbench python -m pipeline study live --student models/student_qat \
         [--datasets ../shared/datasets/stead50,data/synthetic:dev,...] [--grid 100:100,50:100,100:50,100:200] \
         [--no-warmup] [--confirm 500,1000] [--json out.json]
 
@@ -138,8 +138,8 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline study live", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--student", required=True, help="a saved student")
     parser.add_argument("--datasets", help="comma-separated SeisBench-format folder[:split]s (default: ../shared/datasets/*)")
     parser.add_argument("--grid", default="100:100,50:100,100:50,100:200", help="hop:look-ahead pairs (samples)")
@@ -150,7 +150,7 @@ def main() -> None:
     parser.add_argument("--confirm", default="", help="confirming look-aheads (samples) to measure, e.g. 500,1000")
     parser.add_argument("--confirm-within", type=int, default=50, help="a confirming pick this close keeps a live one")
     parser.add_argument("--json", help="write the rows here too")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)

@@ -1,6 +1,6 @@
 """Where in a triggered segment the pick goes, measured on real analyst picks at 0.1 and 0.5 s (issue 15).
 
-    SEISBENCH_CACHE_ROOT=../shared/seisbench python scripts/benchmark_pick_rules.py \
+    SEISBENCH_CACHE_ROOT=../shared/seisbench python -m pipeline study pick_rules \
         --student models/student_qat [--tflite models/tflite] [--teacher phasenet:okla] \
         [--dataset ../shared/datasets/stead50 ...] [--threshold 0.3]
 
@@ -106,8 +106,8 @@ def cached_curves(model, key: str, waveforms, rate, order, cache: Path) -> annot
     return curves
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline study pick_rules", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--student", action="append", default=[], help="a saved student (repeatable)")
     parser.add_argument("--tflite", action="append", default=[], help="a quantize output folder: its INT8 build")
     parser.add_argument("--teacher", default="phasenet:okla")
@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--max-traces", type=int, default=0, help="a seeded subset of each set (0: all)")
     parser.add_argument("--cache", default="reports/pick-rules/curves")
     parser.add_argument("--json", default="reports/pick-rules/pick_rules.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     datasets = args.dataset or sorted(str(p.parent) for p in Path("../shared/datasets").glob("*/metadata.csv"))
     if not datasets:
         raise EdgepickError("no labelled dataset: pass --dataset")

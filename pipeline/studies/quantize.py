@@ -1,7 +1,7 @@
 """Quantize-stage figures: per variant its ops, bytes, TFLite Micro arena, MACs, pick agreement with
 PyTorch and an *estimated* ESP32 / ESP32-S3 latency.
 
-    python scripts/benchmark_quantize.py [--student models/student] [--dataset data/synthetic] [--windows 200]
+    python -m pipeline study quantize [--student models/student] [--dataset data/synthetic] [--windows 200]
                                          [--base-channels 8 --in-samples 3001] [--json reports/quantize.json]
 
 Without a saved student it benchmarks an untrained default student (sizes, ops, arena and latency are architecture
@@ -31,8 +31,8 @@ from pipeline.errors import run_script
 from pipeline.data.normalization import normalize_windows
 from pipeline.model.student import XiaoNet, hop_samples, load_student, phasenet_macs
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline study quantize", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--student", default=None, help="a saved student (distill output folder or <name>); default: an untrained default student")
     parser.add_argument("--dataset", default="data/synthetic")
     parser.add_argument("--windows", type=int, default=200, help="calibration windows (and held-out windows)")
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--in-samples", type=int, default=3001)
     parser.add_argument("--board", default="esp32")
     parser.add_argument("--json", default="")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     trained = args.student is not None  # a path that does not load is an error, never a silent untrained stand-in

@@ -1,6 +1,6 @@
 """Measure the soft-label cache against running the teacher on the fly.
 
-    SEISBENCH_CACHE_ROOT=../shared/seisbench .venv/bin/python scripts/benchmark_soft_labels.py \
+    SEISBENCH_CACHE_ROOT=../shared/seisbench python -m pipeline study soft_labels \
         --traces 1000 --threads 2 --out /tmp/softlabel_bench
 
 Every time is given as wall seconds and as process CPU seconds (key suffix `_cpu`): on a shared machine the CPU
@@ -66,14 +66,14 @@ def record(result: dict, key: str, wall: float, scale: float) -> None:
     result[key + "_cpu"] = round(CPU["last"] * scale, 2)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline study soft_labels", )
     parser.add_argument("--traces", type=int, default=1000)
     parser.add_argument("--eqt-traces", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--out", default="/tmp/softlabel_bench")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)

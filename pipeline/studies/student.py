@@ -1,6 +1,6 @@
 """Student against teacher on labelled data, protocol 1 (pipeline.model.annotation.evaluate_picker).
 
-    python scripts/benchmark_student.py --student models/student/student \
+    python -m pipeline study student --student models/student/student \
         [--student models/student_hard/student ...] [--teacher phasenet:okla] \
         [--dataset ../shared/datasets/stead50] [--dataset data/synthetic:test]
 
@@ -49,15 +49,15 @@ def evaluate(model, dataset, threshold: float) -> dict:
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline study student", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--student", action="append", required=True, help="a saved student (repeatable)")
     parser.add_argument("--teacher", default="phasenet:okla")
     parser.add_argument("--dataset", action="append", help="path or path:split (repeatable)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="P and S threshold of every model (default: each model's own pick rule; teachers 0.3)")
     parser.add_argument("--json", help="write all figures here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     datasets = args.dataset or [str(Path(__file__).resolve().parents[3] / "shared" / "datasets" / "stead50")]
 
     students = {path: load_student(path) for path in args.student}
