@@ -152,7 +152,7 @@ listen: $(STAMP) ## a board's picks live as QuakeML + Earthworm lines (SET='list
 	$(edgepick) listen $(config_flag) $(set_flags)
 
 benchmark-data: $(STAMP) ## data-stage figures: synthetic generation time, generator throughput, teacher F1
-	$(PY) scripts/benchmark_data.py $(config_flag) $(set_flags)
+	$(edgepick) study data $(config_flag) $(set_flags)
 
 benchmark: $(STAMP) ## teacher vs student (PyTorch, TFLite Micro FP32/FP16/INT8) on DATASET: reports/<dataset>__<student>/benchmark.{md,json,png}
 	$(edgepick) benchmark $(config_flag) $(benchmark_flags) $(set_flags)

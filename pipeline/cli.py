@@ -1,4 +1,6 @@
-"""``python -m pipeline <stage> [--config FILE] [--set section.key=value ...]``: the command the Makefile calls."""
+"""``python -m pipeline <stage> [--config FILE] [--set section.key=value ...]``: the command the Makefile calls;
+``python -m pipeline replay ...`` streams a recording to a device (:mod:`pipeline.deploy.replay`), ``python -m
+pipeline study NAME ...`` prints one study's figures (:mod:`pipeline.studies`)."""
 
 from __future__ import annotations
 
@@ -45,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
             help="override one setting, e.g. --set data.synthetic.n_traces=500 (repeatable)",
         )
         stage.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    sub.add_parser("study", add_help=False, help="print the figures of one study (python -m pipeline study NAME "
+                   "--help; pipeline/studies/)")
+    sub.add_parser("replay", add_help=False, help="stream a miniSEED file or a dataset trace to a device over its serial "
+                   "port and collect its picks (python -m pipeline replay --help)")
     return parser
 
 
@@ -70,7 +76,28 @@ def quiet_libraries(verbose: bool) -> None:
         warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match the expected structure")
 
 
+def run_study(argv: list[str]) -> int:
+    """``python -m pipeline study NAME ...``: the study ``pipeline.studies.NAME`` with the rest of the arguments."""
+    from pipeline.errors import run_script
+    from pipeline.studies import NAMES
+
+    if not argv or argv[0] not in NAMES:
+        print(f"edgepick study: error: name one of {', '.join(NAMES)} (got {' '.join(argv[:1]) or 'none'}); "
+              f"python -m pipeline study NAME --help", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"pipeline.studies.{argv[0]}")
+    run_script(lambda: module.main(argv[1:]), name=f"study {argv[0]}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["study"]:
+        return run_study(argv[1:])
+    if argv[:1] == ["replay"]:  # a device on a serial port, not a stage: its own arguments, no configuration
+        from pipeline.deploy import replay
+
+        return replay.main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     quiet_libraries(args.verbose)

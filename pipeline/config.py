@@ -16,9 +16,9 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import pick_formats
+from pipeline.deploy import pick_formats
 from pipeline.errors import EdgepickError
-from pipeline.picking import PickRule, confirm_lookaheads, live_blinding
+from pipeline.model.picking import LiveRule, PickRule
 
 
 @dataclass
@@ -144,8 +144,8 @@ class TeacherConfig:
     """The teacher(s): ``phasenet:okla``, ``eqtransformer:elep`` or an ensemble ``phasenet:okla+eqtransformer:elep``."""
 
     name: str = "phasenet:okla"
-    # cache: soft labels computed once per trace into <dataset>/soft_labels (pipeline.teachers.SoftLabelCache);
-    # on-the-fly: the teacher runs on every training batch (pipeline.teachers.OnTheFlyTeacher), on each window's
+    # cache: soft labels computed once per trace into <dataset>/soft_labels (pipeline.model.teachers.SoftLabelCache);
+    # on-the-fly: the teacher runs on every training batch (pipeline.model.teachers.OnTheFlyTeacher), on each window's
     # whole-trace context, giving the cache's target, with no cache on disk; ~3x slower per epoch than the cache
     # here and on an H100 alike (scripts/benchmark_distill_modes.py).
     # name may also be a local folder holding a saved model (make teacher), e.g. phasenet:models/teacher
@@ -163,7 +163,7 @@ class StudentConfig:
     base_channels: int = 8
     in_samples: int = 3001
     # channels of encoder levels 1-3 and the bottleneck = base_channels x these; (1, 2, 4, 4) keeps the default
-    # at 1.84 M MACs per 3001-sample window, 9.4 % of PhaseNet's 19.46 M (doubling to 8 would be 13 %)
+    # at 1.88 M MACs per 3001-sample window, 9.7 % of PhaseNet's 19.46 M (doubling to 8 would be 13 %)
     channel_multipliers: tuple[int, ...] = (1, 2, 4, 4)
     # XiaoNet uses Hardswish; ReLU6 is fused into the convolutions by TFLite and keeps INT8 picks within 1 % of the
     # float model (Hardswish: 91-94 %, below the 97 % bar), so it is the default for a TFLite-Micro-first student
@@ -173,7 +173,7 @@ class StudentConfig:
     # is set (0: XiaoNet's layout); each adds ~0.3 M MACs per 3001-sample window and 2 samples of receptive field
     refine_blocks: int = 0
     # The pick rule saved with the student, written into the firmware's model_config.h and scored by the benchmark
-    # (their meanings: pipeline.picking.PickRule; < 0 for the top tolerance: the first maximum, as SeisBench picks)
+    # (their meanings: pipeline.model.picking.PickRule; < 0 for the top tolerance: the first maximum, as SeisBench picks)
     p_threshold: float = PickRule.p_threshold
     s_threshold: float = PickRule.s_threshold
     pick_top_tolerance: float = PickRule.top_tolerance
@@ -181,20 +181,20 @@ class StudentConfig:
 
 @dataclass
 class DistillConfig:
-    dataset: str = "data/synthetic"
+    dataset: str = "data/synthetic"  # comma-separated folders mix: each folder's share of the windows is its share
+    dataset_weights: tuple[float, ...] = ()  # of the training traces, or these relative weights (one per folder)
     out: str = "models/student"
     temperature: float = 4.0
     alpha: float = 1.0  # 1: teacher only (unlabelled data); 0: hard labels only
-    # KL sample weights 1 + phase_weight x the teacher's P + S probability (0: an even mean over samples)
-    phase_weight: float = 0.0
+    phase_weight: float = 0.0  # KL sample weights 1 + this x the teacher's P + S probability (0: an even mean)
     # whose P + S probability sets them: "teacher", or "both" (the larger of teacher's and student's: false peaks weigh)
     phase_weight_source: str = "teacher"
-    # weight of a term on where the teacher's peaks lie and how wide, whatever their height (peak_shape_loss; 0: none)
+    # weight of a term on where the teacher's peaks lie and how wide, whatever their height (losses.peak_shape_loss)
     peak_shape: float = 0.0
     # that term's target is the teacher's curve raised to this power (>= 1; above 1 narrower around its maximum)
     peak_shape_power: float = 1.0
     s_quiet_weight: float = 0.0  # weight of -log(1 - student S) where the teacher's S < s_quiet_below (0: none;
-    s_quiet_below: float = 0.05  # false S in noise and codas, pipeline.stages.distill.s_quiet_loss)
+    s_quiet_below: float = 0.05  # false S in noise and codas, pipeline.distill.losses.s_quiet_loss)
     epochs: int = 16
     windows_per_epoch: int = 0  # 0: one window per training trace
     batch_size: int = 64
@@ -213,14 +213,14 @@ class DistillConfig:
     seed: int = 0
     resume: bool = False
     init_from: str = ""  # start from this saved student (fine-tuning) instead of random weights
-    quantization_aware: bool = False  # train through int8 fake quantization of every activation (pipeline/fake_quant.py)
+    quantization_aware: bool = False  # train through int8 fake quantization of every activation (pipeline/distill/fake_quant.py)
 
 
 @dataclass
 class QatConfig:
     """``make qat``: quantization-aware fine-tuning of a distilled student, so its INT8 build picks like it: distill's
     loop, data and teacher (the distill section), from ``init_from``, through int8 fake quantization
-    (pipeline/fake_quant.py). The saved student stays a plain float model for ``make quantize``."""
+    (pipeline/distill/fake_quant.py). The saved student stays a plain float model for ``make quantize``."""
 
     init_from: str = "models/student"
     out: str = "models/student_qat"
@@ -275,7 +275,7 @@ class QuantizeConfig:
     firmware_precision: str = "int8"  # the variant written to firmware_dir
     firmware_dir: str = "firmware/src/model"
     check_agreement: bool = False  # refuse a variant under the pick-agreement bar (meaningful on a trained student)
-    # INT8 only: depthwise->pointwise activation equalisation (exact in float), 0 = off, 1 = full; see pipeline/convert/int8.py
+    # INT8 only: depthwise->pointwise activation equalisation (exact in float), 0 = off, 1 = full; see pipeline/deploy/convert/int8.py
     equalize_alpha: float = 1.0
     # INT8 activation ranges: >= 100 converter min/max, (50, 100) that percentile, < 0 chosen on train windows
     range_percentile: float = -1.0
@@ -285,7 +285,7 @@ class QuantizeConfig:
 class BoardConfig:
     """The target board; its memory budget is checked before anything is flashed."""
 
-    name: str = "esp32-psram4"  # esp32 | esp32-psram2 | esp32-psram4 | esp32s3-psram8 | esp32c3 (pipeline/boards.py)
+    name: str = "esp32-psram4"  # esp32 | esp32-psram2 | esp32-psram4 | esp32s3-psram8 | esp32c3 (pipeline/deploy/boards.py)
     margin: float = 0.10  # every memory region must hold used x (1 + margin)
     ring_seconds: float = 45.0  # sample ring buffer (int32, three components)
 
@@ -293,7 +293,7 @@ class BoardConfig:
 @dataclass
 class FirmwareSimConfig:
     """``make firmware-sim``: the firmware cross-built for an emulated RV32IMC board (board.name; the ESP32-C3 is
-    the chip of that instruction set) and run under qemu-system-riscv32 (pipeline/emulator.py)."""
+    the chip of that instruction set) and run under qemu-system-riscv32 (pipeline/deploy/emulator.py)."""
 
     dataset: str = ""  # traces streamed through the serial protocol: "" = benchmark.dataset's default; "path[:split]"
     traces: int = 5  # the first n traces of it
@@ -311,7 +311,7 @@ class FirmwareSimConfig:
 @dataclass
 class ListenConfig:
     """``make listen``: a board's JSON pick lines, read live and written in the formats networks ingest
-    (pipeline/stages/listen.py, pipeline/pick_formats.py, docs/firmware.md "Picks for a network")."""
+    (pipeline/stages/listen.py, pipeline/deploy/pick_formats.py, docs/firmware.md "Picks for a network")."""
 
     port: str = ""  # the board's serial port (/dev/ttyUSB0); a regular file or FIFO of its lines, or "-" (stdin)
     baud: int = 115200
@@ -333,23 +333,24 @@ class ListenConfig:
 class LiveConfig:
     """The live pick mode (docs/firmware.md, "Live mode"): a window every ``hop_samples``, each keeping, per phase,
     only its ``hop_samples`` predictions that end that phase's look-ahead before its end (SeisBench blinding (window -
-    hop - look-ahead, look-ahead), pipeline.picking.live_blinding), so every sample comes from exactly one window
+    hop - look-ahead, look-ahead), pipeline.model.picking.live_blinding), so every sample comes from exactly one window
     and is final at most look-ahead + hop samples after it arrived, instead of up to a window and a hop later."""
 
     # The firmware picks live (``make quantize`` writes EDGEPICK_LIVE 1 into model_config.h for ``make firmware`` /
     # ``flash``); false: the exact replay, SeisBench classify's picks on a replayed file, a window late.
     enabled: bool = True
-    hop_samples: int = 100  # windows per second = sampling rate / this (the exact replay's hop is 1501)
+    # The live rule's settings (pipeline.model.picking.LiveRule, which declares their defaults and validates them)
+    hop_samples: int = LiveRule.hop  # windows per second = sampling rate / this (the exact replay's hop is 1501)
     # Samples of future each kept prediction sees (its window's blinded end), per phase: the same windows serve
     # both, so a longer S look-ahead costs no compute, only S latency (docs/firmware.md, "Live mode")
-    p_lookahead_samples: int = 100
-    s_lookahead_samples: int = 200
+    p_lookahead_samples: int = LiveRule.p_lookahead
+    s_lookahead_samples: int = LiveRule.s_lookahead
     # Retraction: the same windows are stacked once more at this longer look-ahead per phase (0: never retracted),
     # and a live pick with no pick of its phase within ``confirm_within_samples`` on that curve is withdrawn by a
     # "retract" line about this + hop samples after it (no extra inference; docs/firmware.md, "Retraction")
-    p_confirm_samples: int = 500
-    s_confirm_samples: int = 500
-    confirm_within_samples: int = 50
+    p_confirm_samples: int = LiveRule.p_confirm
+    s_confirm_samples: int = LiveRule.s_confirm
+    confirm_within_samples: int = LiveRule.confirm_within
     # ``make benchmark`` also annotates every labelled trace live with the PyTorch student (exact hop / live hop,
     # ~15x, the windows of the exact pass) and reports live and exact F1 and the latency of live picks
     benchmark: bool = True
@@ -364,22 +365,18 @@ class LiveConfig:
     benchmark_warmup: bool = True
 
     def lookaheads(self) -> dict[str, int]:
-        """The look-ahead of each phase, as pipeline.picking's live functions take it."""
+        """The look-ahead of each phase, as pipeline.model.picking's live functions take it."""
         return {"P": self.p_lookahead_samples, "S": self.s_lookahead_samples}
 
     def confirms(self) -> dict[str, int]:
-        """The confirming look-ahead of each phase (0: none), as pipeline.picking.mark_retractions takes it."""
+        """The confirming look-ahead of each phase (0: none), as pipeline.model.picking.mark_retractions takes it."""
         return {"P": self.p_confirm_samples, "S": self.s_confirm_samples}
 
-    def check(self, in_samples: int) -> None:
-        """Refuse, in one line, a hop, look-ahead or confirmation that does not fit a student of ``in_samples``."""
-        for lookahead in self.lookaheads().values():
-            live_blinding(in_samples, self.hop_samples, lookahead)
-        confirm_lookaheads(self.confirms(), self.lookaheads(), in_samples, self.hop_samples)
-        if isinstance(self.confirm_within_samples, bool) or not isinstance(self.confirm_within_samples, int) \
-                or self.confirm_within_samples < 0:
-            raise EdgepickError(f"live.confirm_within_samples must be a whole number of samples >= 0, got "
-                                f"{self.confirm_within_samples!r}")
+    def rule(self, in_samples: int) -> LiveRule:
+        """The live rule of these settings for a student of ``in_samples``; one line refuses a hop, look-ahead or
+        confirmation that does not fit it."""
+        return LiveRule(in_samples, self.hop_samples, self.p_lookahead_samples, self.s_lookahead_samples,
+                        self.p_confirm_samples, self.s_confirm_samples, self.confirm_within_samples)
 
 
 @dataclass
@@ -395,7 +392,7 @@ class BenchmarkConfig:
     # benchmark of other data or another student never replaces this one
     name: str = ""
     # P and S trigger threshold of every model; None: each model's own (the student's saved pick rule; the teachers
-    # at pipeline.picking.PickRule's default, SeisBench classify's 0.3 of the reference table)
+    # at pipeline.model.picking.PickRule's default, SeisBench classify's 0.3 of the reference table)
     threshold: float | None = None
     tolerances_s: tuple[float, ...] = (0.1, 0.5)
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")  # TFLite variants to run (missing files are skipped)

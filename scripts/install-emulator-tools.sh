@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Debian packages for `make firmware-sim` (pipeline/emulator.py): run as root, or with sudo.
+# Debian packages for `make firmware-sim` (pipeline/deploy/emulator.py): run as root, or with sudo.
 set -euo pipefail
 packages=(gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf libstdc++-arm-none-eabi-dev qemu-system-misc cmake ninja-build)
 missing=()

@@ -9,14 +9,17 @@ import obspy
 import pytest
 import torch
 
-from pipeline import annotation, metrics, runners
+from pipeline.evaluate import metrics
+from pipeline.model import annotation, runners
 from pipeline.config import Config
-from pipeline.convert import quantize_student
+from pipeline.deploy.convert import quantize_student
 from pipeline.errors import EdgepickError
-from pipeline.picking import PickRule
+from pipeline.model.picking import PickRule
+from pipeline.evaluate import live as live_pass
 from pipeline.stages import benchmark as benchmark_stage
-from pipeline.normalization import normalize_windows
-from pipeline.student import XiaoNet, default_blinding
+from pipeline.data.traces import load_labelled
+from pipeline.data.normalization import normalize_windows
+from pipeline.model.student import XiaoNet, default_blinding
 
 PICK_TOP_TOLERANCE = PickRule.top_tolerance
 
@@ -62,8 +65,8 @@ def models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     from pipeline.config import DataConfig
-    from pipeline.datasets import write_dataset
-    from pipeline.sources import synthetic
+    from pipeline.data.datasets import write_dataset
+    from pipeline.data.sources import synthetic
 
     config = DataConfig(out=str(tmp_path_factory.mktemp("data") / "synthetic"))
     config.synthetic.n_traces = 24
@@ -141,7 +144,7 @@ def test_each_model_is_scored_with_its_own_pick_rule():
     teacher = runners.BenchModel("teacher", "pytorch", "fp32", [sbm.PhaseNet()])
     assert annotation.model_rule(teacher).first_maximum  # SeisBench's first maximum
     assert annotation.model_rule(teacher).p_threshold == PickRule.p_threshold  # the reference table's 0.3
-    from pipeline.report import pick_rule_text
+    from pipeline.evaluate.report import pick_rule_text
 
     assert pick_rule_text({"pick_top_tolerance": None}) == "first maximum"
     assert pick_rule_text({"pick_top_tolerance": 0.5}) == "midpoint at half maximum"
@@ -160,7 +163,7 @@ def test_each_model_is_scored_with_its_own_pick_rule():
 
 def test_tflite_variants_pick_as_their_student(models):
     """A student saved with another pick rule: its TFLite variants are scored with that rule, not the default."""
-    from pipeline.student import load_student
+    from pipeline.model.student import load_student
 
     student = load_student(models / "student" / "student")
     student.default_args.update(PickRule(top_tolerance=0.02, p_threshold=0.4).annotate_args())
@@ -210,20 +213,20 @@ def square_traces(n_traces=3, samples=4000, seed=5):
 @pytest.mark.parametrize("warmup", [True, False])
 def test_live_pass_picks_as_the_firmware_twin(warmup):
     """The benchmark's live picks (the student's own SeisBench annotate, a window every hop, the live blinding),
-    when each is reported and when each retracted one is withdrawn are pipeline.picking.live_stream_picks' (what
+    when each is reported and when each retracted one is withdrawn are pipeline.model.picking.live_stream_picks' (what
     the firmware's live mode emits; the host test checks the core against it), on each trace after its warm-up,
     picks on the warm-up dropped."""
-    from pipeline.picking import live_blinding, live_stream_picks
+    from pipeline.model.picking import LiveRule, live_blinding, live_stream_picks
 
     model = SquareStudent(base_channels=1, in_samples=SAMPLES).eval()
     hop, lookahead = 100, {"P": 150, "S": 230}  # each phase its own look-ahead, as the firmware's live mode
     confirm, within = {"P": 500, "S": 0}, 50  # S never retracted
     traces = square_traces()
     bench = runners.BenchModel("student", "pytorch", "fp32", [model])
+    live = LiveRule.of(SAMPLES, hop, lookahead, confirm, within)
     annotated = {}
-    times, reported, retracted = benchmark_stage.live_pick_times(bench, traces, 100.0, "ZNE", hop, lookahead, warmup,
-                                                                 confirm=confirm, confirm_within=within,
-                                                                 annotated=annotated)
+    times, reported, retracted = live_pass.live_pick_times(bench, traces, 100.0, "ZNE", live, warmup,
+                                                           annotated=annotated)
     assert sorted(key[2] for key in annotated) == [150, 230, 500]  # one annotate per look-ahead, the confirming one too
     pad = live_blinding(SAMPLES, hop, 150)[0] if warmup else 0  # the smallest look-ahead's: every phase covered
 
@@ -233,10 +236,9 @@ def test_live_pass_picks_as_the_firmware_twin(warmup):
 
     total = withdrawn = 0
     for i, trace in enumerate(traces):
-        padded = benchmark_stage.warmup_padded(trace, pad, 100.0)
+        padded = live_pass.warmup_padded(trace, pad, 100.0)
         assert padded.shape[1] == trace.shape[1] + pad and np.array_equal(padded[:, pad:], trace)
-        ref, _ = live_stream_picks(padded, forward, SAMPLES, hop, lookahead, model.pick_rule, model.norm_eps,
-                                   confirm=confirm, confirm_within=within)
+        ref, _ = live_stream_picks(padded, forward, live, model.pick_rule, model.norm_eps)
         for phase in "PS":
             want = [((p["sample"] - pad) / 100, (p["reported"] - pad) / 100,
                      np.nan if p["retracted"] is None else (p["retracted"] - pad) / 100)
@@ -250,8 +252,8 @@ def test_live_pass_picks_as_the_firmware_twin(warmup):
     assert total >= 10 and withdrawn >= 1
     # picks in the span the exact replay blinds at a trace's start are dropped when asked (the stage's live pass)
     skip = 1200
-    kept, kept_reported, _ = benchmark_stage.live_pick_times(bench, traces, 100.0, "ZNE", hop, lookahead, warmup,
-                                                             skip_samples=skip, confirm=confirm, annotated=annotated)
+    kept, kept_reported, _ = live_pass.live_pick_times(bench, traces, 100.0, "ZNE", live, warmup,
+                                                       skip_samples=skip, annotated=annotated)
     assert len(annotated) == 3  # the streams of the first call served this one
     dropped = 0
     for phase in "PS":
@@ -438,7 +440,7 @@ def test_wrong_model_files_are_refused(tmp_path, models):
 @pytest.mark.shared
 def test_teacher_on_stead50_agrees_with_notes(teacher_cache, shared, tmp_path):
     """Protocol 1 of the stage reproduces the independent PhaseNet okla figures (docs/benchmark.md, "Reference figures"; +-0.03 F1)."""
-    waveforms, metadata, rate, order = benchmark_stage.load_labelled(shared / "datasets" / "stead50", "")
+    waveforms, metadata, rate, order = load_labelled(shared / "datasets" / "stead50", "")
     teacher = runners.load_teacher("phasenet:okla")
     curves = annotation.dataset_curves(teacher, waveforms, rate, order, progress=False)
     truth = {p: [x / rate for x in rows] for p, rows in metrics.analyst_picks(metadata).items()}
@@ -448,25 +450,22 @@ def test_teacher_on_stead50_agrees_with_notes(teacher_cache, shared, tmp_path):
         assert scored[phase][tol]["f1"] == pytest.approx(f1, abs=0.03), (phase, tol)
 
 
-@pytest.mark.parametrize("script", ["benchmark_student.py", "benchmark_quantize.py", "benchmark_kd_vs_hard.py",
-                                    "benchmark_blinding.py", "benchmark_live.py", "study_s_picks.py"])
-def test_benchmark_scripts_end_bad_input_with_one_line(script, tmp_path):
-    """A benchmark script given a student or dataset that is not there: one line on stderr, exit 1, no traceback."""
+@pytest.mark.parametrize("study", ["student", "quantize", "kd_vs_hard", "blinding", "live", "s_picks"])
+def test_studies_end_bad_input_with_one_line(study, tmp_path):
+    """A study given a student or dataset that is not there: one line on stderr, exit 2, no traceback."""
     import subprocess
     import sys
-    from pathlib import Path
 
     missing = str(tmp_path / "missing")
-    args = {"benchmark_student.py": ["--student", missing, "--dataset", missing],
-            "benchmark_quantize.py": ["--student", missing],
-            "benchmark_kd_vs_hard.py": ["--dataset", missing, "--json", str(tmp_path / "out.json")],
-            "benchmark_blinding.py": ["--student", missing, "--dataset", missing, "--json", str(tmp_path / "out.json")],
-            "benchmark_live.py": ["--student", missing, "--datasets", missing, "--json", str(tmp_path / "out.json")],
-            "study_s_picks.py": ["--student", missing, "--dataset", f"{missing}:dev", "--out", str(tmp_path / "out.json")]}[script]
-    root = Path(__file__).resolve().parents[1]
-    result = subprocess.run([sys.executable, str(root / "scripts" / script), *args], capture_output=True, text=True,
+    args = {"student": ["--student", missing, "--dataset", missing],
+            "quantize": ["--student", missing],
+            "kd_vs_hard": ["--dataset", missing, "--json", str(tmp_path / "out.json")],
+            "blinding": ["--student", missing, "--dataset", missing, "--json", str(tmp_path / "out.json")],
+            "live": ["--student", missing, "--datasets", missing, "--json", str(tmp_path / "out.json")],
+            "s_picks": ["--student", missing, "--dataset", f"{missing}:dev", "--out", str(tmp_path / "out.json")]}[study]
+    result = subprocess.run([sys.executable, "-m", "pipeline", "study", study, *args], capture_output=True, text=True,
                             cwd=tmp_path, timeout=300)
-    assert result.returncode == 1
+    assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{Path(script).stem}: error: ") and "missing" in lines[0], result.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"study {study}: error: ") and "missing" in lines[0], result.stderr
     assert not (tmp_path / "out.json").exists()

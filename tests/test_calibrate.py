@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import annotation
+from pipeline.model import annotation
 from pipeline.config import Config
-from pipeline.datasets import write_dataset
+from pipeline.data.datasets import write_dataset
 from pipeline.errors import EdgepickError
-from pipeline.picking import PickRule
+from pipeline.model.picking import PickRule
+from pipeline.evaluate import dev_split
 from pipeline.stages import calibrate
-from pipeline.student import XiaoNet, load_student
-from pipeline.training import save_model
+from pipeline.model.student import XiaoNet, load_student
+from pipeline.distill.training import save_model
 from test_data import make_records
 
 
@@ -58,8 +59,8 @@ def test_the_chosen_threshold_is_the_one_of_the_best_mean_f1():
         truth["P"].append(np.array([p / rate]))
         truth["S"].append(np.array([s / rate]))
     curves = annotation.Curves(rate, PickRule(), [0] * 6, data)
-    table = calibrate.threshold_table(curves, truth, (0.2, 0.4, 0.6, 0.8), (0.1, 0.5))
-    assert calibrate.best_threshold(table, "P") == 0.4 and calibrate.best_threshold(table, "S") == 0.8
+    table = dev_split.threshold_table(curves, truth, (0.2, 0.4, 0.6, 0.8), (0.1, 0.5))
+    assert dev_split.best_threshold(table, "P") == 0.4 and dev_split.best_threshold(table, "S") == 0.8
     row = {r["threshold"]: r for r in table}
     assert row[0.4]["P_f1_0.5"] == 1.0 and row[0.2]["P_precision_0.5"] == 0.5 and row[0.6]["P_recall_0.5"] == 0.0
 
@@ -70,7 +71,7 @@ def test_thresholds_are_saved_with_the_student(labelled, student_folder):
     result = calibrate.run(config_for(student_folder, f"{labelled}:dev"))
     saved = load_student(student_folder)
     assert saved.pick_rule.p_threshold == result["chosen"]["P"] and saved.pick_rule.s_threshold == result["chosen"]["S"]
-    assert result["chosen"]["P"] == calibrate.best_threshold(result["table"], "P")
+    assert result["chosen"]["P"] == dev_split.best_threshold(result["table"], "P")
     written = json.loads((student_folder / "calibration.json").read_text())
     assert written["chosen"] == result["chosen"] and written["against"] == "analyst" and written["traces"] > 0
     assert (student_folder / "calibration.png").stat().st_size > 1000
@@ -99,17 +100,39 @@ def test_a_pooled_set_without_s_picks_is_not_scored_on_s():
     curves = annotation.Curves(rate, PickRule(), [0] * 4, data)
     truth = {"P": [np.array([8.0])] * 4, "S": [np.array([20.0])] * 2 + [np.array([])] * 2}
     labelled = {"P": [True] * 4, "S": [True, True, False, False]}
-    pooled = calibrate.threshold_table(curves, truth, (0.5,), (0.5,), labelled)[0]
+    pooled = dev_split.threshold_table(curves, truth, (0.5,), (0.5,), labelled)[0]
     assert pooled["S_f1_0.5"] == 1.0 and pooled["P_f1_0.5"] == 1.0
-    unmasked = calibrate.threshold_table(curves, truth, (0.5,), (0.5,))[0]
+    unmasked = dev_split.threshold_table(curves, truth, (0.5,), (0.5,))[0]
     assert unmasked["S_precision_0.5"] == 0.5  # without the mask the P-only set's S arrivals count as false
 
 
 def test_dev_splits_pool(labelled):
-    one = calibrate.load_dev(config_for("unused", ""), f"{labelled}:dev")
-    both = calibrate.load_dev(config_for("unused", ""), f"{labelled}:dev, {labelled}:dev")
+    one = dev_split.load_dev(config_for("unused", ""), f"{labelled}:dev")
+    both = dev_split.load_dev(config_for("unused", ""), f"{labelled}:dev, {labelled}:dev")
     assert len(both.waveforms) == 2 * len(one.waveforms) and both.against == "analyst"
     assert both.label == f"{labelled}:dev,{labelled}:dev"
     assert all(len(both.labelled[phase]) == len(both.waveforms) for phase in ("P", "S"))
     with pytest.raises(EdgepickError, match="dev split"):
-        calibrate.load_dev(config_for("unused", ""), f"{labelled}:dev,{labelled}:test")
+        dev_split.load_dev(config_for("unused", ""), f"{labelled}:dev,{labelled}:test")
+
+
+def test_dev_study_scores_what_recipe_choices_are_made_with(labelled, student_folder):
+    """The dev study (python -m pipeline study dev): per model, split and phase, F1 at 0.1 / 0.5 s at the model's
+    own threshold, make calibrate's objective (their mean) there and at the best threshold of the grid; two
+    analyst-picked splits also pooled, a split and its copy pooled scoring as the split."""
+    from pipeline.model import runners
+    from pipeline.studies import dev as dev_study
+
+    student = runners.BenchModel("student", "pytorch", "fp32", [load_student(student_folder)], spec="s")
+    part = dev_split.load_dev(config_for("unused", ""), f"{labelled}:dev")
+    report = dev_study.dev_report([student], [part, part], (0.2, 0.4, 0.6, 0.8))
+    assert set(report["s"]) == {part.label, "analyst dev, pooled"}
+    own = student.members[0].pick_rule
+    for phase in part.phases:
+        scores = report["s"][part.label][phase]
+        assert scores["threshold"] == own.threshold(phase)
+        assert scores["objective"] == pytest.approx((scores["f1_0.1"] + scores["f1_0.5"]) / 2)
+        assert scores["best_threshold"] in (0.2, 0.4, 0.6, 0.8, own.threshold(phase))
+        assert scores["best_objective"] >= scores["objective"]
+        assert report["s"]["analyst dev, pooled"][phase] == pytest.approx(scores)
+    assert any(report["s"][part.label][phase]["best_objective"] > 0 for phase in part.phases)  # picks were scored

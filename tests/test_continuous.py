@@ -9,10 +9,10 @@ from obspy import UTCDateTime
 from obspy.core.inventory import Channel, Inventory, Network, Station
 
 from pipeline.config import DataConfig
-from pipeline.datasets import write_dataset
-from pipeline.stages.data import source_records
+from pipeline.data.datasets import write_dataset
+from pipeline.data.sources import source_records
 from pipeline.errors import EdgepickError
-from pipeline.sources import miniseed as continuous
+from pipeline.data.sources import miniseed as continuous
 
 T0 = UTCDateTime("2020-01-01T00:00:00")
 
@@ -196,7 +196,7 @@ def test_unreadable_reason_is_whole_or_cut_at_a_word(tmp_path, monkeypatch):
     # obspy's reason fits on one line: kept whole, not cut mid-word at 120 characters
     assert str(info.value).endswith("The passed buffer or file contains only 100.)")
 
-    from pipeline import waveforms
+    from pipeline.data import waveforms
 
     words = " ".join(f"word{i}" for i in range(100))
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import seisbench.data as sbd
 
-from pipeline import generators, windowing
+from pipeline.data import generators, windowing
 from pipeline.config import DataConfig
-from pipeline.datasets import REPORT_NAME, event_split, open_dataset, prepare_trace, write_dataset
+from pipeline.data.datasets import REPORT_NAME, event_split, open_dataset, prepare_trace, write_dataset
 from pipeline.errors import EdgepickError
 
 

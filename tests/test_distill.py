@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pipeline.distill import loop as distillation, losses
 from pipeline.stages import distill
 from pipeline.config import Config
-from pipeline.datasets import write_dataset
+from pipeline.data.datasets import write_dataset
 from pipeline.errors import EdgepickError
 from test_data import make_records, unlabelled_dataset
 
@@ -19,23 +20,23 @@ from test_data import make_records, unlabelled_dataset
 def test_loss_is_zero_when_student_matches_teacher_and_scales_with_t_squared():
     logits = torch.randn(2, 3, 50)
     teacher = torch.softmax(logits, dim=1)
-    assert distill.distillation_loss(logits, teacher, None, 4.0, 1.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert losses.distillation_loss(logits, teacher, None, 4.0, 1.0).item() == pytest.approx(0.0, abs=1e-6)
     other = torch.softmax(torch.randn(2, 3, 50), dim=1)
     for t in (1.0, 2.0, 4.0):
         teacher_t = torch.softmax(torch.log(other) / t, dim=1)
         kl = (teacher_t * (torch.log(teacher_t) - F.log_softmax(logits / t, dim=1))).sum(1).mean()
-        assert distill.distillation_loss(logits, other, None, t, 1.0).item() == pytest.approx(t * t * kl.item(), rel=1e-5)
+        assert losses.distillation_loss(logits, other, None, t, 1.0).item() == pytest.approx(t * t * kl.item(), rel=1e-5)
 
 
 def test_alpha_mixes_soft_and_hard_terms():
     logits = torch.randn(2, 3, 40)
     teacher = torch.softmax(torch.randn(2, 3, 40), dim=1)
     hard = torch.softmax(5 * torch.randn(2, 3, 40), dim=1)
-    soft_only = distill.distillation_loss(logits, teacher, hard, 2.0, 1.0)
-    hard_only = distill.distillation_loss(logits, teacher, hard, 2.0, 0.0)
+    soft_only = losses.distillation_loss(logits, teacher, hard, 2.0, 1.0)
+    hard_only = losses.distillation_loss(logits, teacher, hard, 2.0, 0.0)
     ce = -(hard * F.log_softmax(logits, 1)).sum(1).mean()
     assert hard_only.item() == pytest.approx(ce.item(), rel=1e-6)
-    mixed = distill.distillation_loss(logits, teacher, hard, 2.0, 0.3)
+    mixed = losses.distillation_loss(logits, teacher, hard, 2.0, 0.3)
     assert mixed.item() == pytest.approx(0.3 * soft_only.item() + 0.7 * hard_only.item(), rel=1e-5)
 
 
@@ -47,9 +48,9 @@ def test_phase_weight_weights_the_kl_by_the_teachers_phase_probability():
     kl = (teacher_t * (torch.log(teacher_t) - F.log_softmax(logits / t, dim=1))).sum(1)
     weights = 1 + 5.0 * teacher[:, :2].sum(1)
     want = t * t * (weights * kl).sum() / weights.sum()
-    assert distill.distillation_loss(logits, teacher, None, t, 1.0, 5.0).item() == pytest.approx(want.item(), rel=1e-5)
+    assert losses.distillation_loss(logits, teacher, None, t, 1.0, 5.0).item() == pytest.approx(want.item(), rel=1e-5)
     # an even mean without it, and the weighted loss differs from it
-    even = distill.distillation_loss(logits, teacher, None, t, 1.0, 0.0).item()
+    even = losses.distillation_loss(logits, teacher, None, t, 1.0, 0.0).item()
     assert even == pytest.approx(t * t * kl.mean().item(), rel=1e-5)
     assert abs(even - want.item()) > 1e-4
 
@@ -70,16 +71,16 @@ def test_phase_weight_from_both_weights_the_students_own_peaks_too():
     kl = (teacher.clamp_min(1e-8) * (torch.log(teacher.clamp_min(1e-8)) - F.log_softmax(logits.detach(), dim=1))).sum(1)
     weights = 1 + 5.0 * torch.maximum(teacher[:, :2].sum(1), student[:, :2].sum(1))
     want = (weights * kl).sum() / weights.sum()
-    both = distill.distillation_loss(logits, teacher, None, t, 1.0, 5.0, "both")
+    both = losses.distillation_loss(logits, teacher, None, t, 1.0, 5.0, "both")
     assert both.item() == pytest.approx(want.item(), rel=1e-5)
-    assert both.item() > distill.distillation_loss(logits, teacher, None, t, 1.0, 5.0, "teacher").item()
+    assert both.item() > losses.distillation_loss(logits, teacher, None, t, 1.0, 5.0, "teacher").item()
     both.backward()  # the weights carry no gradient: d(loss)/d(logits) is the weighted KL's alone
     reference = logits.detach().clone().requires_grad_(True)
     kl_ref = (teacher.clamp_min(1e-8) * (torch.log(teacher.clamp_min(1e-8)) - F.log_softmax(reference, dim=1))).sum(1)
     ((weights * kl_ref).sum() / weights.sum()).backward()
     assert torch.allclose(logits.grad, reference.grad, atol=1e-6)
     with pytest.raises(EdgepickError, match="phase_weight_source"):
-        distill.distillation_loss(logits, teacher, None, t, 1.0, 5.0, "student")
+        losses.distillation_loss(logits, teacher, None, t, 1.0, 5.0, "student")
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +112,7 @@ def test_training_writes_student_checkpoint_metrics_and_plot(labelled, tmp_path)
     assert [h["epoch"] for h in state["history"]] == [1, 2]
     for name in ("checkpoint.pt", "metrics.csv", "loss.png", "student/student.json", "student/student.pt"):
         assert (out / name).is_file(), name
-    from pipeline.student import load_student
+    from pipeline.model.student import load_student
 
     student = load_student(out / "student")
     x = torch.randn(1, 3, 1001)
@@ -186,8 +187,8 @@ def test_live_windows_take_the_teachers_picks_where_a_folder_has_no_analyst_pick
     from its soft-label cache: P and S where PhaseNet sees them), the labelled folder's by its analyst picks."""
     unlabelled = unlabelled_dataset(tmp_path / "unlabelled")
     config = tiny_config(f"{unlabelled},{labelled}", tmp_path / "kd", alpha=1.0, epochs=1, live_windows=0.3)
-    train, _, targets = distill._datasets(config, master=True)
-    placement = {t.path: distill._teacher_picks(targets, t, config.distill) for t in train}
+    train, _, targets = distillation._datasets(config, master=True)
+    placement = {t.path: distillation._teacher_picks(targets, t, config.distill) for t in train}
     assert placement[str(labelled)] is None
     picks = placement[str(unlabelled)]
     names = list(train[0].dataset.metadata["trace_name"])
@@ -196,7 +197,7 @@ def test_live_windows_take_the_teachers_picks_where_a_folder_has_no_analyst_pick
     assert sum(len(v) > 0 for v in picks.values()) >= len(names) // 2
     assert all(((v >= 0) & (v < 6000)).all() for v in picks.values())
     config.distill.live_windows = 0.0
-    assert distill._teacher_picks(targets, train[0], config.distill) is None
+    assert distillation._teacher_picks(targets, train[0], config.distill) is None
     state = distill.run(tiny_config(f"{unlabelled},{labelled}", tmp_path / "kd", alpha=1.0, epochs=1, live_windows=0.3))
     assert np.isfinite(state["history"][0]["train_loss"])
 
@@ -249,7 +250,7 @@ def test_on_the_fly_teacher_distils_without_a_cache(labelled, tmp_path, monkeypa
     training loader's workers' context windows, and no soft-label cache is written."""
     import seisbench.models as sbm
 
-    from pipeline import teachers
+    from pipeline.model import teachers
 
     def fake(member):
         torch.manual_seed(0)
@@ -300,18 +301,18 @@ def test_peak_shape_loss_sees_where_and_how_wide_a_peak_is_not_how_high():
     def logits(p_curve):
         return torch.log(probs(p_curve).clamp_min(1e-6))
 
-    same_shape_lower = distill.peak_shape_loss(logits(0.4 * torch.exp(-0.5 * ((t - 100) / 10) ** 2)), teacher)
-    stays_up = distill.peak_shape_loss(logits(torch.where(t < 100, 0.9 * torch.exp(-0.5 * ((t - 100) / 10) ** 2),
+    same_shape_lower = losses.peak_shape_loss(logits(0.4 * torch.exp(-0.5 * ((t - 100) / 10) ** 2)), teacher)
+    stays_up = losses.peak_shape_loss(logits(torch.where(t < 100, 0.9 * torch.exp(-0.5 * ((t - 100) / 10) ** 2),
                                                           torch.where(t < 130, 0.9, 0.9 * torch.exp(-0.5 * ((t - 130) / 10) ** 2)))), teacher)
-    shifted = distill.peak_shape_loss(logits(0.9 * torch.exp(-0.5 * ((t - 130) / 10) ** 2)), teacher)
+    shifted = losses.peak_shape_loss(logits(0.9 * torch.exp(-0.5 * ((t - 130) / 10) ** 2)), teacher)
     assert same_shape_lower.item() == pytest.approx(0.0, abs=1e-3)
     assert 0.1 < stays_up.item() < shifted.item()
     no_peak = probs(torch.full((n,), 0.1))  # the teacher reaches 0.1 only: nothing to match
-    assert distill.peak_shape_loss(logits(0.9 * torch.exp(-0.5 * ((t - 130) / 10) ** 2)), no_peak).item() == 0.0
+    assert losses.peak_shape_loss(logits(0.9 * torch.exp(-0.5 * ((t - 130) / 10) ** 2)), no_peak).item() == 0.0
     # in the distillation loss: alpha x peak_shape x the term on top of the KL
     lg = logits(0.9 * torch.exp(-0.5 * ((t - 130) / 10) ** 2))
-    plain = distill.distillation_loss(lg, teacher, None, 1.0, 1.0)
-    with_shape = distill.distillation_loss(lg, teacher, None, 1.0, 1.0, peak_shape=0.5)
+    plain = losses.distillation_loss(lg, teacher, None, 1.0, 1.0)
+    with_shape = losses.distillation_loss(lg, teacher, None, 1.0, 1.0, peak_shape=0.5)
     assert with_shape.item() == pytest.approx(plain.item() + 0.5 * shifted.item(), rel=1e-4)
 
 
@@ -325,9 +326,9 @@ def test_peak_shape_power_narrows_the_target():
     teacher = probs(0.9 * torch.exp(-0.5 * ((t - 100) / 10) ** 2))
     own_width = torch.log(probs(0.5 * torch.exp(-0.5 * ((t - 100) / 10) ** 2)).clamp_min(1e-6))
     narrower = torch.log(probs(0.5 * torch.exp(-0.5 * ((t - 100) / (10 / 2 ** 0.5)) ** 2)).clamp_min(1e-6))
-    assert distill.peak_shape_loss(own_width, teacher).item() == pytest.approx(0.0, abs=1e-3)
-    assert distill.peak_shape_loss(own_width, teacher, power=2.0).item() > 0.05
-    assert distill.peak_shape_loss(narrower, teacher, power=2.0).item() == pytest.approx(0.0, abs=1e-3)
+    assert losses.peak_shape_loss(own_width, teacher).item() == pytest.approx(0.0, abs=1e-3)
+    assert losses.peak_shape_loss(own_width, teacher, power=2.0).item() > 0.05
+    assert losses.peak_shape_loss(narrower, teacher, power=2.0).item() == pytest.approx(0.0, abs=1e-3)
 
 
 def test_bad_peak_shape_power_fails_before_anything_is_written(labelled, tmp_path):
@@ -368,8 +369,8 @@ def test_divergence_on_resume_keeps_the_finite_checkpoint_and_student(labelled, 
 
 
 def test_non_finite_buffers_are_never_written_nor_resumed_from(labelled, tmp_path):
-    from pipeline import training
-    from pipeline.student import build_student
+    from pipeline.distill import training
+    from pipeline.model.student import build_student
 
     config = tiny_config(labelled, tmp_path / "run", epochs=1)
     model = build_student(config.student)
@@ -391,7 +392,7 @@ def test_non_finite_buffers_are_never_written_nor_resumed_from(labelled, tmp_pat
 
 
 def test_resume_applies_a_new_learning_rate_and_epochs_and_says_so(labelled, tmp_path, capsys):
-    from pipeline.training import warmup_cosine
+    from pipeline.distill.training import warmup_cosine
 
     out = tmp_path / "run"
     distill.run(tiny_config(labelled, out, epochs=1, learning_rate=1e-3))
@@ -443,8 +444,8 @@ def test_checkpoint_of_random_bytes_is_one_clear_line(labelled, tmp_path, conten
 
 
 def test_saved_student_of_random_bytes_is_one_clear_line(labelled, tmp_path):
-    from pipeline import training
-    from pipeline.student import build_student
+    from pipeline.distill import training
+    from pipeline.model.student import build_student
 
     config = tiny_config(labelled, tmp_path / "run", epochs=1)
     training.save_model(build_student(config.student), tmp_path / "saved", "student")
@@ -473,16 +474,16 @@ def test_s_quiet_loss_counts_the_students_s_only_where_the_teachers_is_quiet():
     bump = lambda centre, height: height * torch.exp(-0.5 * ((t - centre) / 10) ** 2)  # noqa: E731
     teacher = s_curve_probs(bump(200, 0.9))
     logits = lambda probs: torch.log(probs.clamp_min(1e-6))  # noqa: E731
-    matching = distill.s_quiet_loss(logits(s_curve_probs(bump(200, 0.9))), teacher)
-    false_peak = distill.s_quiet_loss(logits(s_curve_probs(bump(200, 0.9) + bump(60, 0.6))), teacher)
-    higher = distill.s_quiet_loss(logits(s_curve_probs(bump(200, 0.9) + bump(60, 0.9))), teacher)
+    matching = losses.s_quiet_loss(logits(s_curve_probs(bump(200, 0.9))), teacher)
+    false_peak = losses.s_quiet_loss(logits(s_curve_probs(bump(200, 0.9) + bump(60, 0.6))), teacher)
+    higher = losses.s_quiet_loss(logits(s_curve_probs(bump(200, 0.9) + bump(60, 0.9))), teacher)
     assert matching.item() < 0.05 * false_peak.item() and false_peak.item() < higher.item()  # tails of the true S: little
-    assert distill.s_quiet_loss(logits(s_curve_probs(bump(60, 0.6))), s_curve_probs(torch.full((n,), 0.5))).item() == 0.0
+    assert losses.s_quiet_loss(logits(s_curve_probs(bump(60, 0.6))), s_curve_probs(torch.full((n,), 0.5))).item() == 0.0
     student = logits(s_curve_probs(bump(200, 0.9) + bump(60, 0.6))).requires_grad_(True)
-    plain = distill.distillation_loss(student, teacher, None, 1.0, 1.0)
-    weighted = distill.distillation_loss(student, teacher, None, 1.0, 1.0, s_quiet_weight=2.0, s_quiet_below=0.05)
+    plain = losses.distillation_loss(student, teacher, None, 1.0, 1.0)
+    weighted = losses.distillation_loss(student, teacher, None, 1.0, 1.0, s_quiet_weight=2.0, s_quiet_below=0.05)
     assert weighted.item() - plain.item() == pytest.approx(2.0 * false_peak.item(), rel=1e-4)
-    distill.s_quiet_loss(student, teacher).backward()
+    losses.s_quiet_loss(student, teacher).backward()
     assert student.grad[0, 1, 60] > 0  # descending the gradient lowers the S logit at the false peak
 
 
@@ -501,7 +502,7 @@ def test_near_field_traces_are_the_teachers_p_then_s_within_near_field_s(labelle
     """TrainingTargets.near_field from the soft-label cache: a trace is near-field where the teacher picks an S at
     most max_sp samples after a P; a longer max_sp never finds fewer; oversample_near_field draws them more often."""
     config = tiny_config(str(labelled), tmp_path / "kd", alpha=1.0, epochs=1, oversample_near_field=4.0)
-    train, _, targets = distill._datasets(config, master=True)
+    train, _, targets = distillation._datasets(config, master=True)
     names = list(train[0].dataset.metadata["trace_name"])
     picks = targets.teacher_picks(train[0].path, names)
     near = targets.near_field(train[0].path, names, max_sp=500)
@@ -509,7 +510,7 @@ def test_near_field_traces_are_the_teachers_p_then_s_within_near_field_s(labelle
     assert near.shape == (len(names),) and (wide >= near).all()
     assert wide.sum() > 0  # the synthetic events have P and S: the teacher picks both in some
     cache = targets.caches[str(train[0].path)]
-    from pipeline.picking import PickRule
+    from pipeline.model.picking import PickRule
 
     rule = PickRule(p_threshold=0.3, s_threshold=0.3, top_tolerance=None)
     for name, flag in zip(names, near):
@@ -520,3 +521,21 @@ def test_near_field_traces_are_the_teachers_p_then_s_within_near_field_s(labelle
         assert sorted(p + s) == sorted(picks[name].tolist())
     state = distill.run(config)  # the sampler's weights with oversample_near_field
     assert np.isfinite(state["history"][0]["train_loss"])
+
+
+def test_dataset_weights_set_each_folders_share_of_the_windows(labelled, tmp_path):
+    """distill.dataset_weights: the mixture's shares instead of the folders' trace counts; a folder weighted 0 gives
+    no window; a weight list that does not fit the folders is refused before anything is written."""
+    config = tiny_config(f"{labelled},{labelled}", tmp_path / "kd", windows_per_epoch=400, dataset_weights=(0.0, 1.0))
+    train, _, _ = distillation._datasets(config, master=True)
+    loader = distillation._train_loader(train, 1001, config.distill, 400, 0, seed=0)
+    drawn = torch.tensor(list(loader.sampler))
+    assert len(drawn) == 400 and (drawn >= len(train[0])).all()  # all from the second folder
+    config.distill.dataset_weights = (1.0, 3.0)
+    drawn = torch.tensor(list(distillation._train_loader(train, 1001, config.distill, 4000, 0, seed=0).sampler))
+    assert 0.2 < float((drawn < len(train[0])).float().mean()) < 0.3
+    for weights in [(1.0,), (1.0, -1.0), (0.0, 0.0)]:
+        out = tmp_path / f"bad{len(weights)}{weights[-1]}"
+        with pytest.raises(EdgepickError, match="dataset_weights must be one weight >= 0 per folder"):
+            distill.run(tiny_config(f"{labelled},{labelled}", out, dataset_weights=weights))
+        assert not out.exists()

@@ -1,5 +1,5 @@
 """The whole firmware cross-built for an emulated RV32IMC board (ESP32-C3 class) and run under qemu-system-riscv32
-(pipeline/emulator.py, firmware/sim): picks equal to the Python stream reference, INT8 tensors bit-exact with the
+(pipeline/deploy/emulator.py, firmware/sim): picks equal to the Python stream reference, INT8 tensors bit-exact with the
 Python tflite-micro interpreter, a board too small refused at boot in one whole line, an image too big refused at
 link time naming the region, the instruction count per window recorded. Skips without the Debian toolchain / QEMU
 or without ../shared/vendor (TensorFlow Lite Micro sources); the first run builds TFLite Micro (~5 min on 2
@@ -13,10 +13,10 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import boards, emulator, tflm
+from pipeline.deploy import boards, emulator, tflm
 from pipeline.errors import EdgepickError
-from pipeline.picking import PickRule
-from pipeline.serial_protocol import sample_lines
+from pipeline.model.picking import LiveRule, PickRule
+from pipeline.deploy.serial_protocol import sample_lines
 
 IN_SAMPLES = 1024  # a short window keeps each emulated Invoke to a few million instructions
 
@@ -48,9 +48,9 @@ def model_dir(tmp_path_factory):
     untrained network crosses the thresholds often (picks to compare, not skill), written by make quantize's own
     C-array writer for the ESP32-C3."""
     torch = pytest.importorskip("torch")
-    from pipeline.convert import c_array, quantize_student
-    from pipeline.normalization import normalize_windows
-    from pipeline.student import XiaoNet
+    from pipeline.deploy.convert import c_array, quantize_student
+    from pipeline.data.normalization import normalize_windows
+    from pipeline.model.student import XiaoNet
 
     torch.manual_seed(3)
     model = XiaoNet(base_channels=2, in_samples=IN_SAMPLES).eval()
@@ -80,7 +80,7 @@ def run_stream(elf, x, tmp_path):
 
 
 def test_picks_equal_python_reference_and_tensors_bit_exact(images, model_dir, tmp_path):
-    from pipeline.stages.firmware import read_model_config
+    from pipeline.deploy.convert.c_array import read_model_config
     from pipeline.stages.firmware_sim import firmware_run, python_picks, rule_from_header
 
     folder, flatbuffer = model_dir[:2]
@@ -88,8 +88,8 @@ def test_picks_equal_python_reference_and_tensors_bit_exact(images, model_dir, t
     x = synthetic_stream(3300)
     reference = python_picks(x, flatbuffer, values, rule_from_header(values))
     assert len(reference) >= 3
-    from pipeline.normalization import normalize_windows
-    from pipeline.picking import window_offsets
+    from pipeline.data.normalization import normalize_windows
+    from pipeline.model.picking import window_offsets
 
     io = tflm.io_details(flatbuffer)
     interpreter, _, err = tflm.load(flatbuffer, tflm.MAX_ARENA)
@@ -143,7 +143,7 @@ def test_image_too_big_fails_at_link_time_naming_the_region(tflm_lib, model_dir,
 
 
 def test_resolver_registers_exactly_the_models_ops(model_dir):
-    from pipeline.convert import c_array
+    from pipeline.deploy.convert import c_array
 
     header = (model_dir[0] / "model_ops.h").read_text()
     ops = tflm.op_counts(model_dir[1])
@@ -192,17 +192,16 @@ def test_stage_streams_a_dataset_and_reports(images, model_dir, tmp_path, capsys
 
 def test_stage_in_live_mode_picks_as_the_live_python_twin(tflm_lib, model_dir, tmp_path):
     """A header written with live settings (retraction on) builds the live firmware; the stage then compares its
-    picks and retractions with pipeline.picking.live_stream_picks (not the exact replay) and counts its real-time
+    picks and retractions with pipeline.model.picking.live_stream_picks (not the exact replay) and counts its real-time
     factor at the live hop."""
     from pipeline.config import Config
-    from pipeline.convert import c_array
+    from pipeline.deploy.convert import c_array
     from pipeline.stages import data, firmware_sim
 
     _, flatbuffer, info, budget = model_dir
     live_dir = tmp_path / "live-model"
     c_array.write_firmware(live_dir, flatbuffer, info, PickRule(p_threshold=0.3, s_threshold=0.35), budget, 1e-6,
-                           live={"enabled": True, "hop_samples": 100, "lookahead_samples": {"P": 100, "S": 200},
-                                 "confirm_samples": {"P": 500, "S": 500}, "confirm_within_samples": 50})
+                           live=LiveRule(info["in_samples"], 100, 100, 200, 500, 500, 50))
     config = Config()
     config.set("data.out", str(tmp_path / "data"))
     config.set("data.synthetic.n_traces", 2)

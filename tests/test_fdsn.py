@@ -11,9 +11,9 @@ import seisbench.data as sbd
 
 from pipeline.stages import data
 from pipeline.config import Config
-from pipeline.datasets import REPORT_NAME, write_dataset
+from pipeline.data.datasets import REPORT_NAME, write_dataset
 from pipeline.errors import EdgepickError
-from pipeline.sources import fdsn, fdsn_client
+from pipeline.data.sources import fdsn, fdsn_client
 try:  # pytest puts tests/ on sys.path (no __init__.py there)
     from fdsn_server import STATIONS, FdsnFixture, FdsnServer, closed_port_url, event_uri
 except ImportError:  # tests/ as a package

@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.convert.fp16_pack import expand_fp16
-from pipeline.picking import PickRule, live_blinding, live_offsets, live_stream_picks, stream_picks
-from pipeline.serial_protocol import parse_pick_lines
+from pipeline.deploy.convert.fp16_pack import expand_fp16
+from pipeline.model.picking import LiveRule, PickRule, live_blinding, live_offsets, live_stream_picks, stream_picks
+from pipeline.deploy.serial_protocol import parse_pick_lines
 
 REPO = Path(__file__).resolve().parents[1]
 CORE = REPO / "firmware" / "lib" / "edgepick_core"
 FIRMWARE = REPO / "firmware"
-EPS = 1e-6  # pipeline.student.NORM_EPS
+EPS = 1e-6  # pipeline.model.student.NORM_EPS
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="no host g++")
 
@@ -90,7 +90,7 @@ def test_dequantize_bit_exact(driver):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# FP16 (bit-exact), in pipeline/convert/fp16_pack.py's EPH1 format
+# FP16 (bit-exact), in pipeline/deploy/convert/fp16_pack.py's EPH1 format
 # ---------------------------------------------------------------------------------------------------------------
 def test_half_to_float_all_values_bit_exact(driver):
     halves = np.arange(65536, dtype=np.uint16)
@@ -100,7 +100,7 @@ def test_half_to_float_all_values_bit_exact(driver):
 
 
 def pack_eph1(segments: list[tuple[int, bytes]], expanded: bytes) -> bytes:
-    """A blob in pipeline/convert/fp16_pack.py's layout (header, segment table, payloads)."""
+    """A blob in pipeline/deploy/convert/fp16_pack.py's layout (header, segment table, payloads)."""
     h = 0x811C9DC5
     for byte in expanded:
         h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
@@ -134,7 +134,7 @@ def test_fp16_expand_matches_python_packer(driver, tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 def normalize_reference(window: np.ndarray) -> np.ndarray:
     """(3, n) -> (3, n): the student's own normalisation, which the firmware reproduces."""
-    from pipeline.normalization import normalize_windows
+    from pipeline.data.normalization import normalize_windows
 
     return normalize_windows(window.astype(np.float32), EPS)
 
@@ -259,7 +259,7 @@ TOP = PickRule.top_tolerance  # the student's pick_top_tolerance
 
 
 def stream_reference(x, model, in_samples, hop, threshold, eps, blinding=(0, 0), top_tolerance=TOP):
-    """pipeline.picking.stream_picks with both thresholds at ``threshold``."""
+    """pipeline.model.picking.stream_picks with both thresholds at ``threshold``."""
     rule = PickRule(p_threshold=threshold, s_threshold=threshold, top_tolerance=top_tolerance, blinding=blinding)
     return stream_picks(x, model, in_samples, hop, rule, eps)
 
@@ -270,7 +270,7 @@ def stream_args(exact=1, layout="last", max_gap=100, thresholds=(0.3, 0.3), blin
 
 
 def compare_picks(got: list[dict], ref: list[dict]):
-    """The firmware's JSON picks against a reference: pipeline.picking's (with fwhm and uncertainty_s, compared too)
+    """The firmware's JSON picks against a reference: pipeline.model.picking's (with fwhm and uncertainty_s, compared too)
     or SeisBench's classify (without them)."""
     assert [(p["phase"], p["sample"], p["on"], p["off"]) for p in got] == [(p["phase"], p["sample"], p["on"], p["off"]) for p in ref]
     for g, r in zip(got, ref):
@@ -318,7 +318,7 @@ def test_stream_matches_seisbench_classify(driver):
     """The firmware's picks equal what SeisBench's own annotate/classify does with the student's hooks."""
     torch = pytest.importorskip("torch")
     obspy = pytest.importorskip("obspy")
-    from pipeline.student import XiaoNet
+    from pipeline.model.student import XiaoNet
 
     class SquareStudent(XiaoNet):
         def forward(self, x, logits=False):
@@ -423,11 +423,7 @@ def test_stream_rejects_bad_config(driver):
 def test_replay_over_pty(driver, tmp_path):
     import tty
 
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import replay
-    finally:
-        sys.path.pop(0)
+    from pipeline.deploy import replay
     master, slave = os.openpty()
     tty.setraw(slave)
     slave_name = os.ttyname(slave)
@@ -461,7 +457,7 @@ def test_platformio_ini_is_valid():
     assert result.returncode == 0, result.stderr
     sections = {name: dict(options) for name, options in json.loads(result.stdout)}
     envs = {name.split(":", 1)[1]: opts for name, opts in sections.items() if name.startswith("env:")}
-    from pipeline import boards
+    from pipeline.deploy import boards
 
     assert set(envs) >= set(boards.BOARDS)  # one environment per board, named as the board
     for name in boards.BOARDS:  # ... that says which board it is (model_config.h no longer overrides it)
@@ -572,8 +568,8 @@ def int8_student_tflite(n: int) -> bytes:
     """A real INT8 student of the XiaoNet family converted by the quantize stage (PyTorch -> ONNX -> TFLite), its
     head scaled up so that an untrained network crosses the pick threshold often: picks to compare, not skill."""
     torch = pytest.importorskip("torch")
-    from pipeline.convert import quantize_student
-    from pipeline.student import XiaoNet
+    from pipeline.deploy.convert import quantize_student
+    from pipeline.model.student import XiaoNet
 
     torch.manual_seed(3)
     model = XiaoNet(base_channels=2, in_samples=n).eval()
@@ -596,11 +592,7 @@ def test_replay_over_pty_with_tflite_micro(driver, tmp_path, model):
     import tty
 
     runtime = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import replay
-    finally:
-        sys.path.pop(0)
+    from pipeline.deploy import replay
     if model == "mul-softmax":
         interpreter = runtime.Interpreter.from_bytes(tiny_tflite_model(IN_SAMPLES), arena_size=64 * 1024)
 
@@ -609,7 +601,7 @@ def test_replay_over_pty_with_tflite_micro(driver, tmp_path, model):
             interpreter.invoke()
             return np.asarray(interpreter.get_output(0), dtype=np.float32).reshape(IN_SAMPLES, 3)
     else:
-        from pipeline import tflm as runtime_tflm
+        from pipeline.deploy import tflm as runtime_tflm
 
         flatbuffer = int8_student_tflite(IN_SAMPLES)
 
@@ -661,8 +653,8 @@ def test_firmware_glue_syntax(defines, precision, tmp_path):
     """A typo check of firmware/src/*.cc against minimal stand-ins of the IDF / TFLite Micro headers
     (firmware/lib/edgepick_core/host/stubs) and a model_config.h from the quantize stage's own writer: the real
     build needs the espressif32 platform."""
-    from pipeline import boards
-    from pipeline.convert import c_array
+    from pipeline.deploy import boards
+    from pipeline.deploy.convert import c_array
 
     dtype, scale = ("int8", 0.0078125) if precision == "int8" else ("float32", 0.0)
     info = {"precision": precision, "bytes": 100, "expanded_bytes": 200 if precision == "fp16" else 0,
@@ -685,14 +677,10 @@ def test_replay_reads_miniseed_gaps_as_gaps_and_opens_datasets(driver, tmp_path)
     """scripts/replay.py reads miniSEED as the data stage does: a gap stays a gap (an index jump the firmware
     reports), never interpolated; and --dataset opens an edgepick dataset (it used to refuse every one)."""
     obspy = pytest.importorskip("obspy")
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import replay
-    finally:
-        sys.path.pop(0)
+    from pipeline.deploy import replay
     from pipeline.config import DataConfig
-    from pipeline.datasets import write_dataset
-    from pipeline.serial_protocol import sample_lines
+    from pipeline.data.datasets import write_dataset
+    from pipeline.deploy.serial_protocol import sample_lines
 
     rng = np.random.default_rng(3)
     start = obspy.UTCDateTime(2020, 1, 1)
@@ -743,7 +731,7 @@ def live_stream() -> np.ndarray:
 
 
 def test_live_mode_matches_python_twin_within_its_latency_budget(driver):
-    """The core with exact_tail off, the live hop and blinding: the picks of pipeline.picking.live_stream_picks,
+    """The core with exact_tail off, the live hop and blinding: the picks of pipeline.model.picking.live_stream_picks,
     each reported (the last sample received when its line came out) when the twin says: its trigger's closing
     sample (off + 1) is final its phase's look-ahead to look-ahead + hop - 1 samples after it arrived, so a pick
     comes at most look-ahead + hop + its trigger-off delay after its sample; the exact replay's come a window late.
@@ -751,7 +739,7 @@ def test_live_mode_matches_python_twin_within_its_latency_budget(driver):
     x = live_stream()
     end = x.shape[1] - 1
     rule = PickRule(p_threshold=0.3, s_threshold=0.3, top_tolerance=TOP)
-    ref, _ = live_stream_picks(x, square_model, IN_SAMPLES, LIVE_HOP, LIVE_LOOKAHEAD, rule, EPS)
+    ref, _ = live_stream_picks(x, square_model, LiveRule.of(IN_SAMPLES, LIVE_HOP, LIVE_LOOKAHEAD), rule, EPS)
     args = live_stream_args()
     lines = run(driver, *args, stdin=stream_text(x)).splitlines()
     assert not [line for line in lines if json.loads(line)["type"] == "error"]
@@ -779,13 +767,13 @@ LIVE_CONFIRM = {"P": 200, "S": 250}  # live.*_confirm_samples: the same windows,
 
 def test_live_retractions_match_python_twin(driver):
     """With a confirming look-ahead the core prints the same picks as without one, and a "retract" line for each
-    pick pipeline.picking.mark_retractions withdraws, at the sample it says (its confirming curve final past the
+    pick pipeline.model.picking.mark_retractions withdraws, at the sample it says (its confirming curve final past the
     pick + the reach and any trigger open there closed), after that pick's own line; the others stay."""
     x = live_stream()
     within = 50
     rule = PickRule(p_threshold=0.3, s_threshold=0.3, top_tolerance=TOP)
-    ref, _ = live_stream_picks(x, square_model, IN_SAMPLES, LIVE_HOP, LIVE_LOOKAHEAD, rule, EPS, confirm=LIVE_CONFIRM,
-                               confirm_within=within)
+    ref, _ = live_stream_picks(x, square_model, LiveRule.of(IN_SAMPLES, LIVE_HOP, LIVE_LOOKAHEAD, LIVE_CONFIRM, within),
+                               rule, EPS)
     args = live_stream_args()
     plain = run(driver, *args, stdin=stream_text(x)).splitlines()
     lines = run(driver, *args, "--confirm", f"{LIVE_CONFIRM['P']},{LIVE_CONFIRM['S']}", within,
@@ -828,8 +816,8 @@ def retractions_of_p_curves(driver, tmp_path, live_p, confirming_p, confirm, wit
     (tmp_path / "probs.f32").write_bytes(np.concatenate(windows).astype("<f4").tobytes())
     served = iter(windows)
     rule = PickRule(p_threshold=0.3, s_threshold=0.3, top_tolerance=TOP)
-    ref, _ = live_stream_picks(np.zeros((3, n), np.float32), lambda window: next(served), IN_SAMPLES, LIVE_HOP,
-                               LIVE_LOOKAHEAD, rule, EPS, confirm=confirm, confirm_within=within)
+    ref, _ = live_stream_picks(np.zeros((3, n), np.float32), lambda window: next(served),
+                               LiveRule.of(IN_SAMPLES, LIVE_HOP, LIVE_LOOKAHEAD, confirm, within), rule, EPS)
     args = live_stream_args()
     args[-1:] = ["file", tmp_path / "probs.f32"]  # the model: these predictions, window by window
     lines = run(driver, *args, "--confirm", f"{confirm['P']},{confirm['S']}", within,
@@ -881,8 +869,8 @@ def test_retraction_waits_for_a_confirming_trigger_open_at_its_deadline(driver, 
 def test_firmware_glue_syntax_live_mode(tmp_path):
     """firmware/src/main_functions.cc with a model_config.h in live mode (the default of `make quantize`), and the
     one-line refusal of -DEDGEPICK_LIVE=1 with a header written without live settings."""
-    from pipeline import boards
-    from pipeline.convert import c_array
+    from pipeline.deploy import boards
+    from pipeline.deploy.convert import c_array
 
     info = {"precision": "int8", "bytes": 100, "expanded_bytes": 0, "sha256": "abc", "arena_bytes": 1000,
             "in_samples": 3001, "hop_samples": 1501, "sampling_rate": 100.0, "ops": {"CONV_2D": 9, "SOFTMAX": 1},
@@ -897,7 +885,7 @@ def test_firmware_glue_syntax_live_mode(tmp_path):
                f"-I{CORE / 'src'}", str(FIRMWARE / "src" / "main_functions.cc")]
         return subprocess.run(cmd, capture_output=True, text=True)
 
-    live = {"enabled": True, "hop_samples": 100, "lookahead_samples": {"P": 100, "S": 200}}
+    live = LiveRule.of(info["in_samples"], 100, {"P": 100, "S": 200})
     files = c_array.write_firmware(tmp_path / "live", bytes(100), info, PickRule(blinding=(302, 302)), budget, 1e-6, live)
     assert "#define EDGEPICK_LIVE_P_BLIND_PRE 2801 " in files["model_config.h"]
     assert "#define EDGEPICK_LIVE_S_BLIND_PRE 2701 " in files["model_config.h"]

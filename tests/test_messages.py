@@ -38,7 +38,7 @@ def test_converter_chatter_is_hidden_unless_verbose(capfd):
     pytest.importorskip("tensorflow")
     import tensorflow as tf
 
-    from pipeline.convert import tflite
+    from pipeline.deploy.convert import tflite
 
     inputs = tf.keras.Input((64, 1, 3))
     model = tf.keras.Model(inputs, tf.keras.layers.Conv2D(3, (3, 1), padding="same")(inputs))
@@ -55,7 +55,7 @@ def test_an_interrupted_dataset_write_names_no_deleted_file(tmp_path, capfd):
 
     from pipeline import cli
     from pipeline.config import DataConfig
-    from pipeline.datasets import write_dataset
+    from pipeline.data.datasets import write_dataset
 
     seisbench_logger = logging.getLogger("seisbench")
     level, filters, propagate = seisbench_logger.level, list(seisbench_logger.filters), seisbench_logger.propagate

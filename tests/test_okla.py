@@ -7,10 +7,10 @@ import pytest
 import seisbench.data as sbd
 
 from pipeline.config import DataConfig
-from pipeline.datasets import write_dataset
-from pipeline.stages.data import source_records
+from pipeline.data.datasets import write_dataset
+from pipeline.data.sources import source_records
 from pipeline.errors import EdgepickError
-from pipeline.sources import okla
+from pipeline.data.sources import okla
 
 RATE = 100.0
 SAMPLES = 12000  # 120 s
@@ -201,7 +201,7 @@ def test_data_stage_skips_traces_shorter_than_the_student_window(tmp_path):
     """OKLA traces cut short (2500 samples) cannot hold the student's 3001-sample window: skipped and counted."""
     import json
 
-    from pipeline.datasets import REPORT_NAME
+    from pipeline.data.datasets import REPORT_NAME
     from pipeline.stages import data
 
     folder = fake_okla(tmp_path / "okla", short_events=(2, 7))

@@ -1,4 +1,4 @@
-"""Picks in the formats networks ingest (pipeline/pick_formats.py) and the live listener (pipeline/stages/listen.py):
+"""Picks in the formats networks ingest (pipeline/deploy/pick_formats.py) and the live listener (pipeline/stages/listen.py):
 QuakeML / SeisComP XML / NonLinLoc from picks replayed through the firmware's core, read back; Earthworm
 TYPE_PICK_SCNL lines as pick_ew writes them; the listen stage on a file of JSON lines and on a pseudo-terminal."""
 
@@ -9,7 +9,6 @@ import math
 import os
 import re
 import subprocess
-import sys
 import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -17,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import cli, pick_formats
+from pipeline import cli
+from pipeline.deploy import pick_formats
 from pipeline.errors import EdgepickError
-from pipeline.picking import PickRule
+from pipeline.model.picking import PickRule
 from test_firmware import driver, stream_args, synthetic_stream  # noqa: F401 - driver: the host build of the core
 
 obspy = pytest.importorskip("obspy")
@@ -35,11 +35,8 @@ EARTHWORM_FIELDS = re.compile(r"^(\d+) (\d+) (\d+) (\d+) (\S+)\.(\S+)\.(\S+)\.(\
 
 
 def replay_module():
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import replay
-    finally:
-        sys.path.pop(0)
+    from pipeline.deploy import replay
+
     return replay
 
 

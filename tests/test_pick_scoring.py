@@ -1,4 +1,4 @@
-"""Pick scoring (protocol 1, pipeline.metrics): matching arithmetic on hand-made picks, then the real teacher."""
+"""Pick scoring (protocol 1, pipeline.evaluate.metrics): matching arithmetic on hand-made picks, then the real teacher."""
 
 import math
 
@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.metrics import (FALSE_CLASSES, add_false_ratios, analyst_picks, component_masks, match_picks,
-                              pick_class_records, pick_classes, score_picks, scores)
+from pipeline.evaluate.metrics import (FALSE_CLASSES, add_false_ratios, analyst_picks, component_masks, match_picks,
+                                       pick_class_records, pick_classes, score_picks, scores)
 from pipeline.errors import EdgepickError
 
 
@@ -84,10 +84,10 @@ def test_okla_teacher_picks_synthetic_traces(teacher_cache, tmp_path):
     """The real Oklahoma PhaseNet finds the synthetic P and S arrivals (F1 >= 0.9 at 0.5 s) under protocol 1."""
     import seisbench.models as sbm
 
-    from pipeline.annotation import evaluate_picker
+    from pipeline.model.annotation import evaluate_picker
     from pipeline.config import DataConfig
-    from pipeline.datasets import open_dataset, write_dataset
-    from pipeline.sources import synthetic
+    from pipeline.data.datasets import open_dataset, write_dataset
+    from pipeline.data.sources import synthetic
 
     config = DataConfig(out=str(tmp_path / "synthetic"))
     config.synthetic.n_traces = 300

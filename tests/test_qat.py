@@ -6,8 +6,8 @@ import torch
 
 from pipeline.stages import distill
 from pipeline.errors import EdgepickError
-from pipeline.fake_quant import QuantizationAware, tensor_points
-from pipeline.student import XiaoNet, load_student
+from pipeline.distill.fake_quant import QuantizationAware, tensor_points
+from pipeline.model.student import XiaoNet, load_student
 from test_distill import labelled, tiny_config  # noqa: F401 - the module-scoped dataset fixture
 
 

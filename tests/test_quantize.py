@@ -12,13 +12,13 @@ import seisbench.data as sbd
 import torch
 import torch.nn as nn
 
-from pipeline import boards, convert, tflm
+from pipeline.deploy import boards, convert, tflm
 from pipeline.cli import main
-from pipeline.convert import c_array, fp16_pack, int8, onnx_export, onnx_to_keras, tflite
+from pipeline.deploy.convert import c_array, fp16_pack, int8, onnx_export, onnx_to_keras, tflite
 from pipeline.errors import EdgepickError
-from pipeline.picking import PickRule
-from pipeline.normalization import normalize_windows
-from pipeline.student import XiaoNet, hop_samples
+from pipeline.model.picking import LiveRule, PickRule
+from pipeline.data.normalization import normalize_windows
+from pipeline.model.student import XiaoNet, hop_samples
 
 SAMPLES = 1001
 # the 1001-sample student has no room for the default 10 s confirming look-ahead (live.*_confirm_samples)
@@ -297,8 +297,8 @@ def test_config_header_writes_the_live_mode_and_refuses_what_does_not_fit():
     budget = boards.check_budget(boards.get_board("esp32s3-psram8"), info)
 
     def header(hop, lookahead, enabled=True, confirm=0):
-        live = {"enabled": enabled, "hop_samples": hop, "lookahead_samples": lookahead, "confirm_samples": confirm}
-        return c_array.model_config_header(info, PickRule(blinding=(300, 300)), budget, 1e-6, live)
+        live = LiveRule.of(SAMPLES, hop, lookahead, confirm)
+        return c_array.model_config_header(info, PickRule(blinding=(300, 300)), budget, 1e-6, live, enabled)
 
     text = header(50, {"P": 120, "S": 240}, confirm={"P": 600, "S": 0})
     assert "#define EDGEPICK_LIVE_P_CONFIRM_POST 600 " in text and "#define EDGEPICK_LIVE_S_CONFIRM_POST 0 " in text

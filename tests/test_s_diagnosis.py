@@ -1,13 +1,14 @@
-"""pipeline.s_diagnosis: the S-curve statistics of the near-field study on hand-made curves, and its figures."""
+"""pipeline.evaluate.s_diagnosis: the S-curve statistics of the near-field study on hand-made curves, and its figures."""
 
 import math
 
 import numpy as np
 import pytest
 
-from pipeline import annotation, s_diagnosis
 from pipeline.errors import EdgepickError
-from pipeline.picking import PickRule
+from pipeline.evaluate import s_diagnosis
+from pipeline.model import annotation
+from pipeline.model.picking import PickRule
 
 RATE = 100.0
 

@@ -9,10 +9,10 @@ import seisbench
 import seisbench.data as sbd
 
 from pipeline.config import DataConfig
-from pipeline.datasets import write_dataset
-from pipeline.stages.data import source_records
+from pipeline.data.datasets import write_dataset
+from pipeline.data.sources import source_records
 from pipeline.errors import EdgepickError
-from pipeline.sources import seisbench_datasets as benchmark
+from pipeline.data.sources import seisbench_datasets as benchmark
 
 
 @pytest.fixture
@@ -193,7 +193,7 @@ def test_data_stage_skips_traces_shorter_than_the_student_window(cache, tmp_path
     import json
 
     from pipeline.config import Config
-    from pipeline.datasets import REPORT_NAME
+    from pipeline.data.datasets import REPORT_NAME
     from pipeline.stages import data
 
     build_fake(cache / "ethz", seconds=40.0, short_events=(0, 5))

@@ -9,9 +9,9 @@ import torch
 
 from pipeline.config import Config
 from pipeline.errors import EdgepickError
-from pipeline.picking import PickRule
-from pipeline.normalization import normalize_windows
-from pipeline.student import XiaoNet, build_student, load_student, phasenet_macs
+from pipeline.model.picking import PickRule
+from pipeline.data.normalization import normalize_windows
+from pipeline.model.student import XiaoNet, build_student, load_student, phasenet_macs
 
 
 @pytest.mark.parametrize("samples", [1001, 3001])
@@ -152,7 +152,7 @@ def _measured_reach(model) -> int:
 def test_blinding_is_the_receptive_field_and_no_pick_comes_from_a_stream_start(tmp_path):
     """Default blinding = how far the network looks past a sample (measured here by gradients), at most half the
     overlap; saved with the student, added to students saved before it existed; no picks at a stream's start."""
-    from pipeline.student import RECEPTIVE_RADIUS, default_blinding
+    from pipeline.model.student import RECEPTIVE_RADIUS, default_blinding
 
     torch.manual_seed(0)
     model = XiaoNet(base_channels=2, in_samples=1001).eval()
@@ -212,7 +212,7 @@ def test_student_saved_before_the_pick_rule_moved_loads_with_its_rule(tmp_path):
 def test_refine_blocks_widen_the_receptive_field_and_blinding_and_are_saved(tmp_path):
     """Full-resolution refine blocks: the blinding follows the measured receptive field, the MACs grow by what the
     blocks cost, and a saved student loads with them (a student without them keeps XiaoNet's layout)."""
-    from pipeline.student import receptive_radius
+    from pipeline.model.student import receptive_radius
 
     torch.manual_seed(0)
     model = XiaoNet(base_channels=2, in_samples=1001, refine_blocks=2).eval()

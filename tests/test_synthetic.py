@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.config import DataConfig
 from pipeline.errors import EdgepickError
-from pipeline.sources import synthetic
+from pipeline.data.sources import synthetic
 
 COLUMNS = (
     "trace_name",
@@ -139,7 +139,7 @@ def test_bad_config_raises():
 def test_written_dataset_opens_and_splits_by_event(tmp_path):
     import seisbench.data as sbd
 
-    from pipeline.datasets import write_dataset
+    from pipeline.data.datasets import write_dataset
 
     config = make(n=60)
     config.out = str(tmp_path / "synthetic")

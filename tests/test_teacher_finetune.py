@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import teachers
+from pipeline.model import teachers
 from pipeline.stages import teacher as teacher_finetune
 from pipeline.config import Config
-from pipeline.datasets import write_dataset
+from pipeline.data.datasets import write_dataset
 from pipeline.errors import EdgepickError
 from test_data import make_records, unlabelled_dataset
 

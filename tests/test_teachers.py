@@ -15,15 +15,16 @@ import obspy
 import pytest
 import torch
 
-from pipeline import generators, teachers
+from pipeline.data import generators
+from pipeline.model import teachers
 from pipeline.config import DataConfig
-from pipeline.datasets import open_dataset, write_dataset
+from pipeline.data.datasets import open_dataset, write_dataset
 from pipeline.errors import EdgepickError
-from pipeline.generators import CropSoftLabels, SoftLabelOrigin
-from pipeline.soft_label_cache import SoftLabelCache, build_soft_labels
-from pipeline.soft_labels import OnTheFlyTeacher, TrainingTargets
+from pipeline.data.generators import CropSoftLabels, SoftLabelOrigin
+from pipeline.distill.soft_label_cache import SoftLabelCache, build_soft_labels
+from pipeline.distill.soft_labels import OnTheFlyTeacher, TrainingTargets
 from pipeline.stages import soft_labels as soft_labels_stage
-from pipeline.teachers import Teacher, TeacherMember, parse_teacher_spec, sigmoid_to_distribution, to_distribution
+from pipeline.model.teachers import Teacher, TeacherMember, parse_teacher_spec, sigmoid_to_distribution, to_distribution
 
 torch.set_num_threads(1)
 

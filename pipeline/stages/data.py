@@ -1,4 +1,4 @@
-"""``make data``: every source ends as a SeisBench-format dataset split by event (:mod:`pipeline.datasets`).
+"""``make data``: every source ends as a SeisBench-format dataset split by event (:mod:`pipeline.data.datasets`).
 
 Sources (``data.source``): ``synthetic`` (the embedded default, no network), ``okla`` (a local copy of the Oklahoma
 OKLA_1Mil_120s_Ver_3 dataset), ``seisbench:<Name>`` (any SeisBench dataset), ``fdsn`` (events with picks and
@@ -8,44 +8,10 @@ repaired, or skipped and counted per reason in ``edgepick_dataset.json``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from pipeline.artifacts import save_config
 from pipeline.config import Config, DataConfig
-from pipeline.datasets import SPLITS, Record, open_dataset, write_dataset
-from pipeline.errors import EdgepickError
-
-
-def source_records(config: DataConfig) -> tuple[Iterator[Record], int | None, dict]:
-    """The records of the configured source, their count if known, and writer options."""
-    source = config.source
-    if source == "synthetic":
-        from pipeline.sources import synthetic
-
-        return synthetic.records(config), config.synthetic.n_traces, {}
-    if source == "okla":
-        from pipeline.sources import okla
-
-        return okla.records(config)
-    if source.startswith("seisbench:"):
-        from pipeline.sources import seisbench_datasets
-
-        return seisbench_datasets.records(config, source.split(":", 1)[1])
-    if source == "fdsn":
-        from pipeline.sources import fdsn
-
-        return fdsn.records(config)
-    if source == "miniseed":
-        from pipeline.sources import miniseed
-
-        return miniseed.records(config)
-    raise EdgepickError(f"unknown data source {source!r}; use synthetic, okla, seisbench:<Name>, fdsn or miniseed")
-
-
-# Sources whose trace length is the dataset's, not a setting: their traces must hold one student window
-# (distillation and the benchmark cut windows of student.in_samples from every trace and refuse shorter ones).
-# synthetic, fdsn and miniseed cut traces of a configured length and set their own minimum.
-DATASET_LENGTH_SOURCES = ("okla", "seisbench:")
+from pipeline.data.datasets import SPLITS, open_dataset, write_dataset
+from pipeline.data.sources import DATASET_LENGTH_SOURCES, source_records
 
 
 def run(config: Config) -> dict:

@@ -15,21 +15,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline import boards
+from pipeline.deploy import boards
+from pipeline.deploy.convert.c_array import read_model_config
 from pipeline.errors import EdgepickError
 
 FIRMWARE_DIR = Path(__file__).resolve().parents[2] / "firmware"
 MODEL_CONFIG = FIRMWARE_DIR / "src" / "model" / "model_config.h"
-
-
-def read_model_config(path: Path = MODEL_CONFIG) -> dict[str, str]:
-    """The ``#define`` values of the generated model_config.h (strings unquoted)."""
-    if not path.is_file():
-        raise EdgepickError(f"{path} is missing: run `make quantize` first (it generates the model for the firmware)")
-    values = {}
-    for name, value in re.findall(r"^#define\s+(EDGEPICK_\w+)\s+(.+?)\s*(?://.*)?$", path.read_text(), re.M):
-        values[name] = value.strip().strip('"')
-    return values
 
 
 def budget_lines(values: dict[str, str]) -> list[str]:
@@ -91,7 +82,7 @@ def model_board(path: Path | None = None) -> str | None:
 
 
 def build(config, upload: bool = False) -> None:
-    values = read_model_config()
+    values = read_model_config(MODEL_CONFIG)
     if not MODEL_CONFIG.with_name("model_ops.h").is_file():
         raise EdgepickError(f"{MODEL_CONFIG.parent} predates model_ops.h (the model's op list): run `make quantize` again")
     generated_for = model_board()

@@ -15,14 +15,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import boards, emulator, tflm, waveforms
+from pipeline.data import waveforms
+from pipeline.deploy import boards, emulator, tflm
 from pipeline.artifacts import atomic_write_text, save_config
-from pipeline.convert import c_array, fp16_pack
+from pipeline.deploy.convert import c_array, fp16_pack
+from pipeline.deploy.convert.c_array import read_model_config
 from pipeline.errors import EdgepickError
-from pipeline.picking import PHASES, PickRule, live_stream_picks, stream_picks
-from pipeline.serial_protocol import parse_pick_lines, sample_lines
-from pipeline.stages.benchmark import load_labelled, resolve_dataset
-from pipeline.stages.firmware import read_model_config
+from pipeline.model.picking import PHASES, LiveRule, PickRule, live_stream_picks, stream_picks
+from pipeline.deploy.serial_protocol import parse_pick_lines, sample_lines
+from pipeline.data.traces import load_labelled, resolve_dataset
 
 
 def rule_from_header(values: dict[str, str]) -> PickRule:
@@ -37,6 +38,14 @@ def rule_from_header(values: dict[str, str]) -> PickRule:
                     blinding=blinding, match_tolerance_s=number("EDGEPICK_PICK_TOLERANCE_S"))
 
 
+def live_rule_from_header(values: dict[str, str]) -> LiveRule:
+    """The live rule the firmware was built with, read back from its model_config.h."""
+    lookaheads = {phase: int(values[f"EDGEPICK_LIVE_{phase}_BLIND_POST"]) for phase in PHASES}
+    confirms = {phase: int(values.get(f"EDGEPICK_LIVE_{phase}_CONFIRM_POST", "0")) for phase in PHASES}
+    return LiveRule.of(int(values["EDGEPICK_WINDOW_SAMPLES"]), int(values["EDGEPICK_LIVE_HOP_SAMPLES"]), lookaheads,
+                       confirms, int(values.get("EDGEPICK_LIVE_CONFIRM_WITHIN", "0")))
+
+
 def model_flatbuffer(model_dir: Path, values: dict[str, str]) -> bytes:
     """The flatbuffer TFLite Micro runs: model_data.cc's array (FP16-packed models expanded as the firmware does)."""
     payload = c_array.parse_c_array((model_dir / "model_data.cc").read_text())
@@ -45,16 +54,12 @@ def model_flatbuffer(model_dir: Path, values: dict[str, str]) -> bytes:
 
 def python_picks(waveform: np.ndarray, flatbuffer: bytes, values: dict[str, str], rule: PickRule) -> list[tuple]:
     """(phase, sample, fwhm, retracted) of the Python stream reference: the firmware's windows, normalisation,
-    picker and retractions in pipeline.picking, the model in the tflite-micro interpreter."""
+    picker and retractions in pipeline.model.picking, the model in the tflite-micro interpreter."""
     model = lambda w: tflm.run(flatbuffer, w[None])[0].T  # noqa: E731
     window, eps = int(values["EDGEPICK_WINDOW_SAMPLES"]), float(values["EDGEPICK_NORM_EPS"].rstrip("f"))
     rate = float(values["EDGEPICK_SAMPLING_RATE_HZ"].rstrip("f"))
     if live_mode(values):  # the firmware built from this header picks live (model_config.h's EDGEPICK_LIVE)
-        lookaheads = {phase: int(values[f"EDGEPICK_LIVE_{phase}_BLIND_POST"]) for phase in PHASES}
-        confirms = {phase: int(values.get(f"EDGEPICK_LIVE_{phase}_CONFIRM_POST", "0")) for phase in PHASES}
-        picks, _ = live_stream_picks(waveform, model, window, int(values["EDGEPICK_LIVE_HOP_SAMPLES"]), lookaheads,
-                                     rule, eps, rate, confirm=confirms,
-                                     confirm_within=int(values.get("EDGEPICK_LIVE_CONFIRM_WITHIN", "0")))
+        picks, _ = live_stream_picks(waveform, model, live_rule_from_header(values), rule, eps, rate)
     else:
         picks, _ = stream_picks(waveform, model, window, int(values["EDGEPICK_HOP_SAMPLES"]), rule, eps, rate)
     return sorted((p["phase"], int(p["sample"]), int(p["fwhm"]), p.get("retracted") is not None) for p in picks)

@@ -1,5 +1,5 @@
 """``make listen``: read a board's JSON lines live (its serial port, or a file / FIFO / stdin of them), print each
-pick as one readable line and keep it in the formats networks ingest (pipeline/pick_formats.py): the Earthworm
+pick as one readable line and keep it in the formats networks ingest (pipeline/deploy/pick_formats.py): the Earthworm
 TYPE_PICK_SCNL line is appended to ``<out>/<station>.pick_scnl`` and the QuakeML (SC3ML, NonLinLoc) of the session
 rewritten atomically after every pick, so that Ctrl-C loses nothing. A "retract" line (the live mode's retraction)
 marks its pick rejected in the catalogs (left out of NonLinLoc); its Earthworm line has gone out already and
@@ -20,9 +20,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline import pick_formats
+from pipeline.deploy import pick_formats
 from pipeline.errors import EdgepickError
-from pipeline.serial_protocol import is_end_of_stream, is_retraction, json_message
+from pipeline.deploy.serial_protocol import is_end_of_stream, is_retraction, json_message
 
 STDIN_NAMES = ("-", "stdin")  # "-" arrives through --set as YAML's [None]: "stdin" says the same
 READ_TIMEOUT_S = 0.2  # a serial read returns at least this often, so that max_seconds is kept

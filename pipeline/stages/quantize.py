@@ -14,11 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import boards, generators
+from pipeline.data import generators
+from pipeline.deploy import boards
 from pipeline.artifacts import atomic_dir, save_config
-from pipeline.convert import QuantizeResult, c_array, quantize_student
+from pipeline.deploy.convert import QuantizeResult, c_array, quantize_student
+from pipeline.deploy.convert.chain import format_latency, format_variants
 from pipeline.errors import EdgepickError
-from pipeline.student import hop_samples, load_student
+from pipeline.model.picking import LiveRule
+from pipeline.model.student import hop_samples, load_student
 
 
 def run(config) -> QuantizeResult:
@@ -45,7 +48,7 @@ def run(config) -> QuantizeResult:
         info["sampling_rate"] = float(model.sampling_rate)
         info["macs"] = model.count_macs()
         if live:  # the retraction's confirming curves: one hop of stitch buffer per confirming phase
-            info["confirm_stitch_samples"] = live["hop_samples"] * sum(v > 0 for v in live["confirm_samples"].values())
+            info["confirm_stitch_samples"] = live.hop * sum(v > 0 for v in live.confirms.values())
         info["estimated_latency"] = boards.estimate_latency(info["macs"], precision,
                                                             info["hop_samples"] / info["sampling_rate"])
         budgets[precision] = boards.check_budget(board, info, config.board, raise_error=False)
@@ -80,16 +83,10 @@ def run(config) -> QuantizeResult:
     return result
 
 
-def _live_settings(live, in_samples: int) -> dict | None:
-    """The ``live`` section as model_config.h takes it (None when the firmware is to replay exactly); a hop or
-    look-ahead that does not fit the student's window is refused here."""
-    if not live.enabled:
-        return None
-    live.check(in_samples)
-    return {"enabled": True, "hop_samples": int(live.hop_samples),
-            "lookahead_samples": {phase: int(v) for phase, v in live.lookaheads().items()},
-            "confirm_samples": {phase: int(v) for phase, v in live.confirms().items()},
-            "confirm_within_samples": int(live.confirm_within_samples)}
+def _live_settings(live, in_samples: int) -> LiveRule | None:
+    """The live rule model_config.h takes (None when the firmware is to replay exactly); a hop or look-ahead that
+    does not fit the student's window is refused here."""
+    return live.rule(in_samples) if live.enabled else None
 
 
 def _windows(dataset: str, split: str, count: int, samples: int, seed: int):
@@ -99,36 +96,3 @@ def _windows(dataset: str, split: str, count: int, samples: int, seed: int):
     shares = [count // len(paths) + (i < count % len(paths)) for i in range(len(paths))]
     parts = [generators.dataset_windows(path, split, share, samples, seed=seed) for path, share in zip(paths, shares) if share]
     return np.concatenate(parts)
-
-
-def format_variants(result: QuantizeResult) -> str:
-    lines = [
-        f"ONNX vs PyTorch max |diff| {result.onnx_max_error:.2e}; Keras vs onnxruntime {result.keras_max_error:.2e}",
-        f"{'variant':8} {'bytes':>8} {'unstripped':>10} {'arena':>8} {'max err':>9} {'agree':>7} {'picks':>6}  ops",
-    ]
-    for precision, info in result.variants.items():
-        ops = " ".join(f"{k}x{v}" for k, v in info["ops"].items())
-        lines.append(
-            f"{precision:8} {info['bytes']:8d} {info['bytes_unstripped']:10d} {info.get('arena_bytes', 0):8d} "
-            f"{info['max_abs_error']:9.2e} {info['pick_agreement']:7.3f} {info['reference_picks']:6d}  {ops}"
-        )
-    return "\n".join(lines)
-
-
-def format_latency(result: QuantizeResult) -> str:
-    """Estimated ms per window and real-time factor on ESP32 / ESP32-C3 / ESP32-S3 (:data:`pipeline.boards.CYCLES_PER_MAC`:
-    INT8 on ESP32 and ESP32-C3 from the instruction count measured in the emulator, the rest from published timings)."""
-    chips = ("esp32", "esp32c3", "esp32s3")
-    lines = [f"{'variant':8} {'MACs':>10} " + " ".join(f"{c + ' ms':>11} {'RTF':>7}" for c in chips)
-             + "  (estimates: pipeline/boards.py)"]
-    for precision, info in result.variants.items():
-        latency = info.get("estimated_latency")
-        if not latency:
-            continue
-        cells = [f"{latency[c]['ms']:11.1f} {latency[c]['real_time_factor']:7.4f}" if c in latency else f"{'-':>11} {'-':>7}"
-                 for c in chips]
-        lines.append(f"{precision:8} {info['macs']:10d} " + " ".join(cells))
-    lines.append(f"  INT8 on ESP32 / ESP32-C3: {boards.EMULATED_INSTRUCTIONS_PER_MAC['esp_nn']:.1f} instructions per MAC "
-                 "measured in the emulator (ESP-NN C kernels, `make firmware-sim`), at 1 cycle each; ESP32-S3 and "
-                 "float: Espressif's person-detection timings")
-    return "\n".join(lines)

@@ -1,15 +1,15 @@
 """``make soft-labels``: run the teacher(s) once over each dataset of ``distill.dataset`` and cache their per-sample
-(P, S, noise) output beside it (:mod:`pipeline.soft_label_cache`); resumable, reused while current. Distillation builds
+(P, S, noise) output beside it (:mod:`pipeline.distill.soft_label_cache`); resumable, reused while current. Distillation builds
 what is missing itself; this stage builds it ahead (e.g. on a machine with a GPU, ``teacher.device=cuda``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import soft_labels
-from pipeline.soft_label_cache import build_soft_labels
+from pipeline.distill import soft_labels
+from pipeline.distill.soft_label_cache import build_soft_labels
 from pipeline.errors import EdgepickError
-from pipeline.teachers import parse_teacher_spec
+from pipeline.model.teachers import parse_teacher_spec
 
 
 def run(config, dataset_path: str | Path | None = None) -> list[Path]:

@@ -1,8 +1,8 @@
 """``make sweep``: distil one student per (temperature, alpha, width) and rank them on a dev split.
 
-Every grid point is an ordinary distillation run (``pipeline.stages.distill.run``) in its own folder under
+Every grid point is an ordinary distillation run (``pipeline.distill.loop.distill``) in its own folder under
 ``sweep.out``; a finished point is not run again, so a killed sweep resumes where it stopped. Each student is
-scored as ``make calibrate`` scores it (pipeline/stages/calibrate.py): whole traces of the dev split ``sweep.dataset``
+scored as ``make calibrate`` scores it (pipeline/evaluate/dev_split.py): whole traces of the dev split ``sweep.dataset``
 annotated as station streams, against its analyst picks or, on unlabelled real continuous windows (the recipe's
 transfer:dev), against the teacher's; each phase at its best threshold of ``calibrate.thresholds`` (the students'
 probability scales differ, and calibrate would give each its own), F1 at every tolerance of ``sweep.tolerances_s``.
@@ -23,9 +23,10 @@ from pathlib import Path
 from pipeline.artifacts import atomic_file, atomic_write_text
 from pipeline.config import Config
 from pipeline.errors import EdgepickError
-from pipeline.metrics import PHASES
-from pipeline.stages import calibrate, distill
-from pipeline.student import load_student, phasenet_macs
+from pipeline.evaluate.metrics import PHASES
+from pipeline.distill import loop as distillation
+from pipeline.evaluate import dev_split
+from pipeline.model.student import load_student, phasenet_macs
 
 RESULT = "sweep_result.json"
 
@@ -51,7 +52,7 @@ def run(config: Config) -> list[dict]:
     if not tolerances or not all(t > 0 for t in tolerances):
         raise EdgepickError(f"sweep.tolerances_s must be positive, got {config.sweep.tolerances_s}")
     points = grid(config)
-    dev = calibrate.load_dev(config, config.sweep.dataset or config.calibrate.dataset)
+    dev = dev_split.load_dev(config, config.sweep.dataset or config.calibrate.dataset)
     phases = dev.phases
     if not phases:
         raise EdgepickError(f"sweep: the dev split {dev.label} holds no P or S pick to rank the students on")
@@ -75,7 +76,7 @@ def run(config: Config) -> list[dict]:
             point_config.student.base_channels = point["base_channels"]
             point_config.distill.out = str(folder)
             print(f"sweep {folder.name}: distilling")
-            distill.run(point_config)
+            distillation.distill(point_config)
         row = _score(point, folder, dev, config.calibrate.thresholds, tolerances)
         atomic_write_text(result_path, json.dumps(row, indent=1) + "\n")
         rows.append(row)
@@ -89,14 +90,14 @@ def run(config: Config) -> list[dict]:
 def _score(point: dict, folder: Path, dev, thresholds, tolerances) -> dict:
     """The sweep's row of the student distilled in ``folder``: its cost, and per phase its best threshold on ``dev``
     and the F1 there at each tolerance; ``dev_f1`` is the mean of those F1."""
-    student = load_student(folder / distill.STUDENT)
+    student = load_student(folder / distillation.STUDENT)
     table = dev.threshold_table(student, thresholds, tolerances, spec=str(folder))
     row = {**point, "run": folder.name, "parameters": sum(p.numel() for p in student.parameters()),
            "macs": student.count_macs(), "dev": dev.label, "against": dev.against, "tolerances_s": list(tolerances)}
     row["macs_ratio_to_phasenet"] = row["macs"] / phasenet_macs(student.in_samples)
     f1 = []
     for phase in dev.phases:
-        best = calibrate.best_threshold(table, phase)
+        best = dev_split.best_threshold(table, phase)
         chosen = next(r for r in table if r["threshold"] == best)
         row[f"threshold_{phase}"] = best
         for t in tolerances:

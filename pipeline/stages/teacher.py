@@ -1,6 +1,6 @@
 """``make teacher``: fine-tune a pretrained teacher on a labelled dataset (how the Oklahoma teacher itself was made).
 
-The teacher is trained on its own input conventions, the ones it is applied with (:class:`pipeline.teachers.Teacher`):
+The teacher is trained on its own input conventions, the ones it is applied with (:class:`pipeline.model.teachers.Teacher`):
 its component order and filter (``TeacherInput.prepare`` on the whole trace), windows of its own length around the
 picks, its own normalisation (the model's ``annotate_batch_pre``, exactly what ``annotate`` runs), and SeisBench's
 ``ProbabilisticLabeller`` (Gaussian pick labels). Loss: PhaseNet (a softmax over P, S, noise): cross-entropy against
@@ -13,7 +13,7 @@ and ``loss.png``.
 The dev loss of the pretrained weights is measured first and is the bar to beat: the saved model
 (``<out>/teacher/teacher.{json,pt}``, a SeisBench model) is the best on dev of the pretrained and every epoch.
 Use it as a teacher with ``TEACHER=phasenet:<out>`` or ``eqtransformer:<out>`` (a local folder is a weights name, see
-``pipeline.teachers``).
+``pipeline.model.teachers``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pipeline import generators, teachers, training, windowing
+from pipeline.data import generators, windowing
+from pipeline.distill import training
+from pipeline.model import teachers
 from pipeline.artifacts import save_config
 from pipeline.config import Config
 from pipeline.errors import EdgepickError

@@ -1,5 +1,5 @@
 // Entry point of the emulated firmware: main.cc's setup()/loop() until the serial input ends, then one JSON line
-// with what the emulator measured (pipeline/emulator.py reads it). Exit status 1 when setup() refused.
+// with what the emulator measured (pipeline/deploy/emulator.py reads it). Exit status 1 when setup() refused.
 #include <cinttypes>
 #include <cstdio>
 

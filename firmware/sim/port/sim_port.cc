@@ -1,6 +1,6 @@
 // The port layer of the emulated firmware: the few ESP-IDF calls the firmware makes, on bare-metal RV32IMC under
 // qemu-system-riscv32 with semihosting (picolibc). Memory comes from the board's linker regions
-// (pipeline/emulator.py passes them as --defsym), time from the retired-instruction counter.
+// (pipeline/deploy/emulator.py passes them as --defsym), time from the retired-instruction counter.
 #include "sim_port.h"
 
 #include <cerrno>
@@ -22,7 +22,7 @@
 #define EDGEPICK_SIM_PSRAM_BYTES 0
 #endif
 #ifndef EDGEPICK_SIM_PSRAM_BASE
-// Past the RAM region; pipeline/emulator.py gives QEMU enough memory to back it.
+// Past the RAM region; pipeline/deploy/emulator.py gives QEMU enough memory to back it.
 #define EDGEPICK_SIM_PSRAM_BASE 0x80800000u
 #endif
 #ifndef EDGEPICK_SIM_SERIAL_FILE

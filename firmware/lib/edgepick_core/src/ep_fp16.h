@@ -1,6 +1,6 @@
 // Half-precision helpers and the expander of the FP16-packed model.
 //
-// Packed format "EPH1", defined by pipeline/convert/fp16_pack.py (pack_fp16; expand_fp16 is the Python twin of
+// Packed format "EPH1", defined by pipeline/deploy/convert/fp16_pack.py (pack_fp16; expand_fp16 is the Python twin of
 // this expander, tested against it). All integers little-endian uint32:
 //   header:  'E' 'P' 'H' '1' | expanded_size | segment_count | fnv1a32(expanded bytes)
 //   table:   segment_count x { kind (0 = raw bytes, 1 = float16 values) | count (bytes or values) }

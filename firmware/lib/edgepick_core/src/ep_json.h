@@ -14,7 +14,7 @@ namespace edgepick {
 // at half maximum in samples (ep_picker.h); unc: the pick's time uncertainty in seconds (PickUncertainty).
 // Returns the length written (truncated to cap - 1 like snprintf), or -1 on error.
 // The standard deviation (s) of a Gaussian as wide at half maximum as the pick's peak: fwhm / (2 sqrt(2 ln 2)) /
-// sampling_rate (pipeline.picking.PickRule.picks: "uncertainty_s").
+// sampling_rate (pipeline.model.picking.PickRule.picks: "uncertainty_s").
 double PickUncertainty(uint32_t fwhm, double sampling_rate);
 
 // reported: the last sample received when the line is printed, so that a pick's latency is known

@@ -1,4 +1,4 @@
-// Window normalisation, identical to the Python student (pipeline/normalization.py normalize_windows):
+// Window normalisation, identical to the Python student (pipeline/data/normalization.py normalize_windows):
 // demean each component over the window, then divide the whole window by its largest peak |x| x (1 + eps);
 // an all-zero window is left at zero. Computed in double, stored as float.
 #pragma once

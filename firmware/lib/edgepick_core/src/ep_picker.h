@@ -6,14 +6,14 @@
 //     [on, off] intervals (on: first sample >= threshold; off: last sample of the run >= threshold / 2);
 //     the pick is the first maximum inside [on, off] (SeisBench picks_from_annotations), or, with a top
 //     tolerance t >= 0, the centre of the peak's top: the contiguous samples around that maximum that are at
-//     least (1 - t) times it, at most top_half_width on each side (pipeline.picking.PickRule.peak); the student's
+//     least (1 - t) times it, at most top_half_width on each side (pipeline.model.picking.PickRule.peak); the student's
 //     t = 0.5 is the midpoint of the peak's full width at half maximum. Its P and S peaks are flat, broad or
 //     multi-humped at the top, so the first maximum is arbitrary: INT8 rounding moved it by 10-70 samples; the
 //     midpoint at half maximum sits on the steep flanks and stays put. There is no other minimum distance:
 //     two picks of one phase are separated by at least one sample below threshold / 2.
 //  3. every pick also carries its peak's width at half maximum (fwhm): the contiguous samples around the first
 //     maximum that are >= half of it, searched as the top is (at most top_half_width either side, inside
-//     [on, off]) whatever the top tolerance; pipeline.picking.PickRule.picks computes the same count.
+//     [on, off]) whatever the top tolerance; pipeline.model.picking.PickRule.picks computes the same count.
 // Everything here is streaming: samples are finalised in order and picks come out as soon as the trigger
 // switches off.
 #pragma once
@@ -62,7 +62,7 @@ class TriggerPicker {
   void ExtendRun(Run* run, uint64_t index, float value, float level) const;  // a later sample, not a new maximum
   void StartTop(uint64_t peak);  // a new maximum at peak: both runs restart there
   Pick Finished() const;         // the pick of the segment that just closed
-  // Lowest value of the top; float32 as pipeline.picking.PickRule.peak computes it.
+  // Lowest value of the top; float32 as pipeline.model.picking.PickRule.peak computes it.
   float TopLevel() const { return current_.prob * (1.0f - top_tolerance_); }
   float HalfLevel() const { return current_.prob * 0.5f; }  // = prob * (1 - 0.5f), bit for bit
   float on_threshold_ = 0.3f;

@@ -7,7 +7,7 @@
 // regular ones did not reach it, as SeisBench's annotate does; samples are only finalised once no such last
 // window could touch them (latency: one window). Without it a phase's sample is final as soon as no later window
 // keeps a prediction of it (it lies before the next window's start + that phase's blind_pre), and the stream has
-// no special end: in the live mode (pipeline.picking.live_blinding: blind_pre = in_samples - hop - blind_post,
+// no special end: in the live mode (pipeline.model.picking.live_blinding: blind_pre = in_samples - hop - blind_post,
 // every sample from one window) blind_post to blind_post + hop - 1 samples after it arrived. Each phase has its
 // own blinding (the live mode's per-phase look-ahead: S needs more of the coda than P) and its own stacker, so a
 // P pick does not wait for S's look-ahead; the samples of all phases are still finalised in sample order.
@@ -18,7 +18,7 @@
 // that curve too, silently. A live pick of the phase with no confirming pick within confirm_within samples is
 // withdrawn by a {"type":"retract",...} line once the confirming curve is final past pick + confirm_within and a
 // trigger open there has closed (about C + hop samples after the pick); one the stream ends before that is kept.
-// It costs no inference and hop floats + counts per phase (pipeline.picking.mark_retractions is the twin).
+// It costs no inference and hop floats + counts per phase (pipeline.model.picking.mark_retractions is the twin).
 #pragma once
 
 #include <cstddef>

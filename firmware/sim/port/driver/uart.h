@@ -1,5 +1,5 @@
 // ESP-IDF's UART driver on the emulator: UART 0 receives the bytes of a host file read through semihosting
-// (EDGEPICK_SIM_SERIAL_FILE, written by pipeline/emulator.py in the replay tool's line format).
+// (EDGEPICK_SIM_SERIAL_FILE, written by pipeline/deploy/emulator.py in the replay tool's line format).
 #pragma once
 #include <stddef.h>
 #include <stdint.h>

@@ -1,0 +1,1 @@
+"""Data: the sources, the SeisBench-format datasets, waveforms and windows, the training generators."""

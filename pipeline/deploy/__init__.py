@@ -1,0 +1,1 @@
+"""Deployment: conversion to TFLite, TFLite Micro, the boards, the emulator, the serial protocol and pick formats."""

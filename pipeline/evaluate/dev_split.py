@@ -1,0 +1,136 @@
+"""A dev split students are scored on (``make calibrate``, ``make sweep``, the dev study): its traces as station
+streams and the picks they are scored against, the F1 of each threshold and the objective recipe choices are made
+with (the mean F1 over the tolerances, each phase at its best threshold). Only a dev split: a test split or a whole
+folder is refused, as it is what gets reported."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.evaluate import metrics
+from pipeline.model import annotation, runners
+from pipeline.errors import EdgepickError
+from pipeline.data.traces import load_labelled, resolve_dataset
+
+
+@dataclasses.dataclass
+class DevSplit:
+    """A dev split students are scored on: its traces as station streams and the picks they are scored against
+    (the analyst's, or for unlabelled continuous windows the teacher's); several splits pool into one."""
+
+    waveforms: list
+    rate: float
+    order: str
+    truth: dict  # phase -> per trace, pick times (s)
+    against: str  # "analyst" or "teacher <name>" (pooled: both, joined by " + ")
+    label: str  # "path:split" (pooled: joined by ",")
+    # phase -> per trace, whether its set has picks of that phase: a set without S picks (deepdenoiser99) is not
+    # scored on S, or a pooled split would count its real S arrivals as false picks (default: from ``phases``)
+    labelled: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.labelled:
+            phases = self.phases
+            self.labelled = {phase: [phase in phases] * len(self.waveforms) for phase in metrics.PHASES}
+
+    @property
+    def phases(self) -> list[str]:
+        """The phases that have picks to be scored against (deepdenoiser-like sets have no S)."""
+        return [phase for phase in metrics.PHASES if any(len(t) for t in self.truth[phase])]
+
+    def threshold_table(self, student, thresholds, tolerances, spec: str = "") -> list[dict]:
+        """:func:`threshold_table` of ``student``'s whole-trace picks (annotated as the benchmark does)."""
+        bench = runners.BenchModel("student", "pytorch", "fp32", [student], spec=spec)
+        runners.check_rates([bench], [self.rate])
+        curves = annotation.dataset_curves(bench, self.waveforms, self.rate, self.order)
+        return threshold_table(curves, self.truth, thresholds, tolerances, self.labelled)
+
+
+def load_dev(config, spec: str) -> DevSplit:
+    """The dev split ``spec`` ("path:split"; several, comma-separated, pool; "" = the dev split of distill.dataset's
+    first folder), at most ``calibrate.max_traces`` of each (seeded); a test split or a whole folder is refused (it
+    is what gets reported)."""
+    parts = [_load_one_dev(config, one.strip()) for one in spec.split(",") if one.strip()] or [_load_one_dev(config, "")]
+    return pool_dev(parts)
+
+
+def pool_dev(parts: list[DevSplit]) -> DevSplit:
+    """One dev split of several (their traces one after the other)."""
+    if len({(part.rate, part.order) for part in parts}) > 1:
+        raise EdgepickError("dev splits " + ", ".join(f"{p.label} ({p.rate:g} Hz {p.order})" for p in parts)
+                            + " differ in sampling rate or component order; re-run the data stage")
+    return DevSplit(
+        waveforms=[w for part in parts for w in part.waveforms],
+        rate=parts[0].rate,
+        order=parts[0].order,
+        truth={phase: [t for part in parts for t in part.truth[phase]] for phase in metrics.PHASES},
+        against=" + ".join(dict.fromkeys(part.against for part in parts)),
+        label=",".join(part.label for part in parts),
+        labelled={phase: [flag for part in parts for flag in part.labelled[phase]] for phase in metrics.PHASES},
+    )
+
+
+def _load_one_dev(config, spec: str) -> DevSplit:
+    path, split = _dev_split(config, spec)
+    c = config.calibrate
+    waveforms, metadata, rate, order = load_labelled(path, split, c.max_traces, c.seed)
+    truth, by_teacher = annotation.reference_picks(waveforms, metadata, rate, order, config.teacher.name)
+    against = f"teacher {config.teacher.name}" if by_teacher else "analyst"
+    return DevSplit(waveforms, rate, order, truth, against, f"{path}{':' + split if split else ''}")
+
+
+def threshold_table(curves: annotation.Curves, truth: dict, thresholds, tolerances,
+                    labelled: dict | None = None) -> list[dict]:
+    """One row per threshold: F1 (and precision, recall) per phase and tolerance of the curves' picks at it; the
+    picks of a trace whose set has no picks of a phase (``labelled``) are not scored on that phase."""
+    rows = []
+    for threshold in thresholds:
+        picks = curves.picks(float(threshold))
+        if labelled:
+            picks = {phase: [trace if labelled[phase][i] else trace[:0] for i, trace in enumerate(per_trace)]
+                     for phase, per_trace in picks.items()}
+        scored = metrics.score_picks(truth, picks, tuple(float(t) for t in tolerances))
+        row = {"threshold": float(threshold)}
+        for phase in metrics.PHASES:
+            for tolerance in tolerances:
+                s = scored[phase][float(tolerance)]
+                row[f"{phase}_f1_{tolerance:g}"] = s["f1"]
+                row[f"{phase}_precision_{tolerance:g}"] = s["precision"]
+                row[f"{phase}_recall_{tolerance:g}"] = s["recall"]
+        rows.append(row)
+    return rows
+
+
+def best_threshold(table: list[dict], phase: str) -> float:
+    """The threshold of the highest mean F1 over the tolerances (the lowest of equal ones: it loses no recall)."""
+    ordered = sorted(table, key=lambda row: row["threshold"])
+    return ordered[int(np.argmax([_objective_row(row, phase) for row in ordered]))]["threshold"]
+
+
+def _objective_row(row: dict, phase: str) -> float:
+    values = [v for k, v in row.items() if k.startswith(f"{phase}_f1_")]
+    return float(np.mean(values))
+
+
+def objective(table: list[dict], phase: str, threshold: float) -> float:
+    """The objective at ``threshold``, or at the nearest threshold of the table."""
+    row = min(table, key=lambda r: abs(r["threshold"] - threshold))
+    return _objective_row(row, phase)
+
+
+def _dev_split(config, spec: str) -> tuple[Path, str]:
+    if not spec:
+        first = next((p.strip() for p in config.distill.dataset.split(",") if p.strip()), "")
+        if not first:
+            raise EdgepickError("no dev split: distill.dataset is empty; name one (path:dev)")
+        spec = f"{first}:dev"
+    path, split = resolve_dataset(config, spec)
+    if not (path / "metadata.csv").is_file():
+        raise EdgepickError(f"dev split {spec}: {path} is not a SeisBench-format folder (no metadata.csv)")
+    if split in ("", "test"):
+        raise EdgepickError(f"dev split {spec}: tune on a dev split (path:dev), not on "
+                            f"{'every trace' if not split else 'the test split'}, which the benchmark reports")
+    return path, split

@@ -1,0 +1,503 @@
+"""The XiaoNet-style student: a tiny U-shaped phase picker built to map onto TensorFlow Lite Micro ops.
+
+Architecture (after XiaoNet v5-B, github.com/Hy-X/xiao_net), every convolution depthwise-separable (DS):
+
+- encoder: DS k7 s1 (3 -> c1), DS k5 s4 (-> c2), DS k5 s4 (-> c3), bottleneck DS k3 s4 (-> c4);
+- multi-scale block: three parallel DS convolutions k3 / k5 / k7 (c4 -> c4), summed;
+- decoder, three times: ``ConvTranspose1d(k=4, s=4)`` (c_in -> c_out) + additive skip -> depthwise k5 -> BN -> act;
+- ``refine_blocks`` DS k5 blocks (c1 -> c1) at full resolution (0 by default): capacity where the pick's time is set;
+- 1x1 convolution -> a fixed smoothing filter -> softmax over (P, S, noise).
+
+with ``c_i = base_channels * channel_multipliers[i]``. Each DS block is depthwise conv -> pointwise conv -> BatchNorm ->
+act, the activation ReLU6 by default (TFLite fuses it into the convolution) or XiaoNet's Hardswish. Choices made
+for TensorFlow Lite Micro (why: docs/design.md, "The student"):
+
+- Upsampling is a ``ConvTranspose1d`` with kernel = stride = 4, never ``nn.Upsample`` (whose export grew a 32x
+  larger tensor); the converter emits it as a pointwise CONV_2D and a depth-to-space RESHAPE. A k4/s4 transposed
+  convolution generalises "nearest x4 then the pointwise half of XiaoNet's decoder DS block"; the depthwise half
+  then runs on the (cheaper) output channels.
+- Windows are padded internally to a multiple of 64 (three stride-4 stages) and the output is cropped back, so
+  ``in_samples`` can be 1001, 3001 or anything else. Strided convolutions pad exactly like TensorFlow's ``SAME``
+  (all padding on the right), so the TFLite model needs no extra PAD op per layer.
+- The converted model uses CONV_2D, DEPTHWISE_CONV_2D, ADD, PAD, RESHAPE, STRIDED_SLICE and SOFTMAX only.
+
+Training runs the same layers as 2-D convolutions on a channels-last (batch, channels, 1, samples) tensor, about
+twice as fast on the CPU; evaluation and the export run them as the 1-D layers above (see :func:`to_channels_last`).
+
+The model is a :class:`seisbench.models.WaveformModel`: ``save`` / ``load``, ``annotate`` and ``classify`` on obspy
+streams work as for SeisBench's PhaseNet (labels ``PSN``, components ``ZNE``, 100 Hz, one peak normalisation over
+all components with a *relative* epsilon, :mod:`pipeline.data.normalization`), picking by its
+:class:`~pipeline.model.picking.PickRule`, saved in its ``default_args``.
+"""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from typing import Any
+
+import numpy as np
+import seisbench.models as sbm
+import seisbench.util as sbu
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pipeline.errors import EdgepickError
+from pipeline.data.normalization import NORM_EPS, normalize_windows
+from pipeline.model.picking import LiveRule, PickRule
+
+DOWNSAMPLING = 64  # 4 ** 3: the internal length must be a multiple of this
+DEFAULT_MULTIPLIERS = (1, 2, 4, 4)
+CLASS_ORDER = "PSN"
+# Samples of a window whose prediction sees past the window's edge: the network's receptive field reaches 302
+# samples back and 291 ahead (tests/test_student.py measures it). Annotate leaves out ("blinding") the predictions
+# that close to either end of each window; the overlapping windows' interiors cover those samples, and only the
+# first and last ~3 s of a stream get none (no picks there: a stream start is no onset).
+RECEPTIVE_RADIUS = 302
+REFINE_KERNEL = 5  # each full-resolution refine block widens the receptive field by 2 samples either side
+
+
+def receptive_radius(refine_blocks: int = 0) -> int:
+    """How far a student's output looks past its sample, either side (the default student's: RECEPTIVE_RADIUS)."""
+    return RECEPTIVE_RADIUS + int(refine_blocks) * (REFINE_KERNEL - 1) // 2
+
+
+def default_blinding(overlap: int, radius: int = RECEPTIVE_RADIUS) -> int:
+    """Samples blinded at each end of a window: the receptive radius, but at most half the overlap, so that every
+    sample away from the stream's ends stays inside some window's unblinded part."""
+    return max(0, min(radius, int(overlap) // 2))
+
+
+def same_padding(length: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow ``SAME`` padding (left, right) for one spatial axis: extra padding goes to the right."""
+    out = math.ceil(length / stride)
+    total = max((out - 1) * stride + kernel - length, 0)
+    return total // 2, total - total // 2
+
+
+def internal_length(samples: int) -> int:
+    """The length the network runs on: ``samples`` rounded up to a multiple of 64."""
+    return int(math.ceil(samples / DOWNSAMPLING) * DOWNSAMPLING)
+
+
+def window_padding(samples: int) -> tuple[int, int]:
+    """Zeros added (left, right) to a window of ``samples`` before the network; the output is cropped back."""
+    extra = internal_length(samples) - samples
+    return extra // 2, extra - extra // 2
+
+
+ACTIVATIONS = ("hardswish", "relu6", "relu")
+
+
+def make_activation(name: str) -> nn.Module:
+    """Hardswish (XiaoNet's), ReLU6 or ReLU. TFLite fuses ReLU6 and ReLU into the convolution before them; ReLU6's
+    bound quantizes best, but where the phase channels of the decoder reach 6 the output has a flat top."""
+    if name == "hardswish":
+        return nn.Hardswish()
+    if name == "relu6":
+        return nn.ReLU6()
+    if name == "relu":
+        return nn.ReLU()
+    raise EdgepickError(f"unknown student activation {name!r}; use {', '.join(ACTIVATIONS)}")
+
+
+# Training runs the network on (batch, channels, 1, samples) tensors in channels-last memory, i.e. (batch, samples,
+# channels) in memory; evaluation and the ONNX export run the plain 1-D layers on (batch, channels, samples). On the
+# CPU, oneDNN's kernels for a few channels over 3,000 samples are several times faster channels-last: forward +
+# backward at batch 64, depthwise k5 over 8 channels 26 -> 4 ms, the 1x1 convolution 8 -> 16 channels 9 -> 4 ms, the
+# k4/s4 transposed convolution 5.5 -> 3.4 ms (BatchNorm is the one op that is slower, 4.7 -> 8 ms). The layers below
+# are the 1-D layers plus that 2-D path, with the same parameters: same state_dict, same numbers (tests/test_student.py).
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, N) -> (B, C, 1, N) stored channels-last, the training layout."""
+    return x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+
+
+class PointwiseConv1d(nn.Conv1d):
+    """A 1x1 ``nn.Conv1d``."""
+
+    def __init__(self, cin: int, cout: int, bias: bool = True):
+        super().__init__(cin, cout, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            return super().forward(x)
+        return F.conv2d(x, self.weight.unsqueeze(2), self.bias)
+
+
+class DepthwiseConv1d(nn.Conv1d):
+    """A depthwise ``nn.Conv1d`` (groups = channels, no bias)."""
+
+    def __init__(self, channels: int, kernel: int, stride: int = 1, padding: int = 0):
+        super().__init__(channels, channels, kernel, stride, padding=padding, groups=channels, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            return super().forward(x)
+        return F.conv2d(x, self.weight.unsqueeze(2), None, (1, self.stride[0]), (0, self.padding[0]), groups=self.groups)
+
+
+class Upsample4(nn.ConvTranspose1d):
+    """``nn.ConvTranspose1d(cin, cout, 4, stride=4)`` without bias: x4 upsampling TFLite Micro runs as TRANSPOSE_CONV."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__(cin, cout, 4, stride=4, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            return super().forward(x)
+        return F.conv_transpose2d(x, self.weight.unsqueeze(2), None, (1, 4))
+
+
+class BatchNorm(nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` that also takes the (B, C, 1, N) training layout."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() not in (2, 3, 4):
+            raise ValueError(f"expected a 2-D, 3-D or 4-D input, got {x.dim()}-D")
+
+
+class DSConv(nn.Module):
+    """Depthwise (k, stride, TF-SAME padding) -> pointwise -> BatchNorm -> Hardswish (or ReLU6)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, activation: str = "hardswish"):
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+        symmetric = (kernel - 1) // 2 if stride == 1 else 0
+        self.dw = DepthwiseConv1d(cin, kernel, stride, padding=symmetric)
+        self.pw = PointwiseConv1d(cin, cout, bias=False)
+        self.bn = BatchNorm(cout)
+        self.act = make_activation(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride != 1:
+            left, right = same_padding(x.shape[-1], self.kernel, self.stride)
+            if left or right:
+                x = F.pad(x, (left, right))
+        return self.act(self.bn(self.pw(self.dw(x))))
+
+
+class MultiScale(nn.Module):
+    """Three parallel DS convolutions k3 / k5 / k7, summed."""
+
+    def __init__(self, channels: int, kernels: tuple[int, ...] = (3, 5, 7), activation: str = "hardswish"):
+        super().__init__()
+        self.branches = nn.ModuleList(DSConv(channels, channels, k, activation=activation) for k in kernels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.branches[0](x)
+        for branch in self.branches[1:]:
+            out = out + branch(x)
+        return out
+
+
+class UpBlock(nn.Module):
+    """ConvTranspose1d(k=4, s=4) (cin -> cout) + skip -> depthwise k5 -> BatchNorm -> Hardswish."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 5, activation: str = "hardswish"):
+        super().__init__()
+        self.up = Upsample4(cin, cout)
+        self.dw = DepthwiseConv1d(cout, kernel, padding=(kernel - 1) // 2)
+        self.bn = BatchNorm(cout)
+        self.act = make_activation(activation)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.dw(self.up(x) + skip)))
+
+
+class XiaoNet(sbm.WaveformModel):
+    """XiaoNet-style student; ``forward`` maps (B, 3, N) normalised windows to (B, 3, N) probabilities (P, S, noise)."""
+
+    # The pick rule is annotate arguments, as SeisBench's own pickers keep theirs; the defaults and meanings are
+    # pipeline.model.picking.PickRule's, and each student saves the values it was made with in its default_args.
+    _annotate_args = sbm.WaveformModel._annotate_args.copy()
+    _annotate_args["*_threshold"] = ("Detection threshold for the provided phase", PickRule.p_threshold)
+    _annotate_args["pick_top_tolerance"] = ("The pick is the midpoint of the samples >= (1 - this) x the segment's "
+                                            "maximum (< 0: the first maximum)", PickRule.top_tolerance)
+    _annotate_args["pick_top_half_width"] = ("Samples searched either side of the maximum for the pick",
+                                             PickRule.top_half_width)
+    _annotate_args["blinding"] = ("Number of prediction samples to discard on each side of each window prediction",
+                                  (RECEPTIVE_RADIUS, RECEPTIVE_RADIUS))
+    _annotate_args["overlap"] = (_annotate_args["overlap"][0], 0.5)
+    # The live pick mode the student was distilled for (pipeline.model.picking.LiveRule's settings, saved by make distill
+    # and make qat; None: not recorded). Annotate does not use it; it travels with the weights, as the pick rule.
+    _annotate_args["live_rule"] = ("The live rule the student was distilled for (pipeline.model.picking.LiveRule)", None)
+
+    def __init__(
+        self,
+        base_channels: int = 8,
+        in_samples: int = 3001,
+        channel_multipliers: tuple[int, ...] | list[int] = DEFAULT_MULTIPLIERS,
+        sampling_rate: float = 100,
+        component_order: str = "ZNE",
+        phases: str = CLASS_ORDER,
+        norm_eps: float = NORM_EPS,
+        activation: str = "hardswish",
+        smooth_output: bool = True,
+        refine_blocks: int = 0,
+        pick_rule: PickRule | None = None,
+        pick_top_tolerance: float | None = None,
+        **kwargs,
+    ):
+        """``pick_rule``: the student's picker (thresholds, pick placement, blinding); what it leaves open (and
+        without it, everything) takes PickRule's defaults and the blinding of :func:`default_blinding`.
+        ``pick_top_tolerance``: how students saved before the rule lived in ``default_args`` stored theirs."""
+        if base_channels < 1 or in_samples < DOWNSAMPLING:
+            raise EdgepickError(f"student needs base_channels >= 1 and in_samples >= {DOWNSAMPLING}, got {base_channels}, {in_samples}")
+        if len(channel_multipliers) != 4:
+            raise EdgepickError(f"channel_multipliers needs 4 entries (encoder 1-3, bottleneck), got {channel_multipliers}")
+        if int(refine_blocks) < 0:
+            raise EdgepickError(f"student refine_blocks must be >= 0, got {refine_blocks}")
+        if phases != CLASS_ORDER:
+            raise EdgepickError(f"the student's class order is fixed to {CLASS_ORDER!r}, got {phases!r}")
+        citation = (
+            "XiaoNet-style student after Xiao, Walter & Ogwari, github.com/Hy-X/xiao_net (MIT); "
+            "output conventions after Zhu & Beroza (2019), PhaseNet."
+        )
+        for key in ("citation", "output_type", "pred_sample", "labels"):
+            kwargs.pop(key, None)
+        super().__init__(
+            citation=citation,
+            in_samples=int(in_samples),
+            output_type="array",
+            pred_sample=(0, int(in_samples)),
+            labels=phases,
+            sampling_rate=sampling_rate,
+            component_order=component_order,
+            **kwargs,
+        )
+        self.base_channels = int(base_channels)
+        self.channel_multipliers = tuple(int(m) for m in channel_multipliers)
+        self.norm_eps = float(norm_eps)
+        make_activation(activation)  # validates the name
+        self.activation = activation
+        c1, c2, c3, c4 = (self.base_channels * m for m in self.channel_multipliers)
+        self.channels = (c1, c2, c3, c4)
+        self.enc1 = DSConv(3, c1, 7, activation=activation)
+        self.enc2 = DSConv(c1, c2, 5, 4, activation=activation)
+        self.enc3 = DSConv(c2, c3, 5, 4, activation=activation)
+        self.bottleneck = DSConv(c3, c4, 3, 4, activation=activation)
+        self.multiscale = MultiScale(c4, activation=activation)
+        self.up3 = UpBlock(c4, c3, activation=activation)
+        self.up2 = UpBlock(c3, c2, activation=activation)
+        self.up1 = UpBlock(c2, c1, activation=activation)
+        self.refine_blocks = int(refine_blocks)
+        self.refine = nn.Sequential(*(DSConv(c1, c1, REFINE_KERNEL, activation=activation)
+                                      for _ in range(self.refine_blocks)))
+        self.head = PointwiseConv1d(c1, 3)
+        self.smooth_output = bool(smooth_output)
+        # The stride-4 transposed convolutions leave a period-4 ripple on the output (each of the 4 output phases
+        # comes from its own kernel tap). On a flat-topped P or S peak the ripple decides which tooth is the
+        # maximum, and INT8 rounding then moves the pick by 10-25 samples. A fixed [1, 2, 2, 2, 1] / 8 filter on
+        # the logits (box-4 * box-2: zero gain at periods 4 and 2) removes it; not a parameter, not in state_dict.
+        self.register_buffer("smoothing", torch.tensor([1.0, 2, 2, 2, 1]).div(8).repeat(3, 1, 1), persistent=False)
+        if "overlap" not in self.default_args:
+            self.default_args["overlap"] = int(in_samples) // 2
+        blind = default_blinding(self.default_args["overlap"], receptive_radius(self.refine_blocks))
+        defaults = PickRule(blinding=(blind, blind)).annotate_args()
+        if pick_top_tolerance is not None:
+            defaults["pick_top_tolerance"] = float(pick_top_tolerance)
+        for key, value in defaults.items():  # what default_args (a saved student's, or a caller's) leave open
+            self.default_args.setdefault(key, value)
+        if pick_rule is not None:
+            self.default_args.update(pick_rule.annotate_args())
+        self.pick_rule  # a rule that does not hold (a threshold of 2, a top tolerance of 1) fails here
+
+    @property
+    def pick_rule(self) -> PickRule:
+        """How this student picks by default (its ``default_args``; a classify call may override them)."""
+        return PickRule.from_annotate_args(self.default_args, self._annotate_args)
+
+    @property
+    def live_rule(self) -> LiveRule | None:
+        """The live rule saved with this student (None for a student saved without one)."""
+        saved = self.default_args.get("live_rule")
+        return LiveRule(self.in_samples, **saved) if saved else None
+
+    # ---- network -------------------------------------------------------------------------------------------
+    def logits(self, x: torch.Tensor, channels_last: bool | None = None) -> torch.Tensor:
+        """Pre-softmax scores (B, 3, N) in (P, S, noise) order. ``channels_last`` (default: while training) runs the
+        network in the training layout (see :func:`to_channels_last`); the scores are the same either way."""
+        samples = x.shape[-1]
+        left, right = window_padding(samples)
+        if left or right:
+            x = F.pad(x, (left, right))
+        if self.training if channels_last is None else channels_last:
+            x = to_channels_last(x)
+        e1 = self.enc1(x)
+        e2 = self.enc2(e1)
+        e3 = self.enc3(e2)
+        b = self.multiscale(self.bottleneck(e3))
+        d = self.up3(b, e3)
+        d = self.up2(d, e2)
+        d = self.up1(d, e1)
+        out = self.head(self.refine(d))
+        if self.smooth_output:
+            if out.dim() == 3:
+                out = F.conv1d(out, self.smoothing, padding=2, groups=3)
+            else:
+                out = F.conv2d(out, self.smoothing.unsqueeze(2), padding=(0, 2), groups=3)
+        if left or right:
+            out = out[..., left : left + samples]
+        return out.squeeze(2) if out.dim() == 4 else out
+
+    def forward(self, x: torch.Tensor, logits: bool = False) -> torch.Tensor:
+        out = self.logits(x)
+        return out if logits else torch.softmax(out, dim=1)
+
+    def count_macs(self, samples: int | None = None) -> int:
+        """Multiply-accumulates of one window (convolutions and linear layers), counted with forward hooks."""
+        samples = samples or self.in_samples
+        smoothing = 3 * internal_length(samples) * self.smoothing.shape[-1] if self.smooth_output else 0  # functional conv
+        return count_macs(self, (1, 3, samples)) + smoothing
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- SeisBench hooks (after seisbench.models.PhaseNet) -------------------------------------------------
+    def annotate_batch_pre(self, batch: torch.Tensor, argdict: dict[str, Any]) -> torch.Tensor:
+        return normalize_windows(batch, self.norm_eps)
+
+    def annotate_batch_post(self, batch: torch.Tensor, piggyback: Any, argdict: dict[str, Any]) -> torch.Tensor:
+        batch = torch.transpose(batch, -1, -2)  # (B, N, classes), as SeisBench stitches it
+        prenan, postnan = argdict.get("blinding", self._annotate_args["blinding"][1])
+        if prenan > 0:
+            batch[:, :prenan] = np.nan
+        if postnan > 0:
+            batch[:, -postnan:] = np.nan
+        return batch
+
+    def classify_aggregate(self, annotations, argdict) -> sbu.ClassifyOutput:
+        """Picks per phase by the student's :class:`PickRule` under ``argdict`` (SeisBench's trigger, on at
+        ``<phase>_threshold`` and off at half, the pick placed by :meth:`PickRule.peak`); noise is not picked."""
+        rule = PickRule.from_annotate_args(argdict, self._annotate_args)
+        picks = sbu.PickList()
+        for phase in self.labels:
+            if phase == "N":
+                continue
+            picks += self._picks(annotations.select(channel=f"{self.__class__.__name__}_{phase}"), rule, phase)
+        return sbu.ClassifyOutput(self.name, picks=sbu.PickList(sorted(picks)))
+
+    @staticmethod
+    def _picks(annotations, rule: PickRule, phase: str) -> sbu.PickList:
+        """SeisBench's ``picks_from_annotations`` with the pick placed by the rule."""
+        from obspy.signal.trigger import trigger_onset
+
+        threshold = rule.threshold(phase)
+        picks = []
+        for trace in annotations:
+            trace_id = f"{trace.stats.network}.{trace.stats.station}.{trace.stats.location}"
+            times = trace.times()
+            for s0, s1 in trigger_onset(trace.data, threshold, threshold / 2):
+                segment = trace.data[s0 : s1 + 1]
+                peak = s0 + rule.peak(segment)
+                picks.append(sbu.Pick(
+                    trace_id=trace_id, start_time=trace.stats.starttime + times[s0],
+                    end_time=trace.stats.starttime + times[s1], peak_time=trace.stats.starttime + times[peak],
+                    peak_value=np.max(segment), phase=phase,
+                ))
+        return sbu.PickList(sorted(picks))
+
+    def get_model_args(self) -> dict:
+        model_args = super().get_model_args()
+        for key in ("citation", "output_type", "pred_sample", "labels", "in_samples"):
+            model_args.pop(key, None)
+        model_args.update(
+            base_channels=self.base_channels,
+            in_samples=self.in_samples,
+            channel_multipliers=list(self.channel_multipliers),
+            phases=self.labels,
+            norm_eps=self.norm_eps,
+            activation=self.activation,
+            smooth_output=self.smooth_output,
+            refine_blocks=self.refine_blocks,
+        )
+        return model_args
+
+
+def count_macs(model: nn.Module, shape: tuple[int, ...]) -> int:
+    """MACs of one forward pass on a zero input of ``shape`` over Conv1d / ConvTranspose1d / Linear, batch 1."""
+    total = 0
+
+    def conv_hook(module, inputs, output):
+        nonlocal total
+        total += output[0].numel() * (module.in_channels // module.groups) * module.kernel_size[0]
+
+    def convt_hook(module, inputs, output):
+        nonlocal total
+        total += inputs[0][0].numel() * (module.out_channels // module.groups) * module.kernel_size[0]
+
+    def linear_hook(module, inputs, output):
+        nonlocal total
+        total += output[0].numel() * module.in_features
+
+    handles = []
+    for module in model.modules():
+        if isinstance(module, nn.Conv1d):
+            handles.append(module.register_forward_hook(conv_hook))
+        elif isinstance(module, nn.ConvTranspose1d):
+            handles.append(module.register_forward_hook(convt_hook))
+        elif isinstance(module, nn.Linear):
+            handles.append(module.register_forward_hook(linear_hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(shape, device=next(model.parameters()).device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return int(total)
+
+
+def phasenet_macs(in_samples: int = 3001) -> int:
+    """MACs per window of SeisBench's PhaseNet (untrained weights: the count only depends on the architecture)."""
+    return count_macs(sbm.PhaseNet(), (1, 3, in_samples))
+
+
+def hop_samples(model) -> int:
+    """Window hop of SeisBench's annotate for this model: in_samples - overlap (overlap < 1 is a fraction)."""
+    overlap = model.default_args.get("overlap", model._annotate_args["overlap"][1])
+    overlap = int(round(overlap * model.in_samples)) if 0 < overlap < 1 else int(overlap)
+    return max(1, model.in_samples - overlap)
+
+
+def build_student(config) -> XiaoNet:
+    """The student described by a :class:`pipeline.config.StudentConfig`."""
+    rule = PickRule(p_threshold=config.p_threshold, s_threshold=config.s_threshold,
+                    top_tolerance=config.pick_top_tolerance)
+    return XiaoNet(
+        base_channels=config.base_channels,
+        in_samples=config.in_samples,
+        channel_multipliers=tuple(config.channel_multipliers),
+        activation=config.activation,
+        smooth_output=config.smooth_output,
+        refine_blocks=config.refine_blocks,
+        pick_rule=rule,
+    )
+
+
+def load_student(path) -> XiaoNet:
+    """A saved student (``<path>.json`` + ``<path>.pt``, SeisBench's format), or a folder holding exactly one."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        candidates = sorted(p.with_suffix("") for p in path.glob("*.json") if p.with_suffix(".pt").exists())
+        if not candidates:  # the distill stage's folder: <out>/student/student.json + .pt
+            candidates = sorted(p.with_suffix("") for p in path.glob("*/*.json") if p.with_suffix(".pt").exists())
+        if len(candidates) != 1:
+            raise EdgepickError(f"student folder {path} must hold one <name>.json + <name>.pt pair, found {len(candidates)}")
+        path = candidates[0]
+    if not path.with_suffix(".json").is_file() or not path.with_suffix(".pt").is_file():
+        raise EdgepickError(f"no saved student at {path} (.json + .pt); run `make distill` first?")
+    weights = path.with_suffix(".pt")
+    if not zipfile.is_zipfile(weights):  # torch.save writes zip archives; random bytes fail in torch as MemoryError
+        raise EdgepickError(f"{weights} is not a valid student checkpoint (truncated, or not written by torch.save); "
+                            "delete it and save the student again (make distill)")
+    try:
+        model = XiaoNet.load(path)
+    except Exception as error:  # noqa: BLE001 - torch / json raise many kinds
+        raise EdgepickError(f"cannot load student {path}: {type(error).__name__}: {error}") from error
+    return model.eval()

@@ -1,0 +1,93 @@
+"""Distillation against hard labels alone: the same student, data, epochs and seed; only the loss differs.
+
+    SEISBENCH_CACHE_ROOT=../shared/seisbench python -m pipeline study kd_vs_hard \
+        [--dataset data/synthetic_near] [--epochs 10] [--windows 8000] [--out models/kd_vs_hard] \
+        [--eval ../shared/datasets/stead50 --eval data/synthetic_near:test]
+
+Trains two students with ``pipeline.distill.loop.distill`` from one config: ``kd`` with the config's temperature and alpha
+(default T 4, alpha 1: the teacher's soft targets only) and ``hard`` with alpha 0 (cross-entropy with the
+dataset's probabilistic labels only). The training set must be labelled. Each run is resumable (``--out`` keeps
+both; a finished run is not trained again). Then both, and the teacher, are scored with protocol 1 of
+``pipeline.model.annotation.evaluate_picker`` on every ``--eval`` set (pipeline/studies/student.py): F1 for P and S at 0.1 / 0.5 s and
+by S-P time. Prints a table; ``--json`` writes every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+from pipeline.studies import student as benchmark_student
+
+from pipeline.distill import training
+from pipeline.model import teachers
+from pipeline.config import Config
+from pipeline.errors import run_script
+from pipeline.distill import loop as distillation
+from pipeline.model.student import load_student
+
+
+def train(args, alpha: float, out: Path) -> Path:
+    """One run of ``pipeline.distill.loop.distill``; resumes an interrupted run, returns at once for a finished one."""
+    config = Config.load(None, args.set)
+    config.distill.dataset = args.dataset
+    config.distill.epochs = args.epochs
+    config.distill.windows_per_epoch = args.windows
+    config.distill.patience = args.epochs + 1  # no early stop: both runs see the same number of epochs
+    config.distill.alpha = alpha
+    config.distill.out = str(out)
+    config.distill.resume = (out / training.CHECKPOINT).exists()
+    distillation.distill(config)
+    return out / distillation.STUDENT / distillation.STUDENT
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline study kd_vs_hard", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="data/synthetic_near", help="labelled training data (both runs)")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--windows", type=int, default=8000, help="training windows per epoch")
+    parser.add_argument("--out", default="models/kd_vs_hard")
+    parser.add_argument("--eval", action="append", help="path or path:split to score on (repeatable)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="P and S threshold of every model (default: each model's own pick rule; teachers 0.3)")
+    parser.add_argument("--json", help="write all figures here")
+    parser.add_argument("--set", action="append", default=[], help="config override key=value (both runs)")
+    args = parser.parse_args(argv)
+    evals = args.eval or [str(ROOT.parent / "shared" / "datasets" / "stead50"), f"{args.dataset}:test"]
+
+    config = Config.load(None, args.set)
+    kd_alpha = config.distill.alpha if config.distill.alpha > 0 else 1.0
+    out = Path(args.out)
+    hard = train(args, 0.0, out / "hard")  # first: distill refuses data without picks before any training
+    runs = {f"kd (T {config.distill.temperature:g}, alpha {kd_alpha:g})": train(args, kd_alpha, out / "kd"),
+            "hard labels (alpha 0)": hard}
+    models = {f"teacher {config.teacher.name}": teachers.load_single_model(config.teacher.name)}
+    models.update({name: load_student(path) for name, path in runs.items()})
+
+    report = {"dataset": args.dataset, "epochs": args.epochs, "windows_per_epoch": args.windows, "results": {}}
+    for spec in evals:
+        dataset = benchmark_student.open_split(spec)
+        results = {name: benchmark_student.evaluate(model, dataset, args.threshold) for name, model in models.items()}
+        report["results"][spec] = results
+        print(f"\n== {spec}: {len(dataset)} traces, threshold {args.threshold}; students trained {args.epochs} epochs x "
+              f"{args.windows} windows on {args.dataset}")
+        print(f"{'model':32} {'P F1@0.5':>9} {'S F1@0.5':>9} {'P F1@0.1':>9} {'S F1@0.1':>9}")
+        for name, result in results.items():
+            s = result["all"]
+            print(f"{name:32} {s['P'][0.5]['f1']:9.3f} {s['S'][0.5]['f1']:9.3f} {s['P'][0.1]['f1']:9.3f} {s['S'][0.1]['f1']:9.3f}")
+        for _, _, bin_name in benchmark_student.SP_BINS:
+            rows = [(name, r[bin_name]) for name, r in results.items() if bin_name in r]
+            if rows:
+                print(f"  {bin_name} ({rows[0][1]['traces']} traces): " + "; ".join(
+                    f"{name.split(' (')[0]} P {r['P'][0.5]['f1']:.3f} S {r['S'][0.5]['f1']:.3f}" for name, r in rows))
+    if args.json:
+        from pipeline.artifacts import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(report, indent=1, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    run_script(main)  # bad input (unlabelled data, missing teacher weights): one line, exit 2
