@@ -48,7 +48,7 @@ teacher_flags = $(if $(DATASET),--set teacher.finetune.dataset=$(DATASET)) $(if 
 	$(if $(RESUME),--set teacher.finetune.resume=true)
 edgepick = $(PY) -m pipeline
 
-.PHONY: help venv data labelled demo recipe test benchmark-data benchmark clean teacher soft-labels distill qat calibrate sweep quantize
+.PHONY: help venv data labelled demo recipe test test-fast benchmark-data benchmark clean teacher soft-labels distill qat calibrate sweep quantize
 
 help: ## list targets and variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -129,6 +129,9 @@ sweep: $(STAMP) ## grid over sweep.temperatures x sweep.alphas x sweep.base_chan
 
 test: $(STAMP) ## run the test suite (tests needing ../shared skip without it)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## the inner loop: the fast subset of the suite (marker fast, tests/conftest.py), under a minute
+	$(PY) -m pytest -m fast -q $(PYTEST_ARGS)
 
 quantize: $(STAMP) ## student -> ONNX -> TFLite FP32/FP16/INT8 (models/tflite), TFLite Micro checks, firmware/src/model/
 	$(edgepick) quantize $(config_flag) $(set_flags)

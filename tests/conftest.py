@@ -1,6 +1,8 @@
 """Shared fixtures. Tests that need ../shared (real teachers and data) are marked and skip without it."""
 
 import os
+import shutil
+import zlib
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,21 @@ SHARED = REPO.parent / "shared"
 if (SHARED / "seisbench").is_dir():
     os.environ.setdefault("SEISBENCH_CACHE_ROOT", str(SHARED / "seisbench"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+# The inner loop's subset (make test-fast, under a minute on a quiet 2-core machine): the unit-level files, less the
+# tests marked slow or needing ../shared; make test runs everything.
+FAST_FILES = {"test_config.py", "test_artifacts.py", "test_pick_scoring.py", "test_import_graph.py",
+              "test_firmware_core.py", "test_firmware_stream.py", "test_firmware_live.py", "test_data.py",
+              "test_synthetic.py", "test_student.py", "test_okla.py", "test_seisbench_source.py", "test_continuous.py",
+              "test_teachers.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in FAST_FILES and not item.get_closest_marker("slow") \
+                and not item.get_closest_marker("shared"):
+            item.add_marker(pytest.mark.fast)
 
 
 @pytest.fixture
@@ -28,3 +45,61 @@ def teacher_cache(shared) -> Path:
     if not (path / "models").is_dir():
         pytest.skip("../shared/seisbench has no models")
     return path
+
+
+@pytest.fixture(scope="session")
+def driver(tmp_path_factory) -> Path:
+    """The firmware's portable core + host driver built with the host g++ (tests/host_core.py), once a session."""
+    from host_core import build_driver
+
+    if shutil.which("g++") is None:
+        pytest.skip("no host g++")
+    return build_driver(tmp_path_factory.mktemp("core") / "host_driver")
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """A small labelled dataset (60 traces of 30 events, train / dev / test) that students are distilled on
+    (test_distill.py, test_qat.py; test_calibrate.py has its own of the same name)."""
+    from helpers import make_records
+    from pipeline.config import Config
+    from pipeline.data.datasets import write_dataset
+
+    path = tmp_path_factory.mktemp("distill") / "ds"
+    write_dataset(make_records(n_events=30, stations=2), path, Config().data, "test")
+    return path
+
+
+def _fake_model(seed: int):
+    import seisbench.models as sbm
+    import torch
+
+    torch.manual_seed(seed)
+    model = sbm.PhaseNet(phases="PSN", norm="peak", component_order="ENZ", sampling_rate=100)
+    model._weights_version = "1"
+    return model.eval()
+
+
+@pytest.fixture
+def fake_teachers(monkeypatch):
+    """Replace weight loading by seeded random PhaseNets; count how often a teacher is loaded and run (the
+    stand-in teacher of test_teachers.py and test_soft_label_cache.py)."""
+    from pipeline.model import teachers
+    from pipeline.model.teachers import Teacher
+
+    calls = {"load": 0, "traces": 0}
+
+    def load(member):
+        calls["load"] += 1
+        return _fake_model(zlib.crc32(member.weights.encode()) % 1000)
+
+    original = Teacher.predict_raw
+
+    def counting(self, traces, component_order="ZNE"):
+        calls["traces"] += len(traces)
+        return original(self, traces, component_order)
+
+    monkeypatch.setattr(teachers, "load_model", load)
+    monkeypatch.setattr(teachers, "local_weights_version", lambda member: "1")
+    monkeypatch.setattr(Teacher, "predict_raw", counting)
+    return calls

@@ -16,7 +16,8 @@ from pipeline.evaluate import dev_split
 from pipeline.stages import calibrate
 from pipeline.model.student import XiaoNet, load_student
 from pipeline.distill.training import save_model
-from test_data import make_records
+
+from helpers import make_records
 
 
 @pytest.fixture(scope="module")

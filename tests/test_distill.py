@@ -11,10 +11,9 @@ import torch.nn.functional as F
 
 from pipeline.distill import loop as distillation, losses
 from pipeline.stages import distill
-from pipeline.config import Config
-from pipeline.data.datasets import write_dataset
 from pipeline.errors import EdgepickError
-from test_data import make_records, unlabelled_dataset
+
+from helpers import tiny_config, unlabelled_dataset
 
 
 def test_loss_is_zero_when_student_matches_teacher_and_scales_with_t_squared():
@@ -81,29 +80,6 @@ def test_phase_weight_from_both_weights_the_students_own_peaks_too():
     assert torch.allclose(logits.grad, reference.grad, atol=1e-6)
     with pytest.raises(EdgepickError, match="phase_weight_source"):
         losses.distillation_loss(logits, teacher, None, t, 1.0, 5.0, "student")
-
-
-@pytest.fixture(scope="module")
-def labelled(tmp_path_factory):
-    path = tmp_path_factory.mktemp("distill") / "ds"
-    write_dataset(make_records(n_events=30, stations=2), path, Config().data, "test")
-    return path
-
-
-def tiny_config(dataset, out, **distill_overrides):
-    config = Config()
-    config.student.base_channels = 2
-    config.student.in_samples = 1001
-    config.distill.dataset = str(dataset)
-    config.distill.out = str(out)
-    config.distill.alpha = 0.0  # hard labels: no teacher needed
-    config.distill.epochs = 2
-    config.distill.windows_per_epoch = 64
-    config.distill.batch_size = 16
-    config.distill.workers = 0
-    for key, value in distill_overrides.items():
-        setattr(config.distill, key, value)
-    return config
 
 
 def test_training_writes_student_checkpoint_metrics_and_plot(labelled, tmp_path):

@@ -20,7 +20,8 @@ from pipeline import cli
 from pipeline.deploy import pick_formats
 from pipeline.errors import EdgepickError
 from pipeline.model.picking import PickRule
-from test_firmware import driver, stream_args, synthetic_stream  # noqa: F401 - driver: the host build of the core
+
+from host_core import stream_args, synthetic_stream
 
 obspy = pytest.importorskip("obspy")
 

@@ -8,7 +8,8 @@ from pipeline.stages import distill
 from pipeline.errors import EdgepickError
 from pipeline.distill.fake_quant import QuantizationAware, tensor_points
 from pipeline.model.student import XiaoNet, load_student
-from test_distill import labelled, tiny_config  # noqa: F401 - the module-scoped dataset fixture
+
+from helpers import tiny_config
 
 
 def test_fake_quantization_rounds_every_tflite_tensor_and_detaches_cleanly():

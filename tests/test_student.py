@@ -110,6 +110,7 @@ def test_peak_index_is_the_centre_of_the_top():
     assert peak_index(broad, PickRule.top_tolerance) == 120  # the student's default
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("samples", [3001, 1001])
 def test_training_layout_gives_the_same_scores_and_gradients(samples):
     """Training runs channels-last (B, C, 1, N) 2-D ops, evaluation and export the 1-D layers: same numbers."""
@@ -149,6 +150,7 @@ def _measured_reach(model) -> int:
     return reach
 
 
+@pytest.mark.slow
 def test_blinding_is_the_receptive_field_and_no_pick_comes_from_a_stream_start(tmp_path):
     """Default blinding = how far the network looks past a sample (measured here by gradients), at most half the
     overlap; saved with the student, added to students saved before it existed; no picks at a stream's start."""
@@ -209,6 +211,7 @@ def test_student_saved_before_the_pick_rule_moved_loads_with_its_rule(tmp_path):
     assert (rule.p_threshold, rule.s_threshold, rule.blinding) == (0.3, 0.3, (302, 302))
 
 
+@pytest.mark.slow
 def test_refine_blocks_widen_the_receptive_field_and_blinding_and_are_saved(tmp_path):
     """Full-resolution refine blocks: the blinding follows the measured receptive field, the MACs grow by what the
     blocks cost, and a saved student loads with them (a student without them keeps XiaoNet's layout)."""

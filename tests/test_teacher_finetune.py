@@ -15,7 +15,8 @@ from pipeline.stages import teacher as teacher_finetune
 from pipeline.config import Config
 from pipeline.data.datasets import write_dataset
 from pipeline.errors import EdgepickError
-from test_data import make_records, unlabelled_dataset
+
+from helpers import make_records, unlabelled_dataset
 
 torch.set_num_threads(1)
 

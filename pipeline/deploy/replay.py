@@ -10,7 +10,7 @@ The device speaks the line protocol of firmware/lib/edgepick_core/src/ep_line_pa
 device prints (picks, info/warn/error messages, timings) until the end-of-stream summary. Picks are printed as
 JSON lines (or written to --out) with their absolute time. To check them against the Python reference of the
 firmware, run ``pipeline.model.picking.stream_picks`` with the student's pick rule on the same samples
-(tests/test_firmware.py does so against the host build of the firmware's core). --quakeml and --earthworm also
+(tests/test_firmware_stream.py does so against the host build of the firmware's core). --quakeml and --earthworm also
 write them as QuakeML and Earthworm TYPE_PICK_SCNL lines (pipeline/deploy/pick_formats.py) for the station of the
 miniSEED file (or --waveform-id NET.STA.LOC.CHA, which a dataset trace needs).
 """

@@ -15,7 +15,7 @@ What it measures, honestly:
   fastest last epoch is reported (the least disturbed by other users), every epoch of every run is in the JSON;
 - NOT the one-off cost of building the cache (printed separately as ``cache_build_s``; 0 when an existing current
   cache was reused), which the cache mode pays once per dataset and teacher, not per epoch;
-- the on-the-fly target equals the cache's (tests/test_teachers.py), so the teacher runs on every whole-trace
+- the on-the-fly target equals the cache's (tests/test_soft_label_cache.py), so the teacher runs on every whole-trace
   teacher window that overlaps a student window (PhaseNet: 3001 samples every 1501, i.e. about 3 teacher windows
   per 3001-sample student window), not on one window alone;
 - on the fly, traces are drawn uniformly (the cache mode oversamples traces where the cached teacher sees a phase:

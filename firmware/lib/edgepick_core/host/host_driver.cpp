@@ -1,4 +1,4 @@
-// Host test driver for edgepick_core (not part of the firmware): tests/test_firmware.py builds it with g++
+// Host test driver for edgepick_core (not part of the firmware): tests/host_core.py builds it with g++
 // and feeds it golden vectors on stdin. Modes (argv[1]):
 //   quant SCALE ZP        floats in, int8 out          dequant SCALE ZP      ints in, floats out
 //   half                  uint16 in, float32 bits out  fp16expand IN OUT     expand an EPH1 file

@@ -1,5 +1,5 @@
 // edgepick_core: everything of the firmware that is neither ESP-IDF nor TensorFlow Lite Micro glue.
-// Plain C++17, no Arduino/IDF includes; compiled on the host by tests/test_firmware.py.
+// Plain C++17, no Arduino/IDF includes; compiled on the host by tests/test_firmware_*.py.
 #pragma once
 
 #include "ep_ring_buffer.h"
