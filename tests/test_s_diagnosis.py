@@ -83,3 +83,34 @@ def test_figures_draw(tmp_path):
     stats = {k: s_diagnosis.trace_stats(c, waves, truth) for k, c in curves.items()}
     fig2 = s_diagnosis.figure_summary(stats, np.array([1.5]), {"teacher": 0.3, "student": 0.35})
     assert len(fig2.axes) == 3
+
+
+def test_s_picks_study_writes_classes_statistics_and_figures(labelled, tmp_path, monkeypatch):
+    """python -m pipeline study s_picks on a dev split: pick classes per model that add up to its picks, the curve
+    statistics per bin, and the figures; a test split is refused (it is what gets reported)."""
+    import json
+
+    import torch
+
+    from pipeline.model import runners
+    from pipeline.model.student import XiaoNet
+    from pipeline.studies import s_picks
+
+    torch.manual_seed(0)
+    (tmp_path / "student").mkdir()
+    XiaoNet(base_channels=4, in_samples=1001).eval().save(str(tmp_path / "student" / "student"))
+    teacher = XiaoNet(base_channels=4, in_samples=1001).eval()
+    monkeypatch.setattr(runners, "load_teacher",
+                        lambda spec: runners.BenchModel("teacher", "pytorch", "fp32", [teacher], spec=spec))
+    out = tmp_path / "study"
+    s_picks.main(["--student", str(tmp_path / "student"), "--dataset", f"{labelled}:dev", "--out", str(out),
+                  "--examples", "2"])
+    result = json.loads((out / "diagnosis.json").read_text())[0]
+    models = {r["model"] for r in result["pick_classes"]}
+    assert models == {"teacher", "student:student"}
+    for r in result["pick_classes"]:
+        assert r["false"] == sum(r["classes"][c] for c in ("before_p", "p_to_s", "after_s", "late_coda", "no_label"))
+    assert set(result["curve_stats"]["teacher pytorch-fp32"]["all"]) >= {"traces", "median_at_s", "noise_s_fires"}
+    assert (out / "s_summary.png").stat().st_size > 0 and "## " in (out / "diagnosis.md").read_text()
+    with pytest.raises(EdgepickError, match="only a dev split"):
+        s_picks.main(["--student", str(tmp_path / "student"), "--dataset", f"{labelled}:test", "--out", str(out)])

@@ -91,8 +91,9 @@ def summary(stats: Sequence[dict], masks: dict[str, np.ndarray], s_threshold: fl
 
 def format_summary(tables: dict[str, dict[str, dict]]) -> str:
     """``tables``: model label -> :func:`summary`; one markdown table, a row per (bin, model)."""
-    lines = ["| bin | model | traces | S peak at S (median) | S found | S at P | S between P and S | noise S (median) | "
-             "noise S fires | coda S (median) | coda S fires | noise / peak dB |", "|" + " --- |" * 12]
+    lines = ["| bin | model | traces | S peak at S (median) | S found | S at P | S between P and S | "
+             "noise S (median) | noise S fires | coda S (median) | coda S fires | noise / peak dB |",
+             "|" + " --- |" * 12]
 
     def f(v, digits=2):
         return "-" if v is None else f"{v:.{digits}f}"
@@ -113,8 +114,8 @@ def format_summary(tables: dict[str, dict[str, dict]]) -> str:
 def figure_traces(waveforms, order: str, rate: float, truth: dict, curves: dict, indices: Sequence[int],
                   pad_s: float = 6.0, titles: dict | None = None):
     """One row per trace: the three components (each scaled to its own peak) and every model's P and S curves
-    (``curves``: label -> Curves; the first is drawn solid, the rest dashed), from ``pad_s`` before the analyst P to
-    ``2 pad_s`` after the analyst S; analyst picks as shaded bars."""
+    (``curves``: label -> Curves; solid, dashed, dotted, dash-dotted in order), from ``pad_s`` before the analyst P
+    to ``2 pad_s`` after the analyst S (within the trace); analyst picks as shaded bars."""
     import matplotlib.pyplot as plt
 
     n = len(indices)
@@ -122,8 +123,8 @@ def figure_traces(waveforms, order: str, rate: float, truth: dict, curves: dict,
     colors = {"P": "tab:blue", "S": "tab:red"}
     for ax, i in zip(axes[:, 0], indices):
         p, s = float(np.min(truth["P"][i])), float(np.max(truth["S"][i]))
-        t0, t1 = max(p - pad_s, 0.0), s + 2 * pad_s
         wave = np.asarray(waveforms[i], float)
+        t0, t1 = max(p - pad_s, 0.0), min(s + 2 * pad_s, (wave.shape[1] - 1) / rate)
         t = np.arange(wave.shape[1]) / rate
         keep = (t >= t0) & (t <= t1)
         for k, comp in enumerate(order):
@@ -136,7 +137,7 @@ def figure_traces(waveforms, order: str, rate: float, truth: dict, curves: dict,
             tt = (c.start[i] + np.arange(data.shape[1])) / c.rate
             inside = (tt >= t0) & (tt <= t1)
             for k, phase in enumerate("PS"):
-                ax.plot(tt[inside], data[k, inside], "-" if j == 0 else "--", color=colors[phase],
+                ax.plot(tt[inside], data[k, inside], ("-", "--", ":", "-.")[j % 4], color=colors[phase],
                         linewidth=1.5 if j == 0 else 1.1, label=f"{model} {phase}")
             threshold = c.rule.threshold("S")
             ax.axhline(threshold, color="tab:red", linewidth=0.5, linestyle=":" if j else "-", alpha=0.5)
@@ -147,8 +148,8 @@ def figure_traces(waveforms, order: str, rate: float, truth: dict, curves: dict,
         ax.set_yticks([0, 0.5, 1.0])
         ax.set_title((titles or {}).get(i, f"trace {i}, S-P {s - p:.2f} s"), fontsize=9)
     axes[0, 0].legend(fontsize=7, ncol=4, loc="upper right")
-    axes[-1, 0].set_xlabel("time (s); shaded: analyst P (blue) and S (red); solid: first model, dashed: second; "
-                           "thin lines: each model's S threshold")
+    axes[-1, 0].set_xlabel("time (s); shaded: analyst P (blue) and S (red); models solid, dashed, dotted in the "
+                           "legend's order; thin lines: each model's S threshold")
     return fig
 
 

@@ -9,7 +9,8 @@ the pick classes of ``make benchmark``'s report (true S; false S before P, betwe
 coda) by S-P bin and by components (vertical-only traces apart), and pipeline.evaluate.s_diagnosis's curve
 statistics by S-P, component and SNR bin (how high the true S peak is, how much S probability sits on the P, in the
 pre-event noise and in the late coda, against each model's own threshold).
-Figures: s_traces_<set>.png (near-field traces, three components, both models' curves, analyst picks) and
+Figures: s_near_<set>.png (near-field traces, three components, every model's curves, analyst picks),
+s_false_<set>.png (whole traces where the last student's S is false before P or in the late coda) and
 s_summary.png. Only dev halves belong here: what is learnt from them steers the recipe.
 """
 
@@ -34,7 +35,8 @@ TOLERANCE = 0.5
 
 
 def study_set(spec: str, models: list, examples: int, seed: int) -> tuple[dict, object, dict]:
-    """Pick classes and curve statistics of every model on one dev split; the near-field example figure."""
+    """Pick classes and curve statistics of every model on one dev split; its figures (near-field traces, and
+    traces where the last model's S is false in the noise or the late coda)."""
     path, _, split = spec.rpartition(":")
     if not split.startswith("dev"):
         raise EdgepickError(f"{spec}: only a dev split is studied here (its test half is what gets reported)")
@@ -53,16 +55,28 @@ def study_set(spec: str, models: list, examples: int, seed: int) -> tuple[dict, 
         stats[model.label] = s_diagnosis.trace_stats(c, traces, truth)
         tables[model.label] = s_diagnosis.summary(stats[model.label], {**sp_masks, **snr_masks}, c.rule.threshold("S"))
     metrics.add_false_ratios(classes)
-    near = [i for i in np.flatnonzero(np.isfinite(sp) & (sp < SP_BINS[0])).tolist()]
     rng = np.random.default_rng(seed)
-    chosen = sorted(rng.choice(near, min(examples, len(near)), replace=False).tolist()) if near else []
-    figure = None
-    if chosen:
-        titles = {i: f"{Path(path).name}:{split} trace {i}, S-P {sp[i]:.2f} s" for i in chosen}
-        figure = s_diagnosis.figure_traces(traces, order, rate, truth, curves, chosen, titles=titles)
+
+    def draw(candidates):
+        if not candidates:
+            return []
+        return sorted(rng.choice(candidates, min(examples, len(candidates)), replace=False).tolist())
+
+    # near-field traces, and traces where the first student's S is false in the noise or the late coda (whole trace)
+    student_rows = metrics.pick_classes(truth, curves[models[-1].label].picks()["S"], "S", TOLERANCE)
+    dead = metadata.get("trace_dead_channels")
+    chosen = {"near": (draw(np.flatnonzero(np.isfinite(sp) & (sp < SP_BINS[0])).tolist()), 6.0),
+              "false": (draw([i for i, r in enumerate(student_rows) if r["before_p"] + r["late_coda"]]), 60.0)}
+    figures = {}
+    for kind, (indices, pad) in chosen.items():
+        if indices:
+            titles = {i: f"{Path(path).name}:{split} trace {i}, S-P {sp[i]:.2f} s"
+                      + (f", flat {dead[i]}" if dead is not None and isinstance(dead[i], str) else "") for i in indices}
+            figures[kind] = s_diagnosis.figure_traces(traces, order, rate, truth, curves, indices, pad_s=pad,
+                                                      titles=titles)
     result = {"set": spec, "traces": len(traces), "pick_classes": classes, "curve_stats": tables,
               "thresholds": {m: c.rule.threshold("S") for m, c in curves.items()}}
-    return result, figure, {"stats": stats, "sp": sp}
+    return result, figures, {"stats": stats, "sp": sp}
 
 
 def class_table(rows: list[dict]) -> str:
@@ -112,21 +126,20 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     results, pooled_stats, pooled_sp, sections = [], {m.label: [] for m in models}, [], []
     for spec in specs:
-        result, figure, raw = study_set(spec, models, args.examples, args.seed)
+        result, figures, raw = study_set(spec, models, args.examples, args.seed)
         results.append(result)
         for label, rows in raw["stats"].items():
             pooled_stats[label] += rows
         pooled_sp.append(raw["sp"])
         name = spec.replace("/", "_").replace(":", "_")
-        if figure is not None:
-            atomic_write_bytes(out / f"s_traces_{name}.png", _png(figure))
+        for kind, figure in figures.items():
+            atomic_write_bytes(out / f"s_{kind}_{name}.png", _png(figure))
             plt.close(figure)
         sections += [f"## {spec} ({result['traces']} traces)", "", "S pick classes (tolerance 0.5 s):", "",
                      class_table(result["pick_classes"]), "", "S curve statistics (each model at its own S threshold "
                      + ", ".join(f"{m} {t:g}" for m, t in result["thresholds"].items()) + "):", "",
                      s_diagnosis.format_summary(result["curve_stats"]), ""]
-        if figure is not None:
-            sections += [f"![near-field traces](s_traces_{name}.png)", ""]
+        sections += [f"![{kind} traces](s_{kind}_{name}.png)" for kind in figures] + [""]
     thresholds = {m.label: annotation.model_rule(m).threshold("S") for m in models}
     figure = s_diagnosis.figure_summary(pooled_stats, np.concatenate(pooled_sp), thresholds)
     atomic_write_bytes(out / "s_summary.png", _png(figure))
