@@ -85,9 +85,9 @@ def test_firmware_stage_errors_are_one_line(tmp_path, monkeypatch):
                                                (["-DEDGEPICK_SAMPLE_SOURCE=1", "-DBOARD_HAS_PSRAM", "-DCONFIG_SPIRAM"],
                                                 "int8")])
 def test_firmware_glue_syntax(defines, precision, tmp_path):
-    """A typo check of firmware/src/*.cc against minimal stand-ins of the IDF / TFLite Micro headers
-    (firmware/lib/edgepick_core/host/stubs) and a model_config.h from the quantize stage's own writer: the real
-    build needs the espressif32 platform."""
+    """A typo check of firmware/src/*.cc against the one fake of ESP-IDF (firmware/sim/port, the emulator's),
+    minimal stand-ins of TFLite Micro's headers (firmware/lib/edgepick_core/host/stubs) and a model_config.h from
+    the quantize stage's own writer: the real build needs the espressif32 platform."""
     from pipeline.deploy import boards
     from pipeline.deploy.convert import c_array
 
@@ -100,10 +100,11 @@ def test_firmware_glue_syntax(defines, precision, tmp_path):
     budget = boards.check_budget(boards.get_board("esp32s3-psram8"), info)
     model_dir = tmp_path / "model"
     c_array.write_firmware(model_dir, bytes(100), info, PickRule(blinding=(302, 302)), budget, 1e-6)
-    stubs = CORE / "host" / "stubs"
+    stubs = CORE / "host" / "stubs"  # TFLite Micro stand-ins; ESP-IDF is the emulator's port layer
+    port = FIRMWARE / "sim" / "port"
     for source in sorted((FIRMWARE / "src").glob("*.cc")):
         cmd = ["g++", "-std=gnu++17", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter", "-fsyntax-only", *defines,
-               f"-I{stubs}", f"-I{model_dir}", f"-I{FIRMWARE / 'src'}", f"-I{CORE / 'src'}", str(source)]
+               f"-I{stubs}", f"-I{port}", f"-I{model_dir}", f"-I{FIRMWARE / 'src'}", f"-I{CORE / 'src'}", str(source)]
         result = subprocess.run(cmd, capture_output=True, text=True)
         assert result.returncode == 0, f"{source.name}: {result.stderr}"
 
@@ -120,11 +121,12 @@ def test_firmware_glue_syntax_live_mode(tmp_path):
             "io": {"input": {"dtype": "int8", "scale": 0.0078125, "zero_point": 0},
                    "output": {"dtype": "int8", "scale": 0.00390625, "zero_point": -128}}}
     budget = boards.check_budget(boards.get_board("esp32s3-psram8"), info)
-    stubs = CORE / "host" / "stubs"
+    stubs = CORE / "host" / "stubs"  # TFLite Micro stand-ins; ESP-IDF is the emulator's port layer
+    port = FIRMWARE / "sim" / "port"
 
     def compile_glue(model_dir, *defines):
         cmd = ["g++", "-std=gnu++17", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter", "-fsyntax-only",
-               "-DEDGEPICK_SAMPLE_SOURCE=0", *defines, f"-I{stubs}", f"-I{model_dir}", f"-I{FIRMWARE / 'src'}",
+               "-DEDGEPICK_SAMPLE_SOURCE=0", *defines, f"-I{stubs}", f"-I{port}", f"-I{model_dir}", f"-I{FIRMWARE / 'src'}",
                f"-I{CORE / 'src'}", str(FIRMWARE / "src" / "main_functions.cc")]
         return subprocess.run(cmd, capture_output=True, text=True)
 

@@ -128,18 +128,9 @@ size_t Elements(const TfLiteTensor* t) {
   return n;
 }
 
-}  // namespace
-
-bool setup() {
-  HandleMessage("info", "edgepick %s model, board %s, window %d, hop %d, %g Hz, model sha256 %.12s",
-                EDGEPICK_PRECISION, EDGEPICK_BOARD_NAME, EDGEPICK_WINDOW_SAMPLES, EDGEPICK_HOP_SAMPLES,
-                static_cast<double>(EDGEPICK_SAMPLING_RATE_HZ), EDGEPICK_MODEL_SHA256);
-  if (std::strcmp(EDGEPICK_BOARD_NAME, EDGEPICK_MODEL_BOARD) != 0) {
-    HandleMessage("warn", "the model's memory budget was checked for board %s, this build is for %s: "
-                  "run `make quantize SET='board.name=%s'`", EDGEPICK_MODEL_BOARD, EDGEPICK_BOARD_NAME,
-                  EDGEPICK_BOARD_NAME);
-  }
-
+// The stream's settings, every one from model_config.h (written by `make quantize` from the student's PickRule and
+// LiveRule): live mode, or the exact replay of SeisBench's classify.
+edgepick::StreamConfig StreamConfigFromHeader() {
   edgepick::StreamConfig config;
   config.in_samples = EDGEPICK_WINDOW_SAMPLES;
 #if EDGEPICK_LIVE
@@ -176,24 +167,26 @@ bool setup() {
   config.top_half_width = EDGEPICK_PICK_TOP_HALF_WIDTH;
   config.norm_eps = EDGEPICK_NORM_EPS;
   config.sampling_rate = EDGEPICK_SAMPLING_RATE_HZ;
-  const edgepick::StreamBufferSizes sizes = edgepick::ComputeStreamBufferSizes(config);
-  // Float models read their window from and write their predictions to the tensors themselves (both stay valid
-  // around Invoke: the input is rewritten before each one, the output read right after); int8 models need float
-  // copies of both.
+  return config;
+}
+
+// Float models read their window from and write their predictions to the tensors themselves (both stay valid
+// around Invoke: the input is rewritten before each one, the output read right after); int8 models need float
+// copies of both.
 #if defined(EDGEPICK_INPUT_INT8) && EDGEPICK_INPUT_INT8
-  constexpr bool kOwnCopies = true;
+constexpr bool kOwnCopies = true;
 #else
-  constexpr bool kOwnCopies = false;
+constexpr bool kOwnCopies = false;
 #endif
+
+size_t StreamBufferBytes(const edgepick::StreamBufferSizes& sizes) {
   const size_t own_floats = sizes.ring_floats + sizes.stack_floats +
                             (kOwnCopies ? sizes.window_floats + sizes.probs_floats : 0);
-  const size_t buffers_bytes = own_floats * sizeof(float) + sizes.stack_counts * sizeof(uint16_t);
+  return own_floats * sizeof(float) + sizes.stack_counts * sizeof(uint16_t);
+}
 
-  // 1. memory: check before allocating anything big
-  MemoryPlan plan;
-  if (!PlanMemory(EDGEPICK_ARENA_ALLOC_BYTES, EDGEPICK_MODEL_EXPANDED_BYTES, buffers_bytes, &plan)) return false;
-
-  // 2. the model: straight from flash, or FP16-packed and expanded once into RAM
+// The model: straight from flash, or FP16-packed and expanded once into RAM; nullptr (and an error line) if not.
+const tflite::Model* LoadModel(const MemoryPlan& plan) {
   const uint8_t* model_bytes = g_edgepick_model;
 #if EDGEPICK_MODEL_PACKED_FP16
   uint8_t* expanded = static_cast<uint8_t*>(AllocateAligned(EDGEPICK_MODEL_EXPANDED_BYTES, plan.model_in_psram));
@@ -204,80 +197,120 @@ bool setup() {
                                                  EDGEPICK_MODEL_EXPANDED_BYTES, &written);
   if (status != edgepick::Fp16Status::kOk) {
     HandleMessage("error", "FP16 model expansion failed: %s", edgepick::Fp16StatusText(status));
-    return false;
+    return nullptr;
   }
   model_bytes = expanded;
+#else
+  (void)plan;
 #endif
   const tflite::Model* model = tflite::GetModel(model_bytes);
   if (model->version() != TFLITE_SCHEMA_VERSION) {
     HandleMessage("error", "model schema %lu, this TFLite Micro reads %d", static_cast<unsigned long>(model->version()),
                   TFLITE_SCHEMA_VERSION);
-    return false;
+    return nullptr;
   }
+  return model;
+}
 
-  // 3. interpreter and arena
-  // exactly the model's ops (model_ops.h, read from the flatbuffer by `make quantize`)
+// The interpreter over exactly the model's ops (model_ops.h, read from the flatbuffer by `make quantize`) and its
+// arena, tensors allocated and checked against model_config.h; nullptr (and an error line) if not.
+tflite::MicroInterpreter* StartInterpreter(const tflite::Model* model, const MemoryPlan& plan) {
   static EdgepickOpResolver resolver;
   if (!RegisterModelOps(resolver)) {
     HandleMessage("error", "cannot register the model's %u TFLite Micro ops", kEdgepickModelOpCount);
-    return false;
+    return nullptr;
   }
   uint8_t* arena = static_cast<uint8_t*>(AllocateAligned(EDGEPICK_ARENA_ALLOC_BYTES, plan.arena_in_psram));
   if (arena == nullptr) {
     HandleMessage("error", "cannot allocate the %u-byte tensor arena", static_cast<unsigned>(EDGEPICK_ARENA_ALLOC_BYTES));
-    return false;
+    return nullptr;
   }
   static tflite::MicroInterpreter interpreter(model, resolver, arena, EDGEPICK_ARENA_ALLOC_BYTES);
-  g_interpreter = &interpreter;
   if (interpreter.AllocateTensors() != kTfLiteOk) {
     HandleMessage("error", "AllocateTensors failed: arena of %u bytes too small or an unsupported op",
                   static_cast<unsigned>(EDGEPICK_ARENA_ALLOC_BYTES));
-    return false;
+    return nullptr;
   }
-  TfLiteTensor* input = interpreter.input(0);
-  TfLiteTensor* output = interpreter.output(0);
+  const TfLiteTensor* input = interpreter.input(0);
+  const TfLiteTensor* output = interpreter.output(0);
   if (Elements(input) != kWindow * 3 || Elements(output) != kWindow * kClasses ||
       (input->type != kTfLiteFloat32 && input->type != kTfLiteInt8) ||
       (output->type != kTfLiteFloat32 && output->type != kTfLiteInt8)) {
     HandleMessage("error", "model input/output do not match model_config.h (%u samples x 3, float32 or int8)",
                   static_cast<unsigned>(kWindow));
-    return false;
-  }
-  HandleMessage("info", "arena used %u of %u bytes", static_cast<unsigned>(interpreter.arena_used_bytes()),
-                static_cast<unsigned>(EDGEPICK_ARENA_ALLOC_BYTES));
-
-  // 4. stream buffers and the picker
-  uint8_t* block = static_cast<uint8_t*>(AllocateAligned(buffers_bytes, plan.buffers_in_psram));
-  if (block == nullptr) {
-    HandleMessage("error", "cannot allocate %u bytes of stream buffers", static_cast<unsigned>(buffers_bytes));
-    return false;
+    return nullptr;
   }
   if (kOwnCopies != (input->type == kTfLiteInt8 || output->type == kTfLiteInt8)) {
     HandleMessage("error", "model_config.h says int8 input %d, the model's tensors disagree", kOwnCopies ? 1 : 0);
+    return nullptr;
+  }
+  HandleMessage("info", "arena used %u of %u bytes", static_cast<unsigned>(interpreter.arena_used_bytes()),
+                static_cast<unsigned>(EDGEPICK_ARENA_ALLOC_BYTES));
+  return &interpreter;
+}
+
+// The picker's buffers cut from one block (ring, stack sums, the int8 models' float copies, stack counts); a float
+// model's window and predictions are its tensors. False (and an error line) if the block cannot be had.
+bool AllocateStreamBuffers(const edgepick::StreamBufferSizes& sizes, const MemoryPlan& plan,
+                           tflite::MicroInterpreter& interpreter, edgepick::StreamBuffers* buffers) {
+  const size_t bytes = StreamBufferBytes(sizes);
+  uint8_t* block = static_cast<uint8_t*>(AllocateAligned(bytes, plan.buffers_in_psram));
+  if (block == nullptr) {
+    HandleMessage("error", "cannot allocate %u bytes of stream buffers", static_cast<unsigned>(bytes));
     return false;
   }
-  edgepick::StreamBuffers buffers;
   float* next = reinterpret_cast<float*>(block);
-  buffers.ring = next;
+  buffers->ring = next;
   next += sizes.ring_floats;
-  buffers.stack_sums = next;
+  buffers->stack_sums = next;
   next += sizes.stack_floats;
   if (kOwnCopies) {
-    buffers.window = next;
+    buffers->window = next;
     next += sizes.window_floats;
-    buffers.probs = next;
+    buffers->probs = next;
     next += sizes.probs_floats;
   } else {
-    buffers.window = input->data.f;
-    buffers.probs = output->data.f;
+    buffers->window = interpreter.input(0)->data.f;
+    buffers->probs = interpreter.output(0)->data.f;
   }
-  buffers.stack_counts = reinterpret_cast<uint16_t*>(next);
+  buffers->stack_counts = reinterpret_cast<uint16_t*>(next);
+  return true;
+}
+
+void AnnounceBuild() {
+  HandleMessage("info", "edgepick %s model, board %s, window %d, hop %d, %g Hz, model sha256 %.12s",
+                EDGEPICK_PRECISION, EDGEPICK_BOARD_NAME, EDGEPICK_WINDOW_SAMPLES, EDGEPICK_HOP_SAMPLES,
+                static_cast<double>(EDGEPICK_SAMPLING_RATE_HZ), EDGEPICK_MODEL_SHA256);
+  if (std::strcmp(EDGEPICK_BOARD_NAME, EDGEPICK_MODEL_BOARD) != 0) {
+    HandleMessage("warn", "the model's memory budget was checked for board %s, this build is for %s: "
+                  "run `make quantize SET='board.name=%s'`", EDGEPICK_MODEL_BOARD, EDGEPICK_BOARD_NAME,
+                  EDGEPICK_BOARD_NAME);
+  }
+}
+
+}  // namespace
+
+bool setup() {
+  AnnounceBuild();
+  const edgepick::StreamConfig config = StreamConfigFromHeader();
+  const edgepick::StreamBufferSizes sizes = edgepick::ComputeStreamBufferSizes(config);
+
+  MemoryPlan plan;  // checked before anything big is allocated
+  if (!PlanMemory(EDGEPICK_ARENA_ALLOC_BYTES, EDGEPICK_MODEL_EXPANDED_BYTES, StreamBufferBytes(sizes), &plan)) {
+    return false;
+  }
+  const tflite::Model* model = LoadModel(plan);
+  if (model == nullptr) return false;
+  g_interpreter = StartInterpreter(model, plan);
+  if (g_interpreter == nullptr) return false;
+
+  edgepick::StreamBuffers buffers;
+  if (!AllocateStreamBuffers(sizes, plan, *g_interpreter, &buffers)) return false;
   if (!g_picker.Init(config, buffers, Infer, nullptr, Emit, nullptr)) {
     HandleMessage("error", "picker configuration: %s", g_picker.error());
     return false;
   }
 
-  // 5. samples
   g_source = &GetSampleSource();
   if (!g_source->Begin()) return false;
   HandleMessage("info", "ready: %s samples (Z N E), picks as JSON lines", g_source->name());

@@ -1,3 +1,4 @@
+// FreeRTOS tasks as far as the ADXL355 source uses them (declarations for the host syntax check).
 #pragma once
 #include "FreeRTOS.h"
 void vTaskDelay(TickType_t);

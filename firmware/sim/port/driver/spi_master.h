@@ -1,8 +1,9 @@
+// ESP-IDF's SPI master driver as far as the ADXL355 source uses it: declarations for the host syntax check (the
+// emulator's board has no SPI sensor; its samples come over the emulated UART).
 #pragma once
-#include <cstdint>
-#include <cstddef>
-typedef int esp_err_t;
-#define ESP_OK 0
+#include <stddef.h>
+#include <stdint.h>
+#include "esp_err.h"
 #define SPI3_HOST 2
 #define SPI_DMA_CH_AUTO 3
 #define SPI_TRANS_USE_TXDATA 4
