@@ -146,30 +146,35 @@ class TrainingTargets:
         """Trace name -> the samples of the teacher's P and S picks in it (SeisBench's rule: trigger at
         ``threshold``, first maximum), from the cache: where ``distill.live_windows`` puts picks on continuous data
         that has no analyst's. None on the fly, where the teacher has not seen the traces yet."""
-        if self.online is not None:
+        picks = self._cached_picks(path, trace_names, threshold)
+        if picks is None:
             return None
-        cache = self.caches[str(path)]
-        rule = PickRule(p_threshold=threshold, s_threshold=threshold, top_tolerance=None)
-        return {name: np.array([p["sample"] for p in rule.picks(np.asarray(cache.labels_by_name(name), np.float32))],
-                               dtype=np.int64)
-                for name in trace_names}
+        return {name: np.array([p["sample"] for p in found], dtype=np.int64) for name, found in picks.items()}
 
     def near_field(self, path: str | Path, trace_names, max_sp: int, threshold: float = 0.3) -> np.ndarray | None:
-        """Per trace: whether the teacher picks an S at most ``max_sp`` samples after one of its P picks (both at
-        ``threshold``, first maximum): the near-field traces ``distill.oversample_near_field`` draws more often.
-        None on the fly, where the teacher has not seen the traces yet."""
-        if self.online is not None:
+        """Per trace: whether the teacher picks an S at most ``max_sp`` samples after one of its P picks (both as
+        :meth:`teacher_picks`): the near-field traces ``distill.oversample_near_field`` draws more often. None on
+        the fly, where the teacher has not seen the traces yet."""
+        picks = self._cached_picks(path, trace_names, threshold)
+        if picks is None:
             return None
-        cache = self.caches[str(path)]
-        rule = PickRule(p_threshold=threshold, s_threshold=threshold, top_tolerance=None)
         out = []
         for name in trace_names:
-            picks = rule.picks(np.asarray(cache.labels_by_name(name), np.float32))
-            p = np.array([q["sample"] for q in picks if q["phase"] == "P"], dtype=np.int64)
-            s = np.array([q["sample"] for q in picks if q["phase"] == "S"], dtype=np.int64)
+            found = picks[name]
+            p = np.array([q["sample"] for q in found if q["phase"] == "P"], dtype=np.int64)
+            s = np.array([q["sample"] for q in found if q["phase"] == "S"], dtype=np.int64)
             gaps = s[None, :] - p[:, None]
             out.append(bool(((gaps > 0) & (gaps <= max_sp)).any()))
         return np.array(out, dtype=bool)
+
+    def _cached_picks(self, path: str | Path, trace_names, threshold: float) -> dict[str, list[dict]] | None:
+        """Trace name -> the teacher's picks (PickRule dicts) on its cached soft labels, at ``threshold`` with the
+        first maximum (SeisBench's rule); None on the fly."""
+        if self.online is not None:
+            return None
+        cache = self.caches[str(path)]
+        rule = PickRule(p_threshold=threshold, s_threshold=threshold, top_tolerance=None)
+        return {name: rule.picks(np.asarray(cache.labels_by_name(name), np.float32)) for name in trace_names}
 
     def target(self, batch: dict) -> np.ndarray:
         """float (batch, 3, window) P, S, noise of a batch from a generator with :meth:`steps`: the cached crop
