@@ -99,7 +99,7 @@ def prepare_trace(metadata: dict, waveform: np.ndarray, config: DatasetFormat, m
     if waveform.shape[1] < max(min_samples, 1):
         raise TraceSkipped(f"too short ({waveform.shape[1]} samples, need {min_samples})")
     waveform = waveform - waveform.mean(axis=1, keepdims=True)
-    if getattr(config, "vertical_only", False):  # as SeisBench fills the components a vertical-only station lacks
+    if config.vertical_only:  # flat N and E, as SeisBench fills the components a vertical-only station lacks
         waveform[[c != "Z" for c in config.component_order]] = 0.0
     peaks = np.abs(waveform).max(axis=1)
     dead = peaks <= 0

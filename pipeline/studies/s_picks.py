@@ -34,7 +34,7 @@ SNR_BINS = (10.0, 20.0)
 TOLERANCE = 0.5
 
 
-def study_set(spec: str, models: list, examples: int, seed: int) -> tuple[dict, object, dict]:
+def study_set(spec: str, models: list, examples: int, seed: int) -> tuple[dict, dict, dict]:
     """Pick classes and curve statistics of every model on one dev split; its figures (near-field traces, and
     traces where the last model's S is false in the noise or the late coda)."""
     path, _, split = spec.rpartition(":")
@@ -47,11 +47,11 @@ def study_set(spec: str, models: list, examples: int, seed: int) -> tuple[dict, 
     sp_masks = {"all": np.ones(len(traces), bool), **metrics.bin_masks(sp, SP_BINS, "S-P", "s"),
                 **metrics.component_masks(metadata)}
     snr_masks = metrics.bin_masks(metrics.parse_snr_db(metadata), SNR_BINS, "SNR", "dB")  # summary bins only
-    curves, classes, stats, tables = {}, [], {}, {}
+    curves, picks, classes, stats, tables = {}, {}, [], {}, {}
     for model in models:
         c = annotation.dataset_curves(model, traces, rate, order)
-        curves[model.label] = c
-        classes += metrics.pick_class_records(model, truth, c.picks(), sp_masks, TOLERANCE)
+        curves[model.label], picks[model.label] = c, c.picks()
+        classes += metrics.pick_class_records(model, truth, picks[model.label], sp_masks, TOLERANCE)
         stats[model.label] = s_diagnosis.trace_stats(c, traces, truth)
         tables[model.label] = s_diagnosis.summary(stats[model.label], {**sp_masks, **snr_masks}, c.rule.threshold("S"))
     metrics.add_false_ratios(classes)
@@ -62,8 +62,8 @@ def study_set(spec: str, models: list, examples: int, seed: int) -> tuple[dict, 
             return []
         return sorted(rng.choice(candidates, min(examples, len(candidates)), replace=False).tolist())
 
-    # near-field traces, and traces where the first student's S is false in the noise or the late coda (whole trace)
-    student_rows = metrics.pick_classes(truth, curves[models[-1].label].picks()["S"], "S", TOLERANCE)
+    # near-field traces, and traces where the last student's S is false in the noise or the late coda (whole trace)
+    student_rows = metrics.pick_classes(truth, picks[models[-1].label]["S"], "S", TOLERANCE)
     dead = metadata.get("trace_dead_channels")
     chosen = {"near": (draw(np.flatnonzero(np.isfinite(sp) & (sp < SP_BINS[0])).tolist()), 6.0),
               "false": (draw([i for i, r in enumerate(student_rows) if r["before_p"] + r["late_coda"]]), 60.0)}
