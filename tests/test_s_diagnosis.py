@@ -85,7 +85,7 @@ def test_figures_draw(tmp_path):
     assert len(fig2.axes) == 3
 
 
-def test_s_picks_study_writes_classes_statistics_and_figures(labelled, tmp_path, monkeypatch):
+def test_s_picks_study_writes_classes_statistics_and_figures(labelled, tmp_path, monkeypatch, capsys):
     """python -m pipeline study s_picks on a dev split: pick classes per model that add up to its picks, the curve
     statistics per bin, and the figures; a test split is refused (it is what gets reported)."""
     import json
@@ -112,5 +112,9 @@ def test_s_picks_study_writes_classes_statistics_and_figures(labelled, tmp_path,
         assert r["false"] == sum(r["classes"][c] for c in ("before_p", "p_to_s", "after_s", "late_coda", "no_label"))
     assert set(result["curve_stats"]["teacher pytorch-fp32"]["all"]) >= {"traces", "median_at_s", "noise_s_fires"}
     assert (out / "s_summary.png").stat().st_size > 0 and "## " in (out / "diagnosis.md").read_text()
+    capsys.readouterr()
+    with pytest.raises(EdgepickError, match="no student in"):  # the one error line, nothing printed before it
+        s_picks.main(["--student", str(tmp_path / "missing"), "--dataset", f"{labelled}:dev", "--out", str(out)])
+    assert capsys.readouterr().out == ""
     with pytest.raises(EdgepickError, match="only a dev split"):
         s_picks.main(["--student", str(tmp_path / "student"), "--dataset", f"{labelled}:test", "--out", str(out)])

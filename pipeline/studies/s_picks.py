@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
             raise EdgepickError(f"{spec}: no dataset there (run `make labelled` first?)")
     students = []
     for path in args.student:
-        student = runners.load_student_model(path)
+        student = runners.load_student_model(path, say=lambda line: None)  # its absence is our one error line
         if student is None:
             raise EdgepickError(f"no student in {path}")
         student.name = f"student:{Path(path).name}"  # several students side by side
