@@ -172,6 +172,9 @@ class StudentConfig:
     # DS k5 blocks (base_channels wide) between the decoder and the head, at full resolution, where the pick's time
     # is set (0: XiaoNet's layout); each adds ~0.3 M MACs per 3001-sample window and 2 samples of receptive field
     refine_blocks: int = 0
+    causal: bool = False  # streaming form, each sample computed once (pipeline.model.streaming): the look-ahead
+    output_delay: int = 100  # of a causal student's scores, and its running normalisation's window, in samples
+    norm_window: int = 1024
     # The pick rule saved with the student, written into the firmware's model_config.h and scored by the benchmark
     # (their meanings: pipeline.model.picking.PickRule; < 0 for the top tolerance: the first maximum, as SeisBench picks)
     p_threshold: float = PickRule.p_threshold

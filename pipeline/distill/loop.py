@@ -32,6 +32,7 @@ from pipeline.artifacts import save_config
 from pipeline.config import Config
 from pipeline.errors import EdgepickError
 from pipeline.distill.fake_quant import QuantizationAware
+from pipeline.model import streaming
 from pipeline.distill.losses import check_phase_weight_source, distillation_loss
 from pipeline.model.student import build_student, load_student
 from pipeline.distill.training import CHECKPOINT, METRICS  # noqa: F401  (the names of distill's output files)
@@ -115,7 +116,7 @@ def distill(config: Config) -> dict:
             batch = next(batches)
             teacher_probs = _teacher_target(batch, targets, device)
             logits = trainable(batch["X"].to(device))
-            loss = _loss(cfg, logits, teacher_probs, _get(batch, "y", device))
+            loss = _loss(cfg, logits, teacher_probs, _get(batch, "y", device), raw_model.output_delay)
             train_losses.append(training.optimizer_step(
                 loss, optimizer, schedule, trainable.parameters(), cfg.grad_clip, epoch, out, advice))
         train_seconds = time.time() - started
@@ -165,8 +166,13 @@ class _Training:
         return len(self.dataset)
 
 
-def _loss(cfg, logits: torch.Tensor, teacher_probs, hard_labels) -> torch.Tensor:
-    """:func:`distillation_loss` with the distill section's settings (training and dev loss alike)."""
+def _loss(cfg, logits: torch.Tensor, teacher_probs, hard_labels, delay: int = 0) -> torch.Tensor:
+    """:func:`distillation_loss` with the distill section's settings (training and dev loss alike). A causal
+    student's score at sample t is of sample t - ``delay`` (its output_delay): compared with the targets there."""
+    if delay:
+        logits = logits[..., delay:]
+        teacher_probs = None if teacher_probs is None else teacher_probs[..., :-delay]
+        hard_labels = None if hard_labels is None else hard_labels[..., :-delay]
     return distillation_loss(logits, teacher_probs, hard_labels, cfg.temperature, cfg.alpha, cfg.phase_weight,
                              cfg.phase_weight_source, cfg.peak_shape, cfg.peak_shape_power, cfg.s_quiet_weight,
                              cfg.s_quiet_below)
@@ -295,7 +301,7 @@ def _evaluate(model, loader, cfg, device, targets=None) -> float:
     for batch in loader:
         teacher_probs = _teacher_target(batch, targets, device)
         logits = model.logits(batch["X"].to(device), channels_last=True)  # the training layout: same scores, faster
-        loss = _loss(cfg, logits, teacher_probs, _get(batch, "y", device))
+        loss = _loss(cfg, logits, teacher_probs, _get(batch, "y", device), model.output_delay)
         losses += loss.item() * len(logits)
         counts += len(logits)
     return losses / max(counts, 1)
@@ -397,7 +403,9 @@ def _record_live_rule(model, live) -> None:
     """The live rule of ``live`` saved with the student (its ``default_args``), when the live mode is on and its
     settings fit the student's window (they are refused where they are used: make quantize, make benchmark)."""
     model.default_args.pop("live_rule", None)  # an init_from student's is not this run's
-    if live.enabled:
+    if model.causal:  # a streaming student's live mode is its stream (pipeline.model.streaming.live_rule)
+        model.default_args["live_rule"] = streaming.live_rule(model).saved()
+    elif live.enabled:
         try:
             model.default_args["live_rule"] = live.rule(model.in_samples).saved()
         except EdgepickError:

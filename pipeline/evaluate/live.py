@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from pipeline.deploy import boards
-from pipeline.model import runners
+from pipeline.model import runners, streaming
 from pipeline.model.annotation import dataset_curves, model_rule
 from pipeline.errors import EdgepickError
 from pipeline.evaluate.metrics import PHASES, latency_summary, pick_latencies, score_picks
@@ -33,7 +33,8 @@ def live_pass(config, models, traces, rate, order, truth, picks, tolerances) -> 
     if not chosen:
         return None
     latency_tolerance = max(tolerances)
-    rule = lv.rule(chosen[0].members[0].in_samples)
+    student = chosen[0].members[0]
+    rule = streaming.live_rule(student) if getattr(student, "causal", False) else lv.rule(student.in_samples)
     rows, seconds = [], {}
     for model in chosen:
         started = time.perf_counter()
@@ -57,6 +58,8 @@ def live_warmup(rule: LiveRule, warmup: bool = True) -> int:
 def live_skip_samples(model, warmup: bool = True) -> int:
     """The live picks dropped at each trace's start (with the warm-up): the samples the exact replay blinds there."""
     blinding = model_rule(model).blinding
+    if getattr(model.members[0], "causal", False):
+        return 0  # a causal student's exact scores start at the trace's start (streaming.warmed_up)
     return int(blinding[0]) if warmup and blinding else 0
 
 
@@ -142,11 +145,7 @@ def live_model(model, rule: LiveRule, lookahead: int):
 def warmup_padded(waveform: np.ndarray, samples: int, rate: float) -> np.ndarray:
     """``waveform`` (components, n) after ``samples`` samples of its own first second mirrored back and forth: a
     station that had been streaming before the trace (continuous at the join)."""
-    if samples <= 0:
-        return waveform
-    head = waveform[:, : max(1, int(round(WARMUP_NOISE_S * rate)))]
-    before = np.pad(head, ((0, 0), (samples, 0)), mode="symmetric")[:, :samples]
-    return np.concatenate([before, waveform], axis=1)
+    return streaming.warmup(waveform, samples, rate, WARMUP_NOISE_S)
 
 
 def live_windows_span(waveform: np.ndarray, in_samples: int, hop: int) -> np.ndarray:

@@ -45,6 +45,8 @@ import torch.nn.functional as F
 
 from pipeline.errors import EdgepickError
 from pipeline.data.normalization import NORM_EPS, normalize_windows
+from pipeline.model import streaming
+from pipeline.model.macs import count_macs, phasenet_macs  # noqa: F401 - the student's MAC counts, re-exported
 from pipeline.model.picking import LiveRule, PickRule
 
 DOWNSAMPLING = 64  # 4 ** 3: the internal length must be a multiple of this
@@ -157,20 +159,31 @@ class BatchNorm(nn.BatchNorm1d):
             raise ValueError(f"expected a 2-D, 3-D or 4-D input, got {x.dim()}-D")
 
 
-class DSConv(nn.Module):
-    """Depthwise (k, stride, TF-SAME padding) -> pointwise -> BatchNorm -> Hardswish (or ReLU6)."""
+def causal_pad(x: torch.Tensor, kernel: int, stride: int = 1) -> torch.Tensor:
+    """``x`` with ``kernel - stride`` zeros before it (or that many first samples dropped, where the kernel is
+    shorter than the stride): a convolution over it ends each output on the last input sample of its stride, so
+    output j of a block of ``stride`` x m inputs needs no sample after the block (pipeline.model.streaming)."""
+    pad = kernel - stride
+    return F.pad(x, (pad, 0)) if pad > 0 else x[..., -pad:] if pad < 0 else x
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, activation: str = "hardswish"):
+
+class DSConv(nn.Module):
+    """Depthwise (k, stride, TF-SAME padding; or causal) -> pointwise -> BatchNorm -> Hardswish (or ReLU6)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, activation: str = "hardswish",
+                 causal: bool = False):
         super().__init__()
-        self.kernel, self.stride = kernel, stride
-        symmetric = (kernel - 1) // 2 if stride == 1 else 0
+        self.kernel, self.stride, self.causal = kernel, stride, causal
+        symmetric = (kernel - 1) // 2 if stride == 1 and not causal else 0
         self.dw = DepthwiseConv1d(cin, kernel, stride, padding=symmetric)
         self.pw = PointwiseConv1d(cin, cout, bias=False)
         self.bn = BatchNorm(cout)
         self.act = make_activation(activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride != 1:
+        if self.causal:
+            x = causal_pad(x, self.kernel, self.stride)
+        elif self.stride != 1:
             left, right = same_padding(x.shape[-1], self.kernel, self.stride)
             if left or right:
                 x = F.pad(x, (left, right))
@@ -180,9 +193,11 @@ class DSConv(nn.Module):
 class MultiScale(nn.Module):
     """Three parallel DS convolutions k3 / k5 / k7, summed."""
 
-    def __init__(self, channels: int, kernels: tuple[int, ...] = (3, 5, 7), activation: str = "hardswish"):
+    def __init__(self, channels: int, kernels: tuple[int, ...] = (3, 5, 7), activation: str = "hardswish",
+                 causal: bool = False):
         super().__init__()
-        self.branches = nn.ModuleList(DSConv(channels, channels, k, activation=activation) for k in kernels)
+        self.branches = nn.ModuleList(DSConv(channels, channels, k, activation=activation, causal=causal)
+                                      for k in kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.branches[0](x)
@@ -194,15 +209,17 @@ class MultiScale(nn.Module):
 class UpBlock(nn.Module):
     """ConvTranspose1d(k=4, s=4) (cin -> cout) + skip -> depthwise k5 -> BatchNorm -> Hardswish."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 5, activation: str = "hardswish"):
+    def __init__(self, cin: int, cout: int, kernel: int = 5, activation: str = "hardswish", causal: bool = False):
         super().__init__()
+        self.kernel, self.causal = kernel, causal
         self.up = Upsample4(cin, cout)
-        self.dw = DepthwiseConv1d(cout, kernel, padding=(kernel - 1) // 2)
+        self.dw = DepthwiseConv1d(cout, kernel, padding=0 if causal else (kernel - 1) // 2)
         self.bn = BatchNorm(cout)
         self.act = make_activation(activation)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.dw(self.up(x) + skip)))
+        x = self.up(x) + skip
+        return self.act(self.bn(self.dw(causal_pad(x, self.kernel) if self.causal else x)))
 
 
 class XiaoNet(sbm.WaveformModel):
@@ -235,13 +252,19 @@ class XiaoNet(sbm.WaveformModel):
         activation: str = "hardswish",
         smooth_output: bool = True,
         refine_blocks: int = 0,
+        causal: bool = False,
+        output_delay: int | None = None,
+        norm_window: int | None = None,
         pick_rule: PickRule | None = None,
         pick_top_tolerance: float | None = None,
         **kwargs,
     ):
         """``pick_rule``: the student's picker (thresholds, pick placement, blinding); what it leaves open (and
         without it, everything) takes PickRule's defaults and the blinding of :func:`default_blinding`.
-        ``pick_top_tolerance``: how students saved before the rule lived in ``default_args`` stored theirs."""
+        ``pick_top_tolerance``: how students saved before the rule lived in ``default_args`` stored theirs.
+        ``causal``: the streaming form (pipeline.model.streaming): every layer causal, the input normalised by a
+        running ``norm_window``, the output ``output_delay`` samples late; each sample is then computed once."""
+        causal, output_delay, norm_window = streaming.check_causal(causal, output_delay, norm_window, in_samples)
         if base_channels < 1 or in_samples < DOWNSAMPLING:
             raise EdgepickError(f"student needs base_channels >= 1 and in_samples >= {DOWNSAMPLING}, got {base_channels}, {in_samples}")
         if len(channel_multipliers) != 4:
@@ -269,20 +292,21 @@ class XiaoNet(sbm.WaveformModel):
         self.base_channels = int(base_channels)
         self.channel_multipliers = tuple(int(m) for m in channel_multipliers)
         self.norm_eps = float(norm_eps)
+        self.causal, self.output_delay, self.norm_window = causal, output_delay, norm_window
         make_activation(activation)  # validates the name
         self.activation = activation
         c1, c2, c3, c4 = (self.base_channels * m for m in self.channel_multipliers)
         self.channels = (c1, c2, c3, c4)
-        self.enc1 = DSConv(3, c1, 7, activation=activation)
-        self.enc2 = DSConv(c1, c2, 5, 4, activation=activation)
-        self.enc3 = DSConv(c2, c3, 5, 4, activation=activation)
-        self.bottleneck = DSConv(c3, c4, 3, 4, activation=activation)
-        self.multiscale = MultiScale(c4, activation=activation)
-        self.up3 = UpBlock(c4, c3, activation=activation)
-        self.up2 = UpBlock(c3, c2, activation=activation)
-        self.up1 = UpBlock(c2, c1, activation=activation)
+        self.enc1 = DSConv(3, c1, 7, activation=activation, causal=causal)
+        self.enc2 = DSConv(c1, c2, 5, 4, activation=activation, causal=causal)
+        self.enc3 = DSConv(c2, c3, 5, 4, activation=activation, causal=causal)
+        self.bottleneck = DSConv(c3, c4, 3, 4, activation=activation, causal=causal)
+        self.multiscale = MultiScale(c4, activation=activation, causal=causal)
+        self.up3 = UpBlock(c4, c3, activation=activation, causal=causal)
+        self.up2 = UpBlock(c3, c2, activation=activation, causal=causal)
+        self.up1 = UpBlock(c2, c1, activation=activation, causal=causal)
         self.refine_blocks = int(refine_blocks)
-        self.refine = nn.Sequential(*(DSConv(c1, c1, REFINE_KERNEL, activation=activation)
+        self.refine = nn.Sequential(*(DSConv(c1, c1, REFINE_KERNEL, activation=activation, causal=causal)
                                       for _ in range(self.refine_blocks)))
         self.head = PointwiseConv1d(c1, 3)
         self.smooth_output = bool(smooth_output)
@@ -291,10 +315,14 @@ class XiaoNet(sbm.WaveformModel):
         # maximum, and INT8 rounding then moves the pick by 10-25 samples. A fixed [1, 2, 2, 2, 1] / 8 filter on
         # the logits (box-4 * box-2: zero gain at periods 4 and 2) removes it; not a parameter, not in state_dict.
         self.register_buffer("smoothing", torch.tensor([1.0, 2, 2, 2, 1]).div(8).repeat(3, 1, 1), persistent=False)
-        if "overlap" not in self.default_args:
-            self.default_args["overlap"] = int(in_samples) // 2
-        blind = default_blinding(self.default_args["overlap"], receptive_radius(self.refine_blocks))
-        defaults = PickRule(blinding=(blind, blind)).annotate_args()
+        if causal:  # windows whose kept samples have their whole history (the streaming output, exactly)
+            pre = streaming.history(self)
+            self.default_args.setdefault("overlap", streaming.exact_overlap(self.in_samples, pre, output_delay))
+            defaults = PickRule(blinding=(pre, output_delay)).annotate_args()
+        else:
+            self.default_args.setdefault("overlap", int(in_samples) // 2)
+            blind = default_blinding(self.default_args["overlap"], receptive_radius(self.refine_blocks))
+            defaults = PickRule(blinding=(blind, blind)).annotate_args()
         if pick_top_tolerance is not None:
             defaults["pick_top_tolerance"] = float(pick_top_tolerance)
         for key, value in defaults.items():  # what default_args (a saved student's, or a caller's) leave open
@@ -317,10 +345,14 @@ class XiaoNet(sbm.WaveformModel):
     # ---- network -------------------------------------------------------------------------------------------
     def logits(self, x: torch.Tensor, channels_last: bool | None = None) -> torch.Tensor:
         """Pre-softmax scores (B, 3, N) in (P, S, noise) order. ``channels_last`` (default: while training) runs the
-        network in the training layout (see :func:`to_channels_last`); the scores are the same either way."""
+        network in the training layout (see :func:`to_channels_last`); the scores are the same either way. A causal
+        student normalises ``x`` itself (running, :func:`pipeline.model.streaming.running_normalize`) and its score at
+        sample t is of sample t - ``output_delay``."""
         samples = x.shape[-1]
-        left, right = window_padding(samples)
-        if left or right:
+        left, right = (0, internal_length(samples) - samples) if self.causal else window_padding(samples)
+        if self.causal:
+            x = streaming.running_normalize(F.pad(x, (0, right)), self.norm_window // DOWNSAMPLING, self.norm_eps)
+        elif left or right:
             x = F.pad(x, (left, right))
         if self.training if channels_last is None else channels_last:
             x = to_channels_last(x)
@@ -333,10 +365,13 @@ class XiaoNet(sbm.WaveformModel):
         d = self.up1(d, e1)
         out = self.head(self.refine(d))
         if self.smooth_output:
+            if self.causal:
+                out = causal_pad(out, self.smoothing.shape[-1])
+            pad = 0 if self.causal else 2
             if out.dim() == 3:
-                out = F.conv1d(out, self.smoothing, padding=2, groups=3)
+                out = F.conv1d(out, self.smoothing, padding=pad, groups=3)
             else:
-                out = F.conv2d(out, self.smoothing.unsqueeze(2), padding=(0, 2), groups=3)
+                out = F.conv2d(out, self.smoothing.unsqueeze(2), padding=(0, pad), groups=3)
         if left or right:
             out = out[..., left : left + samples]
         return out.squeeze(2) if out.dim() == 4 else out
@@ -355,11 +390,20 @@ class XiaoNet(sbm.WaveformModel):
         return sum(p.numel() for p in self.parameters())
 
     # ---- SeisBench hooks (after seisbench.models.PhaseNet) -------------------------------------------------
+    async def annotate_async(self, stream, copy=True, **kwargs):
+        """SeisBench's; a causal student's scores are its stream's, warmed up (:func:`streaming.warmed_up`)."""
+        if not self.causal:
+            return await super().annotate_async(stream, copy=copy, **kwargs)
+        padded, starts = streaming.warmed_up(self, stream)
+        return streaming.cropped(await super().annotate_async(padded, copy=False, **kwargs), starts)
+
     def annotate_batch_pre(self, batch: torch.Tensor, argdict: dict[str, Any]) -> torch.Tensor:
-        return normalize_windows(batch, self.norm_eps)
+        return batch if self.causal else normalize_windows(batch, self.norm_eps)  # a causal student's is its own
 
     def annotate_batch_post(self, batch: torch.Tensor, piggyback: Any, argdict: dict[str, Any]) -> torch.Tensor:
         batch = torch.transpose(batch, -1, -2)  # (B, N, classes), as SeisBench stitches it
+        if self.output_delay:  # each score back at the sample it is of; the last output_delay are not known yet
+            batch = torch.cat([batch[:, self.output_delay:], torch.full_like(batch[:, :self.output_delay], np.nan)], 1)
         prenan, postnan = argdict.get("blinding", self._annotate_args["blinding"][1])
         if prenan > 0:
             batch[:, :prenan] = np.nan
@@ -411,49 +455,11 @@ class XiaoNet(sbm.WaveformModel):
             activation=self.activation,
             smooth_output=self.smooth_output,
             refine_blocks=self.refine_blocks,
+            causal=self.causal,
+            output_delay=self.output_delay,
+            norm_window=self.norm_window,
         )
         return model_args
-
-
-def count_macs(model: nn.Module, shape: tuple[int, ...]) -> int:
-    """MACs of one forward pass on a zero input of ``shape`` over Conv1d / ConvTranspose1d / Linear, batch 1."""
-    total = 0
-
-    def conv_hook(module, inputs, output):
-        nonlocal total
-        total += output[0].numel() * (module.in_channels // module.groups) * module.kernel_size[0]
-
-    def convt_hook(module, inputs, output):
-        nonlocal total
-        total += inputs[0][0].numel() * (module.out_channels // module.groups) * module.kernel_size[0]
-
-    def linear_hook(module, inputs, output):
-        nonlocal total
-        total += output[0].numel() * module.in_features
-
-    handles = []
-    for module in model.modules():
-        if isinstance(module, nn.Conv1d):
-            handles.append(module.register_forward_hook(conv_hook))
-        elif isinstance(module, nn.ConvTranspose1d):
-            handles.append(module.register_forward_hook(convt_hook))
-        elif isinstance(module, nn.Linear):
-            handles.append(module.register_forward_hook(linear_hook))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(shape, device=next(model.parameters()).device))
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    return int(total)
-
-
-def phasenet_macs(in_samples: int = 3001) -> int:
-    """MACs per window of SeisBench's PhaseNet (untrained weights: the count only depends on the architecture)."""
-    return count_macs(sbm.PhaseNet(), (1, 3, in_samples))
 
 
 def hop_samples(model) -> int:
@@ -474,6 +480,9 @@ def build_student(config) -> XiaoNet:
         activation=config.activation,
         smooth_output=config.smooth_output,
         refine_blocks=config.refine_blocks,
+        causal=config.causal,
+        output_delay=config.output_delay if config.causal else None,
+        norm_window=config.norm_window if config.causal else None,
         pick_rule=rule,
     )
 

@@ -27,6 +27,9 @@ from pipeline.model.student import hop_samples, load_student
 def run(config) -> QuantizeResult:
     q = config.quantize
     model = load_student(q.student)
+    if model.causal:
+        raise EdgepickError(f"{q.student} is a causal (streaming) student: its TFLite streaming export is not built yet "
+                            "(issue 30); quantize a plain student (student.causal=false)")
     live = _live_settings(config.live, model.in_samples)  # refused before the long conversion
     dataset = q.dataset or config.distill.dataset
     calibration = _windows(dataset, "train", max(int(q.calibration_windows), 1), model.in_samples, q.seed)

@@ -1,0 +1,202 @@
+"""The streaming form of the student: each sample computed once (issue 30; docs/design.md, "Streaming").
+
+The live mode of a plain student runs its whole 30 s window every second, so 29 of every 30 seconds are computed
+again. A *causal* student (``student.causal``) is built so that the stream can be cut into blocks of 64 samples
+(the three stride-4 stages) and each block run once, with each layer's left context kept as state between blocks,
+as streaming keyword spotting runs on TensorFlow Lite Micro (google-research kws_streaming):
+
+- every convolution is causal: a stride-1 kernel k sees the k - 1 samples before its own, a stride-4 one ends each
+  output on the last sample of its stride (:func:`pipeline.model.student.causal_pad`), so a block's outputs need no
+  sample after the block, and the U-net's skips meet at the same block with no delay line;
+- the look-ahead the picks need becomes a fixed ``output_delay``: the score the network writes at sample t is of
+  sample t - output_delay (distillation compares it with the teacher's there);
+- the per-window normalisation becomes a running one (:func:`running_normalize`): each block demeaned by the mean
+  of the last ``norm_window`` samples and divided by their largest excursion from it over all components: the
+  per-window normalisation of a window that ends with the block, kept incrementally (block sums, maxima, minima).
+
+The whole-window forward of a causal student (zero padding before the window) is the stream run block by block
+from zero states (:mod:`pipeline.model.stream_step`, tests/test_streaming.py); a window's scores from
+:func:`history` samples on have their whole history and equal the endless stream's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.errors import EdgepickError
+from pipeline.model.picking import LiveRule
+
+BLOCK = 64  # samples per streaming step: the student's three stride-4 stages (student.DOWNSAMPLING)
+DEFAULT_NORM_WINDOW = 1024  # 10.24 s at 100 Hz: a running normalisation window (16 blocks)
+DEFAULT_OUTPUT_DELAY = 100  # 1 s of look-ahead, the live mode's P look-ahead (LiveRule.p_lookahead)
+
+
+def check_causal(causal, output_delay, norm_window, in_samples) -> tuple[bool, int, int]:
+    """The streaming settings, validated: (causal, output_delay, norm_window); a plain student has neither a delay
+    nor a running window (0, 0); a causal one's (None: the defaults) are whole samples, its windows whole blocks."""
+    causal = bool(causal)
+    if not causal and output_delay is None and norm_window is None:
+        return False, 0, 0
+    output_delay = DEFAULT_OUTPUT_DELAY if output_delay is None else output_delay
+    norm_window = DEFAULT_NORM_WINDOW if norm_window is None else norm_window
+    try:
+        delay, window = int(output_delay), int(norm_window)
+    except (TypeError, ValueError) as error:
+        raise EdgepickError(f"student output_delay / norm_window must be whole numbers of samples: {error}") from None
+    if delay != output_delay or window != norm_window:
+        raise EdgepickError(f"student output_delay / norm_window must be whole numbers of samples, got "
+                            f"{output_delay!r} / {norm_window!r}")
+    if not causal:
+        if delay or window:  # a plain student saves 0 / 0
+            raise EdgepickError("student output_delay and norm_window are settings of a causal (streaming) student; "
+                                "set student.causal=true or leave them 0")
+        return False, 0, 0
+    if window < BLOCK or window % BLOCK:
+        raise EdgepickError(f"student norm_window must be a whole number of {BLOCK}-sample blocks, got {window}")
+    if in_samples % BLOCK:
+        raise EdgepickError(f"a causal student's in_samples must be a whole number of {BLOCK}-sample blocks, got "
+                            f"{in_samples} (e.g. {math.ceil(in_samples / BLOCK) * BLOCK})")
+    if delay < 1 or delay >= in_samples:
+        raise EdgepickError(f"a causal student's output_delay must be >= 1 sample and shorter than the window, got "
+                            f"{delay}")
+    return True, delay, window
+
+
+def causal_reach(refine_blocks: int = 0, kernel_refine: int = 5) -> int:
+    """How many samples before its own a causal student's score looks at (at most, over a block's positions):
+    the architecture of pipeline.model.student.XiaoNet traced index by index (tests/test_streaming.py checks it
+    against gradients)."""
+    n = 16 * BLOCK
+    earliest = np.arange(n)
+
+    def conv(e: np.ndarray, kernel: int, stride: int = 1) -> np.ndarray:
+        out = np.arange(len(e) // stride) * stride + stride - kernel  # first input index of each output
+        return e[np.clip(out, 0, len(e) - 1)]
+
+    def up(e: np.ndarray) -> np.ndarray:
+        return np.repeat(e, 4)
+
+    e1 = conv(earliest, 7)
+    e2 = conv(e1, 5, 4)
+    e3 = conv(e2, 5, 4)
+    b = conv(e3, 3, 4)
+    b = np.minimum.reduce([conv(b, k) for k in (3, 5, 7)])
+    d = conv(np.minimum(up(b), e3), 5)
+    d = conv(np.minimum(up(d), e2), 5)
+    d = conv(np.minimum(up(d), e1), 5)
+    for _ in range(int(refine_blocks)):
+        d = conv(d, kernel_refine)
+    d = conv(d, 5)  # the output smoothing
+    steady = np.arange(n - BLOCK, n)
+    return int((steady - d[steady]).max())
+
+
+def history(student) -> int:
+    """Samples of a window before the first score that equals the endless stream's: the running normalisation's
+    window and the network's causal reach (both before the score's own sample)."""
+    return int(student.norm_window + causal_reach(student.refine_blocks))
+
+
+def exact_overlap(in_samples: int, history_samples: int, output_delay: int) -> int:
+    """SeisBench's overlap for annotating a stream with a causal student exactly: each window keeps whole blocks
+    from its ``history_samples``-th sample to ``output_delay`` before its end, and the next window starts so that
+    it keeps the blocks after them."""
+    kept = (in_samples - history_samples - output_delay) // BLOCK * BLOCK
+    if kept < BLOCK:
+        raise EdgepickError(f"a causal student's window ({in_samples} samples) must hold its history "
+                            f"({history_samples}), its output delay ({output_delay}) and a {BLOCK}-sample block")
+    return int(in_samples - kept)
+
+
+def live_rule(student) -> LiveRule:
+    """The live mode of a causal student as a :class:`LiveRule`: a window every block whose kept scores are its
+    last block's, ``output_delay`` late (so its picks are reported as the stream's are); no retraction: a sample's
+    score is final once computed."""
+    delay = int(student.output_delay)
+    return LiveRule(int(student.in_samples), BLOCK, delay, delay, 0, 0)
+
+
+def warmup(waveform: np.ndarray, samples: int, rate: float, noise_s: float = 1.0) -> np.ndarray:
+    """``waveform`` (components, n) after ``samples`` samples of its own first ``noise_s`` seconds mirrored back and
+    forth: a station that had been streaming before it (continuous at the join)."""
+    if samples <= 0:
+        return waveform
+    head = waveform[:, : max(1, int(round(noise_s * rate)))]
+    return np.concatenate([np.pad(head, ((0, 0), (samples, 0)), mode="symmetric")[:, :samples], waveform], axis=1)
+
+
+def warmed_up(student, stream):
+    """``stream`` as a causal student's live stream sees it: each trace after :func:`history` samples (and a block)
+    of warm-up (:func:`warmup`), so that its first sample has a whole history and the windows' blinding falls on the
+    warm-up, and without its last partial block (the stream has not finished it); and each trace's first time, to
+    crop the scores back to (:func:`cropped`)."""
+    padded, starts = stream.copy(), {}
+    samples = history(student) + BLOCK
+    for trace in padded:
+        key = trace.id.rsplit(".", 1)[0]
+        starts[key] = min(starts.get(key, trace.stats.starttime), trace.stats.starttime)
+        data = warmup(trace.data[None], samples, trace.stats.sampling_rate)[0]
+        trace.data = data[: len(data) // BLOCK * BLOCK]  # whole blocks: SeisBench's last window on the block grid
+        trace.stats.starttime -= samples / trace.stats.sampling_rate
+    return padded, starts
+
+
+def cropped(annotations, starts: dict):
+    """The scores of :func:`warmed_up` traces from each station's first sample on."""
+    for trace in annotations:
+        first = starts.get(trace.id.rsplit(".", 1)[0])
+        if first is not None:
+            trace.trim(starttime=first, nearest_sample=True)
+    return annotations
+
+
+def running_normalize(x, window_blocks: int, eps: float):
+    """``x`` (..., components, n), n a whole number of blocks, each block demeaned per component by the mean of
+    the last ``window_blocks`` blocks (fewer at the start) and divided by the largest absolute excursion from
+    that mean over the same samples and all components, times (1 + ``eps``) (1 where it is 0): the per-window
+    normalisation (pipeline.data.normalization) of the window ending with the block. numpy or torch; the
+    statistics in float64, the result float32. :class:`RunningNormalizer` is the same, block by block."""
+    if isinstance(x, np.ndarray):
+        return running_normalize(torch.from_numpy(np.asarray(x, dtype=np.float64)), window_blocks, eps).numpy()
+    *lead, components, n = x.shape
+    if n % BLOCK:
+        raise EdgepickError(f"running normalisation needs whole {BLOCK}-sample blocks, got {n} samples")
+    blocks = x.detach().reshape(-1, components, n // BLOCK, BLOCK).double()
+    sums = F.pad(blocks.sum(-1).cumsum(-1), (1, 0))
+    idx = torch.arange(n // BLOCK)
+    first = (idx - window_blocks + 1).clamp(min=0)
+    mean = (sums[..., idx + 1] - sums[..., first]) / ((idx - first + 1) * BLOCK).double()
+    high = F.max_pool1d(F.pad(blocks.amax(-1), (window_blocks - 1, 0), value=-math.inf), window_blocks, 1)
+    low = -F.max_pool1d(F.pad(-blocks.amin(-1), (window_blocks - 1, 0), value=-math.inf), window_blocks, 1)
+    peak = torch.maximum(high - mean, mean - low).amax(dim=-2, keepdim=True) * (1 + eps)
+    peak = torch.where(peak > 0, peak, torch.ones_like(peak))
+    out = (blocks - mean.unsqueeze(-1)) / peak.unsqueeze(-1)
+    return out.reshape(*lead, components, n).to(torch.float32)
+
+
+class RunningNormalizer:
+    """:func:`running_normalize` one block at a time, as the firmware keeps it: per block and component its sum,
+    maximum and minimum, for the last ``window_blocks`` blocks."""
+
+    def __init__(self, components: int, window_blocks: int, eps: float):
+        if window_blocks < 1:
+            raise EdgepickError(f"running normalisation needs a window of at least one block, got {window_blocks}")
+        self.window_blocks, self.eps = int(window_blocks), float(eps)
+        self.stats: list[np.ndarray] = []  # (3, components) per block: sum, max, min
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        block = np.asarray(block, dtype=np.float64)
+        if block.shape[-1] != BLOCK:
+            raise EdgepickError(f"running normalisation takes {BLOCK}-sample blocks, got {block.shape[-1]}")
+        self.stats = (self.stats + [np.stack([block.sum(-1), block.max(-1), block.min(-1)])])[-self.window_blocks:]
+        stats = np.stack(self.stats)
+        mean = stats[:, 0].sum(0) / (len(self.stats) * BLOCK)
+        peak = float(np.maximum(stats[:, 1].max(0) - mean, mean - stats[:, 2].min(0)).max()) * (1 + self.eps)
+        return ((block - mean[:, None]) / (peak if peak > 0 else 1.0)).astype(np.float32)
+
+    def __str__(self) -> str:
+        return f"RunningNormalizer(last {self.window_blocks} blocks of {BLOCK} samples, eps {self.eps:g})"

@@ -1,0 +1,127 @@
+"""The streaming (causal) student: the whole-window forward is the stream run block by block, nothing after a
+block reaches its scores, the running normalisation is the per-window one of the window ending with each block,
+and SeisBench's annotate of it is its stream."""
+
+import numpy as np
+import obspy
+import pytest
+import torch
+
+from pipeline.data.normalization import normalize_windows
+from pipeline.distill.loop import _loss
+from pipeline.errors import EdgepickError
+from pipeline.config import DistillConfig
+from pipeline.model import streaming
+from pipeline.model.stream_step import StreamStep, stream_scores
+from pipeline.model.student import XiaoNet, load_student
+from pipeline.model.streaming import BLOCK, RunningNormalizer, causal_reach, running_normalize
+
+
+def causal_student(refine_blocks=0, delay=100, seed=0, **kwargs) -> XiaoNet:
+    """A small causal student with BatchNorm statistics that are not the identity (as a trained one's)."""
+    torch.manual_seed(seed)
+    model = XiaoNet(base_channels=2, in_samples=3008, causal=True, output_delay=delay, activation="relu6",
+                    refine_blocks=refine_blocks, **kwargs).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm1d):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 2)
+                module.weight.normal_(1, 0.2)
+                module.bias.normal_(0, 0.2)
+    return model
+
+
+def waveform(n, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(3, n)) * 300 + 40
+    x[:, n // 2 :] += rng.normal(size=(3, n - n // 2)) * 3000 * np.exp(-np.arange(n - n // 2) / 400)
+    return x
+
+
+@pytest.mark.parametrize("refine_blocks", [0, 1])
+def test_whole_window_forward_is_the_stream_block_by_block(refine_blocks):
+    model = causal_student(refine_blocks)
+    x = waveform(40 * BLOCK)
+    with torch.no_grad():
+        whole = torch.softmax(model.logits(torch.from_numpy(x).float()[None]), dim=1)[0].T.numpy()
+    streamed = stream_scores(model, x)
+    delay = model.output_delay
+    assert np.isnan(streamed[-delay:]).all() and not np.isnan(streamed[:-delay]).any()
+    np.testing.assert_allclose(streamed[:-delay], whole[delay:], atol=1e-5)
+    assert [s[-1] for s in StreamStep(model).state_shapes()] == [6, 1, 1, 2, 4, 6, 4, 4, 4] + [4] * refine_blocks + [4]
+
+
+@pytest.mark.parametrize("refine_blocks", [0, 1])
+def test_no_score_sees_past_its_block_and_the_reach_is_traced(monkeypatch, refine_blocks):
+    monkeypatch.setattr(streaming, "running_normalize", lambda x, blocks, eps: x)  # the network alone
+    model = causal_student(refine_blocks)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.abs_()  # positive weights and inputs: no ReLU is off, every path shows in the gradient
+    x = torch.full((1, 3, 30 * BLOCK), 1e-3, requires_grad=True)
+    scores = model.logits(x)[0, 0]
+    reach, ahead = [], []
+    for t in range(20 * BLOCK, 21 * BLOCK):
+        (gradient,) = torch.autograd.grad(scores[t], x, retain_graph=True)
+        seen = np.flatnonzero(gradient.abs().sum(dim=(0, 1)).numpy())
+        reach.append(t - seen.min())
+        ahead.append(seen.max() - t)
+    assert max(reach) == causal_reach(refine_blocks)
+    assert ahead == list(range(BLOCK - 1, -1, -1))  # each score sees up to its block's last sample, not after
+
+
+def test_running_normalisation_is_the_window_ending_with_each_block():
+    x = waveform(12 * BLOCK, seed=1)
+    whole = running_normalize(x, 4, 1e-6)
+    normalizer = RunningNormalizer(3, 4, 1e-6)
+    for b in range(12):
+        block = normalizer(x[:, b * BLOCK : (b + 1) * BLOCK])
+        np.testing.assert_allclose(block, whole[:, b * BLOCK : (b + 1) * BLOCK], rtol=1e-5, atol=1e-6)
+        window = x[:, max(0, b - 3) * BLOCK : (b + 1) * BLOCK]
+        np.testing.assert_allclose(block, normalize_windows(window)[:, -BLOCK:], rtol=1e-4, atol=1e-5)
+    assert np.abs(whole).max() <= 1.0 and running_normalize(np.zeros((3, BLOCK)), 4, 1e-6).max() == 0
+
+
+def test_annotate_of_a_causal_student_is_its_stream_from_the_first_sample():
+    model = causal_student()
+    x = waveform(5000, seed=2)
+    start = obspy.UTCDateTime(2024, 1, 1)
+    stream = obspy.Stream([obspy.Trace(x[i].astype(np.float32), header={
+        "network": "OK", "station": "X", "channel": f"HH{c}", "sampling_rate": 100.0, "starttime": start})
+        for i, c in enumerate("ZNE")])
+    annotations = model.annotate(stream)
+    p = annotations.select(channel="XiaoNet_P")[0]
+    assert abs(p.stats.starttime - start) < 0.01  # scores from the trace's first sample (after the warm-up)
+    pad = streaming.history(model) + BLOCK
+    reference = stream_scores(model, streaming.warmup(x.astype(np.float32).astype(np.float64), pad, 100.0))[pad:]
+    n = min(len(p.data), len(reference))
+    finite = ~np.isnan(reference[:n, 0])
+    assert finite.sum() > 4000
+    np.testing.assert_allclose(p.data[:n][finite], reference[:n, 0][finite], atol=2e-5)
+
+
+def test_causal_settings_are_saved_and_bad_ones_refused(tmp_path):
+    model = causal_student(delay=150, norm_window=2048)
+    model.save(tmp_path / "student")
+    loaded = load_student(tmp_path / "student")
+    assert (loaded.causal, loaded.output_delay, loaded.norm_window) == (True, 150, 2048)
+    assert streaming.live_rule(loaded).saved() == {"hop": 64, "p_lookahead": 150, "s_lookahead": 150, "p_confirm": 0,
+                                                   "s_confirm": 0, "confirm_within": 50}
+    for kwargs, message in [(dict(output_delay=100), "causal"), (dict(causal=True, in_samples=3001), "blocks"),
+                            (dict(causal=True, in_samples=3008, norm_window=100), "norm_window"),
+                            (dict(causal=True, in_samples=3008, output_delay=0), "output_delay"),
+                            (dict(causal=True, in_samples=1024, norm_window=1024), "history")]:
+        with pytest.raises(EdgepickError, match=message):
+            XiaoNet(base_channels=2, **kwargs)
+    with pytest.raises(EdgepickError, match="causal"):
+        StreamStep(XiaoNet(base_channels=2))
+
+
+def test_distillation_compares_a_delayed_score_with_the_target_it_is_of():
+    torch.manual_seed(3)
+    target = torch.softmax(torch.randn(2, 3, 640), dim=1)
+    delay = 50
+    late = torch.log(torch.cat([torch.full((2, 3, delay), 1 / 3), target[..., :-delay]], dim=-1))  # target, 50 late
+    cfg = DistillConfig(temperature=1.0, alpha=1.0)
+    assert _loss(cfg, late, target, None, delay) < 1e-6 < _loss(cfg, late, target, None, 0)
