@@ -165,8 +165,7 @@ class StudentConfig:
     # channels of encoder levels 1-3 and the bottleneck = base_channels x these; (1, 2, 4, 4) keeps the default
     # at 1.88 M MACs per 3001-sample window, 9.7 % of PhaseNet's 19.46 M (doubling to 8 would be 13 %)
     channel_multipliers: tuple[int, ...] = (1, 2, 4, 4)
-    # XiaoNet uses Hardswish; ReLU6 is fused into the convolutions by TFLite and keeps INT8 picks within 1 % of the
-    # float model (Hardswish: 91-94 %, below the 97 % bar), so it is the default for a TFLite-Micro-first student
+    # XiaoNet's Hardswish; ReLU6 is fused by TFLite and keeps INT8 picks within 1 % of float (Hardswish: 91-94 %)
     activation: str = "relu6"
     smooth_output: bool = True  # fixed [1,2,2,2,1]/8 filter on the logits against the stride-4 upsampling ripple
     # DS k5 blocks (base_channels wide) between the decoder and the head, at full resolution, where the pick's time
@@ -180,6 +179,7 @@ class StudentConfig:
     p_threshold: float = PickRule.p_threshold
     s_threshold: float = PickRule.s_threshold
     pick_top_tolerance: float = PickRule.top_tolerance
+    s_needs_horizontals: bool = False  # no S where N and E are flat (vertical-only), pipeline.model.components
 
 
 @dataclass

@@ -317,6 +317,9 @@ def test_config_header_writes_the_live_mode_and_refuses_what_does_not_fit():
     assert "#define EDGEPICK_LIVE 0 " in header(50, 120, enabled=False)
     replay = c_array.model_config_header(info, PickRule(), budget, 1e-6)
     assert "#define EDGEPICK_LIVE 0 " in replay and "#define EDGEPICK_LIVE_HOP_SAMPLES" not in replay
+    assert "#define EDGEPICK_S_NEEDS_HORIZONTALS 0 " in replay  # the vertical-only S rule: off unless the student's
+    gated = c_array.model_config_header(dict(info, s_needs_horizontals=True), PickRule(), budget, 1e-6)
+    assert "#define EDGEPICK_S_NEEDS_HORIZONTALS 1 " in gated
     for hop, lookahead in ((0, 100), (100, 0), (-5, 100), (SAMPLES - 100, 100), (2.5, 100), (100, {"P": 100}),
                            (100, {"P": 100, "S": SAMPLES - 100})):
         with pytest.raises(EdgepickError, match="live mode") as error:

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from pipeline.errors import EdgepickError
 from pipeline.data.normalization import NORM_EPS, normalize_windows
-from pipeline.model import streaming
+from pipeline.model import components, streaming
 from pipeline.model.macs import count_macs, phasenet_macs  # noqa: F401 - the student's MAC counts, re-exported
 from pipeline.model.picking import LiveRule, PickRule
 
@@ -238,6 +238,8 @@ class XiaoNet(sbm.WaveformModel):
     _annotate_args["overlap"] = (_annotate_args["overlap"][0], 0.5)
     # The live pick mode the student was distilled for (pipeline.model.picking.LiveRule's settings, saved by make distill
     # and make qat; None: not recorded). Annotate does not use it; it travels with the weights, as the pick rule.
+    _annotate_args["s_needs_horizontals"] = ("No S where a window's N and E are flat (a vertical-only station): the "
+                                             "teacher's abstention there, as a rule (pipeline.model.components)", False)
     _annotate_args["live_rule"] = ("The live rule the student was distilled for (pipeline.model.picking.LiveRule)", None)
 
     def __init__(
@@ -256,6 +258,7 @@ class XiaoNet(sbm.WaveformModel):
         output_delay: int | None = None,
         norm_window: int | None = None,
         pick_rule: PickRule | None = None,
+        s_needs_horizontals: bool | None = None,
         pick_top_tolerance: float | None = None,
         **kwargs,
     ):
@@ -329,6 +332,8 @@ class XiaoNet(sbm.WaveformModel):
             self.default_args.setdefault(key, value)
         if pick_rule is not None:
             self.default_args.update(pick_rule.annotate_args())
+        if s_needs_horizontals is not None:  # else a saved student's default_args (or the class default: off)
+            self.default_args["s_needs_horizontals"] = bool(s_needs_horizontals)
         self.pick_rule  # a rule that does not hold (a threshold of 2, a top tolerance of 1) fails here
 
     @property
@@ -397,11 +402,12 @@ class XiaoNet(sbm.WaveformModel):
         padded, starts = streaming.warmed_up(self, stream)
         return streaming.cropped(await super().annotate_async(padded, copy=False, **kwargs), starts)
 
-    def annotate_batch_pre(self, batch: torch.Tensor, argdict: dict[str, Any]) -> torch.Tensor:
-        return batch if self.causal else normalize_windows(batch, self.norm_eps)  # a causal student's is its own
+    def annotate_batch_pre(self, batch: torch.Tensor, argdict: dict[str, Any]):
+        flat = components.horizontals_flat(batch) if argdict.get("s_needs_horizontals") else None
+        return batch if self.causal else normalize_windows(batch, self.norm_eps), flat  # a causal student: its own
 
     def annotate_batch_post(self, batch: torch.Tensor, piggyback: Any, argdict: dict[str, Any]) -> torch.Tensor:
-        batch = torch.transpose(batch, -1, -2)  # (B, N, classes), as SeisBench stitches it
+        batch = components.without_s(torch.transpose(batch, -1, -2), piggyback)  # (B, N, classes), as SeisBench stitches
         if self.output_delay:  # each score back at the sample it is of; the last output_delay are not known yet
             batch = torch.cat([batch[:, self.output_delay:], torch.full_like(batch[:, :self.output_delay], np.nan)], 1)
         prenan, postnan = argdict.get("blinding", self._annotate_args["blinding"][1])
@@ -484,6 +490,7 @@ def build_student(config) -> XiaoNet:
         output_delay=config.output_delay if config.causal else None,
         norm_window=config.norm_window if config.causal else None,
         pick_rule=rule,
+        s_needs_horizontals=bool(config.s_needs_horizontals),
     )
 
 

@@ -58,10 +58,13 @@ def python_picks(waveform: np.ndarray, flatbuffer: bytes, values: dict[str, str]
     model = lambda w: tflm.run(flatbuffer, w[None])[0].T  # noqa: E731
     window, eps = int(values["EDGEPICK_WINDOW_SAMPLES"]), float(values["EDGEPICK_NORM_EPS"].rstrip("f"))
     rate = float(values["EDGEPICK_SAMPLING_RATE_HZ"].rstrip("f"))
+    gate = values.get("EDGEPICK_S_NEEDS_HORIZONTALS", "0").split()[0] == "1"
     if live_mode(values):  # the firmware built from this header picks live (model_config.h's EDGEPICK_LIVE)
-        picks, _ = live_stream_picks(waveform, model, live_rule_from_header(values), rule, eps, rate)
+        picks, _ = live_stream_picks(waveform, model, live_rule_from_header(values), rule, eps, rate,
+                                     s_needs_horizontals=gate)
     else:
-        picks, _ = stream_picks(waveform, model, window, int(values["EDGEPICK_HOP_SAMPLES"]), rule, eps, rate)
+        picks, _ = stream_picks(waveform, model, window, int(values["EDGEPICK_HOP_SAMPLES"]), rule, eps, rate,
+                                s_needs_horizontals=gate)
     return sorted((p["phase"], int(p["sample"]), int(p["fwhm"]), p.get("retracted") is not None) for p in picks)
 
 

@@ -50,6 +50,7 @@ def run(config) -> QuantizeResult:
         info["hop_samples"] = hop_samples(model)
         info["sampling_rate"] = float(model.sampling_rate)
         info["macs"] = model.count_macs()
+        info["s_needs_horizontals"] = bool(model.default_args.get("s_needs_horizontals", False))
         if live:  # the retraction's confirming curves: one hop of stitch buffer per confirming phase
             info["confirm_stitch_samples"] = live.hop * sum(v > 0 for v in live.confirms.values())
         info["estimated_latency"] = boards.estimate_latency(info["macs"], precision,

@@ -117,6 +117,8 @@ def model_config_header(info: dict, rule: PickRule, budget: dict, norm_eps: floa
         "#define EDGEPICK_NORM_DEMEAN 1",
         "#define EDGEPICK_NORM_PEAK_PER_COMPONENT 0",
         f"#define EDGEPICK_NORM_EPS {float(norm_eps)!r}f",
+        f"#define EDGEPICK_S_NEEDS_HORIZONTALS {int(bool(info.get('s_needs_horizontals')))}"
+        "  // no S where a window's N and E are flat (a vertical-only station)",
         "",
         "// The student's pick rule (pipeline.model.picking.PickRule, saved with the student; ep_picker.h follows it)",
         f"#define EDGEPICK_P_THRESHOLD {float(rule.p_threshold)!r}f  // trigger on; off at half",
