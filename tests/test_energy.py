@@ -1,9 +1,11 @@
-"""The energy estimate per board (pipeline/deploy/energy.py, the datasheet currents of pipeline/deploy/boards.py) : no
-emulator needed."""
+"""The energy estimate per board (pipeline/deploy/energy.py, the datasheet currents of pipeline/deploy/boards.py) and
+the instruction fields `make firmware-sim` builds its report from (pipeline/stages/firmware_sim.py), on parsed timing
+lines: no emulator needed."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -77,3 +79,45 @@ def test_bad_input_is_one_clear_error():
         energy.estimates({}, C3)
     with pytest.raises(EdgepickError, match="has no datasheet currents"):
         energy.estimate(1e6, dataclasses.replace(C3, power=None))
+
+
+def run_lines(per_window: list[int], total: int) -> list[str]:
+    """What an emulated run prints, as far as the report reads it: timing lines and the closing measurement."""
+    lines = [json.dumps({"type": "timing", "window": i, "invoke_us": 1, "instructions": n})
+             for i, n in enumerate(per_window)]
+    return lines + ["not json", json.dumps({"type": "emulator", "ready": True, "instructions": total})]
+
+
+def test_report_fields_from_parsed_timing_lines():
+    """instructions_per_second_of_data per kernel set: the measured median per window x each mode's windows per
+    second from the header's hops (exact replay 100 / 1501, live 100 / 100), and the energy table of ESP-NN's."""
+    from pipeline.stages.firmware_sim import energy_report, firmware_run, throughput
+
+    values = {"EDGEPICK_HOP_SAMPLES": "1501", "EDGEPICK_LIVE_HOP_SAMPLES": "100", "EDGEPICK_LIVE": "1"}
+    results = {"reference": [firmware_run(run_lines([69_000_000, 70_000_000, 69_500_000], 300_000_000))],
+               "esp_nn": [firmware_run(run_lines([32_000_000, 32_000_000], 100_000_000)),
+                          firmware_run(run_lines([33_000_000], 60_000_000))]}
+    counts = throughput(results, values, 100.0, live_hop=100, seconds_streamed=40.0)
+    assert counts["instructions_per_window"] == {"reference": 69_500_000, "esp_nn": 32_000_000}
+    assert counts["windows_per_second"] == pytest.approx({"exact_replay": 100 / 1501, "live": 1.0})
+    per_second = counts["instructions_per_second_of_data"]
+    assert per_second["esp_nn"] == pytest.approx({"exact_replay": 32e6 * 100 / 1501, "live": 32e6})
+    assert per_second["reference"]["live"] == pytest.approx(69.5e6)
+    assert counts["instructions_per_second_of_data_whole_run"] == pytest.approx({"reference": 300e6 / 40,
+                                                                                 "esp_nn": 160e6 / 40})
+    assert counts["whole_run_mode"] == "live" and "measured" in counts["instructions_per_second_of_data_basis"]
+
+    no_live = {"EDGEPICK_HOP_SAMPLES": "1501"}  # a header written without live settings: live.hop_samples
+    assert throughput(results, no_live, 100.0, 50, 40.0)["windows_per_second"]["live"] == pytest.approx(2.0)
+    with pytest.raises(EdgepickError, match="hop below 1"):
+        throughput(results, {"EDGEPICK_HOP_SAMPLES": "0"}, 100.0, 100, 40.0)
+
+    report = energy_report(per_second, C3, 1.0, values, 100)
+    assert report["energy_est"]["esp_nn"]["live"]["cpu_duty_est"] == pytest.approx(0.2)
+    assert report["energy_est"]["reference"]["exact_replay"]["instructions_per_second_of_data"] == \
+        pytest.approx(69.5e6 * 100 / 1501)
+    assert "exact replay (a window every 1501 samples)" in report["energy_table_md"]
+    assert "live mode (a window every 100 samples)" in report["energy_table_md"]
+    assert "ESP-NN kernels" in report["energy_table_md"]
+    assert report["energy_assumptions"]["active_ma"] == 28.0
+    json.dumps(report)  # the report is JSON
