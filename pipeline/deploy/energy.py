@@ -131,11 +131,11 @@ def markdown_table(rows: dict[str, dict], board: Board, cycles_per_instruction: 
     header = ["path", "instructions per second of data", f"CPU duty at {board.cpu_mhz} MHz (est.)",
               "average current, mA (est.)", "mAh per day (est.)", "Wh per day (est.)", "battery days (est.)"]
     lines = [f"Energy per day of monitoring on {board.name}, {kernels} kernels. Every figure but the instructions "
-             f"is an estimate (the instructions: {basis}). {cycles_per_instruction:g} cycle per instruction assumed; average "
-             f"current = duty x {power.active_ma:g} mA (CPU running) + (1 - duty) x {power.light_sleep_ma:g} mA "
-             f"(light sleep), {power.source}; Wh at {power.supply_v:g} V; days on {cell.name}. Left out: the sensor "
-             "and its ADC, the radio, the regulator, the firmware's work outside the model; the firmware does not "
-             "enable light sleep yet (pipeline/deploy/energy.py).", "",
+             f"is an estimate (the instructions: {basis}). {cycles_per_instruction:g} cycle per instruction "
+             f"assumed; average current = duty x {power.active_ma:g} mA (CPU running) + (1 - duty) x "
+             f"{power.light_sleep_ma:g} mA (light sleep), {power.source}; Wh at {power.supply_v:g} V; days on "
+             f"{cell.name}. Left out: the sensor and its ADC, the radio, the regulator, the firmware's work outside "
+             "the model; the firmware does not enable light sleep yet (pipeline/deploy/energy.py).", "",
              "| " + " | ".join(header) + " |", "| " + " | ".join(["---"] * len(header)) + " |"]
     for path, row in rows.items():
         cells = [labels.get(path, path), f"{row['instructions_per_second_of_data'] / 1e6:.2f} M", _duty_text(row),
