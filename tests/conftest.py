@@ -21,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 FAST_FILES = {"test_config.py", "test_artifacts.py", "test_pick_scoring.py", "test_import_graph.py",
               "test_firmware_core.py", "test_firmware_stream.py", "test_firmware_live.py", "test_data.py",
               "test_synthetic.py", "test_student.py", "test_okla.py", "test_seisbench_source.py", "test_continuous.py",
-              "test_teachers.py"}
+              "test_teachers.py", "test_energy.py"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -175,7 +175,15 @@ def test_stage_streams_a_dataset_and_reports(images, model_dir, tmp_path, capsys
         config.set(key, value)
     report = firmware_sim.run(config)
     assert report["picks_equal"] and len(report["traces"]) == 2
-    assert json.loads((tmp_path / "out" / "esp32c3.json").read_text())["instructions_per_window"] == report["instructions_per_window"]
+    saved = json.loads((tmp_path / "out" / "esp32c3.json").read_text())
+    assert saved["instructions_per_window"] == report["instructions_per_window"]
+    # per second of data: the measured window x the exact replay's windows per second (hop IN_SAMPLES // 2) and the
+    # live mode's (this header has no live settings: live.hop_samples, 100)
+    n = report["instructions_per_window"]["esp_nn"]
+    assert saved["instructions_per_second_of_data"]["esp_nn"] == pytest.approx(
+        {"exact_replay": n * 100 / (IN_SAMPLES // 2), "live": n * 100 / 100})
+    assert saved["energy_est"]["esp_nn"]["live"]["cpu_duty_est"] == pytest.approx(n / 160e6)
+    assert (tmp_path / "out" / "esp32c3.energy.md").read_text().strip() == saved["energy_table_md"]
     rows = {m["item"].split(" (")[0]: m for m in report["memory"]}
     assert 0 < rows["RAM: total"]["bytes"] <= rows["RAM: total"]["capacity"] == boards.get_board("esp32c3").sram_bytes
     assert rows["flash: model"]["bytes"] == len(model_dir[1])
