@@ -313,3 +313,15 @@ def test_a_line_that_is_not_utf8_is_noise_not_a_crash(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "1 picks (0 retracted), 0 device errors, 1 non-JSON lines, 1 bad line skipped" in err, err
 
+
+# ---------------------------------------------------------------------------------------------------------------
+# The study that shows a session is linear (its figures are printed, never asserted)
+# ---------------------------------------------------------------------------------------------------------------
+def test_the_listen_study_prints_picks_per_second_and_the_ratio(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "pipeline", "study", "listen", "--picks", "3", "--formats",
+                             "quakeml,earthworm"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1].lstrip().startswith("3 picks:") and lines[2].lstrip().startswith("6 picks:")
+    assert lines[3].startswith("time per pick at 6 / at 3 picks: ") and "(1: linear, 2: quadratic)" in lines[3]
