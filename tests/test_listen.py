@@ -126,7 +126,8 @@ def run_until_picks(tmp_path: Path, n_picks: int, signum: int, *more: str):
             if sum(not p.startswith("retracted") for p in printed) >= n_picks:
                 process.send_signal(signum)
                 break
-        rest, err = process.communicate(timeout=120)
+        rest, err = process.stdout.read(), process.stderr.read()  # what the line iterator had read ahead too
+        process.wait(120)
     finally:
         writer.done.set()
         process.kill()

@@ -57,7 +57,10 @@ class Board(threading.Thread):
                       "unc": 0.085})
         if sample == 2100:
             self.say({"type": "retract", "phase": "S", "sample": 1500, "time": T0.timestamp + 15.0, "reported": 2100})
-        return not (sample == 2500 and self.mode == "unplugged")
+        if sample == 2500 and self.mode == "unplugged":
+            time.sleep(1.0)  # what it sent is read by the host before the cable goes
+            return False
+        return True
 
     def run(self):
         greeting = threading.Thread(target=self.greet, daemon=True)

@@ -69,15 +69,17 @@ class EarthwormLog:
     def __init__(self, path: Path, folder: Path, installation: int, module: int):
         self.path, self.installation, self.module = path, installation, module
         self.index_path = folder / f"edgepick_{installation:03d}_{module:03d}.ndx"
+        for file in (self.index_path, path):  # refused now; opened at the first pick (no empty files without one)
+            if file.exists() and not (file.is_file() and os.access(file, os.W_OK)):
+                raise EdgepickError(f"cannot write {file}: {'not a file' if not file.is_file() else 'read-only'}")
+        self._index = self._lines = None
+
+    def _open(self) -> None:
         try:
             self._index = open(self.index_path, "a+b")
+            self._lines = open(self.path, "ab")
         except OSError as error:
-            raise _cannot_write(self.index_path, error) from None
-        try:
-            self._lines = open(path, "ab")
-        except OSError as error:
-            self._index.close()
-            raise _cannot_write(path, error) from None
+            raise _cannot_write(self.path if self._index else self.index_path, error) from None
 
     def _next_index(self) -> int:
         self._index.seek(0)
@@ -87,6 +89,8 @@ class EarthwormLog:
 
     def append(self, pick: dict, waveform_id: pick_formats.WaveformId) -> int:
         """Write the pick's line under the next index; returns the index."""
+        if self._lines is None:
+            self._open()
         try:
             fcntl.flock(self._index, fcntl.LOCK_EX)
             try:
@@ -104,8 +108,9 @@ class EarthwormLog:
         return index
 
     def close(self) -> None:
-        self._lines.close()
-        self._index.close()
+        for handle in (self._lines, self._index):
+            if handle is not None:
+                handle.close()
 
 
 class PickStore:
