@@ -12,7 +12,10 @@ JSON lines (or written to --out) with their absolute time. To check them against
 firmware, run ``pipeline.model.picking.stream_picks`` with the student's pick rule on the same samples
 (tests/test_firmware_stream.py does so against the host build of the firmware's core). --quakeml and --earthworm also
 write them as QuakeML and Earthworm TYPE_PICK_SCNL lines (pipeline/deploy/pick_formats.py) for the station of the
-miniSEED file (or --waveform-id NET.STA.LOC.CHA, which a dataset trace needs).
+miniSEED file (or --waveform-id NET.STA.LOC.CHA, which a dataset trace needs). Every output is checked writable
+before the replay and written atomically; a device that stops answering before its summary (reset, unplugged,
+--timeout) still has what it sent written, one line saying the summary is missing, exit code 2: an hours-long
+replay lost every pick that way (issue 31).
 """
 
 from __future__ import annotations
