@@ -282,7 +282,8 @@ def write_received(received: Received, waveform_id, args) -> list[str]:
         return written + network
     written += network
     where = ", ".join([*written, *([] if args.out else ["stdout"])])
-    why = "interrupted" if received.interrupted else f"error: no end-of-stream summary from the device ({received.problem})"
+    why = "interrupted" if received.interrupted else \
+        f"error: no end-of-stream summary from the device ({received.problem})"
     print(f"replay: {why}; kept what it sent: {what} and {len(received.messages)} JSON lines, written to {where}",
           file=sys.stderr)
     return written
