@@ -135,6 +135,26 @@ def atomic_file(target: str | Path, mode: str = "wb"):
         raise
 
 
+def check_writable(target: str | Path) -> Path:
+    """Refuse now, in one line, a file :func:`atomic_file` could not write later: its folder is made and a temporary
+    file created and removed in it, so that a long run (a replay of hours) is not lost to a read-only folder at its
+    end."""
+    target = Path(target)
+    if target.is_dir():
+        raise EdgepickError(f"cannot write {target}: it is a folder")
+    ancestor = next((p for p in target.parents if p.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        raise EdgepickError(f"cannot write {target}: {ancestor} is a file, not a folder")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{_owner_tag()}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as error:
+        raise _fs_error("write", target, error) from None
+    return target
+
+
 def atomic_write_bytes(target: str | Path, data: bytes) -> None:
     with atomic_file(target, "wb") as handle:
         handle.write(data)
