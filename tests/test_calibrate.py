@@ -86,7 +86,9 @@ def test_the_test_split_and_a_folder_without_a_student_are_refused(labelled, stu
     with pytest.raises(EdgepickError, match="no student saved"):
         calibrate.run(config_for(tmp_path / "nothing", f"{labelled}:dev"))
     bad = config_for(student_folder, f"{labelled}:dev")
-    bad.set("calibrate.thresholds", "0.3,1.5")
+    with pytest.raises(EdgepickError, match="in \\(0, 1\\)"):  # refused where the setting is declared
+        bad.set("calibrate.thresholds", "0.3,1.5")
+    bad.calibrate.thresholds = (0.3, 1.5)  # ... and by the stage, for a configuration changed in Python
     with pytest.raises(EdgepickError, match="in \\(0, 1\\)"):
         calibrate.run(bad)
 
