@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,15 @@ def test_obspy_record_warnings_show_with_v_only(tmp_path):
             "--set", f"data.out={tmp_path / 'out'}"]
     assert "InternalMSEEDWarning" not in edgepick(*args).stderr
     assert "InternalMSEEDWarning" in edgepick("-v", *args).stderr
+
+
+# Issue 31, item 10: quiet no-ops
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+@pytest.mark.parametrize("target", ["labelled", "recipe"])
+def test_make_labelled_without_labelled_sets_fails_in_one_line(tmp_path, target):
+    """It printed `true` and exited 0, so make recipe went on to benchmark nothing."""
+    result = subprocess.run(["make", "--no-print-directory", target, f"REAL_DATASETS={tmp_path}"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and result.stdout == ""
+    assert result.stderr.splitlines()[0] == (f"make labelled: error: no labelled sets in {tmp_path} (SeisBench-format "
+                                             "folders, <set>/metadata.csv); copy them there or give REAL_DATASETS=<folder>")
