@@ -101,3 +101,20 @@ def test_the_command_line_refuses_in_one_line_and_keeps_what_was_there(tmp_path,
         assert len(err) == 1 and err[0].startswith("edgepick distill: error: config "), err
     assert [p.name for p in student.iterdir()] == ["edgepick_config.yaml"]
     assert (student / "edgepick_config.yaml").read_text() == "kept\n"
+
+
+def test_listen_port_dash_reads_stdin(tmp_path):
+    """listen.port=- is stdin, as documented (YAML read it as the list [None]: "cannot open [None]")."""
+    import json
+    import subprocess
+    import sys
+
+    lines = [json.dumps({"type": "pick", "phase": "P", "sample": 1234, "time": 1600000012.34, "prob": 0.8,
+                         "fwhm": 24, "unc": 0.1, "on": 1229, "off": 1239}),
+             '{"type":"info","msg":"end: 3000 samples, 5 windows, 1 picks, 0 bad lines, 0 gap samples"}']
+    result = subprocess.run([sys.executable, "-m", "pipeline", "listen", "--set", "listen.port=-",
+                             "--set", "listen.station=XX.SIM..HH", "--set", f"listen.out={tmp_path}",
+                             "--set", "listen.formats=quakeml"], input="\n".join(lines) + "\n", capture_output=True,
+                            text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    assert len(list(tmp_path.glob("XX.SIM..HH_*.quakeml.xml"))) == 1
