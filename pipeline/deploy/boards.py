@@ -106,6 +106,10 @@ BOARDS = {board.name: board for board in (
 )}
 
 
+# The model variants make quantize builds and a board runs: FP32, packed FP16 (expanded at boot), full-integer INT8
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
 def get_board(name: str) -> Board:
     if name not in BOARDS:
         raise EdgepickError(f"unknown board {name!r}; known: {', '.join(BOARDS)}")

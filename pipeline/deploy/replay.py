@@ -56,6 +56,7 @@ def mseed_waveform_id(path: str, station: str | None = None) -> pick_formats.Wav
 
     unreadable: dict[str, str] = {}
     stream = waveforms.read_files(sorted(glob.glob(str(path))) or [str(path)], unreadable, headonly=True)
+    waveforms.refuse_unreadable(unreadable)  # an unreadable file is named as such, not as one without traces
     if station:
         parts = station.split(".")
         stream = stream.select(network=parts[0], station=parts[1]) if len(parts) > 1 else stream.select(station=parts[0])

@@ -512,8 +512,22 @@ def load_student(path) -> XiaoNet:
     if not zipfile.is_zipfile(weights):  # torch.save writes zip archives; random bytes fail in torch as MemoryError
         raise EdgepickError(f"{weights} is not a valid student checkpoint (truncated, or not written by torch.save); "
                             "delete it and save the student again (make distill)")
+    if not _is_student(path.with_suffix(".json")):
+        raise EdgepickError(f"{path} is a saved SeisBench model but not an edgepick student (its model_args have no "
+                            "base_channels): a teacher of make teacher is used as teacher.name=phasenet:<folder>")
     try:
         model = XiaoNet.load(path)
     except Exception as error:  # noqa: BLE001 - torch / json raise many kinds
         raise EdgepickError(f"cannot load student {path}: {type(error).__name__}: {error}") from error
     return model.eval()
+
+
+def _is_student(description) -> bool:
+    """Whether a SeisBench model description (``<name>.json``) is a XiaoNet's (an unreadable one is left to load)."""
+    import json
+
+    try:
+        args = json.loads(description.read_text()).get("model_args")
+    except (OSError, ValueError, AttributeError):
+        return True
+    return not isinstance(args, dict) or "base_channels" in args

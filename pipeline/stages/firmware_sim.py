@@ -106,7 +106,7 @@ def streamed_traces(config, rate: float) -> list[tuple[str, list, float]]:
     ``firmware_sim.mseed``, else the first ``firmware_sim.traces`` traces of a dataset."""
     s = config.firmware_sim
     if s.mseed:
-        segments, t0 = waveforms.station_segments(s.mseed, s.station or None, rate)
+        segments, t0 = waveforms.station_segments(s.mseed, s.station or None, rate, "firmware_sim.station=NET.STA")
         limit, kept = int(s.max_seconds * rate), []
         for first, data in segments:
             if first < limit:
