@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.cli import main
 from pipeline.deploy import tflm, tflm_stream
 from pipeline.deploy.convert import onnx_export, onnx_to_keras, stream_c
 from pipeline.deploy.convert import stream_export as se
@@ -18,6 +19,7 @@ from pipeline.model.picking import PickRule
 from pipeline.model.stream_step import StreamStep, stream_scores
 from pipeline.model.streaming import BLOCK
 from pipeline.model.student import XiaoNet
+from test_quantize import _tiny_dataset
 from test_streaming import causal_student, waveform
 
 TFLM_OPS = {"ADD", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "RESHAPE", "SOFTMAX", "STRIDED_SLICE"}
@@ -195,3 +197,31 @@ def test_state_description_and_header_for_the_firmware(result, student, tmp_path
         for source in ("check.cc", "fw/stream_model_data.cc"):
             subprocess.run(["g++", "-std=c++17", "-fsyntax-only", "-I", str(tmp_path / "fw"), str(tmp_path / source)],
                            check=True)
+
+
+def test_quantize_stage_writes_the_streaming_model_of_a_causal_student(tmp_path, capsys):
+    _tiny_dataset(tmp_path, traces=12, samples=30 * BLOCK)
+    causal_student().save(tmp_path / "student")
+    firmware = tmp_path / "firmware"
+    common = ["quantize", "--set", f"quantize.student={tmp_path / 'student'}", "--set", f"quantize.dataset={tmp_path}",
+              "--set", f"quantize.out={tmp_path / 'tflite'}", "--set", f"quantize.firmware_dir={firmware}",
+              "--set", "quantize.calibration_windows=3", "--set", "quantize.min_calibration_windows=3",
+              "--set", "quantize.heldout_windows=2"]
+    capsys.readouterr()
+    assert main([*common, "--set", "quantize.firmware_precision=fp16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "streaming model is built in fp32 / int8" in err[0]
+    assert main(common) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "per 64-sample block" in printed and "per second of data" in printed
+    out = tmp_path / "tflite"
+    report = json.loads((out / "quantize_report.json").read_text())
+    assert report["streaming"] and set(report["variants"]) == {"fp32", "int8"} and report["calibration_traces"] == 3
+    assert report["variants"]["fp32"]["max_abs_error"] <= 1e-5
+    for precision in ("fp32", "int8"):
+        flatbuffer = (out / f"model_stream_{precision}.tflite").read_bytes()
+        states = json.loads((out / f"model_stream_{precision}.json").read_text())
+        assert states["bytes"] == len(flatbuffer) and len(states["states"]) == 10
+        assert tflm.load(flatbuffer, states["arena_bytes"])[0] is not None
+    assert (out / "firmware" / "stream_model_config.h").is_file() and (out / "edgepick_config.yaml").is_file()
+    assert not firmware.exists()  # the whole-window firmware's model is left alone

@@ -4,7 +4,7 @@ checked against the board's memory budget and written for the firmware.
 Out: ``quantize.out`` (``student.onnx``, ``model_fp32.tflite``, ``model_fp16.ef16`` (packed), ``model_int8.tflite``,
 ``quantize_report.json``, the resolved configuration) and ``quantize.firmware_dir`` (``model_data.cc/.h``,
 ``model_config.h``), each folder written atomically: nothing partial on error, nothing written for a model over
-its budget.
+its budget. A causal student's streaming model instead: pipeline/deploy/stream_quantize.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data import generators
-from pipeline.deploy import boards
+from pipeline.deploy import boards, stream_quantize
 from pipeline.artifacts import atomic_dir, save_config
 from pipeline.deploy.convert import QuantizeResult, c_array, quantize_student
 from pipeline.deploy.convert.chain import format_latency, format_variants
@@ -27,9 +27,8 @@ from pipeline.model.student import hop_samples, load_student
 def run(config) -> QuantizeResult:
     q = config.quantize
     model = load_student(q.student)
-    if model.causal:
-        raise EdgepickError(f"{q.student} is a causal (streaming) student: its TFLite streaming export is not built yet "
-                            "(issue 30); quantize a plain student (student.causal=false)")
+    if model.causal:  # its streaming model: block + states in, probabilities + states out (issue 30)
+        return stream_quantize.run(config, model)
     live = _live_settings(config.live, model.in_samples)  # refused before the long conversion
     dataset = q.dataset or config.distill.dataset
     calibration = _windows(dataset, "train", max(int(q.calibration_windows), 1), model.in_samples, q.seed)
