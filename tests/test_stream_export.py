@@ -95,6 +95,7 @@ def test_int8_states_keep_one_quantization_and_float_state_io_only_costs(result)
     int8, float_io = result.variants["int8"], result.variants["int8_float_io"]
     ins, outs = int8["io"]["inputs"], int8["io"]["outputs"]
     assert all(d["dtype"] == "int8" for d in ins + outs)
+    assert max(int8["equalization"].values()) > 1.0  # the depthwise outputs were equalised (exact in float)
     for i, o in zip(ins[1:], outs[1:]):
         assert (np.float32(i["scale"]), i["zero_point"]) == (np.float32(o["scale"]), o["zero_point"])
     assert int8["max_abs_error"] <= se.STREAM_TOLERANCE["int8"] and result.variants["fp32"]["plain_student"]["max_abs_error"] <= 1e-5

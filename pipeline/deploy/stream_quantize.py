@@ -88,7 +88,8 @@ def run(config, student) -> StreamResult:
                             f"{dataset}, got {len(calibration)} (quantize.calibration_windows={q.calibration_windows})")
     heldout = dataset_traces(dataset, "test", int(q.heldout_windows), q.seed + 1)
     board = boards.get_board(config.board.name)
-    result = stream_export(student, calibration, heldout, built, check_agreement=q.check_agreement)
+    result = stream_export(student, calibration, heldout, built, check_agreement=q.check_agreement,
+                           equalize_alpha=q.equalize_alpha)
     skipped = [p for p in q.precisions if p not in built]
     window_macs = student.count_macs()
     print(format_stream(result, student, window_macs, int(config.live.hop_samples)))

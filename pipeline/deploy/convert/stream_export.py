@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from pipeline.deploy import tflm, tflm_stream
-from pipeline.deploy.convert import tflite
+from pipeline.deploy.convert import int8, tflite
 from pipeline.deploy.convert.onnx_export import ONNX_TOLERANCE, fold_constants, warnings_silenced
 from pipeline.deploy.convert.onnx_to_keras import keras_call, layer_name, module_of, onnx_to_keras
 from pipeline.errors import EdgepickError
@@ -207,11 +207,14 @@ class StreamResult:
 
 def stream_export(student, calibration_traces, heldout_traces, precisions=("fp32", "int8"),
                   measure_arena: bool = True, check_agreement: bool = False, rule: picking.PickRule | None = None,
-                  max_pairs: int = 20_000) -> StreamResult:
+                  max_pairs: int = 20_000, equalize_alpha: float = 1.0) -> StreamResult:
     """Run the streaming chain on a causal ``student``. ``calibration_traces`` / ``heldout_traces``: raw (3, n)
     waveforms (n >= 64) streamed from zero states, the first to calibrate INT8 (at most ``max_pairs`` blocks), the
     second to compare each variant in TFLite Micro with the PyTorch stream (:func:`stream_scores`): max |difference|
-    in probability and pick agreement by ``rule`` (default: the student's)."""
+    in probability and pick agreement by ``rule`` (default: the student's). ``equalize_alpha``: INT8's depthwise ->
+    pointwise equalisation (:func:`.int8.equalize_depthwise`, on calibration pairs; 0: off), as the whole-window
+    chain's. (Its percentile-clipped ranges are not applied: every CONCATENATION ties a layer's output to a model
+    input, the state, whose range the calibration sets.)"""
     precisions = tuple(precisions)
     bad = [p for p in precisions if p not in STREAM_PRECISIONS]
     if bad:
@@ -248,19 +251,29 @@ def stream_export(student, calibration_traces, heldout_traces, precisions=("fp32
 
     pairs = record_pairs(step, calibration, student.norm_window, student.norm_eps, max_pairs)[0] if calibration else []
     result.calibration_pairs = len(pairs)
+    int8_model, equalization = keras_model, {}
+    if pairs and equalize_alpha > 0 and any(p.startswith("int8") for p in precisions):
+        int8_model = onnx_to_keras(onnx_model)  # a copy: the FP32 model keeps PyTorch's weights
+        chosen = pairs[:: max(1, len(pairs) // 512)]
+        equalization = int8.equalize_depthwise(int8_model, int8.depthwise_pointwise_pairs(onnx_model),
+                                               [np.concatenate(k) for k in zip(*chosen)], alpha=equalize_alpha)
+        drift = _max_error([keras_call(int8_model, pair) for pair in probe], ort)
+        if drift > ONNX_TOLERANCE:
+            raise EdgepickError(f"depthwise equalisation changed the streaming step by {drift:.2e}")
     reference = [stream_scores(student, trace, step) for trace in heldout]
     for precision in precisions:
         started = time.perf_counter()
         if precision == "fp32":
             raw = tflite.convert_fp32(keras_model)
         else:
-            raw = convert_stream_int8(keras_model, pairs, names[0], float_io=precision == "int8_float_io")
+            raw = convert_stream_int8(int8_model, pairs, names[0], float_io=precision == "int8_float_io")
         raw = canonical_order(raw, names)
         tflm.check_ops(raw, origin)  # names the op and layer TFLite Micro cannot run
         device = tflite.strip_strings(raw)
         io_ = tflm_stream.io_lists(device)
         tflm_stream.check_io(io_, result.state_shapes)
         info = {"precision": precision, "ops": tflm.op_counts(device), "bytes": len(device),
+                "equalization": equalization if precision != "fp32" else {},
                 "bytes_unstripped": len(raw), "sha256": hashlib.sha256(device).hexdigest(), "io": io_,
                 "macs_per_block": result.macs_per_block, "graph_macs_per_block": graph_macs(device)}
         if measure_arena:
