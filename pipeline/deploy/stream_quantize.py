@@ -43,17 +43,18 @@ def dataset_traces(dataset: str, split: str, count: int, seed: int) -> list[np.n
 
 
 def stream_memory(board, result: StreamResult, info: dict, student, margin: float) -> dict:
-    """What the streaming loop keeps on ``board``: the arena, its own copy of the states, the normaliser's block
-    statistics (sum, maximum, minimum per component and block, 8 bytes each) and the output delay's probabilities;
+    """What the streaming model needs on ``board`` besides the picker: the arena, the firmware's own copy of the
+    states and the normaliser's block statistics (sum, maximum, minimum per component and block, 8 bytes each);
     checked against the board's internal RAM and the model's share of flash (one error line when over)."""
     states = sum(int(np.prod(shape)) for shape in result.state_shapes) * (1 if info["precision"] == "int8" else 4)
     norm = student.norm_window // BLOCK * 3 * 3 * 8
-    delay = (student.output_delay + BLOCK) * 3 * 4
-    sram = int((info.get("arena_bytes", 0) + states + norm + delay) * (1 + margin))
-    memory = {"arena": info.get("arena_bytes", 0), "state copy": states, "normaliser": norm, "probability delay": delay,
-              "sram_with_margin": sram, "sram_capacity": board.sram_bytes, "flash": info["bytes"]}
-    if sram > board.sram_bytes:
-        raise EdgepickError(f"the streaming model needs {sram} bytes of RAM on {board.name} (> {board.sram_bytes})")
+    sram = int((info.get("arena_bytes", 0) + states + norm) * (1 + margin))
+    memory = {"arena": info.get("arena_bytes", 0), "state copy": states, "normaliser": norm,
+              "sram_with_margin": sram, "sram_capacity": board.sram_bytes, "flash": info["bytes"],
+              "flash_capacity": board.flash_bytes}
+    if sram > board.sram_bytes or info["bytes"] > board.flash_bytes:
+        raise EdgepickError(f"the streaming model needs {sram} bytes of RAM and {info['bytes']} of flash on {board.name} "
+                            f"(has {board.sram_bytes} / {board.flash_bytes})")
     return memory
 
 

@@ -213,8 +213,8 @@ def stream_export(student, calibration_traces, heldout_traces, precisions=("fp32
     second to compare each variant in TFLite Micro with the PyTorch stream (:func:`stream_scores`): max |difference|
     in probability and pick agreement by ``rule`` (default: the student's). ``equalize_alpha``: INT8's depthwise ->
     pointwise equalisation (:func:`.int8.equalize_depthwise`, on calibration pairs; 0: off), as the whole-window
-    chain's. (Its percentile-clipped ranges are not applied: every CONCATENATION ties a layer's output to a model
-    input, the state, whose range the calibration sets.)"""
+    chain's. (Its percentile-clipped ranges are not applied: clipping each CONCATENATION's group lowered the pick
+    agreement, docs/design.md "Streaming export".)"""
     precisions = tuple(precisions)
     bad = [p for p in precisions if p not in STREAM_PRECISIONS]
     if bad:
