@@ -17,8 +17,6 @@ ONNX_TOLERANCE = 1e-4  # onnxruntime vs PyTorch, Keras vs onnxruntime: max |diff
 
 def export_onnx(model, opset: int = 17):
     """The student as a checked ONNX model (1, 3, N) -> (1, 3, N) probabilities, constants folded."""
-    import onnx
-
     model = model.eval()
     buffer = io.BytesIO()
     dummy = torch.zeros(1, 3, model.in_samples)
@@ -27,11 +25,19 @@ def export_onnx(model, opset: int = 17):
             model, dummy, buffer, dynamo=False, opset_version=opset, do_constant_folding=True,
             input_names=["window"], output_names=["probabilities"],
         )
-    onnx_model = fold_constants(onnx.load_from_string(buffer.getvalue()))
+    return checked_onnx(buffer.getvalue(), "ONNX model")
+
+
+def checked_onnx(data: bytes, what: str):
+    """The exported ONNX model in ``data``, its constants folded, after onnx.checker's full check (one error line
+    naming ``what`` otherwise)."""
+    import onnx
+
+    onnx_model = fold_constants(onnx.load_from_string(data))
     try:
         onnx.checker.check_model(onnx_model, full_check=True)
     except onnx.checker.ValidationError as error:
-        raise EdgepickError(f"exported ONNX model fails onnx.checker: {error}") from error
+        raise EdgepickError(f"exported {what} fails onnx.checker: {error}") from error
     return onnx_model
 
 

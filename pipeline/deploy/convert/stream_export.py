@@ -32,7 +32,7 @@ import torch.nn as nn
 
 from pipeline.deploy import tflm, tflm_stream
 from pipeline.deploy.convert import int8, tflite
-from pipeline.deploy.convert.onnx_export import ONNX_TOLERANCE, fold_constants, warnings_silenced
+from pipeline.deploy.convert.onnx_export import ONNX_TOLERANCE, checked_onnx, warnings_silenced
 from pipeline.deploy.convert.onnx_to_keras import keras_call, layer_name, module_of, onnx_to_keras
 from pipeline.errors import EdgepickError
 from pipeline.model import picking
@@ -69,8 +69,6 @@ def io_names(states: int) -> tuple[list[str], list[str]]:
 
 def export_stream_onnx(step: StreamStep, opset: int = 17):
     """The step and its softmax as a checked ONNX model, constants folded."""
-    import onnx
-
     shapes = step.state_shapes()
     inputs, outputs = io_names(len(shapes))
     buffer = io.BytesIO()
@@ -78,12 +76,7 @@ def export_stream_onnx(step: StreamStep, opset: int = 17):
         torch.onnx.export(StreamProbabilities(step).eval(), (torch.zeros(1, 3, BLOCK), *step.zero_states()), buffer,
                           dynamo=False, opset_version=opset, do_constant_folding=True, input_names=inputs,
                           output_names=outputs)
-    onnx_model = fold_constants(onnx.load_from_string(buffer.getvalue()))
-    try:
-        onnx.checker.check_model(onnx_model, full_check=True)
-    except onnx.checker.ValidationError as error:
-        raise EdgepickError(f"exported streaming ONNX model fails onnx.checker: {error}") from error
-    return onnx_model
+    return checked_onnx(buffer.getvalue(), "streaming ONNX model")
 
 
 def record_pairs(step: StreamStep, traces, norm_window: int, norm_eps: float, limit: int | None = None):
