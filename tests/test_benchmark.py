@@ -450,17 +450,16 @@ def test_teacher_on_stead50_agrees_with_notes(teacher_cache, shared, tmp_path):
         assert scored[phase][tol]["f1"] == pytest.approx(f1, abs=0.03), (phase, tol)
 
 
-@pytest.mark.parametrize("study", ["student", "quantize", "kd_vs_hard", "blinding", "live", "s_picks"])
+@pytest.mark.parametrize("study", ["score", "quantize", "kd_vs_hard", "live", "s_picks"])
 def test_studies_end_bad_input_with_one_line(study, tmp_path):
     """A study given a student or dataset that is not there: one line on stderr, exit 2, no traceback."""
     import subprocess
     import sys
 
     missing = str(tmp_path / "missing")
-    args = {"student": ["--student", missing, "--dataset", missing],
+    args = {"score": ["--student", missing, "--dataset", missing, "--json", str(tmp_path / "out.json")],
             "quantize": ["--student", missing],
             "kd_vs_hard": ["--dataset", missing, "--json", str(tmp_path / "out.json")],
-            "blinding": ["--student", missing, "--dataset", missing, "--json", str(tmp_path / "out.json")],
             "live": ["--student", missing, "--datasets", missing, "--json", str(tmp_path / "out.json")],
             "s_picks": ["--student", missing, "--dataset", f"{missing}:dev", "--out", str(tmp_path / "out.json")]}[study]
     result = subprocess.run([sys.executable, "-m", "pipeline", "study", study, *args], capture_output=True, text=True,
@@ -469,3 +468,15 @@ def test_studies_end_bad_input_with_one_line(study, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"study {study}: error: ") and "missing" in lines[0], result.stderr
     assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.parametrize("old", ["dev", "student", "blinding"])
+def test_merged_studies_name_the_score_command(old, capsys):
+    """The studies merged into study score: one error line naming the command that prints their figures."""
+    from pipeline import cli
+    from pipeline.studies import MERGED
+
+    assert cli.main(["study", old, "--student", "x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"study {old} is merged into study score" in err[0]
+    assert f"python -m pipeline study {MERGED[old]}" in err[0]
