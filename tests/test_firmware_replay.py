@@ -44,6 +44,7 @@ def test_replay_over_pty(driver, tmp_path):
 
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "openpty") or not hasattr(os, "mkfifo"), reason="no pseudo-terminals / fifos")
 @pytest.mark.parametrize("model", ["mul-softmax", "int8-student"])
 def test_replay_over_pty_with_tflite_micro(driver, tmp_path, model):

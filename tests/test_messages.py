@@ -18,6 +18,7 @@ def edgepick(*args, env=None, cwd=None):
                           env={**os.environ, **(env or {})}, cwd=cwd or REPO)
 
 
+@pytest.mark.slow
 def test_missing_teacher_weights_is_one_line(tmp_path):
     """The missing-weights error used to follow eight lines of SeisBench's download warnings."""
     result = edgepick("soft-labels", "--set", "teacher.name=phasenet:nosuchweights", "--set",
@@ -27,6 +28,7 @@ def test_missing_teacher_weights_is_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("edgepick soft-labels: error:"), result.stderr
 
 
+@pytest.mark.slow
 def test_data_stage_prints_no_library_warnings(tmp_path):
     result = edgepick("data", "--set", "data.synthetic.n_traces=20", "--set", f"data.out={tmp_path / 'd'}")
     assert result.returncode == 0, result.stderr
