@@ -164,6 +164,17 @@ def test_score_study_splits_f1_by_s_minus_p():
     assert scored["P"]["f1_0.5"] == pytest.approx(9 / 15)  # the whole set: 9 of 15 picks right (4 + 5 near ones)
 
 
+def test_score_study_ratios_are_to_the_first_model():
+    """Each model's F1 over the teacher's (the first model), per set, phase and tolerance; none over an F1 of 0."""
+    from pipeline.studies import score
+
+    per_model = {"t": {"x": {"P": {"f1_0.1": 0.0, "f1_0.5": 0.5}}},
+                 "s": {"x": {"P": {"f1_0.1": 0.2, "f1_0.5": 0.4}, "by_sp": {}}}}
+    score.add_ratios(per_model)
+    assert per_model["s"]["x"]["P"]["ratio_0.5"] == pytest.approx(0.8) and per_model["s"]["x"]["P"]["ratio_0.1"] is None
+    assert per_model["t"]["x"]["P"]["ratio_0.5"] == 1.0
+
+
 def test_score_study_blindings_annotate_once_per_distinct_blinding(labelled, student_folder, monkeypatch):
     """--blinding own,student,none: a student's own blinding is the students' (annotated once for both), none
     annotates again unblinded; each table scores the curves of its blinding."""
