@@ -86,9 +86,10 @@ demo: $(STAMP) ## every stage on the embedded synthetic default (configs/demo.ya
 # ../shared/datasets (their dev halves are what recipe choices are made on). TRANSFER: the continuous miniSEED the
 # teacher labels.
 TRANSFER ?= ../shared/waveforms/transfer
-REAL_SETS ?= $(wildcard ../shared/datasets/*/metadata.csv)
+REAL_DATASETS ?= ../shared/datasets
+REAL_SETS ?= $(wildcard $(REAL_DATASETS)/*/metadata.csv)
 set_name = $(notdir $(patsubst %/,%,$(dir $(1))))
-recipe: $(STAMP) ## the real-data student (configs/real-data.yaml) and its benchmark on the test half of every labelled set in ../shared/datasets
+recipe: labelled-sets $(STAMP) ## the real-data student (configs/real-data.yaml) and its benchmark on the test half of every labelled set in ../shared/datasets
 	$(MAKE) --no-print-directory data SOURCE=miniseed OUT=data/transfer SET='data.miniseed.path=$(TRANSFER)'
 	$(MAKE) --no-print-directory data OUT=data/synthetic_near N_TRACES=3000 SEED=7 SET='data.synthetic.distance_km_max=30'
 	$(MAKE) --no-print-directory data
@@ -103,9 +104,15 @@ recipe: $(STAMP) ## the real-data student (configs/real-data.yaml) and its bench
 # Each real labelled set cut by event into a dev half (to choose settings on) and a test half (to report):
 # data/labelled/<set>:dev and :test. The halves are seeded (data.seed), so every run cuts the same ones.
 LABELLED ?= data/labelled
-labelled: $(STAMP) ## each real labelled set in ../shared/datasets cut by event into dev / test halves (data/labelled/<set>)
+labelled: labelled-sets $(STAMP) ## each real labelled set in ../shared/datasets cut by event into dev / test halves (data/labelled/<set>)
 	$(foreach set,$(REAL_SETS),$(MAKE) --no-print-directory data SOURCE=seisbench:$(patsubst %/,%,$(dir $(set))) \
 		OUT=$(LABELLED)/$(call set_name,$(set)) SET='data.split_fractions=0,0.5,0.5' &&) true
+
+# No labelled set is an error, not a quiet `true`: make recipe would go on to benchmark nothing.
+.PHONY: labelled-sets
+labelled-sets:
+	@$(if $(REAL_SETS),true,echo "make labelled: error: no labelled sets in $(REAL_DATASETS) (SeisBench-format \
+	folders, <set>/metadata.csv); copy them there or give REAL_DATASETS=<folder>" >&2; exit 2)
 
 teacher: $(STAMP) ## optional: fine-tune the pretrained TEACHER on a labelled DATASET (models/teacher; then TEACHER=phasenet:models/teacher)
 	$(edgepick) teacher $(config_flag) $(teacher_flags) $(set_flags)

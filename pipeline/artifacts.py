@@ -80,9 +80,9 @@ def _fs_error(action: str, path: Path, error: OSError) -> EdgepickError:
     return EdgepickError(f"cannot {action} {path}: {error.strerror or error}")
 
 
-@contextlib.contextmanager
-def atomic_dir(target: str | Path):
-    """Yield a temporary sibling folder; on success it replaces ``target`` in one rename, on error it is removed."""
+def temporary_dir(target: str | Path) -> Path:
+    """A new temporary folder beside ``target``, named for this process (the next write, or
+    :func:`remove_stale_temporaries`, removes it if the process dies) and with the umask's permissions."""
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -91,23 +91,69 @@ def atomic_dir(target: str | Path):
         tmp.chmod(0o777 & ~_umask())
     except OSError as error:
         raise _fs_error("create a folder beside", target, error) from None
-    try:
+    return tmp
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path):
+    """Yield a temporary sibling folder; on success it replaces ``target`` in one rename, on error it is removed."""
+    with atomic_dirs(target) as (tmp,):
         yield tmp
-        with _lock(target):
+
+
+@contextlib.contextmanager
+def atomic_dirs(*targets: str | Path):
+    """Yield a temporary sibling folder per target (all created first: a target that cannot be written fails before
+    anything is made); on success they replace their targets together, each in one rename, a failed rename undoing
+    the others; on error all are removed and every target is as it was."""
+    targets = [Path(t) for t in targets]
+    temporaries: list[Path] = []
+    try:
+        for target in targets:
+            temporaries.append(temporary_dir(target))
+        yield tuple(temporaries)
+        with contextlib.ExitStack() as locks:
+            for target in sorted(targets, key=str):  # one order: two writers of the same targets never deadlock
+                locks.enter_context(_lock(target))
+            _swap_all(targets, temporaries)
+    except OSError as error:
+        raise _fs_error("write", _target_of(error, targets, temporaries), error) from None
+    finally:
+        for tmp in temporaries:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _target_of(error: OSError, targets: list[Path], temporaries: list[Path]) -> Path:
+    """The target an error was about (a file in its temporary counts as it)."""
+    where = str(error.filename or "")
+    for target, tmp in zip(targets, temporaries):
+        if where in (str(target), str(tmp)) or where.startswith(f"{tmp}/"):
+            return target
+    return targets[0]
+
+
+def _swap_all(targets: list[Path], temporaries: list[Path]) -> None:
+    """Rename each temporary onto its target (the old one aside first); if one rename fails, put every target back."""
+    done: list[tuple[Path, Path, Path | None]] = []  # (target, its temporary, the old target set aside)
+    try:
+        for target, tmp in zip(targets, temporaries):
             old = None
             if target.exists():
                 old = target.with_name(f".{target.name}.{_owner_tag()}.old.tmp")
                 shutil.rmtree(old, ignore_errors=True)
                 target.rename(old)
+            done.append((target, tmp, old))
             tmp.rename(target)
+    except OSError:
+        for target, tmp, old in reversed(done):
+            if not tmp.exists() and target.exists():
+                target.rename(tmp)  # the new folder back to its temporary (removed by the caller)
             if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-    except OSError as error:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise _fs_error("write", target, error) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+                old.rename(target)
         raise
+    for _, _, old in done:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -133,6 +179,26 @@ def atomic_file(target: str | Path, mode: str = "wb"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_writable(target: str | Path) -> Path:
+    """Refuse now, in one line, a file :func:`atomic_file` could not write later: its folder is made and a temporary
+    file created and removed in it, so that a long run (a replay of hours) is not lost to a read-only folder at its
+    end."""
+    target = Path(target)
+    if target.is_dir():
+        raise EdgepickError(f"cannot write {target}: it is a folder")
+    ancestor = next((p for p in target.parents if p.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        raise EdgepickError(f"cannot write {target}: {ancestor} is a file, not a folder")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{_owner_tag()}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as error:
+        raise _fs_error("write", target, error) from None
+    return target
 
 
 def atomic_write_bytes(target: str | Path, data: bytes) -> None:

@@ -74,6 +74,9 @@ def quiet_libraries(verbose: bool) -> None:
         logging.getLogger("absl").setLevel(logging.ERROR)
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match the expected structure")
+        from obspy.io.mseed import InternalMSEEDWarning  # libmseed on each damaged record it skips
+
+        warnings.filterwarnings("ignore", category=InternalMSEEDWarning)
 
 
 def run_study(argv: list[str]) -> int:
@@ -101,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["replay"]:  # a device on a serial port, not a stage: its own arguments, no configuration
         from pipeline.deploy import replay
 
+        quiet_libraries(verbose=False)
         return replay.main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -74,6 +74,13 @@ def stream_text(x: np.ndarray, indexed: bool = False) -> str:
 TOP = PickRule.top_tolerance  # the student's pick_top_tolerance
 
 
+def zsquare_model(window: np.ndarray) -> np.ndarray:
+    """The host driver's "zsquare" stand-in model: P = 0.5 z^2, S = 0.45 z^2 (S from Z alone), noise the rest."""
+    z = window[0].astype(np.float32)
+    p, s = np.float32(0.5) * z * z, np.float32(0.45) * z * z
+    return np.stack([p, s, np.float32(1) - p - s], axis=1)
+
+
 def stream_reference(x, model, in_samples, hop, threshold, eps, blinding=(0, 0), top_tolerance=TOP):
     """pipeline.model.picking.stream_picks with both thresholds at ``threshold``."""
     rule = PickRule(p_threshold=threshold, s_threshold=threshold, top_tolerance=top_tolerance, blinding=blinding)

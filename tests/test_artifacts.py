@@ -83,3 +83,35 @@ def test_filesystem_errors_are_one_line(tmp_path):
             pass
     with pytest.raises(EdgepickError, match="^cannot create a file beside"):
         artifacts.atomic_write_text(tmp_path / "not-a-folder" / "f.txt", "x")
+
+
+def test_folders_written_together_change_together(tmp_path, monkeypatch):
+    """atomic_dirs: a target that cannot be made fails before anything is written; a failed rename at the end puts
+    back the folder already replaced, so both keep their old contents."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for target in (a, b):
+        target.mkdir()
+        (target / "file").write_text("old")
+    (tmp_path / "blocker").write_text("")
+    with pytest.raises(EdgepickError, match="cannot create a folder beside"):
+        with artifacts.atomic_dirs(a, tmp_path / "blocker" / "c"):
+            raise AssertionError("not reached: the second folder cannot be made")
+    real_rename = type(a).rename
+
+    def failing_rename(self, target):  # the new b cannot take b's place (the old b, put back, can)
+        if str(target) == str(b) and ".old." not in self.name and ".tmp" in self.name:
+            raise OSError(28, "No space left on device", str(target))
+        return real_rename(self, target)
+
+    monkeypatch.setattr(type(a), "rename", failing_rename)
+    with pytest.raises(EdgepickError, match=f"cannot write {b}"):
+        with artifacts.atomic_dirs(a, b) as (tmp_a, tmp_b):
+            (tmp_a / "file").write_text("new")
+            (tmp_b / "file").write_text("new")
+    assert (a / "file").read_text() == "old" and (b / "file").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.lock", ".b.lock", "a", "b", "blocker"]
+    monkeypatch.undo()
+    with artifacts.atomic_dirs(a, b) as (tmp_a, tmp_b):
+        (tmp_a / "file").write_text("new")
+        (tmp_b / "file").write_text("new")
+    assert (a / "file").read_text() == "new" and (b / "file").read_text() == "new"

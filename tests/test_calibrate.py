@@ -86,7 +86,9 @@ def test_the_test_split_and_a_folder_without_a_student_are_refused(labelled, stu
     with pytest.raises(EdgepickError, match="no student saved"):
         calibrate.run(config_for(tmp_path / "nothing", f"{labelled}:dev"))
     bad = config_for(student_folder, f"{labelled}:dev")
-    bad.set("calibrate.thresholds", "0.3,1.5")
+    with pytest.raises(EdgepickError, match="in \\(0, 1\\)"):  # refused where the setting is declared
+        bad.set("calibrate.thresholds", "0.3,1.5")
+    bad.calibrate.thresholds = (0.3, 1.5)  # ... and by the stage, for a configuration changed in Python
     with pytest.raises(EdgepickError, match="in \\(0, 1\\)"):
         calibrate.run(bad)
 
@@ -198,3 +200,30 @@ def test_score_study_blindings_annotate_once_per_distinct_blinding(labelled, stu
     with pytest.raises(EdgepickError, match="needs a student"):
         score.score_report([runners.BenchModel("teacher", "pytorch", "fp32", student.members, spec="t")], [part],
                            ("student",), progress=False)
+
+
+def test_nothing_to_choose_is_refused_and_the_saved_calibration_kept(labelled, tmp_path):
+    """Issue 31, item 10: a student that picks nothing scores F1 0 at every threshold; the lowest threshold used to
+    win by default and be saved. Now one line, and the student and its calibration stay as they were."""
+    torch.manual_seed(5)
+    model = XiaoNet(base_channels=2, in_samples=1001, activation="relu").eval()
+    with torch.no_grad():  # noise everywhere: no P or S probability reaches any threshold
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([-20.0, -20.0, 20.0]))
+    save_model(model, tmp_path / "student_qat", "student")
+    folder = tmp_path / "student_qat"
+    (folder / "calibration.json").write_text('{"chosen": "the previous calibration"}\n')
+    before = {p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    with pytest.raises(EdgepickError, match="every threshold of calibrate.thresholds scores F1 0 for P and S on .*"
+                                           "nothing to choose; .* keeps its thresholds \\(P 0.3, S 0.3\\)"):
+        calibrate.run(config_for(folder, f"{labelled}:dev"))
+    assert {p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
+def test_a_phase_that_scores_nothing_keeps_its_threshold(labelled, student_folder, capsys):
+    """The untrained student of student_folder picks P but no S on these traces: P is chosen, S stays where it was
+    (it used to move to the lowest threshold)."""
+    result = calibrate.run(config_for(student_folder, f"{labelled}:dev"))
+    assert all(row["S_f1_0.5"] == 0 for row in result["table"]) and any(row["P_f1_0.5"] > 0 for row in result["table"])
+    assert result["chosen"]["S"] == 0.3 == load_student(student_folder).pick_rule.s_threshold
+    assert "every threshold scores F1 0 for S on" in capsys.readouterr().out

@@ -110,6 +110,10 @@ def test_resume_continues_and_corrupt_checkpoint_is_refused(labelled, tmp_path):
     state = distill.run(tiny_config(labelled, out, epochs=2, resume=True))
     assert [h["epoch"] for h in state["history"]] == [1, 2]
     checkpoint = out / "checkpoint.pt"
+    saved = (out / "edgepick_config.yaml").read_text()
+    with pytest.raises(EdgepickError, match="has run 2 epochs, the run is set to 2: nothing to train"):
+        distill.run(tiny_config(labelled, out, epochs=2, resume=True, seed=3))  # a no-op said, settings kept
+    assert (out / "edgepick_config.yaml").read_text() == saved
     data = checkpoint.read_bytes()
     checkpoint.write_bytes(data[: len(data) // 2])
     with pytest.raises(EdgepickError, match="corrupt"):

@@ -177,7 +177,15 @@ def test_stage_streams_a_dataset_and_reports(images, model_dir, tmp_path, capsys
         config.set(key, value)
     report = firmware_sim.run(config)
     assert report["picks_equal"] and len(report["traces"]) == 2
-    assert json.loads((tmp_path / "out" / "esp32c3.json").read_text())["instructions_per_window"] == report["instructions_per_window"]
+    saved = json.loads((tmp_path / "out" / "esp32c3.json").read_text())
+    assert saved["instructions_per_window"] == report["instructions_per_window"]
+    # per second of data: the measured window x the exact replay's windows per second (hop IN_SAMPLES // 2) and the
+    # live mode's (this header has no live settings: live.hop_samples, 100)
+    n = report["instructions_per_window"]["esp_nn"]
+    assert saved["instructions_per_second_of_data"]["esp_nn"] == pytest.approx(
+        {"exact_replay": n * 100 / (IN_SAMPLES // 2), "live": n * 100 / 100})
+    assert saved["energy_est"]["esp_nn"]["live"]["cpu_duty_est"] == pytest.approx(n / 160e6)
+    assert (tmp_path / "out" / "esp32c3.energy.md").read_text().strip() == saved["energy_table_md"]
     rows = {m["item"].split(" (")[0]: m for m in report["memory"]}
     assert 0 < rows["RAM: total"]["bytes"] <= rows["RAM: total"]["capacity"] == boards.get_board("esp32c3").sram_bytes
     assert rows["flash: model"]["bytes"] == len(model_dir[1])
@@ -231,3 +239,51 @@ def test_stage_in_live_mode_picks_as_the_live_python_twin(tflm_lib, model_dir, t
     assert all(p.evaluation_status == ("rejected" if retracted else None)
                for p, (*_, retracted) in zip(sorted(picks, key=lambda p: p.time), sorted(emulated, key=lambda e: e[1])))
     assert picks and all(p.time_errors.uncertainty > 0 and p.waveform_id.station_code == "SIM" for p in picks)
+
+
+def test_a_killed_tflm_build_leaves_nothing_in_the_cache_and_folders_follow_the_umask(tmp_path, monkeypatch):
+    """Issue 31, item 10: a TFLite Micro build killed with -9 left `.tflm-<key>.<random>/` in the cache for good, and
+    the cache folder came out 0700 under umask 022. The build folder is now named for its process, so the next
+    build removes it (and an earlier edgepick's unnamed ones once an hour old)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EDGEPICK_CACHE", str(cache))
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import time\nfrom pipeline.deploy import emulator\n"
+        "emulator._require_tools = lambda: None\nemulator.vendor_roots = lambda vendor=None: ('a', 'b')\n"
+        "emulator.tflm_key = lambda *args: '0123'\nemulator._run_build = lambda *args, **kw: time.sleep(600)\n"
+        "emulator.build_tflm()\n")], env={**os.environ, "EDGEPICK_CACHE": str(cache)})
+    for _ in range(600):
+        if cache.is_dir() and any(p.name.startswith(".tflm-0123.") for p in cache.iterdir()):
+            break
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert [p.name for p in cache.iterdir() if p.name.startswith(".tflm-0123.")], "the killed build left its folder"
+    legacy = cache / ".tflm-0123.abcd_123"  # an earlier edgepick's build folder, two hours old
+    legacy.mkdir()
+    os.utime(legacy, (time.time() - 7200, time.time() - 7200))
+
+    def fake_build(args, what, progress=None):
+        if "--build" in args:
+            for kernel in emulator.KERNELS:
+                (Path(args[2]) / f"libtflm_{kernel}.a").write_bytes(b"!<arch>\n")
+        return ""
+
+    monkeypatch.setattr(emulator, "_require_tools", lambda: None)
+    monkeypatch.setattr(emulator, "vendor_roots", lambda vendor=None: (tmp_path / "a", tmp_path / "b"))
+    monkeypatch.setattr(emulator, "tflm_key", lambda *args: "0123")
+    monkeypatch.setattr(emulator, "_run_build", fake_build)
+    old_umask = os.umask(0o022)
+    try:
+        target = emulator.build_tflm()
+    finally:
+        os.umask(old_umask)
+    assert sorted(p.name for p in cache.iterdir()) == ["tflm-0123"]
+    assert target.stat().st_mode & 0o777 == 0o755

@@ -62,7 +62,8 @@ def test_firmware_stage_errors_are_one_line(tmp_path, monkeypatch):
     with pytest.raises(EdgepickError, match="unknown board 'arduino-uno'"):
         flash.pio_env("arduino-uno")
     monkeypatch.setattr(flash, "read_model_config", lambda path=None: {"EDGEPICK_BUDGET_SRAM_CAPACITY": "300u",
-                                                                      "EDGEPICK_BUDGET_SRAM_USED": "200u"})
+                                                                      "EDGEPICK_BUDGET_SRAM_USED": "200u",
+                                                                      "EDGEPICK_QUANTIZE_ID": "0123abcd"})
 
     def no_pio():
         raise EdgepickError("PlatformIO is not installed: pip install platformio")
@@ -73,6 +74,9 @@ def test_firmware_stage_errors_are_one_line(tmp_path, monkeypatch):
     with pytest.raises(EdgepickError, match="predates model_ops.h"):  # a model folder of an older make quantize
         flash.build(config)
     (tmp_path / "model_ops.h").write_text("// ops\n")
+    config.quantize.out = str(tmp_path / "tflite")  # the TFLite folder of the same make quantize run
+    (tmp_path / "tflite").mkdir()
+    (tmp_path / "tflite" / "quantize_report.json").write_text('{"quantize_id": "0123abcd"}')
     with pytest.raises(EdgepickError, match="PlatformIO is not installed"):
         flash.build(config)
     for output in ("PlatformIO: HTTPClientError: could not resolve registry", "Error: Unknown board ID 'esp32dev'"):

@@ -153,3 +153,20 @@ def test_stream_rejects_bad_config(driver):
     args = ["stream", 512, 600, 1, 0, 0, "1e-6", 0.3, 0.3, 10, "last", TOP, "square"]
     result = subprocess.run([str(driver), *map(str, args)], capture_output=True, text=True)
     assert result.returncode == 1 and "hop" in result.stderr
+
+
+@pytest.mark.parametrize("gate", [False, True])
+def test_no_s_on_a_vertical_only_stream_with_s_needs_horizontals(driver, gate):
+    """A window whose N and E are flat gives no S with s_needs_horizontals (DropS), as pipeline.model.picking's
+    twin does; the same stream with live horizontals keeps its S."""
+    from host_core import zsquare_model
+    from pipeline.model.picking import PickRule, stream_picks
+
+    x = synthetic_stream()
+    x[1:, :] = 0.0  # a vertical-only station: N and E flat
+    rule = PickRule(p_threshold=0.3, s_threshold=0.3, top_tolerance=TOP, blinding=(0, 0))
+    ref, _ = stream_picks(x, zsquare_model, IN_SAMPLES, HOP, rule, EPS, s_needs_horizontals=gate)
+    args = stream_args()[:-1] + ["zsquare"] + (["--s-needs-horizontals"] if gate else [])
+    got = parse_pick_lines(run(driver, *args, stdin=stream_text(x)).splitlines())
+    compare_picks(got, ref)
+    assert {p["phase"] for p in ref} == ({"P"} if gate else {"P", "S"})

@@ -207,6 +207,34 @@ def test_malformed_waveform_ids_are_refused(bad):
         pick_formats.parse_waveform_id(bad)
 
 
+@pytest.mark.parametrize("change,problem", [
+    ({"time": float("nan")}, '"time" NaN is not an epoch second of 1970 ... 2100'),
+    ({"time": float("inf")}, '"time" Infinity is not'), ({"time": 1e20}, '"time" 1e+20 is not'),
+    ({"time": "12"}, '"time" "12" is not'), ({"prob": 1.5}, '"prob" 1.5 is not a probability'),
+    ({"unc": "abc"}, '"unc" "abc" is not an uncertainty'), ({"unc": float("nan")}, '"unc" NaN is not'),
+    ({"unc": -0.5}, '"unc" -0.5 is not'), ({"unc": None}, '"unc" is missing'),
+    ({"phase": ["P"]}, '"phase" ["P"] is not P or S'),
+    ({"sample": -3}, '"sample" -3 is not a sample index'), ({"prob": True}, '"prob" true is not'),
+])
+def test_a_pick_that_cannot_be_written_is_named(change, problem):
+    """Each of these ended a writer in a traceback or wrote QuakeML that fails its schema, or a weight that lies."""
+    pick = {"type": "pick", "phase": "P", "sample": 10, "time": 1.6e9, "prob": 0.8, "unc": 0.1, **change}
+    assert problem in pick_formats.pick_problem(pick)
+    assert pick_formats.pick_problem({"phase": "S", "time": 0.0, "prob": 0.0, "uncertainty_s": 0.0}) is None
+    good = {**pick, "phase": "P", "sample": 10, "time": 1.6e9, "prob": 0.8, "unc": 0.1}
+    kept, problems = pick_formats.kept_picks([pick, good, good])
+    assert kept == [good] and len(problems) == 2 and "repeats a pick kept already" in problems[1]
+
+
+def test_the_next_earthworm_index_is_read_from_the_end_past_bytes_that_are_not_utf8(tmp_path):
+    path = tmp_path / "x.pick_scnl"
+    assert pick_formats.next_earthworm_sequence(path) == 1
+    path.write_bytes(b"\xff junk\n" * 5000 + b"8 0 255 41 X34.HHZ.OK.-- ?1 20210506070819.000 0 0 0\n\xff\xfe\n")
+    assert pick_formats.next_earthworm_sequence(path) == 42
+    path.write_bytes(b"8 0 255 999999 X34.HHZ.OK.-- ?1 20210506070819.000 0 0 0\n")
+    assert pick_formats.next_earthworm_sequence(path) == 0  # pick_ew's index wraps
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The listen stage
 # ---------------------------------------------------------------------------------------------------------------

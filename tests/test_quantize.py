@@ -326,6 +326,9 @@ def test_config_header_writes_the_live_mode_and_refuses_what_does_not_fit():
     assert "#define EDGEPICK_LIVE 0 " in header(50, 120, enabled=False)
     replay = c_array.model_config_header(info, PickRule(), budget, 1e-6)
     assert "#define EDGEPICK_LIVE 0 " in replay and "#define EDGEPICK_LIVE_HOP_SAMPLES" not in replay
+    assert "#define EDGEPICK_S_NEEDS_HORIZONTALS 0 " in replay  # the vertical-only S rule: off unless the student's
+    gated = c_array.model_config_header(dict(info, s_needs_horizontals=True), PickRule(), budget, 1e-6)
+    assert "#define EDGEPICK_S_NEEDS_HORIZONTALS 1 " in gated
     for hop, lookahead in ((0, 100), (100, 0), (-5, 100), (SAMPLES - 100, 100), (2.5, 100), (100, {"P": 100}),
                            (100, {"P": 100, "S": SAMPLES - 100})):
         with pytest.raises(EdgepickError, match="live mode") as error:
@@ -354,3 +357,44 @@ def test_stage_refuses_a_live_hop_that_does_not_fit_before_converting(tmp_path, 
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and says in err[0], err
         assert not (tmp_path / "firmware").exists() and not (tmp_path / "tflite").exists()
+
+
+def test_tflite_and_firmware_folders_change_together_and_make_firmware_checks_they_match(tmp_path, capsys,
+                                                                                          monkeypatch):
+    """Issue 31, item 6: a firmware folder that cannot be written used to leave quantize.out replaced by the new run
+    beside the old firmware model; now both change or neither, and make firmware refuses a pair of two runs."""
+    from pipeline.config import Config
+    from pipeline.stages import firmware as flash
+
+    _tiny_dataset(tmp_path)
+    XiaoNet(base_channels=2, in_samples=SAMPLES).save(tmp_path / "student")
+    tflite_dir, firmware = tmp_path / "tflite", tmp_path / "firmware"
+    args = ["quantize", "--set", f"quantize.student={tmp_path / 'student'}", "--set", f"quantize.dataset={tmp_path}",
+            "--set", f"quantize.out={tflite_dir}", "--set", "quantize.precisions=fp32",
+            "--set", "quantize.firmware_precision=fp32", "--set", "quantize.calibration_windows=4",
+            "--set", "quantize.min_calibration_windows=1", "--set", "quantize.heldout_windows=2", *TINY_LIVE]
+    assert main([*args, "--set", f"quantize.firmware_dir={firmware}"]) == 0, capsys.readouterr().err
+    run_id = json.loads((tflite_dir / "quantize_report.json").read_text())["quantize_id"]
+    assert f'#define EDGEPICK_QUANTIZE_ID "{run_id}"' in (firmware / "model_config.h").read_text()
+    before = {p.name: p.read_bytes() for p in tflite_dir.iterdir()}
+    capsys.readouterr()
+
+    (tmp_path / "not-a-folder").write_text("")  # a firmware folder that cannot be made: refused before converting
+    XiaoNet(base_channels=3, in_samples=SAMPLES).save(tmp_path / "student")  # another student
+    assert main([*args, "--set", f"quantize.firmware_dir={tmp_path / 'not-a-folder' / 'model'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot create a folder beside" in err[0], err
+    assert {p.name: p.read_bytes() for p in tflite_dir.iterdir()} == before
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary left behind
+
+    monkeypatch.setattr(flash, "MODEL_CONFIG", firmware / "model_config.h")
+    monkeypatch.setattr(flash, "pio_executable", lambda: (_ for _ in ()).throw(EdgepickError("no PlatformIO here")))
+    config = Config.load(None, [f"quantize.out={tflite_dir}"])
+    with pytest.raises(EdgepickError, match="no PlatformIO here"):  # the pair matches: on to the build
+        flash.build(config)
+    # the new variants without the firmware's new model (a run killed between the two renames)
+    report = json.loads((tflite_dir / "quantize_report.json").read_text())
+    (tflite_dir / "quantize_report.json").write_text(json.dumps({**report, "quantize_id": "0000000000000000"}))
+    with pytest.raises(EdgepickError, match=f"quantize id {run_id}.*quantize id 0000000000000000.* are not from the "
+                                            "same `make quantize` run"):
+        flash.build(config)

@@ -166,6 +166,9 @@ edgepick::StreamConfig StreamConfigFromHeader() {
   config.top_tolerance = EDGEPICK_PICK_TOP_TOLERANCE;
   config.top_half_width = EDGEPICK_PICK_TOP_HALF_WIDTH;
   config.norm_eps = EDGEPICK_NORM_EPS;
+#ifdef EDGEPICK_S_NEEDS_HORIZONTALS
+  config.s_needs_horizontals = EDGEPICK_S_NEEDS_HORIZONTALS != 0;  // no S where N and E are flat
+#endif
   config.sampling_rate = EDGEPICK_SAMPLING_RATE_HZ;
   return config;
 }

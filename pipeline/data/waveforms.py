@@ -51,6 +51,13 @@ def read_files(paths: Iterable[Path], unreadable: dict[str, str], **read_args) -
     return stream
 
 
+def refuse_unreadable(unreadable: dict[str, str]) -> None:
+    """One line naming the first file :func:`read_files` could not read (``unreadable``), if any."""
+    if unreadable:
+        name, reason = next(iter(unreadable.items()))
+        raise EdgepickError(f"cannot read {name}: {reason}")
+
+
 def merge_channel(traces: obspy.Stream, counts) -> list[obspy.Trace]:
     """Merge one channel's traces (overlaps: method=1) and split at gaps; count what was dropped."""
     rates = collections.Counter()
@@ -132,18 +139,17 @@ def rotate_zne(data: np.ndarray, pieces, inventory, when: UTCDateTime, counts):
     return np.stack([z, n, e])
 
 
-def station_segments(path: str | Path, station: str | None = None,
-                     sampling_rate: float = 100.0) -> tuple[list[tuple[int, np.ndarray]], float]:
+def station_segments(path: str | Path, station: str | None = None, sampling_rate: float = 100.0,
+                     station_option: str = "replay --station") -> tuple[list[tuple[int, np.ndarray]], float]:
     """One station of a miniSEED file (or a glob pattern of files) as gap-free segments at ``sampling_rate``: ([(first sample index, (3, m) Z, N,
     E float32)], start time in epoch seconds). Read, merged and resampled as the data stage does
     (:mod:`pipeline.data.waveforms`): overlaps merged, gaps never interpolated (the device hears of them as a jump in the
-    sample index), horizontals N/E or 1/2 taken as N/E."""
+    sample index), horizontals N/E or 1/2 taken as N/E. A file of several stations is refused, naming
+    ``station_option``, the caller's way to pick one."""
     paths = sorted(glob.glob(str(path))) or [str(path)]  # a pattern for one file per channel, e.g. "NET.STA.*.mseed"
     unreadable: dict[str, str] = {}
     stream = read_files(paths, unreadable)
-    if unreadable:
-        name, reason = next(iter(unreadable.items()))
-        raise EdgepickError(f"cannot read {name}: {reason}")
+    refuse_unreadable(unreadable)
     if station:
         parts = station.split(".")
         stream = stream.select(network=parts[0], station=parts[1]) if len(parts) > 1 else stream.select(station=parts[0])
@@ -151,7 +157,7 @@ def station_segments(path: str | Path, station: str | None = None,
     if not stations:
         raise EdgepickError(f"{path}: no traces{' for ' + station if station else ''}")
     if len(stations) > 1:
-        raise EdgepickError(f"{path} holds {len(stations)} stations ({', '.join('.'.join(s) for s in stations[:5])}): pick one (replay --station)")
+        raise EdgepickError(f"{path} holds {len(stations)} stations ({', '.join('.'.join(s) for s in stations[:5])}): pick one ({station_option})")
     counts = collections.Counter()
     components = station_components(stream, counts)
     if components is None:

@@ -17,6 +17,8 @@ app partition that holds the firmware and the model as a const array). Figures a
 - Flash: firmware/sdkconfig.defaults selects the "single factory app (large)" partition table, a 1500 KB app
   partition (``app_partition_bytes``); the model's budget is 640 KB of it, leaving 860 KB for ESP-IDF + TFLite Micro
   + ESP-NN code (the emulated RV32 build measures the firmware's own code and model, `make firmware-sim`).
+- Power (``Board.power``, for pipeline/deploy/energy.py): each chip's datasheet current with the CPU running at the
+  board's clock and in light sleep, radio off, cited where they are declared below.
 
 Placement (what the firmware does): the model stays in flash (memory-mapped const array); the FP16 expansion
 buffer (the FP32 flatbuffer) and the sample ring buffer go to PSRAM when there is PSRAM, else SRAM; the tensor arena
@@ -37,6 +39,48 @@ MAX_STATIC_DRAM = 160 * KB
 
 
 @dataclass(frozen=True)
+class Power:
+    """A chip's supply current in the two states the energy estimate (pipeline/deploy/energy.py) mixes, from its
+    Espressif datasheet, radio off throughout: "active" is Espressif's Modem-sleep (the CPU running at the board's
+    clock, Wi-Fi / Bluetooth baseband and radio off), "light sleep" the CPU paused with RAM kept, woken by a timer,
+    GPIO or UART. Datasheet typicals at 3.3 V and 25 degC, the chip alone (no module LEDs, USB bridge or regulator)."""
+
+    active_ma: float  # CPU running at Board.cpu_mhz, radio off
+    light_sleep_ma: float  # CPU paused, RAM retained
+    supply_v: float  # the chip's supply (VDD3P3, typical)
+    source: str  # the datasheet and table both figures come from, short
+
+
+# Where each figure comes from (the rule for every chip: the CPU running at the board's clock with all peripheral
+# clocks enabled, the higher of the datasheet's typical figures, since the firmware keeps UART, SPI and timers on;
+# a range is taken at its top). Approximate where marked.
+#
+# ESP32 (240 MHz, dual core): ESP32 Series Datasheet v5.2 (the same in v4.9), Section 4.3 "RTC and Low-Power
+# Management", Table 4-2 "Power Consumption by Power Modes": Modem-sleep, "The CPU is powered up", 240 MHz, dual-core
+# chips: 30 mA ~ 68 mA; Light-sleep: 0.8 mA. The table gives a range and no workload: we take 68 mA (APPROXIMATE: one
+# core busy with convolutions and one idle lies somewhere inside the range). Supply: Section 5 "Recommended Operating
+# Conditions", VDD3P3 typical 3.3 V. The PSRAM boards' PSRAM standby current is in no ESP32 table and is not counted
+# (APPROXIMATE, low by the PSRAM chip's standby current).
+ESP32_POWER = Power(active_ma=68.0, light_sleep_ma=0.8, supply_v=3.3,
+                    source="ESP32 Series Datasheet v5.2, Table 4-2 (Modem-sleep 240 MHz dual-core 30-68 mA, top taken)")
+# ESP32-S3 (240 MHz): ESP32-S3 Series Datasheet v2.2, Section 5.6.2 "Current Consumption in Other Modes", Table 5-9
+# "Current Consumption in Modem-sleep Mode", 240 MHz, "Single core running 128-bit data access instructions, the other
+# core in idle state" (ESP-NN's ESP32-S3 kernels are 128-bit SIMD), all peripheral clocks enabled: 87.9 mA (72.4 with
+# them disabled; 32-bit instructions 65.9 / 51.2). Its note: chips with in-package PSRAM (the N8R8 module's
+# ESP32-S3R8) may draw more (APPROXIMATE). Table 5-10 "Current Consumption in Low-Power Modes": Light-sleep 240 uA,
+# plus, by its note 1, 140 uA for 8 MB octal PSRAM at 3.3 V: 380 uA. Supply: Table 5-2, VDD3P3 typical 3.3 V.
+ESP32S3_PSRAM8_POWER = Power(active_ma=87.9, light_sleep_ma=0.38,  # 240 + 140 uA
+                             supply_v=3.3,
+                             source="ESP32-S3 Series Datasheet v2.2, Tables 5-9 and 5-10 (+ 8 MB octal PSRAM)")
+# ESP32-C3 (160 MHz, one RV32IMC core): ESP32-C3 Series Datasheet v2.2, Section 5.6.2 "Current Consumption in Other
+# Modes", Table 5-8 "Current Consumption in Modem-sleep Mode": 160 MHz, "CPU is running", all peripheral clocks
+# enabled: 28 mA (23 mA disabled; "CPU is idle" 21 / 16 mA); Table 5-9 "Current Consumption in Low-Power Modes":
+# Light-sleep 130 uA. Supply: "Recommended Power Supply Characteristics", VDD3P3 typical 3.3 V.
+ESP32C3_POWER = Power(active_ma=28.0, light_sleep_ma=0.13, supply_v=3.3,
+                      source="ESP32-C3 Series Datasheet v2.2, Tables 5-8 and 5-9")
+
+
+@dataclass(frozen=True)
 class Board:
     name: str
     description: str
@@ -48,17 +92,22 @@ class Board:
     app_partition_bytes: int = 1500 * KB  # the whole firmware image (code + model)
     main_stack_bytes: int = 16 * KB  # CONFIG_ESP_MAIN_TASK_STACK_SIZE (firmware/sdkconfig.defaults)
     isa: str = "xtensa"  # "riscv32": its firmware can be built and run in the emulator here
+    power: Power | None = None  # datasheet currents for the energy estimate (pipeline/deploy/energy.py)
 
 
 # The only board table. A board's name is also its PlatformIO environment in firmware/platformio.ini.
 BOARDS = {board.name: board for board in (
-    Board("esp32", "ESP32, no PSRAM, 520 KB SRAM", 256 * KB, 0, 640 * KB),
-    Board("esp32-psram2", "ESP32 + 2 MB PSRAM", 256 * KB, 2 * MB, 640 * KB),
-    Board("esp32-psram4", "ESP32 + 4 MB PSRAM (8 MB chips map 4 MB)", 256 * KB, 4 * MB, 640 * KB),
-    Board("esp32s3-psram8", "ESP32-S3 N8R8, 8 MB octal PSRAM", 352 * KB, 8 * MB, 640 * KB),
+    Board("esp32", "ESP32, no PSRAM, 520 KB SRAM", 256 * KB, 0, 640 * KB, power=ESP32_POWER),
+    Board("esp32-psram2", "ESP32 + 2 MB PSRAM", 256 * KB, 2 * MB, 640 * KB, power=ESP32_POWER),
+    Board("esp32-psram4", "ESP32 + 4 MB PSRAM (8 MB chips map 4 MB)", 256 * KB, 4 * MB, 640 * KB, power=ESP32_POWER),
+    Board("esp32s3-psram8", "ESP32-S3 N8R8, 8 MB octal PSRAM", 352 * KB, 8 * MB, 640 * KB, power=ESP32S3_PSRAM8_POWER),
     Board("esp32c3", "ESP32-C3 (RISC-V, 160 MHz), no PSRAM, 400 KB SRAM", 320 * KB, 0, 640 * KB, cpu_mhz=160,
-          isa="riscv32"),
+          isa="riscv32", power=ESP32C3_POWER),
 )}
+
+
+# The model variants make quantize builds and a board runs: FP32, packed FP16 (expanded at boot), full-integer INT8
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def get_board(name: str) -> Board:

@@ -20,11 +20,11 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.artifacts import atomic_write_text
+from pipeline.artifacts import atomic_write_text, temporary_dir
 from pipeline.deploy.boards import Board
 from pipeline.errors import EdgepickError
 
@@ -162,14 +162,15 @@ def build_tflm(vendor: str | Path | None = None, jobs: int | None = None) -> Pat
     libraries = [target / f"libtflm_{k}.a" for k in KERNELS]
     if all(p.is_file() for p in libraries):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    _remove_unnamed_temporaries(target)
+    build = temporary_dir(target)  # named for this process: a killed build's folder is removed by the next one
+    staged = None
     try:
         _run_build(_cmake_configure(SIM_DIR / "tflm", build, {"TFLM_ROOT": tflm_root, "ESP_NN_ROOT": esp_nn_root}),
                    "configuring TensorFlow Lite Micro")
         _run_build(["cmake", "--build", str(build), "-j", str(jobs or os.cpu_count() or 2)],
                    "building TensorFlow Lite Micro", progress="TensorFlow Lite Micro (rv32imc, once)")
-        staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.lib.", dir=target.parent))
+        staged = temporary_dir(target)
         for library in libraries:
             shutil.copy2(build / library.name, staged / library.name)
         (staged / "SOURCES").write_text(f"{tflm_root}\n{esp_nn_root}\n")
@@ -179,13 +180,26 @@ def build_tflm(vendor: str | Path | None = None, jobs: int | None = None) -> Pat
             if all(p.is_file() for p in libraries):  # another run finished the same build first: keep its copy
                 shutil.rmtree(staged, ignore_errors=True)
             else:  # an incomplete folder of that name (a library deleted by hand): replace it
-                broken = Path(tempfile.mkdtemp(prefix=f".{target.name}.broken.", dir=target.parent))
+                broken = temporary_dir(target)
                 target.rename(broken / "old")
                 staged.rename(target)
                 shutil.rmtree(broken, ignore_errors=True)
     finally:
-        shutil.rmtree(build, ignore_errors=True)
+        for folder in (build, staged):  # staged is gone once renamed into place
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
     return target
+
+
+def _remove_unnamed_temporaries(target: Path, older_than_s: float = 3600.0) -> None:
+    """The build folders of an earlier edgepick, named without their process (``.<target>.[lib.|broken.]<random>``):
+    removed once they are an hour old, far longer than a build takes."""
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.((lib|broken)\.)?[a-z0-9_]{{8}}$")
+    if not target.parent.is_dir():
+        return
+    for path in target.parent.iterdir():
+        if pattern.match(path.name) and path.is_dir() and time.time() - path.stat().st_mtime > older_than_s:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,10 @@ EARTHWORM_MODULE = 0
 # Hypoinverse weight 0 (best) ... 4 (unused) from the pick's one-sigma uncertainty: weight k while unc <= bin k.
 EARTHWORM_WEIGHT_BINS_S = (0.05, 0.1, 0.2, 0.4)
 EARTHWORM_MAX_SEQUENCE = 999999  # pick_ew's pick index wraps to 0 after this
+PHASES = ("P", "S")  # the phases the student picks
+# A pick "time" is a UTC epoch second from 1970 (a device never sent "#t0" counts from 0) to 2100: later is no
+# station clock (1e20 s ended obspy in an OverflowError)
+LAST_PICK_TIME = 4102444800.0
 
 
 class WaveformId(NamedTuple):
@@ -84,6 +88,41 @@ def pick_uncertainty(pick: dict) -> float:
     return float(value)
 
 
+def _shown(value) -> str:
+    """A JSON value as the device wrote it (NaN, Infinity, "abc", ["P"]), cut to a readable length."""
+    import json
+
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _number_problem(pick: dict, key: str, low: float, high: float, meaning: str) -> str | None:
+    value = pick.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and low <= value <= high):
+        return f'"{key}" {_shown(value)} is not {meaning}'
+    return None
+
+
+def pick_problem(pick: dict) -> str | None:
+    """Why a firmware JSON pick cannot be kept (None when it can): a phase other than P or S, a time that is not an
+    epoch second of 1970 ... 2100, a probability outside 0 ... 1, an uncertainty missing, negative or not finite, a
+    sample that is not an index. Each of these ended the writers in a traceback, wrote QuakeML that fails its schema
+    (NaN, a list as phase hint) or an Earthworm weight that lies (a negative unc was weight 0, the best), so a line
+    like that is skipped and named, never written (issue 31)."""
+    if pick.get("phase") not in PHASES:
+        return f'"phase" {_shown(pick.get("phase"))} is not P or S'
+    key = "unc" if "unc" in pick or "uncertainty_s" not in pick else "uncertainty_s"
+    if pick.get(key) is None:
+        return '"unc" is missing (a firmware older than its fwhm field?)'
+    if "sample" in pick and (isinstance(pick["sample"], bool) or not isinstance(pick["sample"], int)
+                             or pick["sample"] < 0):
+        return f'"sample" {_shown(pick["sample"])} is not a sample index'
+    return (_number_problem(pick, "time", 0.0, LAST_PICK_TIME, "an epoch second of 1970 ... 2100")
+            or _number_problem(pick, "prob", 0.0, 1.0, "a probability (0 ... 1)")
+            or _number_problem(pick, key, 0.0, math.inf, "an uncertainty in seconds (>= 0)"))
+
+
 def _resource_text(text: str) -> str:
     """``text`` in the characters a QuakeML resource id allows after its authority."""
     return re.sub(r"[^\w\-.*()+?~'=,;#]", "_", str(text)) or "_"
@@ -105,6 +144,37 @@ def is_retracted(pick: dict) -> bool:
     return pick.get("retracted") is not None
 
 
+def pick_key(pick: dict) -> tuple[str, str]:
+    """What tells a station's picks apart: the phase and the time to the microsecond, of which its publicID is made
+    (three identical pick lines made three picks of one publicID)."""
+    from obspy import UTCDateTime
+
+    return str(pick["phase"]), _compact_time(UTCDateTime(float(pick["time"])))
+
+
+def pick_id(pick: dict, waveform_id: WaveformId) -> str:
+    """The pick's publicID, made from the pick, so that rewriting a file keeps it."""
+    phase, time = pick_key(pick)
+    channel = waveform_id.station_id() + "." + waveform_id.channel_for(phase)
+    return f"smi:edgepick/pick/{_resource_text(channel)}/{phase}/{time}"
+
+
+def kept_picks(picks: Iterable[dict]) -> tuple[list[dict], list[str]]:
+    """The picks that can be written (:func:`pick_problem`), each once (:func:`pick_key`), and why each other one
+    was left out."""
+    kept, problems, seen = [], [], set()
+    for pick in picks:
+        problem = pick_problem(pick)
+        if problem is None and pick_key(pick) in seen:
+            problem = f"{pick['phase']} at {pick['time']} repeats a pick kept already"
+        if problem is not None:
+            problems.append(f"pick at sample {_shown(pick.get('sample'))}: {problem}")
+            continue
+        seen.add(pick_key(pick))
+        kept.append(pick)
+    return kept, problems
+
+
 def obspy_pick(pick: dict, waveform_id: WaveformId, model: str, agency: str = "", author: str = "edgepick"):
     """One firmware JSON pick as an obspy ``Pick``: time, one-sigma time uncertainty, phase hint, automatic,
     waveform id (the phase's channel), method id, creation info; its peak probability in ``extra`` (namespace
@@ -120,8 +190,7 @@ def obspy_pick(pick: dict, waveform_id: WaveformId, model: str, agency: str = ""
     stream = WaveformStreamID(network_code=waveform_id.network, station_code=waveform_id.station,
                               location_code=waveform_id.location, channel_code=channel)
     probability = float(pick["prob"])
-    rid = (f"smi:edgepick/pick/{_resource_text(waveform_id.station_id() + '.' + channel)}/{phase}/"
-           f"{_compact_time(time)}")
+    rid = pick_id(pick, waveform_id)
     out = Pick(resource_id=ResourceIdentifier(rid), time=time,
                time_errors=QuantityError(uncertainty=pick_uncertainty(pick)), waveform_id=stream,
                method_id=method_id(model), phase_hint=phase, evaluation_mode="automatic",
@@ -229,20 +298,31 @@ def write_earthworm(picks: Sequence[dict], waveform_id: WaveformId, path: str | 
     return Path(path)
 
 
+def last_earthworm_sequence(path: str | Path) -> int | None:
+    """The pick index of the last TYPE_PICK_SCNL line of an Earthworm pick file (None: no file, or no such line in
+    its last 4 KB), read from its end, so that a long file costs nothing; bytes that are not UTF-8 (an editor's, a
+    disk's) are no pick index and are passed over."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            handle.seek(max(0, handle.tell() - 4096))
+            tail = handle.read()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise EdgepickError(f"cannot read {path}: {error.strerror or error}") from None
+    for line in reversed(tail.split(b"\n")):
+        fields = line.split()
+        if len(fields) >= 4 and fields[3].isdigit():
+            return int(fields[3])
+    return None
+
+
 def next_earthworm_sequence(path: str | Path) -> int:
     """The pick index after the last line of an Earthworm pick file (1 for a new one), as pick_ew carries its
     index over restarts in its .ndx file."""
-    try:
-        lines = Path(path).read_text().split("\n")
-    except FileNotFoundError:
-        return 1
-    except OSError as error:
-        raise EdgepickError(f"cannot read {path}: {error.strerror or error}") from None
-    for line in reversed(lines):
-        fields = line.split()
-        if len(fields) >= 4 and fields[3].isdigit():
-            return (int(fields[3]) + 1) % (EARTHWORM_MAX_SEQUENCE + 1)
-    return 1
+    last = last_earthworm_sequence(path)
+    return 1 if last is None else (last + 1) % (EARTHWORM_MAX_SEQUENCE + 1)
 
 
 def write_picks(picks: Sequence[dict], waveform_id: WaveformId, paths: dict[str, str | Path], model: str = "student",

@@ -56,7 +56,13 @@ def parse_pick_lines(lines: Sequence[str]) -> list[dict]:
     retracted = {(m.get("phase"), m.get("sample")): m.get("reported") for m in messages if is_retraction(m)}
     picks = [dict(m, retracted=retracted.get((m.get("phase"), m.get("sample")))) for m in messages
              if m.get("type") == "pick"]
-    return sorted(picks, key=lambda p: (p["sample"], p["phase"]))
+    return sorted(picks, key=_pick_order)
+
+
+def _pick_order(pick: dict) -> tuple[int, str]:
+    """By sample, then phase; a line without a sample index first (a bad line must not end the sorting)."""
+    sample = pick.get("sample")
+    return (sample if isinstance(sample, int) and not isinstance(sample, bool) else -1, str(pick.get("phase")))
 
 
 def is_retraction(message: dict) -> bool:

@@ -88,6 +88,9 @@ def distill(config: Config) -> dict:
     state = {"epoch": 0, "best_dev_loss": math.inf, "bad_epochs": 0, "history": []}
     if checkpoint is not None:
         state = training.restore_checkpoint(checkpoint, out / CHECKPOINT, model, optimizer, schedule, "the student")
+        if state["epoch"] >= cfg.epochs:  # nothing would train: say so rather than rewrite the folder's settings
+            raise EdgepickError(f"--resume: {out / CHECKPOINT} has run {state['epoch']} epochs, the run is set to "
+                                f"{cfg.epochs}: nothing to train; raise the epochs to go on")
         np.random.seed((cfg.seed, rank, state["epoch"]))  # windows and noise go on, not replay epoch 1's
     raw_model = model
     trainable = _Logits(model)

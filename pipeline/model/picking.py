@@ -291,13 +291,14 @@ def stack_windows(predictions: Sequence[np.ndarray], offsets: Sequence[int], n_s
 
 def stream_picks(waveform: np.ndarray, model: Callable[[np.ndarray], np.ndarray], in_samples: int, hop: int,
                  rule: PickRule, eps: float | None = None, sampling_rate: float = 100.0,
-                 t0: float = 0.0) -> tuple[list[dict], np.ndarray]:
+                 t0: float = 0.0, s_needs_horizontals: bool = False) -> tuple[list[dict], np.ndarray]:
     """What the firmware computes on a whole stream ``waveform`` (3, n): windows, the student's normalisation,
-    ``model`` ((3, in_samples) normalised window -> (in_samples, classes) probabilities), stacking with the
-    rule's blinding, picks. Returns (picks, stacked curves)."""
+    ``model`` ((3, in_samples) normalised window -> (in_samples, classes) probabilities), no S in a window whose
+    N and E are flat with ``s_needs_horizontals``, stacking with the rule's blinding, picks. Returns (picks,
+    stacked curves)."""
     waveform = _stream_waveform(waveform, "stream_picks")
     offsets = window_offsets(waveform.shape[1], in_samples, hop)
-    predictions = _window_predictions(waveform, model, in_samples, offsets, eps)
+    predictions = _window_predictions(waveform, model, in_samples, offsets, eps, s_needs_horizontals)
     if not predictions:
         return [], np.zeros((0, 3), dtype=np.float32)
     stacked = stack_windows(predictions, offsets, int(offsets[-1]) + in_samples, rule.blinding or (0, 0))
@@ -311,13 +312,19 @@ def _stream_waveform(waveform, caller: str) -> np.ndarray:
     return waveform
 
 
-def _window_predictions(waveform: np.ndarray, model, in_samples: int, offsets, eps: float | None) -> list[np.ndarray]:
-    """``model``'s predictions on the normalised windows of ``waveform`` at ``offsets``."""
-    return [
-        np.asarray(model(normalize_windows(waveform[:, o : o + in_samples], NORM_EPS if eps is None else eps)),
-                   dtype=np.float32)
-        for o in offsets
-    ]
+def _window_predictions(waveform: np.ndarray, model, in_samples: int, offsets, eps: float | None,
+                        s_needs_horizontals: bool = False) -> list[np.ndarray]:
+    """``model``'s predictions on the normalised windows of ``waveform`` at ``offsets`` (with
+    ``s_needs_horizontals``, a window's whose N and E are flat without S: the firmware's ``DropS``)."""
+    out = []
+    for o in offsets:
+        window = waveform[:, o : o + in_samples]
+        prediction = np.array(model(normalize_windows(window, NORM_EPS if eps is None else eps)), dtype=np.float32)
+        if s_needs_horizontals and (window[1:].max(axis=-1) == window[1:].min(axis=-1)).all():
+            prediction[:, 2] += prediction[:, 1]
+            prediction[:, 1] = 0
+        out.append(prediction)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -380,7 +387,7 @@ def add_reported_samples(picks: list[dict], n_samples: int, live: LiveRule) -> l
 
 def live_stream_picks(waveform: np.ndarray, model: Callable[[np.ndarray], np.ndarray], live: LiveRule,
                       rule: PickRule, eps: float | None = None, sampling_rate: float = 100.0,
-                      t0: float = 0.0) -> tuple[list[dict], np.ndarray]:
+                      t0: float = 0.0, s_needs_horizontals: bool = False) -> tuple[list[dict], np.ndarray]:
     """What the firmware's live mode (``live``) emits on a whole stream ``waveform`` (3, n) followed by "#end":
     windows every hop (live_offsets), the student's normalisation, ``model`` as in :func:`stream_picks`, each
     phase's curve stacked with the live blinding of its look-ahead (the noise column with P's) in place of the
@@ -390,7 +397,7 @@ def live_stream_picks(waveform: np.ndarray, model: Callable[[np.ndarray], np.nda
     in_samples, hop, lookaheads, confirms = live.in_samples, live.hop, live.lookaheads, live.confirms
     waveform = _stream_waveform(waveform, "live_stream_picks")
     offsets = live_offsets(waveform.shape[1], in_samples, hop)
-    predictions = _window_predictions(waveform, model, in_samples, offsets, eps)
+    predictions = _window_predictions(waveform, model, in_samples, offsets, eps, s_needs_horizontals)
     if not predictions:
         return [], np.zeros((0, 3), dtype=np.float32)
     n_stacked = int(offsets[-1]) + in_samples

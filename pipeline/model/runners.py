@@ -76,10 +76,11 @@ class TFLMStudent(XiaoNet):
 
     def __init__(self, flatbuffer: bytes, in_samples: int, overlap: int, sampling_rate: float = 100.0,
                  component_order: str = "ZNE", norm_eps: float = 1e-6, arena: int | None = None,
-                 pick_rule: PickRule | None = None):
+                 pick_rule: PickRule | None = None, s_needs_horizontals: bool = False):
         super().__init__(base_channels=1, in_samples=in_samples, channel_multipliers=(1, 1, 1, 1),
                          sampling_rate=sampling_rate, component_order=component_order, norm_eps=norm_eps,
-                         pick_rule=pick_rule, default_args={"overlap": int(overlap)})
+                         pick_rule=pick_rule, s_needs_horizontals=s_needs_horizontals,
+                         default_args={"overlap": int(overlap)})
         self.flatbuffer = flatbuffer
         self.arena = arena
 
@@ -135,13 +136,16 @@ def tflite_variants(folder: str | Path, student, precisions=("fp32", "fp16", "in
             overlap = student.in_samples - hop_samples(student)
             order, eps = student.component_order, student.norm_eps
             rule = student.pick_rule  # the variant picks (and blinds) as the student it came from
+            gate = bool(student.default_args.get("s_needs_horizontals", False))
         else:
             overlap = in_samples - int(info.get("hop_samples", in_samples // 2 + 1))
             order, eps = "ZNE", 1e-6
             rule = PickRule(**info["pick_rule"]) if "pick_rule" in info else None  # else the student's defaults
+            gate = bool(info.get("s_needs_horizontals", False))
         sample = _sample_input(flatbuffer)
         arena = tflm.minimal_arena(flatbuffer, sample)
-        model = TFLMStudent(flatbuffer, in_samples, overlap, rate, order, eps, arena=arena, pick_rule=rule).eval()
+        model = TFLMStudent(flatbuffer, in_samples, overlap, rate, order, eps, arena=arena, pick_rule=rule,
+                            s_needs_horizontals=gate).eval()
         bench = BenchModel("student", "tflm", precision, [model], spec=str(path), flatbuffer=flatbuffer,
                            device_bytes=path.stat().st_size)
         bench.arena_bytes = arena

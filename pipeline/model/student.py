@@ -45,7 +45,10 @@ import torch.nn.functional as F
 
 from pipeline.errors import EdgepickError
 from pipeline.data.normalization import NORM_EPS, normalize_windows
-from pipeline.model import streaming
+from pipeline.model import components, streaming
+from pipeline.model.layers import (ACTIVATIONS, BatchNorm, DepthwiseConv1d, DSConv,  # noqa: F401
+                                   MultiScale, PointwiseConv1d, UpBlock, Upsample4, causal_pad, make_activation,
+                                   same_padding, to_channels_last)
 from pipeline.model.macs import count_macs, phasenet_macs  # noqa: F401 - the student's MAC counts, re-exported
 from pipeline.model.picking import LiveRule, PickRule
 
@@ -71,13 +74,6 @@ def default_blinding(overlap: int, radius: int = RECEPTIVE_RADIUS) -> int:
     return max(0, min(radius, int(overlap) // 2))
 
 
-def same_padding(length: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TensorFlow ``SAME`` padding (left, right) for one spatial axis: extra padding goes to the right."""
-    out = math.ceil(length / stride)
-    total = max((out - 1) * stride + kernel - length, 0)
-    return total // 2, total - total // 2
-
-
 def internal_length(samples: int) -> int:
     """The length the network runs on: ``samples`` rounded up to a multiple of 64."""
     return int(math.ceil(samples / DOWNSAMPLING) * DOWNSAMPLING)
@@ -87,139 +83,6 @@ def window_padding(samples: int) -> tuple[int, int]:
     """Zeros added (left, right) to a window of ``samples`` before the network; the output is cropped back."""
     extra = internal_length(samples) - samples
     return extra // 2, extra - extra // 2
-
-
-ACTIVATIONS = ("hardswish", "relu6", "relu")
-
-
-def make_activation(name: str) -> nn.Module:
-    """Hardswish (XiaoNet's), ReLU6 or ReLU. TFLite fuses ReLU6 and ReLU into the convolution before them; ReLU6's
-    bound quantizes best, but where the phase channels of the decoder reach 6 the output has a flat top."""
-    if name == "hardswish":
-        return nn.Hardswish()
-    if name == "relu6":
-        return nn.ReLU6()
-    if name == "relu":
-        return nn.ReLU()
-    raise EdgepickError(f"unknown student activation {name!r}; use {', '.join(ACTIVATIONS)}")
-
-
-# Training runs the network on (batch, channels, 1, samples) tensors in channels-last memory, i.e. (batch, samples,
-# channels) in memory; evaluation and the ONNX export run the plain 1-D layers on (batch, channels, samples). On the
-# CPU, oneDNN's kernels for a few channels over 3,000 samples are several times faster channels-last: forward +
-# backward at batch 64, depthwise k5 over 8 channels 26 -> 4 ms, the 1x1 convolution 8 -> 16 channels 9 -> 4 ms, the
-# k4/s4 transposed convolution 5.5 -> 3.4 ms (BatchNorm is the one op that is slower, 4.7 -> 8 ms). The layers below
-# are the 1-D layers plus that 2-D path, with the same parameters: same state_dict, same numbers (tests/test_student.py).
-def to_channels_last(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, N) -> (B, C, 1, N) stored channels-last, the training layout."""
-    return x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-
-
-class PointwiseConv1d(nn.Conv1d):
-    """A 1x1 ``nn.Conv1d``."""
-
-    def __init__(self, cin: int, cout: int, bias: bool = True):
-        super().__init__(cin, cout, 1, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 3:
-            return super().forward(x)
-        return F.conv2d(x, self.weight.unsqueeze(2), self.bias)
-
-
-class DepthwiseConv1d(nn.Conv1d):
-    """A depthwise ``nn.Conv1d`` (groups = channels, no bias)."""
-
-    def __init__(self, channels: int, kernel: int, stride: int = 1, padding: int = 0):
-        super().__init__(channels, channels, kernel, stride, padding=padding, groups=channels, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 3:
-            return super().forward(x)
-        return F.conv2d(x, self.weight.unsqueeze(2), None, (1, self.stride[0]), (0, self.padding[0]), groups=self.groups)
-
-
-class Upsample4(nn.ConvTranspose1d):
-    """``nn.ConvTranspose1d(cin, cout, 4, stride=4)`` without bias: x4 upsampling TFLite Micro runs as TRANSPOSE_CONV."""
-
-    def __init__(self, cin: int, cout: int):
-        super().__init__(cin, cout, 4, stride=4, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 3:
-            return super().forward(x)
-        return F.conv_transpose2d(x, self.weight.unsqueeze(2), None, (1, 4))
-
-
-class BatchNorm(nn.BatchNorm1d):
-    """``nn.BatchNorm1d`` that also takes the (B, C, 1, N) training layout."""
-
-    def _check_input_dim(self, x: torch.Tensor) -> None:
-        if x.dim() not in (2, 3, 4):
-            raise ValueError(f"expected a 2-D, 3-D or 4-D input, got {x.dim()}-D")
-
-
-def causal_pad(x: torch.Tensor, kernel: int, stride: int = 1) -> torch.Tensor:
-    """``x`` with ``kernel - stride`` zeros before it (or that many first samples dropped, where the kernel is
-    shorter than the stride): a convolution over it ends each output on the last input sample of its stride, so
-    output j of a block of ``stride`` x m inputs needs no sample after the block (pipeline.model.streaming)."""
-    pad = kernel - stride
-    return F.pad(x, (pad, 0)) if pad > 0 else x[..., -pad:] if pad < 0 else x
-
-
-class DSConv(nn.Module):
-    """Depthwise (k, stride, TF-SAME padding; or causal) -> pointwise -> BatchNorm -> Hardswish (or ReLU6)."""
-
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, activation: str = "hardswish",
-                 causal: bool = False):
-        super().__init__()
-        self.kernel, self.stride, self.causal = kernel, stride, causal
-        symmetric = (kernel - 1) // 2 if stride == 1 and not causal else 0
-        self.dw = DepthwiseConv1d(cin, kernel, stride, padding=symmetric)
-        self.pw = PointwiseConv1d(cin, cout, bias=False)
-        self.bn = BatchNorm(cout)
-        self.act = make_activation(activation)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.causal:
-            x = causal_pad(x, self.kernel, self.stride)
-        elif self.stride != 1:
-            left, right = same_padding(x.shape[-1], self.kernel, self.stride)
-            if left or right:
-                x = F.pad(x, (left, right))
-        return self.act(self.bn(self.pw(self.dw(x))))
-
-
-class MultiScale(nn.Module):
-    """Three parallel DS convolutions k3 / k5 / k7, summed."""
-
-    def __init__(self, channels: int, kernels: tuple[int, ...] = (3, 5, 7), activation: str = "hardswish",
-                 causal: bool = False):
-        super().__init__()
-        self.branches = nn.ModuleList(DSConv(channels, channels, k, activation=activation, causal=causal)
-                                      for k in kernels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.branches[0](x)
-        for branch in self.branches[1:]:
-            out = out + branch(x)
-        return out
-
-
-class UpBlock(nn.Module):
-    """ConvTranspose1d(k=4, s=4) (cin -> cout) + skip -> depthwise k5 -> BatchNorm -> Hardswish."""
-
-    def __init__(self, cin: int, cout: int, kernel: int = 5, activation: str = "hardswish", causal: bool = False):
-        super().__init__()
-        self.kernel, self.causal = kernel, causal
-        self.up = Upsample4(cin, cout)
-        self.dw = DepthwiseConv1d(cout, kernel, padding=0 if causal else (kernel - 1) // 2)
-        self.bn = BatchNorm(cout)
-        self.act = make_activation(activation)
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = self.up(x) + skip
-        return self.act(self.bn(self.dw(causal_pad(x, self.kernel) if self.causal else x)))
 
 
 class XiaoNet(sbm.WaveformModel):
@@ -238,6 +101,8 @@ class XiaoNet(sbm.WaveformModel):
     _annotate_args["overlap"] = (_annotate_args["overlap"][0], 0.5)
     # The live pick mode the student was distilled for (pipeline.model.picking.LiveRule's settings, saved by make distill
     # and make qat; None: not recorded). Annotate does not use it; it travels with the weights, as the pick rule.
+    _annotate_args["s_needs_horizontals"] = ("No S where a window's N and E are flat (a vertical-only station): the "
+                                             "teacher's abstention there, as a rule (pipeline.model.components)", False)
     _annotate_args["live_rule"] = ("The live rule the student was distilled for (pipeline.model.picking.LiveRule)", None)
 
     def __init__(
@@ -256,6 +121,7 @@ class XiaoNet(sbm.WaveformModel):
         output_delay: int | None = None,
         norm_window: int | None = None,
         pick_rule: PickRule | None = None,
+        s_needs_horizontals: bool | None = None,
         pick_top_tolerance: float | None = None,
         **kwargs,
     ):
@@ -329,6 +195,8 @@ class XiaoNet(sbm.WaveformModel):
             self.default_args.setdefault(key, value)
         if pick_rule is not None:
             self.default_args.update(pick_rule.annotate_args())
+        if s_needs_horizontals is not None:  # else a saved student's default_args (or the class default: off)
+            self.default_args["s_needs_horizontals"] = bool(s_needs_horizontals)
         self.pick_rule  # a rule that does not hold (a threshold of 2, a top tolerance of 1) fails here
 
     @property
@@ -397,11 +265,12 @@ class XiaoNet(sbm.WaveformModel):
         padded, starts = streaming.warmed_up(self, stream)
         return streaming.cropped(await super().annotate_async(padded, copy=False, **kwargs), starts)
 
-    def annotate_batch_pre(self, batch: torch.Tensor, argdict: dict[str, Any]) -> torch.Tensor:
-        return batch if self.causal else normalize_windows(batch, self.norm_eps)  # a causal student's is its own
+    def annotate_batch_pre(self, batch: torch.Tensor, argdict: dict[str, Any]):
+        flat = components.horizontals_flat(batch) if argdict.get("s_needs_horizontals") else None
+        return batch if self.causal else normalize_windows(batch, self.norm_eps), flat  # a causal student: its own
 
     def annotate_batch_post(self, batch: torch.Tensor, piggyback: Any, argdict: dict[str, Any]) -> torch.Tensor:
-        batch = torch.transpose(batch, -1, -2)  # (B, N, classes), as SeisBench stitches it
+        batch = components.without_s(torch.transpose(batch, -1, -2), piggyback)  # (B, N, classes), as SeisBench stitches
         if self.output_delay:  # each score back at the sample it is of; the last output_delay are not known yet
             batch = torch.cat([batch[:, self.output_delay:], torch.full_like(batch[:, :self.output_delay], np.nan)], 1)
         prenan, postnan = argdict.get("blinding", self._annotate_args["blinding"][1])
@@ -484,6 +353,7 @@ def build_student(config) -> XiaoNet:
         output_delay=config.output_delay if config.causal else None,
         norm_window=config.norm_window if config.causal else None,
         pick_rule=rule,
+        s_needs_horizontals=bool(config.s_needs_horizontals),
     )
 
 
@@ -505,8 +375,22 @@ def load_student(path) -> XiaoNet:
     if not zipfile.is_zipfile(weights):  # torch.save writes zip archives; random bytes fail in torch as MemoryError
         raise EdgepickError(f"{weights} is not a valid student checkpoint (truncated, or not written by torch.save); "
                             "delete it and save the student again (make distill)")
+    if not _is_student(path.with_suffix(".json")):
+        raise EdgepickError(f"{path} is a saved SeisBench model but not an edgepick student (its model_args have no "
+                            "base_channels): a teacher of make teacher is used as teacher.name=phasenet:<folder>")
     try:
         model = XiaoNet.load(path)
     except Exception as error:  # noqa: BLE001 - torch / json raise many kinds
         raise EdgepickError(f"cannot load student {path}: {type(error).__name__}: {error}") from error
     return model.eval()
+
+
+def _is_student(description) -> bool:
+    """Whether a SeisBench model description (``<name>.json``) is a XiaoNet's (an unreadable one is left to load)."""
+    import json
+
+    try:
+        args = json.loads(description.read_text()).get("model_args")
+    except (OSError, ValueError, AttributeError):
+        return True
+    return not isinstance(args, dict) or "base_channels" in args

@@ -36,7 +36,7 @@ def run(config) -> dict:
     student = load_student(student_path)
     table = dev.threshold_table(student, c.thresholds, c.tolerances_s, spec=str(student_path))
     before = student.pick_rule
-    chosen = {phase: best_threshold(table, phase) for phase in dev.phases}
+    chosen = _choose(table, dev, before, student_path)
     student.default_args["P_threshold"] = chosen.get("P", before.p_threshold)
     student.default_args["S_threshold"] = chosen.get("S", before.s_threshold)
     student.pick_rule  # the new rule holds (PickRule validates)
@@ -54,6 +54,21 @@ def run(config) -> dict:
     print(f"calibrate: saved in {folder / name}; written {folder / 'calibration.json'}, {folder / 'calibration.png'}")
     return result
 
+
+
+def _choose(table: list[dict], dev, before, student_path: Path) -> dict[str, float]:
+    """Each phase's threshold of the best objective. A phase that scores F1 0 at every threshold keeps its own (the
+    lowest would win by default), said in a line; when every phase does, nothing is saved: one error line."""
+    zero = [phase for phase in dev.phases if all(objective(table, phase, row["threshold"]) == 0 for row in table)]
+    where = f"on {dev.label} ({len(dev.waveforms)} traces, against the {dev.against} picks)"
+    if zero and len(zero) == len(dev.phases):
+        raise EdgepickError(f"every threshold of calibrate.thresholds scores F1 0 for {' and '.join(zero)} {where}: "
+                            f"nothing to choose; {student_path} keeps its thresholds (P {before.p_threshold:g}, "
+                            f"S {before.s_threshold:g})")
+    for phase in zero:
+        print(f"calibrate: every threshold scores F1 0 for {phase} {where}: its threshold stays "
+              f"{before.threshold(phase):g}")
+    return {phase: before.threshold(phase) if phase in zero else best_threshold(table, phase) for phase in dev.phases}
 
 
 def _saved_layout(path: Path) -> tuple[Path, str]:

@@ -9,6 +9,7 @@ is reported in one line.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -81,10 +82,29 @@ def model_board(path: Path | None = None) -> str | None:
     return match.group(1) if match else None
 
 
+def check_pairing(values: dict[str, str], tflite_dir: Path) -> None:
+    """The firmware's model and ``tflite_dir`` (quantize.out) come from one ``make quantize`` run: the quantize id of
+    model_config.h is the one of quantize_report.json (both written together by the quantize stage)."""
+    ours = values.get("EDGEPICK_QUANTIZE_ID")
+    if not ours:
+        raise EdgepickError(f"{MODEL_CONFIG.parent} predates the quantize id that pairs it with {tflite_dir}/: "
+                            "run `make quantize` again")
+    report = tflite_dir / "quantize_report.json"
+    try:
+        theirs = json.loads(report.read_text()).get("quantize_id")
+    except (OSError, ValueError, AttributeError):
+        theirs = None
+    if theirs != ours:
+        found = f"quantize id {theirs}" if theirs else f"no readable {report.name}"
+        raise EdgepickError(f"{MODEL_CONFIG.parent}/ (quantize id {ours}) and {tflite_dir}/ ({found}) are not from the "
+                            "same `make quantize` run: run `make quantize` again (it writes both)")
+
+
 def build(config, upload: bool = False) -> None:
     values = read_model_config(MODEL_CONFIG)
     if not MODEL_CONFIG.with_name("model_ops.h").is_file():
         raise EdgepickError(f"{MODEL_CONFIG.parent} predates model_ops.h (the model's op list): run `make quantize` again")
+    check_pairing(values, Path(config.quantize.out))
     generated_for = model_board()
     if generated_for and generated_for != config.board.name:
         raise EdgepickError(f"firmware/src/model/ was generated for board {generated_for}, not {config.board.name}: "

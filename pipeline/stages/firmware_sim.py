@@ -4,7 +4,8 @@ Reads top to bottom: the generated model (``quantize.firmware_dir``) -> TFLite M
 board's images (reference and ESP-NN kernels) -> the first ``firmware_sim.traces`` traces of a dataset streamed
 through the serial protocol -> the JSON picks, compared with the Python stream reference on the same samples (the
 same flatbuffer in the ``tflite-micro`` interpreter, the pick rule read back from ``model_config.h``) -> a memory
-table and the instructions per window, printed and saved as ``<out>/<board>.json``.
+table, the instructions per window and per second of data of each mode, and the energy table
+(pipeline/deploy/energy.py), printed and saved as ``<out>/<board>.json`` (the table also as ``<out>/<board>.energy.md``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.data import waveforms
-from pipeline.deploy import boards, emulator, tflm
+from pipeline.deploy import boards, emulator, energy, tflm
 from pipeline.artifacts import atomic_write_text, save_config
 from pipeline.deploy.convert import c_array, fp16_pack
 from pipeline.deploy.convert.c_array import read_model_config
@@ -58,10 +59,13 @@ def python_picks(waveform: np.ndarray, flatbuffer: bytes, values: dict[str, str]
     model = lambda w: tflm.run(flatbuffer, w[None])[0].T  # noqa: E731
     window, eps = int(values["EDGEPICK_WINDOW_SAMPLES"]), float(values["EDGEPICK_NORM_EPS"].rstrip("f"))
     rate = float(values["EDGEPICK_SAMPLING_RATE_HZ"].rstrip("f"))
+    gate = values.get("EDGEPICK_S_NEEDS_HORIZONTALS", "0").split()[0] == "1"
     if live_mode(values):  # the firmware built from this header picks live (model_config.h's EDGEPICK_LIVE)
-        picks, _ = live_stream_picks(waveform, model, live_rule_from_header(values), rule, eps, rate)
+        picks, _ = live_stream_picks(waveform, model, live_rule_from_header(values), rule, eps, rate,
+                                     s_needs_horizontals=gate)
     else:
-        picks, _ = stream_picks(waveform, model, window, int(values["EDGEPICK_HOP_SAMPLES"]), rule, eps, rate)
+        picks, _ = stream_picks(waveform, model, window, int(values["EDGEPICK_HOP_SAMPLES"]), rule, eps, rate,
+                                s_needs_horizontals=gate)
     return sorted((p["phase"], int(p["sample"]), int(p["fwhm"]), p.get("retracted") is not None) for p in picks)
 
 
@@ -102,7 +106,7 @@ def streamed_traces(config, rate: float) -> list[tuple[str, list, float]]:
     ``firmware_sim.mseed``, else the first ``firmware_sim.traces`` traces of a dataset."""
     s = config.firmware_sim
     if s.mseed:
-        segments, t0 = waveforms.station_segments(s.mseed, s.station or None, rate)
+        segments, t0 = waveforms.station_segments(s.mseed, s.station or None, rate, "firmware_sim.station=NET.STA")
         limit, kept = int(s.max_seconds * rate), []
         for first, data in segments:
             if first < limit:
@@ -116,6 +120,55 @@ def streamed_traces(config, rate: float) -> list[tuple[str, list, float]]:
         traces = [w[[order.index(c) for c in "ZNE"]] for w in traces]
     names = metadata["trace_name"] if "trace_name" in metadata else [str(i) for i in range(len(traces))]
     return [(str(names[i]), [(0, traces[i])], 0.0) for i in range(min(s.traces, len(traces)))]
+
+
+# The modes whose cost per second of data the report derives from one measured window (the model's Invoke is the
+# same in both; only how often it runs differs): the exact replay's hop is EDGEPICK_HOP_SAMPLES (window - SeisBench's
+# overlap, 1501), the live mode's EDGEPICK_LIVE_HOP_SAMPLES (live.hop_samples, 100). A new path (the streaming
+# student) adds its own entry to instructions_per_second_of_data and the energy table takes it as one more row.
+MODES = {"exact_replay": "EDGEPICK_HOP_SAMPLES", "live": "EDGEPICK_LIVE_HOP_SAMPLES"}
+BASIS = ("instructions per window measured in the emulator (the median over the timing lines, counted around "
+         "Invoke) x windows per second of each mode (sampling rate / hop, derived from model_config.h)")
+
+
+def windows_per_second(values: dict[str, str], rate: float, live_hop: int) -> dict[str, float]:
+    """Windows per second of data of each mode, derived from the header's hops (``live_hop``, live.hop_samples, for a
+    header written without live settings)."""
+    hops = {mode: int(values[key]) if key in values else live_hop for mode, key in MODES.items()}
+    if any(h < 1 for h in hops.values()):
+        raise EdgepickError(f"model_config.h has a hop below 1 sample: {hops}")
+    return {mode: rate / hop for mode, hop in hops.items()}
+
+
+def throughput(results: dict[str, list[dict]], values: dict[str, str], rate: float, live_hop: int,
+               seconds_streamed: float) -> dict:
+    """The report's instruction fields from the parsed runs (:func:`firmware_run` per kernel set and trace): per window
+    (measured), per second of data of each mode (derived), and the whole firmware per second of the data it was fed
+    (measured over the run: boot, serial protocol, normalisation, picking and the model, the built mode only)."""
+    per_window = {k: int(np.median([n for r in runs for n in r["instructions"]] or [0])) for k, runs in results.items()}
+    per_second = windows_per_second(values, rate, live_hop)
+    whole = {k: sum(int(r["emulator"].get("instructions", 0)) for r in runs) / seconds_streamed
+             for k, runs in results.items()} if seconds_streamed > 0 else None
+    return {"instructions_per_window": per_window, "windows_per_second": per_second,
+            "instructions_per_second_of_data": {k: {mode: n * w for mode, w in per_second.items()}
+                                                for k, n in per_window.items()},
+            "instructions_per_second_of_data_basis": BASIS,
+            "instructions_per_second_of_data_whole_run": whole,
+            "whole_run_mode": "live" if live_mode(values) else "exact_replay"}
+
+
+def energy_report(per_second: dict[str, dict[str, float]], board: boards.Board, cycles_per_instruction: float,
+                  values: dict[str, str], live_hop: int) -> dict:
+    """The energy estimates of each kernel set's paths on ``board`` and the markdown table of ESP-NN's (what the
+    boards run)."""
+    rows = {k: energy.estimates(paths, board, cycles_per_instruction) for k, paths in per_second.items()}
+    hops = {mode: values.get(key, str(live_hop)) for mode, key in MODES.items()}
+    labels = {mode: f"{energy.PATH_LABELS[mode]} (a window every {hop} samples)" for mode, hop in hops.items()}
+    kernels = "esp_nn" if "esp_nn" in rows else next(iter(rows))
+    return {"energy_est": rows, "energy_assumptions": energy.assumptions(board, cycles_per_instruction),
+            "energy_table_md": energy.markdown_table(rows[kernels], board, cycles_per_instruction,
+                                                     kernels="ESP-NN" if kernels == "esp_nn" else kernels,
+                                                     labels=labels, basis=BASIS)}
 
 
 def memory_table(board: boards.Board, image: dict, first: dict, arena: int) -> list[tuple[str, int, int]]:
@@ -182,7 +235,8 @@ def run(config) -> dict:
                             f"{board.main_stack_bytes} bytes (CONFIG_ESP_MAIN_TASK_STACK_SIZE): raise it")
     first = results["esp_nn"][0]
     arena = int(values["EDGEPICK_ARENA_ALLOC_BYTES"].rstrip("u"))
-    per_window = {k: int(np.median([n for r in runs for n in r["instructions"]] or [0])) for k, runs in results.items()}
+    counts = throughput(results, values, rate, config.live.hop_samples, sum(c["samples"] for c in comparisons) / rate)
+    per_window = counts["instructions_per_window"]
     hop_s = hop_samples(values) / rate
     macs = int(values.get("EDGEPICK_MODEL_MACS", "0").rstrip("u"))
     seconds = {k: n * s.cycles_per_instruction / (board.cpu_mhz * 1e6) for k, n in per_window.items()}
@@ -190,11 +244,13 @@ def run(config) -> dict:
         "board": board.name, "model_sha256": values["EDGEPICK_MODEL_SHA256"], "precision": values["EDGEPICK_PRECISION"],
         "isa": "rv32imc", "board_isa": board.isa, "memory": [{"item": i, "bytes": b, "capacity": c} for i, b, c in
                                      memory_table(board, image, first, arena)],
-        "instructions_per_window": per_window, "macs_per_window": macs,
+        **counts, "macs_per_window": macs,
         "instructions_per_mac": {k: round(n / macs, 2) for k, n in per_window.items()} if macs else None,
         "cycles_per_instruction_assumed": s.cycles_per_instruction,
         "cpu_mhz": board.cpu_mhz, "seconds_per_window_est": seconds,
         "real_time_factor_est": {k: v / hop_s for k, v in seconds.items()}, "hop_s": hop_s, "live": live_mode(values),
+        **energy_report(counts["instructions_per_second_of_data"], board, s.cycles_per_instruction, values,
+                        config.live.hop_samples),
         "traces": comparisons,
         "picks_equal": all(c["esp_nn_kernels"] == c["reference_kernels"] and c["python"] in (None, c["esp_nn_kernels"])
                            for c in comparisons),
@@ -202,6 +258,7 @@ def run(config) -> dict:
     out = Path(s.out) / f"{board.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(report, indent=1))
+    atomic_write_text(out.with_suffix(".energy.md"), report["energy_table_md"] + "\n")
     save_config(out.parent, config)
     for warning in dict.fromkeys(w for runs in results.values() for r in runs for w in r["warnings"]):
         print(f"firmware warning: {warning}")
@@ -222,6 +279,13 @@ def format_report(report: dict) -> str:
         lines.append(f"  {kernels + ' kernels':18} {n / 1e6:6.1f} M instructions per window{per_mac} -> "
                      f"{report['seconds_per_window_est'][kernels] * 1e3:7.0f} ms at {mhz} MHz, real-time factor "
                      f"{report['real_time_factor_est'][kernels]:.3f} (estimate: {cpi:g} cycle per instruction)")
+    for kernels, modes in report["instructions_per_second_of_data"].items():
+        lines.append(f"  {kernels + ' kernels':18} instructions per second of data (measured per window x windows per "
+                     "second): " + ", ".join(f"{mode} {n / 1e6:.2f} M" for mode, n in modes.items()))
+    for kernels, n in (report.get("instructions_per_second_of_data_whole_run") or {}).items():
+        lines.append(f"  {kernels + ' kernels':18} whole firmware, {report['whole_run_mode']} as built: {n / 1e6:.2f} M "
+                     "instructions per second of data streamed (measured: boot, protocol, picking and the model)")
+    lines += ["", report["energy_table_md"], ""]
     for c in report["traces"]:
         kernels_agree = c["esp_nn_kernels"] == c["reference_kernels"]
         if c["python"] is None:

@@ -3,12 +3,15 @@ checked against the board's memory budget and written for the firmware.
 
 Out: ``quantize.out`` (``student.onnx``, ``model_fp32.tflite``, ``model_fp16.ef16`` (packed), ``model_int8.tflite``,
 ``quantize_report.json``, the resolved configuration) and ``quantize.firmware_dir`` (``model_data.cc/.h``,
-``model_config.h``), each folder written atomically: nothing partial on error, nothing written for a model over
-its budget.
+``model_config.h``, ``model_ops.h``). Both are staged beside their targets before the conversion and replace them
+together (pipeline.artifacts.atomic_dirs): nothing partial on error, nothing written for a model over its budget,
+and never the variants of one run beside the firmware model of another. The run's id (``quantize_id`` in
+quantize_report.json, ``EDGEPICK_QUANTIZE_ID`` in model_config.h) is what ``make firmware`` checks they share.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -16,7 +19,7 @@ import numpy as np
 
 from pipeline.data import generators
 from pipeline.deploy import boards
-from pipeline.artifacts import atomic_dir, save_config
+from pipeline.artifacts import atomic_dirs, save_config
 from pipeline.deploy.convert import QuantizeResult, c_array, quantize_student
 from pipeline.deploy.convert.chain import format_latency, format_variants
 from pipeline.errors import EdgepickError
@@ -43,47 +46,85 @@ def run(config) -> QuantizeResult:
     if q.firmware_precision not in precisions:
         raise EdgepickError(f"quantize.firmware_precision {q.firmware_precision} is not among quantize.precisions {precisions}")
     board = boards.get_board(config.board.name)
-    result = quantize_student(model, calibration, heldout, precisions, check_agreement=q.check_agreement,
-                              equalize_alpha=q.equalize_alpha, range_percentile=q.range_percentile)
+    out, firmware_dir = _output_folders(q)
+    # Both folders are staged first (one that cannot be written fails before the conversion) and replace their old
+    # selves together at the end: never the TFLite variants of one run beside the firmware model of another.
+    with atomic_dirs(out, firmware_dir) as (tmp, tmp_firmware):
+        result = quantize_student(model, calibration, heldout, precisions, check_agreement=q.check_agreement,
+                                  equalize_alpha=q.equalize_alpha, range_percentile=q.range_percentile)
+        budgets = _budgets(result, model, live, board, config.board, q.firmware_precision)
+        chosen = result.variants[q.firmware_precision]
+        payload = result.flatbuffers[q.firmware_precision]
+        firmware = (payload, chosen, model.pick_rule, budgets[q.firmware_precision], model.norm_eps, live)
+        run_id = quantize_id(result.flatbuffers, c_array.model_config_header(*firmware[1:]))
+        report = {
+            "student": str(q.student), "dataset": str(dataset), "calibration_windows": len(calibration),
+            "heldout_windows": len(heldout), "onnx_max_error": result.onnx_max_error,
+            "keras_max_error": result.keras_max_error, "variants": result.variants, "budgets": budgets,
+            "firmware_precision": q.firmware_precision, "board": board.name, "quantize_id": run_id,
+            "firmware_dir": str(firmware_dir),
+        }
+        _write_variants(tmp, result, report, config)
+        c_array.fill_firmware_dir(tmp_firmware, firmware_dir, c_array.firmware_files(*firmware, quantize_id=run_id),
+                                  payload)
+    print(f"wrote {out}/ and {firmware_dir}/ ({q.firmware_precision}, {chosen['bytes']} bytes, arena "
+          f"{chosen['arena_bytes']} bytes; quantize id {run_id})")
+    return result
+
+
+def quantize_id(flatbuffers: dict[str, bytes], header: str) -> str:
+    """The id of one make quantize run, written in quantize_report.json and model_config.h: a digest of every
+    variant and of what the firmware's header says, so ``make firmware`` can tell the two folders belong together."""
+    digest = hashlib.sha256()
+    for precision in sorted(flatbuffers):
+        digest.update(precision.encode() + flatbuffers[precision])
+    digest.update(header.encode())
+    return digest.hexdigest()[:16]
+
+
+def _output_folders(q) -> tuple[Path, Path]:
+    """quantize.out and quantize.firmware_dir, refused when one would replace the other."""
+    out, firmware_dir = Path(q.out), Path(q.firmware_dir)
+    a, b = out.resolve(), firmware_dir.resolve()
+    if a == b or a in b.parents or b in a.parents:
+        raise EdgepickError(f"quantize.out ({out}) and quantize.firmware_dir ({firmware_dir}) must be separate folders")
+    return out, firmware_dir
+
+
+def _budgets(result: QuantizeResult, model, live: LiveRule | None, board, board_config, firmware_precision: str) -> dict:
+    """Each variant's memory budget on the board (its info completed with what the firmware needs), the tables
+    printed; refuses a firmware variant over its budget."""
     budgets = {}
     for precision, info in result.variants.items():
         info["hop_samples"] = hop_samples(model)
         info["sampling_rate"] = float(model.sampling_rate)
         info["macs"] = model.count_macs()
+        info["s_needs_horizontals"] = bool(model.default_args.get("s_needs_horizontals", False))
         if live:  # the retraction's confirming curves: one hop of stitch buffer per confirming phase
             info["confirm_stitch_samples"] = live.hop * sum(v > 0 for v in live.confirms.values())
         info["estimated_latency"] = boards.estimate_latency(info["macs"], precision,
                                                             info["hop_samples"] / info["sampling_rate"])
-        budgets[precision] = boards.check_budget(board, info, config.board, raise_error=False)
+        budgets[precision] = boards.check_budget(board, info, board_config, raise_error=False)
     print(format_variants(result))
     print(format_latency(result))
     for precision, info in result.variants.items():
         if info["reference_picks"] and info["pick_agreement"] < info["agreement_required"]:
             print(f"WARNING: {precision} picks agree with PyTorch {info['pick_agreement']:.3f} < {info['agreement_required']}: "
                   "below the bar for shipping (fine-tune with `make qat`; quantize.check_agreement=true refuses it)")
-    chosen = result.variants[q.firmware_precision]
-    budget = budgets[q.firmware_precision]
-    print(boards.format_budget(budget))
-    if budget["overflow"]:
-        raise EdgepickError(budget["overflow"])
-    out = Path(q.out)
-    with atomic_dir(out) as tmp:
-        (tmp / "student.onnx").write_bytes(result.onnx_bytes)
-        for precision, data in result.flatbuffers.items():
-            suffix = "ef16" if precision == "fp16" else "tflite"
-            (tmp / f"model_{precision}.{suffix}").write_bytes(data)
-        report = {
-            "student": str(q.student), "dataset": str(dataset), "calibration_windows": len(calibration),
-            "heldout_windows": len(heldout), "onnx_max_error": result.onnx_max_error,
-            "keras_max_error": result.keras_max_error, "variants": result.variants, "budgets": budgets,
-            "firmware_precision": q.firmware_precision, "board": board.name,
-        }
-        (tmp / "quantize_report.json").write_text(json.dumps(report, indent=2, default=str))
-        save_config(tmp, config)
-    c_array.write_firmware(q.firmware_dir, result.flatbuffers[q.firmware_precision], chosen, model.pick_rule, budget,
-                           model.norm_eps, live)
-    print(f"wrote {out}/ and {q.firmware_dir}/ ({q.firmware_precision}, {chosen['bytes']} bytes, arena {chosen['arena_bytes']} bytes)")
-    return result
+    print(boards.format_budget(budgets[firmware_precision]))
+    if budgets[firmware_precision]["overflow"]:
+        raise EdgepickError(budgets[firmware_precision]["overflow"])
+    return budgets
+
+
+def _write_variants(tmp: Path, result: QuantizeResult, report: dict, config) -> None:
+    """quantize.out's files into its temporary: the ONNX model, every variant, the report, the configuration."""
+    (tmp / "student.onnx").write_bytes(result.onnx_bytes)
+    for precision, data in result.flatbuffers.items():
+        suffix = "ef16" if precision == "fp16" else "tflite"
+        (tmp / f"model_{precision}.{suffix}").write_bytes(data)
+    (tmp / "quantize_report.json").write_text(json.dumps(report, indent=2, default=str))
+    save_config(tmp, config)
 
 
 def _live_settings(live, in_samples: int) -> LiveRule | None:

@@ -29,7 +29,7 @@ from pipeline.deploy.convert.onnx_export import ONNX_TOLERANCE, export_onnx, onn
 from pipeline.deploy.convert.onnx_to_keras import keras_run, layer_name, module_of, onnx_to_keras
 from pipeline.errors import EdgepickError
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = boards.PRECISIONS
 AGREEMENT_REQUIRED = {"fp32": 0.99, "fp16": 0.99, "int8": 0.97}  # pick agreement with PyTorch to ship a variant
 
 

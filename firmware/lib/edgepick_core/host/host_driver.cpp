@@ -17,6 +17,8 @@
 //                         REQUEST fifo and its predictions read back from REPLY: a Python TFLite Micro server)
 //                         --confirm C WITHIN (anywhere after MODE): the live mode's retraction, confirming
 //                         look-ahead C ("N" or "P,S", 0: none) and its reach in samples
+//                         --s-needs-horizontals (anywhere after MODE): no S where a window's N and E are flat;
+//                         MODEL "zsquare" (P = 0.5 z^2, S = 0.45 z^2) fires S from Z alone
 //   serve ...             like stream, but reads the serial protocol from the file/tty named by $EDGEPICK_TTY
 //                         and writes the JSON lines back to it (the pseudo-terminal end-to-end test)
 #include <cinttypes>
@@ -76,8 +78,9 @@ bool Infer(void* context, const float* window, float* probs) {
   for (size_t i = 0; i < n; ++i) {
     const float z = model->layout == Layout::kChannelsLast ? window[i * 3 + 0] : window[i];
     const float e = model->layout == Layout::kChannelsLast ? window[i * 3 + 1] : window[n + i];
-    const float p = 0.9f * (z * z);
-    const float s = 0.9f * (e * e);
+    const bool z_only = model->kind == "zsquare";  // S from Z too: a model that fires S on a vertical-only stream
+    const float p = (z_only ? 0.5f : 0.9f) * (z * z);
+    const float s = z_only ? 0.45f * (z * z) : 0.9f * (e * e);
     probs[i * 3 + 0] = p;
     probs[i * 3 + 1] = s;
     probs[i * 3 + 2] = 1.0f - p - s;
@@ -100,6 +103,10 @@ int Stream(int argc, char** argv, bool serve) {
   // "--confirm C [WITHIN]" may stand anywhere after the mode: take it out before the positional arguments.
   std::vector<char*> args;
   for (int i = 0; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--s-needs-horizontals") == 0) {
+      config.s_needs_horizontals = true;
+      continue;
+    }
     if (std::strcmp(argv[i], "--confirm") != 0) {
       args.push_back(argv[i]);
       continue;
@@ -134,7 +141,7 @@ int Stream(int argc, char** argv, bool serve) {
         (model.reply = std::fopen(argv[15], "rb")) == nullptr) {
       return Usage();
     }
-  } else if (model.kind != "square") {
+  } else if (model.kind != "square" && model.kind != "zsquare") {
     return Usage();
   }
   const StreamBufferSizes sizes = ComputeStreamBufferSizes(config);

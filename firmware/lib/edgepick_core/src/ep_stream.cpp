@@ -164,12 +164,13 @@ void StreamPicker::RunWindow(uint64_t offset) {
     Message("error", "internal: window no longer in the ring buffer");
     return;
   }
-  NormalizeWindow(buffers_.window, n, config_.input_layout, config_.norm_eps);
+  const NormStats norm = NormalizeWindow(buffers_.window, n, config_.input_layout, config_.norm_eps);
   ++stats_.windows;
   if (!infer_(infer_context_, buffers_.window, buffers_.probs)) {
     ++stats_.failed_windows;
     Message("error", "inference failed; this window's predictions are missing");
   } else {
+    if (config_.s_needs_horizontals && norm.peak[1] == 0.0 && norm.peak[2] == 0.0) DropS(n);
     bool stacked = true;
     for (int p = 0; p < config_.n_phases; ++p) {
       stacked = stackers_[p].AddWindow(offset, buffers_.probs, n, config_.n_classes, config_.output_channels_last,
@@ -186,6 +187,17 @@ void StreamPicker::RunWindow(uint64_t offset) {
     }
   }
   if (offset + n > covered_until_) covered_until_ = offset + n;
+}
+
+// A window whose N and E are flat (a vertical-only station) gives no S: its S probability moves to noise, as the
+// Python student's annotate does with s_needs_horizontals (pipeline/model/components.py).
+void StreamPicker::DropS(size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const size_t s = config_.output_channels_last ? i * config_.n_classes + 1 : n + i;
+    const size_t noise = config_.output_channels_last ? i * config_.n_classes + 2 : 2 * n + i;
+    buffers_.probs[noise] += buffers_.probs[s];
+    buffers_.probs[s] = 0.0f;
+  }
 }
 
 void StreamPicker::Finalize(bool flush) {

@@ -42,6 +42,7 @@ struct StreamConfig {
   float top_tolerance = 0.5f;       // pick at the centre of the peak's top (< 0: first maximum), see ep_picker.h
   int top_half_width = 256;         // ... searched at most this many samples either side of the maximum
   float norm_eps = 1e-6f;            // relative epsilon of the normalisation
+  bool s_needs_horizontals = false;  // no S where a window's N and E are flat (pipeline/model/components.py)
   size_t blind_pre[kMaxPhases] = {0, 0, 0, 0};   // SeisBench "blinding", per picked phase
   size_t blind_post[kMaxPhases] = {0, 0, 0, 0};
   void SetBlinding(size_t pre, size_t post) {     // the same blinding for every phase (the exact replay)
@@ -131,6 +132,7 @@ class StreamPicker {
   void FillGap(uint64_t n, bool announce);
   void RunReadyWindows();
   void RunWindow(uint64_t offset);
+  void DropS(size_t n);
   void Finalize(bool flush);             // every sample final now (flush: all the windows run have covered)
   uint64_t SafeToFinalize(int phase) const;
   void EmitPick(const Pick& pick);
