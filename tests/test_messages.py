@@ -137,6 +137,7 @@ def test_a_teacher_folder_as_student_says_it_is_not_a_student(tmp_path, capsys):
     assert len(err) == 1 and "not an edgepick student" in err[0] and "in_channels" not in err[0], err
 
 
+@pytest.mark.slow
 def test_obspy_record_warnings_show_with_v_only(tmp_path):
     (tmp_path / "in").mkdir()
     _write_mseed(tmp_path / "in" / "a.mseed", samples=60000, damage=True)

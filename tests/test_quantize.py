@@ -359,6 +359,7 @@ def test_stage_refuses_a_live_hop_that_does_not_fit_before_converting(tmp_path, 
         assert not (tmp_path / "firmware").exists() and not (tmp_path / "tflite").exists()
 
 
+@pytest.mark.slow
 def test_tflite_and_firmware_folders_change_together_and_make_firmware_checks_they_match(tmp_path, capsys,
                                                                                           monkeypatch):
     """Issue 31, item 6: a firmware folder that cannot be written used to leave quantize.out replaced by the new run
