@@ -7,6 +7,7 @@ Out: ``quantize.out`` (``student.onnx``, ``model_fp32.tflite``, ``model_fp16.ef1
 together (pipeline.artifacts.atomic_dirs): nothing partial on error, nothing written for a model over its budget,
 and never the variants of one run beside the firmware model of another. The run's id (``quantize_id`` in
 quantize_report.json, ``EDGEPICK_QUANTIZE_ID`` in model_config.h) is what ``make firmware`` checks they share.
+A causal student's streaming model instead: pipeline/deploy/stream_quantize.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data import generators
-from pipeline.deploy import boards
+from pipeline.deploy import boards, stream_quantize
 from pipeline.artifacts import atomic_dirs, save_config
 from pipeline.deploy.convert import QuantizeResult, c_array, quantize_student
 from pipeline.deploy.convert.chain import format_latency, format_variants
@@ -30,9 +31,8 @@ from pipeline.model.student import hop_samples, load_student
 def run(config) -> QuantizeResult:
     q = config.quantize
     model = load_student(q.student)
-    if model.causal:
-        raise EdgepickError(f"{q.student} is a causal (streaming) student: its TFLite streaming export is not built yet "
-                            "(issue 30); quantize a plain student (student.causal=false)")
+    if model.causal:  # its streaming model: block + states in, probabilities + states out (issue 30)
+        return stream_quantize.run(config, model)
     live = _live_settings(config.live, model.in_samples)  # refused before the long conversion
     dataset = q.dataset or config.distill.dataset
     calibration = _windows(dataset, "train", max(int(q.calibration_windows), 1), model.in_samples, q.seed)

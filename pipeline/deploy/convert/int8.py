@@ -47,16 +47,19 @@ def equalize_depthwise(keras_model, pairs: list[tuple[str, str]], windows: np.nd
     """Activation equalisation for per-tensor INT8: scale each depthwise output channel i by s_i and the pointwise
     weights reading it by 1 / s_i. Exact in float (nothing sits between the two), it evens out the per-channel ranges
     of the depthwise output, which INT8 quantizes with one scale: s_i = (max_j r_j / r_i) ** alpha, r from
-    ``windows``. Returns the largest scale per pair. (After Nagel et al. 2019, data-free quantization.)"""
+    ``windows`` ((B, 3, N); a several-input model's: a list of (B, C, K) arrays, one per input). Returns the largest
+    scale per pair. (After Nagel et al. 2019, data-free quantization.)"""
     import keras
 
     if not pairs:
         return {}
-    x = np.transpose(np.asarray(windows, dtype=np.float32), (0, 2, 1))[:, :, None, :]
+    several = isinstance(windows, (list, tuple))
+    xs = [np.transpose(np.asarray(w, dtype=np.float32), (0, 2, 1))[:, :, None, :] for w in (windows if several else [windows])]
     probe = keras.Model(keras_model.inputs, [keras_model.get_layer(dw).output for dw, _ in pairs])
     outputs = [[] for _ in pairs]
-    for start in range(0, len(x), 16):
-        result = probe(x[start : start + 16], training=False)
+    for start in range(0, len(xs[0]), 16):
+        batch = [x[start : start + 16] for x in xs]
+        result = probe(batch if several else batch[0], training=False)
         result = result if isinstance(result, (list, tuple)) else [result]
         for k, value in enumerate(result):
             outputs[k].append(np.abs(np.asarray(value)).max(axis=(0, 1, 2)))

@@ -2,8 +2,10 @@
 
 Conv -> Conv2D / DepthwiseConv2D, ConvTranspose -> Conv2DTranspose (kernel = stride: a pointwise Conv2D and a
 depth-to-space RESHAPE), HardSwish, ReLU / ReLU6 (fused into the convolution by the converter), Add, Pad ->
-folded into the next convolution's SAME padding or ZeroPadding2D, Slice -> Cropping2D, Softmax; weights read from
-the ONNX initializers. An op outside that set is an :class:`EdgepickError` naming the op and the PyTorch module it
+folded into the next convolution's SAME padding or ZeroPadding2D, Slice -> Cropping2D, Concat along time ->
+Concatenate, Softmax; weights read from the ONNX initializers. One input (1, 3, N) -> one output is the whole-window
+student; several inputs (1, 3, N) + (1, C_i, K_i) and outputs are its streaming step (the block and each layer's
+carried context, :mod:`.stream_export`). An op outside that set is an :class:`EdgepickError` naming the op and the PyTorch module it
 came from. (onnx2tf guessed the depthwise layout wrongly and litert-torch kept channels-first TRANSPOSEs around
 every convolution: docs/design.md, "Export".)
 """
@@ -19,8 +21,8 @@ from pipeline.errors import EdgepickError
 from pipeline.model.student import same_padding
 
 
-SUPPORTED_ONNX_OPS = ("Conv", "ConvTranspose", "HardSwish", "Relu", "Clip", "Add", "Pad", "Slice", "Softmax",
-                      "BatchNormalization")
+SUPPORTED_ONNX_OPS = ("Conv", "ConvTranspose", "HardSwish", "Relu", "Clip", "Add", "Pad", "Slice", "Concat",
+                      "Softmax", "BatchNormalization")
 
 
 def module_of(node_name: str) -> str:
@@ -44,7 +46,8 @@ class _Pending:
 
 
 def onnx_to_keras(onnx_model):
-    """A Keras model equivalent to ``onnx_model`` (the student's op set), input (1, N, 1, 3), output (1, N, 1, 3)."""
+    """A Keras model equivalent to ``onnx_model`` (the student's op set), input (1, N, 1, 3), output (1, N, 1, 3);
+    a streaming step's (several inputs (1, C, K) -> (1, K, 1, C), named as in ONNX) takes and returns lists."""
     import keras
     from onnx import numpy_helper
 
@@ -61,13 +64,15 @@ def onnx_to_keras(onnx_model):
     for node in graph.node:
         for name in node.input:
             consumers[name] = consumers.get(name, 0) + 1
-    input_info = graph.input[0]
-    dims = [d.dim_value for d in input_info.type.tensor_type.shape.dim]
-    if len(dims) != 3 or dims[1] != 3:
-        raise EdgepickError(f"ONNX input must be (1, 3, N), got {dims}")
-    samples = dims[2]
-    inp = keras.Input(shape=(samples, 1, 3), batch_size=1, name="window")
-    values: dict[str, object] = {input_info.name: inp}
+    values: dict[str, object] = {}
+    inputs = []
+    for k, input_info in enumerate(graph.input):
+        dims = [d.dim_value for d in input_info.type.tensor_type.shape.dim]
+        if len(dims) != 3 or dims[0] != 1 or min(dims) < 1 or (k == 0 and dims[1] != 3):
+            raise EdgepickError(f"ONNX input {input_info.name} must be (1, {3 if k == 0 else 'C'}, N), got {dims}")
+        name = "window" if len(graph.input) == 1 else layer_name(input_info.name)
+        inputs.append(keras.Input(shape=(dims[2], 1, dims[1]), batch_size=1, name=name))
+        values[input_info.name] = inputs[-1]
 
     def attrs(node) -> dict:
         import onnx
@@ -209,12 +214,24 @@ def onnx_to_keras(onnx_model):
             values[node.output[0]] = keras.layers.Cropping2D(((begin, total - end), (0, 0)), name=name)(
                 materialise(node.input[0])
             )
+        elif node.op_type == "Concat":
+            if int(a.get("axis", 0)) not in (2, -1):
+                raise EdgepickError(f"{where}: only concatenation along time is supported")
+            values[node.output[0]] = keras.layers.Concatenate(axis=1, name=name)([materialise(i) for i in node.input])
         elif node.op_type == "Softmax":
             if int(a.get("axis", -1)) not in (1, -2):
                 raise EdgepickError(f"{where}: softmax must run over the class axis")
             values[node.output[0]] = keras.layers.Softmax(axis=-1, name=name)(materialise(node.input[0]))
-    out = materialise(graph.output[0].name)
-    return keras.Model(inp, out, name="edgepick_student")
+    if len(graph.input) == 1 and len(graph.output) == 1:
+        return keras.Model(inputs[0], materialise(graph.output[0].name), name="edgepick_student")
+    return keras.Model(inputs, [materialise(o.name) for o in graph.output], name="edgepick_stream")
+
+
+def keras_call(keras_model, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """One call of a several-input Keras model: arrays (1, C, K) in ONNX's layout in, the outputs likewise out."""
+    x = [np.transpose(np.asarray(a, dtype=np.float32), (0, 2, 1))[:, :, None, :] for a in arrays]
+    out = keras_model(x, training=False)
+    return [np.transpose(np.asarray(o)[:, :, 0, :], (0, 2, 1)) for o in (out if isinstance(out, (list, tuple)) else [out])]
 
 
 def keras_run(keras_model, windows: np.ndarray) -> np.ndarray:
