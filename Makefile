@@ -137,8 +137,8 @@ sweep: $(STAMP) ## grid over sweep.temperatures x sweep.alphas x sweep.base_chan
 test: $(STAMP) ## run the test suite (tests needing ../shared skip without it)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP) ## the inner loop: the fast subset of the suite (marker fast, tests/conftest.py), under a minute
-	$(PY) -m pytest -m fast -q $(PYTEST_ARGS)
+test-fast: $(STAMP) ## the inner loop: every test not marked slow (pyproject.toml's markers, tests/conftest.py), under a minute
+	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)
 
 quantize: $(STAMP) ## student -> ONNX -> TFLite FP32/FP16/INT8 (models/tflite), TFLite Micro checks, firmware/src/model/
 	$(edgepick) quantize $(config_flag) $(set_flags)

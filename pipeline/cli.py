@@ -82,8 +82,12 @@ def quiet_libraries(verbose: bool) -> None:
 def run_study(argv: list[str]) -> int:
     """``python -m pipeline study NAME ...``: the study ``pipeline.studies.NAME`` with the rest of the arguments."""
     from pipeline.errors import run_script
-    from pipeline.studies import NAMES
+    from pipeline.studies import MERGED, NAMES
 
+    if argv and argv[0] in MERGED:
+        print(f"edgepick study: error: study {argv[0]} is merged into study score: python -m pipeline study "
+              f"{MERGED[argv[0]]} ...", file=sys.stderr)
+        return 2
     if not argv or argv[0] not in NAMES:
         print(f"edgepick study: error: name one of {', '.join(NAMES)} (got {' '.join(argv[:1]) or 'none'}); "
               f"python -m pipeline study NAME --help", file=sys.stderr)

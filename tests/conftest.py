@@ -1,4 +1,5 @@
-"""Shared fixtures. Tests that need ../shared (real teachers and data) are marked and skip without it."""
+"""Shared fixtures and the `slow` marker's rules. Tests that need ../shared (real teachers and data) are marked
+`shared` and `slow` and skip without it."""
 
 import os
 import shutil
@@ -16,19 +17,42 @@ if (SHARED / "seisbench").is_dir():
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-# The inner loop's subset (make test-fast, under a minute on a quiet 2-core machine): the unit-level files, less the
-# tests marked slow or needing ../shared; make test runs everything.
-FAST_FILES = {"test_config.py", "test_artifacts.py", "test_pick_scoring.py", "test_import_graph.py",
-              "test_firmware_core.py", "test_firmware_stream.py", "test_firmware_live.py", "test_data.py",
-              "test_synthetic.py", "test_student.py", "test_okla.py", "test_seisbench_source.py", "test_continuous.py",
-              "test_teachers.py", "test_energy.py"}
+# make test-fast (the inner loop, under a minute) is `pytest -m "not slow"`: every test but those marked slow. A test
+# is slow when it takes more than FAST_LIMIT_S (pytest --durations=0 on the whole suite), builds a heavy fixture
+# (a trained or quantized student), runs the emulator, or needs ../shared: the last is marked here, from the
+# fixtures it asks for or its `shared` marker, so a new test that reads ../shared is slow without saying so.
+# Anything else lands in the fast subset by default; a run of the whole suite names the unmarked tests that took
+# much longer (WARN_OVER_S).
+NEEDS_SHARED = {"shared", "teacher_cache"}
+FAST_LIMIT_S = 2.0  # a test's own run (its call) on the loaded 2-core VM, beyond which it is marked slow
+# ... and beyond which the whole suite's run names an unmarked test: a loaded machine stretches a 1 s test to 4 s
+WARN_OVER_S = 5.0
+_unmarked_durations: dict[str, float] = {}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.path.name in FAST_FILES and not item.get_closest_marker("slow") \
-                and not item.get_closest_marker("shared"):
-            item.add_marker(pytest.mark.fast)
+        if item.get_closest_marker("shared") or NEEDS_SHARED & set(item.fixturenames):
+            item.add_marker(pytest.mark.shared)
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and "slow" not in report.keywords:
+        _unmarked_durations[report.nodeid] = report.duration
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    # On a run of the whole suite only: in a subset the first test to import a heavy library (TensorFlow: ~6 s on a
+    # loaded 2-core machine) pays for it, which the whole suite's order gives to a test already marked slow.
+    if config.option.markexpr:
+        return
+    over = sorted(((s, n) for n, s in _unmarked_durations.items() if s > WARN_OVER_S), reverse=True)
+    if over:
+        terminalreporter.write_sep("-", f"not marked slow, but over {WARN_OVER_S:g} s (mark them "
+                                        "@pytest.mark.slow, or make them faster)")
+        for seconds, nodeid in over:
+            terminalreporter.write_line(f"{seconds:6.1f} s  {nodeid}")
 
 
 @pytest.fixture

@@ -161,6 +161,7 @@ def test_each_model_is_scored_with_its_own_pick_rule():
         {phase: [t.tolist() for t in per] for phase, per in curves.picks(0.3).items()}
 
 
+@pytest.mark.slow
 def test_tflite_variants_pick_as_their_student(models):
     """A student saved with another pick rule: its TFLite variants are scored with that rule, not the default."""
     from pipeline.model.student import load_student
@@ -282,6 +283,7 @@ def test_live_latency_of_matched_picks_by_hand():
 
 
 # ---------------------------------------------------------------------------------------------- the stage
+@pytest.mark.slow
 def test_stage_writes_reports_with_documented_fields(models, dataset, fake_teacher, tmp_path, capsys):
     report = benchmark_stage.run(config_for(models, f"{dataset}:train", tmp_path / "reports"))
     printed = capsys.readouterr().out
@@ -356,6 +358,7 @@ def test_stage_writes_reports_with_documented_fields(models, dataset, fake_teach
     assert "live student pytorch-fp32 P: F1@0.1" in printed
 
 
+@pytest.mark.slow
 def test_a_second_benchmark_keeps_the_first_report(models, dataset, fake_teacher, tmp_path):
     first = benchmark_stage.run(config_for(models, f"{dataset}:train", tmp_path / "r"))
     write_miniseed(tmp_path / "mseed")
@@ -371,6 +374,7 @@ def test_a_second_benchmark_keeps_the_first_report(models, dataset, fake_teacher
     assert (tmp_path / "r" / "mine" / "benchmark.md").is_file() and (Path(first["folder"]) / "benchmark.md").is_file()
 
 
+@pytest.mark.slow
 def test_dataset_without_picks_is_agreement_only(models, dataset, fake_teacher, tmp_path):
     import shutil
 
@@ -398,6 +402,7 @@ def write_miniseed(folder, rate=100.0, seconds=120):
         trace.write(str(folder / f"XX.ABC.HH{component}.mseed"), format="MSEED")
 
 
+@pytest.mark.slow
 def test_continuous_miniseed_reports_agreement_and_picks_per_hour(models, fake_teacher, tmp_path):
     write_miniseed(tmp_path / "mseed")
     report = benchmark_stage.run(config_for(models, str(tmp_path / "mseed"), tmp_path / "r"))
@@ -408,6 +413,7 @@ def test_continuous_miniseed_reports_agreement_and_picks_per_hour(models, fake_t
     assert "no analyst labels" in (Path(report["folder"]) / "benchmark.md").read_text()
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_clear_error(models, dataset, fake_teacher, tmp_path):
     with pytest.raises(EdgepickError, match="holds no trace"):
         benchmark_stage.run(config_for(models, f"{dataset}:nosuchsplit", tmp_path / "r"))
@@ -420,6 +426,7 @@ def test_bad_input_is_one_clear_error(models, dataset, fake_teacher, tmp_path):
     assert not (tmp_path / "r").exists()  # nothing half-written
 
 
+@pytest.mark.slow
 def test_wrong_model_files_are_refused(tmp_path, models):
     bad = tmp_path / "tflite"
     bad.mkdir()
@@ -450,17 +457,17 @@ def test_teacher_on_stead50_agrees_with_notes(teacher_cache, shared, tmp_path):
         assert scored[phase][tol]["f1"] == pytest.approx(f1, abs=0.03), (phase, tol)
 
 
-@pytest.mark.parametrize("study", ["student", "quantize", "kd_vs_hard", "blinding", "live", "s_picks"])
+@pytest.mark.slow
+@pytest.mark.parametrize("study", ["score", "quantize", "kd_vs_hard", "live", "s_picks"])
 def test_studies_end_bad_input_with_one_line(study, tmp_path):
     """A study given a student or dataset that is not there: one line on stderr, exit 2, no traceback."""
     import subprocess
     import sys
 
     missing = str(tmp_path / "missing")
-    args = {"student": ["--student", missing, "--dataset", missing],
+    args = {"score": ["--student", missing, "--dataset", missing, "--json", str(tmp_path / "out.json")],
             "quantize": ["--student", missing],
             "kd_vs_hard": ["--dataset", missing, "--json", str(tmp_path / "out.json")],
-            "blinding": ["--student", missing, "--dataset", missing, "--json", str(tmp_path / "out.json")],
             "live": ["--student", missing, "--datasets", missing, "--json", str(tmp_path / "out.json")],
             "s_picks": ["--student", missing, "--dataset", f"{missing}:dev", "--out", str(tmp_path / "out.json")]}[study]
     result = subprocess.run([sys.executable, "-m", "pipeline", "study", study, *args], capture_output=True, text=True,
@@ -469,3 +476,15 @@ def test_studies_end_bad_input_with_one_line(study, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"study {study}: error: ") and "missing" in lines[0], result.stderr
     assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.parametrize("old", ["dev", "student", "blinding"])
+def test_merged_studies_name_the_score_command(old, capsys):
+    """The studies merged into study score: one error line naming the command that prints their figures."""
+    from pipeline import cli
+    from pipeline.studies import MERGED
+
+    assert cli.main(["study", old, "--student", "x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"study {old} is merged into study score" in err[0]
+    assert f"python -m pipeline study {MERGED[old]}" in err[0]

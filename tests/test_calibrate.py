@@ -119,17 +119,17 @@ def test_dev_splits_pool(labelled):
         dev_split.load_dev(config_for("unused", ""), f"{labelled}:dev,{labelled}:test")
 
 
-def test_dev_study_scores_what_recipe_choices_are_made_with(labelled, student_folder):
-    """The dev study (python -m pipeline study dev): per model, split and phase, F1 at 0.1 / 0.5 s at the model's
-    own threshold, make calibrate's objective (their mean) there and at the best threshold of the grid; two
-    analyst-picked splits also pooled, a split and its copy pooled scoring as the split."""
+def test_score_study_scores_what_recipe_choices_are_made_with(labelled, student_folder):
+    """study score on dev splits (python -m pipeline study score): per model, set and phase, F1 at 0.1 / 0.5 s at
+    the model's own threshold, make calibrate's objective (their mean) there and at the best threshold of the grid;
+    two analyst-picked sets also pooled, a set and its copy pooled scoring as the set."""
     from pipeline.model import runners
-    from pipeline.studies import dev as dev_study
+    from pipeline.studies import score
 
     student = runners.BenchModel("student", "pytorch", "fp32", [load_student(student_folder)], spec="s")
     part = dev_split.load_dev(config_for("unused", ""), f"{labelled}:dev")
-    report = dev_study.dev_report([student], [part, part], (0.2, 0.4, 0.6, 0.8))
-    assert set(report["s"]) == {part.label, "analyst dev, pooled"}
+    report = score.score_report([student], [part, part], grid=(0.2, 0.4, 0.6, 0.8), progress=False)["own"]
+    assert set(report["s"]) == {part.label, score.POOLED}
     own = student.members[0].pick_rule
     for phase in part.phases:
         scores = report["s"][part.label][phase]
@@ -137,8 +137,69 @@ def test_dev_study_scores_what_recipe_choices_are_made_with(labelled, student_fo
         assert scores["objective"] == pytest.approx((scores["f1_0.1"] + scores["f1_0.5"]) / 2)
         assert scores["best_threshold"] in (0.2, 0.4, 0.6, 0.8, own.threshold(phase))
         assert scores["best_objective"] >= scores["objective"]
-        assert report["s"]["analyst dev, pooled"][phase] == pytest.approx(scores)
+        assert report["s"][score.POOLED][phase] == pytest.approx(scores)
     assert any(report["s"][part.label][phase]["best_objective"] > 0 for phase in part.phases)  # picks were scored
+
+
+def test_score_study_splits_f1_by_s_minus_p():
+    """--by-sp: each S-P bin of >= 5 traces scored on its own traces' picks, at the set's thresholds; a smaller bin
+    is left out. Picks right on the near traces (S-P < 2 s), 3 s late on the far ones (>= 5 s)."""
+    from pipeline.studies import score
+
+    rate, n = 100.0, 3000
+    t = np.arange(n)
+    bump = lambda at: 0.9 * np.exp(-0.5 * ((t - at) / 15.0) ** 2)  # noqa: E731
+    sp = np.array([1.0] * 5 + [6.0] * 6 + [3.0] * 4)
+    data, truth = [], {"P": [], "S": []}
+    for k, gap in enumerate(sp):
+        late = 300 if gap >= 5 else 0
+        data.append(np.stack([bump(500 + late), bump(500 + 100 * gap + late)]).astype(np.float32))
+        truth["P"].append(np.array([5.0]))
+        truth["S"].append(np.array([5.0 + gap]))
+    part = dev_split.DevSplit([None] * len(sp), rate, "ZNE", truth, "analyst", "x", sp_s=sp)
+    curves = annotation.Curves(rate, PickRule(), [0] * len(sp), data)
+    scored = score.score_curves(curves, part, by_sp=True)
+    assert set(scored["by_sp"]) == {"S-P < 2 s", "S-P >= 5 s"}  # the 2-5 s bin has 4 traces
+    near, far = scored["by_sp"]["S-P < 2 s"], scored["by_sp"]["S-P >= 5 s"]
+    assert (near["traces"], far["traces"]) == (5, 6)
+    assert near["P"]["f1_0.1"] == near["S"]["f1_0.5"] == 1.0 and far["P"]["f1_0.5"] == far["S"]["f1_0.5"] == 0.0
+    assert scored["P"]["f1_0.5"] == pytest.approx(9 / 15)  # the whole set: 9 of 15 picks right (4 + 5 near ones)
+
+
+def test_score_study_ratios_are_to_the_first_model():
+    """Each model's F1 over the teacher's (the first model), per set, phase and tolerance; none over an F1 of 0."""
+    from pipeline.studies import score
+
+    per_model = {"t": {"x": {"P": {"f1_0.1": 0.0, "f1_0.5": 0.5}}},
+                 "s": {"x": {"P": {"f1_0.1": 0.2, "f1_0.5": 0.4}, "by_sp": {}}}}
+    score.add_ratios(per_model)
+    assert per_model["s"]["x"]["P"]["ratio_0.5"] == pytest.approx(0.8) and per_model["s"]["x"]["P"]["ratio_0.1"] is None
+    assert per_model["t"]["x"]["P"]["ratio_0.5"] == 1.0
+
+
+def test_score_study_blindings_annotate_once_per_distinct_blinding(labelled, student_folder, monkeypatch):
+    """--blinding own,student,none: a student's own blinding is the students' (annotated once for both), none
+    annotates again unblinded; each table scores the curves of its blinding."""
+    from pipeline.model import runners
+    from pipeline.studies import score
+
+    calls = []
+    original = annotation.dataset_curves
+
+    def counting(model, *args, **kwargs):
+        calls.append(kwargs.get("blinding"))
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(annotation, "dataset_curves", counting)
+    student = runners.BenchModel("student", "pytorch", "fp32", [load_student(student_folder)], spec="s")
+    part = dev_split.load_dev(config_for("unused", ""), f"{labelled}:dev")
+    report = score.score_report([student], [part], ("own", "student", "none"), progress=False)
+    assert calls == [None, (0, 0)]
+    assert report["own"] == report["student"]
+    assert student.members[0].pick_rule.blinding not in (None, (0, 0))  # so "none" is another annotation
+    with pytest.raises(EdgepickError, match="needs a student"):
+        score.score_report([runners.BenchModel("teacher", "pytorch", "fp32", student.members, spec="t")], [part],
+                           ("student",), progress=False)
 
 
 def test_nothing_to_choose_is_refused_and_the_saved_calibration_kept(labelled, tmp_path):

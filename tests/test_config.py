@@ -103,6 +103,7 @@ def test_the_command_line_refuses_in_one_line_and_keeps_what_was_there(tmp_path,
     assert (student / "edgepick_config.yaml").read_text() == "kept\n"
 
 
+@pytest.mark.slow
 def test_listen_port_dash_reads_stdin(tmp_path):
     """listen.port=- is stdin, as documented (YAML read it as the list [None]: "cannot open [None]")."""
     import json

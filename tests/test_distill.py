@@ -82,6 +82,7 @@ def test_phase_weight_from_both_weights_the_students_own_peaks_too():
         losses.distillation_loss(logits, teacher, None, t, 1.0, 5.0, "student")
 
 
+@pytest.mark.slow
 def test_training_writes_student_checkpoint_metrics_and_plot(labelled, tmp_path):
     out = tmp_path / "student"
     state = distill.run(tiny_config(labelled, out))
@@ -95,12 +96,14 @@ def test_training_writes_student_checkpoint_metrics_and_plot(labelled, tmp_path)
     assert student(x).shape == (1, 3, 1001)
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_on_cpu(labelled, tmp_path):
     a = distill.run(tiny_config(labelled, tmp_path / "a", epochs=1))
     b = distill.run(tiny_config(labelled, tmp_path / "b", epochs=1))
     assert a["history"][0]["train_loss"] == b["history"][0]["train_loss"]
 
 
+@pytest.mark.slow
 def test_resume_continues_and_corrupt_checkpoint_is_refused(labelled, tmp_path):
     out = tmp_path / "run"
     distill.run(tiny_config(labelled, out, epochs=1))
@@ -118,6 +121,7 @@ def test_resume_continues_and_corrupt_checkpoint_is_refused(labelled, tmp_path):
     assert checkpoint.read_bytes() == data[: len(data) // 2]  # nothing overwritten
 
 
+@pytest.mark.slow
 def test_diverging_loss_stops_and_keeps_last_good_checkpoint(labelled, tmp_path):
     out = tmp_path / "run"
     distill.run(tiny_config(labelled, out, epochs=1))
@@ -136,6 +140,7 @@ def test_hard_labels_needed_but_absent_is_an_error(tmp_path):
         distill.run(tiny_config(path, tmp_path / "out", alpha=0.5))
 
 
+@pytest.mark.slow
 def test_two_process_ddp_run_on_cpu(labelled, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -182,6 +187,7 @@ def test_live_windows_take_the_teachers_picks_where_a_folder_has_no_analyst_pick
     assert np.isfinite(state["history"][0]["train_loss"])
 
 
+@pytest.mark.slow
 def test_sweep_ranks_runs_writes_table_and_pareto_plot_and_resumes(labelled, tmp_path):
     from pipeline.stages import sweep
 
@@ -225,6 +231,7 @@ def test_pareto_front_keeps_only_undominated_runs():
     assert pareto_front(rows) == [rows[0], rows[2]]
 
 
+@pytest.mark.slow
 def test_on_the_fly_teacher_distils_without_a_cache(labelled, tmp_path, monkeypatch):
     """teacher.mode=on-the-fly: the teacher (a seeded random PhaseNet here, offline) runs on every batch, in the
     training loader's workers' context windows, and no soft-label cache is written."""
@@ -327,6 +334,7 @@ def test_bad_phase_weight_source_fails_before_anything_is_written(labelled, tmp_
 
 # issue 17: a diverged epoch is never saved; a resume applies or refuses changed settings; a corrupt file is one line
 
+@pytest.mark.slow
 def test_diverged_epoch_is_saved_neither_as_best_student_nor_as_checkpoint(labelled, tmp_path):
     """learning_rate=1e6: epoch 1's losses stay finite (1e9 train, 1e13 dev) but every BatchNorm running_var is inf."""
     out = tmp_path / "run"
@@ -336,6 +344,7 @@ def test_diverged_epoch_is_saved_neither_as_best_student_nor_as_checkpoint(label
     assert not (out / "checkpoint.pt").exists() and not (out / "student").exists()
 
 
+@pytest.mark.slow
 def test_divergence_on_resume_keeps_the_finite_checkpoint_and_student(labelled, tmp_path):
     out = tmp_path / "run"
     distill.run(tiny_config(labelled, out, epochs=1))
@@ -371,6 +380,7 @@ def test_non_finite_buffers_are_never_written_nor_resumed_from(labelled, tmp_pat
         distill.run(tiny_config(labelled, tmp_path / "run", epochs=2, resume=True))
 
 
+@pytest.mark.slow
 def test_resume_applies_a_new_learning_rate_and_epochs_and_says_so(labelled, tmp_path, capsys):
     from pipeline.distill.training import warmup_cosine
 
@@ -388,6 +398,7 @@ def test_resume_applies_a_new_learning_rate_and_epochs_and_says_so(labelled, tmp
     assert checkpoint["schedule"]["base_lrs"] == pytest.approx([1e-4])
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_student_dataset_or_teacher_naming_them(labelled, tmp_path):
     out = tmp_path / "run"
     distill.run(tiny_config(labelled, out, epochs=1))

@@ -18,6 +18,8 @@ from pipeline.errors import EdgepickError
 from pipeline.model.picking import LiveRule, PickRule
 from pipeline.deploy.serial_protocol import sample_lines
 
+pytestmark = pytest.mark.slow  # the emulator, and a quantized student built for it
+
 IN_SAMPLES = 1024  # a short window keeps each emulated Invoke to a few million instructions
 
 

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="no host g++
 # ---------------------------------------------------------------------------------------------------------------
 # End to end over a pseudo-terminal: the replay script against the host program serving the serial protocol
 # ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="no pseudo-terminals")
 def test_replay_over_pty(driver, tmp_path):
     import tty
@@ -44,6 +45,7 @@ def test_replay_over_pty(driver, tmp_path):
 
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "openpty") or not hasattr(os, "mkfifo"), reason="no pseudo-terminals / fifos")
 @pytest.mark.parametrize("model", ["mul-softmax", "int8-student"])
 def test_replay_over_pty_with_tflite_micro(driver, tmp_path, model):

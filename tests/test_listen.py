@@ -176,6 +176,7 @@ def test_two_sessions_started_in_the_same_second_keep_their_own_files_and_pick_i
 # ---------------------------------------------------------------------------------------------------------------
 # Item 3: Ctrl-C loses nothing in any format; kill -9 loses nothing of the journal
 # ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_ctrl_c_loses_no_pick_or_retraction_in_any_format(tmp_path):
     """SIGINT in the middle of a session: QuakeML, SC3ML and NonLinLoc hold the same picks, as many as the summary
     and the printed lines say, a retracted pick rejected in both XML formats and absent from NonLinLoc."""
@@ -194,6 +195,7 @@ def test_ctrl_c_loses_no_pick_or_retraction_in_any_format(tmp_path):
     assert len((out / f"{STATION}.pick_scnl").read_text().splitlines()) == n
 
 
+@pytest.mark.slow
 def test_kill_9_loses_nothing_of_the_journal_which_rebuilds_the_catalogs(tmp_path):
     """A session killed without a chance to write: its journal holds every pick line it printed, and listen
     reading the journal writes the catalogs of all of them."""
@@ -250,6 +252,7 @@ def test_max_seconds_is_kept_while_a_fifo_writer_is_silent(tmp_path, capsys):
     assert "listen: 1 s: 1 picks" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_max_seconds_is_kept_while_stdin_is_silent(tmp_path):
     process = listen_command("stdin", tmp_path / "out", "listen.max_seconds=1", stdin=subprocess.PIPE)
     try:
@@ -318,6 +321,7 @@ def test_a_line_that_is_not_utf8_is_noise_not_a_crash(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------------------------
 # The study that shows a session is linear (its figures are printed, never asserted)
 # ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_the_listen_study_prints_picks_per_second_and_the_ratio(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pipeline", "study", "listen", "--picks", "3", "--formats",
                              "quakeml,earthworm"], cwd=REPO, capture_output=True, text=True, timeout=300,

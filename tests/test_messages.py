@@ -19,6 +19,7 @@ def edgepick(*args, env=None, cwd=None):
                           env={**os.environ, **(env or {})}, cwd=cwd or REPO)
 
 
+@pytest.mark.slow
 def test_missing_teacher_weights_is_one_line(tmp_path):
     """The missing-weights error used to follow eight lines of SeisBench's download warnings."""
     result = edgepick("soft-labels", "--set", "teacher.name=phasenet:nosuchweights", "--set",
@@ -28,6 +29,7 @@ def test_missing_teacher_weights_is_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("edgepick soft-labels: error:"), result.stderr
 
 
+@pytest.mark.slow
 def test_data_stage_prints_no_library_warnings(tmp_path):
     result = edgepick("data", "--set", "data.synthetic.n_traces=20", "--set", f"data.out={tmp_path / 'd'}")
     assert result.returncode == 0, result.stderr
@@ -135,6 +137,7 @@ def test_a_teacher_folder_as_student_says_it_is_not_a_student(tmp_path, capsys):
     assert len(err) == 1 and "not an edgepick student" in err[0] and "in_channels" not in err[0], err
 
 
+@pytest.mark.slow
 def test_obspy_record_warnings_show_with_v_only(tmp_path):
     (tmp_path / "in").mkdir()
     _write_mseed(tmp_path / "in" / "a.mseed", samples=60000, damage=True)

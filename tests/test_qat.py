@@ -12,6 +12,7 @@ from pipeline.model.student import XiaoNet, load_student
 from helpers import tiny_config
 
 
+@pytest.mark.slow
 def test_fake_quantization_rounds_every_tflite_tensor_and_detaches_cleanly():
     torch.manual_seed(0)
     model = XiaoNet(base_channels=4, in_samples=1001).eval()
@@ -33,6 +34,7 @@ def test_fake_quantization_rounds_every_tflite_tensor_and_detaches_cleanly():
     assert torch.equal(model(x), reference)  # detached: the float student again
 
 
+@pytest.mark.slow
 def test_quantization_aware_fine_tuning_starts_from_a_saved_student(labelled, tmp_path):  # noqa: F811
     first = tiny_config(labelled, tmp_path / "float", epochs=1)
     distill.run(first)
@@ -54,6 +56,7 @@ def test_quantization_aware_fine_tuning_starts_from_a_saved_student(labelled, tm
         distill.run(other_activation)
 
 
+@pytest.mark.slow
 def test_quantization_aware_fine_tuning_that_diverges_saves_nothing(labelled, tmp_path):  # noqa: F811
     """make qat runs distill's loop (pipeline/stages/qat.py), so a diverged epoch is not kept there either."""
     from pipeline.stages import qat

@@ -52,6 +52,7 @@ def result(student, windows):
     return convert.quantize_student(student, windows[:6], windows[6:])
 
 
+@pytest.mark.slow
 def test_onnx_checked_and_matches_pytorch(result):
     import onnx
 
@@ -73,6 +74,7 @@ def test_keras_twin_matches_onnxruntime(student, windows):
     assert np.abs(onnx_to_keras.keras_run(keras_model, windows[:2]) - onnx_export.onnxruntime_run(onnx_model, windows[:2])).max() <= 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", convert.PRECISIONS)
 def test_each_precision_loads_in_tflm_with_measured_arena(result, windows, precision):
     info = result.variants[precision]
@@ -93,6 +95,7 @@ def test_each_precision_loads_in_tflm_with_measured_arena(result, windows, preci
         assert info["io"]["input"]["dtype"] == "int8" and info["io"]["output"]["dtype"] == "int8"
 
 
+@pytest.mark.slow
 def test_fp16_packing_round_trips(result):
     fp32 = result.flatbuffers["fp32"]
     representable = fp16_pack.round_float_weights_to_fp16(fp32)
@@ -107,6 +110,7 @@ def test_fp16_packing_round_trips(result):
         fp16_pack.expand_fp16(packed[:-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("g++") is None, reason="no host C++ compiler")
 def test_firmware_expander_matches_python(result, tmp_path):
     """The firmware's own FP16 expansion (lib/edgepick_core/src/ep_fp16) gives the Python twin's flatbuffer."""
@@ -126,6 +130,7 @@ def test_firmware_expander_matches_python(result, tmp_path):
     assert out.stdout == fp16_pack.expand_fp16(packed)
 
 
+@pytest.mark.slow
 def test_c_array_round_trip_and_config_header(result, tmp_path):
     info = dict(result.variants["int8"], hop_samples=hop_samples(XiaoNet(2, SAMPLES)), sampling_rate=100.0)
     rule = PickRule(p_threshold=0.25, s_threshold=0.35, top_half_width=128, blinding=(120, 130))
@@ -203,6 +208,7 @@ def _tiny_dataset(path, traces=12, samples=1500):
                              rng.normal(size=(3, samples)))
 
 
+@pytest.mark.slow
 def test_cli_refuses_over_budget_and_writes_nothing(tmp_path):
     _tiny_dataset(tmp_path)
     torch.manual_seed(0)
@@ -216,6 +222,7 @@ def test_cli_refuses_over_budget_and_writes_nothing(tmp_path):
     assert not firmware.exists() and not (tmp_path / "tflite").exists()
 
 
+@pytest.mark.slow
 def test_refined_int8_ranges_stay_valid(student, windows, result):
     info = result.variants["int8"]
     assert info["activation_percentile"] in int8.PERCENTILE_CANDIDATES
@@ -230,6 +237,7 @@ def test_refined_int8_ranges_stay_valid(student, windows, result):
     assert np.isfinite(out).all() and np.allclose(out.sum(axis=1), 1.0, atol=0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("activation", ["relu6", "relu"])
 def test_relu_students_convert_with_fused_activations(windows, activation):
     torch.manual_seed(3)
@@ -262,6 +270,7 @@ def test_tiny_calibration_set_and_missing_student_are_one_line_errors(tmp_path, 
     assert not (tmp_path / "firmware").exists() and not (tmp_path / "tflite").exists()
 
 
+@pytest.mark.slow
 def test_stage_takes_windows_from_a_mixture_of_datasets(tmp_path, capsys):
     """distill trains on a mixture "a,b"; quantize's calibration and held-out windows then come from each folder
     (this ended in "dataset a,b does not exist"), and the resolved configuration is saved beside the variants."""
@@ -350,6 +359,7 @@ def test_stage_refuses_a_live_hop_that_does_not_fit_before_converting(tmp_path, 
         assert not (tmp_path / "firmware").exists() and not (tmp_path / "tflite").exists()
 
 
+@pytest.mark.slow
 def test_tflite_and_firmware_folders_change_together_and_make_firmware_checks_they_match(tmp_path, capsys,
                                                                                           monkeypatch):
     """Issue 31, item 6: a firmware folder that cannot be written used to leave quantize.out replaced by the new run

@@ -149,6 +149,7 @@ def test_a_good_replay_writes_everything_and_leaves_no_thread_behind(mseed, tmp_
 
 @pytest.mark.parametrize("mode,why", [("silent", "none within 1 s of the last sample"),
                                       ("unplugged", "reset or unplugged?")])
+@pytest.mark.slow
 def test_a_board_that_stops_answering_loses_nothing_it_sent(mseed, tmp_path, capsys, mode, why):
     """No end-of-stream summary (the board reset, timed out or was unplugged): every output is written with
     every pick received, one line says the summary is missing, the exit code is not 0, no thread traceback."""

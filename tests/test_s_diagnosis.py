@@ -85,6 +85,7 @@ def test_figures_draw(tmp_path):
     assert len(fig2.axes) == 3
 
 
+@pytest.mark.slow
 def test_s_picks_study_writes_classes_statistics_and_figures(labelled, tmp_path, monkeypatch, capsys):
     """python -m pipeline study s_picks on a dev split: pick classes per model that add up to its picks, the curve
     statistics per bin, and the figures; a test split is refused (it is what gets reported)."""

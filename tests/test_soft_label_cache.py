@@ -46,6 +46,7 @@ def small_dataset(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------ the cache
+@pytest.mark.slow
 def test_cache_round_trip_and_reuse(small_dataset, fake_teachers, tmp_path):
     cache = SoftLabelCache.open(small_dataset, "phasenet:fake", progress=False)
     assert cache.path == small_dataset / "soft_labels" / "phasenet-fake.hdf5"
@@ -83,6 +84,7 @@ def test_cache_round_trip_and_reuse(small_dataset, fake_teachers, tmp_path):
     assert fake_teachers["traces"] == seen["traces"] + len(LENGTHS)
 
 
+@pytest.mark.slow
 def test_resume_after_interrupted_build(small_dataset, fake_teachers, tmp_path):
     paths = build_soft_labels(small_dataset, "phasenet:fake", traces_per_flush=2, max_traces=3, progress=False)
     assert paths[0].name == "phasenet-fake.hdf5.partial"
@@ -102,6 +104,7 @@ def test_resume_after_interrupted_build(small_dataset, fake_teachers, tmp_path):
         np.testing.assert_array_equal(resumed.labels(i), fresh.labels(i))
 
 
+@pytest.mark.slow
 def test_corrupt_partial_starts_over(small_dataset, fake_teachers):
     partial = small_dataset / "soft_labels" / "phasenet-fake.hdf5.partial"
     partial.parent.mkdir()
@@ -174,6 +177,7 @@ def test_training_chain_target_follows_the_random_window(small_dataset, fake_tea
     assert len(starts) > 5 and max(starts) > 0  # random windows, not all at the trace start
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("p0, strategy", [(100, "pad"), (-50, "pad"), (1500, "variable")])
 def test_generator_crops_waveform_and_target_identically(small_dataset, fake_teachers, p0, strategy):
     """Whatever the window kept of the trace (a part, a part plus padding before or after it, a shorter rest), the
@@ -247,6 +251,7 @@ def test_cache_in_dataloader_workers(small_dataset, fake_teachers):
     np.testing.assert_array_equal(batch["y_soft"].numpy(), expected)
 
 
+@pytest.mark.slow
 def test_on_the_fly_matches_cache(small_dataset, fake_teachers):
     cache = SoftLabelCache.open(small_dataset, "phasenet:fake", progress=False)
     dataset = open_dataset(small_dataset)
@@ -261,6 +266,7 @@ def test_on_the_fly_matches_cache(small_dataset, fake_teachers):
         online.predict(windows, context=3000)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", ["phasenet:fake", "phasenet:filtered*0.6+phasenet:fake*0.4"])
 def test_on_the_fly_training_target_equals_cached_target(small_dataset, fake_teachers, monkeypatch, spec):
     """The same windows through the cache path (SoftLabelOrigin ... CropSoftLabels) and the on-the-fly path

@@ -69,6 +69,7 @@ def result(student, heldout, rule):
     return fp32
 
 
+@pytest.mark.slow
 def test_fp32_stream_in_tflite_micro_equals_the_pytorch_stream(result, student):
     info = result.variants["fp32"]
     assert result.onnx_max_error <= 1e-5 and result.keras_max_error <= 1e-5
@@ -78,6 +79,7 @@ def test_fp32_stream_in_tflite_micro_equals_the_pytorch_stream(result, student):
     assert info["ops"]["CONCATENATION"] == len(StreamStep(student).state_shapes())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", se.STREAM_PRECISIONS)
 def test_interface_is_the_steps_order_and_the_arena_is_measured_and_small(result, precision):
     info, flatbuffer = result.variants[precision], result.flatbuffers[precision]
@@ -91,6 +93,7 @@ def test_interface_is_the_steps_order_and_the_arena_is_measured_and_small(result
     assert tflm.load(flatbuffer, arena - 1)[0] is None, "the measured arena is not minimal"
 
 
+@pytest.mark.slow
 def test_int8_states_keep_one_quantization_and_float_state_io_only_costs(result):
     int8, float_io = result.variants["int8"], result.variants["int8_float_io"]
     ins, outs = int8["io"]["inputs"], int8["io"]["outputs"]
@@ -107,6 +110,7 @@ def test_int8_states_keep_one_quantization_and_float_state_io_only_costs(result)
     assert float_io["bytes"] > int8["bytes"] and float_io["arena_bytes"] > int8["arena_bytes"]
 
 
+@pytest.mark.slow
 def test_a_state_quantized_differently_in_and_out_fails_loudly(result):
     from tensorflow.lite.tools import flatbuffer_utils
 
@@ -122,6 +126,7 @@ def test_a_state_quantized_differently_in_and_out_fails_loudly(result):
         tflm_stream.check_io(result.variants["int8"]["io"], [(1, 3, 5)] + result.state_shapes[1:])
 
 
+@pytest.mark.slow
 def test_int8_stream_follows_the_pytorch_stream_block_by_block(result, heldout):
     """run_stream from zero states (the zero point of each int8 state) is the stream: its probabilities track the
     float ones on every finished sample, and its first blocks are the same as a fresh interpreter's."""
@@ -140,6 +145,7 @@ def test_int8_stream_follows_the_pytorch_stream_block_by_block(result, heldout):
     assert np.isnan(whole[~done]).all() and np.abs(whole[done] - reference[done]).max() <= se.STREAM_TOLERANCE["int8"]
 
 
+@pytest.mark.slow
 def test_macs_from_hooks_equal_the_graphs_and_the_whole_window_per_block(result, student):
     for precision in se.STREAM_PRECISIONS:  # the same architecture in each
         assert result.macs_per_block == result.variants[precision]["graph_macs_per_block"]
@@ -174,6 +180,7 @@ def test_bad_input_is_one_error_line(student):
         assert "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_state_description_and_header_for_the_firmware(result, student, tmp_path):
     info = result.variants["int8"]
     description = stream_c.state_description(info, result.state_layers, student)
@@ -200,6 +207,7 @@ def test_state_description_and_header_for_the_firmware(result, student, tmp_path
                            check=True)
 
 
+@pytest.mark.slow
 def test_quantize_stage_writes_the_streaming_model_of_a_causal_student(tmp_path, capsys):
     _tiny_dataset(tmp_path, traces=12, samples=30 * BLOCK)
     causal_student().save(tmp_path / "student")

@@ -39,6 +39,7 @@ def waveform(n, seed=0):
     return x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("refine_blocks", [0, 1])
 def test_whole_window_forward_is_the_stream_block_by_block(refine_blocks):
     model = causal_student(refine_blocks)
@@ -52,6 +53,7 @@ def test_whole_window_forward_is_the_stream_block_by_block(refine_blocks):
     assert [s[-1] for s in StreamStep(model).state_shapes()] == [6, 1, 1, 2, 4, 6, 4, 4, 4] + [4] * refine_blocks + [4]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("refine_blocks", [0, 1])
 def test_no_score_sees_past_its_block_and_the_reach_is_traced(monkeypatch, refine_blocks):
     monkeypatch.setattr(streaming, "running_normalize", lambda x, blocks, eps: x)  # the network alone
@@ -83,6 +85,7 @@ def test_running_normalisation_is_the_window_ending_with_each_block():
     assert np.abs(whole).max() <= 1.0 and running_normalize(np.zeros((3, BLOCK)), 4, 1e-6).max() == 0
 
 
+@pytest.mark.slow
 def test_annotate_of_a_causal_student_is_its_stream_from_the_first_sample():
     model = causal_student()
     x = waveform(5000, seed=2)

@@ -62,6 +62,7 @@ def finetune_config(dataset, out, **overrides) -> Config:
     return config
 
 
+@pytest.mark.slow
 def test_one_epoch_improves_saves_a_loadable_teacher_and_resumes(labelled, tmp_path, untrained):
     out = tmp_path / "teacher"
     state = teacher_finetune.run(finetune_config(labelled, out))
@@ -90,6 +91,7 @@ def test_one_epoch_improves_saves_a_loadable_teacher_and_resumes(labelled, tmp_p
     assert (out / "teacher" / "teacher.pt").read_bytes() == saved
 
 
+@pytest.mark.slow
 def test_eqtransformer_fine_tunes_with_its_own_loss_and_is_a_teacher(labelled, tmp_path, untrained):
     """EQTransformer: 6000-sample windows, detection + P + S sigmoids, weighted binary cross-entropy."""
     out = tmp_path / "eqt"

@@ -28,7 +28,7 @@ def resolve_dataset(config, spec: str | None = None) -> tuple[Path, str]:
 
 def load_labelled(path: Path, split: str, max_traces: int = 0, seed: int = 0):
     """(waveforms, metadata, rate, component order) of a SeisBench-format folder or one of its splits."""
-    dataset = open_dataset(path, sampling_rate=None)
+    dataset = open_dataset(path, sampling_rate=None, component_order="ZNE")  # SeisBench's default, without its warning
     if split:
         if "split" not in dataset.metadata.columns:
             raise EdgepickError(f"dataset {path} has no split column; pass DATASET={path} to use every trace")

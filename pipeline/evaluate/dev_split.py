@@ -1,7 +1,8 @@
-"""A dev split students are scored on (``make calibrate``, ``make sweep``, the dev study): its traces as station
+"""A dev split students are scored on (``make calibrate``, ``make sweep``, ``study score``): its traces as station
 streams and the picks they are scored against, the F1 of each threshold and the objective recipe choices are made
 with (the mean F1 over the tolerances, each phase at its best threshold). Only a dev split: a test split or a whole
-folder is refused, as it is what gets reported."""
+folder is refused, as it is what gets reported (``study score --split test|all`` alone loads those, with
+:func:`load_split`'s ``dev_only=False``)."""
 
 from __future__ import annotations
 
@@ -30,11 +31,15 @@ class DevSplit:
     # phase -> per trace, whether its set has picks of that phase: a set without S picks (deepdenoiser99) is not
     # scored on S, or a pooled split would count its real S arrivals as false picks (default: from ``phases``)
     labelled: dict = dataclasses.field(default_factory=dict)
+    # per trace, its first S minus its first P analyst pick (s; NaN without both): the score study's S-P bins
+    sp_s: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not self.labelled:
             phases = self.phases
             self.labelled = {phase: [phase in phases] * len(self.waveforms) for phase in metrics.PHASES}
+        if self.sp_s is None:
+            self.sp_s = np.full(len(self.waveforms), np.nan)
 
     @property
     def phases(self) -> list[str]:
@@ -53,7 +58,7 @@ def load_dev(config, spec: str) -> DevSplit:
     """The dev split ``spec`` ("path:split"; several, comma-separated, pool; "" = the dev split of distill.dataset's
     first folder), at most ``calibrate.max_traces`` of each (seeded); a test split or a whole folder is refused (it
     is what gets reported)."""
-    parts = [_load_one_dev(config, one.strip()) for one in spec.split(",") if one.strip()] or [_load_one_dev(config, "")]
+    parts = [load_split(config, one.strip()) for one in spec.split(",") if one.strip()] or [load_split(config, "")]
     return pool_dev(parts)
 
 
@@ -70,16 +75,23 @@ def pool_dev(parts: list[DevSplit]) -> DevSplit:
         against=" + ".join(dict.fromkeys(part.against for part in parts)),
         label=",".join(part.label for part in parts),
         labelled={phase: [flag for part in parts for flag in part.labelled[phase]] for phase in metrics.PHASES},
+        sp_s=np.concatenate([part.sp_s for part in parts]),
     )
 
 
-def _load_one_dev(config, spec: str) -> DevSplit:
-    path, split = _dev_split(config, spec)
+def load_split(config, spec: str, dev_only: bool = True) -> DevSplit:
+    """One set ("path:split", or "path" for every trace) as a dev split is scored: at most
+    ``calibrate.max_traces`` of its traces (seeded), against its analyst picks inside each trace or, where it has
+    none, the teacher's (``teacher.name``). ``dev_only``: a test split or a whole folder is refused (what make
+    calibrate and recipe choices take); the score study passes False for the test halves and whole sets it reports."""
+    path, split = _dev_split(config, spec, dev_only)
     c = config.calibrate
     waveforms, metadata, rate, order = load_labelled(path, split, c.max_traces, c.seed)
-    truth, by_teacher = annotation.reference_picks(waveforms, metadata, rate, order, config.teacher.name)
+    truth, by_teacher = annotation.reference_picks(waveforms, metadata, rate, order, config.teacher.name,
+                                                   n_samples=[w.shape[-1] for w in waveforms])
     against = f"teacher {config.teacher.name}" if by_teacher else "analyst"
-    return DevSplit(waveforms, rate, order, truth, against, f"{path}{':' + split if split else ''}")
+    return DevSplit(waveforms, rate, order, truth, against, f"{path}{':' + split if split else ''}",
+                    sp_s=metrics.sp_seconds(metadata))
 
 
 def threshold_table(curves: annotation.Curves, truth: dict, thresholds, tolerances,
@@ -121,7 +133,7 @@ def objective(table: list[dict], phase: str, threshold: float) -> float:
     return _objective_row(row, phase)
 
 
-def _dev_split(config, spec: str) -> tuple[Path, str]:
+def _dev_split(config, spec: str, dev_only: bool = True) -> tuple[Path, str]:
     if not spec:
         first = next((p.strip() for p in config.distill.dataset.split(",") if p.strip()), "")
         if not first:
@@ -130,7 +142,7 @@ def _dev_split(config, spec: str) -> tuple[Path, str]:
     path, split = resolve_dataset(config, spec)
     if not (path / "metadata.csv").is_file():
         raise EdgepickError(f"dev split {spec}: {path} is not a SeisBench-format folder (no metadata.csv)")
-    if split in ("", "test"):
+    if dev_only and split in ("", "test"):
         raise EdgepickError(f"dev split {spec}: tune on a dev split (path:dev), not on "
                             f"{'every trace' if not split else 'the test split'}, which the benchmark reports")
     return path, split

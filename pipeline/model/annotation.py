@@ -10,6 +10,7 @@ probabilities, so the benchmark picks at any threshold with each model's own :cl
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Sequence
 
@@ -206,19 +207,20 @@ def _finite_runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 
 def annotation_curves(model, stream: obspy.Stream, keys: Sequence[str], refs: Sequence[obspy.UTCDateTime],
-                      batch_size: int = 64) -> Curves:
+                      batch_size: int = 64, **annotate_args) -> Curves:
     """``model.annotate(stream)`` of every member of a :class:`pipeline.model.runners.BenchModel`, as Curves
-    over ``keys`` ("NET.STA.LOC"); an ensemble mixes its members' (P, S, noise) distributions by weight."""
+    over ``keys`` ("NET.STA.LOC"); an ensemble mixes its members' (P, S, noise) distributions by weight.
+    ``annotate_args`` override every member's annotate defaults (``blinding``: the curves' rule records it)."""
     rate = model.sampling_rate
     per_member = []
     for member in model.members:
-        annotations = member.annotate(stream, batch_size=batch_size)
+        annotations = member.annotate(stream, batch_size=batch_size, **annotate_args)
         grouped: dict[str, list] = {}
         for trace in annotations:
             key = f"{trace.stats.network}.{trace.stats.station}.{trace.stats.location}"
             grouped.setdefault(key, []).append(trace)
         per_member.append(grouped)
-    curves = Curves(rate, model_rule(model))
+    curves = Curves(rate, _curves_rule(model, annotate_args))
     for key, ref in zip(keys, refs):
         pieces = [(m, tr, int(round((tr.stats.starttime - ref) * rate))) for m, g in enumerate(per_member)
                   for tr in g.get(key, [])]
@@ -267,6 +269,14 @@ def model_rule(model) -> PickRule:
     return PickRule(top_tolerance=None, blinding=blinding)
 
 
+def _curves_rule(model, annotate_args: dict) -> PickRule:
+    """:func:`model_rule`, with the blinding the annotate call overrides."""
+    rule = model_rule(model)
+    if "blinding" in annotate_args:
+        rule = dataclasses.replace(rule, blinding=tuple(annotate_args["blinding"]))
+    return rule
+
+
 def reference_picks(waveforms: Sequence[np.ndarray], metadata, rate: float, component_order: str, teacher: str,
                     n_samples: Sequence[int] | None = None, progress: bool = True) -> tuple[dict, bool]:
     """The picks a set is scored against, per phase and trace in seconds from its first sample: its analyst picks
@@ -281,15 +291,16 @@ def reference_picks(waveforms: Sequence[np.ndarray], metadata, rate: float, comp
 
 
 def dataset_curves(model, waveforms: Sequence[np.ndarray], rate: float, component_order: str,
-                   traces_per_call: int = 64, batch_size: int = 64, progress: bool = True) -> Curves:
-    """Curves of every whole trace (station ``T<i>``), annotated ``traces_per_call`` traces per call."""
+                   traces_per_call: int = 64, batch_size: int = 64, progress: bool = True, **annotate_args) -> Curves:
+    """Curves of every whole trace (station ``T<i>``), annotated ``traces_per_call`` traces per call
+    (``annotate_args`` as in :func:`annotation_curves`)."""
     from tqdm import tqdm
 
-    curves = Curves(model.sampling_rate, model_rule(model))
+    curves = Curves(model.sampling_rate, _curves_rule(model, annotate_args))
     starts = range(0, len(waveforms), traces_per_call)
     for start in tqdm(starts, desc=f"{model.label:24}", unit="call", disable=not progress, leave=False):
         chunk = waveforms[start : start + traces_per_call]
         stream = traces_to_stream(chunk, rate, component_order, first=start)
         keys = [f"{_NETWORK}.T{start + i}." for i in range(len(chunk))]
-        curves.extend(annotation_curves(model, stream, keys, [_START] * len(chunk), batch_size))
+        curves.extend(annotation_curves(model, stream, keys, [_START] * len(chunk), batch_size, **annotate_args))
     return curves

@@ -1,4 +1,5 @@
-"""Seconds per distillation epoch: the soft-label cache against the PhaseNet teacher run on the fly.
+"""Seconds per distillation epoch: the soft-label cache against the PhaseNet teacher run on the fly (``study
+soft_labels`` times the parts: cache build and reads, one teacher pass per window).
 
     SEISBENCH_CACHE_ROOT=../shared/seisbench python -m pipeline study distill_modes \
         --dataset data/synthetic --windows 2048 --batch 64 --epochs 2 --repeat 2

@@ -7,9 +7,10 @@
 Trains two students with ``pipeline.distill.loop.distill`` from one config: ``kd`` with the config's temperature and alpha
 (default T 4, alpha 1: the teacher's soft targets only) and ``hard`` with alpha 0 (cross-entropy with the
 dataset's probabilistic labels only). The training set must be labelled. Each run is resumable (``--out`` keeps
-both; a finished run is not trained again). Then both, and the teacher, are scored with protocol 1 of
-``pipeline.model.annotation.evaluate_picker`` on every ``--eval`` set (pipeline/studies/student.py): F1 for P and S at 0.1 / 0.5 s and
-by S-P time. Prints a table; ``--json`` writes every figure.
+both; a finished run is not trained again). Then both, and the teacher, are scored on every ``--eval`` set (every
+trace of a folder, or one split) by ``study score``'s function (pipeline/studies/score.py): F1 for P and S at 0.1 /
+0.5 s at each model's own thresholds, their ratio to the teacher's, and by S-P time. Prints its table; ``--json``
+writes every figure.
 """
 
 from __future__ import annotations
@@ -18,16 +19,16 @@ import argparse
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
-from pipeline.studies import student as benchmark_student
-
-from pipeline.distill import training
-from pipeline.model import teachers
 from pipeline.config import Config
-from pipeline.errors import run_script
 from pipeline.distill import loop as distillation
+from pipeline.distill import training
+from pipeline.errors import run_script
+from pipeline.evaluate import dev_split
+from pipeline.model import runners
 from pipeline.model.student import load_student
+from pipeline.studies import score
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def train(args, alpha: float, out: Path) -> Path:
@@ -59,30 +60,22 @@ def main(argv: list[str] | None = None) -> None:
     evals = args.eval or [str(ROOT.parent / "shared" / "datasets" / "stead50"), f"{args.dataset}:test"]
 
     config = Config.load(None, args.set)
+    config.calibrate.max_traces = 0  # every trace of each set
+    parts = [dev_split.load_split(config, spec, dev_only=False) for spec in evals]  # refused before any training
     kd_alpha = config.distill.alpha if config.distill.alpha > 0 else 1.0
     out = Path(args.out)
     hard = train(args, 0.0, out / "hard")  # first: distill refuses data without picks before any training
     runs = {f"kd (T {config.distill.temperature:g}, alpha {kd_alpha:g})": train(args, kd_alpha, out / "kd"),
             "hard labels (alpha 0)": hard}
-    models = {f"teacher {config.teacher.name}": teachers.load_single_model(config.teacher.name)}
-    models.update({name: load_student(path) for name, path in runs.items()})
-
-    report = {"dataset": args.dataset, "epochs": args.epochs, "windows_per_epoch": args.windows, "results": {}}
-    for spec in evals:
-        dataset = benchmark_student.open_split(spec)
-        results = {name: benchmark_student.evaluate(model, dataset, args.threshold) for name, model in models.items()}
-        report["results"][spec] = results
-        print(f"\n== {spec}: {len(dataset)} traces, threshold {args.threshold}; students trained {args.epochs} epochs x "
-              f"{args.windows} windows on {args.dataset}")
-        print(f"{'model':32} {'P F1@0.5':>9} {'S F1@0.5':>9} {'P F1@0.1':>9} {'S F1@0.1':>9}")
-        for name, result in results.items():
-            s = result["all"]
-            print(f"{name:32} {s['P'][0.5]['f1']:9.3f} {s['S'][0.5]['f1']:9.3f} {s['P'][0.1]['f1']:9.3f} {s['S'][0.1]['f1']:9.3f}")
-        for _, _, bin_name in benchmark_student.SP_BINS:
-            rows = [(name, r[bin_name]) for name, r in results.items() if bin_name in r]
-            if rows:
-                print(f"  {bin_name} ({rows[0][1]['traces']} traces): " + "; ".join(
-                    f"{name.split(' (')[0]} P {r['P'][0.5]['f1']:.3f} S {r['S'][0.5]['f1']:.3f}" for name, r in rows))
+    models = [runners.load_teacher(config.teacher.name)]
+    models[0].spec = f"teacher {config.teacher.name}"
+    models += [runners.BenchModel("student", "pytorch", "fp32", [load_student(path)], spec=name) for name, path in runs.items()]
+    results = score.score_report(models, parts, threshold=args.threshold, by_sp=True)["own"]
+    sizes = score.set_sizes(parts)
+    print(f"\nstudents trained {args.epochs} epochs x {args.windows} windows on {args.dataset}")
+    score.print_report({"own": results}, sizes, threshold=args.threshold)
+    report = {"dataset": args.dataset, "epochs": args.epochs, "windows_per_epoch": args.windows, "traces": sizes,
+              "results": results}
     if args.json:
         from pipeline.artifacts import atomic_write_text
 

@@ -1,4 +1,5 @@
-"""Measure the soft-label cache against running the teacher on the fly.
+"""Measure the soft-label cache against running the teacher on the fly, part by part (``study distill_modes``
+measures what the parts add up to: whole distillation epochs in either mode).
 
     SEISBENCH_CACHE_ROOT=../shared/seisbench python -m pipeline study soft_labels \
         --traces 1000 --threads 2 --out /tmp/softlabel_bench
