@@ -153,7 +153,10 @@ def test_a_good_replay_writes_everything_and_leaves_no_thread_behind(mseed, tmp_
 def test_a_board_that_stops_answering_loses_nothing_it_sent(mseed, tmp_path, capsys, mode, why):
     """No end-of-stream summary (the board reset, timed out or was unplugged): every output is written with
     every pick received, one line says the summary is missing, the exit code is not 0, no thread traceback."""
-    rc, _, thread_errors = replay(mode, mseed, tmp_path)
+    # the unplugged board closes ~1 s after its last pick: a longer --timeout (the last one given counts) keeps the
+    # replay's own 1 s timeout from racing the unplug on a loaded machine
+    more = ["--timeout", "10"] if mode == "unplugged" else []
+    rc, _, thread_errors = replay(mode, mseed, tmp_path, *more)
     err = capsys.readouterr().err.splitlines()
     assert rc == 2 and thread_errors == []
     assert written(tmp_path) == {**EXPECTED, "log": 3}
