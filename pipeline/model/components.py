@@ -9,18 +9,19 @@ from __future__ import annotations
 import torch
 
 
-def horizontals_flat(batch: torch.Tensor) -> torch.Tensor:
-    """Per window of ``batch`` (B, 3, N) in ZNE order, whether every horizontal component is constant over it."""
+def horizontals_flat(batch):
+    """Per window of ``batch`` (B, 3, N) in ZNE order, whether every horizontal component is constant over it
+    (torch or numpy: the student's annotate and the firmware's Python twin, pipeline.model.picking)."""
     horizontals = batch[:, 1:]
-    return (horizontals.amax(dim=-1) == horizontals.amin(dim=-1)).all(dim=-1)
+    return (horizontals == horizontals[..., :1]).all(-1).all(-1)
 
 
-def without_s(batch: torch.Tensor, flat: torch.Tensor | None) -> torch.Tensor:
+def without_s(batch, flat):
     """``batch`` (B, N, classes: P, S, noise) with the S probability of the ``flat`` windows moved to noise (the
-    distribution stays one); unchanged without flags."""
+    distribution stays one), as a copy; unchanged without flags. torch or numpy, as :func:`horizontals_flat`."""
     if flat is None or not bool(flat.any()):
         return batch
-    batch = batch.clone()
+    batch = batch.clone() if isinstance(batch, torch.Tensor) else batch.copy()
     batch[flat, :, 2] += batch[flat, :, 1]
     batch[flat, :, 1] = 0
     return batch

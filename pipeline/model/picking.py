@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline.errors import EdgepickError
 from pipeline.data.normalization import NORM_EPS, normalize_windows
+from pipeline.model import components
 
 PHASES = "PS"
 
@@ -319,10 +320,9 @@ def _window_predictions(waveform: np.ndarray, model, in_samples: int, offsets, e
     out = []
     for o in offsets:
         window = waveform[:, o : o + in_samples]
-        prediction = np.array(model(normalize_windows(window, NORM_EPS if eps is None else eps)), dtype=np.float32)
-        if s_needs_horizontals and (window[1:].max(axis=-1) == window[1:].min(axis=-1)).all():
-            prediction[:, 2] += prediction[:, 1]
-            prediction[:, 1] = 0
+        prediction = np.asarray(model(normalize_windows(window, NORM_EPS if eps is None else eps)), dtype=np.float32)
+        if s_needs_horizontals:
+            prediction = components.without_s(prediction[None], components.horizontals_flat(window[None]))[0]
         out.append(prediction)
     return out
 

@@ -22,6 +22,7 @@ from zero states (:mod:`pipeline.model.stream_step`, tests/test_streaming.py); a
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import numpy as np
 import torch
@@ -186,13 +187,13 @@ class RunningNormalizer:
         if window_blocks < 1:
             raise EdgepickError(f"running normalisation needs a window of at least one block, got {window_blocks}")
         self.window_blocks, self.eps = int(window_blocks), float(eps)
-        self.stats: list[np.ndarray] = []  # (3, components) per block: sum, max, min
+        self.stats: deque[np.ndarray] = deque(maxlen=self.window_blocks)  # per block (3, components): sum, max, min
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
         block = np.asarray(block, dtype=np.float64)
         if block.shape[-1] != BLOCK:
             raise EdgepickError(f"running normalisation takes {BLOCK}-sample blocks, got {block.shape[-1]}")
-        self.stats = (self.stats + [np.stack([block.sum(-1), block.max(-1), block.min(-1)])])[-self.window_blocks:]
+        self.stats.append(np.stack([block.sum(-1), block.max(-1), block.min(-1)]))
         stats = np.stack(self.stats)
         mean = stats[:, 0].sum(0) / (len(self.stats) * BLOCK)
         peak = float(np.maximum(stats[:, 1].max(0) - mean, mean - stats[:, 2].min(0)).max()) * (1 + self.eps)
