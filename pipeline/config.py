@@ -179,6 +179,8 @@ class StudentConfig:
     causal: bool = False
     output_delay: int = setting(100, ge=1)
     norm_window: int = setting(1024, ge=64)
+    # the S score's own look-ahead, longer than P's (0: output_delay): S is told from P by what follows it
+    s_output_delay: int = setting(0, ge=0)
     # The pick rule saved with the student, written into the firmware's model_config.h and scored by the benchmark
     # (their meanings: pipeline.model.picking.PickRule; < 0 for the top tolerance: the first maximum, as SeisBench picks)
     p_threshold: float = setting(PickRule.p_threshold, gt=0, lt=1)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.data.normalization import normalize_windows
-from pipeline.distill.loop import _loss
+from pipeline.distill.loop import _loss, delayed_targets
 from pipeline.errors import EdgepickError
 from pipeline.config import DistillConfig
 from pipeline.model import streaming
@@ -108,13 +108,23 @@ def test_causal_settings_are_saved_and_bad_ones_refused(tmp_path):
     model = causal_student(delay=150, norm_window=2048)
     model.save(tmp_path / "student")
     loaded = load_student(tmp_path / "student")
-    assert (loaded.causal, loaded.output_delay, loaded.norm_window) == (True, 150, 2048)
+    assert (loaded.causal, loaded.output_delay, loaded.norm_window, loaded.s_output_delay) == (True, 150, 2048, 150)
     assert streaming.live_rule(loaded).saved() == {"hop": 64, "p_lookahead": 150, "s_lookahead": 150, "p_confirm": 0,
                                                    "s_confirm": 0, "confirm_within": 50}
+    causal_student(s_output_delay=300).save(tmp_path / "late_s")
+    loaded = load_student(tmp_path / "late_s")
+    assert (loaded.output_delay, loaded.s_output_delay) == (100, 300)
+    assert streaming.live_rule(loaded).lookaheads == {"P": 100, "S": 300}
+    # windows keep the scores every class has: blinded and overlapped by the later delay
+    assert loaded.default_args["blinding"][1] == 300
+    assert XiaoNet(base_channels=2).s_output_delay == 0
     for kwargs, message in [(dict(output_delay=100), "causal"), (dict(causal=True, in_samples=3001), "blocks"),
                             (dict(causal=True, in_samples=3008, norm_window=100), "norm_window"),
                             (dict(causal=True, in_samples=3008, output_delay=0), "output_delay"),
-                            (dict(causal=True, in_samples=1024, norm_window=1024), "history")]:
+                            (dict(causal=True, in_samples=1024, norm_window=1024), "history"),
+                            (dict(s_output_delay=200), "causal"),
+                            (dict(causal=True, in_samples=3008, s_output_delay=3008), "s_output_delay"),
+                            (dict(causal=True, in_samples=3008, s_output_delay=2.5), "whole numbers")]:
         with pytest.raises(EdgepickError, match=message):
             XiaoNet(base_channels=2, **kwargs)
     with pytest.raises(EdgepickError, match="causal"):
@@ -127,4 +137,34 @@ def test_distillation_compares_a_delayed_score_with_the_target_it_is_of():
     delay = 50
     late = torch.log(torch.cat([torch.full((2, 3, delay), 1 / 3), target[..., :-delay]], dim=-1))  # target, 50 late
     cfg = DistillConfig(temperature=1.0, alpha=1.0)
-    assert _loss(cfg, late, target, None, delay) < 1e-6 < _loss(cfg, late, target, None, 0)
+    assert _loss(cfg, late, target, None, (delay,) * 3) < 1e-6 < _loss(cfg, late, target, None, (0, 0, 0))
+
+
+def test_s_scores_written_later_than_p_are_compared_with_the_targets_they_are_of():
+    torch.manual_seed(4)
+    target = torch.softmax(3 * torch.randn(2, 3, 640), dim=1)
+    delays = (50, 170, 50)  # P, S, noise
+    shifted = delayed_targets(target, delays)
+    assert shifted.shape == (2, 3, 640 - 170)
+    # sample t (from 170 on) holds P and S of t - 50 and t - 170, a distribution again
+    torch.testing.assert_close(shifted.sum(dim=1), torch.ones(2, 640 - 170))
+    t = 300
+    raw = torch.stack([target[:, 0, t - 50], target[:, 1, t - 170], (1 - target[:, 0, t - 50] - target[:, 1, t - 170]).clamp_min(0)], 1)
+    torch.testing.assert_close(shifted[..., t - 170], raw / raw.sum(1, keepdim=True))
+    logits = torch.log(torch.cat([torch.full((2, 3, 170), 1 / 3), shifted], dim=-1).clamp_min(1e-8))
+    cfg = DistillConfig(temperature=1.0, alpha=1.0)
+    assert _loss(cfg, logits, target, None, delays) < 1e-6 < _loss(cfg, logits, target, None, (170,) * 3)
+    assert delayed_targets(None, delays) is None
+
+
+@pytest.mark.slow
+def test_an_s_delay_of_its_own_moves_only_the_s_scores_back():
+    model = causal_student(s_output_delay=260)
+    assert streaming.channel_delays(model) == (100, 260, 100)
+    x = waveform(40 * BLOCK, seed=5)
+    with torch.no_grad():
+        whole = torch.softmax(model.logits(torch.from_numpy(x).float()[None]), dim=1)[0].T.numpy()
+    streamed = stream_scores(model, x)
+    for c, d in enumerate((100, 260, 100)):
+        assert np.isnan(streamed[-d:, c]).all() and not np.isnan(streamed[:-d, c]).any()
+        np.testing.assert_allclose(streamed[:-d, c], whole[d:, c], atol=1e-5)

@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline.deploy import tflm
 from pipeline.errors import EdgepickError
-from pipeline.model.streaming import BLOCK, RunningNormalizer
+from pipeline.model.streaming import BLOCK, RunningNormalizer, undelay
 
 
 def io_lists(flatbuffer: bytes) -> dict:
@@ -73,11 +73,12 @@ def check_io(io: dict, state_shapes: list[tuple[int, int, int]] | None = None) -
                 raise EdgepickError(f"state {k} is {i['shape']} in the model, [1, {keep}, 1, {channels}] in the step")
 
 
-def run_stream(flatbuffer: bytes, waveform: np.ndarray, norm_window: int, norm_eps: float, output_delay: int,
+def run_stream(flatbuffer: bytes, waveform: np.ndarray, norm_window: int, norm_eps: float, output_delay,
                arena: int | None = None, io: dict | None = None) -> np.ndarray:
     """A causal student's probabilities (n, 3) over ``waveform`` (3, n) as the streaming model gives them in
     TFLite Micro: :func:`pipeline.model.stream_step.stream_scores`'s layout (each score at the sample it is of,
-    NaN where no block has finished it), normalised block by block as it normalises, from zero states."""
+    NaN where no block has finished it), normalised block by block as it normalises, from zero states.
+    ``output_delay``: one delay for every class, or one per class (:func:`streaming.channel_delays`)."""
     interpreter, exc, err = tflm.load(flatbuffer, arena or tflm.MAX_ARENA)
     if interpreter is None:
         raise EdgepickError(f"TFLite Micro cannot load the streaming model: {err.strip() or exc}")
@@ -89,7 +90,8 @@ def run_stream(flatbuffer: bytes, waveform: np.ndarray, norm_window: int, norm_e
     normalizer = RunningNormalizer(3, norm_window // BLOCK, norm_eps)
     states = [zero_state(d) for d in io["inputs"][1:]]
     n = waveform.shape[1]
-    out = np.full((n + output_delay, 3), np.nan, dtype=np.float32)
+    delays = (int(output_delay),) * 3 if np.ndim(output_delay) == 0 else tuple(int(d) for d in output_delay)
+    out = np.full((n + max(delays), 3), np.nan, dtype=np.float32)
     for start in range(0, n - BLOCK + 1, BLOCK):
         block = normalizer(waveform[:, start : start + BLOCK])
         interpreter.set_input(tflm.quantize_input(block, io["inputs"][0]), 0)
@@ -98,4 +100,4 @@ def run_stream(flatbuffer: bytes, waveform: np.ndarray, norm_window: int, norm_e
         interpreter.invoke()
         out[start : start + BLOCK] = tflm.dequantize_output(interpreter.get_output(0), io["outputs"][0])
         states = [np.array(interpreter.get_output(k + 1), copy=True) for k in range(len(states))]  # all out first
-    return out[output_delay : output_delay + n]
+    return undelay(out, delays)[:n]

@@ -119,7 +119,8 @@ def distill(config: Config) -> dict:
             batch = next(batches)
             teacher_probs = _teacher_target(batch, targets, device)
             logits = trainable(batch["X"].to(device))
-            loss = _loss(cfg, logits, teacher_probs, _get(batch, "y", device), raw_model.output_delay)
+            loss = _loss(cfg, logits, teacher_probs, _get(batch, "y", device),
+                         streaming.channel_delays(raw_model))
             train_losses.append(training.optimizer_step(
                 loss, optimizer, schedule, trainable.parameters(), cfg.grad_clip, epoch, out, advice))
         train_seconds = time.time() - started
@@ -169,16 +170,32 @@ class _Training:
         return len(self.dataset)
 
 
-def _loss(cfg, logits: torch.Tensor, teacher_probs, hard_labels, delay: int = 0) -> torch.Tensor:
+def _loss(cfg, logits: torch.Tensor, teacher_probs, hard_labels, delays=(0, 0, 0)) -> torch.Tensor:
     """:func:`distillation_loss` with the distill section's settings (training and dev loss alike). A causal
-    student's score at sample t is of sample t - ``delay`` (its output_delay): compared with the targets there."""
-    if delay:
-        logits = logits[..., delay:]
-        teacher_probs = None if teacher_probs is None else teacher_probs[..., :-delay]
-        hard_labels = None if hard_labels is None else hard_labels[..., :-delay]
+    student's score of class c at sample t is of sample t - ``delays[c]`` (streaming.channel_delays): compared with
+    the targets there (:func:`delayed_targets`)."""
+    if any(delays):
+        logits = logits[..., max(delays):]
+        teacher_probs = delayed_targets(teacher_probs, delays)
+        hard_labels = delayed_targets(hard_labels, delays)
     return distillation_loss(logits, teacher_probs, hard_labels, cfg.temperature, cfg.alpha, cfg.phase_weight,
                              cfg.phase_weight_source, cfg.peak_shape, cfg.peak_shape_power, cfg.s_quiet_weight,
                              cfg.s_quiet_below)
+
+
+def delayed_targets(targets: torch.Tensor | None, delays) -> torch.Tensor | None:
+    """``targets`` (batch, classes P S N, n) as a causal student writes them: class c at sample t its value at
+    t - ``delays[c]``, from sample max(delays) on. Where P and S have different delays the noise class is what the
+    two leave (1 - P - S, at least 0) and each sample is a distribution again."""
+    if targets is None:
+        return None
+    n, late = targets.shape[-1], max(delays)
+    out = torch.stack([targets[:, c, late - d : n - d] for c, d in enumerate(delays)], dim=1)
+    if len(set(delays)) > 1:
+        noise = (1 - out[:, 0] - out[:, 1]).clamp_min(0)
+        out = torch.stack([out[:, 0], out[:, 1], noise], dim=1)
+        out = out / out.sum(dim=1, keepdim=True).clamp_min(1e-8)
+    return out
 
 
 def _datasets(config: Config, master: bool):
@@ -304,7 +321,7 @@ def _evaluate(model, loader, cfg, device, targets=None) -> float:
     for batch in loader:
         teacher_probs = _teacher_target(batch, targets, device)
         logits = model.logits(batch["X"].to(device), channels_last=True)  # the training layout: same scores, faster
-        loss = _loss(cfg, logits, teacher_probs, _get(batch, "y", device), model.output_delay)
+        loss = _loss(cfg, logits, teacher_probs, _get(batch, "y", device), streaming.channel_delays(model))
         losses += loss.item() * len(logits)
         counts += len(logits)
     return losses / max(counts, 1)

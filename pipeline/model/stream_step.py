@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.errors import EdgepickError
+from pipeline.model import streaming
 from pipeline.model.streaming import BLOCK, RunningNormalizer
 
 
@@ -89,17 +90,18 @@ class StreamStep(nn.Module):
 def stream_scores(student, waveform: np.ndarray, step: StreamStep | None = None) -> np.ndarray:
     """A causal student's probabilities (n, 3) over a whole stream ``waveform`` (3, n), run block by block from
     zero states with the running normalisation kept block by block, each score moved back to the sample it is of
-    (``output_delay`` earlier); the samples no block has finished (the last ``output_delay`` and a partial
-    block) are NaN."""
+    (each class's delay earlier, :func:`streaming.channel_delays`); the samples no block has finished (the last
+    delay's and a partial block) are NaN."""
     step = step or StreamStep(student)
     waveform = np.asarray(waveform, dtype=np.float64)
     normalizer = RunningNormalizer(waveform.shape[0], student.norm_window // BLOCK, student.norm_eps)
     states = step.zero_states()
     n = waveform.shape[1]
-    out = np.full((n + student.output_delay, 3), np.nan, dtype=np.float32)
+    delays = streaming.channel_delays(student)
+    out = np.full((n + max(delays), 3), np.nan, dtype=np.float32)
     with torch.no_grad():
         for start in range(0, n - BLOCK + 1, BLOCK):
             block = torch.from_numpy(normalizer(waveform[:, start : start + BLOCK])).unsqueeze(0)
             logits, *states = step(block, *states)
             out[start : start + BLOCK] = torch.softmax(logits, dim=1)[0].T.numpy()
-    return out[student.output_delay : student.output_delay + n]
+    return streaming.undelay(out, delays)[:n]

@@ -9,7 +9,9 @@ as streaming keyword spotting runs on TensorFlow Lite Micro (google-research kws
   output on the last sample of its stride (:func:`pipeline.model.student.causal_pad`), so a block's outputs need no
   sample after the block, and the U-net's skips meet at the same block with no delay line;
 - the look-ahead the picks need becomes a fixed ``output_delay``: the score the network writes at sample t is of
-  sample t - output_delay (distillation compares it with the teacher's there);
+  sample t - output_delay (distillation compares it with the teacher's there); S may have its own, longer one
+  (``s_output_delay``: S is told from P by what follows it, at no cost in compute, only in S latency), so the
+  P and noise channels a block writes are of output_delay, its S channel of s_output_delay samples before it;
 - the per-window normalisation becomes a running one (:func:`running_normalize`): each block demeaned by the mean
   of the last ``norm_window`` samples and divided by their largest excursion from it over all components: the
   per-window normalisation of a window that ends with the block, kept incrementally (block sums, maxima, minima).
@@ -36,35 +38,59 @@ DEFAULT_NORM_WINDOW = 1024  # 10.24 s at 100 Hz: a running normalisation window 
 DEFAULT_OUTPUT_DELAY = 100  # 1 s of look-ahead, the live mode's P look-ahead (LiveRule.p_lookahead)
 
 
-def check_causal(causal, output_delay, norm_window, in_samples) -> tuple[bool, int, int]:
-    """The streaming settings, validated: (causal, output_delay, norm_window); a plain student has neither a delay
-    nor a running window (0, 0); a causal one's (None: the defaults) are whole samples, its windows whole blocks."""
+def check_causal(causal, output_delay, norm_window, in_samples,
+                 s_output_delay=None) -> tuple[bool, int, int, int]:
+    """The streaming settings, validated: (causal, output_delay, norm_window, s_output_delay); a plain student has
+    neither delays nor a running window (0, 0, 0); a causal one's (None: the defaults; S's: P's) are whole samples,
+    its windows whole blocks."""
     causal = bool(causal)
-    if not causal and output_delay is None and norm_window is None:
-        return False, 0, 0
+    if not causal and output_delay is None and norm_window is None and not s_output_delay:
+        return False, 0, 0, 0
     output_delay = DEFAULT_OUTPUT_DELAY if output_delay is None else output_delay
     norm_window = DEFAULT_NORM_WINDOW if norm_window is None else norm_window
+    s_output_delay = output_delay if s_output_delay is None or (causal and s_output_delay == 0) else s_output_delay
     try:
-        delay, window = int(output_delay), int(norm_window)
+        delay, window, s_delay = int(output_delay), int(norm_window), int(s_output_delay)
     except (TypeError, ValueError) as error:
-        raise EdgepickError(f"student output_delay / norm_window must be whole numbers of samples: {error}") from None
-    if delay != output_delay or window != norm_window:
-        raise EdgepickError(f"student output_delay / norm_window must be whole numbers of samples, got "
-                            f"{output_delay!r} / {norm_window!r}")
+        raise EdgepickError(f"student output_delay / s_output_delay / norm_window must be whole numbers of samples: "
+                            f"{error}") from None
+    if delay != output_delay or window != norm_window or s_delay != s_output_delay:
+        raise EdgepickError(f"student output_delay / s_output_delay / norm_window must be whole numbers of samples, "
+                            f"got {output_delay!r} / {s_output_delay!r} / {norm_window!r}")
     if not causal:
-        if delay or window:  # a plain student saves 0 / 0
-            raise EdgepickError("student output_delay and norm_window are settings of a causal (streaming) student; "
-                                "set student.causal=true or leave them 0")
-        return False, 0, 0
+        if delay or window or s_delay:  # a plain student saves 0 / 0 / 0
+            raise EdgepickError("student output_delay, s_output_delay and norm_window are settings of a causal "
+                                "(streaming) student; set student.causal=true or leave them 0")
+        return False, 0, 0, 0
     if window < BLOCK or window % BLOCK:
         raise EdgepickError(f"student norm_window must be a whole number of {BLOCK}-sample blocks, got {window}")
     if in_samples % BLOCK:
         raise EdgepickError(f"a causal student's in_samples must be a whole number of {BLOCK}-sample blocks, got "
                             f"{in_samples} (e.g. {math.ceil(in_samples / BLOCK) * BLOCK})")
-    if delay < 1 or delay >= in_samples:
-        raise EdgepickError(f"a causal student's output_delay must be >= 1 sample and shorter than the window, got "
-                            f"{delay}")
-    return True, delay, window
+    for name, value in (("output_delay", delay), ("s_output_delay", s_delay)):
+        if value < 1 or value >= in_samples:
+            raise EdgepickError(f"a causal student's {name} must be >= 1 sample and shorter than the window, got "
+                                f"{value}")
+    return True, delay, window, s_delay
+
+
+def channel_delays(student) -> tuple[int, int, int]:
+    """How many samples late a causal student writes each class's score (P, S, noise: CLASS_ORDER); a plain
+    student's are 0."""
+    p = int(getattr(student, "output_delay", 0) or 0)
+    s = int(getattr(student, "s_output_delay", 0) or p)
+    return p, s, p
+
+
+def undelay(scores, delays):
+    """``scores`` (..., n, classes), class c written ``delays[c]`` samples late, with each score moved back to the
+    sample it is of; the last ``delays[c]`` of class c are not known yet (NaN). numpy or torch."""
+    out = scores.clone() if isinstance(scores, torch.Tensor) else scores.copy()
+    out[...] = np.nan
+    n = scores.shape[-2]
+    for c, d in enumerate(delays):
+        out[..., : n - d, c] = scores[..., d:, c]
+    return out
 
 
 def causal_reach(refine_blocks: int = 0, kernel_refine: int = 5) -> int:
@@ -115,10 +141,10 @@ def exact_overlap(in_samples: int, history_samples: int, output_delay: int) -> i
 
 def live_rule(student) -> LiveRule:
     """The live mode of a causal student as a :class:`LiveRule`: a window every block whose kept scores are its
-    last block's, ``output_delay`` late (so its picks are reported as the stream's are); no retraction: a sample's
-    score is final once computed."""
-    delay = int(student.output_delay)
-    return LiveRule(int(student.in_samples), BLOCK, delay, delay, 0, 0)
+    last block's, each phase's delay late (so its picks are reported as the stream's are); no retraction: a
+    sample's score is final once computed."""
+    p_delay, s_delay, _ = channel_delays(student)
+    return LiveRule(int(student.in_samples), BLOCK, p_delay, s_delay, 0, 0)
 
 
 def warmup(waveform: np.ndarray, samples: int, rate: float, noise_s: float = 1.0) -> np.ndarray:

@@ -120,6 +120,7 @@ class XiaoNet(sbm.WaveformModel):
         causal: bool = False,
         output_delay: int | None = None,
         norm_window: int | None = None,
+        s_output_delay: int | None = None,
         pick_rule: PickRule | None = None,
         s_needs_horizontals: bool | None = None,
         pick_top_tolerance: float | None = None,
@@ -129,8 +130,10 @@ class XiaoNet(sbm.WaveformModel):
         without it, everything) takes PickRule's defaults and the blinding of :func:`default_blinding`.
         ``pick_top_tolerance``: how students saved before the rule lived in ``default_args`` stored theirs.
         ``causal``: the streaming form (pipeline.model.streaming): every layer causal, the input normalised by a
-        running ``norm_window``, the output ``output_delay`` samples late; each sample is then computed once."""
-        causal, output_delay, norm_window = streaming.check_causal(causal, output_delay, norm_window, in_samples)
+        running ``norm_window``, the output ``output_delay`` samples late (its S ``s_output_delay``, None: the same);
+        each sample is then computed once."""
+        causal, output_delay, norm_window, s_output_delay = streaming.check_causal(
+            causal, output_delay, norm_window, in_samples, s_output_delay)
         if base_channels < 1 or in_samples < DOWNSAMPLING:
             raise EdgepickError(f"student needs base_channels >= 1 and in_samples >= {DOWNSAMPLING}, got {base_channels}, {in_samples}")
         if len(channel_multipliers) != 4:
@@ -159,6 +162,7 @@ class XiaoNet(sbm.WaveformModel):
         self.channel_multipliers = tuple(int(m) for m in channel_multipliers)
         self.norm_eps = float(norm_eps)
         self.causal, self.output_delay, self.norm_window = causal, output_delay, norm_window
+        self.s_output_delay = s_output_delay
         make_activation(activation)  # validates the name
         self.activation = activation
         c1, c2, c3, c4 = (self.base_channels * m for m in self.channel_multipliers)
@@ -183,8 +187,9 @@ class XiaoNet(sbm.WaveformModel):
         self.register_buffer("smoothing", torch.tensor([1.0, 2, 2, 2, 1]).div(8).repeat(3, 1, 1), persistent=False)
         if causal:  # windows whose kept samples have their whole history (the streaming output, exactly)
             pre = streaming.history(self)
-            self.default_args.setdefault("overlap", streaming.exact_overlap(self.in_samples, pre, output_delay))
-            defaults = PickRule(blinding=(pre, output_delay)).annotate_args()
+            late = max(output_delay, s_output_delay)
+            self.default_args.setdefault("overlap", streaming.exact_overlap(self.in_samples, pre, late))
+            defaults = PickRule(blinding=(pre, late)).annotate_args()
         else:
             self.default_args.setdefault("overlap", int(in_samples) // 2)
             blind = default_blinding(self.default_args["overlap"], receptive_radius(self.refine_blocks))
@@ -271,8 +276,8 @@ class XiaoNet(sbm.WaveformModel):
 
     def annotate_batch_post(self, batch: torch.Tensor, piggyback: Any, argdict: dict[str, Any]) -> torch.Tensor:
         batch = components.without_s(torch.transpose(batch, -1, -2), piggyback)  # (B, N, classes), as SeisBench stitches
-        if self.output_delay:  # each score back at the sample it is of; the last output_delay are not known yet
-            batch = torch.cat([batch[:, self.output_delay:], torch.full_like(batch[:, :self.output_delay], np.nan)], 1)
+        if self.causal:  # each score back at the sample it is of; the last (each class's delay) are not known yet
+            batch = streaming.undelay(batch, streaming.channel_delays(self))
         prenan, postnan = argdict.get("blinding", self._annotate_args["blinding"][1])
         if prenan > 0:
             batch[:, :prenan] = np.nan
@@ -327,6 +332,7 @@ class XiaoNet(sbm.WaveformModel):
             causal=self.causal,
             output_delay=self.output_delay,
             norm_window=self.norm_window,
+            s_output_delay=self.s_output_delay,
         )
         return model_args
 
@@ -352,6 +358,7 @@ def build_student(config) -> XiaoNet:
         causal=config.causal,
         output_delay=config.output_delay if config.causal else None,
         norm_window=config.norm_window if config.causal else None,
+        s_output_delay=(config.s_output_delay or None) if config.causal else None,
         pick_rule=rule,
         s_needs_horizontals=bool(config.s_needs_horizontals),
     )

@@ -35,7 +35,7 @@ from pipeline.deploy.convert import int8, tflite
 from pipeline.deploy.convert.onnx_export import ONNX_TOLERANCE, checked_onnx, warnings_silenced
 from pipeline.deploy.convert.onnx_to_keras import keras_call, layer_name, module_of, onnx_to_keras
 from pipeline.errors import EdgepickError
-from pipeline.model import picking
+from pipeline.model import picking, streaming
 from pipeline.model.macs import count_macs
 from pipeline.model.stream_step import StreamStep, stream_scores
 from pipeline.model.streaming import BLOCK, RunningNormalizer
@@ -272,7 +272,8 @@ def stream_export(student, calibration_traces, heldout_traces, precisions=("fp32
         if measure_arena:
             sample = tflm.quantize_input(probe[0][0][0], io_["inputs"][0])
             info["arena_bytes"] = tflm.minimal_arena(device, sample)
-        outputs = [tflm_stream.run_stream(device, trace, student.norm_window, student.norm_eps, student.output_delay,
+        outputs = [tflm_stream.run_stream(device, trace, student.norm_window, student.norm_eps,
+                                          streaming.channel_delays(student),
                                           info.get("arena_bytes"), io_) for trace in heldout]
         info.update(_compare(reference, outputs, rule, student.sampling_rate))
         info["heldout_traces"] = len(heldout)
