@@ -208,6 +208,8 @@ class DistillConfig:
     peak_shape_power: float = setting(1.0, ge=1)
     s_quiet_weight: float = setting(0.0, ge=0)  # weight of -log(1 - student S) where the teacher's S < s_quiet_below
     s_quiet_below: float = setting(0.05, gt=0, lt=1)  # (0: none; false S in noise and codas, pipeline.distill.losses.s_quiet_loss)
+    # weight of matching PhaseNet's last decoder features through a 1x1 adapter (FitNets; pipeline.distill.features)
+    feature_weight: float = setting(0.0, ge=0)
     epochs: int = setting(16, ge=1)
     windows_per_epoch: int = setting(0, ge=0)  # 0: one window per training trace
     batch_size: int = setting(64, ge=1)

@@ -530,3 +530,60 @@ def test_dataset_weights_set_each_folders_share_of_the_windows(labelled, tmp_pat
         with pytest.raises(EdgepickError, match="dataset_weights must be one weight >= 0 per folder"):
             distill.run(tiny_config(f"{labelled},{labelled}", out, dataset_weights=weights))
         assert not out.exists()
+
+
+# ---- feature distillation (FitNets: pipeline.distill.features) ------------------------------------------------
+def test_teacher_features_are_what_phasenets_output_layer_reads_and_the_hint_trains_the_student(fake_teachers):
+    from pipeline.distill import features
+    from pipeline.model.student import XiaoNet, window_padding
+
+    teacher = features.TeacherFeatures("phasenet:okla", 3001)
+    x = torch.randn(2, 3, 3001) * 50
+    seen = teacher(x)
+    assert seen.shape == (2, teacher.channels, 3001) and not seen.requires_grad
+    with torch.no_grad():
+        probs = teacher.model(teacher.model.annotate_batch_pre(x, {}))
+    torch.testing.assert_close(torch.softmax(teacher.model.out(seen), dim=1), probs)
+    student = XiaoNet(base_channels=2, in_samples=3001, activation="relu")
+    hint = features.StudentHint(student.channels[0], teacher.channels)
+    hint.capture(student)
+    student.logits(x / x.abs().amax(-1, keepdim=True), channels_last=True)  # the training layout (4-D)
+    assert window_padding(3001) == (3, 4)  # 3001 runs as 3008
+    adapted = hint(3001, 3)
+    assert adapted.shape == seen.shape
+    loss = features.hint_loss(adapted, seen)
+    assert loss.item() > 0 and features.hint_loss(seen * 3, seen * 3).item() == 0.0
+    assert features.hint_loss(2 * seen, seen).item() == pytest.approx(features.hint_loss(20 * seen, 10 * seen).item())
+    loss.backward()
+    assert hint.adapter.weight.grad.abs().sum() > 0 and student.enc1.pw.weight.grad.abs().sum() > 0
+    with pytest.raises(EdgepickError, match="feature hint"):
+        features.hint_loss(adapted[:, :3], seen)
+
+
+@pytest.mark.slow
+def test_feature_weight_trains_and_resumes_with_its_adapter_and_saves_the_plain_student(labelled, tmp_path,
+                                                                                         fake_teachers):
+    out = tmp_path / "hint"
+    config = tiny_config(labelled, out, epochs=1, feature_weight=1.0)
+    config.student.in_samples = 3001
+    state = distill.run(config)
+    assert np.isfinite(state["history"][0]["train_loss"])
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert set(checkpoint["hint"]) == {"adapter.weight", "adapter.bias"}
+    saved = torch.load(out / "student" / "student.pt", weights_only=False)
+    assert not any("adapter" in key for key in saved)
+    config.distill.epochs, config.distill.resume = 2, True
+    assert len(distill.run(config)["history"]) == 2
+
+
+@pytest.mark.parametrize("settings, match", [({"in_samples": 1001}, "must be the teacher's"),
+                                             ({"in_samples": 3008, "causal": True}, "whole-window student"),
+                                             ({"feature_weight": -1.0}, "feature_weight must be >= 0")])
+def test_bad_feature_hint_settings_fail_before_anything_is_written(labelled, tmp_path, fake_teachers, settings, match):
+    out = tmp_path / "run"
+    config = tiny_config(labelled, out, feature_weight=settings.pop("feature_weight", 1.0))
+    for key, value in settings.items():
+        setattr(config.student, key, value)
+    with pytest.raises(EdgepickError, match=match):
+        distill.run(config)
+    assert not out.exists()

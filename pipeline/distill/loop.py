@@ -27,14 +27,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pipeline.data import generators
-from pipeline.distill import soft_labels, training
+from pipeline.distill import features, soft_labels, training
 from pipeline.artifacts import save_config
 from pipeline.config import Config
 from pipeline.errors import EdgepickError
 from pipeline.distill.fake_quant import QuantizationAware
 from pipeline.model import streaming
 from pipeline.distill.losses import check_phase_weight_source, distillation_loss
-from pipeline.model.student import build_student, load_student
+from pipeline.model.student import build_student, load_student, window_padding
 from pipeline.distill.training import CHECKPOINT, METRICS  # noqa: F401  (the names of distill's output files)
 
 STUDENT = "student"  # SeisBench model name inside the output folder: student.json + student.pt
@@ -65,6 +65,8 @@ def distill(config: Config) -> dict:
         raise EdgepickError(f"distill.peak_shape must be >= 0 and distill.peak_shape_power >= 1, got "
                             f"{cfg.peak_shape} and {cfg.peak_shape_power}")
     check_phase_weight_source(cfg.phase_weight_source)  # before anything is written, not at the first batch
+    if not cfg.feature_weight >= 0:
+        raise EdgepickError(f"distill.feature_weight must be >= 0, got {cfg.feature_weight}")
     checkpoint = None
     if cfg.resume:  # read and compared first: a checkpoint that cannot go on fails before any teacher runs
         checkpoint = training.read_checkpoint(out / CHECKPOINT)
@@ -80,20 +82,28 @@ def distill(config: Config) -> dict:
         QuantizationAware(model)  # hooks on the model; its state_dict stays the float student's
     in_samples = model.in_samples
     _record_live_rule(model, config.live)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    trainable, teacher_features = _Logits(model), None
+    if cfg.feature_weight > 0:  # FitNets: the adapter trains with the student, the saved student is the plain network
+        if model.causal:
+            raise EdgepickError("distill.feature_weight is for a whole-window student: a causal one's features are "
+                                "output_delay late and see no future, the teacher's do")
+        teacher_features = features.TeacherFeatures(config.teacher.name, in_samples, device)
+        trainable = _Logits(model, features.StudentHint(model.channels[0], teacher_features.channels).to(device))
+    hint = trainable.hint
+    optimizer = torch.optim.AdamW(trainable.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     windows_per_epoch = cfg.windows_per_epoch or sum(len(t) for t in train_set)
     steps_per_epoch = max(1, windows_per_epoch // (cfg.batch_size * world))
     total_steps = steps_per_epoch * cfg.epochs
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: training.warmup_cosine(step, total_steps))
     state = {"epoch": 0, "best_dev_loss": math.inf, "bad_epochs": 0, "history": []}
     if checkpoint is not None:
-        state = training.restore_checkpoint(checkpoint, out / CHECKPOINT, model, optimizer, schedule, "the student")
+        state = training.restore_checkpoint(checkpoint, out / CHECKPOINT, model, optimizer, schedule, "the student",
+                                            hint)
         if state["epoch"] >= cfg.epochs:  # nothing would train: say so rather than rewrite the folder's settings
             raise EdgepickError(f"--resume: {out / CHECKPOINT} has run {state['epoch']} epochs, the run is set to "
                                 f"{cfg.epochs}: nothing to train; raise the epochs to go on")
         np.random.seed((cfg.seed, rank, state["epoch"]))  # windows and noise go on, not replay epoch 1's
     raw_model = model
-    trainable = _Logits(model)
     if world > 1:
         trainable = DistributedDataParallel(trainable)
 
@@ -118,9 +128,12 @@ def distill(config: Config) -> dict:
         for _ in tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not master, leave=False):
             batch = next(batches)
             teacher_probs = _teacher_target(batch, targets, device)
-            logits = trainable(batch["X"].to(device))
+            x = batch["X"].to(device)
+            logits, hinted = trainable(x)
             loss = _loss(cfg, logits, teacher_probs, _get(batch, "y", device),
                          streaming.channel_delays(raw_model))
+            if teacher_features is not None:
+                loss = loss + cfg.feature_weight * features.hint_loss(hinted, teacher_features(x))
             train_losses.append(training.optimizer_step(
                 loss, optimizer, schedule, trainable.parameters(), cfg.grad_clip, epoch, out, advice))
         train_seconds = time.time() - started
@@ -135,7 +148,7 @@ def distill(config: Config) -> dict:
         if master:
             if improved:
                 _save_student(raw_model, out)
-            training.save_checkpoint(out / CHECKPOINT, raw_model, optimizer, schedule, state, config)
+            training.save_checkpoint(out / CHECKPOINT, raw_model, optimizer, schedule, state, config, hint)
             training.write_metrics(out, state["history"], "distillation loss")
             print(f"epoch {epoch + 1}: train {train_loss:.4f}  dev {dev_loss:.4f}{'  (best, saved)' if improved else ''}"
                   f"  {time.time() - started:.0f} s")
@@ -150,14 +163,20 @@ def distill(config: Config) -> dict:
 
 
 class _Logits(torch.nn.Module):
-    """The student's pre-softmax output as ``forward``, so DistributedDataParallel syncs its gradients."""
+    """The student's pre-softmax output as ``forward``, so DistributedDataParallel syncs its gradients; with a
+    feature hint (:class:`features.StudentHint`) also its adapted features (else None)."""
 
-    def __init__(self, student):
+    def __init__(self, student, hint: "features.StudentHint | None" = None):
         super().__init__()
-        self.student = student
+        self.student, self.hint = student, hint
+        if hint is not None:
+            hint.capture(student)
 
     def forward(self, x):
-        return self.student.logits(x)
+        logits = self.student.logits(x)
+        if self.hint is None:
+            return logits, None
+        return logits, self.hint(x.shape[-1], window_padding(x.shape[-1])[0])
 
 
 class _Training:

@@ -99,14 +99,18 @@ def save_model(model, out: Path, name: str) -> None:
         model.save(tmp / name)
 
 
-def save_checkpoint(path: Path, model, optimizer, schedule, state, config: Config) -> None:
-    """Everything a resume needs, written atomically; one EdgepickError line instead (the old checkpoint kept) if a
-    weight or buffer of ``model`` is not finite."""
+def save_checkpoint(path: Path, model, optimizer, schedule, state, config: Config, hint=None) -> None:
+    """Everything a resume needs (with ``hint``, the feature adapter that trains beside the model), written
+    atomically; one EdgepickError line instead (the old checkpoint kept) if a weight or buffer of ``model`` is not
+    finite."""
     _refuse_non_finite(model, path)
     buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "state": state, "config": config.to_dict(), "torch_rng": torch.get_rng_state(),
-                "numpy_rng": np.random.get_state()}, buffer)
+    saved = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+             "state": state, "config": config.to_dict(), "torch_rng": torch.get_rng_state(),
+             "numpy_rng": np.random.get_state()}
+    if hint is not None:
+        saved["hint"] = hint.state_dict()
+    torch.save(saved, buffer)
     with atomic_file(path) as handle:
         handle.write(buffer.getvalue())
 
@@ -146,7 +150,8 @@ def read_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
-def restore_checkpoint(checkpoint: dict, path: Path, model, optimizer, schedule, what: str = "the model") -> dict:
+def restore_checkpoint(checkpoint: dict, path: Path, model, optimizer, schedule, what: str = "the model",
+                       hint=None) -> dict:
     """Restore model, optimizer, schedule and RNGs from a :func:`read_checkpoint` result; return the loop state.
 
     The optimizer keeps the learning rate and weight decay it was built with (the current settings), not the
@@ -156,6 +161,8 @@ def restore_checkpoint(checkpoint: dict, path: Path, model, optimizer, schedule,
     decays = [group.get("weight_decay") for group in optimizer.param_groups]
     try:
         model.load_state_dict(checkpoint["model"])
+        if hint is not None:
+            hint.load_state_dict(checkpoint["hint"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         schedule.load_state_dict(checkpoint["schedule"])
     except Exception as error:  # a foreign file fails in many ways inside torch
