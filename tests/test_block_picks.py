@@ -28,7 +28,17 @@ def written_scores(student, x: np.ndarray) -> np.ndarray:
     return np.concatenate(out)
 
 
-def test_curves_are_the_live_rules_windows():
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (a stage run earlier in the session may leave more, and small convolutions
+    then wait on a busy second core: 0.1 s became 9 s after tests/test_benchmark.py with a training beside it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_curves_are_the_live_rules_windows(one_thread):
     """Each live window (in_samples, every 64 samples) run whole by the student, its scores moved back by the delay
     as its annotate does, kept with the live blinding: the twin's curve from the stream, sample for sample."""
     student = causal_student(delay=70, norm_window=512)
