@@ -329,6 +329,10 @@ class FirmwareSimConfig:
     # single-issue core at best; flash cache misses only add to it)
     cycles_per_instruction: float = setting(1.0, gt=0)
     vendor: str = ""  # esp-tflite-micro / esp-nn sources: "" = $EDGEPICK_VENDOR, else ../shared/vendor
+    # with a streaming model in quantize.firmware_dir: a whole-window model folder (a plain student's make quantize
+    # firmware_dir) whose exact replay and live mode are measured on the same board and stream and reported beside the
+    # streaming path; "" = the streaming path alone
+    baseline_dir: str = ""
 
 
 @dataclass

@@ -22,7 +22,8 @@ EPS = 1e-6  # pipeline.model.student.NORM_EPS
 def build_driver(out: Path) -> Path:
     """The core + host driver, built with -Wall -Wextra -Werror -std=c++17 (a warning fails the test)."""
     sources = sorted(str(p) for p in (CORE / "src").glob("*.cpp")) + [str(CORE / "host" / "host_driver.cpp")]
-    cmd = ["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-O1", f"-I{CORE / 'src'}", *sources, "-o", str(out)]
+    cmd = ["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-O1", "-ffp-contract=off", f"-I{CORE / 'src'}", *sources,
+           "-o", str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     return out
@@ -193,3 +194,36 @@ def live_stream() -> np.ndarray:
 
 
 LIVE_CONFIRM = {"P": 200, "S": 250}  # live.*_confirm_samples: the same windows, a longer look-ahead
+
+
+def picking_causal_stream(delay: int, norm_window: int, s_delay: int | None = None, measure_arena: bool = False):
+    """(stream, student, the streaming export's StreamResult with its INT8 variant): a tiny causal student (tests/test_streaming.py) whose P and S
+    curves swing across 0.4 with the signal (positive weights and a head mapping the median to the 95th percentile
+    of its input's sum to 8 logits of P over S, as tests/test_stream_export.py's), converted by the streaming export
+    (~8 s), and a stream of six bursts of integer counts that ends in a partial block."""
+    torch = pytest.importorskip("torch")
+    from pipeline.deploy.convert import stream_export
+    from pipeline.model.streaming import BLOCK
+    from test_streaming import causal_student, waveform
+
+    x = np.concatenate([waveform(1600, seed=7 + k) for k in range(6)] + [waveform(40)], axis=1)
+    x = np.round(x).astype(np.float32)
+    student = causal_student(delay=delay, norm_window=norm_window)
+    if s_delay is not None:
+        student.s_output_delay = s_delay
+    with torch.no_grad():
+        for name, parameter in student.named_parameters():
+            if name.endswith("weight") and ".bn." not in name:
+                parameter.abs_()
+        student.head.weight.zero_()
+        student.head.bias.zero_()
+        student.head.weight[0] = 1.0
+        logits = student.logits(torch.from_numpy(x[:, : 60 * BLOCK]).float()[None])[0, 0].numpy()
+        low, high = np.quantile(logits[3000:], [0.5, 0.95])
+        gain = 8 / (high - low)
+        student.head.weight[0], student.head.bias[0] = gain, -gain * (low + high) / 2
+        student.head.weight[1], student.head.bias[1] = -gain, gain * (low + high) / 2 - 6
+    calibration = [waveform(30 * BLOCK, seed=k) for k in range(3)]
+    result = stream_export.stream_export(student, calibration, [waveform(10 * BLOCK, seed=9)], ("int8",),
+                                         measure_arena=measure_arena)
+    return x, student, result

@@ -91,7 +91,7 @@ def run_lines(per_window: list[int], total: int) -> list[str]:
 def test_report_fields_from_parsed_timing_lines():
     """instructions_per_second_of_data per kernel set: the measured median per window x each mode's windows per
     second from the header's hops (exact replay 100 / 1501, live 100 / 100), and the energy table of ESP-NN's."""
-    from pipeline.stages.firmware_sim import energy_report, firmware_run, throughput
+    from pipeline.stages.firmware_sim import energy_report, firmware_run, mode_labels, throughput
 
     values = {"EDGEPICK_HOP_SAMPLES": "1501", "EDGEPICK_LIVE_HOP_SAMPLES": "100", "EDGEPICK_LIVE": "1"}
     results = {"reference": [firmware_run(run_lines([69_000_000, 70_000_000, 69_500_000], 300_000_000))],
@@ -112,7 +112,7 @@ def test_report_fields_from_parsed_timing_lines():
     with pytest.raises(EdgepickError, match="hop below 1"):
         throughput(results, {"EDGEPICK_HOP_SAMPLES": "0"}, 100.0, 100, 40.0)
 
-    report = energy_report(per_second, C3, 1.0, values, 100)
+    report = energy_report(per_second, C3, 1.0, mode_labels(values, 100))
     assert report["energy_est"]["esp_nn"]["live"]["cpu_duty_est"] == pytest.approx(0.2)
     assert report["energy_est"]["reference"]["exact_replay"]["instructions_per_second_of_data"] == \
         pytest.approx(69.5e6 * 100 / 1501)

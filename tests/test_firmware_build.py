@@ -115,7 +115,7 @@ def test_firmware_glue_syntax(defines, precision, tmp_path):
 
 
 def test_firmware_glue_syntax_live_mode(tmp_path):
-    """firmware/src/main_functions.cc with a model_config.h in live mode (the default of `make quantize`), and the
+    """firmware/src/window_model.cc with a model_config.h in live mode (the default of `make quantize`), and the
     one-line refusal of -DEDGEPICK_LIVE=1 with a header written without live settings."""
     from pipeline.deploy import boards
     from pipeline.deploy.convert import c_array
@@ -131,7 +131,7 @@ def test_firmware_glue_syntax_live_mode(tmp_path):
     def compile_glue(model_dir, *defines):
         cmd = ["g++", "-std=gnu++17", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter", "-fsyntax-only",
                "-DEDGEPICK_SAMPLE_SOURCE=0", *defines, f"-I{stubs}", f"-I{port}", f"-I{model_dir}", f"-I{FIRMWARE / 'src'}",
-               f"-I{CORE / 'src'}", str(FIRMWARE / "src" / "main_functions.cc")]
+               f"-I{CORE / 'src'}", str(FIRMWARE / "src" / "window_model.cc")]
         return subprocess.run(cmd, capture_output=True, text=True)
 
     live = LiveRule.of(info["in_samples"], 100, {"P": 100, "S": 200})
@@ -144,3 +144,85 @@ def test_firmware_glue_syntax_live_mode(tmp_path):
     c_array.write_firmware(tmp_path / "replay", bytes(100), info, PickRule(blinding=(302, 302)), budget, 1e-6)
     result = compile_glue(tmp_path / "replay", "-DEDGEPICK_LIVE=1")
     assert result.returncode != 0 and "model_config.h has no live settings" in result.stderr
+
+
+def stream_student(s_output_delay=None):
+    """What stream_c.state_description reads of a causal student (s_output_delay: the S channel's own delay)."""
+    from types import SimpleNamespace
+
+    student = SimpleNamespace(output_delay=100, norm_window=2048, norm_eps=1e-6, sampling_rate=100, in_samples=3008,
+                              default_args={"s_needs_horizontals": True})
+    if s_output_delay is not None:
+        student.s_output_delay = s_output_delay
+    return student
+
+
+def stream_info(precision="int8") -> dict:
+    """A streaming model variant's info (stream_export's) with two states."""
+    int8 = precision == "int8"
+    dtype = "int8" if int8 else "float32"
+
+    def tensor(shape, scale, zero):
+        return {"shape": shape, "dtype": dtype, "scale": scale if int8 else 0.0, "zero_point": zero if int8 else 0}
+
+    states = [tensor([1, 6, 1, 8], 0.02, -5), tensor([1, 4, 1, 16], 0.05, -128)]
+    return {"precision": precision, "bytes": 100, "sha256": "ab" * 32, "arena_bytes": 20000, "macs_per_block": 40064,
+            "ops": {"CONCATENATION": 2, "CONV_2D": 3, "SOFTMAX": 1, "STRIDED_SLICE": 2},
+            "io": {"inputs": [tensor([1, 64, 1, 3], 0.0078125, -1), *states],
+                   "outputs": [tensor([1, 64, 1, 3], 0.00390625, -128), *states]}}
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp32"])
+def test_firmware_glue_syntax_stream_model(precision, tmp_path):
+    """firmware/src/*.cc with a streaming model's sources (stream_c.py's writer): model_picker.h picks the streaming
+    mode, stream_model.cc compiles, window_model.cc compiles to nothing; a folder holding both kinds builds the
+    streaming one, and a whole-window make quantize into it takes the streaming files out."""
+    from pipeline.deploy import boards
+    from pipeline.deploy.convert import c_array, stream_c
+
+    info = stream_info(precision)
+    description = stream_c.state_description(info, ["enc1", "enc2"], stream_student())
+    budget = boards.check_stream_budget(boards.get_board("esp32c3"), {**description, "arena_bytes": 20000})
+    files = stream_c.write_stream_firmware(tmp_path / "model", bytes(100), description, PickRule(), budget, "0123abcd")
+    header = files["stream_model_config.h"]
+    for line in ("#define EDGEPICK_STREAM_OUTPUT_DELAY 100 ", "#define EDGEPICK_STREAM_S_OUTPUT_DELAY 100 ",
+                 "#define EDGEPICK_STREAM_WINDOW_SAMPLES 3008 ", "#define EDGEPICK_STREAM_S_NEEDS_HORIZONTALS 1 ",
+                 "#define EDGEPICK_STREAM_NORM_EPS 1e-06\n", '#define EDGEPICK_STREAM_MODEL_BOARD "esp32c3"',
+                 '#define EDGEPICK_STREAM_QUANTIZE_ID "0123abcd"', "static_assert(EDGEPICK_STREAM_BUDGET_SRAM_USED"):
+        assert line in header, line
+    assert json.loads(files["stream_states.json"])["s_output_delay_samples"] == 100
+    stubs, port = CORE / "host" / "stubs", FIRMWARE / "sim" / "port"
+
+    def compile_glue(source):
+        cmd = ["g++", "-std=gnu++17", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter", "-fsyntax-only",
+               "-DEDGEPICK_SAMPLE_SOURCE=0", f"-I{stubs}", f"-I{port}", f"-I{tmp_path / 'model'}",
+               f"-I{FIRMWARE / 'src'}", f"-I{CORE / 'src'}", str(source)]
+        return subprocess.run(cmd, capture_output=True, text=True)
+
+    for source in sorted((FIRMWARE / "src").glob("*.cc")):
+        result = compile_glue(source)
+        assert result.returncode == 0, f"{source.name}: {result.stderr}"
+    window_info = {"precision": "int8", "bytes": 100, "expanded_bytes": 0, "sha256": "abc", "arena_bytes": 1000,
+                   "in_samples": 3001, "hop_samples": 1501, "sampling_rate": 100.0, "ops": {"CONV_2D": 9},
+                   "io": {"input": {"dtype": "int8", "scale": 0.0078125, "zero_point": 0},
+                          "output": {"dtype": "int8", "scale": 0.00390625, "zero_point": -128}}}
+    for name, text in c_array.firmware_files(bytes(100), window_info, PickRule(), boards.check_budget(
+            boards.get_board("esp32c3"), window_info), 1e-6).items():
+        (tmp_path / "model" / name).write_text(text)  # both kinds in one folder: the streaming one is built
+    (tmp_path / "kind.cc").write_text('#include "model_picker.h"\nstatic_assert(EDGEPICK_STREAM_MODEL == 1, "");\n')
+    result = compile_glue(tmp_path / "kind.cc")
+    assert result.returncode == 0, result.stderr
+    c_array.write_firmware(tmp_path / "model", bytes(100), window_info, PickRule(), boards.check_budget(
+        boards.get_board("esp32c3"), window_info), 1e-6)
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == sorted(c_array.WINDOW_FILES)
+
+
+def test_stream_header_takes_the_s_channels_own_delay():
+    """student.s_output_delay (the S channel's delay) goes into the JSON and the header; a student without one (or
+    None) has S at output_delay."""
+    from pipeline.deploy.convert import stream_c
+
+    for student, delay in ((stream_student(), 100), (stream_student(None), 100), (stream_student(180), 180)):
+        description = stream_c.state_description(stream_info(), ["enc1", "enc2"], student)
+        assert description["s_output_delay_samples"] == delay and description["output_delay_samples"] == 100
+        assert f"#define EDGEPICK_STREAM_S_OUTPUT_DELAY {delay} " in stream_c.stream_config_header(description, PickRule())

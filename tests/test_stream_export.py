@@ -12,7 +12,7 @@ import torch
 
 from pipeline.cli import main
 from pipeline.deploy import tflm, tflm_stream
-from pipeline.deploy.convert import onnx_export, onnx_to_keras, stream_c
+from pipeline.deploy.convert import c_array, onnx_export, onnx_to_keras, stream_c
 from pipeline.deploy.convert import stream_export as se
 from pipeline.errors import EdgepickError
 from pipeline.model.picking import PickRule
@@ -217,6 +217,9 @@ def test_quantize_stage_writes_the_streaming_model_of_a_causal_student(tmp_path,
               "--set", "quantize.calibration_windows=3", "--set", "quantize.min_calibration_windows=3",
               "--set", "quantize.heldout_windows=2"]
     capsys.readouterr()
+    firmware.mkdir()  # a whole-window model there before, and a file of the user's
+    for name in (*c_array.WINDOW_FILES, "notes.txt"):
+        (firmware / name).write_text("// old\n")
     assert main([*common, "--set", "quantize.firmware_precision=fp16"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "streaming model is built in fp32 / int8" in err[0]
@@ -232,5 +235,9 @@ def test_quantize_stage_writes_the_streaming_model_of_a_causal_student(tmp_path,
         states = json.loads((out / f"model_stream_{precision}.json").read_text())
         assert states["bytes"] == len(flatbuffer) and len(states["states"]) == 10
         assert tflm.load(flatbuffer, states["arena_bytes"])[0] is not None
-    assert (out / "firmware" / "stream_model_config.h").is_file() and (out / "edgepick_config.yaml").is_file()
-    assert not firmware.exists()  # the whole-window firmware's model is left alone
+    assert (out / "edgepick_config.yaml").is_file() and report["budgets"]["int8"]["board"] == "esp32-psram4"
+    # the firmware's model folder now holds the streaming model (its whole-window files taken out), paired by the id
+    assert sorted(p.name for p in firmware.iterdir()) == sorted(c_array.STREAM_FILES + ("notes.txt",))
+    header = (firmware / "stream_model_config.h").read_text()
+    assert f'#define EDGEPICK_STREAM_QUANTIZE_ID "{report["quantize_id"]}"' in header
+    assert "#define EDGEPICK_STREAM_S_OUTPUT_DELAY 100 " in header and "EDGEPICK_STREAM_BUDGET_SRAM_USED" in header

@@ -102,7 +102,7 @@ class Adxl355Source : public SampleSource {
     return true;
   }
 
-  void Poll(edgepick::StreamPicker& picker, int timeout_ms) override {
+  void Poll(edgepick::SampleInput& picker, int timeout_ms) override {
     Frame frame;
     TickType_t wait = pdMS_TO_TICKS(timeout_ms);
     while (xQueueReceive(queue_, &frame, wait) == pdTRUE) {

@@ -2,7 +2,7 @@
 // ADXL355 accelerometer on SPI (adxl355_source.cc, resampled to the model's 100 Hz).
 #pragma once
 
-#include "ep_stream.h"
+#include "ep_sample_input.h"
 
 class SampleSource {
  public:
@@ -11,7 +11,7 @@ class SampleSource {
   virtual bool Begin() = 0;
   // Hands everything that arrived since the last call to the picker (samples or protocol bytes). Blocks at
   // most timeout_ms when nothing is there.
-  virtual void Poll(edgepick::StreamPicker& picker, int timeout_ms) = 0;
+  virtual void Poll(edgepick::SampleInput& picker, int timeout_ms) = 0;
   virtual const char* name() const = 0;
 };
 

@@ -30,7 +30,7 @@ class SerialSource : public SampleSource {
     return true;
   }
 
-  void Poll(edgepick::StreamPicker& picker, int timeout_ms) override {
+  void Poll(edgepick::SampleInput& picker, int timeout_ms) override {
     uint8_t chunk[256];
     const int n = uart_read_bytes(UART_NUM_0, chunk, sizeof(chunk), pdMS_TO_TICKS(timeout_ms));
     for (int i = 0; i < n; ++i) picker.FeedChar(static_cast<char>(chunk[i]));

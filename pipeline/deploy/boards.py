@@ -192,6 +192,31 @@ def check_budget(board: Board, info: dict, board_config=None, raise_error: bool 
     items[big].append(("ring buffer", ring))
     if expansion:
         items[big].append(("fp16 expansion", expansion))
+    return _placed(board, items, arena, margin, info.get("precision", ""), raise_error)
+
+
+# What the firmware's streaming mode keeps besides the arena (ep_block_picker.h, firmware/src/stream_model.cc): the
+# block being filled and its probabilities (64 x 3 floats each; the block is normalised into the model's input
+# tensor) and, per block of the normalisation window and component, a double sum and a float maximum and minimum.
+STREAM_BLOCK_BUFFER_FLOATS = 2 * 64 * 3
+NORM_STATS_BYTES_PER_BLOCK = 3 * (8 + 4 + 4)
+
+
+def check_stream_budget(board: Board, info: dict, board_config=None, raise_error: bool = True) -> dict:
+    """:func:`check_budget` for a causal student's streaming model: ``info`` with ``bytes``, ``arena_bytes``,
+    ``state_bytes`` (the firmware's copy of the carried states) and ``norm_window_blocks``; no ring, window or stitch
+    buffer (a block at a time, each sample final once its block ran). Placed as the whole-window model's."""
+    margin = float(getattr(board_config, "margin", 0.10))
+    arena = _round16(info["arena_bytes"] * (1 + margin))
+    items = {"sram": [("block buffers", _round16(STREAM_BLOCK_BUFFER_FLOATS * 4)),
+                      ("normaliser statistics", _round16(int(info["norm_window_blocks"]) * NORM_STATS_BYTES_PER_BLOCK)),
+                      ("state copy", _round16(int(info["state_bytes"])))],
+             "psram": [], "flash": [("model", int(info["bytes"]))]}
+    return _placed(board, items, arena, margin, info.get("precision", ""), raise_error)
+
+
+def _placed(board: Board, items: dict, arena: int, margin: float, precision: str, raise_error: bool) -> dict:
+    """The arena placed (internal RAM when it fits, else PSRAM) beside ``items`` and every region checked."""
     sram_if_arena = sum(n for _, n in items["sram"]) + arena
     if arena <= board.max_arena_in_sram and sram_if_arena * (1 + margin) <= board.sram_bytes or not board.psram_bytes:
         items["sram"].append(("arena", arena))
@@ -217,7 +242,7 @@ def check_budget(board: Board, info: dict, board_config=None, raise_error: bool 
         )
     result = {
         "board": board.name, "description": board.description, "margin": margin, "regions": regions,
-        "arena_alloc_bytes": arena, "precision": info.get("precision", ""),
+        "arena_alloc_bytes": arena, "precision": precision,
         "overflow": ("; ".join(problems) if problems else ""),
     }
     if problems and raise_error:

@@ -217,8 +217,9 @@ def build_firmware(board: Board, model_dir: str | Path, build_dir: str | Path, t
     _require_tools()
     tflm_root, _ = vendor_roots(vendor)
     model_dir, build_dir = Path(model_dir).resolve(), Path(build_dir).resolve()
-    if not (model_dir / "model_ops.h").is_file():
-        raise EdgepickError(f"{model_dir} holds no generated model (model_ops.h missing): run `make quantize` first")
+    if not (model_dir / "model_ops.h").is_file() and not (model_dir / "stream_model_ops.h").is_file():
+        raise EdgepickError(f"{model_dir} holds no generated model (model_ops.h or stream_model_ops.h missing): run "
+                            "`make quantize` first")
     extra = ["-DBOARD_HAS_PSRAM"] if board.psram_bytes else []
     if trace_tensors:
         extra.append("-DEDGEPICK_TRACE_TENSORS=1")
@@ -247,7 +248,7 @@ def image_memory(elf: Path, board: Board) -> dict:
         if len(parts) == 3 and parts[0].startswith(".") and parts[1].isdigit():
             sections[parts[0]] = (int(parts[1]), int(parts[2]))
     symbols = _tool_output(["riscv64-unknown-elf-nm", "-S", str(elf)])
-    match = re.search(r"^[0-9a-f]+ ([0-9a-f]+) \w g_edgepick_model$", symbols, re.M)
+    match = re.search(r"^[0-9a-f]+ ([0-9a-f]+) \w g_edgepick(_stream)?_model$", symbols, re.M)
     model = int(match.group(1), 16) if match else 0
 
     def in_region(address: int, origin: int, size: int) -> bool:

@@ -3,22 +3,23 @@ and INT8, each checked block by block in TensorFlow Lite Micro against the PyTor
 description and the C sources the firmware's streaming loop takes (pipeline/deploy/convert/stream_c.py).
 
 Out: ``quantize.out``: ``student_stream.onnx``, ``model_stream_<precision>.tflite`` and ``.json`` (its state
-tensors), ``quantize_report.json``, the resolved configuration, and ``firmware/`` (``stream_model_data.cc/.h``,
-``stream_model_config.h``, ``stream_model_ops.h``, ``stream_states.json``) for ``quantize.firmware_precision``.
-``quantize.firmware_dir`` is left as it is: the firmware runs whole windows until its streaming loop exists.
+tensors), ``quantize_report.json``, the resolved configuration; ``quantize.firmware_dir``: the firmware's streaming
+model of ``quantize.firmware_precision`` (``stream_model_data.cc/.h``, ``stream_model_config.h`` with the board's
+memory budget, ``stream_model_ops.h``, ``stream_states.json``), which replaces a whole-window model there (the
+firmware then runs its streaming mode, firmware/src/stream_model.cc). Both folders are replaced together, with one
+quantize id, as the whole-window stage writes them (pipeline/stages/quantize.py).
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 
-from pipeline.artifacts import atomic_dir, save_config
+from pipeline.artifacts import atomic_dirs, save_config
 from pipeline.data.datasets import open_dataset
 from pipeline.deploy import boards
-from pipeline.deploy.convert import stream_c
+from pipeline.deploy.convert import c_array, stream_c
 from pipeline.deploy.convert.stream_export import StreamResult, stream_export
 from pipeline.errors import EdgepickError
 from pipeline.model.streaming import BLOCK
@@ -42,20 +43,14 @@ def dataset_traces(dataset: str, split: str, count: int, seed: int) -> list[np.n
     return traces
 
 
-def stream_memory(board, result: StreamResult, info: dict, student, margin: float) -> dict:
-    """What the streaming model needs on ``board`` besides the picker: the arena, the firmware's own copy of the
-    states and the normaliser's block statistics (sum, maximum, minimum per component and block, 8 bytes each);
-    checked against the board's internal RAM and the model's share of flash (one error line when over)."""
-    states = sum(int(np.prod(shape)) for shape in result.state_shapes) * (1 if info["precision"] == "int8" else 4)
-    norm = student.norm_window // BLOCK * 3 * 3 * 8
-    sram = int((info.get("arena_bytes", 0) + states + norm) * (1 + margin))
-    memory = {"arena": info.get("arena_bytes", 0), "state copy": states, "normaliser": norm,
-              "sram_with_margin": sram, "sram_capacity": board.sram_bytes, "flash": info["bytes"],
-              "flash_capacity": board.flash_bytes}
-    if sram > board.sram_bytes or info["bytes"] > board.flash_bytes:
-        raise EdgepickError(f"the streaming model needs {sram} bytes of RAM and {info['bytes']} of flash on {board.name} "
-                            f"(has {board.sram_bytes} / {board.flash_bytes})")
-    return memory
+def stream_budget(board, description: dict, board_config) -> dict:
+    """What the streaming model (its :func:`stream_c.state_description`) needs on ``board`` besides the picker's
+    code: the arena, the firmware's own copy of the states, the normaliser's block statistics and the block
+    buffers, placed and checked by :func:`pipeline.deploy.boards.check_stream_budget` (not raised: :func:`run`
+    refuses the firmware variant's overflow)."""
+    need = {key: description[key] for key in ("bytes", "precision", "state_bytes", "norm_window_blocks")}
+    need["arena_bytes"] = int(description["arena_bytes"] or 0)
+    return boards.check_stream_budget(board, need, board_config, raise_error=False)
 
 
 def format_stream(result: StreamResult, student, window_macs: int, hop: int) -> str:
@@ -97,15 +92,21 @@ def run(config, student) -> StreamResult:
     if skipped:
         print(f"not built for the stream: {', '.join(skipped)} (TFLite Micro has no float16 kernels; the FP16 variant "
               "packs a whole-window model)")
-    descriptions, memory = {}, {}
+    descriptions, budgets = {}, {}
     for precision, info in result.variants.items():
         descriptions[precision] = stream_c.state_description(info, result.state_layers, student)
-        memory[precision] = stream_memory(board, result, info, student, float(config.board.margin))
+        budgets[precision] = stream_budget(board, descriptions[precision], config.board)
         if info["reference_picks"] and info["pick_agreement"] < info["agreement_required"]:
             print(f"WARNING: streaming {precision} picks agree with PyTorch {info['pick_agreement']:.3f} < "
                   f"{info['agreement_required']}: below the bar for shipping")
-    out = Path(q.out)
-    with atomic_dir(out) as tmp:
+    chosen, budget = result.variants[q.firmware_precision], budgets[q.firmware_precision]
+    print(boards.format_budget(budget))
+    if budget["overflow"]:
+        raise EdgepickError(budget["overflow"])
+    payload, description = result.flatbuffers[q.firmware_precision], descriptions[q.firmware_precision]
+    run_id = c_array.quantize_id(result.flatbuffers, stream_c.stream_config_header(description, student.pick_rule, budget))
+    out, firmware_dir = c_array.output_folders(q.out, q.firmware_dir)
+    with atomic_dirs(out, firmware_dir) as (tmp, tmp_firmware):
         (tmp / "student_stream.onnx").write_bytes(result.onnx_bytes)
         for precision, data in result.flatbuffers.items():
             (tmp / f"model_stream_{precision}.tflite").write_bytes(data)
@@ -113,15 +114,16 @@ def run(config, student) -> StreamResult:
         report = {"student": str(q.student), "dataset": str(dataset), "streaming": True,
                   "calibration_traces": len(calibration), "calibration_blocks": result.calibration_pairs,
                   "heldout_traces": len(heldout), "onnx_max_error": result.onnx_max_error,
-                  "keras_max_error": result.keras_max_error, "variants": result.variants, "memory": memory,
+                  "keras_max_error": result.keras_max_error, "variants": result.variants, "budgets": budgets,
                   "macs_per_block": result.macs_per_block,
                   "macs_per_second": result.macs_per_block * float(student.sampling_rate) / BLOCK,
-                  "window_macs": window_macs, "firmware_precision": q.firmware_precision, "board": board.name}
+                  "window_macs": window_macs, "firmware_precision": q.firmware_precision, "board": board.name,
+                  "quantize_id": run_id, "firmware_dir": str(firmware_dir)}
         (tmp / "quantize_report.json").write_text(json.dumps(report, indent=2, default=str))
         save_config(tmp, config)
-        stream_c.write_stream_firmware(tmp / "firmware", result.flatbuffers[q.firmware_precision],
-                                       descriptions[q.firmware_precision], student.pick_rule)
-    chosen = result.variants[q.firmware_precision]
-    print(f"wrote {out}/ (streaming {q.firmware_precision}: {chosen['bytes']} bytes, arena {chosen.get('arena_bytes')} "
-          f"bytes, firmware sources in {out}/firmware/; {q.firmware_dir} left as it is)")
+        files = stream_c.stream_firmware_files(payload, description, student.pick_rule, budget, run_id)
+        c_array.fill_firmware_dir(tmp_firmware, firmware_dir, files, payload, replaces=c_array.WINDOW_FILES,
+                                  array=("stream_model_data.cc", "g_edgepick_stream_model"))
+    print(f"wrote {out}/ and {firmware_dir}/ (streaming {q.firmware_precision}: {chosen['bytes']} bytes, arena "
+          f"{chosen.get('arena_bytes')} bytes; quantize id {run_id}): the firmware runs its streaming mode")
     return result

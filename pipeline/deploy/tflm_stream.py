@@ -79,6 +79,21 @@ def run_stream(flatbuffer: bytes, waveform: np.ndarray, norm_window: int, norm_e
     TFLite Micro: :func:`pipeline.model.stream_step.stream_scores`'s layout (each score at the sample it is of,
     NaN where no block has finished it), normalised block by block as it normalises, from zero states.
     ``output_delay``: one delay for every class, or one per class (:func:`streaming.channel_delays`)."""
+    written = run_stream_blocks(flatbuffer, waveform, norm_window, norm_eps, arena, io)
+    n = np.asarray(waveform).shape[1]
+    delays = (int(output_delay),) * 3 if np.ndim(output_delay) == 0 else tuple(int(d) for d in output_delay)
+    out = np.full((n + max(delays), 3), np.nan, dtype=np.float32)
+    out[: len(written)] = written
+    return undelay(out, delays)[:n]
+
+
+def run_stream_blocks(flatbuffer: bytes, waveform: np.ndarray, norm_window: int, norm_eps: float,
+                      arena: int | None = None, io: dict | None = None) -> np.ndarray:
+    """The streaming model's output (blocks x 64, 3) at each sample of ``waveform`` (3, n)'s whole blocks, as the
+    firmware gets it: each block normalised into input 0 (:class:`RunningNormalizer`; an int8 input by its
+    :meth:`~RunningNormalizer.quantized` pass), the states fed back from zero states, output 0 dequantized; not moved
+    back by the delays (pipeline.model.block_picks does that). ``waveform``'s samples as the firmware holds them:
+    float32 values (a float64 array of them is fine)."""
     interpreter, exc, err = tflm.load(flatbuffer, arena or tflm.MAX_ARENA)
     if interpreter is None:
         raise EdgepickError(f"TFLite Micro cannot load the streaming model: {err.strip() or exc}")
@@ -89,15 +104,19 @@ def run_stream(flatbuffer: bytes, waveform: np.ndarray, norm_window: int, norm_e
         raise EdgepickError(f"a stream is (3, n) samples, got {waveform.shape}")
     normalizer = RunningNormalizer(3, norm_window // BLOCK, norm_eps)
     states = [zero_state(d) for d in io["inputs"][1:]]
-    n = waveform.shape[1]
-    delays = (int(output_delay),) * 3 if np.ndim(output_delay) == 0 else tuple(int(d) for d in output_delay)
-    out = np.full((n + max(delays), 3), np.nan, dtype=np.float32)
-    for start in range(0, n - BLOCK + 1, BLOCK):
-        block = normalizer(waveform[:, start : start + BLOCK])
-        interpreter.set_input(tflm.quantize_input(block, io["inputs"][0]), 0)
+    blocks = waveform.shape[1] // BLOCK
+    out = np.full((blocks * BLOCK, 3), np.nan, dtype=np.float32)
+    block_input = io["inputs"][0]
+    for start in range(0, blocks * BLOCK, BLOCK):
+        raw = waveform[:, start : start + BLOCK]
+        if block_input["dtype"] == "int8":  # normalised and quantized in one pass, as the firmware does
+            quantized = normalizer.quantized(raw, block_input["scale"], block_input["zero_point"])
+            interpreter.set_input(quantized.T.reshape(block_input["shape"]), 0)
+        else:
+            interpreter.set_input(tflm.quantize_input(normalizer(raw), block_input), 0)
         for k, state in enumerate(states):
             interpreter.set_input(state, k + 1)
         interpreter.invoke()
         out[start : start + BLOCK] = tflm.dequantize_output(interpreter.get_output(0), io["outputs"][0])
         states = [np.array(interpreter.get_output(k + 1), copy=True) for k in range(len(states))]  # all out first
-    return undelay(out, delays)[:n]
+    return out

@@ -206,24 +206,71 @@ def running_normalize(x, window_blocks: int, eps: float):
 
 
 class RunningNormalizer:
-    """:func:`running_normalize` one block at a time, as the firmware keeps it: per block and component its sum,
-    maximum and minimum, for the last ``window_blocks`` blocks."""
+    """:func:`running_normalize` one block at a time, as the firmware keeps it (``RunningNorm``, ep_running_norm.h),
+    bit for bit: per block and component its sum (its samples added in order), maximum and minimum, for the last
+    ``window_blocks`` blocks, the window's sums a running total (minus the block that leaves, plus the one that
+    comes); mean and peak in double. On integer counts every sum is exact.
+
+    Calling it gives the float block ((x - mean) / peak in double); :meth:`quantized` gives an int8 model's input
+    from the same statistics as the firmware computes it: in fixed point for a block of whole numbers, in one float32
+    pass otherwise (the double division and a separate quantization cost ~10x more on the FPU-less ESP32-C3)."""
 
     def __init__(self, components: int, window_blocks: int, eps: float):
         if window_blocks < 1:
             raise EdgepickError(f"running normalisation needs a window of at least one block, got {window_blocks}")
         self.window_blocks, self.eps = int(window_blocks), float(eps)
         self.stats: deque[np.ndarray] = deque(maxlen=self.window_blocks)  # per block (3, components): sum, max, min
+        self.total = np.zeros(components, dtype=np.float64)  # the window's sums
 
-    def __call__(self, block: np.ndarray) -> np.ndarray:
+    def update(self, block: np.ndarray) -> tuple[np.ndarray, float]:
+        """One more block's statistics; the mean (per component) and the peak (x (1 + eps), 1 where 0) of the
+        window ending with it."""
         block = np.asarray(block, dtype=np.float64)
         if block.shape[-1] != BLOCK:
             raise EdgepickError(f"running normalisation takes {BLOCK}-sample blocks, got {block.shape[-1]}")
-        self.stats.append(np.stack([block.sum(-1), block.max(-1), block.min(-1)]))
+        # np.add.accumulate adds in order (sum() adds pairwise)
+        mine = np.stack([np.add.accumulate(block, -1)[..., -1], block.max(-1), block.min(-1)])
+        if len(self.stats) == self.window_blocks:
+            self.total = self.total - self.stats[0][0]
+        self.total = self.total + mine[0]
+        self.stats.append(mine)
         stats = np.stack(self.stats)
-        mean = stats[:, 0].sum(0) / (len(self.stats) * BLOCK)
+        mean = self.total / (len(self.stats) * BLOCK)
         peak = float(np.maximum(stats[:, 1].max(0) - mean, mean - stats[:, 2].min(0)).max()) * (1 + self.eps)
-        return ((block - mean[:, None]) / (peak if peak > 0 else 1.0)).astype(np.float32)
+        return mean, (peak if peak > 0 else 1.0)
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        block = np.asarray(block, dtype=np.float64)
+        mean, peak = self.update(block)
+        return ((block - mean[:, None]) / peak).astype(np.float32)
+
+    def quantized(self, block: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+        """The block (components, 64) as an int8 input of ``scale`` and ``zero_point``: (x - mean) / peak / scale,
+        rounded half away from zero, plus the zero point, clamped to [-128, 127], computed as the firmware does
+        (``RunningNorm::NormalizeInt8``, to ~1e-4 of a step): with inv = 1 / (peak x scale) (double), a block of
+        whole numbers below 2^31 in fixed point (per component R = the mean truncated, inv = M 2^-S with M its 23-bit
+        mantissa, C = round((R - mean) inv 2^S), q = round((x - R) M + C) / 2^S), any other in one float32 pass (r =
+        float32(mean), a = float32(inv), c = float32((r - mean) inv), q = round((x - r) a + c), each step float32).
+        ``block``: float32 samples (the firmware parses float32)."""
+        x = np.asarray(block, dtype=np.float32)
+        mean, peak = self.update(x)
+        inv = 1.0 / (peak * float(np.float32(scale)))
+        mantissa, exponent = math.frexp(inv)
+        shift = 23 - exponent
+        if np.all(np.trunc(x) == x) and np.all(np.abs(x) < 2.0 ** 31) and 1 <= shift <= 62:
+            multiplier = int(mantissa * 8388608.0)  # 2^23
+            base = np.trunc(mean).astype(np.int64)
+            offset = np.array([math.floor(math.ldexp((float(b) - m) * inv, shift) + 0.5) for b, m in zip(base, mean)],
+                              dtype=np.int64)
+            t = (x.astype(np.int64) - base[:, None]) * multiplier + offset[:, None]
+            half = np.int64(1) << np.int64(shift - 1)
+            rounded = np.where(t >= 0, (t + half) >> shift, -((-t + half) >> shift))
+        else:
+            r = mean.astype(np.float32)
+            c = ((r.astype(np.float64) - mean) * inv).astype(np.float32)
+            v = (x - r[:, None]) * np.float32(inv) + c[:, None]  # float32 throughout (numpy keeps the array's dtype)
+            rounded = np.sign(v) * np.floor(np.abs(v).astype(np.float64) + 0.5)  # exact: + 0.5 in float64
+        return np.clip(rounded + int(zero_point), -128, 127).astype(np.int8)
 
     def __str__(self) -> str:
         return f"RunningNormalizer(last {self.window_blocks} blocks of {BLOCK} samples, eps {self.eps:g})"

@@ -1,7 +1,8 @@
 """``make firmware`` / ``make flash`` / ``make monitor``: the PlatformIO ESP32 firmware in ``firmware/``.
 
-``build`` checks the memory budget of the generated model first (``firmware/src/model/model_config.h``, written by
-``make quantize`` for ``board.name``), then runs ``pio run -e <board>`` in ``firmware/``; ``flash`` adds
+``build`` checks the memory budget of the generated model first (``firmware/src/model/model_config.h``, or
+``stream_model_config.h`` for a causal student's streaming model, written by ``make quantize`` for ``board.name``),
+then runs ``pio run -e <board>`` in ``firmware/``; ``flash`` adds
 ``-t upload``; ``monitor`` runs ``pio device monitor`` (picks as JSON lines, docs/firmware.md). A missing
 PlatformIO, a missing ESP32 platform (PlatformIO cannot download it offline) or a board without an environment
 is reported in one line.
@@ -22,18 +23,27 @@ from pipeline.errors import EdgepickError
 
 FIRMWARE_DIR = Path(__file__).resolve().parents[2] / "firmware"
 MODEL_CONFIG = FIRMWARE_DIR / "src" / "model" / "model_config.h"
+STREAM_CONFIG_NAME = "stream_model_config.h"  # a causal student's streaming model (its names prefixed EDGEPICK_STREAM_)
+
+
+def model_header(config_path: Path | None = None) -> tuple[Path, str]:
+    """The model folder's header and its macro prefix: the streaming model's when the folder holds one (the
+    firmware builds its streaming mode then, firmware/src/model_picker.h), else model_config.h."""
+    config_path = config_path or MODEL_CONFIG
+    stream = config_path.with_name(STREAM_CONFIG_NAME)
+    return (stream, "EDGEPICK_STREAM_") if stream.is_file() else (config_path, "EDGEPICK_")
 
 
 def budget_lines(values: dict[str, str]) -> list[str]:
-    """The budget lines of model_config.h; raises when a region is over its capacity."""
+    """The budget lines of model_config.h (or stream_model_config.h); raises when a region is over its capacity."""
     lines = []
     for name in sorted(values):
-        match = re.fullmatch(r"EDGEPICK_BUDGET_(\w+)_USED", name)
+        match = re.fullmatch(r"(EDGEPICK_(?:STREAM_)?BUDGET_)(\w+)_USED", name)
         if not match:
             continue
-        key = match.group(1)
+        prefix, key = match.groups()
         used = int(values[name].rstrip("uU"))
-        capacity = int(values.get(f"EDGEPICK_BUDGET_{key}_CAPACITY", "0").rstrip("uU"))
+        capacity = int(values.get(f"{prefix}{key}_CAPACITY", "0").rstrip("uU"))
         lines.append(f"{key.lower()}: {used} of {capacity} bytes ({100.0 * used / max(capacity, 1):.0f} %)")
         if used > capacity:
             raise EdgepickError(f"memory budget exceeded: {key.lower()} needs {used} bytes, the board has {capacity}")
@@ -85,7 +95,7 @@ def model_board(path: Path | None = None) -> str | None:
 def check_pairing(values: dict[str, str], tflite_dir: Path) -> None:
     """The firmware's model and ``tflite_dir`` (quantize.out) come from one ``make quantize`` run: the quantize id of
     model_config.h is the one of quantize_report.json (both written together by the quantize stage)."""
-    ours = values.get("EDGEPICK_QUANTIZE_ID")
+    ours = values.get("EDGEPICK_QUANTIZE_ID") or values.get("EDGEPICK_STREAM_QUANTIZE_ID")
     if not ours:
         raise EdgepickError(f"{MODEL_CONFIG.parent} predates the quantize id that pairs it with {tflite_dir}/: "
                             "run `make quantize` again")
@@ -101,11 +111,13 @@ def check_pairing(values: dict[str, str], tflite_dir: Path) -> None:
 
 
 def build(config, upload: bool = False) -> None:
-    values = read_model_config(MODEL_CONFIG)
-    if not MODEL_CONFIG.with_name("model_ops.h").is_file():
-        raise EdgepickError(f"{MODEL_CONFIG.parent} predates model_ops.h (the model's op list): run `make quantize` again")
+    header, prefix = model_header()
+    values = read_model_config(header)
+    ops = "stream_model_ops.h" if prefix == "EDGEPICK_STREAM_" else "model_ops.h"
+    if not header.with_name(ops).is_file():
+        raise EdgepickError(f"{header.parent} predates {ops} (the model's op list): run `make quantize` again")
     check_pairing(values, Path(config.quantize.out))
-    generated_for = model_board()
+    generated_for = model_board(header)
     if generated_for and generated_for != config.board.name:
         raise EdgepickError(f"firmware/src/model/ was generated for board {generated_for}, not {config.board.name}: "
                             f"run `make quantize SET='board.name={config.board.name}'` first")

@@ -6,6 +6,13 @@ through the serial protocol -> the JSON picks, compared with the Python stream r
 same flatbuffer in the ``tflite-micro`` interpreter, the pick rule read back from ``model_config.h``) -> a memory
 table, the instructions per window and per second of data of each mode, and the energy table
 (pipeline/deploy/energy.py), printed and saved as ``<out>/<board>.json`` (the table also as ``<out>/<board>.energy.md``).
+
+A streaming model in the folder (a causal student's, pipeline/deploy/stream_firmware.py) runs the firmware's
+streaming mode: one 64-sample block per Invoke; its Python twin is the same flatbuffer block by block and the block
+picker (pipeline.model.block_picks); its path is ``streaming`` (measured per block x blocks per second), with the
+instructions outside Invoke (normalisation, quantization and state writes, state copies and dequantization) beside
+it; ``firmware_sim.baseline_dir``, a whole-window model folder, adds that model's exact replay and live mode, measured
+on the first seconds of the same stream, to the same table.
 """
 
 from __future__ import annotations
@@ -17,12 +24,13 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.data import waveforms
-from pipeline.deploy import boards, emulator, energy, tflm
+from pipeline.deploy import boards, emulator, energy, stream_firmware, tflm
 from pipeline.artifacts import atomic_write_text, save_config
 from pipeline.deploy.convert import c_array, fp16_pack
 from pipeline.deploy.convert.c_array import read_model_config
 from pipeline.errors import EdgepickError
 from pipeline.model.picking import PHASES, LiveRule, PickRule, live_stream_picks, stream_picks
+from pipeline.model.streaming import BLOCK
 from pipeline.deploy.serial_protocol import parse_pick_lines, sample_lines
 from pipeline.data.traces import load_labelled, resolve_dataset
 
@@ -95,6 +103,7 @@ def firmware_run(lines: list[str]) -> dict:
     return {"picks": sorted((p["phase"], int(p["sample"]), p.get("fwhm"), p["retracted"] is not None)
                             for p in parse_pick_lines(lines)),
             "instructions": [t["instructions"] for t in by_type.get("timing", [])],
+            "timings": by_type.get("timing", []),
             "errors": [m.get("msg", "") for m in by_type.get("error", [])],
             "warnings": [m.get("msg", "") for m in by_type.get("warn", [])],
             "memory": (by_type.get("memory") or [{}])[0], "info": [m.get("msg", "") for m in by_type.get("info", [])],
@@ -157,18 +166,90 @@ def throughput(results: dict[str, list[dict]], values: dict[str, str], rate: flo
             "whole_run_mode": "live" if live_mode(values) else "exact_replay"}
 
 
+def mode_labels(values: dict[str, str], live_hop: int, model: str = "") -> dict[str, str]:
+    """The energy table's row label of each whole-window mode (``model``: which model, when it is not the one built)."""
+    hops = {mode: values.get(key, str(live_hop)) for mode, key in MODES.items()}
+    return {mode: f"{energy.PATH_LABELS[mode]} (a window every {hop} samples{model})" for mode, hop in hops.items()}
+
+
 def energy_report(per_second: dict[str, dict[str, float]], board: boards.Board, cycles_per_instruction: float,
-                  values: dict[str, str], live_hop: int) -> dict:
+                  labels: dict[str, str], basis: str = BASIS) -> dict:
     """The energy estimates of each kernel set's paths on ``board`` and the markdown table of ESP-NN's (what the
     boards run)."""
     rows = {k: energy.estimates(paths, board, cycles_per_instruction) for k, paths in per_second.items()}
-    hops = {mode: values.get(key, str(live_hop)) for mode, key in MODES.items()}
-    labels = {mode: f"{energy.PATH_LABELS[mode]} (a window every {hop} samples)" for mode, hop in hops.items()}
     kernels = "esp_nn" if "esp_nn" in rows else next(iter(rows))
     return {"energy_est": rows, "energy_assumptions": energy.assumptions(board, cycles_per_instruction),
             "energy_table_md": energy.markdown_table(rows[kernels], board, cycles_per_instruction,
                                                      kernels="ESP-NN" if kernels == "esp_nn" else kernels,
-                                                     labels=labels, basis=BASIS)}
+                                                     labels=labels, basis=basis)}
+
+
+# The streaming mode (firmware/src/stream_model.cc): its timing line per block counts Invoke and, apart, the work
+# around it, in the CPU counter's units: the normalisation with the int8 quantization (the core's RunningNorm), the
+# state writes, the state copies with the dequantization
+STREAM_PARTS = ("normalize", "states_in", "states_out")
+STREAM_BASIS = ("instructions per Invoke measured in the emulator (the median over the timing lines) x Invokes per "
+                "second of data: a 64-sample block per Invoke for the streaming model, a window every hop for the "
+                "whole-window model's modes (its hops from its model_config.h)")
+
+
+def stream_throughput(results: dict[str, list[dict]], rate: float, seconds_streamed: float) -> dict:
+    """The report's instruction fields of the streaming mode from the parsed runs: per block (Invoke, measured), per
+    second of data (x rate / 64 blocks per second), the work outside Invoke per block and per second of data
+    (:data:`STREAM_PARTS`), the whole firmware per second of the data it was fed."""
+    blocks_per_second = rate / BLOCK
+    per_block = {k: int(np.median([n for r in runs for n in r["instructions"]] or [0])) for k, runs in results.items()}
+    outside = {k: {part: int(np.median([t.get(part, 0) for r in runs for t in r["timings"]] or [0]))
+                   for part in STREAM_PARTS} for k, runs in results.items()}
+    whole = {k: sum(int(r["emulator"].get("instructions", 0)) for r in runs) / seconds_streamed
+             for k, runs in results.items()} if seconds_streamed > 0 else None
+    return {"instructions_per_block": per_block, "blocks_per_second": blocks_per_second,
+            "instructions_per_second_of_data": {k: {"streaming": n * blocks_per_second} for k, n in per_block.items()},
+            "instructions_outside_invoke_per_block": outside,
+            "instructions_outside_invoke_per_second_of_data": {
+                k: {**{part: n * blocks_per_second for part, n in parts.items()},
+                    "total": sum(parts.values()) * blocks_per_second} for k, parts in outside.items()},
+            "instructions_per_second_of_data_basis": STREAM_BASIS,
+            "instructions_per_second_of_data_whole_run": whole, "whole_run_mode": "streaming"}
+
+
+def baseline_run(config, board: boards.Board, lib: Path, segments: list, t0: float, rate: float) -> dict | None:
+    """The whole-window model of ``firmware_sim.baseline_dir`` on the same board, its images run on the first
+    window + 4 hops (of the mode it was built for) of ``segments`` (a stream's first gap-free stretch): its instructions per window and per
+    second of data in each mode (its Invoke is the same in both), to sit beside the streaming path; None without
+    one."""
+    s = config.firmware_sim
+    if not s.baseline_dir:
+        return None
+    folder = Path(s.baseline_dir)
+    if stream_firmware.is_stream_model(folder) or not (folder / "model_config.h").is_file():
+        raise EdgepickError(f"firmware_sim.baseline_dir {folder} holds no whole-window model (model_config.h): "
+                            "a make quantize of a plain student's firmware_dir")
+    values = read_model_config(folder / "model_config.h")
+    if abs(float(values["EDGEPICK_SAMPLING_RATE_HZ"].rstrip("f")) - rate) > 1e-6:
+        raise EdgepickError(f"firmware_sim.baseline_dir {folder}: its model runs at {values['EDGEPICK_SAMPLING_RATE_HZ']} "
+                            f"Hz, the streaming model at {rate:g} Hz")
+    hops = windows_per_second(values, rate, config.live.hop_samples)
+    need = int(values["EDGEPICK_WINDOW_SAMPLES"]) + 4 * hop_samples(values)  # five windows in the mode it was built for
+    first, data = segments[0]
+    if data.shape[1] < need:
+        raise EdgepickError(f"firmware_sim.baseline_dir: the stream's first gap-free stretch has {data.shape[1]} "
+                            f"samples, the whole-window model needs {need} for its windows")
+    images = emulator.build_firmware(board, folder, Path(s.build_dir) / board.name / "baseline", lib, s.vendor or None)
+    lines = list(sample_lines([(first, data[:, :need])], t0))
+    per_window = {}
+    for kernels, elf in images.elf.items():
+        status, output = emulator.run_firmware(elf, lines, Path(s.build_dir) / board.name / f"baseline-run-{kernels}")
+        outcome = firmware_run(output)
+        if status != 0 or not outcome["instructions"]:
+            raise EdgepickError(f"the emulated whole-window firmware of {folder} ({kernels} kernels) ran no window: "
+                                f"{(outcome['errors'] or ['no error line'])[0]}")
+        per_window[kernels] = int(np.median(outcome["instructions"]))
+    return {"model_dir": str(folder), "model_sha256": values["EDGEPICK_MODEL_SHA256"],
+            "samples_streamed": need, "instructions_per_window": per_window, "windows_per_second": hops,
+            "instructions_per_second_of_data": {k: {mode: n * w for mode, w in hops.items()}
+                                                for k, n in per_window.items()},
+            "labels": mode_labels(values, config.live.hop_samples, f", whole-window model {folder}")}
 
 
 def memory_table(board: boards.Board, image: dict, first: dict, arena: int) -> list[tuple[str, int, int]]:
@@ -197,10 +278,20 @@ def run(config) -> dict:
         print(f"note: {board.name} is an {board.isa} board: the emulator runs its memory budget and clock on RV32IMC "
               "(the ESP32-C3's instruction set; SET='board.name=esp32c3'), so its instruction counts are RV32IMC's")
     model_dir = Path(config.quantize.firmware_dir)
-    values = read_model_config(model_dir / "model_config.h")
-    rule = rule_from_header(values)
-    flatbuffer = model_flatbuffer(model_dir, values)
-    rate = float(values["EDGEPICK_SAMPLING_RATE_HZ"].rstrip("f"))
+    if stream_firmware.is_stream_model(model_dir):  # a causal student's: the firmware's streaming mode
+        model = stream_firmware.read(model_dir)
+        values, rate, model_window = model.values, model.rate, model.values["EDGEPICK_STREAM_WINDOW_SAMPLES"]
+
+        def reference_picks(waveform: np.ndarray, t0: float) -> list[tuple]:
+            return sorted((p["phase"], int(p["sample"]), int(p["fwhm"]), False)
+                          for p in stream_firmware.twin_picks(model, waveform, t0))
+    else:
+        values = read_model_config(model_dir / "model_config.h")
+        rule, flatbuffer = rule_from_header(values), model_flatbuffer(model_dir, values)
+        rate, model_window = float(values["EDGEPICK_SAMPLING_RATE_HZ"].rstrip("f")), values["EDGEPICK_WINDOW_SAMPLES"]
+
+        def reference_picks(waveform: np.ndarray, t0: float) -> list[tuple]:
+            return python_picks(waveform, flatbuffer, values, rule)
     traces = streamed_traces(config, rate)
     if not traces or not any(d.shape[1] for _, segments, _ in traces for _, d in segments):
         raise EdgepickError("nothing to stream: firmware_sim.traces is 0 or the dataset / miniSEED span is empty")
@@ -221,37 +312,30 @@ def run(config) -> dict:
                                     f"{(outcome['errors'] or ['no error line'])[0]}")
             results[kernels].append(outcome)
         # gaps are the firmware's to fill or to end a segment at: the Python reference covers gap-free streams
-        reference = python_picks(segments[0][1], flatbuffer, values, rule) if len(segments) == 1 else None
+        reference = reference_picks(segments[0][1], t0) if len(segments) == 1 else None
         comparisons.append({"trace": name, "samples": int(sum(d.shape[1] for _, d in segments)),
                             "segments": len(segments), "python": reference,
                             "reference_kernels": results["reference"][-1]["picks"],
                             "esp_nn_kernels": results["esp_nn"][-1]["picks"]})
     if not any(r["instructions"] for runs in results.values() for r in runs):
-        raise EdgepickError(f"no window ran: every stream is shorter than the model's window of "
-                            f"{values['EDGEPICK_WINDOW_SAMPLES']} samples")
+        raise EdgepickError(f"no window ran: every stream is shorter than the model's window of {model_window} samples")
     overflowed = [k for k, runs in results.items() if any(r["emulator"].get("stack_overflow") for r in runs)]
     if overflowed:
         raise EdgepickError(f"the stack of the emulated firmware ({', '.join(overflowed)} kernels) overflowed its "
                             f"{board.main_stack_bytes} bytes (CONFIG_ESP_MAIN_TASK_STACK_SIZE): raise it")
-    first = results["esp_nn"][0]
-    arena = int(values["EDGEPICK_ARENA_ALLOC_BYTES"].rstrip("u"))
-    counts = throughput(results, values, rate, config.live.hop_samples, sum(c["samples"] for c in comparisons) / rate)
-    per_window = counts["instructions_per_window"]
-    hop_s = hop_samples(values) / rate
-    macs = int(values.get("EDGEPICK_MODEL_MACS", "0").rstrip("u"))
-    seconds = {k: n * s.cycles_per_instruction / (board.cpu_mhz * 1e6) for k, n in per_window.items()}
+    seconds_streamed = sum(c["samples"] for c in comparisons) / rate
+    if stream_firmware.is_stream_model(model_dir):
+        measured = stream_report(config, board, model, results, seconds_streamed,
+                                 baseline_run(config, board, lib, traces[0][1], traces[0][2], rate))
+    else:
+        measured = window_report(config, board, values, results, seconds_streamed)
+    arena = int(values["EDGEPICK_STREAM_ARENA_ALLOC_BYTES" if "EDGEPICK_STREAM_ARENA_ALLOC_BYTES" in values
+                       else "EDGEPICK_ARENA_ALLOC_BYTES"].rstrip("u"))
     report = {
-        "board": board.name, "model_sha256": values["EDGEPICK_MODEL_SHA256"], "precision": values["EDGEPICK_PRECISION"],
-        "isa": "rv32imc", "board_isa": board.isa, "memory": [{"item": i, "bytes": b, "capacity": c} for i, b, c in
-                                     memory_table(board, image, first, arena)],
-        **counts, "macs_per_window": macs,
-        "instructions_per_mac": {k: round(n / macs, 2) for k, n in per_window.items()} if macs else None,
-        "cycles_per_instruction_assumed": s.cycles_per_instruction,
-        "cpu_mhz": board.cpu_mhz, "seconds_per_window_est": seconds,
-        "real_time_factor_est": {k: v / hop_s for k, v in seconds.items()}, "hop_s": hop_s, "live": live_mode(values),
-        **energy_report(counts["instructions_per_second_of_data"], board, s.cycles_per_instruction, values,
-                        config.live.hop_samples),
-        "traces": comparisons,
+        "board": board.name, "isa": "rv32imc", "board_isa": board.isa,
+        "memory": [{"item": i, "bytes": b, "capacity": c} for i, b, c in memory_table(board, image, results["esp_nn"][0],
+                                                                                       arena)],
+        **measured, "traces": comparisons,
         "picks_equal": all(c["esp_nn_kernels"] == c["reference_kernels"] and c["python"] in (None, c["esp_nn_kernels"])
                            for c in comparisons),
     }
@@ -269,18 +353,69 @@ def run(config) -> dict:
     return report
 
 
+def window_report(config, board: boards.Board, values: dict[str, str], results: dict, seconds_streamed: float) -> dict:
+    """The report's figures of a whole-window model: per window, per second of data of each mode, energy."""
+    s = config.firmware_sim
+    rate = float(values["EDGEPICK_SAMPLING_RATE_HZ"].rstrip("f"))
+    counts = throughput(results, values, rate, config.live.hop_samples, seconds_streamed)
+    per_window = counts["instructions_per_window"]
+    hop_s = hop_samples(values) / rate
+    macs = int(values.get("EDGEPICK_MODEL_MACS", "0").rstrip("u"))
+    seconds = {k: n * s.cycles_per_instruction / (board.cpu_mhz * 1e6) for k, n in per_window.items()}
+    return {
+        "model_sha256": values["EDGEPICK_MODEL_SHA256"], "precision": values["EDGEPICK_PRECISION"],
+        **counts, "macs_per_window": macs,
+        "instructions_per_mac": {k: round(n / macs, 2) for k, n in per_window.items()} if macs else None,
+        "cycles_per_instruction_assumed": s.cycles_per_instruction,
+        "cpu_mhz": board.cpu_mhz, "seconds_per_window_est": seconds,
+        "real_time_factor_est": {k: v / hop_s for k, v in seconds.items()}, "hop_s": hop_s, "live": live_mode(values),
+        **energy_report(counts["instructions_per_second_of_data"], board, s.cycles_per_instruction,
+                        mode_labels(values, config.live.hop_samples)),
+    }
+
+
+def stream_report(config, board: boards.Board, model, results: dict, seconds_streamed: float,
+                  baseline: dict | None) -> dict:
+    """The report's figures of a streaming model: per block (Invoke and the work around it), per second of data
+    beside the whole-window model's modes (``baseline``), energy."""
+    s = config.firmware_sim
+    counts = stream_throughput(results, model.rate, seconds_streamed)
+    per_block = counts["instructions_per_block"]
+    per_second = {k: {**(baseline["instructions_per_second_of_data"].get(k, {}) if baseline else {}), **paths}
+                  for k, paths in counts["instructions_per_second_of_data"].items()}
+    labels = {**(baseline.pop("labels") if baseline else {}),
+              "streaming": f"streaming ({BLOCK}-sample block per Invoke, {model.values['EDGEPICK_STREAM_PRECISION']})"}
+    macs = int(model.number("MACS_PER_BLOCK"))
+    hop_s = BLOCK / model.rate
+    seconds = {k: n * s.cycles_per_instruction / (board.cpu_mhz * 1e6) for k, n in per_block.items()}
+    return {
+        "model_sha256": model.values["EDGEPICK_STREAM_MODEL_SHA256"], "precision": model.values["EDGEPICK_STREAM_PRECISION"],
+        "streaming": True, **counts, "instructions_per_second_of_data": per_second, "baseline": baseline,
+        "macs_per_block": macs, "instructions_per_mac": {k: round(n / macs, 2) for k, n in per_block.items()} if macs else None,
+        "state_bytes": int(model.number("STATE_BYTES")), "cycles_per_instruction_assumed": s.cycles_per_instruction,
+        "cpu_mhz": board.cpu_mhz, "seconds_per_block_est": seconds,
+        "real_time_factor_est": {k: v / hop_s for k, v in seconds.items()}, "hop_s": hop_s, "live": True,
+        **energy_report(per_second, board, s.cycles_per_instruction, labels, STREAM_BASIS),
+    }
+
+
 def format_report(report: dict) -> str:
     lines = [f"emulated firmware: {report['board']} ({report['isa']}), {report['precision']} model "
              f"{report['model_sha256'][:12]}", f"  {'memory':56} {'bytes':>9} {'of':>9}"]
     lines += [f"  {m['item']:56} {m['bytes']:9d} {m['capacity']:9d}" for m in report["memory"]]
     cpi, mhz = report["cycles_per_instruction_assumed"], report["cpu_mhz"]
-    for kernels, n in report["instructions_per_window"].items():
+    unit = "block" if report.get("streaming") else "window"
+    for kernels, n in report[f"instructions_per_{unit}"].items():
         per_mac = f" ({report['instructions_per_mac'][kernels]:.1f} per MAC)" if report["instructions_per_mac"] else ""
-        lines.append(f"  {kernels + ' kernels':18} {n / 1e6:6.1f} M instructions per window{per_mac} -> "
-                     f"{report['seconds_per_window_est'][kernels] * 1e3:7.0f} ms at {mhz} MHz, real-time factor "
+        lines.append(f"  {kernels + ' kernels':18} {n / 1e6:6.3f} M instructions per {unit} (Invoke){per_mac} -> "
+                     f"{report[f'seconds_per_{unit}_est'][kernels] * 1e3:7.1f} ms at {mhz} MHz, real-time factor "
                      f"{report['real_time_factor_est'][kernels]:.3f} (estimate: {cpi:g} cycle per instruction)")
+    for kernels, parts in (report.get("instructions_outside_invoke_per_block") or {}).items():
+        lines.append(f"  {kernels + ' kernels':18} outside Invoke, per block: " + ", ".join(
+            f"{part} {n:,}" for part, n in parts.items()) + " instructions = "
+            f"{report['instructions_outside_invoke_per_second_of_data'][kernels]['total'] / 1e6:.3f} M per second of data")
     for kernels, modes in report["instructions_per_second_of_data"].items():
-        lines.append(f"  {kernels + ' kernels':18} instructions per second of data (measured per window x windows per "
+        lines.append(f"  {kernels + ' kernels':18} instructions per second of data (measured per Invoke x Invokes per "
                      "second): " + ", ".join(f"{mode} {n / 1e6:.2f} M" for mode, n in modes.items()))
     for kernels, n in (report.get("instructions_per_second_of_data_whole_run") or {}).items():
         lines.append(f"  {kernels + ' kernels':18} whole firmware, {report['whole_run_mode']} as built: {n / 1e6:.2f} M "

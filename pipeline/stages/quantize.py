@@ -12,7 +12,6 @@ A causal student's streaming model instead: pipeline/deploy/stream_quantize.py.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -46,7 +45,7 @@ def run(config) -> QuantizeResult:
     if q.firmware_precision not in precisions:
         raise EdgepickError(f"quantize.firmware_precision {q.firmware_precision} is not among quantize.precisions {precisions}")
     board = boards.get_board(config.board.name)
-    out, firmware_dir = _output_folders(q)
+    out, firmware_dir = c_array.output_folders(q.out, q.firmware_dir)
     # Both folders are staged first (one that cannot be written fails before the conversion) and replace their old
     # selves together at the end: never the TFLite variants of one run beside the firmware model of another.
     with atomic_dirs(out, firmware_dir) as (tmp, tmp_firmware):
@@ -56,7 +55,7 @@ def run(config) -> QuantizeResult:
         chosen = result.variants[q.firmware_precision]
         payload = result.flatbuffers[q.firmware_precision]
         firmware = (payload, chosen, model.pick_rule, budgets[q.firmware_precision], model.norm_eps, live)
-        run_id = quantize_id(result.flatbuffers, c_array.model_config_header(*firmware[1:]))
+        run_id = c_array.quantize_id(result.flatbuffers, c_array.model_config_header(*firmware[1:]))
         report = {
             "student": str(q.student), "dataset": str(dataset), "calibration_windows": len(calibration),
             "heldout_windows": len(heldout), "onnx_max_error": result.onnx_max_error,
@@ -66,29 +65,10 @@ def run(config) -> QuantizeResult:
         }
         _write_variants(tmp, result, report, config)
         c_array.fill_firmware_dir(tmp_firmware, firmware_dir, c_array.firmware_files(*firmware, quantize_id=run_id),
-                                  payload)
+                                  payload, replaces=c_array.STREAM_FILES)
     print(f"wrote {out}/ and {firmware_dir}/ ({q.firmware_precision}, {chosen['bytes']} bytes, arena "
           f"{chosen['arena_bytes']} bytes; quantize id {run_id})")
     return result
-
-
-def quantize_id(flatbuffers: dict[str, bytes], header: str) -> str:
-    """The id of one make quantize run, written in quantize_report.json and model_config.h: a digest of every
-    variant and of what the firmware's header says, so ``make firmware`` can tell the two folders belong together."""
-    digest = hashlib.sha256()
-    for precision in sorted(flatbuffers):
-        digest.update(precision.encode() + flatbuffers[precision])
-    digest.update(header.encode())
-    return digest.hexdigest()[:16]
-
-
-def _output_folders(q) -> tuple[Path, Path]:
-    """quantize.out and quantize.firmware_dir, refused when one would replace the other."""
-    out, firmware_dir = Path(q.out), Path(q.firmware_dir)
-    a, b = out.resolve(), firmware_dir.resolve()
-    if a == b or a in b.parents or b in a.parents:
-        raise EdgepickError(f"quantize.out ({out}) and quantize.firmware_dir ({firmware_dir}) must be separate folders")
-    return out, firmware_dir
 
 
 def _budgets(result: QuantizeResult, model, live: LiveRule | None, board, board_config, firmware_precision: str) -> dict:

@@ -4,6 +4,7 @@ the board's memory budget, each saying where it comes from, after TFLite Micro's
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -36,12 +37,13 @@ def model_data_files(data: bytes, precision: str, digest: str) -> dict[str, str]
     return {"model_data.h": header, "model_data.cc": source}
 
 
-def parse_c_array(source: str) -> bytes:
-    """The bytes of ``g_edgepick_model`` in a generated model_data.cc, checked against its length constant."""
-    body = re.search(r"g_edgepick_model\[\]\s*=\s*\{(.*?)\};", source, re.S)
-    length = re.search(r"g_edgepick_model_len\s*=\s*(\d+)", source)
+def parse_c_array(source: str, name: str = "g_edgepick_model") -> bytes:
+    """The bytes of ``name`` (``g_edgepick_model``; the streaming model's ``g_edgepick_stream_model``) in a generated
+    model_data.cc, checked against its length constant."""
+    body = re.search(rf"{name}\[\]\s*=\s*\{{(.*?)\}};", source, re.S)
+    length = re.search(rf"{name}_len\s*=\s*(\d+)", source)
     if not body or not length:
-        raise EdgepickError("model_data.cc has no g_edgepick_model array / length")
+        raise EdgepickError(f"model_data.cc has no {name} array / length")
     data = bytes(int(v, 16) for v in re.findall(r"0x([0-9a-fA-F]{2})", body.group(1)))
     if len(data) != int(length.group(1)):
         raise EdgepickError(f"model_data.cc: array holds {len(data)} bytes, length says {length.group(1)}")
@@ -200,17 +202,46 @@ def firmware_files(payload: bytes, info: dict, rule: PickRule, budget: dict, nor
     return files
 
 
-def fill_firmware_dir(tmp: Path, out_dir: Path, files: dict[str, str], payload: bytes) -> None:
+def quantize_id(flatbuffers: dict[str, bytes], header: str) -> str:
+    """The id of one make quantize run, written in quantize_report.json and model_config.h (stream_model_config.h):
+    a digest of every variant and of what the firmware's header says, so ``make firmware`` can tell the two folders
+    belong together."""
+    digest = hashlib.sha256()
+    for precision in sorted(flatbuffers):
+        digest.update(precision.encode() + flatbuffers[precision])
+    digest.update(header.encode())
+    return digest.hexdigest()[:16]
+
+
+def output_folders(out: str | Path, firmware_dir: str | Path) -> tuple[Path, Path]:
+    """quantize.out and quantize.firmware_dir, refused when one would replace the other."""
+    out, firmware_dir = Path(out), Path(firmware_dir)
+    a, b = out.resolve(), firmware_dir.resolve()
+    if a == b or a in b.parents or b in a.parents:
+        raise EdgepickError(f"quantize.out ({out}) and quantize.firmware_dir ({firmware_dir}) must be separate folders")
+    return out, firmware_dir
+
+
+# The files of a model in the firmware's model folder: a whole-window model's (this module) or a streaming model's
+# (stream_c.py); the folder holds one of the two, the firmware builds what it finds (firmware/src/model_picker.h)
+WINDOW_FILES = ("model_data.cc", "model_data.h", "model_config.h", "model_ops.h")
+STREAM_FILES = ("stream_model_data.cc", "stream_model_data.h", "stream_model_config.h", "stream_model_ops.h",
+                "stream_states.json")
+
+
+def fill_firmware_dir(tmp: Path, out_dir: Path, files: dict[str, str], payload: bytes, replaces: tuple = (),
+                      array: tuple[str, str] = ("model_data.cc", "g_edgepick_model")) -> None:
     """Write ``files`` into ``tmp``, the temporary that is to replace ``out_dir``, with the files of ``out_dir``
-    that are not ours; the model array is read back and compared first."""
+    that are not ours nor the other kind of model's (``replaces``: one model in the folder, the firmware builds what
+    it finds); the model array (``array``: file, name) is read back and compared first."""
     if out_dir.is_dir():  # keep files in the folder that are not ours
         for other in out_dir.iterdir():
-            if other.is_file() and other.name not in files:
+            if other.is_file() and other.name not in files and other.name not in replaces:
                 (tmp / other.name).write_bytes(other.read_bytes())
     for name, text in files.items():
         (tmp / name).write_text(text)
-    if parse_c_array((tmp / "model_data.cc").read_text()) != payload:
-        raise EdgepickError("model_data.cc does not parse back to the model bytes")
+    if parse_c_array((tmp / array[0]).read_text(), array[1]) != payload:
+        raise EdgepickError(f"{array[0]} does not parse back to the model bytes")
 
 
 def write_firmware(out_dir: str | Path, payload: bytes, info: dict, rule: PickRule, budget: dict,
@@ -218,7 +249,7 @@ def write_firmware(out_dir: str | Path, payload: bytes, info: dict, rule: PickRu
     """Write :func:`firmware_files` into ``out_dir`` atomically (all or nothing)."""
     files = firmware_files(payload, info, rule, budget, norm_eps, live)
     with atomic_dir(out_dir) as tmp:
-        fill_firmware_dir(tmp, Path(out_dir), files, payload)
+        fill_firmware_dir(tmp, Path(out_dir), files, payload, replaces=STREAM_FILES)
     return files
 
 

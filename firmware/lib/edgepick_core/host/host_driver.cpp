@@ -21,6 +21,17 @@
 //                         MODEL "zsquare" (P = 0.5 z^2, S = 0.45 z^2) fires S from Z alone
 //   serve ...             like stream, but reads the serial protocol from the file/tty named by $EDGEPICK_TTY
 //                         and writes the JSON lines back to it (the pseudo-terminal end-to-end test)
+//   runnorm BLOCKS EPS [SCALE ZP]  blocks of 64 x 3 floats (channels last, one a line) in, each normalised by the
+//                         running normalisation over the last BLOCKS blocks out (with SCALE ZP: as int8)
+//   block WINDOW DELAY_P DELAY_S NORM_BLOCKS EPS THR_P THR_S MAX_GAP TOP MODEL [...]
+//                         the block picker of a streaming model (ep_block_picker.h): the serial protocol on stdin,
+//                         JSON lines out. MODEL: "square" (P = 0.9 z^2, S = 0.9 n^2, noise = 1 - P - S of the
+//                         normalised block), "zsquare" (P = 0.5 z^2, S = 0.45 z^2) or "pipe REQUEST REPLY IN_SCALE
+//                         IN_ZP OUT_SCALE OUT_ZP": each block normalised and quantized to int8 by the core
+//                         (RunningNorm::NormalizeInt8; 64 x 3 bytes) after one byte, 1 at a segment's first
+//                         block, written to the REQUEST fifo; the int8 probabilities (64 x 3 bytes) read back
+//                         from REPLY and dequantized (a Python TFLite Micro server that carries the states)
+//                         --s-needs-horizontals (anywhere after MODE): no S where the window's N and E are flat
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
@@ -81,6 +92,38 @@ bool Infer(void* context, const float* window, float* probs) {
     const bool z_only = model->kind == "zsquare";  // S from Z too: a model that fires S on a vertical-only stream
     const float p = (z_only ? 0.5f : 0.9f) * (z * z);
     const float s = z_only ? 0.45f * (z * z) : 0.9f * (e * e);
+    probs[i * 3 + 0] = p;
+    probs[i * 3 + 1] = s;
+    probs[i * 3 + 2] = 1.0f - p - s;
+  }
+  return true;
+}
+
+struct BlockModel {
+  std::string kind;
+  FILE* request = nullptr;
+  FILE* reply = nullptr;
+  float out_scale = 1.0f;
+  int32_t out_zero = 0;
+};
+
+bool InferBlock(void* context, const float* block, const int8_t* quantized, bool stream_start, float* probs) {
+  BlockModel* model = static_cast<BlockModel*>(context);
+  const size_t n = kBlockSamples * 3;
+  if (model->kind == "pipe") {  // the core quantized the block (an int8 input)
+    int8_t bytes[kBlockSamples * 3 + 1];
+    bytes[0] = stream_start ? 1 : 0;
+    std::memcpy(bytes + 1, quantized, n);
+    if (std::fwrite(bytes, 1, n + 1, model->request) != n + 1) return false;
+    std::fflush(model->request);
+    if (std::fread(bytes, 1, n, model->reply) != n) return false;
+    DequantizeInt8Array(bytes, n, model->out_scale, model->out_zero, probs);
+    return true;
+  }
+  const bool z_only = model->kind == "zsquare";  // S from Z too: a model that fires S on a vertical-only stream
+  for (size_t i = 0; i < kBlockSamples; ++i) {
+    const float z = block[i * 3 + 0], e = block[i * 3 + 1];
+    const float p = (z_only ? 0.5f : 0.9f) * (z * z), s = z_only ? 0.45f * (z * z) : 0.9f * (e * e);
     probs[i * 3 + 0] = p;
     probs[i * 3 + 1] = s;
     probs[i * 3 + 2] = 1.0f - p - s;
@@ -172,6 +215,91 @@ int Stream(int argc, char** argv, bool serve) {
     picker.FeedChar(static_cast<char>(c));
   }
   if (model.probs) std::fclose(model.probs);
+  return 0;
+}
+
+int Block(int argc, char** argv) {
+  BlockConfig config;
+  std::vector<char*> args;
+  for (int i = 0; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--s-needs-horizontals") == 0) {
+      config.s_needs_horizontals = true;
+    } else {
+      args.push_back(argv[i]);
+    }
+  }
+  argc = static_cast<int>(args.size());
+  argv = args.data();
+  if (argc < 12) return Usage();
+  config.window_samples = std::strtoul(argv[2], nullptr, 10);
+  config.delays[0] = std::strtoul(argv[3], nullptr, 10);
+  config.delays[1] = std::strtoul(argv[4], nullptr, 10);
+  config.norm_window_blocks = std::strtoul(argv[5], nullptr, 10);
+  config.norm_eps = std::strtod(argv[6], nullptr);
+  config.thresholds[0] = std::strtof(argv[7], nullptr);
+  config.thresholds[1] = std::strtof(argv[8], nullptr);
+  config.max_gap_fill = std::strtoul(argv[9], nullptr, 10);
+  config.top_tolerance = std::strtof(argv[10], nullptr);
+  BlockModel model;
+  model.kind = argv[11];
+  if (model.kind == "pipe") {
+    if (argc < 18 || (model.request = std::fopen(argv[12], "wb")) == nullptr ||
+        (model.reply = std::fopen(argv[13], "rb")) == nullptr) {
+      return Usage();
+    }
+    config.int8_input = true;
+    config.input_scale = std::strtof(argv[14], nullptr);
+    config.input_zero_point = static_cast<int32_t>(std::strtol(argv[15], nullptr, 10));
+    model.out_scale = std::strtof(argv[16], nullptr);
+    model.out_zero = static_cast<int32_t>(std::strtol(argv[17], nullptr, 10));
+  } else if (model.kind != "square" && model.kind != "zsquare") {
+    return Usage();
+  }
+  const BlockBufferSizes sizes = ComputeBlockBufferSizes(config);
+  std::vector<float> block(sizes.block_floats), normalized(sizes.normalized_floats), probs(sizes.probs_floats);
+  std::vector<int8_t> quantized(kBlockSamples * 3);
+  std::vector<BlockStats> stats(sizes.norm_stats);
+  BlockBuffers buffers{block.data(), config.int8_input ? nullptr : normalized.data(),
+                       config.int8_input ? quantized.data() : nullptr, probs.data(), stats.data()};
+  Sink sink{stdout};
+  BlockPicker picker;
+  if (!picker.Init(config, buffers, InferBlock, &model, Emit, &sink)) {
+    std::fprintf(stderr, "init failed: %s\n", picker.error());
+    return 1;
+  }
+  Emit(&sink, "{\"type\":\"info\",\"msg\":\"ready\"}");
+  int c;
+  while ((c = std::fgetc(stdin)) != EOF) picker.FeedChar(static_cast<char>(c));
+  if (model.request) std::fclose(model.request);
+  if (model.reply) std::fclose(model.reply);
+  return 0;
+}
+
+int RunNorm(int argc, char** argv) {
+  if (argc < 4) return Usage();
+  const size_t blocks = std::strtoul(argv[2], nullptr, 10);
+  std::vector<BlockStats> stats(blocks > 0 ? blocks : 1);
+  RunningNorm norm;
+  if (!norm.Init(stats.data(), blocks, std::strtod(argv[3], nullptr))) return Usage();
+  const bool int8 = argc >= 6;
+  const float scale = int8 ? std::strtof(argv[4], nullptr) : 1.0f;
+  const int32_t zero = int8 ? static_cast<int32_t>(std::strtol(argv[5], nullptr, 10)) : 0;
+  std::vector<float> block(kBlockSamples * 3);
+  std::vector<int8_t> quantized(kBlockSamples * 3);
+  char line[128];
+  size_t k = 0;
+  while (std::fgets(line, sizeof(line), stdin)) {
+    block[k++] = std::strtof(line, nullptr);
+    if (k < block.size()) continue;
+    if (int8) {
+      norm.NormalizeInt8(block.data(), scale, zero, quantized.data());
+      for (int8_t q : quantized) std::printf("%d\n", static_cast<int>(q));
+    } else {
+      norm.Normalize(block.data(), block.data());
+      for (float v : block) PrintFloat(v);
+    }
+    k = 0;
+  }
   return 0;
 }
 
@@ -348,5 +476,7 @@ int main(int argc, char** argv) {
   }
   if (mode == "stream") return Stream(argc, argv, false);
   if (mode == "serve") return Stream(argc, argv, true);
+  if (mode == "block") return Block(argc, argv);
+  if (mode == "runnorm") return RunNorm(argc, argv);
   return Usage();
 }

@@ -10,4 +10,7 @@
 #include "ep_json.h"
 #include "ep_line_parser.h"
 #include "ep_resample.h"
+#include "ep_sample_input.h"
 #include "ep_stream.h"
+#include "ep_running_norm.h"
+#include "ep_block_picker.h"

@@ -78,8 +78,7 @@ bool StreamPicker::Init(const StreamConfig& config, const StreamBuffers& buffers
   buffers_ = buffers;
   infer_ = infer;
   infer_context_ = infer_context;
-  emit_ = emit;
-  emit_context_ = emit_context;
+  InitInput(emit, emit_context, config.max_gap_fill, config.sampling_rate, "windows");
   ring_.Init(buffers.ring, config.in_samples);
   size_t first = 0;  // the buffers in ComputeStreamBufferSizes' order
   for (int p = 0; p < config.n_phases; ++p) {
@@ -95,12 +94,8 @@ bool StreamPicker::Init(const StreamConfig& config, const StreamBuffers& buffers
   return true;
 }
 
-void StreamPicker::Reset() {
+void StreamPicker::OnReset() {
   ring_.Reset();
-  stats_ = StreamStats{};
-  have_last_ = false;
-  indexed_ = false;
-  for (float& v : last_frame_) v = 0.0f;
   StartSegment(0);
 }
 
@@ -129,11 +124,8 @@ uint64_t StreamPicker::ConfirmCoveredUntil(int phase) const {
   return safe < covered_until_ ? safe : covered_until_;
 }
 
-void StreamPicker::PushSample(const float frame[kChannels]) {
+void StreamPicker::OnSample(const float frame[kChannels]) {
   ring_.Push(frame);
-  ++stats_.samples;
-  for (int c = 0; c < kChannels; ++c) last_frame_[c] = frame[c];
-  have_last_ = true;
   Finalize(false);  // first: the window that may run now starts exactly at the safe point
   RunReadyWindows();
   Finalize(false);
@@ -254,7 +246,7 @@ void StreamPicker::ResolvePending(int phase, bool at_end) {
   c.n_pending = kept;
 }
 
-void StreamPicker::Flush() {
+void StreamPicker::OnFlush() {
   const uint64_t total = ring_.total();
   if (config_.exact_tail && total >= segment_start_ + config_.in_samples && covered_until_ < total) {
     RunWindow(total - config_.in_samples);  // SeisBench: one more window ending at the last sample
@@ -273,120 +265,13 @@ void StreamPicker::Flush() {
   StartSegment(total);
 }
 
-void StreamPicker::FillGap(uint64_t n, bool announce) {
-  if (n == 0) return;
-  stats_.gap_samples += n;
-  char text[128];
-  if (n <= config_.max_gap_fill) {
-    std::snprintf(text, sizeof(text), "gap of %" PRIu64 " samples at sample %" PRIu64 ": filled with the last sample",
-                  n, ring_.total());
-    if (announce) Message("warn", text);
-    const float frame[kChannels] = {last_frame_[0], last_frame_[1], last_frame_[2]};
-    for (uint64_t i = 0; i < n; ++i) PushSample(frame);
-    return;
-  }
-  std::snprintf(text, sizeof(text),
-                "gap of %" PRIu64 " samples at sample %" PRIu64 " (> %zu): segment ended, windows restart after it", n,
-                ring_.total(), config_.max_gap_fill);
-  Message("warn", text);
-  Flush();
-  // Skip the missing samples: they are never read, the new segment starts after them.
+void StreamPicker::OnSkip(uint64_t n) {
   ring_.Skip(n);
-  ++stats_.segments;
   StartSegment(ring_.total());
 }
 
-void StreamPicker::FeedChar(char c) {
-  switch (reader_.Feed(c)) {
-    case LineReader::Status::kLine:
-      HandleLine(reader_.line());
-      break;
-    case LineReader::Status::kTooLong: {
-      ++line_number_;
-      ++stats_.bad_lines;
-      char text[128];
-      const bool stood_for_a_sample = !indexed_ && !reader_.too_long_was_control();
-      std::snprintf(text, sizeof(text), "line %" PRIu64 ": longer than %zu characters, dropped%s", line_number_,
-                    kMaxLineLength, stood_for_a_sample ? " (counted as a 1-sample gap)" : "");
-      Message("error", text);
-      if (stood_for_a_sample) FillGap(1, false);
-      break;
-    }
-    case LineReader::Status::kNone:
-      break;
-  }
-}
-
-void StreamPicker::HandleLine(const char* line) {
-  ++line_number_;
-  const ParsedLine parsed = ParseLine(line);
-  char text[160];
-  switch (parsed.kind) {
-    case LineKind::kEmpty:
-    case LineKind::kComment:
-      break;
-    case LineKind::kSample:
-      indexed_ = false;
-      PushSample(parsed.values);
-      break;
-    case LineKind::kIndexedSample: {
-      indexed_ = true;
-      const uint64_t expected = ring_.total();
-      if (parsed.index < expected) {
-        ++stats_.dropped_lines;
-        std::snprintf(text, sizeof(text), "line %" PRIu64 ": sample index %" PRIu64 " repeats or goes back (expected %" PRIu64 "), dropped",
-                      line_number_, parsed.index, expected);
-        Message("warn", text);
-        break;
-      }
-      if (parsed.index > expected) PushGap(parsed.index - expected);
-      PushSample(parsed.values);
-      break;
-    }
-    case LineKind::kT0:
-      SetT0(parsed.t0);
-      break;
-    case LineKind::kGap:
-      if (ring_.total() > kMaxSampleIndex || parsed.gap > kMaxSampleIndex - ring_.total()) {
-        ++stats_.bad_lines;
-        std::snprintf(text, sizeof(text), "line %" PRIu64 ": #gap %" PRIu64 " would take the sample counter past 2^48, dropped",
-                      line_number_, parsed.gap);
-        Message("error", text);
-        break;
-      }
-      PushGap(parsed.gap);
-      break;
-    case LineKind::kEnd:
-      Flush();
-      std::snprintf(text, sizeof(text),
-                    "end: %" PRIu64 " samples, %" PRIu64 " windows, %" PRIu64 " picks, %" PRIu64 " retracted, %" PRIu64
-                    " bad lines, %" PRIu64 " gap samples",
-                    stats_.samples, stats_.windows, stats_.picks, stats_.retracted, stats_.bad_lines, stats_.gap_samples);
-      Message("info", text);
-      break;
-    case LineKind::kReset:
-      Reset();
-      Message("info", "reset: next sample is sample 0");
-      break;
-    case LineKind::kError: {
-      ++stats_.bad_lines;
-      const bool stood_for_a_sample = !indexed_ && !parsed.control;
-      std::snprintf(text, sizeof(text), "line %" PRIu64 ": %s, dropped%s", line_number_, parsed.error,
-                    stood_for_a_sample ? " (counted as a 1-sample gap)" : "");
-      Message("error", text);
-      if (stood_for_a_sample) FillGap(1, false);
-      break;
-    }
-  }
-}
-
 void StreamPicker::EmitPick(const Pick& pick) {
-  ++stats_.picks;
-  char line[320];
-  const uint64_t total = ring_.total();
-  FormatPickJson(line, sizeof(line), pick, config_.phase_names[pick.phase], t0_, config_.sampling_rate,
-                 total > 0 ? total - 1 : 0);
-  emit_(emit_context_, line);
+  EmitPickLine(pick, config_.phase_names[pick.phase]);
   if (!Confirms(pick.phase)) return;
   Confirmation& c = confirmations_[pick.phase];
   if (c.n_pending == Confirmation::kPending) {  // more live picks of one phase within C + hop than the list holds
@@ -405,15 +290,9 @@ void StreamPicker::EmitRetract(int phase, uint64_t sample) {
   ++stats_.retracted;
   char line[200];
   const uint64_t total = ring_.total();
-  FormatRetractJson(line, sizeof(line), config_.phase_names[phase], sample, t0_, config_.sampling_rate,
+  FormatRetractJson(line, sizeof(line), config_.phase_names[phase], sample, t0(), config_.sampling_rate,
                     total > 0 ? total - 1 : 0);
-  emit_(emit_context_, line);
-}
-
-void StreamPicker::Message(const char* type, const char* text) {
-  char line[320];
-  FormatMessageJson(line, sizeof(line), type, text);
-  emit_(emit_context_, line);
+  EmitLine(line);
 }
 
 }  // namespace edgepick

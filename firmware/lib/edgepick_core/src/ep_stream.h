@@ -24,9 +24,9 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "ep_line_parser.h"
 #include "ep_picker.h"
 #include "ep_ring_buffer.h"
+#include "ep_sample_input.h"
 
 namespace edgepick {
 
@@ -80,14 +80,6 @@ size_t StackCapacity(const StreamConfig& config, size_t blind_pre, size_t blind_
 // Runs the model on one normalised window (layout config.input_layout, in_samples * 3 floats) and writes
 // in_samples * n_classes probabilities. Returns false on failure (the window's predictions are then missing).
 using InferFn = bool (*)(void* context, const float* window, float* probs);
-// Receives one complete JSON line (no newline).
-using EmitFn = void (*)(void* context, const char* line);
-
-struct StreamStats {
-  uint64_t samples = 0, windows = 0, failed_windows = 0, picks = 0, gap_samples = 0, bad_lines = 0,
-           dropped_lines = 0, segments = 1, retracted = 0, unchecked = 0;  // unchecked: the pending list was full
-};
-
 // The live picks of one phase waiting for the confirming curve, and that curve's latest picks.
 struct Confirmation {
   static constexpr int kPending = 32;  // live picks of one phase within ~C + hop samples of each other
@@ -111,25 +103,22 @@ struct Confirmation {
   }
 };
 
-class StreamPicker {
+class StreamPicker : public SampleInput {
  public:
   // Returns false (with a reason in error()) for an impossible configuration.
   bool Init(const StreamConfig& config, const StreamBuffers& buffers, InferFn infer, void* infer_context,
             EmitFn emit, void* emit_context);
   const char* error() const { return error_; }
-  void Reset();                          // back to sample 0
-  void PushSample(const float frame[kChannels]);
-  void PushGap(uint64_t n) { FillGap(n, true); }  // n missing samples
-  void Flush();                          // end of stream / segment
-  void SetT0(double t0) { t0_ = t0; }
-  // The serial protocol (ep_line_parser.h): one received byte at a time, or one whole line.
-  void FeedChar(char c);
-  void HandleLine(const char* line);
-  const StreamStats& stats() const { return stats_; }
   const StreamConfig& config() const { return config_; }
 
+ protected:
+  void OnSample(const float frame[kChannels]) override;
+  void OnFlush() override;               // end of stream / segment
+  void OnSkip(uint64_t n) override;
+  void OnReset() override;
+  uint64_t total() const override { return ring_.total(); }
+
  private:
-  void FillGap(uint64_t n, bool announce);
   void RunReadyWindows();
   void RunWindow(uint64_t offset);
   void DropS(size_t n);
@@ -141,31 +130,21 @@ class StreamPicker {
   uint64_t ConfirmCoveredUntil(int phase) const;  // the confirming curve holds predictions before this sample
   void ResolvePending(int phase, bool at_end);     // retract or keep the pending picks that can be decided now
   void EmitRetract(int phase, uint64_t sample);
-  void Message(const char* type, const char* text);
   void StartSegment(uint64_t start);
 
   StreamConfig config_{};
   StreamBuffers buffers_{};
   InferFn infer_ = nullptr;
   void* infer_context_ = nullptr;
-  EmitFn emit_ = nullptr;
-  void* emit_context_ = nullptr;
   RingBuffer ring_;
   Stacker stackers_[kMaxPhases];  // one per picked phase
   TriggerPicker triggers_[kMaxPhases];
   Stacker confirm_stackers_[kMaxPhases];  // the confirming curve of each phase with confirm_post > 0
   TriggerPicker confirm_triggers_[kMaxPhases];
   Confirmation confirmations_[kMaxPhases];
-  LineReader reader_;
-  StreamStats stats_{};
   uint64_t segment_start_ = 0;
   uint64_t next_offset_ = 0;     // start of the next regular window
   uint64_t covered_until_ = 0;   // end of the last window run in this segment
-  bool have_last_ = false;
-  bool indexed_ = false;         // the last sample line carried its index: bad lines are then just dropped
-  float last_frame_[kChannels] = {0, 0, 0};
-  double t0_ = 0.0;
-  uint64_t line_number_ = 0;
   char error_[96] = {0};
 };
 
