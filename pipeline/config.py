@@ -181,6 +181,7 @@ class StudentConfig:
     norm_window: int = setting(1024, ge=64)
     # the S score's own look-ahead, longer than P's (0: output_delay): S is told from P by what follows it
     s_output_delay: int = setting(0, ge=0)
+    antialias: bool = False  # blurred stride-4 stages and upsampling: scores less tied to the stream's block grid
     # The pick rule saved with the student, written into the firmware's model_config.h and scored by the benchmark
     # (their meanings: pipeline.model.picking.PickRule; < 0 for the top tolerance: the first maximum, as SeisBench picks)
     p_threshold: float = setting(PickRule.p_threshold, gt=0, lt=1)

@@ -241,3 +241,17 @@ def test_quantize_stage_writes_the_streaming_model_of_a_causal_student(tmp_path,
     header = (firmware / "stream_model_config.h").read_text()
     assert f'#define EDGEPICK_STREAM_QUANTIZE_ID "{report["quantize_id"]}"' in header
     assert "#define EDGEPICK_STREAM_S_OUTPUT_DELAY 100 " in header and "EDGEPICK_STREAM_BUDGET_SRAM_USED" in header
+
+
+@pytest.mark.slow
+def test_a_blurred_student_with_a_later_s_exports_to_the_same_stream(heldout):
+    """student.antialias (the low-pass folded into each blurred depthwise kernel by the export) and
+    student.s_output_delay (S moved back by its own delay in the TFLite run too): FP32 equals the PyTorch stream."""
+    model = causal_student(antialias=True, s_output_delay=260)
+    calibration = [waveform(50 * BLOCK, seed=k) for k in range(2)]
+    export = se.stream_export(model, calibration, heldout, ("fp32",))
+    info = export.variants["fp32"]
+    assert export.onnx_max_error <= 1e-5 and info["max_abs_error"] <= 1e-5
+    assert set(info["ops"]) <= TFLM_OPS and info["ops"]["CONCATENATION"] == len(StreamStep(model).state_shapes())
+    assert export.macs_per_block == info["graph_macs_per_block"]
+    assert model.count_macs() == model.in_samples // BLOCK * export.macs_per_block

@@ -40,9 +40,9 @@ def waveform(n, seed=0):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("refine_blocks", [0, 1])
-def test_whole_window_forward_is_the_stream_block_by_block(refine_blocks):
-    model = causal_student(refine_blocks)
+@pytest.mark.parametrize("refine_blocks, antialias", [(0, False), (1, False), (0, True)])
+def test_whole_window_forward_is_the_stream_block_by_block(refine_blocks, antialias):
+    model = causal_student(refine_blocks, antialias=antialias)
     x = waveform(40 * BLOCK)
     with torch.no_grad():
         whole = torch.softmax(model.logits(torch.from_numpy(x).float()[None]), dim=1)[0].T.numpy()
@@ -50,14 +50,18 @@ def test_whole_window_forward_is_the_stream_block_by_block(refine_blocks):
     delay = model.output_delay
     assert np.isnan(streamed[-delay:]).all() and not np.isnan(streamed[:-delay]).any()
     np.testing.assert_allclose(streamed[:-delay], whole[delay:], atol=1e-5)
-    assert [s[-1] for s in StreamStep(model).state_shapes()] == [6, 1, 1, 2, 4, 6, 4, 4, 4] + [4] * refine_blocks + [4]
+    # each convolution's kept context (kernel - stride); blurred, the stride-4 stages' and the upsampling's 4 longer
+    # (the bottleneck's k3 / s4 then keeps 3 samples instead of dropping one)
+    encoder = [6, 5, 5, 3] if antialias else [6, 1, 1]
+    up = [8, 8, 8] if antialias else [4, 4, 4]
+    assert [s[-1] for s in StreamStep(model).state_shapes()] == encoder + [2, 4, 6] + up + [4] * refine_blocks + [4]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("refine_blocks", [0, 1])
-def test_no_score_sees_past_its_block_and_the_reach_is_traced(monkeypatch, refine_blocks):
+@pytest.mark.parametrize("refine_blocks, antialias", [(0, False), (1, False), (0, True)])
+def test_no_score_sees_past_its_block_and_the_reach_is_traced(monkeypatch, refine_blocks, antialias):
     monkeypatch.setattr(streaming, "running_normalize", lambda x, blocks, eps: x)  # the network alone
-    model = causal_student(refine_blocks)
+    model = causal_student(refine_blocks, antialias=antialias)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.abs_()  # positive weights and inputs: no ReLU is off, every path shows in the gradient
@@ -69,7 +73,7 @@ def test_no_score_sees_past_its_block_and_the_reach_is_traced(monkeypatch, refin
         seen = np.flatnonzero(gradient.abs().sum(dim=(0, 1)).numpy())
         reach.append(t - seen.min())
         ahead.append(seen.max() - t)
-    assert max(reach) == causal_reach(refine_blocks)
+    assert max(reach) == causal_reach(refine_blocks, antialias=antialias)
     assert ahead == list(range(BLOCK - 1, -1, -1))  # each score sees up to its block's last sample, not after
 
 
@@ -168,3 +172,38 @@ def test_an_s_delay_of_its_own_moves_only_the_s_scores_back():
     for c, d in enumerate((100, 260, 100)):
         assert np.isnan(streamed[-d:, c]).all() and not np.isnan(streamed[:-d, c]).any()
         np.testing.assert_allclose(streamed[:-d, c], whole[d:, c], atol=1e-5)
+
+
+def test_a_blurred_depthwise_kernel_is_its_taps_convolved_with_the_low_pass():
+    from pipeline.model.layers import BLUR, BlurredDepthwiseConv1d, DepthwiseConv1d
+
+    torch.manual_seed(6)
+    blurred = BlurredDepthwiseConv1d(3, 5, stride=4)
+    weight = blurred.effective_weight().detach()
+    assert weight.shape == (3, 1, 9) and blurred.effective_kernel == 9
+    np.testing.assert_allclose(weight[1, 0].numpy(), np.convolve(blurred.weight[1, 0].detach().numpy(),
+                                                                 np.array(BLUR) / sum(BLUR)), atol=1e-6)
+    plain = DepthwiseConv1d(3, 9, 4)
+    with torch.no_grad():
+        plain.weight.copy_(weight)
+    x = torch.randn(2, 3, 64)
+    torch.testing.assert_close(blurred(x), plain(x))
+    torch.testing.assert_close(blurred(x.unsqueeze(2)).squeeze(2), plain(x))  # the training layout (4-D)
+    # the low-pass: a period-4 input (what a stride-4 stage folds onto 0 Hz) leaves ~nothing of itself
+    period4 = torch.tensor([1.0, 0, -1, 0] * 16).repeat(1, 3, 1)
+    with torch.no_grad():
+        blurred.weight.fill_(1.0)
+    assert blurred(period4)[..., 3:].abs().max() < 1e-6
+    assert list(blurred.state_dict()) == ["weight"]  # the low-pass is not a parameter
+
+
+def test_antialias_is_saved_and_only_for_a_causal_student(tmp_path):
+    model = causal_student(antialias=True)
+    model.save(tmp_path / "aa")
+    loaded = load_student(tmp_path / "aa")
+    assert loaded.antialias and loaded.enc2.kernel == 9 and loaded.up1.kernel == 9
+    assert streaming.history(loaded) == loaded.norm_window + causal_reach(antialias=True) > streaming.history(
+        causal_student())
+    assert loaded.count_macs() > causal_student().count_macs()
+    with pytest.raises(EdgepickError, match="antialias"):
+        XiaoNet(base_channels=2, antialias=True)

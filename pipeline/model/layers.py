@@ -4,6 +4,7 @@ k4/s4 transposed-convolution upsampling, the multi-scale block and the decoder b
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -98,15 +99,71 @@ def causal_pad(x: torch.Tensor, kernel: int, stride: int = 1) -> torch.Tensor:
     return F.pad(x, (pad, 0)) if pad > 0 else x[..., -pad:] if pad < 0 else x
 
 
+# The anti-aliasing low-pass (student.antialias): box-4 * box-2, zero gain at periods 4 and 2 (the output
+# smoothing's filter), so a stride-4 stage keeps little that folds onto its output rate
+BLUR = (1.0, 2.0, 2.0, 2.0, 1.0)
+
+
+class BlurredDepthwiseConv1d(DepthwiseConv1d):
+    """A depthwise convolution whose kernel is its learned ``kernel`` taps convolved with the fixed low-pass
+    :data:`BLUR` (BlurPool, Zhang 2019, "Making convolutional networks shift-invariant again"): ``effective_kernel``
+    = kernel + 4 taps, one convolution in the graph (the export folds the product into its weights)."""
+
+    def __init__(self, channels: int, kernel: int, stride: int = 1, padding: int = 0):
+        super().__init__(channels, kernel, stride, padding=padding)
+        self.register_buffer("blur", torch.tensor(BLUR).div(sum(BLUR)).view(1, 1, -1), persistent=False)
+        self.effective_kernel = kernel + len(BLUR) - 1
+
+    def effective_weight(self) -> torch.Tensor:
+        taps = len(BLUR) - 1
+        return F.conv1d(F.pad(self.weight, (taps, taps)), self.blur)  # (channels, 1, kernel + taps): full convolution
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.effective_weight()
+        if x.dim() == 3:
+            return F.conv1d(x, weight, None, self.stride, self.padding, groups=self.groups)
+        return F.conv2d(x, weight.unsqueeze(2), None, (1, self.stride[0]), (0, self.padding[0]), groups=self.groups)
+
+
+def baked(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with each :class:`BlurredDepthwiseConv1d` a plain :class:`DepthwiseConv1d` of its
+    effective kernel (the same numbers): what an exporter traces (ONNX needs a convolution's kernel as a constant)."""
+    model = copy.deepcopy(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, BlurredDepthwiseConv1d):
+                plain = DepthwiseConv1d(child.in_channels, child.effective_kernel, child.stride[0], child.padding[0])
+                with torch.no_grad():
+                    plain.weight.copy_(child.effective_weight())
+                plain.effective_kernel = child.effective_kernel
+                setattr(parent, name, plain.to(child.weight.device))
+    return model
+
+
+def depthwise(channels: int, kernel: int, stride: int, padding, antialias: bool) -> DepthwiseConv1d:
+    """A depthwise convolution, blurred (:class:`BlurredDepthwiseConv1d`) with ``antialias``; its kernel length as
+    the input sees it is ``conv.effective_kernel``."""
+    if antialias:
+        conv = BlurredDepthwiseConv1d(channels, kernel, stride)
+        conv.padding = (padding(conv.effective_kernel),)
+        return conv
+    conv = DepthwiseConv1d(channels, kernel, stride, padding=padding(kernel))
+    conv.effective_kernel = kernel
+    return conv
+
+
 class DSConv(nn.Module):
-    """Depthwise (k, stride, TF-SAME padding; or causal) -> pointwise -> BatchNorm -> Hardswish (or ReLU6)."""
+    """Depthwise (k, stride, TF-SAME padding; or causal) -> pointwise -> BatchNorm -> Hardswish (or ReLU6); with
+    ``antialias`` the depthwise kernel is blurred (:class:`BlurredDepthwiseConv1d`) and ``kernel`` its effective
+    length."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, activation: str = "hardswish",
-                 causal: bool = False):
+                 causal: bool = False, antialias: bool = False):
         super().__init__()
-        self.kernel, self.stride, self.causal = kernel, stride, causal
-        symmetric = (kernel - 1) // 2 if stride == 1 and not causal else 0
-        self.dw = DepthwiseConv1d(cin, kernel, stride, padding=symmetric)
+        self.stride, self.causal = stride, causal
+        self.dw = depthwise(cin, kernel, stride, lambda k: (k - 1) // 2 if stride == 1 and not causal else 0,
+                            antialias)
+        self.kernel = self.dw.effective_kernel
         self.pw = PointwiseConv1d(cin, cout, bias=False)
         self.bn = BatchNorm(cout)
         self.act = make_activation(activation)
@@ -128,7 +185,7 @@ class MultiScale(nn.Module):
                  causal: bool = False):
         super().__init__()
         self.branches = nn.ModuleList(DSConv(channels, channels, k, activation=activation, causal=causal)
-                                      for k in kernels)
+                                      for k in kernels)  # at 1/64 of the rate: nothing left to blur
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.branches[0](x)
@@ -138,13 +195,16 @@ class MultiScale(nn.Module):
 
 
 class UpBlock(nn.Module):
-    """ConvTranspose1d(k=4, s=4) (cin -> cout) + skip -> depthwise k5 -> BatchNorm -> Hardswish."""
+    """ConvTranspose1d(k=4, s=4) (cin -> cout) + skip -> depthwise k5 (blurred with ``antialias``: the
+    upsampling's period-4 steps smoothed) -> BatchNorm -> Hardswish."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 5, activation: str = "hardswish", causal: bool = False):
+    def __init__(self, cin: int, cout: int, kernel: int = 5, activation: str = "hardswish", causal: bool = False,
+                 antialias: bool = False):
         super().__init__()
-        self.kernel, self.causal = kernel, causal
+        self.causal = causal
         self.up = Upsample4(cin, cout)
-        self.dw = DepthwiseConv1d(cout, kernel, padding=0 if causal else (kernel - 1) // 2)
+        self.dw = depthwise(cout, kernel, 1, lambda k: 0 if causal else (k - 1) // 2, antialias)
+        self.kernel = self.dw.effective_kernel
         self.bn = BatchNorm(cout)
         self.act = make_activation(activation)
 

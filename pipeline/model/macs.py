@@ -14,7 +14,8 @@ def count_macs(model: nn.Module, shape: tuple[int, ...]) -> int:
 
     def conv_hook(module, inputs, output):
         nonlocal total
-        total += output[0].numel() * (module.in_channels // module.groups) * module.kernel_size[0]
+        kernel = getattr(module, "effective_kernel", module.kernel_size[0])  # a blurred depthwise: its whole kernel
+        total += output[0].numel() * (module.in_channels // module.groups) * kernel
 
     def convt_hook(module, inputs, output):
         nonlocal total

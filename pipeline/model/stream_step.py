@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from pipeline.errors import EdgepickError
 from pipeline.model import streaming
+from pipeline.model.layers import baked
 from pipeline.model.streaming import BLOCK, RunningNormalizer
 
 
@@ -29,7 +30,7 @@ class StreamStep(nn.Module):
         super().__init__()
         if not getattr(student, "causal", False):
             raise EdgepickError("only a causal student (student.causal=true) runs as a stream of blocks")
-        self.student = student.eval()
+        self.student = baked(student).eval() if getattr(student, "antialias", False) else student.eval()
         self._shapes: list[tuple[int, int, int]] = []
         with torch.no_grad():  # the states' shapes, traced once from zero states of any length
             self._trace = True

@@ -93,7 +93,7 @@ def undelay(scores, delays):
     return out
 
 
-def causal_reach(refine_blocks: int = 0, kernel_refine: int = 5) -> int:
+def causal_reach(refine_blocks: int = 0, kernel_refine: int = 5, antialias: bool = False) -> int:
     """How many samples before its own a causal student's score looks at (at most, over a block's positions):
     the architecture of pipeline.model.student.XiaoNet traced index by index (tests/test_streaming.py checks it
     against gradients)."""
@@ -107,14 +107,15 @@ def causal_reach(refine_blocks: int = 0, kernel_refine: int = 5) -> int:
     def up(e: np.ndarray) -> np.ndarray:
         return np.repeat(e, 4)
 
+    blur = 4 if antialias else 0  # the low-pass's extra taps (pipeline.model.layers.BLUR)
     e1 = conv(earliest, 7)
-    e2 = conv(e1, 5, 4)
-    e3 = conv(e2, 5, 4)
-    b = conv(e3, 3, 4)
+    e2 = conv(e1, 5 + blur, 4)
+    e3 = conv(e2, 5 + blur, 4)
+    b = conv(e3, 3 + blur, 4)
     b = np.minimum.reduce([conv(b, k) for k in (3, 5, 7)])
-    d = conv(np.minimum(up(b), e3), 5)
-    d = conv(np.minimum(up(d), e2), 5)
-    d = conv(np.minimum(up(d), e1), 5)
+    d = conv(np.minimum(up(b), e3), 5 + blur)
+    d = conv(np.minimum(up(d), e2), 5 + blur)
+    d = conv(np.minimum(up(d), e1), 5 + blur)
     for _ in range(int(refine_blocks)):
         d = conv(d, kernel_refine)
     d = conv(d, 5)  # the output smoothing
@@ -125,7 +126,7 @@ def causal_reach(refine_blocks: int = 0, kernel_refine: int = 5) -> int:
 def history(student) -> int:
     """Samples of a window before the first score that equals the endless stream's: the running normalisation's
     window and the network's causal reach (both before the score's own sample)."""
-    return int(student.norm_window + causal_reach(student.refine_blocks))
+    return int(student.norm_window + causal_reach(student.refine_blocks, antialias=getattr(student, "antialias", False)))
 
 
 def exact_overlap(in_samples: int, history_samples: int, output_delay: int) -> int:

@@ -121,6 +121,7 @@ class XiaoNet(sbm.WaveformModel):
         output_delay: int | None = None,
         norm_window: int | None = None,
         s_output_delay: int | None = None,
+        antialias: bool = False,
         pick_rule: PickRule | None = None,
         s_needs_horizontals: bool | None = None,
         pick_top_tolerance: float | None = None,
@@ -131,7 +132,9 @@ class XiaoNet(sbm.WaveformModel):
         ``pick_top_tolerance``: how students saved before the rule lived in ``default_args`` stored theirs.
         ``causal``: the streaming form (pipeline.model.streaming): every layer causal, the input normalised by a
         running ``norm_window``, the output ``output_delay`` samples late (its S ``s_output_delay``, None: the same);
-        each sample is then computed once."""
+        each sample is then computed once. ``antialias`` (a causal student's): the stride-4 stages and the
+        upsampling's convolutions blurred (pipeline.model.layers.BlurredDepthwiseConv1d), so that a stream's scores
+        depend less on where its 64-sample block grid falls."""
         causal, output_delay, norm_window, s_output_delay = streaming.check_causal(
             causal, output_delay, norm_window, in_samples, s_output_delay)
         if base_channels < 1 or in_samples < DOWNSAMPLING:
@@ -140,6 +143,9 @@ class XiaoNet(sbm.WaveformModel):
             raise EdgepickError(f"channel_multipliers needs 4 entries (encoder 1-3, bottleneck), got {channel_multipliers}")
         if int(refine_blocks) < 0:
             raise EdgepickError(f"student refine_blocks must be >= 0, got {refine_blocks}")
+        if antialias and not causal:
+            raise EdgepickError("student.antialias is a setting of a causal (streaming) student: set "
+                                "student.causal=true")
         if phases != CLASS_ORDER:
             raise EdgepickError(f"the student's class order is fixed to {CLASS_ORDER!r}, got {phases!r}")
         citation = (
@@ -162,19 +168,20 @@ class XiaoNet(sbm.WaveformModel):
         self.channel_multipliers = tuple(int(m) for m in channel_multipliers)
         self.norm_eps = float(norm_eps)
         self.causal, self.output_delay, self.norm_window = causal, output_delay, norm_window
-        self.s_output_delay = s_output_delay
+        self.s_output_delay, self.antialias = s_output_delay, bool(antialias)
+        aa = self.antialias
         make_activation(activation)  # validates the name
         self.activation = activation
         c1, c2, c3, c4 = (self.base_channels * m for m in self.channel_multipliers)
         self.channels = (c1, c2, c3, c4)
         self.enc1 = DSConv(3, c1, 7, activation=activation, causal=causal)
-        self.enc2 = DSConv(c1, c2, 5, 4, activation=activation, causal=causal)
-        self.enc3 = DSConv(c2, c3, 5, 4, activation=activation, causal=causal)
-        self.bottleneck = DSConv(c3, c4, 3, 4, activation=activation, causal=causal)
+        self.enc2 = DSConv(c1, c2, 5, 4, activation=activation, causal=causal, antialias=aa)
+        self.enc3 = DSConv(c2, c3, 5, 4, activation=activation, causal=causal, antialias=aa)
+        self.bottleneck = DSConv(c3, c4, 3, 4, activation=activation, causal=causal, antialias=aa)
         self.multiscale = MultiScale(c4, activation=activation, causal=causal)
-        self.up3 = UpBlock(c4, c3, activation=activation, causal=causal)
-        self.up2 = UpBlock(c3, c2, activation=activation, causal=causal)
-        self.up1 = UpBlock(c2, c1, activation=activation, causal=causal)
+        self.up3 = UpBlock(c4, c3, activation=activation, causal=causal, antialias=aa)
+        self.up2 = UpBlock(c3, c2, activation=activation, causal=causal, antialias=aa)
+        self.up1 = UpBlock(c2, c1, activation=activation, causal=causal, antialias=aa)
         self.refine_blocks = int(refine_blocks)
         self.refine = nn.Sequential(*(DSConv(c1, c1, REFINE_KERNEL, activation=activation, causal=causal)
                                       for _ in range(self.refine_blocks)))
@@ -333,6 +340,7 @@ class XiaoNet(sbm.WaveformModel):
             output_delay=self.output_delay,
             norm_window=self.norm_window,
             s_output_delay=self.s_output_delay,
+            antialias=self.antialias,
         )
         return model_args
 
@@ -359,6 +367,7 @@ def build_student(config) -> XiaoNet:
         output_delay=config.output_delay if config.causal else None,
         norm_window=config.norm_window if config.causal else None,
         s_output_delay=(config.s_output_delay or None) if config.causal else None,
+        antialias=bool(config.antialias),
         pick_rule=rule,
         s_needs_horizontals=bool(config.s_needs_horizontals),
     )
