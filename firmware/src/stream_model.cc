@@ -21,6 +21,7 @@
 #include "edgepick_core.h"
 #include "esp_cpu.h"
 #include "esp_timer.h"
+#include "interpreter.h"
 #include "memory_map.h"
 #include "output_handler.h"
 #include "stream_model_config.h"
@@ -180,17 +181,9 @@ tflite::MicroInterpreter* StartInterpreter(const MemoryPlan& plan) {
     HandleMessage("error", "cannot register the streaming model's %u TFLite Micro ops", kEdgepickStreamOpCount);
     return nullptr;
   }
-  uint8_t* arena = static_cast<uint8_t*>(AllocateAligned(EDGEPICK_STREAM_ARENA_ALLOC_BYTES, plan.arena_in_psram));
-  if (arena == nullptr) {
-    HandleMessage("error", "cannot allocate the %u-byte tensor arena", static_cast<unsigned>(EDGEPICK_STREAM_ARENA_ALLOC_BYTES));
-    return nullptr;
-  }
-  static tflite::MicroInterpreter interpreter(model, resolver, arena, EDGEPICK_STREAM_ARENA_ALLOC_BYTES);
-  if (interpreter.AllocateTensors() != kTfLiteOk) {
-    HandleMessage("error", "AllocateTensors failed: arena of %u bytes too small or an unsupported op",
-                  static_cast<unsigned>(EDGEPICK_STREAM_ARENA_ALLOC_BYTES));
-    return nullptr;
-  }
+  tflite::MicroInterpreter* started = AllocateInterpreter(model, resolver, EDGEPICK_STREAM_ARENA_ALLOC_BYTES, plan.arena_in_psram);
+  if (started == nullptr) return nullptr;
+  tflite::MicroInterpreter& interpreter = *started;
   char text[160];
   if (TensorsDisagree(interpreter, text, sizeof(text)) != nullptr) {
     HandleMessage("error", "the streaming model does not match stream_model_config.h: %s (run `make quantize` again)",

@@ -15,6 +15,7 @@
 #include "edgepick_core.h"
 #include "esp_cpu.h"
 #include "esp_timer.h"
+#include "interpreter.h"
 #include "memory_map.h"
 #include "model_config.h"
 #include "model_data.h"
@@ -221,17 +222,9 @@ tflite::MicroInterpreter* StartInterpreter(const tflite::Model* model, const Mem
     HandleMessage("error", "cannot register the model's %u TFLite Micro ops", kEdgepickModelOpCount);
     return nullptr;
   }
-  uint8_t* arena = static_cast<uint8_t*>(AllocateAligned(EDGEPICK_ARENA_ALLOC_BYTES, plan.arena_in_psram));
-  if (arena == nullptr) {
-    HandleMessage("error", "cannot allocate the %u-byte tensor arena", static_cast<unsigned>(EDGEPICK_ARENA_ALLOC_BYTES));
-    return nullptr;
-  }
-  static tflite::MicroInterpreter interpreter(model, resolver, arena, EDGEPICK_ARENA_ALLOC_BYTES);
-  if (interpreter.AllocateTensors() != kTfLiteOk) {
-    HandleMessage("error", "AllocateTensors failed: arena of %u bytes too small or an unsupported op",
-                  static_cast<unsigned>(EDGEPICK_ARENA_ALLOC_BYTES));
-    return nullptr;
-  }
+  tflite::MicroInterpreter* started = AllocateInterpreter(model, resolver, EDGEPICK_ARENA_ALLOC_BYTES, plan.arena_in_psram);
+  if (started == nullptr) return nullptr;
+  tflite::MicroInterpreter& interpreter = *started;
   const TfLiteTensor* input = interpreter.input(0);
   const TfLiteTensor* output = interpreter.output(0);
   if (Elements(input) != kWindow * 3 || Elements(output) != kWindow * kClasses ||

@@ -10,7 +10,7 @@ union TfLitePtrUnion { float* f; char* raw; int8_t* int8; };
 struct TfLiteTensor { TfLiteType type; TfLitePtrUnion data; TfLiteIntArray* dims; TfLiteQuantizationParams params;
   size_t bytes; };
 namespace tflite { struct MicroInterpreter {
-  template <unsigned N> MicroInterpreter(const Model*, MicroMutableOpResolver<N>&, uint8_t*, size_t);
+  MicroInterpreter(const Model*, const MicroOpResolver&, uint8_t*, size_t);
   TfLiteStatus AllocateTensors(); TfLiteStatus Invoke(); TfLiteTensor* input(size_t); TfLiteTensor* output(size_t);
   size_t inputs_size() const; size_t outputs_size() const;
   size_t arena_used_bytes() const; }; }

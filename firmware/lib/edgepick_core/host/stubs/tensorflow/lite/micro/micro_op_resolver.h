@@ -1,0 +1,2 @@
+#pragma once
+namespace tflite { struct MicroOpResolver {}; }
