@@ -10,6 +10,7 @@ from pipeline.studies import grid_phase
 from test_streaming import causal_student, waveform
 
 
+@pytest.mark.slow
 def test_each_shift_moves_the_grid_not_the_samples():
     model = causal_student()
     x = waveform(20 * streaming.BLOCK, seed=9)

@@ -106,7 +106,7 @@ class PacedWriter(threading.Thread):
                     handle.write(line + "\n")
                     handle.flush()
                     time.sleep(self.pause)
-                self.done.wait(60)
+                self.done.wait(600)  # a bound for a test that never sets it; under load 60 s ran out
         except BrokenPipeError:
             pass
 
