@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from pipeline.errors import EdgepickError
-from pipeline.model.block_picks import block_curves, block_live_rule, block_stream_picks, flat_blocks
+from pipeline.model.block_picks import block_curves, block_stream_picks, flat_blocks
 from pipeline.model.picking import PickRule, live_blinding, live_offsets, live_reported_sample
 from pipeline.model.stream_step import StreamStep
-from pipeline.model.streaming import BLOCK, RunningNormalizer, live_rule
+from pipeline.model.streaming import BLOCK, RunningNormalizer, block_live_rule, live_rule
 
 from test_streaming import causal_student, waveform
 

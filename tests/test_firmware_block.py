@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from pipeline.deploy.serial_protocol import parse_pick_lines
-from pipeline.model.block_picks import block_live_rule, block_stream_picks, flat_blocks
+from pipeline.model.block_picks import block_stream_picks, flat_blocks
 from pipeline.model.picking import PickRule
-from pipeline.model.streaming import BLOCK, RunningNormalizer
+from pipeline.model.streaming import BLOCK, RunningNormalizer, block_live_rule
 
 from host_core import (TOP, compare_picks, floats_text, picking_causal_stream, run, square_model, stream_text,
                        zsquare_model)

@@ -17,6 +17,10 @@ def test_each_shift_moves_the_grid_not_the_samples():
     step = grid_phase.StreamStep(model)
     same = grid_phase.phase_scores(model, x, 0, 100.0, step)
     assert same.shape == (x.shape[1], 3)
+    # a whole block more is the same grid: the same scores wherever the history lies inside the trace
+    block = grid_phase.phase_scores(model, x, streaming.BLOCK, 100.0, step)
+    inside = slice(streaming.history(model), None)
+    np.testing.assert_allclose(block[inside], same[inside], atol=1e-6)
     # a part block more of warm-up puts the grid elsewhere: other scores of the same samples
     late = grid_phase.phase_scores(model, x, 16, 100.0, step)
     finite = ~np.isnan(same).any(1) & ~np.isnan(late).any(1)

@@ -17,6 +17,7 @@ from pipeline.deploy.convert import stream_export as se
 from pipeline.errors import EdgepickError
 from pipeline.model.picking import PickRule
 from pipeline.model.stream_step import StreamStep, stream_scores
+from pipeline.model import streaming
 from pipeline.model.streaming import BLOCK
 from pipeline.model.student import XiaoNet
 from test_quantize import _tiny_dataset
@@ -135,9 +136,9 @@ def test_int8_stream_follows_the_pytorch_stream_block_by_block(result, heldout):
     io = result.variants["int8"]["io"]
     assert [int(tflm_stream.zero_state(d).ravel()[0]) for d in io["inputs"][1:]] == [d["zero_point"] for d in io["inputs"][1:]]
     x = heldout[0]
-    whole = tflm_stream.run_stream(flatbuffer, x, student.norm_window, student.norm_eps, student.output_delay)
-    head = tflm_stream.run_stream(flatbuffer, x[:, : 10 * BLOCK], student.norm_window, student.norm_eps,
-                                  student.output_delay)
+    delays = streaming.channel_delays(student)
+    whole = tflm_stream.run_stream(flatbuffer, x, student.norm_window, student.norm_eps, delays)
+    head = tflm_stream.run_stream(flatbuffer, x[:, : 10 * BLOCK], student.norm_window, student.norm_eps, delays)
     finite = ~np.isnan(head[:, 0])
     np.testing.assert_array_equal(head[finite], whole[: len(head)][finite])
     reference = stream_scores(student, x)
@@ -174,7 +175,7 @@ def test_bad_input_is_one_error_line(student):
                        (lambda: se.stream_export(student, [], [np.zeros((2, 500))]), r"\(3, n >= 64\)"),
                        (lambda: se.stream_export(student, [], [waveform(BLOCK)], ("int8",)), "calibration traces"),
                        (lambda: se.stream_export(student, [], [waveform(BLOCK)], ("fp16",)), "unknown streaming"),
-                       (lambda: tflm_stream.run_stream(b"", np.zeros((3, 64)), 1024, 1e-6, 100), "cannot load")):
+                       (lambda: tflm_stream.run_stream(b"", np.zeros((3, 64)), 1024, 1e-6, (100,) * 3), "cannot load")):
         with pytest.raises(EdgepickError, match=says) as error:
             call()
         assert "\n" not in str(error.value)

@@ -22,9 +22,9 @@ import numpy as np
 from pipeline.deploy import tflm_stream
 from pipeline.deploy.convert.c_array import parse_c_array, read_model_config
 from pipeline.errors import EdgepickError
-from pipeline.model.block_picks import block_live_rule, block_stream_picks, flat_blocks
+from pipeline.model.block_picks import block_stream_picks, flat_blocks
 from pipeline.model.picking import LiveRule, PickRule
-from pipeline.model.streaming import BLOCK
+from pipeline.model.streaming import BLOCK, block_live_rule
 
 CONFIG_HEADER, STATES_JSON, DATA_SOURCE = "stream_model_config.h", "stream_states.json", "stream_model_data.cc"
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline.deploy import tflm
 from pipeline.errors import EdgepickError
-from pipeline.model.streaming import BLOCK, RunningNormalizer, undelay
+from pipeline.model.streaming import BLOCK, RunningNormalizer, at_samples
 
 
 def io_lists(flatbuffer: bytes) -> dict:
@@ -73,18 +73,14 @@ def check_io(io: dict, state_shapes: list[tuple[int, int, int]] | None = None) -
                 raise EdgepickError(f"state {k} is {i['shape']} in the model, [1, {keep}, 1, {channels}] in the step")
 
 
-def run_stream(flatbuffer: bytes, waveform: np.ndarray, norm_window: int, norm_eps: float, output_delay,
+def run_stream(flatbuffer: bytes, waveform: np.ndarray, norm_window: int, norm_eps: float, delays,
                arena: int | None = None, io: dict | None = None) -> np.ndarray:
     """A causal student's probabilities (n, 3) over ``waveform`` (3, n) as the streaming model gives them in
     TFLite Micro: :func:`pipeline.model.stream_step.stream_scores`'s layout (each score at the sample it is of,
     NaN where no block has finished it), normalised block by block as it normalises, from zero states.
-    ``output_delay``: one delay for every class, or one per class (:func:`streaming.channel_delays`)."""
+    ``delays``: each class's (:func:`pipeline.model.streaming.channel_delays`)."""
     written = run_stream_blocks(flatbuffer, waveform, norm_window, norm_eps, arena, io)
-    n = np.asarray(waveform).shape[1]
-    delays = (int(output_delay),) * 3 if np.ndim(output_delay) == 0 else tuple(int(d) for d in output_delay)
-    out = np.full((n + max(delays), 3), np.nan, dtype=np.float32)
-    out[: len(written)] = written
-    return undelay(out, delays)[:n]
+    return at_samples(written, np.asarray(waveform).shape[1], delays)
 
 
 def run_stream_blocks(flatbuffer: bytes, waveform: np.ndarray, norm_window: int, norm_eps: float,

@@ -19,13 +19,7 @@ import numpy as np
 from pipeline.errors import EdgepickError
 from pipeline.model import components
 from pipeline.model.picking import PHASES, LiveRule, PickRule, add_reported_samples
-from pipeline.model.streaming import BLOCK
-
-
-def block_live_rule(in_samples: int, p_delay: int, s_delay: int) -> LiveRule:
-    """The live rule of a streaming model of these delays: :func:`pipeline.model.streaming.live_rule` of its
-    student (a window every block, look-ahead = delay per phase, no retraction)."""
-    return LiveRule(int(in_samples), BLOCK, int(p_delay), int(s_delay), 0, 0)
+from pipeline.model.streaming import BLOCK, undelay
 
 
 def flat_blocks(waveform: np.ndarray, in_samples: int) -> np.ndarray:
@@ -52,13 +46,10 @@ def block_curves(written: np.ndarray, live: LiveRule, flat: np.ndarray | None = 
         rows = np.repeat(np.asarray(flat, dtype=bool)[: n // BLOCK], BLOCK)
         written[rows, 2] += written[rows, 1]
         written[rows, 1] = 0.0
-    curves = np.full((n, 3), np.nan, dtype=np.float32)
-    delays = {"P": live.p_lookahead, "S": live.s_lookahead, "N": live.p_lookahead}
-    for k, phase in enumerate("PSN"):
-        d = delays[phase]
-        first = live.in_samples - BLOCK - d  # the first window's kept block, d late
-        if n - d > first:
-            curves[first : n - d, k] = written[first + d :, k]
+    delays = (live.p_lookahead, live.s_lookahead, live.p_lookahead)  # P, S, noise
+    curves = undelay(written, delays)
+    for k, d in enumerate(delays):
+        curves[: max(0, live.in_samples - BLOCK - d), k] = np.nan  # before the first window's kept block, d late
     return curves
 
 

@@ -98,11 +98,10 @@ def stream_scores(student, waveform: np.ndarray, step: StreamStep | None = None)
     normalizer = RunningNormalizer(waveform.shape[0], student.norm_window // BLOCK, student.norm_eps)
     states = step.zero_states()
     n = waveform.shape[1]
-    delays = streaming.channel_delays(student)
-    out = np.full((n + max(delays), 3), np.nan, dtype=np.float32)
+    written = np.full((n // BLOCK * BLOCK, 3), np.nan, dtype=np.float32)
     with torch.no_grad():
         for start in range(0, n - BLOCK + 1, BLOCK):
             block = torch.from_numpy(normalizer(waveform[:, start : start + BLOCK])).unsqueeze(0)
             logits, *states = step(block, *states)
-            out[start : start + BLOCK] = torch.softmax(logits, dim=1)[0].T.numpy()
-    return streaming.undelay(out, delays)[:n]
+            written[start : start + BLOCK] = torch.softmax(logits, dim=1)[0].T.numpy()
+    return streaming.at_samples(written, n, streaming.channel_delays(student))

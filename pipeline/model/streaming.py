@@ -82,6 +82,14 @@ def channel_delays(student) -> tuple[int, int, int]:
     return p, s, p
 
 
+def at_samples(written: np.ndarray, n: int, delays) -> np.ndarray:
+    """A stream's scores (n, 3) from ``written`` (the rows its blocks wrote, at most n, class c ``delays[c]``
+    late), each moved back to the sample it is of; NaN where no block has written it yet (:func:`undelay`)."""
+    out = np.full((n + max(delays), written.shape[1]), np.nan, dtype=np.float32)
+    out[: len(written)] = written
+    return undelay(out, delays)[:n]
+
+
 def undelay(scores, delays):
     """``scores`` (..., n, classes), class c written ``delays[c]`` samples late, with each score moved back to the
     sample it is of; the last ``delays[c]`` of class c are not known yet (NaN). numpy or torch."""
@@ -145,7 +153,13 @@ def live_rule(student) -> LiveRule:
     last block's, each phase's delay late (so its picks are reported as the stream's are); no retraction: a
     sample's score is final once computed."""
     p_delay, s_delay, _ = channel_delays(student)
-    return LiveRule(int(student.in_samples), BLOCK, p_delay, s_delay, 0, 0)
+    return block_live_rule(student.in_samples, p_delay, s_delay)
+
+
+def block_live_rule(in_samples: int, p_delay: int, s_delay: int) -> LiveRule:
+    """The live rule of a streaming model of these delays (:func:`live_rule` of its student): a window every
+    block, look-ahead = each phase's delay, no retraction."""
+    return LiveRule(int(in_samples), BLOCK, int(p_delay), int(s_delay), 0, 0)
 
 
 def warmup(waveform: np.ndarray, samples: int, rate: float, noise_s: float = 1.0) -> np.ndarray:
