@@ -182,6 +182,8 @@ class StudentConfig:
     # the S score's own look-ahead, longer than P's (0: output_delay): S is told from P by what follows it
     s_output_delay: int = setting(0, ge=0)
     antialias: bool = False  # blurred stride-4 stages and upsampling: scores less tied to the stream's block grid
+    sample_norm: bool = False  # the running normalisation's peak up to each sample, not to each block's end
+    norm_lag: int = setting(0, ge=0)  # sample_norm's peak of the samples this many before (clipped at NORM_CLIP)
     # The pick rule saved with the student, written into the firmware's model_config.h and scored by the benchmark
     # (their meanings: pipeline.model.picking.PickRule; < 0 for the top tolerance: the first maximum, as SeisBench picks)
     p_threshold: float = setting(PickRule.p_threshold, gt=0, lt=1)
@@ -211,6 +213,8 @@ class DistillConfig:
     s_quiet_below: float = setting(0.05, gt=0, lt=1)  # (0: none; false S in noise and codas, pipeline.distill.losses.s_quiet_loss)
     # weight of matching PhaseNet's last decoder features through a 1x1 adapter (FitNets; pipeline.distill.features)
     feature_weight: float = setting(0.0, ge=0)
+    # weight of the same P / S scores when a causal student's block grid moves (losses.shift_consistency_loss)
+    shift_consistency: float = setting(0.0, ge=0)
     epochs: int = setting(16, ge=1)
     windows_per_epoch: int = setting(0, ge=0)  # 0: one window per training trace
     batch_size: int = setting(64, ge=1)

@@ -196,11 +196,13 @@ def live_stream() -> np.ndarray:
 LIVE_CONFIRM = {"P": 200, "S": 250}  # live.*_confirm_samples: the same windows, a longer look-ahead
 
 
-def picking_causal_stream(delay: int, norm_window: int, s_delay: int | None = None, measure_arena: bool = False):
+def picking_causal_stream(delay: int, norm_window: int, s_delay: int | None = None, measure_arena: bool = False,
+                          **settings):
     """(stream, student, the streaming export's StreamResult with its INT8 variant): a tiny causal student (tests/test_streaming.py) whose P and S
     curves swing across 0.4 with the signal (positive weights and a head mapping the median to the 95th percentile
     of its input's sum to 8 logits of P over S, as tests/test_stream_export.py's), converted by the streaming export
-    (~8 s), and a stream of six bursts of integer counts that ends in a partial block."""
+    (~8 s), and a stream of six bursts of integer counts that ends in a partial block. ``settings``: the student's
+    others (sample_norm, norm_lag)."""
     torch = pytest.importorskip("torch")
     from pipeline.deploy.convert import stream_export
     from pipeline.model.streaming import BLOCK
@@ -208,7 +210,7 @@ def picking_causal_stream(delay: int, norm_window: int, s_delay: int | None = No
 
     x = np.concatenate([waveform(1600, seed=7 + k) for k in range(6)] + [waveform(40)], axis=1)
     x = np.round(x).astype(np.float32)
-    student = causal_student(delay=delay, norm_window=norm_window)
+    student = causal_student(delay=delay, norm_window=norm_window, **settings)
     if s_delay is not None:
         student.s_output_delay = s_delay
     with torch.no_grad():

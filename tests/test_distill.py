@@ -587,3 +587,40 @@ def test_bad_feature_hint_settings_fail_before_anything_is_written(labelled, tmp
     with pytest.raises(EdgepickError, match=match):
         distill.run(config)
     assert not out.exists()
+
+
+def test_shift_consistency_loss_is_zero_for_equal_scores_and_weighs_the_phases():
+    torch.manual_seed(0)
+    scores = torch.randn(2, 3, 50, requires_grad=True)
+    assert losses.shift_consistency_loss(scores, scores.detach().clone()).item() == 0.0
+    other = scores.detach() + torch.randn(2, 3, 50)
+    plain = losses.shift_consistency_loss(scores, other)
+    assert plain.item() > 0
+    plain.backward()
+    assert scores.grad.abs().sum() > 0
+    # a difference at a phase sample counts more with phase_weight: only there do the two differ
+    quiet = torch.tensor([0.0, 0.0, 10.0]).view(1, 3, 1).repeat(1, 1, 20)  # noise everywhere
+    a, b = quiet.clone(), quiet.clone()
+    a[0, :, 5], b[0, :, 5] = torch.tensor([10.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 0.0])  # a P peak vs none
+    assert losses.shift_consistency_loss(a, b, phase_weight=10).item() > losses.shift_consistency_loss(a, b).item()
+
+
+@pytest.mark.slow
+def test_shift_consistency_trains_a_causal_student(labelled, tmp_path):
+    out = tmp_path / "shift"
+    config = tiny_config(labelled, out, epochs=1, shift_consistency=1.0)
+    config.student.causal, config.student.in_samples, config.student.norm_window = True, 1024, 256
+    config.student.output_delay, config.student.sample_norm = 64, True
+    state = distill.run(config)
+    assert np.isfinite(state["history"][0]["train_loss"])
+    assert (out / "student" / "student.pt").is_file()
+
+
+@pytest.mark.parametrize("settings, match", [({}, "causal student"),
+                                             ({"shift_consistency": -1.0}, "shift_consistency must be >= 0")])
+def test_bad_shift_consistency_fails_before_anything_is_written(labelled, tmp_path, settings, match):
+    out = tmp_path / "run"
+    config = tiny_config(labelled, out, shift_consistency=settings.pop("shift_consistency", 1.0))
+    with pytest.raises(EdgepickError, match=match):
+        distill.run(config)
+    assert not out.exists()

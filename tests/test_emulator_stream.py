@@ -27,10 +27,12 @@ pytestmark = pytest.mark.slow  # the emulator, and a streaming student converted
 @pytest.fixture(scope="module")
 def stream_model(tmp_path_factory):
     """The model folder make quantize writes for a causal student (stream_c.py's writer, the ESP32-C3's budget): S
-    picked 40 samples later than P (student.s_output_delay)."""
+    picked 40 samples later than P (student.s_output_delay), its input normalised per sample with a lag
+    (student.sample_norm, student.norm_lag)."""
     from pipeline.deploy.convert import stream_c
 
-    x, student, result = picking_causal_stream(80, 512, s_delay=120, measure_arena=True)
+    x, student, result = picking_causal_stream(80, 512, s_delay=120, measure_arena=True, sample_norm=True,
+                                               norm_lag=100)
     student.default_args.update(PickRule(p_threshold=0.4, s_threshold=0.4).annotate_args())
     description = stream_c.state_description(result.variants["int8"], result.state_layers, student)
     budget = boards.check_stream_budget(boards.get_board("esp32c3"), description)
@@ -49,6 +51,7 @@ def test_emulated_streaming_mode_picks_as_its_twin(images, stream_model, tmp_pat
     folder, x = stream_model
     model = stream_firmware.read(folder)
     assert model.live_rule.lookaheads == {"P": 80, "S": 120}
+    assert model.description["norm_per_sample"] and model.description["norm_lag_samples"] == 100
     reference = sorted((p["phase"], int(p["sample"]), int(p["fwhm"]), False) for p in stream_firmware.twin_picks(model, x))
     assert len(reference) >= 3
     results = {}

@@ -17,7 +17,7 @@ import pytest
 from pipeline.deploy.serial_protocol import parse_pick_lines
 from pipeline.model.block_picks import block_stream_picks, flat_blocks
 from pipeline.model.picking import PickRule
-from pipeline.model.streaming import BLOCK, RunningNormalizer, block_live_rule
+from pipeline.model.streaming import BLOCK, NormSettings, RunningNormalizer, block_live_rule
 
 from host_core import (TOP, compare_picks, floats_text, picking_causal_stream, run, square_model, stream_text,
                        zsquare_model)
@@ -46,9 +46,10 @@ def event_stream(n: int = 6000, seed: int = 6, flat_horizontals: bool = False) -
     return np.round(x).astype(np.float32)
 
 
-def twin(x: np.ndarray, model=square_model, delays=DELAYS, window=WINDOW, thresholds=(0.5, 0.5), gate=False):
+def twin(x: np.ndarray, model=square_model, delays=DELAYS, window=WINDOW, thresholds=(0.5, 0.5), gate=False,
+         per_sample=False, lag=0):
     """pipeline.model.block_picks on ``model`` run block by block on the running normalisation of ``x``."""
-    norm = RunningNormalizer(3, NORM_BLOCKS, EPS)
+    norm = RunningNormalizer(3, NORM_BLOCKS, EPS, per_sample, lag)
     blocks = x.shape[1] // BLOCK
     written = np.concatenate([model(norm(x[:, b * BLOCK:(b + 1) * BLOCK].astype(np.float64))) for b in range(blocks)])
     live = block_live_rule(window, *delays)
@@ -62,43 +63,51 @@ def compare_reported(got: list[dict], ref: list[dict]):
     assert [p["reported"] for p in got] == [p["reported"] for p in ref]
 
 
+@pytest.mark.parametrize("per_sample, lag", [(False, 0), (True, 0), (True, 100)])
 @pytest.mark.parametrize("kind", ["counts", "floats"])
-def test_running_normalisation_is_the_twins_bit_for_bit(driver, kind):
+def test_running_normalisation_is_the_twins_bit_for_bit(driver, kind, per_sample, lag):
     """Block by block, over the window's first blocks and on after it is full: the same float32 values, and the same
-    int8 input of a quantized model (one float32 pass from the same statistics)."""
+    int8 input of a quantized model (one float32 pass from the same statistics); with a peak per block and with the
+    peak up to each sample (an onset inside a block, the constants computed again where the peak changes), and with
+    it lagged (an onset measured against the noise before it, clipped)."""
     rng = np.random.default_rng(1)
     blocks = 12
     x = rng.normal(0, 500, (3, blocks * BLOCK)) + [[2e5], [-40.0], [3.0]]
     x[:, 5 * BLOCK:] += rng.normal(0, 4e4, (3, 7 * BLOCK))
+    x[:, 5 * BLOCK + 37:] += rng.normal(0, 2e5, (3, 7 * BLOCK - 37))  # an onset in a block, not at its start
     x[:, 9 * BLOCK:] = x[:, 9 * BLOCK:10 * BLOCK].mean(1, keepdims=True)  # flat blocks: 0 (and peak 1 once alone)
+    flag = (["--per-sample"] if per_sample else []) + (["--lag", lag] if lag else [])
     x = (np.round(x) if kind == "counts" else x).astype(np.float32)
-    norm = RunningNormalizer(3, 4, EPS)
+    norm = RunningNormalizer(3, 4, EPS, per_sample, lag)
     ref = np.concatenate([norm(x[:, b * BLOCK:(b + 1) * BLOCK].astype(np.float64)).T for b in range(blocks)])
-    out = run(driver, "runnorm", 4, f"{EPS!r}", stdin=floats_text(x.T))
+    out = run(driver, "runnorm", 4, f"{EPS!r}", *flag, stdin=floats_text(x.T))
     got = np.array([np.float32(v) for v in out.split()], dtype=np.float32).reshape(-1, 3)
     assert got.dtype == ref.dtype and np.array_equal(got, ref)
 
     scale, zero = 0.0078431377, -3  # an int8 input's quantization (about 2 / 255)
-    norm = RunningNormalizer(3, 4, EPS)
+    norm = RunningNormalizer(3, 4, EPS, per_sample, lag)
     ref = np.concatenate([norm.quantized(x[:, b * BLOCK:(b + 1) * BLOCK], scale, zero).T for b in range(blocks)])
-    out = run(driver, "runnorm", 4, f"{EPS!r}", f"{scale!r}", zero, stdin=floats_text(x.T))
+    out = run(driver, "runnorm", 4, f"{EPS!r}", f"{scale!r}", zero, *flag, stdin=floats_text(x.T))
     got = np.array([int(v) for v in out.split()], dtype=np.int8).reshape(-1, 3)
     assert np.array_equal(got, ref) and len(np.unique(ref)) > 100
     # the one pass is the float block quantized as TFLite Micro's Quantize kernel would, to within a step
     from pipeline.deploy.tflm import quantize_input
-    float_norm, details = RunningNormalizer(3, 4, EPS), {"dtype": "int8", "scale": scale, "zero_point": zero}
+    float_norm, details = RunningNormalizer(3, 4, EPS, per_sample, lag), {"dtype": "int8", "scale": scale, "zero_point": zero}
     plain = np.concatenate([quantize_input(float_norm(x[:, b * BLOCK:(b + 1) * BLOCK]), dict(details, shape=(BLOCK, 3)))
                             for b in range(blocks)])
     assert np.abs(plain.astype(int) - got.astype(int)).max() <= 1 and (plain == got).mean() > 0.99
 
 
-@pytest.mark.parametrize("delays", [(100, 100), DELAYS])
-def test_block_picker_is_its_python_twin(driver, delays):
+@pytest.mark.parametrize("delays, per_sample, lag", [((100, 100), False, 0), (DELAYS, False, 0), (DELAYS, True, 0),
+                                                     (DELAYS, True, 150)])
+def test_block_picker_is_its_python_twin(driver, delays, per_sample, lag):
     """Picks, their on / off / fwhm / probability and the sample each is reported at, with S later than P or not,
-    on a stream that ends in a partial block (never run) and with a trigger open at the end (closed by "#end")."""
+    on a stream that ends in a partial block (never run) and with a trigger open at the end (closed by "#end");
+    with the normalisation's peak per block, per sample, or per sample and lagged."""
     x = event_stream()
-    ref = twin(x, delays=delays)
-    lines = run(driver, *block_args(delays=delays), stdin=stream_text(x)).splitlines()
+    ref = twin(x, delays=delays, per_sample=per_sample, lag=lag)
+    flag = (["--per-sample"] if per_sample else []) + (["--lag", lag] if lag else [])
+    lines = run(driver, *block_args(delays=delays), *flag, stdin=stream_text(x)).splitlines()
     assert not [line for line in lines if json.loads(line)["type"] == "error"]
     assert {p["phase"] for p in ref} == {"P", "S"} and len(ref) >= 6
     assert max(p["sample"] for p in ref) > x.shape[1] - BLOCK - delays[0] - 100  # the last P, closed at "#end"
@@ -172,7 +181,7 @@ def test_a_causal_students_int8_stream_in_tflite_micro_picks_as_its_twin(driver,
     x, student, result = picking_causal_stream(80, 512)
     flatbuffer = result.flatbuffers["int8"]
     io = tflm_stream.io_lists(flatbuffer)
-    written = tflm_stream.run_stream_blocks(flatbuffer, x.astype(np.float64), 512, student.norm_eps, io=io)
+    written = tflm_stream.run_stream_blocks(flatbuffer, x.astype(np.float64), NormSettings.of(student), io=io)
     live = block_live_rule(student.in_samples, 80, 80)
     rule = PickRule(p_threshold=0.4, s_threshold=0.4, top_tolerance=TOP)
     ref, _ = block_stream_picks(written, x.shape[1], live, rule)

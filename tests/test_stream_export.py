@@ -137,8 +137,9 @@ def test_int8_stream_follows_the_pytorch_stream_block_by_block(result, heldout):
     assert [int(tflm_stream.zero_state(d).ravel()[0]) for d in io["inputs"][1:]] == [d["zero_point"] for d in io["inputs"][1:]]
     x = heldout[0]
     delays = streaming.channel_delays(student)
-    whole = tflm_stream.run_stream(flatbuffer, x, student.norm_window, student.norm_eps, delays)
-    head = tflm_stream.run_stream(flatbuffer, x[:, : 10 * BLOCK], student.norm_window, student.norm_eps, delays)
+    norm = streaming.NormSettings.of(student)
+    whole = tflm_stream.run_stream(flatbuffer, x, norm, delays)
+    head = tflm_stream.run_stream(flatbuffer, x[:, : 10 * BLOCK], norm, delays)
     finite = ~np.isnan(head[:, 0])
     np.testing.assert_array_equal(head[finite], whole[: len(head)][finite])
     reference = stream_scores(student, x)
@@ -175,7 +176,8 @@ def test_bad_input_is_one_error_line(student):
                        (lambda: se.stream_export(student, [], [np.zeros((2, 500))]), r"\(3, n >= 64\)"),
                        (lambda: se.stream_export(student, [], [waveform(BLOCK)], ("int8",)), "calibration traces"),
                        (lambda: se.stream_export(student, [], [waveform(BLOCK)], ("fp16",)), "unknown streaming"),
-                       (lambda: tflm_stream.run_stream(b"", np.zeros((3, 64)), 1024, 1e-6, (100,) * 3), "cannot load")):
+                       (lambda: tflm_stream.run_stream(b"", np.zeros((3, 64)), streaming.NormSettings(16, 1e-6),
+                                                       (100,) * 3), "cannot load")):
         with pytest.raises(EdgepickError, match=says) as error:
             call()
         assert "\n" not in str(error.value)
@@ -246,9 +248,10 @@ def test_quantize_stage_writes_the_streaming_model_of_a_causal_student(tmp_path,
 
 @pytest.mark.slow
 def test_a_blurred_student_with_a_later_s_exports_to_the_same_stream(heldout):
-    """student.antialias (the low-pass folded into each blurred depthwise kernel by the export) and
-    student.s_output_delay (S moved back by its own delay in the TFLite run too): FP32 equals the PyTorch stream."""
-    model = causal_student(antialias=True, s_output_delay=260)
+    """student.antialias (the low-pass folded into each blurred depthwise kernel by the export),
+    student.s_output_delay (S moved back by its own delay in the TFLite run too) and student.sample_norm (the TFLite
+    run normalises with the peak up to each sample too): FP32 equals the PyTorch stream."""
+    model = causal_student(antialias=True, s_output_delay=260, sample_norm=True)
     calibration = [waveform(50 * BLOCK, seed=k) for k in range(2)]
     export = se.stream_export(model, calibration, heldout, ("fp32",))
     info = export.variants["fp32"]
@@ -256,3 +259,6 @@ def test_a_blurred_student_with_a_later_s_exports_to_the_same_stream(heldout):
     assert set(info["ops"]) <= TFLM_OPS and info["ops"]["CONCATENATION"] == len(StreamStep(model).state_shapes())
     assert export.macs_per_block == info["graph_macs_per_block"]
     assert model.count_macs() == model.in_samples // BLOCK * export.macs_per_block
+    per_sample = stream_scores(model, heldout[0])
+    model.sample_norm = False  # the same weights on a peak per block: scores 10x further off than the FP32 check
+    assert np.nanmax(np.abs(stream_scores(model, heldout[0]) - per_sample)) > 10 * 1e-5  # allows: it was per sample

@@ -14,7 +14,7 @@ from pipeline.config import DistillConfig
 from pipeline.model import streaming
 from pipeline.model.stream_step import StreamStep, stream_scores
 from pipeline.model.student import XiaoNet, load_student
-from pipeline.model.streaming import BLOCK, RunningNormalizer, causal_reach, running_normalize
+from pipeline.model.streaming import BLOCK, NORM_CLIP, RunningNormalizer, causal_reach, running_normalize
 
 
 def causal_student(refine_blocks=0, delay=100, seed=0, **kwargs) -> XiaoNet:
@@ -60,7 +60,7 @@ def test_whole_window_forward_is_the_stream_block_by_block(refine_blocks, antial
 @pytest.mark.slow
 @pytest.mark.parametrize("refine_blocks, antialias", [(0, False), (1, False), (0, True)])
 def test_no_score_sees_past_its_block_and_the_reach_is_traced(monkeypatch, refine_blocks, antialias):
-    monkeypatch.setattr(streaming, "running_normalize", lambda x, blocks, eps: x)  # the network alone
+    monkeypatch.setattr(streaming, "running_normalize", lambda x, *settings: x)  # the network alone
     model = causal_student(refine_blocks, antialias=antialias)
     with torch.no_grad():
         for parameter in model.parameters():
@@ -88,6 +88,46 @@ def test_running_normalisation_is_the_window_ending_with_each_block():
         np.testing.assert_allclose(block, normalize_windows(window)[:, -BLOCK:], rtol=1e-4, atol=1e-5)
     assert np.abs(whole).max() <= 1.0 and running_normalize(np.zeros((3, BLOCK)), 4, 1e-6).max() == 0
 
+
+
+def test_per_sample_normalisation_is_the_window_ending_with_each_sample():
+    x = waveform(12 * BLOCK, seed=3)
+    x[:, 7 * BLOCK + 40 :] *= 50  # an onset at sample 40 of block 7
+    whole = running_normalize(x, 4, 1e-6, per_sample=True)
+    normalizer = RunningNormalizer(3, 4, 1e-6, per_sample=True)
+    blocks = np.concatenate([normalizer(x[:, b * BLOCK : (b + 1) * BLOCK]) for b in range(12)], axis=1)
+    np.testing.assert_allclose(blocks, whole, rtol=1e-5, atol=1e-6)
+    for t in (5, 100, 7 * BLOCK + 39, 7 * BLOCK + 40, 12 * BLOCK - 1):
+        b = t // BLOCK
+        mean = x[:, max(0, b - 4) * BLOCK : max(1, b) * BLOCK].mean(-1)  # the 4 blocks before (the first: its own)
+        span = x[:, max(0, b - 3) * BLOCK : t + 1] - mean[:, None]
+        np.testing.assert_allclose(whole[:, t], (x[:, t] - mean) / (np.abs(span).max() * (1 + 1e-6)), rtol=1e-5)
+    # the noise before the onset keeps its scale; a peak per block divides it by the onset's from the block's start
+    before = slice(7 * BLOCK, 7 * BLOCK + 40)
+    assert np.abs(whole[:, before]).max() > 0.3
+    assert np.abs(running_normalize(x, 4, 1e-6)[:, before]).max() < 0.1
+    # and what a sample is given does not depend on the samples after it (past the first block)
+    cut = running_normalize(x[:, : 8 * BLOCK], 4, 1e-6, per_sample=True)
+    np.testing.assert_array_equal(cut, whole[:, : 8 * BLOCK])
+    assert np.abs(whole).max() <= 1.0 and running_normalize(np.zeros((3, BLOCK)), 4, 1e-6, True).max() == 0
+
+
+def test_a_lagged_normalisation_measures_an_onset_against_the_noise_before_it():
+    x = waveform(12 * BLOCK, seed=4)
+    onset = 7 * BLOCK + 40
+    x[:, onset:] *= 50
+    whole = running_normalize(x, 4, 1e-6, per_sample=True, lag=100)
+    normalizer = RunningNormalizer(3, 4, 1e-6, per_sample=True, lag=100)
+    blocks = np.concatenate([normalizer(x[:, b * BLOCK : (b + 1) * BLOCK]) for b in range(12)], axis=1)
+    np.testing.assert_allclose(blocks, whole, rtol=1e-5, atol=1e-6)
+    # for the lag's 100 samples the onset is measured against the noise: it stands out, up to the clip
+    assert np.abs(whole[:, onset : onset + 100]).max() == NORM_CLIP
+    assert np.abs(running_normalize(x, 4, 1e-6, per_sample=True)[:, onset : onset + 100]).max() <= 1
+    assert np.median(np.abs(whole[:, onset + 200 :])) < 1  # and then against itself
+    assert np.abs(whole[:, :onset]).max() <= NORM_CLIP
+    for settings in ({"per_sample": False, "lag": 10}, {"per_sample": True, "lag": 3 * BLOCK}):
+        with pytest.raises(EdgepickError, match="lag"):
+            RunningNormalizer(3, 4, 1e-6, **settings)
 
 @pytest.mark.slow
 def test_annotate_of_a_causal_student_is_its_stream_from_the_first_sample():
@@ -207,3 +247,14 @@ def test_antialias_is_saved_and_only_for_a_causal_student(tmp_path):
     assert loaded.count_macs() > causal_student().count_macs()
     with pytest.raises(EdgepickError, match="antialias"):
         XiaoNet(base_channels=2, antialias=True)
+
+
+def test_norm_settings_are_the_students_and_an_older_description_is_a_peak_per_block():
+    model = causal_student(norm_window=512, sample_norm=True, norm_lag=100)
+    norm = streaming.NormSettings.of(model)
+    assert norm == streaming.NormSettings(8, model.norm_eps, True, 100)
+    assert str(norm.normalizer()) == str(RunningNormalizer(3, 8, model.norm_eps, True, 100))
+    older = {"norm_window_blocks": 16, "norm_eps": 1e-6}  # stream_states.json before sample_norm
+    assert streaming.NormSettings.described(older) == streaming.NormSettings(16, 1e-6, False, 0)
+    with pytest.raises(EdgepickError, match="norm_lag"):
+        causal_student(norm_window=512, norm_lag=100)  # a lag without sample_norm

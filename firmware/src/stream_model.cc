@@ -34,6 +34,12 @@
 #ifndef EDGEPICK_STREAM_ARENA_ALLOC_BYTES
 #error "stream_model_config.h predates the firmware's streaming mode: run `make quantize` again"
 #endif
+#ifndef EDGEPICK_STREAM_NORM_PER_SAMPLE
+#define EDGEPICK_STREAM_NORM_PER_SAMPLE 0  // a header of a student from before student.sample_norm: a peak per block
+#endif
+#ifndef EDGEPICK_STREAM_NORM_LAG
+#define EDGEPICK_STREAM_NORM_LAG 0  // nor a lag (student.norm_lag)
+#endif
 #ifndef EDGEPICK_BOARD_NAME
 #define EDGEPICK_BOARD_NAME "unknown"  // platformio.ini sets it per environment
 #endif
@@ -210,6 +216,8 @@ edgepick::BlockConfig BlockConfigFromHeader() {
   config.top_half_width = EDGEPICK_STREAM_PICK_TOP_HALF_WIDTH;
   config.norm_window_blocks = EDGEPICK_STREAM_NORM_WINDOW_BLOCKS;
   config.norm_eps = EDGEPICK_STREAM_NORM_EPS;
+  config.norm_per_sample = EDGEPICK_STREAM_NORM_PER_SAMPLE != 0;
+  config.norm_lag = EDGEPICK_STREAM_NORM_LAG;
   config.s_needs_horizontals = EDGEPICK_STREAM_S_NEEDS_HORIZONTALS != 0;
   config.int8_input = EDGEPICK_STREAM_INPUT_INT8 != 0;
   config.input_scale = EDGEPICK_STREAM_INPUT_SCALE;
@@ -236,6 +244,8 @@ bool AllocateBuffers(const edgepick::BlockBufferSizes& sizes, const MemoryPlan& 
   next += sizes.block_floats;
   buffers->probs = next;
   next += sizes.probs_floats;
+  buffers->norm_recent = sizes.norm_recent_floats ? next : nullptr;
+  next += sizes.norm_recent_floats;
   g_states = reinterpret_cast<uint8_t*>(next);
   TfLiteTensor* input = g_interpreter->input(0);
   if (EDGEPICK_STREAM_INPUT_INT8) {

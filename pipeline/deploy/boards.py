@@ -208,7 +208,8 @@ def check_stream_budget(board: Board, info: dict, board_config=None, raise_error
     buffer (a block at a time, each sample final once its block ran). Placed as the whole-window model's."""
     margin = float(getattr(board_config, "margin", 0.10))
     arena = _round16(info["arena_bytes"] * (1 + margin))
-    items = {"sram": [("block buffers", _round16(STREAM_BLOCK_BUFFER_FLOATS * 4)),
+    lag_blocks = -(-int(info.get("norm_lag_samples", 0)) // 64)  # a lagged normalisation keeps these raw blocks
+    items = {"sram": [("block buffers", _round16((STREAM_BLOCK_BUFFER_FLOATS + lag_blocks * 64 * 3) * 4)),
                       ("normaliser statistics", _round16(int(info["norm_window_blocks"]) * NORM_STATS_BYTES_PER_BLOCK)),
                       ("state copy", _round16(int(info["state_bytes"])))],
              "psram": [], "flash": [("model", int(info["bytes"]))]}

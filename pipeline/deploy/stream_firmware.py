@@ -24,7 +24,7 @@ from pipeline.deploy.convert.c_array import parse_c_array, read_model_config
 from pipeline.errors import EdgepickError
 from pipeline.model.block_picks import block_stream_picks, flat_blocks
 from pipeline.model.picking import LiveRule, PickRule
-from pipeline.model.streaming import BLOCK, block_live_rule
+from pipeline.model.streaming import BLOCK, NormSettings, block_live_rule
 
 CONFIG_HEADER, STATES_JSON, DATA_SOURCE = "stream_model_config.h", "stream_states.json", "stream_model_data.cc"
 
@@ -95,6 +95,10 @@ def check(model: StreamModel, where: Path) -> None:
                 refuse(f"{key} / EDGEPICK_STREAM_{name} is missing")
             if int(d[key]) != int(model.number(name)):
                 refuse(f"{key} is {d[key]} in {STATES_JSON}, EDGEPICK_STREAM_{name} {v[f'EDGEPICK_STREAM_{name}']}")
+        for key, name in (("norm_per_sample", "NORM_PER_SAMPLE"), ("norm_lag_samples", "NORM_LAG")):  # 0: older folders
+            if int(d.get(key, 0)) != int(v.get(f"EDGEPICK_STREAM_{name}", "0")):
+                refuse(f"{key} is {d.get(key, 0)} in {STATES_JSON}, EDGEPICK_STREAM_{name} "
+                       f"{v.get(f'EDGEPICK_STREAM_{name}', 'missing')} in {CONFIG_HEADER}")
         io = tflm_stream.io_lists(model.flatbuffer)
         tflm_stream.check_io(io, [(1, s["channels"], s["samples"]) for s in d["states"]])
         for k, (state, tensor) in enumerate(zip(d["states"], io["inputs"][1:])):
@@ -116,8 +120,7 @@ def twin_picks(model: StreamModel, waveform: np.ndarray, t0: float = 0.0) -> lis
     as :meth:`PickRule.picks` with "reported". The samples are taken as the firmware parses them (float32)."""
     d = model.description
     x = np.asarray(waveform, dtype=np.float32)
-    written = tflm_stream.run_stream_blocks(model.flatbuffer, x.astype(np.float64), int(d["norm_window_samples"]),
-                                            float(d["norm_eps"]))
+    written = tflm_stream.run_stream_blocks(model.flatbuffer, x.astype(np.float64), NormSettings.described(d))
     live = model.live_rule
     flat = flat_blocks(x, live.in_samples) if d.get("s_needs_horizontals") else None
     picks, _ = block_stream_picks(written, x.shape[1], live, model.pick_rule, model.rate, t0, flat)

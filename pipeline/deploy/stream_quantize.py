@@ -50,6 +50,7 @@ def stream_budget(board, description: dict, board_config) -> dict:
     refuses the firmware variant's overflow)."""
     need = {key: description[key] for key in ("bytes", "precision", "state_bytes", "norm_window_blocks")}
     need["arena_bytes"] = int(description["arena_bytes"] or 0)
+    need["norm_lag_samples"] = int(description.get("norm_lag_samples", 0))
     return boards.check_stream_budget(board, need, board_config, raise_error=False)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline.deploy import tflm
 from pipeline.errors import EdgepickError
-from pipeline.model.streaming import BLOCK, RunningNormalizer, at_samples
+from pipeline.model.streaming import BLOCK, NormSettings, at_samples
 
 
 def io_lists(flatbuffer: bytes) -> dict:
@@ -73,21 +73,22 @@ def check_io(io: dict, state_shapes: list[tuple[int, int, int]] | None = None) -
                 raise EdgepickError(f"state {k} is {i['shape']} in the model, [1, {keep}, 1, {channels}] in the step")
 
 
-def run_stream(flatbuffer: bytes, waveform: np.ndarray, norm_window: int, norm_eps: float, delays,
-               arena: int | None = None, io: dict | None = None) -> np.ndarray:
+def run_stream(flatbuffer: bytes, waveform: np.ndarray, norm: NormSettings, delays, arena: int | None = None,
+               io: dict | None = None) -> np.ndarray:
     """A causal student's probabilities (n, 3) over ``waveform`` (3, n) as the streaming model gives them in
     TFLite Micro: :func:`pipeline.model.stream_step.stream_scores`'s layout (each score at the sample it is of,
     NaN where no block has finished it), normalised block by block as it normalises, from zero states.
-    ``delays``: each class's (:func:`pipeline.model.streaming.channel_delays`)."""
-    written = run_stream_blocks(flatbuffer, waveform, norm_window, norm_eps, arena, io)
+    ``norm``: the student's normalisation (:class:`NormSettings`); ``delays``: each class's
+    (:func:`pipeline.model.streaming.channel_delays`)."""
+    written = run_stream_blocks(flatbuffer, waveform, norm, arena, io)
     return at_samples(written, np.asarray(waveform).shape[1], delays)
 
 
-def run_stream_blocks(flatbuffer: bytes, waveform: np.ndarray, norm_window: int, norm_eps: float,
-                      arena: int | None = None, io: dict | None = None) -> np.ndarray:
+def run_stream_blocks(flatbuffer: bytes, waveform: np.ndarray, norm: NormSettings, arena: int | None = None,
+                      io: dict | None = None) -> np.ndarray:
     """The streaming model's output (blocks x 64, 3) at each sample of ``waveform`` (3, n)'s whole blocks, as the
-    firmware gets it: each block normalised into input 0 (:class:`RunningNormalizer`; an int8 input by its
-    :meth:`~RunningNormalizer.quantized` pass), the states fed back from zero states, output 0 dequantized; not moved
+    firmware gets it: each block normalised into input 0 (``norm``'s
+    :class:`~pipeline.model.streaming.RunningNormalizer`; an int8 input by its ``quantized`` pass), the states fed back from zero states, output 0 dequantized; not moved
     back by the delays (pipeline.model.block_picks does that). ``waveform``'s samples as the firmware holds them:
     float32 values (a float64 array of them is fine)."""
     interpreter, exc, err = tflm.load(flatbuffer, arena or tflm.MAX_ARENA)
@@ -98,7 +99,7 @@ def run_stream_blocks(flatbuffer: bytes, waveform: np.ndarray, norm_window: int,
     waveform = np.asarray(waveform, dtype=np.float64)
     if waveform.ndim != 2 or waveform.shape[0] != 3:
         raise EdgepickError(f"a stream is (3, n) samples, got {waveform.shape}")
-    normalizer = RunningNormalizer(3, norm_window // BLOCK, norm_eps)
+    normalizer = norm.normalizer(3)
     states = [zero_state(d) for d in io["inputs"][1:]]
     blocks = waveform.shape[1] // BLOCK
     out = np.full((blocks * BLOCK, 3), np.nan, dtype=np.float32)

@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pipeline.data import generators
-from pipeline.distill import features, soft_labels, training
+from pipeline.distill import features, losses, soft_labels, training
 from pipeline.artifacts import save_config
 from pipeline.config import Config
 from pipeline.errors import EdgepickError
@@ -65,8 +65,9 @@ def distill(config: Config) -> dict:
         raise EdgepickError(f"distill.peak_shape must be >= 0 and distill.peak_shape_power >= 1, got "
                             f"{cfg.peak_shape} and {cfg.peak_shape_power}")
     check_phase_weight_source(cfg.phase_weight_source)  # before anything is written, not at the first batch
-    if not cfg.feature_weight >= 0:
-        raise EdgepickError(f"distill.feature_weight must be >= 0, got {cfg.feature_weight}")
+    for name in ("feature_weight", "shift_consistency"):
+        if not getattr(cfg, name) >= 0:
+            raise EdgepickError(f"distill.{name} must be >= 0, got {getattr(cfg, name)}")
     checkpoint = None
     if cfg.resume:  # read and compared first: a checkpoint that cannot go on fails before any teacher runs
         checkpoint = training.read_checkpoint(out / CHECKPOINT)
@@ -90,6 +91,9 @@ def distill(config: Config) -> dict:
         teacher_features = features.TeacherFeatures(config.teacher.name, in_samples, device)
         trainable = _Logits(model, features.StudentHint(model.channels[0], teacher_features.channels).to(device))
     hint = trainable.hint
+    if cfg.shift_consistency > 0 and not model.causal:
+        raise EdgepickError("distill.shift_consistency is for a causal student (student.causal=true): a whole-window "
+                            "student has no block grid in a stream")
     optimizer = torch.optim.AdamW(trainable.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     windows_per_epoch = cfg.windows_per_epoch or sum(len(t) for t in train_set)
     steps_per_epoch = max(1, windows_per_epoch // (cfg.batch_size * world))
@@ -134,6 +138,8 @@ def distill(config: Config) -> dict:
                          streaming.channel_delays(raw_model))
             if teacher_features is not None:
                 loss = loss + cfg.feature_weight * features.hint_loss(hinted, teacher_features(x))
+            if cfg.shift_consistency > 0:
+                loss = loss + cfg.shift_consistency * _shift_term(trainable, raw_model, x, logits, cfg.phase_weight)
             train_losses.append(training.optimizer_step(
                 loss, optimizer, schedule, trainable.parameters(), cfg.grad_clip, epoch, out, advice))
         train_seconds = time.time() - started
@@ -177,6 +183,17 @@ class _Logits(torch.nn.Module):
         if self.hint is None:
             return logits, None
         return logits, self.hint(x.shape[-1], window_padding(x.shape[-1])[0])
+
+
+def _shift_term(trainable, model, x: torch.Tensor, logits: torch.Tensor, phase_weight: float) -> torch.Tensor:
+    """losses.shift_consistency_loss between the window's scores and those of the same samples from a window that
+    starts k (1-63, drawn per batch) samples later and one block shorter: the same stream on a grid k samples later.
+    The first samples of the later window, whose causal reach runs into its zero padding, are left out."""
+    n, k = x.shape[-1], int(np.random.randint(1, streaming.BLOCK))
+    shifted, _ = trainable(x[..., k : k + n - streaming.BLOCK])
+    skip = streaming.causal_reach(model.refine_blocks, antialias=model.antialias)
+    return losses.shift_consistency_loss(logits[..., k + skip : k + n - streaming.BLOCK], shifted[..., skip:],
+                                         phase_weight)
 
 
 class _Training:

@@ -99,3 +99,15 @@ def s_quiet_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, belo
         return student_logits.new_zeros(())
     log_not_s = torch.log1p(-torch.softmax(student_logits.float(), dim=1)[:, 1].clamp(max=1 - 1e-6))
     return -log_not_s[quiet].mean()
+
+
+def shift_consistency_loss(scores: torch.Tensor, shifted: torch.Tensor, phase_weight: float = 0.0) -> torch.Tensor:
+    """How much a causal student's P and S probabilities change when only its block grid moves: ``scores`` and
+    ``shifted`` (batch, classes, n) its logits over the same samples from two windows whose starts differ by less
+    than a block. The mean squared difference of the two P and S probabilities, each sample weighted as the KL is
+    (1 + ``phase_weight`` x the larger P + S of the two, without gradient), so that the samples near a phase count.
+    Both sides have gradients: neither grid is the right one (Zhang 2019's consistency under shifts, as a loss)."""
+    a = torch.softmax(scores.float(), dim=1)[:, :2]
+    b = torch.softmax(shifted.float(), dim=1)[:, :2]
+    weights = 1 + phase_weight * torch.maximum(a.sum(1), b.sum(1)).detach().clamp(0, 1)
+    return (weights * ((a - b) ** 2).sum(1)).sum() / weights.sum()

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from pipeline.errors import EdgepickError
 from pipeline.model import streaming
 from pipeline.model.layers import baked
-from pipeline.model.streaming import BLOCK, RunningNormalizer
+from pipeline.model.streaming import BLOCK
 
 
 class StreamStep(nn.Module):
@@ -95,7 +95,7 @@ def stream_scores(student, waveform: np.ndarray, step: StreamStep | None = None)
     delay's and a partial block) are NaN."""
     step = step or StreamStep(student)
     waveform = np.asarray(waveform, dtype=np.float64)
-    normalizer = RunningNormalizer(waveform.shape[0], student.norm_window // BLOCK, student.norm_eps)
+    normalizer = streaming.NormSettings.of(student).normalizer(waveform.shape[0])
     states = step.zero_states()
     n = waveform.shape[1]
     written = np.full((n // BLOCK * BLOCK, 3), np.nan, dtype=np.float32)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -196,68 +197,181 @@ def cropped(annotations, starts: dict):
     return annotations
 
 
-def running_normalize(x, window_blocks: int, eps: float):
+NORM_CLIP = 8.0  # a lagged normalisation's bound: an onset up to 8x the noise before it stands out, then saturates
+MAX_NORM_LAG = 512  # the firmware keeps at most 8 raw blocks for a lag (ep_running_norm.h, kMaxLagBlocks)
+
+
+def running_normalize(x, window_blocks: int, eps: float, per_sample: bool = False, lag: int = 0):
     """``x`` (..., components, n), n a whole number of blocks, each block demeaned per component by the mean of
     the last ``window_blocks`` blocks (fewer at the start) and divided by the largest absolute excursion from
     that mean over the same samples and all components, times (1 + ``eps``) (1 where it is 0): the per-window
     normalisation (pipeline.data.normalization) of the window ending with the block. numpy or torch; the
-    statistics in float64, the result float32. :class:`RunningNormalizer` is the same, block by block."""
+    statistics in float64, the result float32. :class:`RunningNormalizer` is the same, block by block.
+
+    ``per_sample``: the peak is taken up to each sample (the ``window_blocks - 1`` blocks before its block and its
+    block's samples up to it) and the mean is that of the ``window_blocks`` blocks before the block (the first
+    block's own at the start): the per-window normalisation of a window ending with the sample. The noise just
+    before an onset then keeps its scale, wherever the onset falls in its block; with a peak per block it is divided
+    by the onset's peak from the block's first sample on, a step the block grid places (docs/design.md, "Streaming").
+    ``lag`` (per sample): the peak of the samples up to ``lag`` before each (sample 0's where there are none), the
+    result clipped to +-NORM_CLIP: an onset is measured against the noise before it for ``lag`` samples (the
+    contrast a whole window's normalisation keeps), instead of against itself."""
     if isinstance(x, np.ndarray):
-        return running_normalize(torch.from_numpy(np.asarray(x, dtype=np.float64)), window_blocks, eps).numpy()
+        return running_normalize(torch.from_numpy(np.asarray(x, dtype=np.float64)), window_blocks, eps,
+                                 per_sample, lag).numpy()
     *lead, components, n = x.shape
     if n % BLOCK:
         raise EdgepickError(f"running normalisation needs whole {BLOCK}-sample blocks, got {n} samples")
     blocks = x.detach().reshape(-1, components, n // BLOCK, BLOCK).double()
     sums = F.pad(blocks.sum(-1).cumsum(-1), (1, 0))
     idx = torch.arange(n // BLOCK)
-    first = (idx - window_blocks + 1).clamp(min=0)
-    mean = (sums[..., idx + 1] - sums[..., first]) / ((idx - first + 1) * BLOCK).double()
-    high = F.max_pool1d(F.pad(blocks.amax(-1), (window_blocks - 1, 0), value=-math.inf), window_blocks, 1)
-    low = -F.max_pool1d(F.pad(-blocks.amin(-1), (window_blocks - 1, 0), value=-math.inf), window_blocks, 1)
-    peak = torch.maximum(high - mean, mean - low).amax(dim=-2, keepdim=True) * (1 + eps)
+    if per_sample:
+        first, last = (idx - window_blocks).clamp(min=0), idx.clamp(min=1)  # blocks [first, last): those before
+        mean = (sums[..., last] - sums[..., first]) / ((last - first) * BLOCK).double()
+        high, low = _lagged_max(blocks, window_blocks, lag), -_lagged_max(-blocks, window_blocks, lag)
+        mean = mean.unsqueeze(-1)
+    else:
+        first = (idx - window_blocks + 1).clamp(min=0)
+        mean = (sums[..., idx + 1] - sums[..., first]) / ((idx - first + 1) * BLOCK).double()
+        high = F.max_pool1d(F.pad(blocks.amax(-1), (window_blocks - 1, 0), value=-math.inf), window_blocks, 1)
+        low = -F.max_pool1d(F.pad(-blocks.amin(-1), (window_blocks - 1, 0), value=-math.inf), window_blocks, 1)
+    peak = torch.maximum(high - mean, mean - low).amax(dim=1, keepdim=True) * (1 + eps)
     peak = torch.where(peak > 0, peak, torch.ones_like(peak))
-    out = (blocks - mean.unsqueeze(-1)) / peak.unsqueeze(-1)
+    if not per_sample:
+        mean, peak = mean.unsqueeze(-1), peak.unsqueeze(-1)
+    out = (blocks - mean) / peak
+    if lag:
+        out = out.clamp(-NORM_CLIP, NORM_CLIP)
     return out.reshape(*lead, components, n).to(torch.float32)
+
+
+def _lagged_max(blocks: torch.Tensor, window_blocks: int, lag: int) -> torch.Tensor:
+    """(batch, components, blocks, 64) -> the same shape: at each sample t the maximum of the samples from the first
+    of the ``window_blocks - 1`` blocks before t's block to t - ``lag`` (sample 0 where t < lag)."""
+    batch, components, count, _ = blocks.shape
+    n = count * BLOCK
+    t = torch.arange(n)
+    u = (t - lag).clamp(min=0)  # the last sample each t may see
+    back = t // BLOCK - u // BLOCK  # whole blocks between t's block and u's
+    extremes = blocks.amax(-1)
+    whole = []  # whole[k][b]: the maximum of blocks [b - window_blocks + 1, b - k - 1]
+    for k in range(int(back.max()) + 1):
+        before = _before(extremes, window_blocks - 1 - k)
+        whole.append(F.pad(before, (k, 0), value=-math.inf)[..., :count])
+    whole = torch.stack(whole)[back, :, :, t // BLOCK].permute(1, 2, 0)  # (batch, components, n)
+    upto = blocks.cummax(-1).values.reshape(batch, components, n)[..., u]
+    return torch.maximum(upto, whole).reshape(batch, components, count, BLOCK)
+
+
+def _before(extremes: torch.Tensor, blocks: int) -> torch.Tensor:
+    """(batch, components, blocks) per-block maxima -> the maximum of the ``blocks`` blocks before each (-inf where
+    there are none)."""
+    if blocks < 1:
+        return torch.full_like(extremes, -math.inf)
+    earlier = F.pad(extremes[..., :-1], (blocks, 0), value=-math.inf)  # earlier[k] = extremes[k - blocks]
+    return F.max_pool1d(earlier, blocks, 1)[..., : extremes.shape[-1]]
+
+
+@dataclass(frozen=True)
+class NormSettings:
+    """A causal student's running normalisation (its norm_window, norm_eps, sample_norm and norm_lag), as
+    :func:`running_normalize` and :class:`RunningNormalizer` take it: one object for the stream, its export, the
+    TFLite run and the firmware's twin."""
+
+    window_blocks: int
+    eps: float
+    per_sample: bool = False
+    lag: int = 0
+
+    @classmethod
+    def of(cls, student) -> "NormSettings":
+        return cls(int(student.norm_window) // BLOCK, float(student.norm_eps),
+                   bool(getattr(student, "sample_norm", False)), int(getattr(student, "norm_lag", 0)))
+
+    @classmethod
+    def described(cls, description: dict) -> "NormSettings":
+        """From the streaming model's description (stream_states.json; per_sample and lag 0 where older)."""
+        return cls(int(description["norm_window_blocks"]), float(description["norm_eps"]),
+                   bool(description.get("norm_per_sample", False)), int(description.get("norm_lag_samples", 0)))
+
+    def normalizer(self, components: int = 3) -> "RunningNormalizer":
+        """A new normaliser (a stream's start) of these settings."""
+        return RunningNormalizer(components, self.window_blocks, self.eps, self.per_sample, self.lag)
 
 
 class RunningNormalizer:
     """:func:`running_normalize` one block at a time, as the firmware keeps it (``RunningNorm``, ep_running_norm.h),
     bit for bit: per block and component its sum (its samples added in order), maximum and minimum, for the last
     ``window_blocks`` blocks, the window's sums a running total (minus the block that leaves, plus the one that
-    comes); mean and peak in double. On integer counts every sum is exact.
+    comes); mean and peak in double. On integer counts every sum is exact. ``per_sample``: the peak up to each
+    sample, the mean of the blocks before (:func:`running_normalize`'s ``per_sample``).
 
     Calling it gives the float block ((x - mean) / peak in double); :meth:`quantized` gives an int8 model's input
     from the same statistics as the firmware computes it: in fixed point for a block of whole numbers, in one float32
     pass otherwise (the double division and a separate quantization cost ~10x more on the FPU-less ESP32-C3)."""
 
-    def __init__(self, components: int, window_blocks: int, eps: float):
+    def __init__(self, components: int, window_blocks: int, eps: float, per_sample: bool = False, lag: int = 0):
         if window_blocks < 1:
             raise EdgepickError(f"running normalisation needs a window of at least one block, got {window_blocks}")
-        self.window_blocks, self.eps = int(window_blocks), float(eps)
+        if lag and (not per_sample or not 0 < lag < (window_blocks - 1) * BLOCK):
+            raise EdgepickError(f"a lagged running normalisation is per sample, its lag under the window less a block "
+                                f"({(window_blocks - 1) * BLOCK} samples); got lag {lag}")
+        self.window_blocks, self.eps, self.per_sample = int(window_blocks), float(eps), bool(per_sample)
+        self.lag, self.seen = int(lag), 0
         self.stats: deque[np.ndarray] = deque(maxlen=self.window_blocks)  # per block (3, components): sum, max, min
         self.total = np.zeros(components, dtype=np.float64)  # the window's sums
+        self.recent: deque[np.ndarray] = deque(maxlen=-(-self.lag // BLOCK) or 1)  # raw blocks a lag reaches back to
 
-    def update(self, block: np.ndarray) -> tuple[np.ndarray, float]:
+    def update(self, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One more block's statistics; the mean (per component) and the peak (x (1 + eps), 1 where 0) of the
-        window ending with it."""
+        window ending with it: one peak, or with ``per_sample`` one per sample (64,)."""
         block = np.asarray(block, dtype=np.float64)
         if block.shape[-1] != BLOCK:
             raise EdgepickError(f"running normalisation takes {BLOCK}-sample blocks, got {block.shape[-1]}")
         # np.add.accumulate adds in order (sum() adds pairwise)
         mine = np.stack([np.add.accumulate(block, -1)[..., -1], block.max(-1), block.min(-1)])
+        if self.per_sample:
+            before = list(self.stats)
+            mean = self.total / (len(before) * BLOCK) if before else mine[0] / BLOCK
+            high, low = self._extremes(block, before)
+            peak = np.maximum(high - mean[:, None], mean[:, None] - low).max(0) * (1 + self.eps)
         if len(self.stats) == self.window_blocks:
             self.total = self.total - self.stats[0][0]
         self.total = self.total + mine[0]
         self.stats.append(mine)
-        stats = np.stack(self.stats)
-        mean = self.total / (len(self.stats) * BLOCK)
-        peak = float(np.maximum(stats[:, 1].max(0) - mean, mean - stats[:, 2].min(0)).max()) * (1 + self.eps)
-        return mean, (peak if peak > 0 else 1.0)
+        self.recent.append(block)
+        self.seen += BLOCK
+        if not self.per_sample:
+            stats = np.stack(self.stats)
+            mean = self.total / (len(self.stats) * BLOCK)
+            peak = np.float64(np.maximum(stats[:, 1].max(0) - mean, mean - stats[:, 2].min(0)).max()) * (1 + self.eps)
+        return mean, np.where(peak > 0, peak, 1.0)
+
+    def _extremes(self, block: np.ndarray, before: list) -> tuple[np.ndarray, np.ndarray]:
+        """Per sample of ``block`` (per sample mode) the largest and smallest sample of each component from the
+        first of the ``window_blocks - 1`` blocks before it to ``lag`` samples before the sample (sample 0 at the
+        start): (components, 64) each. ``before``: the statistics of the blocks before it, oldest first."""
+        t = self.seen + np.arange(BLOCK)
+        u = np.maximum(t - self.lag, 0)  # the last sample each may see
+        back = t // BLOCK - u // BLOCK  # 0: its own block; k: the k-th raw block before it
+        high, low = np.empty_like(block), np.empty_like(block)
+        for k in np.unique(back):
+            mine = back == k
+            raw = block if k == 0 else self.recent[-k]
+            reach = u[mine] % BLOCK  # the samples of that block up to u
+            high[:, mine] = np.maximum.accumulate(raw, -1)[:, reach]
+            low[:, mine] = np.minimum.accumulate(raw, -1)[:, reach]
+            whole = before[max(0, len(before) - self.window_blocks + 1): len(before) - k]  # blocks wholly before u's
+            if whole:
+                high[:, mine] = np.maximum(high[:, mine], np.stack(whole)[:, 1].max(0)[:, None])
+                low[:, mine] = np.minimum(low[:, mine], np.stack(whole)[:, 2].min(0)[:, None])
+        return high, low
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
         block = np.asarray(block, dtype=np.float64)
         mean, peak = self.update(block)
-        return ((block - mean[:, None]) / peak).astype(np.float32)
+        out = (block - mean[:, None]) / peak
+        return (np.clip(out, -NORM_CLIP, NORM_CLIP) if self.lag else out).astype(np.float32)
 
     def quantized(self, block: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
         """The block (components, 64) as an int8 input of ``scale`` and ``zero_point``: (x - mean) / peak / scale,
@@ -266,26 +380,48 @@ class RunningNormalizer:
         whole numbers below 2^31 in fixed point (per component R = the mean truncated, inv = M 2^-S with M its 23-bit
         mantissa, C = round((R - mean) inv 2^S), q = round((x - R) M + C) / 2^S), any other in one float32 pass (r =
         float32(mean), a = float32(inv), c = float32((r - mean) inv), q = round((x - r) a + c), each step float32).
+        With ``per_sample`` the same, the constants computed again where the peak changes within the block; with a
+        ``lag`` the result clipped to the steps of +-NORM_CLIP.
         ``block``: float32 samples (the firmware parses float32)."""
         x = np.asarray(block, dtype=np.float32)
         mean, peak = self.update(x)
-        inv = 1.0 / (peak * float(np.float32(scale)))
-        mantissa, exponent = math.frexp(inv)
-        shift = 23 - exponent
-        if np.all(np.trunc(x) == x) and np.all(np.abs(x) < 2.0 ** 31) and 1 <= shift <= 62:
-            multiplier = int(mantissa * 8388608.0)  # 2^23
-            base = np.trunc(mean).astype(np.int64)
-            offset = np.array([math.floor(math.ldexp((float(b) - m) * inv, shift) + 0.5) for b, m in zip(base, mean)],
-                              dtype=np.int64)
-            t = (x.astype(np.int64) - base[:, None]) * multiplier + offset[:, None]
-            half = np.int64(1) << np.int64(shift - 1)
-            rounded = np.where(t >= 0, (t + half) >> shift, -((-t + half) >> shift))
-        else:
-            r = mean.astype(np.float32)
-            c = ((r.astype(np.float64) - mean) * inv).astype(np.float32)
-            v = (x - r[:, None]) * np.float32(inv) + c[:, None]  # float32 throughout (numpy keeps the array's dtype)
-            rounded = np.sign(v) * np.floor(np.abs(v).astype(np.float64) + 0.5)  # exact: + 0.5 in float64
-        return np.clip(rounded + int(zero_point), -128, 127).astype(np.int8)
+        whole = bool(np.all(np.trunc(x) == x) and np.all(np.abs(x) < 2.0 ** 31))
+        peaks = np.broadcast_to(peak, (x.shape[-1],))
+        out = np.empty(x.shape, dtype=np.int8)
+        start = 0
+        while start < x.shape[-1]:  # runs of samples that share a peak
+            stop = start + 1
+            while stop < x.shape[-1] and peaks[stop] == peaks[start]:
+                stop += 1
+            out[:, start:stop] = _quantize(x[:, start:stop], mean, float(peaks[start]), scale, zero_point, whole)
+            start = stop
+        if self.lag:  # the clip at +-NORM_CLIP, in steps (rounding is monotone: the same as clipping before it)
+            step = math.floor(NORM_CLIP / float(np.float32(scale)) + 0.5)
+            out = np.clip(out.astype(np.int64), -step + int(zero_point), step + int(zero_point)).clip(-128, 127)
+        return out.astype(np.int8)
 
     def __str__(self) -> str:
-        return f"RunningNormalizer(last {self.window_blocks} blocks of {BLOCK} samples, eps {self.eps:g})"
+        peak = "each block's peak" if not self.per_sample else (
+            f"the peak {self.lag} samples before each, clipped at {NORM_CLIP:g}" if self.lag else "each sample's peak")
+        return f"RunningNormalizer(last {self.window_blocks} blocks of {BLOCK} samples, {peak}, eps {self.eps:g})"
+
+
+def _quantize(x: np.ndarray, mean: np.ndarray, peak: float, scale: float, zero_point: int, whole: bool) -> np.ndarray:
+    """Samples ``x`` (components, n) of one peak as :meth:`RunningNormalizer.quantized` computes them."""
+    inv = 1.0 / (peak * float(np.float32(scale)))
+    mantissa, exponent = math.frexp(inv)
+    shift = 23 - exponent
+    if whole and 1 <= shift <= 62:
+        multiplier = int(mantissa * 8388608.0)  # 2^23
+        base = np.trunc(mean).astype(np.int64)
+        offset = np.array([math.floor(math.ldexp((float(b) - m) * inv, shift) + 0.5) for b, m in zip(base, mean)],
+                          dtype=np.int64)
+        t = (x.astype(np.int64) - base[:, None]) * multiplier + offset[:, None]
+        half = np.int64(1) << np.int64(shift - 1)
+        rounded = np.where(t >= 0, (t + half) >> shift, -((-t + half) >> shift))
+    else:
+        r = mean.astype(np.float32)
+        c = ((r.astype(np.float64) - mean) * inv).astype(np.float32)
+        v = (x - r[:, None]) * np.float32(inv) + c[:, None]  # float32 throughout (numpy keeps the array's dtype)
+        rounded = np.sign(v) * np.floor(np.abs(v).astype(np.float64) + 0.5)  # exact: + 0.5 in float64
+    return np.clip(rounded + int(zero_point), -128, 127).astype(np.int8)

@@ -122,6 +122,8 @@ class XiaoNet(sbm.WaveformModel):
         norm_window: int | None = None,
         s_output_delay: int | None = None,
         antialias: bool = False,
+        sample_norm: bool = False,
+        norm_lag: int = 0,
         pick_rule: PickRule | None = None,
         s_needs_horizontals: bool | None = None,
         pick_top_tolerance: float | None = None,
@@ -134,7 +136,8 @@ class XiaoNet(sbm.WaveformModel):
         running ``norm_window``, the output ``output_delay`` samples late (its S ``s_output_delay``, None: the same);
         each sample is then computed once. ``antialias`` (a causal student's): the stride-4 stages and the
         upsampling's convolutions blurred (pipeline.model.layers.BlurredDepthwiseConv1d), so that a stream's scores
-        depend less on where its 64-sample block grid falls."""
+        depend less on where its 64-sample block grid falls. ``sample_norm`` (a causal student's): the running
+        normalisation's peak taken up to each sample, not each block's end (streaming.running_normalize)."""
         causal, output_delay, norm_window, s_output_delay = streaming.check_causal(
             causal, output_delay, norm_window, in_samples, s_output_delay)
         if base_channels < 1 or in_samples < DOWNSAMPLING:
@@ -143,9 +146,10 @@ class XiaoNet(sbm.WaveformModel):
             raise EdgepickError(f"channel_multipliers needs 4 entries (encoder 1-3, bottleneck), got {channel_multipliers}")
         if int(refine_blocks) < 0:
             raise EdgepickError(f"student refine_blocks must be >= 0, got {refine_blocks}")
-        if antialias and not causal:
-            raise EdgepickError("student.antialias is a setting of a causal (streaming) student: set "
-                                "student.causal=true")
+        for name, value in (("antialias", antialias), ("sample_norm", sample_norm)):
+            if value and not causal:
+                raise EdgepickError(f"student.{name} is a setting of a causal (streaming) student: set "
+                                    "student.causal=true")
         if phases != CLASS_ORDER:
             raise EdgepickError(f"the student's class order is fixed to {CLASS_ORDER!r}, got {phases!r}")
         citation = (
@@ -168,7 +172,12 @@ class XiaoNet(sbm.WaveformModel):
         self.channel_multipliers = tuple(int(m) for m in channel_multipliers)
         self.norm_eps = float(norm_eps)
         self.causal, self.output_delay, self.norm_window = causal, output_delay, norm_window
-        self.s_output_delay, self.antialias = s_output_delay, bool(antialias)
+        self.s_output_delay, self.antialias, self.sample_norm = s_output_delay, bool(antialias), bool(sample_norm)
+        if int(norm_lag) < 0 or (norm_lag and (not sample_norm or norm_lag > streaming.MAX_NORM_LAG
+                                               or norm_lag >= norm_window - streaming.BLOCK)):
+            raise EdgepickError(f"student.norm_lag is a setting of a sample_norm student, 0-{streaming.MAX_NORM_LAG} "
+                                f"samples and under norm_window less a block; got {norm_lag}")
+        self.norm_lag = int(norm_lag)
         aa = self.antialias
         make_activation(activation)  # validates the name
         self.activation = activation
@@ -231,7 +240,8 @@ class XiaoNet(sbm.WaveformModel):
         samples = x.shape[-1]
         left, right = (0, internal_length(samples) - samples) if self.causal else window_padding(samples)
         if self.causal:
-            x = streaming.running_normalize(F.pad(x, (0, right)), self.norm_window // DOWNSAMPLING, self.norm_eps)
+            x = streaming.running_normalize(F.pad(x, (0, right)), self.norm_window // DOWNSAMPLING, self.norm_eps,
+                                            self.sample_norm, self.norm_lag)
         elif left or right:
             x = F.pad(x, (left, right))
         if self.training if channels_last is None else channels_last:
@@ -341,6 +351,8 @@ class XiaoNet(sbm.WaveformModel):
             norm_window=self.norm_window,
             s_output_delay=self.s_output_delay,
             antialias=self.antialias,
+            sample_norm=self.sample_norm,
+            norm_lag=self.norm_lag,
         )
         return model_args
 
@@ -368,6 +380,8 @@ def build_student(config) -> XiaoNet:
         norm_window=config.norm_window if config.causal else None,
         s_output_delay=(config.s_output_delay or None) if config.causal else None,
         antialias=bool(config.antialias),
+        sample_norm=bool(config.sample_norm),
+        norm_lag=int(config.norm_lag),
         pick_rule=rule,
         s_needs_horizontals=bool(config.s_needs_horizontals),
     )

@@ -65,7 +65,9 @@ def state_description(info: dict, layers: list[str], student) -> dict:
         "s_output_delay_samples": streaming.channel_delays(student)[1], "window_samples": int(student.in_samples),
         "s_needs_horizontals": bool(student.default_args.get("s_needs_horizontals", False)),
         "norm_window_samples": int(student.norm_window), "norm_window_blocks": int(student.norm_window) // BLOCK,
-        "norm_eps": float(student.norm_eps), "sampling_rate": rate, "component_order": "ZNE", "class_order": "PSN",
+        "norm_eps": float(student.norm_eps), "norm_per_sample": bool(getattr(student, "sample_norm", False)),
+        "norm_lag_samples": int(getattr(student, "norm_lag", 0)),
+        "sampling_rate": rate, "component_order": "ZNE", "class_order": "PSN",
         "input": dict(io["inputs"][0], name="block", index=0),
         "output": dict(io["outputs"][0], name="probabilities", index=0),
         "states": states, "state_bytes": sum(s["bytes"] for s in states),
@@ -108,6 +110,10 @@ def stream_config_header(description: dict, rule: PickRule, budget: dict | None 
         f"#define EDGEPICK_STREAM_NORM_WINDOW_SAMPLES {d['norm_window_samples']}",
         f"#define EDGEPICK_STREAM_NORM_WINDOW_BLOCKS {d['norm_window_blocks']}",
         f"#define EDGEPICK_STREAM_NORM_EPS {float(d['norm_eps'])!r}",
+        f"#define EDGEPICK_STREAM_NORM_PER_SAMPLE {int(bool(d.get('norm_per_sample')))}  // 1: the peak up to each "
+        "sample, the mean of the NORM_WINDOW_BLOCKS blocks before (RunningNormalizer's per_sample)",
+        f"#define EDGEPICK_STREAM_NORM_LAG {int(d.get('norm_lag_samples', 0))}  // per sample: the peak of the samples "
+        "this many before, the input clipped to +-8 (RunningNormalizer's lag)",
         f"#define EDGEPICK_STREAM_S_NEEDS_HORIZONTALS {int(bool(d.get('s_needs_horizontals')))}"
         "  // no S where the window's N and E are flat (a vertical-only station)",
         f"#define EDGEPICK_STREAM_INPUT_INT8 {1 if d['input']['dtype'] == 'int8' else 0}",

@@ -38,7 +38,7 @@ from pipeline.errors import EdgepickError
 from pipeline.model import picking, streaming
 from pipeline.model.macs import count_macs
 from pipeline.model.stream_step import StreamStep, stream_scores
-from pipeline.model.streaming import BLOCK, RunningNormalizer
+from pipeline.model.streaming import BLOCK, NormSettings
 
 STREAM_PRECISIONS = ("fp32", "int8", "int8_float_io")
 # TFLite Micro vs the PyTorch stream, max |difference| in probability: a float model further off is a conversion
@@ -79,14 +79,14 @@ def export_stream_onnx(step: StreamStep, opset: int = 17):
     return checked_onnx(buffer.getvalue(), "streaming ONNX model")
 
 
-def record_pairs(step: StreamStep, traces, norm_window: int, norm_eps: float, limit: int | None = None):
+def record_pairs(step: StreamStep, traces, norm: NormSettings, limit: int | None = None):
     """Every (block, states) the float stream sees over ``traces`` (each (3, n) raw samples, from zero states),
     as lists of (1, C, K) float32 arrays in the step's input order; and the PyTorch outputs of each, likewise."""
     pairs, outputs = [], []
     with torch.no_grad():
         for trace in traces:
             trace = np.asarray(trace, dtype=np.float64)
-            normalizer = RunningNormalizer(trace.shape[0], norm_window // BLOCK, norm_eps)
+            normalizer = norm.normalizer(trace.shape[0])
             states = step.zero_states()
             for start in range(0, trace.shape[1] - BLOCK + 1, BLOCK):
                 block = torch.from_numpy(normalizer(trace[:, start : start + BLOCK]))[None]
@@ -231,7 +231,8 @@ def stream_export(student, calibration_traces, heldout_traces, precisions=("fp32
 
     onnx_model = export_stream_onnx(step)
     result.onnx_bytes = onnx_model.SerializeToString()
-    probe, expected = record_pairs(step, heldout[:2], student.norm_window, student.norm_eps, limit=64)
+    norm = NormSettings.of(student)
+    probe, expected = record_pairs(step, heldout[:2], norm, limit=64)
     ort = _onnxruntime_outputs(onnx_model, names[0], probe)
     result.onnx_max_error = _max_error(ort, expected)
     if result.onnx_max_error > ONNX_TOLERANCE:
@@ -242,7 +243,7 @@ def stream_export(student, calibration_traces, heldout_traces, precisions=("fp32
         raise EdgepickError(f"streaming step: the Keras model differs from onnxruntime by {result.keras_max_error:.2e}")
     origin = {layer_name(n.name): module_of(n.name) for n in onnx_model.graph.node}
 
-    pairs = record_pairs(step, calibration, student.norm_window, student.norm_eps, max_pairs)[0] if calibration else []
+    pairs = record_pairs(step, calibration, norm, max_pairs)[0] if calibration else []
     result.calibration_pairs = len(pairs)
     int8_model, equalization = keras_model, {}
     if pairs and equalize_alpha > 0 and any(p.startswith("int8") for p in precisions):
@@ -272,8 +273,7 @@ def stream_export(student, calibration_traces, heldout_traces, precisions=("fp32
         if measure_arena:
             sample = tflm.quantize_input(probe[0][0][0], io_["inputs"][0])
             info["arena_bytes"] = tflm.minimal_arena(device, sample)
-        outputs = [tflm_stream.run_stream(device, trace, student.norm_window, student.norm_eps,
-                                          streaming.channel_delays(student),
+        outputs = [tflm_stream.run_stream(device, trace, norm, streaming.channel_delays(student),
                                           info.get("arena_bytes"), io_) for trace in heldout]
         info.update(_compare(reference, outputs, rule, student.sampling_rate))
         info["heldout_traces"] = len(heldout)

@@ -23,6 +23,8 @@
 //                         and writes the JSON lines back to it (the pseudo-terminal end-to-end test)
 //   runnorm BLOCKS EPS [SCALE ZP]  blocks of 64 x 3 floats (channels last, one a line) in, each normalised by the
 //                         running normalisation over the last BLOCKS blocks out (with SCALE ZP: as int8)
+//                         --per-sample (runnorm and block, anywhere after MODE): the peak up to each sample;
+//                         --lag N (with --per-sample): the peak of the samples N before each
 //   block WINDOW DELAY_P DELAY_S NORM_BLOCKS EPS THR_P THR_S MAX_GAP TOP MODEL [...]
 //                         the block picker of a streaming model (ep_block_picker.h): the serial protocol on stdin,
 //                         JSON lines out. MODEL: "square" (P = 0.9 z^2, S = 0.9 n^2, noise = 1 - P - S of the
@@ -224,6 +226,10 @@ int Block(int argc, char** argv) {
   for (int i = 0; i < argc; ++i) {
     if (std::strcmp(argv[i], "--s-needs-horizontals") == 0) {
       config.s_needs_horizontals = true;
+    } else if (std::strcmp(argv[i], "--per-sample") == 0) {
+      config.norm_per_sample = true;
+    } else if (std::strcmp(argv[i], "--lag") == 0 && i + 1 < argc) {
+      config.norm_lag = std::strtoul(argv[++i], nullptr, 10);
     } else {
       args.push_back(argv[i]);
     }
@@ -259,8 +265,10 @@ int Block(int argc, char** argv) {
   std::vector<float> block(sizes.block_floats), normalized(sizes.normalized_floats), probs(sizes.probs_floats);
   std::vector<int8_t> quantized(kBlockSamples * 3);
   std::vector<BlockStats> stats(sizes.norm_stats);
+  std::vector<float> recent(sizes.norm_recent_floats);
   BlockBuffers buffers{block.data(), config.int8_input ? nullptr : normalized.data(),
-                       config.int8_input ? quantized.data() : nullptr, probs.data(), stats.data()};
+                       config.int8_input ? quantized.data() : nullptr, probs.data(), stats.data(),
+                       recent.empty() ? nullptr : recent.data()};
   Sink sink{stdout};
   BlockPicker picker;
   if (!picker.Init(config, buffers, InferBlock, &model, Emit, &sink)) {
@@ -276,11 +284,26 @@ int Block(int argc, char** argv) {
 }
 
 int RunNorm(int argc, char** argv) {
+  bool per_sample = false;
+  size_t lag = 0;
+  std::vector<char*> args;
+  for (int i = 0; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--per-sample") == 0) {
+      per_sample = true;
+    } else if (std::strcmp(argv[i], "--lag") == 0 && i + 1 < argc) {
+      lag = std::strtoul(argv[++i], nullptr, 10);
+    } else {
+      args.push_back(argv[i]);
+    }
+  }
+  argc = static_cast<int>(args.size());
+  argv = args.data();
   if (argc < 4) return Usage();
   const size_t blocks = std::strtoul(argv[2], nullptr, 10);
   std::vector<BlockStats> stats(blocks > 0 ? blocks : 1);
+  std::vector<float> recent(RecentFloats(lag));
   RunningNorm norm;
-  if (!norm.Init(stats.data(), blocks, std::strtod(argv[3], nullptr))) return Usage();
+  if (!norm.Init(stats.data(), blocks, std::strtod(argv[3], nullptr), per_sample, lag, recent.data())) return Usage();
   const bool int8 = argc >= 6;
   const float scale = int8 ? std::strtof(argv[4], nullptr) : 1.0f;
   const int32_t zero = int8 ? static_cast<int32_t>(std::strtol(argv[5], nullptr, 10)) : 0;

@@ -11,8 +11,9 @@ BlockBufferSizes ComputeBlockBufferSizes(const BlockConfig& config) {
   sizes.normalized_floats = config.int8_input ? 0 : kBlockSamples * kChannels;
   sizes.probs_floats = kBlockSamples * static_cast<size_t>(config.n_classes);
   sizes.norm_stats = config.norm_window_blocks;
-  sizes.total_bytes = (sizes.block_floats + sizes.normalized_floats + sizes.probs_floats) * sizeof(float) +
-                      sizes.norm_stats * sizeof(BlockStats);
+  sizes.norm_recent_floats = config.norm_lag > 0 ? RecentFloats(config.norm_lag) : 0;
+  sizes.total_bytes = (sizes.block_floats + sizes.normalized_floats + sizes.probs_floats +
+                       sizes.norm_recent_floats) * sizeof(float) + sizes.norm_stats * sizeof(BlockStats);
   return sizes;
 }
 
@@ -48,7 +49,11 @@ bool BlockPicker::Init(const BlockConfig& config, const BlockBuffers& buffers, B
   infer_ = infer;
   infer_context_ = infer_context;
   InitInput(emit, emit_context, config.max_gap_fill, config.sampling_rate, "blocks");
-  norm_.Init(buffers.norm_stats, config.norm_window_blocks, config.norm_eps);
+  if (!norm_.Init(buffers.norm_stats, config.norm_window_blocks, config.norm_eps, config.norm_per_sample,
+                  config.norm_lag, buffers.norm_recent)) {
+    std::snprintf(error_, sizeof(error_), "bad norm_lag (per sample, <= 512, < window - 64)");
+    return false;
+  }
   Reset();
   return true;
 }

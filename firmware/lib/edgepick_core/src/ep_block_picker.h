@@ -38,6 +38,8 @@ struct BlockConfig {
   int top_half_width = 256;
   size_t norm_window_blocks = 16;
   double norm_eps = 1e-6;         // double: the twin's (1 + eps) is a double
+  bool norm_per_sample = false;   // the peak up to each sample (RunningNorm's per_sample; the student's sample_norm)
+  size_t norm_lag = 0;            // per sample: the peak of the samples this many before (the student's norm_lag)
   bool int8_input = false;        // the model takes int8 (RunningNorm::NormalizeInt8) rather than float
   float input_scale = 1.0f;
   int32_t input_zero_point = 0;
@@ -54,10 +56,12 @@ struct BlockBuffers {
   int8_t* quantized = nullptr;  // kBlockSamples * kChannels: an int8 model's input (may be the model's input tensor)
   float* probs = nullptr;       // kBlockSamples * n_classes floats: the model output
   BlockStats* norm_stats = nullptr;  // norm_window_blocks
+  float* norm_recent = nullptr;      // norm_recent_floats: the raw blocks a lag reaches back to (none without one)
 };
 
 struct BlockBufferSizes {
   size_t block_floats, normalized_floats, probs_floats, norm_stats;  // normalized_floats: 0 for an int8 input
+  size_t norm_recent_floats;  // RecentFloats(norm_lag); 0 without a lag
   size_t total_bytes;  // without the int8 input (the caller's, e.g. the model's input tensor)
 };
 BlockBufferSizes ComputeBlockBufferSizes(const BlockConfig& config);

@@ -1,5 +1,7 @@
 #include "ep_running_norm.h"
 
+#include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstring>
 
@@ -39,11 +41,20 @@ bool WholeNumber(float v, int32_t* out) {
   return true;
 }
 
-bool RunningNorm::Init(BlockStats* storage, size_t window_blocks, double eps) {
+bool RunningNorm::Init(BlockStats* storage, size_t window_blocks, double eps, bool per_sample, size_t lag,
+                       float* recent) {
   if (storage == nullptr || window_blocks == 0) return false;
+  if (lag > 0 && (!per_sample || lag > kMaxLagBlocks * kBlockSamples || lag >= (window_blocks - 1) * kBlockSamples ||
+                  recent == nullptr)) {
+    return false;
+  }
   stats_ = storage;
   window_blocks_ = window_blocks;
   eps_ = eps;
+  per_sample_ = per_sample;
+  lag_ = lag;
+  recent_ = recent;
+  recent_blocks_ = RecentFloats(lag) / (kBlockSamples * kChannels);
   Reset();
   return true;
 }
@@ -51,6 +62,9 @@ bool RunningNorm::Init(BlockStats* storage, size_t window_blocks, double eps) {
 void RunningNorm::Reset() {
   next_ = 0;
   count_ = 0;
+  recent_next_ = 0;
+  recent_count_ = 0;
+  seen_ = 0;
   for (double& t : total_) t = 0.0;
 }
 
@@ -86,6 +100,24 @@ bool RunningNorm::Update(const float* block) {
       mine.low[c] = low;
     }
   }
+  if (per_sample_) {  // the statistics of the blocks before this one, before it joins them
+    const size_t backs = lag_ > 0 ? recent_blocks_ : 0;
+    for (int c = 0; c < kChannels; ++c) {
+      for (size_t k = 0; k <= backs; ++k) {
+        before_high_[k][c] = INT32_MIN;
+        before_low_[k][c] = INT32_MAX;
+      }
+      for (size_t age = 1; age <= count_ && age < window_blocks_; ++age) {  // age a: the block a before this one
+        const BlockStats& stats = stats_[(next_ + window_blocks_ - age) % window_blocks_];
+        for (size_t k = 0; k <= backs && k + 1 <= age; ++k) {  // in the span of k: ages k + 1 .. window_blocks - 1
+          if (stats.high[c] > before_high_[k][c]) before_high_[k][c] = stats.high[c];
+          if (stats.low[c] < before_low_[k][c]) before_low_[k][c] = stats.low[c];
+        }
+      }
+      mean_[c] = count_ > 0 ? total_[c] / static_cast<double>(count_ * kBlockSamples)
+                            : mine.sum[c] / static_cast<double>(kBlockSamples);
+    }
+  }
   if (count_ == window_blocks_) {  // the oldest block leaves the window (it sits where the new one goes)
     for (int c = 0; c < kChannels; ++c) total_[c] -= stats_[next_].sum[c];
   } else {
@@ -95,6 +127,7 @@ bool RunningNorm::Update(const float* block) {
   stats_[next_] = mine;
   next_ = (next_ + 1) % window_blocks_;
 
+  if (per_sample_) return counts;  // the peaks come sample by sample (SamplePeak)
   const double samples = static_cast<double>(count_ * kBlockSamples);
   double peak = 0.0;
   for (int c = 0; c < kChannels; ++c) {
@@ -114,12 +147,81 @@ bool RunningNorm::Update(const float* block) {
   return counts;
 }
 
+double RunningNorm::SamplePeak(const float* block, size_t i, int32_t* high, int32_t* low, double previous) {
+  // the last sample this one's peak sees: lag before it (sample 0 at the start), in the block `back` before
+  const uint64_t t = seen_ + i;
+  const uint64_t u = t >= lag_ ? t - lag_ : 0;
+  const size_t back = static_cast<size_t>(t / kBlockSamples - u / kBlockSamples);
+  const size_t reach = static_cast<size_t>(u % kBlockSamples);
+  const float* raw = Back(block, back);
+  bool changed = i == 0 || back != back_;
+  if (changed) {  // a new block to reach into: its samples up to reach, after the whole blocks before it
+    for (int c = 0; c < kChannels; ++c) {
+      high[c] = before_high_[back][c];
+      low[c] = before_low_[back][c];
+      for (size_t j = 0; j <= reach; ++j) {
+        const int32_t key = OrderKey(raw[j * kChannels + static_cast<size_t>(c)]);
+        if (key > high[c]) high[c] = key;
+        if (key < low[c]) low[c] = key;
+      }
+    }
+  } else if (reach != reach_) {  // one sample further into the same block
+    for (int c = 0; c < kChannels; ++c) {
+      const int32_t key = OrderKey(raw[reach * kChannels + static_cast<size_t>(c)]);
+      if (key > high[c]) {
+        high[c] = key;
+        changed = true;
+      } else if (key < low[c]) {
+        low[c] = key;
+        changed = true;
+      }
+    }
+  }
+  back_ = back;
+  reach_ = reach;
+  if (!changed) return previous;  // no new extreme: the same peak, no soft-float work
+  double peak = 0.0;
+  for (int c = 0; c < kChannels; ++c) {
+    const double above = static_cast<double>(FromOrderKey(high[c])) - mean_[c];
+    const double below = mean_[c] - static_cast<double>(FromOrderKey(low[c]));
+    const double excursion = above > below ? above : below;
+    if (excursion > peak) peak = excursion;
+  }
+  peak *= 1.0 + eps_;
+  return peak > 0.0 ? peak : 1.0;
+}
+
+const float* RunningNorm::Back(const float* block, size_t k) const {
+  if (k == 0) return block;
+  const size_t slot = (recent_next_ + recent_blocks_ - k) % recent_blocks_;
+  return recent_ + slot * kBlockSamples * kChannels;
+}
+
+void RunningNorm::Remember(const float* block) {
+  seen_ += kBlockSamples;
+  if (lag_ == 0) return;
+  std::memcpy(recent_ + recent_next_ * kBlockSamples * kChannels, block, kBlockSamples * kChannels * sizeof(float));
+  recent_next_ = (recent_next_ + 1) % recent_blocks_;
+  if (recent_count_ < recent_blocks_) ++recent_count_;
+}
+
+float RunningNorm::Clipped(double v) const {
+  if (lag_ > 0) v = v < -kNormClip ? -kNormClip : (v > kNormClip ? kNormClip : v);
+  return static_cast<float>(v);
+}
+
 void RunningNorm::Normalize(const float* block, float* out) {
   Update(block);
+  int32_t high[kChannels], low[kChannels];
+  double peaks[kBlockSamples];  // first, all of them: out may be the block's own buffer
+  for (size_t i = 0; i < kBlockSamples; ++i) {
+    peaks[i] = per_sample_ ? SamplePeak(block, i, high, low, i ? peaks[i - 1] : 1.0) : peak_;
+  }
+  Remember(block);
   for (size_t i = 0; i < kBlockSamples; ++i) {
     for (int c = 0; c < kChannels; ++c) {
       const size_t k = i * kChannels + static_cast<size_t>(c);
-      out[k] = static_cast<float>((static_cast<double>(block[k]) - mean_[c]) / peak_);
+      out[k] = Clipped((static_cast<double>(block[k]) - mean_[c]) / peaks[i]);
     }
   }
 }
@@ -132,6 +234,33 @@ int8_t Clamped(int64_t q) { return static_cast<int8_t>(q < -128 ? -128 : (q > 12
 
 void RunningNorm::NormalizeInt8(const float* block, float scale, int32_t zero_point, int8_t* out) {
   const bool counts = Update(block);
+  if (!per_sample_) {
+    QuantizeRun(block, 0, kBlockSamples, counts, scale, zero_point, out);
+    Remember(block);
+    return;
+  }
+  int32_t high[kChannels], low[kChannels];
+  double peaks[kBlockSamples];
+  for (size_t i = 0; i < kBlockSamples; ++i) peaks[i] = SamplePeak(block, i, high, low, i ? peaks[i - 1] : 1.0);
+  size_t start = 0;
+  while (start < kBlockSamples) {  // runs of samples that share a peak: the constants once per run
+    size_t stop = start + 1;
+    while (stop < kBlockSamples && peaks[stop] == peaks[start]) ++stop;
+    peak_ = peaks[start];
+    QuantizeRun(block, start, stop, counts, scale, zero_point, out);
+    start = stop;
+  }
+  if (lag_ > 0) {  // the clip, in steps (rounding is monotone: the same as clipping before it)
+    const int64_t step = static_cast<int64_t>(std::floor(kNormClip / static_cast<double>(scale) + 0.5));
+    for (size_t k = 0; k < kBlockSamples * kChannels; ++k) {
+      out[k] = Clamped(std::min<int64_t>(std::max<int64_t>(out[k], zero_point - step), zero_point + step));
+    }
+  }
+  Remember(block);
+}
+
+void RunningNorm::QuantizeRun(const float* block, size_t start, size_t stop, bool counts, float scale,
+                              int32_t zero_point, int8_t* out) const {
   const double inv = 1.0 / (peak_ * static_cast<double>(scale));
   int exponent = 0;
   const double mantissa = std::frexp(inv, &exponent);  // inv = mantissa * 2^exponent, mantissa in [0.5, 1)
@@ -145,7 +274,7 @@ void RunningNorm::NormalizeInt8(const float* block, float scale, int32_t zero_po
       const double off = (static_cast<double>(base[c]) - mean_[c]) * inv;
       offset[c] = static_cast<int64_t>(std::floor(std::ldexp(off, shift) + 0.5));
     }
-    for (size_t i = 0; i < kBlockSamples; ++i) {
+    for (size_t i = start; i < stop; ++i) {
       for (int c = 0; c < kChannels; ++c) {
         const size_t k = i * kChannels + static_cast<size_t>(c);
         const int64_t t = (counts_[k] - base[c]) * multiplier + offset[c];
@@ -162,7 +291,7 @@ void RunningNorm::NormalizeInt8(const float* block, float scale, int32_t zero_po
     offset[c] = static_cast<float>((static_cast<double>(r[c]) - mean_[c]) * inv);
   }
   const float zero = static_cast<float>(zero_point);
-  for (size_t i = 0; i < kBlockSamples; ++i) {
+  for (size_t i = start; i < stop; ++i) {
     for (int c = 0; c < kChannels; ++c) {
       const size_t k = i * kChannels + static_cast<size_t>(c);
       float v = block[k] - r[c];
