@@ -94,6 +94,8 @@ def distill(config: Config) -> dict:
     if cfg.shift_consistency > 0 and not model.causal:
         raise EdgepickError("distill.shift_consistency is for a causal student (student.causal=true): a whole-window "
                             "student has no block grid in a stream")
+    # the shifted window's first samples, whose causal reach runs into its zero padding (_shift_term leaves them out)
+    shift_skip = streaming.causal_reach(model.refine_blocks, antialias=model.antialias) if model.causal else 0
     optimizer = torch.optim.AdamW(trainable.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     windows_per_epoch = cfg.windows_per_epoch or sum(len(t) for t in train_set)
     steps_per_epoch = max(1, windows_per_epoch // (cfg.batch_size * world))
@@ -139,7 +141,7 @@ def distill(config: Config) -> dict:
             if teacher_features is not None:
                 loss = loss + cfg.feature_weight * features.hint_loss(hinted, teacher_features(x))
             if cfg.shift_consistency > 0:
-                loss = loss + cfg.shift_consistency * _shift_term(trainable, raw_model, x, logits, cfg.phase_weight)
+                loss = loss + cfg.shift_consistency * _shift_term(trainable, x, logits, shift_skip, cfg.phase_weight)
             train_losses.append(training.optimizer_step(
                 loss, optimizer, schedule, trainable.parameters(), cfg.grad_clip, epoch, out, advice))
         train_seconds = time.time() - started
@@ -185,13 +187,12 @@ class _Logits(torch.nn.Module):
         return logits, self.hint(x.shape[-1], window_padding(x.shape[-1])[0])
 
 
-def _shift_term(trainable, model, x: torch.Tensor, logits: torch.Tensor, phase_weight: float) -> torch.Tensor:
+def _shift_term(trainable, x: torch.Tensor, logits: torch.Tensor, skip: int, phase_weight: float) -> torch.Tensor:
     """losses.shift_consistency_loss between the window's scores and those of the same samples from a window that
     starts k (1-63, drawn per batch) samples later and one block shorter: the same stream on a grid k samples later.
-    The first samples of the later window, whose causal reach runs into its zero padding, are left out."""
+    The later window's first ``skip`` samples (its causal reach, which runs into its zero padding) are left out."""
     n, k = x.shape[-1], int(np.random.randint(1, streaming.BLOCK))
     shifted, _ = trainable(x[..., k : k + n - streaming.BLOCK])
-    skip = streaming.causal_reach(model.refine_blocks, antialias=model.antialias)
     return losses.shift_consistency_loss(logits[..., k + skip : k + n - streaming.BLOCK], shifted[..., skip:],
                                          phase_weight)
 

@@ -272,6 +272,17 @@ def _before(extremes: torch.Tensor, blocks: int) -> torch.Tensor:
     return F.max_pool1d(earlier, blocks, 1)[..., : extremes.shape[-1]]
 
 
+def check_norm_lag(lag, window_blocks: int, per_sample: bool) -> int:
+    """A running normalisation's lag in samples, checked as the firmware's ``RunningNorm::Init`` checks it: 0, or
+    with a peak per sample 1-MAX_NORM_LAG and under the window (``window_blocks``) less a block."""
+    lag = int(lag)
+    if lag < 0 or (lag and (not per_sample or lag > MAX_NORM_LAG or lag >= (window_blocks - 1) * BLOCK)):
+        raise EdgepickError(f"norm_lag must be 0, or with sample_norm 1-{MAX_NORM_LAG} samples and under the "
+                            f"normalisation window less a block ({max(0, window_blocks - 1) * BLOCK} samples); "
+                            f"got {lag}")
+    return lag
+
+
 @dataclass(frozen=True)
 class NormSettings:
     """A causal student's running normalisation (its norm_window, norm_eps, sample_norm and norm_lag), as
@@ -313,14 +324,11 @@ class RunningNormalizer:
     def __init__(self, components: int, window_blocks: int, eps: float, per_sample: bool = False, lag: int = 0):
         if window_blocks < 1:
             raise EdgepickError(f"running normalisation needs a window of at least one block, got {window_blocks}")
-        if lag and (not per_sample or not 0 < lag < (window_blocks - 1) * BLOCK):
-            raise EdgepickError(f"a lagged running normalisation is per sample, its lag under the window less a block "
-                                f"({(window_blocks - 1) * BLOCK} samples); got lag {lag}")
         self.window_blocks, self.eps, self.per_sample = int(window_blocks), float(eps), bool(per_sample)
-        self.lag, self.seen = int(lag), 0
+        self.lag, self.seen = check_norm_lag(lag, self.window_blocks, self.per_sample), 0
         self.stats: deque[np.ndarray] = deque(maxlen=self.window_blocks)  # per block (3, components): sum, max, min
         self.total = np.zeros(components, dtype=np.float64)  # the window's sums
-        self.recent: deque[np.ndarray] = deque(maxlen=-(-self.lag // BLOCK) or 1)  # raw blocks a lag reaches back to
+        self.recent: deque[np.ndarray] = deque(maxlen=-(-self.lag // BLOCK))  # raw blocks a lag reaches back to
 
     def update(self, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One more block's statistics; the mean (per component) and the peak (x (1 + eps), 1 where 0) of the

@@ -173,11 +173,7 @@ class XiaoNet(sbm.WaveformModel):
         self.norm_eps = float(norm_eps)
         self.causal, self.output_delay, self.norm_window = causal, output_delay, norm_window
         self.s_output_delay, self.antialias, self.sample_norm = s_output_delay, bool(antialias), bool(sample_norm)
-        if int(norm_lag) < 0 or (norm_lag and (not sample_norm or norm_lag > streaming.MAX_NORM_LAG
-                                               or norm_lag >= norm_window - streaming.BLOCK)):
-            raise EdgepickError(f"student.norm_lag is a setting of a sample_norm student, 0-{streaming.MAX_NORM_LAG} "
-                                f"samples and under norm_window less a block; got {norm_lag}")
-        self.norm_lag = int(norm_lag)
+        self.norm_lag = streaming.check_norm_lag(norm_lag, norm_window // DOWNSAMPLING, self.sample_norm)
         aa = self.antialias
         make_activation(activation)  # validates the name
         self.activation = activation

@@ -220,17 +220,26 @@ int Stream(int argc, char** argv, bool serve) {
   return 0;
 }
 
+// The running normalisation's flags (runnorm, block): true when argv[*i] is --per-sample or --lag N (*i then past N).
+bool NormFlag(int argc, char** argv, int* i, bool* per_sample, size_t* lag) {
+  if (std::strcmp(argv[*i], "--per-sample") == 0) {
+    *per_sample = true;
+    return true;
+  }
+  if (std::strcmp(argv[*i], "--lag") == 0 && *i + 1 < argc) {
+    *lag = std::strtoul(argv[++*i], nullptr, 10);
+    return true;
+  }
+  return false;
+}
+
 int Block(int argc, char** argv) {
   BlockConfig config;
   std::vector<char*> args;
   for (int i = 0; i < argc; ++i) {
     if (std::strcmp(argv[i], "--s-needs-horizontals") == 0) {
       config.s_needs_horizontals = true;
-    } else if (std::strcmp(argv[i], "--per-sample") == 0) {
-      config.norm_per_sample = true;
-    } else if (std::strcmp(argv[i], "--lag") == 0 && i + 1 < argc) {
-      config.norm_lag = std::strtoul(argv[++i], nullptr, 10);
-    } else {
+    } else if (!NormFlag(argc, argv, &i, &config.norm_per_sample, &config.norm_lag)) {
       args.push_back(argv[i]);
     }
   }
@@ -288,13 +297,7 @@ int RunNorm(int argc, char** argv) {
   size_t lag = 0;
   std::vector<char*> args;
   for (int i = 0; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--per-sample") == 0) {
-      per_sample = true;
-    } else if (std::strcmp(argv[i], "--lag") == 0 && i + 1 < argc) {
-      lag = std::strtoul(argv[++i], nullptr, 10);
-    } else {
-      args.push_back(argv[i]);
-    }
+    if (!NormFlag(argc, argv, &i, &per_sample, &lag)) args.push_back(argv[i]);
   }
   argc = static_cast<int>(args.size());
   argv = args.data();

@@ -63,7 +63,6 @@ void RunningNorm::Reset() {
   next_ = 0;
   count_ = 0;
   recent_next_ = 0;
-  recent_count_ = 0;
   seen_ = 0;
   for (double& t : total_) t = 0.0;
 }
@@ -202,7 +201,6 @@ void RunningNorm::Remember(const float* block) {
   if (lag_ == 0) return;
   std::memcpy(recent_ + recent_next_ * kBlockSamples * kChannels, block, kBlockSamples * kChannels * sizeof(float));
   recent_next_ = (recent_next_ + 1) % recent_blocks_;
-  if (recent_count_ < recent_blocks_) ++recent_count_;
 }
 
 float RunningNorm::Clipped(double v) const {

@@ -88,7 +88,7 @@ class RunningNorm {
   int32_t before_low_[kMaxLagBlocks + 1][kChannels] = {};
   size_t lag_ = 0;
   float* recent_ = nullptr;      // the last lag blocks, raw, oldest overwritten first
-  size_t recent_blocks_ = 0, recent_next_ = 0, recent_count_ = 0;
+  size_t recent_blocks_ = 0, recent_next_ = 0;
   uint64_t seen_ = 0;            // samples before this block in the stream
   size_t back_ = 0, reach_ = 0;  // SamplePeak's: the block its last sample's peak reached into and how far
   double total_[kChannels] = {0, 0, 0};  // the window's sums
