@@ -89,16 +89,18 @@ TRANSFER ?= ../shared/waveforms/transfer
 REAL_DATASETS ?= ../shared/datasets
 REAL_SETS ?= $(wildcard $(REAL_DATASETS)/*/metadata.csv)
 set_name = $(notdir $(patsubst %/,%,$(dir $(1))))
-recipe: labelled-sets $(STAMP) ## the real-data student (configs/real-data.yaml) and its benchmark on the test half of every labelled set in ../shared/datasets
+# The streaming student: RECIPE=configs/real-data.yaml,configs/streaming.yaml (later files override earlier ones)
+RECIPE ?= configs/real-data.yaml
+recipe: labelled-sets $(STAMP) ## the real-data student (RECIPE) and its benchmark on the test half of every labelled set in ../shared/datasets
 	$(MAKE) --no-print-directory data SOURCE=miniseed OUT=data/transfer SET='data.miniseed.path=$(TRANSFER)'
 	$(MAKE) --no-print-directory data OUT=data/synthetic_near N_TRACES=3000 SEED=7 SET='data.synthetic.distance_km_max=30'
 	$(MAKE) --no-print-directory data
 	$(MAKE) --no-print-directory labelled
-	$(MAKE) --no-print-directory distill CONFIG=configs/real-data.yaml
-	$(MAKE) --no-print-directory qat CONFIG=configs/real-data.yaml
-	$(MAKE) --no-print-directory calibrate CONFIG=configs/real-data.yaml
-	$(MAKE) --no-print-directory quantize CONFIG=configs/real-data.yaml
-	$(foreach set,$(REAL_SETS),$(MAKE) --no-print-directory benchmark CONFIG=configs/real-data.yaml \
+	$(MAKE) --no-print-directory distill CONFIG=$(RECIPE)
+	$(MAKE) --no-print-directory qat CONFIG=$(RECIPE)
+	$(MAKE) --no-print-directory calibrate CONFIG=$(RECIPE)
+	$(MAKE) --no-print-directory quantize CONFIG=$(RECIPE)
+	$(foreach set,$(REAL_SETS),$(MAKE) --no-print-directory benchmark CONFIG=$(RECIPE) \
 		DATASET=$(LABELLED)/$(call set_name,$(set)):test SET='benchmark.name=$(call set_name,$(set))_test' &&) true
 
 # Each real labelled set cut by event into a dev half (to choose settings on) and a test half (to report):

@@ -211,8 +211,7 @@ class DistillConfig:
     peak_shape_power: float = setting(1.0, ge=1)
     s_quiet_weight: float = setting(0.0, ge=0)  # weight of -log(1 - student S) where the teacher's S < s_quiet_below
     s_quiet_below: float = setting(0.05, gt=0, lt=1)  # (0: none; false S in noise and codas, pipeline.distill.losses.s_quiet_loss)
-    # weight of matching PhaseNet's last decoder features through a 1x1 adapter (FitNets; pipeline.distill.features)
-    feature_weight: float = setting(0.0, ge=0)
+    feature_weight: float = setting(0.0, ge=0)  # of matching PhaseNet's last decoder features (FitNets; distill.features)
     # weight of the same P / S scores when a causal student's block grid moves (losses.shift_consistency_loss)
     shift_consistency: float = setting(0.0, ge=0)
     epochs: int = setting(16, ge=1)
@@ -226,10 +225,11 @@ class DistillConfig:
     oversample_phases: float = setting(3.0, ge=1)
     oversample_near_field: float = setting(1.0, ge=1)  # traces where the teacher picks S <= near_field_s after P: drawn this much more
     near_field_s: float = setting(5.0, gt=0)  # often again (cache mode; 1: no more often): near-field S, as in induced seismicity
-    # Share of windows around an analyst pick (a folder without any: the teacher's, cache mode) that put it where the
-    # live firmware keeps its predictions (live.*: smaller look-ahead - 50 to larger look-ahead + hop + 50 samples
-    # before the end), so the student learns to pick with the live mode's little future (0: anywhere in the window)
+    # Share of windows around an analyst pick (a folder without any: the teacher's, cache mode) put where the live
+    # firmware keeps its predictions (live.*: smaller look-ahead - 50 to larger look-ahead + hop + 50 samples before
+    # the end), so the student learns to pick with the live mode's little future (0: anywhere in the window)
     live_windows: float = setting(0.0, ge=0, le=1)
+    gap_resume: float = setting(0.0, ge=0, le=1)  # share of windows silenced then resumed before any phase (GapResume)
     workers: int = setting(-1, ge=-1)  # DataLoader worker processes; -1: automatic (as teacher.finetune.workers)
     seed: int = setting(0, ge=0)
     resume: bool = False
@@ -273,10 +273,12 @@ class CalibrateConfig:
     which make quantize writes into model_config.h and the benchmark scores with; pipeline/stages/calibrate.py)."""
 
     student: str = ""  # "" = quantize.student (the student make quantize converts); replaced in place
-    # "path:split" of dev data (several, comma-separated, pool): a labelled split is scored against its analyst picks,
-    # unlabelled continuous windows against the teacher's (teacher.name) picks; "" = the dev split of
-    # distill.dataset's first folder
+    # "path:split" of dev data (several, comma-separated, pool): a labelled split scored against its analyst picks,
+    # continuous windows against the teacher's (teacher.name); "" = the dev split of distill.dataset's first folder
     dataset: str = ""
+    # pick placements (student.pick_top_tolerance, < 0: the first maximum) scored at the chosen thresholds; the best mean
+    # F1 over the phases and tolerances_s is saved too (none: the student's kept)
+    top_tolerances: tuple[float, ...] = setting((), lt=1)
     thresholds: tuple[float, ...] = setting((0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7),
                                             gt=0, lt=1, nonempty=True)
     # the objective per phase: the mean F1 over these
@@ -391,13 +393,11 @@ class LiveConfig:
     # ~15x, the windows of the exact pass) and reports live and exact F1 and the latency of live picks
     benchmark: bool = True
     benchmark_tflite: bool = False  # ... and with the TFLite variants too (the TFLite Micro interpreter: slow)
-    # The first window - hop - look-ahead samples of a stream come from no window (28 s at the defaults, once per
-    # stream or after a long gap); a labelled event trace would lose its picks there, so the benchmark's live pass
-    # starts each trace after that many samples of its own first second, mirrored back and forth (a station that
-    # has been streaming; picks on them are dropped). false: the traces as they are. With it, live picks in the
-    # span the exact replay blinds at a trace's start (the student's blinding, 302 samples) are dropped too: the join
-    # of warm-up and trace is no station's stream, and event traces that start flat or tapered (stead50) make false
-    # P and S picks there that the exact replay cannot make; both modes are then scored on the same span.
+    # The first window - hop - look-ahead samples of a stream come from no window (28 s at the defaults), so the
+    # benchmark's live pass starts each labelled trace after that many samples of its own first second, mirrored
+    # (a station that has been streaming; picks on them dropped); false: the traces as they are. Live picks in a
+    # trace's first 302 samples (what a whole-window student's exact replay blinds) are dropped too, a causal
+    # student's as well: that join is no station's stream (tapered starts, stead50, made false picks there).
     benchmark_warmup: bool = True
 
     def lookaheads(self) -> dict[str, int]:
@@ -465,10 +465,10 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> "Config":
-        """The defaults, then a YAML file's sections, then ``section.key=value`` overrides (texts read as each
-        setting's type, not as YAML: pipeline/config_fields.py); every value is checked as it is set."""
+        """The defaults, then each YAML file's sections ("a.yaml,b.yaml": b's over a's), then ``section.key=value``
+        overrides (read as each setting's type, not as YAML: pipeline/config_fields.py), each checked as it is set."""
         config = cls()
-        if path:
+        for path in [p.strip() for p in str(path or "").split(",") if p.strip()]:
             try:
                 loaded = yaml.safe_load(Path(path).read_text()) or {}
             except (OSError, yaml.YAMLError) as error:

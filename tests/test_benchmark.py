@@ -353,7 +353,7 @@ def test_stage_writes_reports_with_documented_fields(models, dataset, fake_teach
     assert c["real_time_factor_est"] == pytest.approx(c["ms_per_window_est"] / 1e3)
     assert c["real_time_factor_exact_est"] == pytest.approx(c["real_time_factor_est"] * 100 / (SAMPLES - SAMPLES // 2))
     text = (out / "benchmark.md").read_text()
-    assert f"live picks in its first {blind} samples (the span the exact replay blinds) dropped" in text
+    assert f"live picks in its first {blind} samples (the span a whole-window student's exact replay blinds) dropped" in text
     assert "## Live picks (hop 100, look-ahead P 100, S 200 samples)" in text and "| student pytorch-fp32 | P |" in text
     assert "live student pytorch-fp32 P: F1@0.1" in printed
 

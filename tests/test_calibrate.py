@@ -66,6 +66,29 @@ def test_the_chosen_threshold_is_the_one_of_the_best_mean_f1():
     assert row[0.4]["P_f1_0.5"] == 1.0 and row[0.2]["P_precision_0.5"] == 0.5 and row[0.6]["P_recall_0.5"] == 0.0
 
 
+def test_the_placement_of_the_best_mean_f1_is_the_one_at_the_onset():
+    """A causal student's P curve: a sharp rise at the onset, a slow fall after it. The midpoint at half maximum
+    lies ~0.2 s late, the top of the peak on the onset: the placement table scores the top (0.1, the first
+    maximum) at 0.1 s and every placement alike at 0.5 s."""
+    rate, n = 100.0, 3000
+    t = np.arange(n, dtype=float)
+    truth = {"P": [], "S": []}
+    data = []
+    for k in range(5):
+        onset = 1000 + 37 * k
+        rise = np.exp(-0.5 * ((t - onset) / 3.0) ** 2)
+        fall = np.exp(-np.clip(t - onset, 0, None) / 60.0)
+        p = 0.9 * np.where(t < onset, rise, fall)
+        data.append(np.stack([p, np.zeros(n)]).astype(np.float32))
+        truth["P"].append(np.array([onset / rate]))
+        truth["S"].append(np.array([]))
+    curves = annotation.Curves(rate, PickRule(), [0] * 5, data)
+    rows = {r["top_tolerance"]: r for r in dev_split.placement_table(curves, truth, PickRule(), (0.5, 0.1, -1.0), (0.1, 0.5))}
+    assert rows[0.5]["P_f1_0.1"] == 0.0 and rows[0.1]["P_f1_0.1"] == 1.0 and rows[-1.0]["P_f1_0.1"] == 1.0
+    assert all(r["P_f1_0.5"] == 1.0 for r in rows.values())
+    assert curves.rule == PickRule()  # the curves' own rule is put back
+
+
 def test_thresholds_are_saved_with_the_student(labelled, student_folder):
     """The real stage on a real (untrained) student: the chosen thresholds are in the saved student's pick rule,
     and calibration.json / .png are written beside it."""
@@ -76,6 +99,23 @@ def test_thresholds_are_saved_with_the_student(labelled, student_folder):
     written = json.loads((student_folder / "calibration.json").read_text())
     assert written["chosen"] == result["chosen"] and written["against"] == "analyst" and written["traces"] > 0
     assert (student_folder / "calibration.png").stat().st_size > 1000
+
+
+def test_the_chosen_placement_is_saved_with_the_student(labelled, student_folder, capsys):
+    config = config_for(student_folder, f"{labelled}:dev")
+    config.set("calibrate.top_tolerances", "0.5,0.2,-1")
+    result = calibrate.run(config)
+    scores = [calibrate._placement_objective(row, ["P", "S"]) for row in result["placements"]]
+    assert [row["top_tolerance"] for row in result["placements"]] == [0.5, 0.2, -1.0]
+    best = result["placements"][int(np.argmax(scores))]["top_tolerance"]
+    saved = load_student(student_folder).pick_rule
+    assert result["chosen_top_tolerance"] == best and (saved.first_maximum if best < 0 else saved.top_tolerance == best)
+    assert "pick placement" in capsys.readouterr().out
+    with pytest.raises(EdgepickError, match="top_tolerances: each value must be < 1"):
+        config.set("calibrate.top_tolerances", "1.5")
+    config.calibrate.top_tolerances = (0.5, 1.5)  # set in Python, past the declaration: the stage refuses it
+    with pytest.raises(EdgepickError, match="top_tolerances must be < 1"):
+        calibrate.run(config)
 
 
 def test_the_test_split_and_a_folder_without_a_student_are_refused(labelled, student_folder, tmp_path):

@@ -20,6 +20,16 @@ def test_overrides_are_typed(tmp_path):
     assert one.sweep.base_channels == (8,) and one.sweep.temperatures == (2.0,)
 
 
+def test_config_files_layer_in_order_and_a_missing_one_is_one_error(tmp_path):
+    (tmp_path / "a.yaml").write_text("data:\n  seed: 7\n  synthetic:\n    n_traces: 12\n")
+    (tmp_path / "b.yaml").write_text("data:\n  seed: 9\n")
+    config = Config.load(f"{tmp_path / 'a.yaml'}, {tmp_path / 'b.yaml'}", ["data.synthetic.n_traces=5"])
+    assert (config.data.seed, config.data.synthetic.n_traces) == (9, 5)
+    assert Config.load(f"{tmp_path / 'b.yaml'},{tmp_path / 'a.yaml'}").data.seed == 7
+    with pytest.raises(EdgepickError, match="cannot read config .*nope.yaml"):
+        Config.load(f"{tmp_path / 'a.yaml'},{tmp_path / 'nope.yaml'}")
+
+
 @pytest.mark.parametrize("override", ["data.nope=1", "data.synthetic.n_traces=abc", "data=1", "no-equals-sign"])
 def test_bad_overrides_are_one_clear_error(override):
     with pytest.raises(EdgepickError):
@@ -36,6 +46,10 @@ def test_every_default_and_preset_passes_its_declaration():
     Config().check()
     for preset in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
         Config.load(preset).check()
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    stream = Config.load(f"{configs / 'real-data.yaml'},{configs / 'streaming.yaml'}")  # make recipe RECIPE=...
+    assert stream.student.causal and stream.student.s_needs_horizontals  # the streaming settings over the recipe's
+    assert stream.distill.phase_weight == 10 and stream.quantize.student == stream.qat.out != "models/student_qat"
 
 
 @pytest.mark.parametrize("override,message", [

@@ -323,6 +323,47 @@ def test_gaussian_noise_is_seisbench_noise_in_float32_and_repeats_under_the_seed
     assert not np.array_equal(draw()[:, 1:], 0)
 
 
+def test_gap_resume_silences_and_tapers_only_ahead_of_the_teachers_first_phase():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 3000)).astype(np.float32) + 5.0  # an offset: the silence is zeros, not the mean
+    target = np.zeros((3, 3000), dtype=np.float16)
+    target[2] = 1
+    target[0, 1500:1540] = 0.6  # the teacher's P at 1500-1540
+    step = generators.GapResume(ramp=(20, 100), margin=200)
+    for seed in range(30):
+        np.random.seed(seed)
+        state = {"X": (x, {"m": 1}), "y_soft": (target, {})}
+        step(state)
+        y, metadata = state["X"]
+        assert metadata == {"m": 1} and y.dtype == np.float32 and np.array_equal(x[:, 0], x[:, 0])
+        changed = np.flatnonzero((y != x).any(axis=0))
+        assert len(changed) and changed[-1] < 1300  # nothing within the margin of the phase or after it moves
+        assert np.array_equal(y[:, 1300:], x[:, 1300:])
+        zeros = np.flatnonzero((y == 0).all(axis=0))
+        assert len(zeros) and zeros[-1] < changed[-1]  # silence, then the ramp back to the data
+        ramp = y[:, zeros[-1] + 1 : changed[-1] + 1] / x[:, zeros[-1] + 1 : changed[-1] + 1]
+        assert np.all(np.diff(ramp[0]) > 0) and np.all((ramp > 0) & (ramp < 1))
+    assert np.count_nonzero(x == 0) == 0  # the input is not written
+    early = target.copy()
+    early[0, 100:140] = 0.9  # a phase too early for any gap: the window is left alone
+    state = {"X": (x, {}), "y_soft": (early, {})}
+    step(state)
+    assert state["X"][0] is x
+    with pytest.raises(EdgepickError, match="teacher.mode=cache"):
+        step({"X": (x, {})})
+    with pytest.raises(EdgepickError, match="ramp"):
+        generators.GapResume(ramp=(50, 10))
+    assert "taper" in str(step) and "GapResume" in str(generators.augment(gap_resume=0.2)[0])
+    assert not any("GapResume" in str(a) for a in generators.augment())
+
+
+def test_training_chain_carries_gap_resume(small_dataset):
+    dataset = generators.load_for_training(small_dataset)
+    chain = [str(a) for a in generators.training_chain(dataset, 3001, gap_resume=0.25)]
+    assert sum("GapResume" in a and "p=0.25" in a for a in chain) == 1
+    assert not any("GapResume" in str(a) for a in generators.training_chain(dataset, 3001))
+
+
 @pytest.mark.parametrize("cores, local_processes, expected", [(1, 1, 0), (2, 1, 0), (4, 1, 2), (16, 1, 8), (64, 1, 8),
                                                               (16, 2, 4), (16, 8, 0)])
 def test_automatic_worker_count(monkeypatch, cores, local_processes, expected):

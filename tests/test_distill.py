@@ -481,7 +481,9 @@ def test_s_quiet_loss_counts_the_students_s_only_where_the_teachers_is_quiet():
 @pytest.mark.parametrize("setting, match", [({"s_quiet_weight": -1.0}, "s_quiet_weight must be >= 0"),
                                             ({"s_quiet_below": 1.0}, "s_quiet_below in"),
                                             ({"oversample_near_field": 0.5}, "oversample_near_field must be >= 1"),
-                                            ({"near_field_s": 0.0}, "near_field_s > 0")])
+                                            ({"near_field_s": 0.0}, "near_field_s > 0"),
+                                            ({"gap_resume": 1.5}, "gap_resume must lie in"),
+                                            ({"gap_resume": 0.2, "alpha": 0.0}, "cached targets")])
 def test_bad_near_field_settings_fail_before_anything_is_written(labelled, tmp_path, setting, match):
     out = tmp_path / "run"
     with pytest.raises(EdgepickError, match=match):

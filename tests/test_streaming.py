@@ -258,3 +258,34 @@ def test_norm_settings_are_the_students_and_an_older_description_is_a_peak_per_b
     assert streaming.NormSettings.described(older) == streaming.NormSettings(16, 1e-6, False, 0)
     with pytest.raises(EdgepickError, match="norm_lag"):
         causal_student(norm_window=512, norm_lag=100)  # a lag without sample_norm
+
+
+@pytest.mark.slow
+def test_the_live_study_scores_a_causal_student_on_its_stream_not_on_a_grid(tmp_path):
+    """`study live`: a causal student's live mode is its stream (a block a hop, look-ahead = each phase's delay, no
+    retraction), whatever --grid says; its live picks are its exact ones, reported later."""
+    from helpers import make_records
+    from pipeline.config import DataConfig
+    from pipeline.data.datasets import write_dataset
+    from pipeline.studies import live as live_study
+
+    write_dataset(make_records(), tmp_path / "ds", DataConfig(), "test")
+    student = causal_student(delay=100, s_output_delay=200)
+    rows = live_study.score_dataset(student, tmp_path / "ds", "", [(100, 100), (50, 200)], True, "phasenet:okla",
+                                    2, confirm=(500,))
+    assert [(r["phase"], r["hop"], r["lookahead"]) for r in rows] == [("P", BLOCK, 100), ("S", BLOCK, 200)]
+    for r in rows:
+        assert r["confirmed"] == {} and r["f1_live"] == r["f1_exact"]
+
+
+def test_a_causal_students_live_picks_are_scored_on_the_span_a_whole_window_students_are():
+    """The live pass drops picks at the join of warm-up and trace: for a causal student the same span as for a
+    whole-window one (its stream blinds nothing), so that both live modes are scored on the same samples."""
+    from pipeline.evaluate.live import live_skip_samples
+    from pipeline.model.runners import BenchModel
+    from pipeline.model.student import RECEPTIVE_RADIUS
+
+    causal = BenchModel("student", "pytorch", "fp32", [causal_student()])
+    whole = BenchModel("student", "pytorch", "fp32", [XiaoNet(base_channels=2, in_samples=3001)])
+    assert live_skip_samples(causal) == live_skip_samples(whole) == RECEPTIVE_RADIUS
+    assert live_skip_samples(causal, warmup=False) == live_skip_samples(whole, warmup=False) == 0

@@ -94,6 +94,41 @@ class GaussianNoise(sbg.GaussianNoise):
         state_dict[self.key[1]] = (x + noise, metadata)
 
 
+class GapResume:
+    """A stream that resumes: the window's samples before a random point silenced, then raised back over ``ramp``
+    samples with a cosine taper, all ahead of the teacher's first phase (its P or S probability above ``below``,
+    in ``state_dict[target]``) by ``margin`` samples. What a data gap, a station's restart or an event trace's
+    tapered start (STEAD's) shows a streaming student: a rise out of silence, whose target stays the teacher's
+    "noise" (the teacher saw the data whole). Windows whose first phase comes too early are left as they are."""
+
+    def __init__(self, ramp: tuple[int, int] = (10, 150), margin: int = 200, below: float = 0.1,
+                 key: str = "X", target: str = "y_soft"):
+        if not 1 <= ramp[0] <= ramp[1] or margin < 0 or not 0 < below < 1:
+            raise EdgepickError(f"GapResume needs 1 <= ramp[0] <= ramp[1], margin >= 0 and 0 < below < 1; got "
+                                f"ramp={ramp}, margin={margin}, below={below}")
+        self.ramp, self.margin, self.below, self.key, self.target = tuple(ramp), int(margin), below, key, target
+
+    def __call__(self, state_dict):
+        if self.target not in state_dict:
+            raise EdgepickError(f"GapResume needs the teacher's target in {self.target!r} (teacher.mode=cache)")
+        x, metadata = state_dict[self.key]
+        target = np.asarray(state_dict[self.target][0], dtype=np.float32)
+        phase = np.flatnonzero((target[0] > self.below) | (target[1] > self.below))
+        room = (int(phase[0]) if len(phase) else x.shape[-1]) - self.margin  # samples the gap and ramp may take
+        ramp = np.random.randint(self.ramp[0], self.ramp[1] + 1)
+        if room <= ramp:
+            return
+        end = np.random.randint(ramp + 1, room + 1)  # where the data is whole again
+        start = np.random.randint(0, end - ramp)  # where the silence begins (0: the stream's start)
+        x = x.copy()
+        x[:, start : end - ramp] = 0
+        x[:, end - ramp : end] *= (0.5 - 0.5 * np.cos(np.pi * (np.arange(ramp) + 0.5) / ramp)).astype(x.dtype)
+        state_dict[self.key] = (x, metadata)
+
+    def __str__(self):
+        return f"GapResume (silence then a {self.ramp[0]}-{self.ramp[1]} sample taper, {self.margin} before the first phase)"
+
+
 def normalise() -> list:
     return [Normalise()]
 
@@ -107,9 +142,12 @@ def float32(*keys: str) -> list:
     return [sbg.ChangeDtype(np.float32, key=key) for key in keys]
 
 
-def augment(noise_std: tuple[float, float] = (0.0, 0.05), channel_dropout: bool = True) -> list:
-    """Robustness to what field stations do: added noise and dead channels."""
-    chain = [Sometimes(GaussianNoise(scale=noise_std), 0.5)]
+def augment(noise_std: tuple[float, float] = (0.0, 0.05), channel_dropout: bool = True,
+            gap_resume: float = 0.0) -> list:
+    """Robustness to what field stations do: added noise, dead channels, and (``gap_resume`` of the windows,
+    :class:`GapResume`) data that resumes after a gap."""
+    chain = [Sometimes(GapResume(), gap_resume)] if gap_resume > 0 else []
+    chain.append(Sometimes(GaussianNoise(scale=noise_std), 0.5))
     if channel_dropout:
         chain.append(Sometimes(sbg.ChannelDropout(), 0.1))
     return chain
@@ -279,8 +317,8 @@ class AsTeacherSees:
 
 def training_chain(dataset: sbd.WaveformDataset, in_samples: int, sigma: int = 20, teacher_steps=None,
                    hard_labels: bool = True, end_probability: float = 0.0, end_range: tuple[int, int] = (1, 1),
-                   teacher_picks=None) -> list:
-    """Window around picks, augment, normalise, label. ``teacher_steps``: (steps before the windowing, steps right
+                   teacher_picks=None, gap_resume: float = 0.0) -> list:
+    """Window around picks, augment (``gap_resume``: :func:`augment`), normalise, label. ``teacher_steps``: (steps before the windowing, steps right
     after it) that bring the teacher's target along (pipeline.distill.soft_labels.TrainingTargets.steps).
     ``hard_labels=False`` leaves out the analyst-pick labels ("y"), which distillation with alpha = 1 never reads
     (labelling was a third of the generator's time). ``end_probability``, ``end_range``: windows that put a pick
@@ -291,7 +329,7 @@ def training_chain(dataset: sbd.WaveformDataset, in_samples: int, sigma: int = 2
     chain = (list(before) + random_window_around_picks(columns, in_samples, end_probability=end_probability,
                                                        end_range=end_range, teacher_picks=teacher_picks)
              + list(after))
-    chain += augment() + normalise()  # Normalise already returns float32
+    chain += augment(gap_resume=gap_resume) + normalise()  # Normalise already returns float32
     if hard_labels:
         chain += label(columns, sigma) + float32("y")
     return chain
@@ -334,11 +372,11 @@ def evaluation_generator(dataset: sbd.WaveformDataset, in_samples: int, seed: in
 
 def training_generator(dataset: sbd.WaveformDataset, in_samples: int, sigma: int = 20, teacher_steps=None,
                        hard_labels: bool = True, end_probability: float = 0.0, end_range: tuple[int, int] = (1, 1),
-                       teacher_picks=None):
+                       teacher_picks=None, gap_resume: float = 0.0):
     """Random windows around picks (:func:`training_chain`)."""
     generator = sbg.GenericGenerator(dataset)
     generator.add_augmentations(training_chain(dataset, in_samples, sigma, teacher_steps, hard_labels,
-                                               end_probability, end_range, teacher_picks))
+                                               end_probability, end_range, teacher_picks, gap_resume))
     return generator
 
 

@@ -64,6 +64,10 @@ def distill(config: Config) -> dict:
     if cfg.peak_shape < 0 or not cfg.peak_shape_power >= 1:
         raise EdgepickError(f"distill.peak_shape must be >= 0 and distill.peak_shape_power >= 1, got "
                             f"{cfg.peak_shape} and {cfg.peak_shape_power}")
+    if not 0 <= cfg.gap_resume <= 1 or (cfg.gap_resume > 0 and (cfg.alpha == 0 or config.teacher.mode != "cache")):
+        raise EdgepickError(f"distill.gap_resume must lie in [0, 1] and needs the teacher's cached targets "
+                            f"(alpha > 0, teacher.mode=cache); got {cfg.gap_resume} (alpha={cfg.alpha}, "
+                            f"teacher.mode={config.teacher.mode})")
     check_phase_weight_source(cfg.phase_weight_source)  # before anything is written, not at the first batch
     for name in ("feature_weight", "shift_consistency"):
         if not getattr(cfg, name) >= 0:
@@ -300,7 +304,8 @@ def _train_loader(train: list[_Training], in_samples: int, cfg, windows: int, wo
     generator = torch.utils.data.ConcatDataset(
         [generators.training_generator(t.dataset, in_samples, teacher_steps=_steps(targets, t, in_samples),
                                        hard_labels=cfg.alpha < 1, end_probability=cfg.live_windows,
-                                       end_range=end_range, teacher_picks=_teacher_picks(targets, t, cfg))
+                                       end_range=end_range, teacher_picks=_teacher_picks(targets, t, cfg),
+                                       gap_resume=cfg.gap_resume)
          for t in train]
     )
     shares = [float(len(t)) for t in train]  # each folder's share of the windows: its share of the traces, or

@@ -46,12 +46,15 @@ class DevSplit:
         """The phases that have picks to be scored against (deepdenoiser-like sets have no S)."""
         return [phase for phase in metrics.PHASES if any(len(t) for t in self.truth[phase])]
 
-    def threshold_table(self, student, thresholds, tolerances, spec: str = "") -> list[dict]:
-        """:func:`threshold_table` of ``student``'s whole-trace picks (annotated as the benchmark does)."""
+    def curves(self, student, spec: str = "") -> annotation.Curves:
+        """``student``'s curves over every whole trace (annotated as the benchmark does)."""
         bench = runners.BenchModel("student", "pytorch", "fp32", [student], spec=spec)
         runners.check_rates([bench], [self.rate])
-        curves = annotation.dataset_curves(bench, self.waveforms, self.rate, self.order)
-        return threshold_table(curves, self.truth, thresholds, tolerances, self.labelled)
+        return annotation.dataset_curves(bench, self.waveforms, self.rate, self.order)
+
+    def threshold_table(self, student, thresholds, tolerances, spec: str = "") -> list[dict]:
+        """:func:`threshold_table` of ``student``'s whole-trace picks (annotated as the benchmark does)."""
+        return threshold_table(self.curves(student, spec), self.truth, thresholds, tolerances, self.labelled)
 
 
 def load_dev(config, spec: str) -> DevSplit:
@@ -98,22 +101,38 @@ def threshold_table(curves: annotation.Curves, truth: dict, thresholds, toleranc
                     labelled: dict | None = None) -> list[dict]:
     """One row per threshold: F1 (and precision, recall) per phase and tolerance of the curves' picks at it; the
     picks of a trace whose set has no picks of a phase (``labelled``) are not scored on that phase."""
+    return [{"threshold": float(t), **_scores(curves.picks(float(t)), truth, tolerances, labelled)} for t in thresholds]
+
+
+def placement_table(curves: annotation.Curves, truth: dict, rule, top_tolerances, tolerances,
+                    labelled: dict | None = None) -> list[dict]:
+    """One row per pick placement (``PickRule.top_tolerance``; < 0: the first maximum) at ``rule``'s thresholds:
+    F1 (and precision, recall) per phase and tolerance, as :func:`threshold_table`'s rows."""
     rows = []
-    for threshold in thresholds:
-        picks = curves.picks(float(threshold))
-        if labelled:
-            picks = {phase: [trace if labelled[phase][i] else trace[:0] for i, trace in enumerate(per_trace)]
-                     for phase, per_trace in picks.items()}
-        scored = metrics.score_picks(truth, picks, tuple(float(t) for t in tolerances))
-        row = {"threshold": float(threshold)}
-        for phase in metrics.PHASES:
-            for tolerance in tolerances:
-                s = scored[phase][float(tolerance)]
-                row[f"{phase}_f1_{tolerance:g}"] = s["f1"]
-                row[f"{phase}_precision_{tolerance:g}"] = s["precision"]
-                row[f"{phase}_recall_{tolerance:g}"] = s["recall"]
-        rows.append(row)
+    for top in top_tolerances:
+        curves_rule, curves.rule = curves.rule, dataclasses.replace(rule, top_tolerance=None if top < 0 else float(top))
+        try:
+            rows.append({"top_tolerance": float(top), **_scores(curves.picks(), truth, tolerances, labelled)})
+        finally:
+            curves.rule = curves_rule
     return rows
+
+
+def _scores(picks: dict, truth: dict, tolerances, labelled: dict | None) -> dict:
+    """F1, precision and recall per phase and tolerance; the picks of a trace whose set has no picks of a phase
+    (``labelled``) are not scored on that phase."""
+    if labelled:
+        picks = {phase: [trace if labelled[phase][i] else trace[:0] for i, trace in enumerate(per_trace)]
+                 for phase, per_trace in picks.items()}
+    scored = metrics.score_picks(truth, picks, tuple(float(t) for t in tolerances))
+    row = {}
+    for phase in metrics.PHASES:
+        for tolerance in tolerances:
+            s = scored[phase][float(tolerance)]
+            row[f"{phase}_f1_{tolerance:g}"] = s["f1"]
+            row[f"{phase}_precision_{tolerance:g}"] = s["precision"]
+            row[f"{phase}_recall_{tolerance:g}"] = s["recall"]
+    return row
 
 
 def best_threshold(table: list[dict], phase: str) -> float:

@@ -19,6 +19,7 @@ from pipeline.model.annotation import dataset_curves, model_rule
 from pipeline.errors import EdgepickError
 from pipeline.evaluate.metrics import PHASES, latency_summary, pick_latencies, score_picks
 from pipeline.model.picking import LiveRule, add_reported_samples, live_blinding, live_offsets, mark_retractions
+from pipeline.model.student import RECEPTIVE_RADIUS
 
 # The live pass's warm-up: each trace starts after this much of its own beginning, mirrored back and forth (the
 # first second of an event trace is pre-event noise; mirrored, it has no step at the joins).
@@ -56,11 +57,16 @@ def live_warmup(rule: LiveRule, warmup: bool = True) -> int:
 
 
 def live_skip_samples(model, warmup: bool = True) -> int:
-    """The live picks dropped at each trace's start (with the warm-up): the samples the exact replay blinds there."""
-    blinding = model_rule(model).blinding
+    """The live picks dropped at each trace's start (with the warm-up): the samples the exact replay blinds there,
+    the join of warm-up and trace, which is no station's stream. A causal student's stream blinds nothing, yet the
+    join is the same: its live picks are scored from where a whole-window student's are (RECEPTIVE_RADIUS), so that
+    both live modes are scored on the same span (stead50's tapered trace starts made false S there)."""
+    if not warmup:
+        return 0
     if getattr(model.members[0], "causal", False):
-        return 0  # a causal student's exact scores start at the trace's start (streaming.warmed_up)
-    return int(blinding[0]) if warmup and blinding else 0
+        return RECEPTIVE_RADIUS
+    blinding = model_rule(model).blinding
+    return int(blinding[0]) if blinding else 0
 
 
 class LivePicks(NamedTuple):

@@ -198,8 +198,8 @@ def live_markdown(live: dict) -> list[str]:
               if live["warmup_samples"] else "the traces as they are (no pick in the first window - hop - look-ahead "
               "samples)")
     if live.get("skipped_start_samples"):
-        warmup += (f", live picks in its first {live['skipped_start_samples']} samples (the span the exact replay "
-                   "blinds) dropped")
+        warmup += (f", live picks in its first {live['skipped_start_samples']} samples (the span a whole-window "
+                   "student's exact replay blinds) dropped")
     confirm = live.get("confirm_samples") or {}
     retraction = ("; a live pick the same windows at look-ahead " + ", ".join(f"{p} {v}" for p, v in confirm.items())
                   + f" samples have no pick within {live.get('confirm_within_samples')} samples of is retracted "

@@ -7,8 +7,11 @@ benchmark does), scores every threshold of ``calibrate.thresholds`` per phase by
 ``calibrate.tolerances_s``, against the analyst picks of a labelled split or, for unlabelled continuous windows,
 against the teacher's picks (the agreement of ``make benchmark``), and writes the best into the student's pick
 rule (its SeisBench ``default_args``). ``make quantize`` then writes them into model_config.h and the benchmark
-scores with them. Only a dev split belongs here: thresholds chosen on the data that is reported are tuned on it.
-Writes ``calibration.json`` and ``calibration.png`` (F1 against threshold) beside the student.
+scores with them. With ``calibrate.top_tolerances``, each pick placement (``PickRule.top_tolerance``) is then scored
+at the chosen thresholds and the best by the mean F1 over the phases and tolerances is saved too (a causal
+student's P curve falls slowly after its peak, so the midpoint at half maximum comes late). Only a dev split
+belongs here: settings chosen on the data that is reported are tuned on it. Writes ``calibration.json`` and
+``calibration.png`` (F1 against threshold) beside the student.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 
 from pipeline.evaluate import metrics
 from pipeline.artifacts import atomic_file, atomic_write_text
-from pipeline.evaluate.dev_split import best_threshold, load_dev, objective
+from pipeline.evaluate.dev_split import best_threshold, load_dev, objective, placement_table, threshold_table
 from pipeline.errors import EdgepickError
 from pipeline.model.student import load_student
 from pipeline.distill.training import save_model
@@ -32,18 +35,30 @@ def run(config) -> dict:
         raise EdgepickError(f"calibrate.tolerances_s must be positive, got {c.tolerances_s}")
     student_path = Path(c.student or config.quantize.student)
     folder, name = _saved_layout(student_path)
+    if not all(t < 1 for t in c.top_tolerances):
+        raise EdgepickError(f"calibrate.top_tolerances must be < 1 (< 0: the first maximum), got {c.top_tolerances}")
     dev = load_dev(config, c.dataset)
     student = load_student(student_path)
-    table = dev.threshold_table(student, c.thresholds, c.tolerances_s, spec=str(student_path))
+    curves = dev.curves(student, spec=str(student_path))
+    table = threshold_table(curves, dev.truth, c.thresholds, c.tolerances_s, dev.labelled)
     before = student.pick_rule
     chosen = _choose(table, dev, before, student_path)
     student.default_args["P_threshold"] = chosen.get("P", before.p_threshold)
     student.default_args["S_threshold"] = chosen.get("S", before.s_threshold)
+    placements = []
+    if c.top_tolerances:
+        rule = student.pick_rule
+        placements = placement_table(curves, dev.truth, rule, c.top_tolerances, c.tolerances_s, dev.labelled)
+        best = max(placements, key=lambda row: _placement_objective(row, dev.phases))  # the first of equal ones
+        student.default_args["pick_top_tolerance"] = best["top_tolerance"]
     student.pick_rule  # the new rule holds (PickRule validates)
     save_model(student, folder, name)
     result = {"student": str(student_path), "dataset": dev.label, "against": dev.against,
               "traces": len(dev.waveforms), "tolerances_s": list(c.tolerances_s),
-              "before": {"P": before.p_threshold, "S": before.s_threshold}, "chosen": chosen, "table": table}
+              "before": {"P": before.p_threshold, "S": before.s_threshold, "top_tolerance": _top(before)},
+              "chosen": chosen, "table": table, "placements": placements}
+    if placements:
+        result["chosen_top_tolerance"] = student.default_args["pick_top_tolerance"]
     atomic_write_text(folder / "calibration.json", json.dumps(result, indent=1) + "\n")
     _plot(result, folder / "calibration.png")
     for phase, threshold in chosen.items():
@@ -51,8 +66,24 @@ def run(config) -> dict:
         print(f"calibrate: {phase} threshold {old:g} -> {threshold:g} (mean F1 over {', '.join(f'{t:g}' for t in c.tolerances_s)} s "
               f"{objective(table, phase, old):.3f} -> {objective(table, phase, threshold):.3f}) on {result['dataset']}, "
               f"{len(dev.waveforms)} traces, against the {dev.against} picks")
+    if placements:
+        score = {row["top_tolerance"]: _placement_objective(row, dev.phases) for row in placements}
+        print("calibrate: pick placement (top tolerance; -1: the first maximum), mean F1 over the phases and "
+              "tolerances: " + ", ".join(f"{top:g} {value:.3f}" for top, value in score.items())
+              + f"; {_top(before):g} -> {result['chosen_top_tolerance']:g}")
     print(f"calibrate: saved in {folder / name}; written {folder / 'calibration.json'}, {folder / 'calibration.png'}")
     return result
+
+
+def _placement_objective(row: dict, phases) -> float:
+    """The mean F1 over the phases and tolerances of one placement row."""
+    values = [v for k, v in row.items() if k.split("_f1_")[0] in phases and "_f1_" in k]
+    return sum(values) / max(1, len(values))
+
+
+def _top(rule) -> float:
+    """A rule's placement as ``pick_top_tolerance`` writes it (-1: the first maximum)."""
+    return -1.0 if rule.first_maximum else float(rule.top_tolerance)
 
 
 

@@ -28,7 +28,7 @@ import json
 import time
 from pathlib import Path
 
-from pipeline.model import annotation, runners
+from pipeline.model import annotation, runners, streaming
 from pipeline.errors import EdgepickError, run_script
 from pipeline.evaluate.metrics import score_picks
 from pipeline.model.picking import LiveRule
@@ -91,14 +91,15 @@ def score_dataset(student, folder: Path, split: str, grid, warmup: bool, teacher
     rows = []
     skip = live_pass.live_skip_samples(model, warmup)
     annotated: dict = {}  # each (hop, look-ahead) stream annotated once, whether it picks or confirms
-    for hop, lookahead in grid:
+    causal = getattr(student, "causal", False)  # its live mode is its stream: one rule, no grid, no retraction
+    rules = [streaming.live_rule(student)] if causal else [LiveRule.of(student.in_samples, *g) for g in grid]
+    for rule in rules:
         started = time.perf_counter()
-        rule = LiveRule.of(student.in_samples, hop, lookahead)
         live = live_pass.live_pick_times(model, traces, rate, order, rule, warmup, skip_samples=skip,
                                          annotated=annotated)
         seconds = time.perf_counter() - started
         confirmations = {}
-        for c in confirm:
+        for c in () if causal else confirm:
             checked = live_pass.live_pick_times(model, traces, rate, order, rule.with_confirm(c, within), warmup,
                                                 skip_samples=skip, annotated=annotated)
             kept = checked.kept()
@@ -107,9 +108,10 @@ def score_dataset(student, folder: Path, split: str, grid, warmup: bool, teacher
                                         "retracted": sum(len(a) for a in live.times[phase]) - sum(len(a) for a in kept[phase])}
                                 for phase in kept}
         for row in live_pass.live_rows(model, truth, live, exact, TOLERANCES, max(TOLERANCES)):
-            row["confirmed"] = {str(c): confirmations[c][row["phase"]] for c in confirm}
-            rows.append({"dataset": folder.name + (f":{split}" if split else ""), "traces": len(traces), "hop": hop,
-                         "lookahead": lookahead, "against": against, "live_seconds": round(seconds, 1), **row})
+            row["confirmed"] = {str(c): v[row["phase"]] for c, v in confirmations.items()}
+            rows.append({"dataset": folder.name + (f":{split}" if split else ""), "traces": len(traces),
+                         "hop": rule.hop, "lookahead": rule.lookaheads[row["phase"]], "against": against,
+                         "live_seconds": round(seconds, 1), **row})
     return rows
 
 
@@ -158,15 +160,17 @@ def main(argv: list[str] | None = None) -> None:
     folders = labelled_folders(args.datasets)
     student = load_student(args.student)
     confirm = parse_lookaheads(args.confirm)
-    for hop, lookahead in grid:  # what does not fit the student is refused before any trace is annotated
+    for hop, lookahead in () if student.causal else grid:  # what does not fit is refused before any annotate
         for c in (0, *confirm):
             LiveRule.of(student.in_samples, hop, lookahead, c, args.confirm_within)
     rows = []
     for folder, split in folders:
         rows += score_dataset(student, folder, split, grid, not args.no_warmup, args.teacher, args.max_traces,
                               confirm, args.confirm_within)
-    print(f"student {args.student}: live (a window every hop, look-ahead L samples{', warm-up' if not args.no_warmup else ''}) "
-          f"against exact replay; latency = reported - analyst onset, picks within {max(TOLERANCES)} s")
+    mode = ("its stream, a block every hop, L = each phase's delay; --grid and --confirm do not apply" if student.causal
+            else "a window every hop, look-ahead L samples")
+    print(f"student {args.student}: live ({mode}{', warm-up' if not args.no_warmup else ''}) against exact replay; "
+          f"latency = reported - analyst onset, picks within {max(TOLERANCES)} s")
     print(format_rows(rows))
     if args.json:
         from pipeline.artifacts import atomic_write_text
