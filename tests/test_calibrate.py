@@ -86,7 +86,8 @@ def test_the_placement_of_the_best_mean_f1_is_the_one_at_the_onset():
     rows = {r["top_tolerance"]: r for r in dev_split.placement_table(curves, truth, PickRule(), (0.5, 0.1, -1.0), (0.1, 0.5))}
     assert rows[0.5]["P_f1_0.1"] == 0.0 and rows[0.1]["P_f1_0.1"] == 1.0 and rows[-1.0]["P_f1_0.1"] == 1.0
     assert all(r["P_f1_0.5"] == 1.0 for r in rows.values())
-    assert curves.rule == PickRule()  # the curves' own rule is put back
+    assert curves.rule == PickRule()  # the curves' own rule is left as it was
+    assert dev_split.best_placement(list(rows.values()), ["P"]) == 0.1  # the first of the equal best
 
 
 def test_thresholds_are_saved_with_the_student(labelled, student_folder):
@@ -105,7 +106,7 @@ def test_the_chosen_placement_is_saved_with_the_student(labelled, student_folder
     config = config_for(student_folder, f"{labelled}:dev")
     config.set("calibrate.top_tolerances", "0.5,0.2,-1")
     result = calibrate.run(config)
-    scores = [calibrate._placement_objective(row, ["P", "S"]) for row in result["placements"]]
+    scores = [dev_split.placement_objective(row, ["P", "S"]) for row in result["placements"]]
     assert [row["top_tolerance"] for row in result["placements"]] == [0.5, 0.2, -1.0]
     best = result["placements"][int(np.argmax(scores))]["top_tolerance"]
     saved = load_student(student_folder).pick_rule

@@ -126,7 +126,8 @@ class GapResume:
         state_dict[self.key] = (x, metadata)
 
     def __str__(self):
-        return f"GapResume (silence then a {self.ramp[0]}-{self.ramp[1]} sample taper, {self.margin} before the first phase)"
+        return (f"GapResume (silence then a {self.ramp[0]}-{self.ramp[1]} sample taper, {self.margin} samples before "
+                "the first phase)")
 
 
 def normalise() -> list:
@@ -318,8 +319,9 @@ class AsTeacherSees:
 def training_chain(dataset: sbd.WaveformDataset, in_samples: int, sigma: int = 20, teacher_steps=None,
                    hard_labels: bool = True, end_probability: float = 0.0, end_range: tuple[int, int] = (1, 1),
                    teacher_picks=None, gap_resume: float = 0.0) -> list:
-    """Window around picks, augment (``gap_resume``: :func:`augment`), normalise, label. ``teacher_steps``: (steps before the windowing, steps right
-    after it) that bring the teacher's target along (pipeline.distill.soft_labels.TrainingTargets.steps).
+    """Window around picks, augment (``gap_resume``: :func:`augment`), normalise, label. ``teacher_steps``: (steps
+    before the windowing, steps right after it) that bring the teacher's target along
+    (pipeline.distill.soft_labels.TrainingTargets.steps).
     ``hard_labels=False`` leaves out the analyst-pick labels ("y"), which distillation with alpha = 1 never reads
     (labelling was a third of the generator's time). ``end_probability``, ``end_range``: windows that put a pick
     where the live mode keeps predictions, ``teacher_picks`` the teacher's where a trace has no analyst pick

@@ -110,11 +110,9 @@ def placement_table(curves: annotation.Curves, truth: dict, rule, top_tolerances
     F1 (and precision, recall) per phase and tolerance, as :func:`threshold_table`'s rows."""
     rows = []
     for top in top_tolerances:
-        curves_rule, curves.rule = curves.rule, dataclasses.replace(rule, top_tolerance=None if top < 0 else float(top))
-        try:
-            rows.append({"top_tolerance": float(top), **_scores(curves.picks(), truth, tolerances, labelled)})
-        finally:
-            curves.rule = curves_rule
+        placement = dataclasses.replace(rule, top_tolerance=None if top < 0 else float(top))
+        placed = annotation.Curves(curves.rate, placement, curves.start, curves.data)  # the same curves
+        rows.append({"top_tolerance": float(top), **_scores(placed.picks(), truth, tolerances, labelled)})
     return rows
 
 
@@ -139,6 +137,17 @@ def best_threshold(table: list[dict], phase: str) -> float:
     """The threshold of the highest mean F1 over the tolerances (the lowest of equal ones: it loses no recall)."""
     ordered = sorted(table, key=lambda row: row["threshold"])
     return ordered[int(np.argmax([_objective_row(row, phase) for row in ordered]))]["threshold"]
+
+
+def placement_objective(row: dict, phases) -> float:
+    """A :func:`placement_table` row's objective: the mean over ``phases`` of each phase's mean F1 over the
+    tolerances."""
+    return float(np.mean([_objective_row(row, phase) for phase in phases]))
+
+
+def best_placement(table: list[dict], phases) -> float:
+    """The placement (``top_tolerance``) of the highest :func:`placement_objective` (the first of equal ones)."""
+    return table[int(np.argmax([placement_objective(row, phases) for row in table]))]["top_tolerance"]
 
 
 def _objective_row(row: dict, phase: str) -> float:

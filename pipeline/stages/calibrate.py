@@ -21,7 +21,8 @@ from pathlib import Path
 
 from pipeline.evaluate import metrics
 from pipeline.artifacts import atomic_file, atomic_write_text
-from pipeline.evaluate.dev_split import best_threshold, load_dev, objective, placement_table, threshold_table
+from pipeline.evaluate.dev_split import (best_placement, best_threshold, load_dev, objective, placement_objective,
+                                         placement_table, threshold_table)
 from pipeline.errors import EdgepickError
 from pipeline.model.student import load_student
 from pipeline.distill.training import save_model
@@ -47,10 +48,9 @@ def run(config) -> dict:
     student.default_args["S_threshold"] = chosen.get("S", before.s_threshold)
     placements = []
     if c.top_tolerances:
-        rule = student.pick_rule
-        placements = placement_table(curves, dev.truth, rule, c.top_tolerances, c.tolerances_s, dev.labelled)
-        best = max(placements, key=lambda row: _placement_objective(row, dev.phases))  # the first of equal ones
-        student.default_args["pick_top_tolerance"] = best["top_tolerance"]
+        placements = placement_table(curves, dev.truth, student.pick_rule, c.top_tolerances, c.tolerances_s,
+                                     dev.labelled)
+        student.default_args["pick_top_tolerance"] = best_placement(placements, dev.phases)
     student.pick_rule  # the new rule holds (PickRule validates)
     save_model(student, folder, name)
     result = {"student": str(student_path), "dataset": dev.label, "against": dev.against,
@@ -67,18 +67,12 @@ def run(config) -> dict:
               f"{objective(table, phase, old):.3f} -> {objective(table, phase, threshold):.3f}) on {result['dataset']}, "
               f"{len(dev.waveforms)} traces, against the {dev.against} picks")
     if placements:
-        score = {row["top_tolerance"]: _placement_objective(row, dev.phases) for row in placements}
+        score = {row["top_tolerance"]: placement_objective(row, dev.phases) for row in placements}
         print("calibrate: pick placement (top tolerance; -1: the first maximum), mean F1 over the phases and "
               "tolerances: " + ", ".join(f"{top:g} {value:.3f}" for top, value in score.items())
               + f"; {_top(before):g} -> {result['chosen_top_tolerance']:g}")
     print(f"calibrate: saved in {folder / name}; written {folder / 'calibration.json'}, {folder / 'calibration.png'}")
     return result
-
-
-def _placement_objective(row: dict, phases) -> float:
-    """The mean F1 over the phases and tolerances of one placement row."""
-    values = [v for k, v in row.items() if k.split("_f1_")[0] in phases and "_f1_" in k]
-    return sum(values) / max(1, len(values))
 
 
 def _top(rule) -> float:
